@@ -1,0 +1,1 @@
+"""Load balancing: immutable picker snapshots over the admitted endpoints. Pure: no I/O."""

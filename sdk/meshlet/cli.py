@@ -1,0 +1,96 @@
+"""The ``meshlet`` command: ``dev-agent`` (an embedded Consul-compatible agent) and ``demo``."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+from meshlet.devagent.decode import DurationError, parse_duration
+from meshlet.devagent.server import AgentConfig, serve
+from meshlet.telemetry.logging import configure_logging
+
+
+def _host_port(text: str) -> tuple[str, int]:
+    host, sep, port = text.rpartition(":")
+    if not sep or not host or not port.isdigit() or not 0 <= int(port) <= 65535:
+        raise argparse.ArgumentTypeError(f"{text!r} is not HOST:PORT (for example 127.0.0.1:8500)")
+    return host.strip("[]"), int(port)
+
+
+def _duration(text: str) -> float:
+    try:
+        seconds = parse_duration(text)
+    except DurationError as exc:
+        raise argparse.ArgumentTypeError(f"{exc}; use a Go duration such as 500ms, 30s or 2m") from None
+    if seconds < 0:
+        raise argparse.ArgumentTypeError(f"{text!r} is negative; use a positive duration such as 30s")
+    return seconds
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="meshlet", description=__doc__)
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    agent = commands.add_parser(
+        "dev-agent",
+        help="run the embedded Consul-compatible agent",
+        description="Serve the subset of Consul's HTTP API that meshlet and common clients use, until SIGTERM/SIGINT.",
+    )
+    agent.add_argument("--http-addr", type=_host_port, default=("127.0.0.1", 8500), metavar="HOST:PORT")
+    agent.add_argument("--datacenter", default="dc1")
+    agent.add_argument("--node", default=None, help="node name (default: the hostname)")
+    agent.add_argument("--data-dir", type=Path, default=None, help="persist state here (default: memory only)")
+    agent.add_argument(
+        "--reap-interval", type=_duration, default=30.0, metavar="DURATION",
+        help="how often services critical past DeregisterCriticalServiceAfter are reaped (Consul: 30s)",
+    )
+    agent.add_argument(
+        "--min-deregister-after", type=_duration, default=60.0, metavar="DURATION",
+        help="floor for DeregisterCriticalServiceAfter (Consul: 1m)",
+    )
+    agent.add_argument(
+        "--leaf-cert-ttl", type=_duration, default=72 * 3600.0, metavar="DURATION",
+        help="lifetime of Connect leaf certificates (Consul: 72h)",
+    )
+
+    demo = commands.add_parser("demo", help="run the mesh on this machine and show what it does")
+    demo.add_argument("--http-addr", type=_host_port, default=("127.0.0.1", 0), metavar="HOST:PORT",
+                      help="where the demo's dev agent listens (default: a free port)")
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    configure_logging()
+    if args.command == "dev-agent":
+        host, port = args.http_addr
+        config = AgentConfig(
+            http_host=host,
+            http_port=port,
+            datacenter=args.datacenter,
+            data_dir=args.data_dir,
+            reap_interval_s=args.reap_interval,
+            min_deregister_after_s=args.min_deregister_after,
+            leaf_cert_ttl_s=args.leaf_cert_ttl,
+            **({"node": args.node} if args.node else {}),
+        )
+        try:
+            asyncio.run(serve(config))
+        except OSError as exc:
+            print(f"meshlet dev-agent: cannot listen on {host}:{port}: {exc.strerror}; pick another --http-addr",
+                  file=sys.stderr)
+            return 1
+        return 0
+    if args.command == "demo":
+        from meshlet.demo import run_demo
+
+        host, port = args.http_addr
+        return asyncio.run(run_demo(host, port))
+    raise AssertionError(args.command)  # pragma: no cover - argparse enforces the choices
+
+
+if __name__ == "__main__":
+    sys.exit(main())

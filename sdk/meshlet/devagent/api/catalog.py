@@ -1,0 +1,7 @@
+"""Placeholder: Consul's /v1/catalog endpoints (being written)."""
+
+from aiohttp import web
+
+
+def add_routes(app: web.Application) -> None:
+    """Register this section's routes."""

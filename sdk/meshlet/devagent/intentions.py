@@ -1,0 +1,18 @@
+"""Placeholder: intentions and authorize (being written)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from meshlet.devagent.raft import RaftIndex
+
+
+class Intentions:
+    def __init__(self, index: RaftIndex) -> None:
+        self._index = index
+
+    def snapshot(self) -> dict[str, Any]:
+        return {}
+
+    def restore(self, data: dict[str, Any]) -> None:
+        pass

@@ -1,0 +1,1 @@
+"""Service discovery and registration through Consul: blocking-query watchers and TTL heartbeats."""

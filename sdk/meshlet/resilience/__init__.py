@@ -1,0 +1,1 @@
+"""Retry policy, backoff, retry budget, circuit breakers, outlier ejection and bulkheads. Pure: no I/O."""

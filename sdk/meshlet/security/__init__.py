@@ -1,0 +1,1 @@
+"""Identity (SPIFFE), certificate sources and rotation, and intentions."""

@@ -1,0 +1,1 @@
+"""Tracing, metrics and logs: observers of the pipelines, never inputs to their decisions."""

@@ -1,0 +1,1 @@
+"""meshlet-sidecar: the meshlet pipelines as a process deployed beside any app."""

@@ -1,0 +1,1 @@
+"""Test support: free ports and child processes that are always reaped."""
