@@ -13,7 +13,15 @@ from pathlib import Path
 import consul
 import pytest
 
-from tests.support.processes import Processes, free_port, http_ok, meshlet_argv, processes, wait_until
+from tests.support.processes import (
+    Processes,
+    free_port,
+    http_answers,
+    http_ok,
+    meshlet_argv,
+    processes,
+    wait_until,
+)
 
 
 @dataclass(frozen=True)
@@ -42,7 +50,7 @@ def start_dev_agent(procs: Processes, *extra: str) -> Agent:
     child = procs.start(meshlet_argv("dev-agent", "--http-addr", f"127.0.0.1:{port}", *extra), name="dev-agent")
     agent = Agent("meshlet", "127.0.0.1", port)
     try:
-        wait_until(lambda: http_ok(f"{agent.url}/v1/status/leader"), 15, "the dev agent to answer")
+        wait_until(lambda: http_answers(f"{agent.url}/v1/status/leader"), 15, "the dev agent to answer")
     except AssertionError:
         raise AssertionError(f"dev agent did not start:\n{child.output()}") from None
     return agent

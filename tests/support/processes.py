@@ -123,6 +123,17 @@ def http_ok(url: str) -> bool:
         return False
 
 
+def http_answers(url: str) -> bool:
+    """True once a server at `url` answers HTTP at all, whatever the status."""
+    try:
+        with urllib.request.urlopen(url, timeout=1):  # noqa: S310 - loopback test URL
+            return True
+    except urllib.error.HTTPError:
+        return True
+    except (urllib.error.URLError, ConnectionError, OSError):
+        return False
+
+
 def meshlet_argv(*args: str) -> list[str]:
     """Run the ``meshlet`` CLI with this interpreter (no PATH lookup, works in any venv)."""
     return [sys.executable, "-m", "meshlet.cli", *args]
