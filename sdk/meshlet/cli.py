@@ -44,21 +44,35 @@ def build_parser() -> argparse.ArgumentParser:
     agent.add_argument("--node", default=None, help="node name (default: the hostname)")
     agent.add_argument("--data-dir", type=Path, default=None, help="persist state here (default: memory only)")
     agent.add_argument(
-        "--reap-interval", type=_duration, default=30.0, metavar="DURATION",
+        "--reap-interval",
+        type=_duration,
+        default=30.0,
+        metavar="DURATION",
         help="how often services critical past DeregisterCriticalServiceAfter are reaped (Consul: 30s)",
     )
     agent.add_argument(
-        "--min-deregister-after", type=_duration, default=60.0, metavar="DURATION",
+        "--min-deregister-after",
+        type=_duration,
+        default=60.0,
+        metavar="DURATION",
         help="floor for DeregisterCriticalServiceAfter (Consul: 1m)",
     )
     agent.add_argument(
-        "--leaf-cert-ttl", type=_duration, default=72 * 3600.0, metavar="DURATION",
+        "--leaf-cert-ttl",
+        type=_duration,
+        default=72 * 3600.0,
+        metavar="DURATION",
         help="lifetime of Connect leaf certificates (Consul: 72h)",
     )
 
     demo = commands.add_parser("demo", help="run the mesh on this machine and show what it does")
-    demo.add_argument("--http-addr", type=_host_port, default=("127.0.0.1", 0), metavar="HOST:PORT",
-                      help="where the demo's dev agent listens (default: a free port)")
+    demo.add_argument(
+        "--http-addr",
+        type=_host_port,
+        default=("127.0.0.1", 0),
+        metavar="HOST:PORT",
+        help="where the demo's dev agent listens (default: a free port)",
+    )
     return parser
 
 
@@ -80,8 +94,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         try:
             asyncio.run(serve(config))
         except OSError as exc:
-            print(f"meshlet dev-agent: cannot listen on {host}:{port}: {exc.strerror}; pick another --http-addr",
-                  file=sys.stderr)
+            print(
+                f"meshlet dev-agent: cannot listen on {host}:{port}: {exc.strerror}; pick another --http-addr",
+                file=sys.stderr,
+            )
             return 1
         return 0
     if args.command == "demo":

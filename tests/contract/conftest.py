@@ -61,9 +61,19 @@ def start_real_consul(procs: Processes, data_dir: Path) -> Agent:
     assert consul_bin is not None
     ports = {name: free_port() for name in ("http", "dns", "serf-lan", "serf-wan", "server", "grpc")}
     argv = [
-        consul_bin, "agent", "-dev", "-bind", "127.0.0.1", "-client", "127.0.0.1",
-        f"-http-port={ports['http']}", f"-dns-port={ports['dns']}", f"-serf-lan-port={ports['serf-lan']}",
-        f"-serf-wan-port={ports['serf-wan']}", f"-server-port={ports['server']}", f"-grpc-port={ports['grpc']}",
+        consul_bin,
+        "agent",
+        "-dev",
+        "-bind",
+        "127.0.0.1",
+        "-client",
+        "127.0.0.1",
+        f"-http-port={ports['http']}",
+        f"-dns-port={ports['dns']}",
+        f"-serf-lan-port={ports['serf-lan']}",
+        f"-serf-wan-port={ports['serf-wan']}",
+        f"-server-port={ports['server']}",
+        f"-grpc-port={ports['grpc']}",
     ]
     procs.start(argv, name="consul")
     agent = Agent("consul", "127.0.0.1", ports["http"])

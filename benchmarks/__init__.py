@@ -1,0 +1,1 @@
+"""meshlet's benchmarks (`make bench`): each prints a table; nothing here is asserted."""

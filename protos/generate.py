@@ -1,0 +1,55 @@
+"""Regenerate the checked-in Python for every .proto under protos/ (``make protos``).
+
+Generated modules sit beside their sources, with .pyi stubs, and import each other by package path
+(``shop.orders.v1``), so protos/ is a source root of the distribution.
+"""
+
+from __future__ import annotations
+
+import sys
+from importlib import resources
+from pathlib import Path
+
+PROTOS_ROOT = Path(__file__).resolve().parent
+GENERATED_SUFFIXES = ("_pb2.py", "_pb2.pyi", "_pb2_grpc.py")
+
+
+def proto_sources(root: Path = PROTOS_ROOT) -> list[Path]:
+    return sorted(root.rglob("*.proto"))
+
+
+def generate(out_dir: Path, root: Path = PROTOS_ROOT) -> list[Path]:
+    """Compile every .proto under `root` into `out_dir`; returns the files written."""
+    from grpc_tools import protoc
+
+    well_known = resources.files("grpc_tools") / "_proto"
+    sources = [str(p.relative_to(root)) for p in proto_sources(root)]
+    out_dir.mkdir(parents=True, exist_ok=True)
+    args = [
+        "grpc_tools.protoc",
+        f"-I{root}",
+        f"-I{well_known}",
+        f"--python_out={out_dir}",
+        f"--pyi_out={out_dir}",
+        f"--grpc_python_out={out_dir}",
+        *sources,
+    ]
+    if protoc.main(args) != 0:
+        raise SystemExit("protoc failed; see the messages above")
+    written = sorted(p for p in out_dir.rglob("*") if p.name.endswith(GENERATED_SUFFIXES))
+    for directory in {p.parent for p in written}:
+        package = directory
+        while package != out_dir:
+            (package / "__init__.py").touch()
+            package = package.parent
+    return written
+
+
+def main() -> int:
+    written = generate(PROTOS_ROOT)
+    print(f"generated {len(written)} files from {len(proto_sources())} protos")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
