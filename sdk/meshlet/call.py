@@ -1,0 +1,77 @@
+"""Call and InboundCall: the one object each pipeline passes from stage to stage.
+
+A stage reads and annotates the call; it never looks inside ``request`` (a typed message, raw bytes, or an
+async iterator of either), so the SDK's typed calls and the sidecar's raw bytes share every stage. Per call,
+the Call is the only allocation the pipeline makes that it can avoid.
+"""
+
+from __future__ import annotations
+
+import enum
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from meshlet.deadline import Deadline
+from meshlet.endpoints import Endpoint
+
+MetadataValue = str | bytes
+Metadata = Sequence[tuple[str, MetadataValue]]
+Serializer = Callable[[Any], bytes] | None
+Deserializer = Callable[[bytes], Any] | None
+
+
+class Cardinality(enum.Enum):
+    """The four RPC kinds as data, so one pipeline serves them all."""
+
+    UNARY_UNARY = (False, False)
+    UNARY_STREAM = (False, True)
+    STREAM_UNARY = (True, False)
+    STREAM_STREAM = (True, True)
+
+    @property
+    def client_streaming(self) -> bool:
+        return self.value[0]
+
+    @property
+    def server_streaming(self) -> bool:
+        return self.value[1]
+
+
+@dataclass(slots=True, eq=False)
+class Call:
+    """One outbound call, from the caller's stub to the endpoint that answers it."""
+
+    upstream: str
+    method: str
+    kind: Cardinality
+    request: Any
+    idempotent: bool
+    serializer: Serializer = None
+    deserializer: Deserializer = None
+    metadata: Metadata | None = None
+    timeout: float | None = None  # the caller's, as grpc's API takes it; ApplyDeadline turns it into `deadline`
+    deadline: Deadline | None = None
+    wait_for_ready: bool | None = None
+    attempt: int = 0  # attempts started so far
+    endpoint: Endpoint | None = None  # the current attempt's endpoint, set by PickEndpoint
+    may_have_reached_server: bool = False  # False only while the current attempt provably never left
+    tried: list[Endpoint] | None = None  # endpoints of earlier attempts, allocated on the first retry
+
+    def attempt_metadata(self) -> Metadata | None:
+        """The caller's metadata plus ``grpc-previous-rpc-attempts`` on retries (gRPC A6)."""
+        if self.attempt <= 1:
+            return self.metadata
+        return (*(self.metadata or ()), ("grpc-previous-rpc-attempts", str(self.attempt - 1)))
+
+
+@dataclass(slots=True, eq=False)
+class InboundCall:
+    """One inbound call, as the server side sees it before the handler runs."""
+
+    method: str
+    metadata: Metadata
+    deadline: Deadline | None = None
+    peer_uri: str | None = None  # the caller's verified SPIFFE ID, when mTLS is on
+    peer_address: str = ""
+    attributes: dict[str, Any] = field(default_factory=dict)
