@@ -63,6 +63,8 @@ class AgentState:
     def restore(self, data: dict[str, Any]) -> None:
         """Load a snapshot taken by `snapshot()`; the index resumes where it was, so it never goes back."""
         self.index.value = max(self.index.value, int(data["index"]))
+        self.cluster_id = data.get("cluster_id", self.cluster_id)
+        self.node_id = data.get("node_id", self.node_id)
         self.catalog.restore(data["catalog"])
         self.kv.restore(data["kv"])
         self.intentions.restore(data["intentions"])

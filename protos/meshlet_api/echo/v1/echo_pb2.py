@@ -24,13 +24,17 @@ _sym_db = _symbol_database.Default()
 
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1emeshlet_api/echo/v1/echo.proto\x12\x13meshlet_api.echo.v1\"/\n\x0b\x45\x63hoRequest\x12\x0f\n\x07message\x18\x01 \x01(\t\x12\x0f\n\x07payload\x18\x02 \x01(\x0c\"@\n\tEchoReply\x12\x0f\n\x07message\x18\x01 \x01(\t\x12\x0f\n\x07payload\x18\x02 \x01(\x0c\x12\x11\n\tserved_by\x18\x03 \x01(\t2\xae\x03\n\x04\x45\x63ho\x12M\n\x04\x45\x63ho\x12 .meshlet_api.echo.v1.EchoRequest\x1a\x1e.meshlet_api.echo.v1.EchoReply\"\x03\x90\x02\x02\x12L\n\x08\x45\x63hoOnce\x12 .meshlet_api.echo.v1.EchoRequest\x1a\x1e.meshlet_api.echo.v1.EchoReply\x12W\n\x0cServerStream\x12 .meshlet_api.echo.v1.EchoRequest\x1a\x1e.meshlet_api.echo.v1.EchoReply\"\x03\x90\x02\x01\x30\x01\x12W\n\x0c\x43lientStream\x12 .meshlet_api.echo.v1.EchoRequest\x1a\x1e.meshlet_api.echo.v1.EchoReply\"\x03\x90\x02\x02(\x01\x12W\n\nBidiStream\x12 .meshlet_api.echo.v1.EchoRequest\x1a\x1e.meshlet_api.echo.v1.EchoReply\"\x03\x90\x02\x02(\x01\x30\x01\x62\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1emeshlet_api/echo/v1/echo.proto\x12\x13meshlet_api.echo.v1\"/\n\x0b\x45\x63hoRequest\x12\x0f\n\x07message\x18\x01 \x01(\t\x12\x0f\n\x07payload\x18\x02 \x01(\x0c\"@\n\tEchoReply\x12\x0f\n\x07message\x18\x01 \x01(\t\x12\x0f\n\x07payload\x18\x02 \x01(\x0c\x12\x11\n\tserved_by\x18\x03 \x01(\t\"\x0e\n\x0cStatsRequest\"\x88\x01\n\nStatsReply\x12\x39\n\x05\x63\x61lls\x18\x01 \x03(\x0b\x32*.meshlet_api.echo.v1.StatsReply.CallsEntry\x12\x11\n\tserved_by\x18\x02 \x01(\t\x1a,\n\nCallsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\x03:\x02\x38\x01\x32\x80\x04\n\x04\x45\x63ho\x12P\n\x05Stats\x12!.meshlet_api.echo.v1.StatsRequest\x1a\x1f.meshlet_api.echo.v1.StatsReply\"\x03\x90\x02\x01\x12M\n\x04\x45\x63ho\x12 .meshlet_api.echo.v1.EchoRequest\x1a\x1e.meshlet_api.echo.v1.EchoReply\"\x03\x90\x02\x02\x12L\n\x08\x45\x63hoOnce\x12 .meshlet_api.echo.v1.EchoRequest\x1a\x1e.meshlet_api.echo.v1.EchoReply\x12W\n\x0cServerStream\x12 .meshlet_api.echo.v1.EchoRequest\x1a\x1e.meshlet_api.echo.v1.EchoReply\"\x03\x90\x02\x01\x30\x01\x12W\n\x0c\x43lientStream\x12 .meshlet_api.echo.v1.EchoRequest\x1a\x1e.meshlet_api.echo.v1.EchoReply\"\x03\x90\x02\x02(\x01\x12W\n\nBidiStream\x12 .meshlet_api.echo.v1.EchoRequest\x1a\x1e.meshlet_api.echo.v1.EchoReply\"\x03\x90\x02\x02(\x01\x30\x01\x62\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'meshlet_api.echo.v1.echo_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
+  _globals['_STATSREPLY_CALLSENTRY']._loaded_options = None
+  _globals['_STATSREPLY_CALLSENTRY']._serialized_options = b'8\001'
+  _globals['_ECHO'].methods_by_name['Stats']._loaded_options = None
+  _globals['_ECHO'].methods_by_name['Stats']._serialized_options = b'\220\002\001'
   _globals['_ECHO'].methods_by_name['Echo']._loaded_options = None
   _globals['_ECHO'].methods_by_name['Echo']._serialized_options = b'\220\002\002'
   _globals['_ECHO'].methods_by_name['ServerStream']._loaded_options = None
@@ -43,6 +47,12 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_ECHOREQUEST']._serialized_end=102
   _globals['_ECHOREPLY']._serialized_start=104
   _globals['_ECHOREPLY']._serialized_end=168
-  _globals['_ECHO']._serialized_start=171
-  _globals['_ECHO']._serialized_end=601
+  _globals['_STATSREQUEST']._serialized_start=170
+  _globals['_STATSREQUEST']._serialized_end=184
+  _globals['_STATSREPLY']._serialized_start=187
+  _globals['_STATSREPLY']._serialized_end=323
+  _globals['_STATSREPLY_CALLSENTRY']._serialized_start=279
+  _globals['_STATSREPLY_CALLSENTRY']._serialized_end=323
+  _globals['_ECHO']._serialized_start=326
+  _globals['_ECHO']._serialized_end=838
 # @@protoc_insertion_point(module_scope)

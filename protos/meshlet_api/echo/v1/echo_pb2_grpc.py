@@ -34,6 +34,11 @@ class EchoStub:
         Args:
             channel: A grpc.Channel.
         """
+        self.Stats = channel.unary_unary(
+                '/meshlet_api.echo.v1.Echo/Stats',
+                request_serializer=meshlet__api_dot_echo_dot_v1_dot_echo__pb2.StatsRequest.SerializeToString,
+                response_deserializer=meshlet__api_dot_echo_dot_v1_dot_echo__pb2.StatsReply.FromString,
+                _registered_method=True)
         self.Echo = channel.unary_unary(
                 '/meshlet_api.echo.v1.Echo/Echo',
                 request_serializer=meshlet__api_dot_echo_dot_v1_dot_echo__pb2.EchoRequest.SerializeToString,
@@ -63,6 +68,13 @@ class EchoStub:
 
 class EchoServicer:
     """Missing associated documentation comment in .proto file."""
+
+    def Stats(self, request, context):
+        """How many calls this instance received, for tests that count at the servers.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
 
     def Echo(self, request, context):
         """Safe to re-send: answers the same whatever happens.
@@ -99,6 +111,11 @@ class EchoServicer:
 
 def add_EchoServicer_to_server(servicer, server):
     rpc_method_handlers = {
+            'Stats': grpc.unary_unary_rpc_method_handler(
+                    servicer.Stats,
+                    request_deserializer=meshlet__api_dot_echo_dot_v1_dot_echo__pb2.StatsRequest.FromString,
+                    response_serializer=meshlet__api_dot_echo_dot_v1_dot_echo__pb2.StatsReply.SerializeToString,
+            ),
             'Echo': grpc.unary_unary_rpc_method_handler(
                     servicer.Echo,
                     request_deserializer=meshlet__api_dot_echo_dot_v1_dot_echo__pb2.EchoRequest.FromString,
@@ -134,6 +151,33 @@ def add_EchoServicer_to_server(servicer, server):
  # This class is part of an EXPERIMENTAL API.
 class Echo:
     """Missing associated documentation comment in .proto file."""
+
+    @staticmethod
+    def Stats(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/meshlet_api.echo.v1.Echo/Stats',
+            meshlet__api_dot_echo_dot_v1_dot_echo__pb2.StatsRequest.SerializeToString,
+            meshlet__api_dot_echo_dot_v1_dot_echo__pb2.StatsReply.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
 
     @staticmethod
     def Echo(request,
