@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import enum
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 from meshlet.deadline import Deadline
@@ -39,16 +39,34 @@ class Cardinality(enum.Enum):
 
 
 @dataclass(slots=True, eq=False)
+class Method:
+    """One method of one upstream as the caller's stub sees it, built once and reused by every call.
+
+    Hashes by identity, so the transport can key its per-channel multicallables on it with one dict lookup.
+    """
+
+    path: str  # "/pkg.Service/Method"
+    kind: Cardinality
+    idempotent: bool  # safe to re-send after it may have reached a server
+    serializer: Serializer = None
+    deserializer: Deserializer = None
+
+    @property
+    def service(self) -> str:
+        return self.path[1:].partition("/")[0]
+
+    @property
+    def name(self) -> str:
+        return self.path.rpartition("/")[2]
+
+
+@dataclass(slots=True, eq=False)
 class Call:
     """One outbound call, from the caller's stub to the endpoint that answers it."""
 
     upstream: str
-    method: str
-    kind: Cardinality
+    method: Method
     request: Any
-    idempotent: bool
-    serializer: Serializer = None
-    deserializer: Deserializer = None
     metadata: Metadata | None = None
     timeout: float | None = None  # the caller's, as grpc's API takes it; ApplyDeadline turns it into `deadline`
     deadline: Deadline | None = None
@@ -57,6 +75,7 @@ class Call:
     endpoint: Endpoint | None = None  # the current attempt's endpoint, set by PickEndpoint
     may_have_reached_server: bool = False  # False only while the current attempt provably never left
     tried: list[Endpoint] | None = None  # endpoints of earlier attempts, allocated on the first retry
+    transport_call: Any = None  # the last attempt's grpc call object, for its metadata, set by the send stage
 
     def attempt_metadata(self) -> Metadata | None:
         """The caller's metadata plus ``grpc-previous-rpc-attempts`` on retries (gRPC A6)."""
@@ -71,7 +90,19 @@ class InboundCall:
 
     method: str
     metadata: Metadata
+    request: Any = None  # opaque to the stages: a message, bytes, or an iterator of them
+    context: Any = None  # the transport's per-call context (grpc.aio.ServicerContext), for the terminal
     deadline: Deadline | None = None
     peer_uri: str | None = None  # the caller's verified SPIFFE ID, when mTLS is on
     peer_address: str = ""
-    attributes: dict[str, Any] = field(default_factory=dict)
+
+
+def method_matches(path: str, pattern: str) -> bool:
+    """Whether a method path (``/pkg.Service/Method``) matches a pattern: ``*``, ``/pkg.Service/*`` or exact."""
+    if pattern == "*" or pattern == path:
+        return True
+    return pattern.endswith("/*") and path.startswith(pattern[:-1])
+
+
+def matches_any(path: str, patterns: Sequence[str]) -> bool:
+    return any(method_matches(path, pattern) for pattern in patterns)

@@ -136,8 +136,10 @@ def error_info(error: grpc.aio.AioRpcError) -> error_details_pb2.ErrorInfo | Non
 class ConfigError(ValueError):
     """An invalid configuration: which field, what value, what is allowed. The CLIs exit 2 with it."""
 
-    def __init__(self, path: str, value: object, allowed: str) -> None:
+    def __init__(self, path: str, value: object, allowed: str, *, source: str | None = None) -> None:
         self.path = path
         self.value = value
         self.allowed = allowed
-        super().__init__(f"invalid config: {path} = {value!r}: {allowed}")
+        self.source = source  # the file, environment variable or flag the value came from
+        origin = f" (from {source})" if source else ""
+        super().__init__(f"invalid config: {path} = {value!r}{origin}: {allowed}")

@@ -37,3 +37,44 @@ def _bind(stage: Stage[C], next_handler: Handler[C]) -> Handler[C]:
 
     bound.__qualname__ = f"{type(stage).__name__}.bound"
     return bound
+
+
+Completion = Callable[[BaseException | None], None]
+
+
+class ReplyStream:
+    """A reply that completes after the handler returns: a response stream. Stages attach their completion work
+    (release a slot, report the outcome, end a span) with `add_done_callback`; it runs once, when the stream
+    ends, fails or is cancelled, with the error or None."""
+
+    __slots__ = ("_callbacks", "_done", "_error")
+
+    def __init__(self) -> None:
+        self._callbacks: list[Completion] = []
+        self._done = False
+        self._error: BaseException | None = None
+
+    def add_done_callback(self, callback: Completion) -> None:
+        if self._done:
+            callback(self._error)
+        else:
+            self._callbacks.append(callback)
+
+    def finish(self, error: BaseException | None = None) -> None:
+        """Mark the stream complete; idempotent."""
+        if self._done:
+            return
+        self._done = True
+        self._error = error
+        callbacks, self._callbacks = self._callbacks, []
+        for callback in callbacks:  # innermost stage registered first: it completes first, as a finally would
+            callback(error)
+
+
+def on_complete(reply: Any, callback: Completion) -> Any:
+    """Run `callback` when `reply` completes: now for a unary reply, at the end of a stream otherwise."""
+    if isinstance(reply, ReplyStream):
+        reply.add_done_callback(callback)
+    else:
+        callback(None)
+    return reply

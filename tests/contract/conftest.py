@@ -7,78 +7,13 @@ from __future__ import annotations
 import shutil
 import uuid
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
-from pathlib import Path
 
-import consul
 import pytest
 
-from tests.support.processes import (
-    Processes,
-    free_port,
-    http_answers,
-    http_ok,
-    meshlet_argv,
-    processes,
-    wait_until,
-)
+from tests.support.agents import Agent, start_dev_agent, start_real_consul
+from tests.support.processes import Processes, processes
 
-
-@dataclass(frozen=True)
-class Agent:
-    """A running Consul-compatible agent under test."""
-
-    kind: str  # "meshlet" or "consul"
-    host: str
-    port: int
-
-    @property
-    def url(self) -> str:
-        return f"http://{self.host}:{self.port}"
-
-    @property
-    def address(self) -> str:
-        return f"{self.host}:{self.port}"
-
-    def client(self) -> consul.Consul:
-        """A py-consul synchronous client for this agent."""
-        return consul.Consul(host=self.host, port=self.port)
-
-
-def start_dev_agent(procs: Processes, *extra: str) -> Agent:
-    port = free_port()
-    child = procs.start(meshlet_argv("dev-agent", "--http-addr", f"127.0.0.1:{port}", *extra), name="dev-agent")
-    agent = Agent("meshlet", "127.0.0.1", port)
-    try:
-        wait_until(lambda: http_answers(f"{agent.url}/v1/status/leader"), 15, "the dev agent to answer")
-    except AssertionError:
-        raise AssertionError(f"dev agent did not start:\n{child.output()}") from None
-    return agent
-
-
-def start_real_consul(procs: Processes, data_dir: Path) -> Agent:
-    consul_bin = shutil.which("consul")
-    assert consul_bin is not None
-    ports = {name: free_port() for name in ("http", "dns", "serf-lan", "serf-wan", "server", "grpc")}
-    argv = [
-        consul_bin,
-        "agent",
-        "-dev",
-        "-bind",
-        "127.0.0.1",
-        "-client",
-        "127.0.0.1",
-        f"-http-port={ports['http']}",
-        f"-dns-port={ports['dns']}",
-        f"-serf-lan-port={ports['serf-lan']}",
-        f"-serf-wan-port={ports['serf-wan']}",
-        f"-server-port={ports['server']}",
-        f"-grpc-port={ports['grpc']}",
-    ]
-    procs.start(argv, name="consul")
-    agent = Agent("consul", "127.0.0.1", ports["http"])
-    wait_until(lambda: http_ok(f"{agent.url}/v1/status/leader"), 30, "consul agent -dev to answer")
-    return agent
+__all__ = ["Agent", "start_dev_agent"]
 
 
 @pytest.fixture(scope="session", params=["meshlet", "consul"])

@@ -1,0 +1,230 @@
+"""Mesh: the SDK's one object. It loads the config, owns the runtime (discovery watchers, upstreams, endpoint
+channels) and gives service code three things: ``channel(service)`` for calls, ``server()`` for a grpc.aio
+server with meshlet's inbound stages, and ``serve(server, port)`` to register, serve and drain."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import random
+import signal
+import time
+from collections.abc import Iterable, Sequence
+from pathlib import Path
+from typing import Any
+
+import grpc
+from google.protobuf import descriptor_pb2, descriptor_pool
+from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+from grpc_reflection.v1alpha import reflection
+
+from meshlet.call import matches_any
+from meshlet.config import Config, load_config
+from meshlet.deadline import Clock
+from meshlet.discovery.consul_client import ConsulFactory, consul_factory
+from meshlet.discovery.consul_watch import ConsulWatch
+from meshlet.discovery.registration import Registration
+from meshlet.events import EventBus
+from meshlet.inbound import build_inbound
+from meshlet.transport.channels import EndpointChannels
+from meshlet.transport.mesh_channel import MeshChannel
+from meshlet.transport.server import InboundInterceptor
+from meshlet.upstream import Upstream
+
+log = logging.getLogger("meshlet")
+
+_SAFE_LEVELS = (
+    descriptor_pb2.MethodOptions.IDEMPOTENT,
+    descriptor_pb2.MethodOptions.NO_SIDE_EFFECTS,
+)
+
+
+def declared_idempotent(path: str) -> bool:
+    """Whether the method's proto declares ``idempotency_level`` IDEMPOTENT or NO_SIDE_EFFECTS."""
+    try:
+        method = descriptor_pool.Default().FindMethodByName(path.lstrip("/").replace("/", "."))
+    except KeyError:
+        return False
+    return method.GetOptions().idempotency_level in _SAFE_LEVELS
+
+
+class Mesh:
+    """``async with Mesh.from_env() as mesh:`` then ``mesh.channel(...)``, ``mesh.server()``, ``mesh.serve(...)``."""
+
+    def __init__(self, config: Config, *, clock: Clock = time.monotonic, rng: random.Random | None = None) -> None:
+        self.config = config
+        self.events = EventBus()
+        self._clock = clock
+        self._rng = rng or random.Random()
+        token = config.consul.token.get_secret_value() if config.consul.token is not None else None
+        cacert = str(config.consul.cacert) if config.consul.cacert is not None else None
+        self._consul: ConsulFactory = consul_factory(config.consul.address, token=token, ca_file=cacert)
+        self._upstreams: dict[str, Upstream] = {}
+        self._watches: dict[str, ConsulWatch] = {}
+        self._channels: dict[str, MeshChannel] = {}
+        self._stop = asyncio.Event()
+
+    @classmethod
+    def from_env(cls, path: str | Path | None = None, **overrides: Any) -> Mesh:
+        """Config from ``MESHLET_CONFIG`` (or `path`), ``MESHLET_*`` variables and ``CONSUL_HTTP_ADDR``."""
+        return cls(load_config(path, overrides=overrides or None))
+
+    async def __aenter__(self) -> Mesh:
+        return self
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        await self.close()
+
+    # ------------------------------------------------------------------ client side
+
+    def channel(self, service: str) -> MeshChannel:
+        """A channel to `service` by name: discovery, balancing, retries, breakers and deadlines per call."""
+        found = self._channels.get(service)
+        if found is None:
+            upstream = self.upstream(service)
+            patterns = upstream.policy.retry.idempotent
+
+            def is_idempotent(path: str) -> bool:
+                return matches_any(path, patterns) or declared_idempotent(path)
+
+            found = self._channels[service] = MeshChannel(
+                service,
+                upstream.handler,
+                is_idempotent=is_idempotent,
+                replay_limit_bytes=upstream.policy.retry.replay_buffer_bytes,
+            )
+        return found
+
+    def upstream(self, service: str) -> Upstream:
+        """The per-destination state for `service`, created (and its discovery started) on first use."""
+        found = self._upstreams.get(service)
+        if found is None:
+            policy = self.config.upstream(service)
+            found = self._upstreams[service] = Upstream(
+                service, policy, channels=EndpointChannels(), events=self.events, clock=self._clock, rng=self._rng
+            )
+            watch = self._watches[service] = ConsulWatch(
+                service,
+                consul=self._consul,
+                on_update=found.update_endpoints,
+                events=self.events,
+                rng=self._rng,
+            )
+            asyncio.get_running_loop().create_task(watch.start())
+        return found
+
+    # ------------------------------------------------------------------ server side
+
+    def server(self, *, options: Sequence[tuple[str, Any]] = (), **kwargs: Any) -> grpc.aio.Server:
+        """A grpc.aio server whose calls run through meshlet's inbound stages; serve it with `serve()`."""
+        interceptor = InboundInterceptor(build_inbound, self._clock)
+        server = grpc.aio.server(interceptors=[interceptor], options=list(options), **kwargs)
+        return _ServiceRecorder(server)
+
+    async def serve(self, server: grpc.aio.Server, port: int, *, host: str = "0.0.0.0") -> None:
+        """Serve until SIGTERM/SIGINT (or `stop()`): register in Consul with a TTL check heart-beaten from the
+        server's grpc.health.v1 status; on the signal report NOT_SERVING, deregister, stop accepting, drain
+        in-flight calls for ``service.drain_grace`` and return."""
+        name = self.config.service.name
+        if not name:
+            raise ValueError("serve() needs service.name: set it in the config file or MESHLET_SERVICE__NAME")
+        health_servicer = health.aio.HealthServicer()
+        health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
+        names = [*_recorded_services(server), health.SERVICE_NAME, reflection.SERVICE_NAME]
+        reflection.enable_server_reflection(names, server)
+        bound = server.add_insecure_port(f"{host}:{port}")
+        await server.start()
+        for service_name in ("", *_recorded_services(server)):
+            await health_servicer.set(service_name, health_pb2.HealthCheckResponse.SERVING)
+        status = {"value": "SERVING"}
+        address = self.config.service.address or "127.0.0.1"
+        registration = Registration(
+            self._consul,
+            name=name,
+            service_id=f"{name}-{address}-{bound}",
+            address=address,
+            port=bound,
+            tags=tuple(self.config.service.tags),
+            meta=dict(self.config.service.meta),
+            check_ttl_s=self.config.service.check_ttl,
+            deregister_after_s=self.config.service.deregister_critical_after,
+            health=lambda: status["value"],
+        )
+        await registration.register()
+        log.info("serving %s on %s:%d", name, host, bound, extra={"service": name, "port": bound})
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, self._stop.set)
+        try:
+            await self._stop.wait()
+        finally:
+            for sig in (signal.SIGTERM, signal.SIGINT):
+                loop.remove_signal_handler(sig)
+            status["value"] = "NOT_SERVING"
+            await health_servicer.enter_graceful_shutdown()
+            await registration.deregister()
+            log.info("draining %s for up to %.1fs", name, self.config.service.drain_grace)
+            await server.stop(grace=self.config.service.drain_grace)
+            log.info("stopped %s", name)
+
+    def stop(self) -> None:
+        """Ask `serve()` to drain and return, as SIGTERM does."""
+        self._stop.set()
+
+    async def close(self) -> None:
+        """Stop discovery and close every endpoint channel."""
+        watches, self._watches = list(self._watches.values()), {}
+        for watch in watches:
+            with contextlib.suppress(Exception):
+                await watch.stop()
+        upstreams, self._upstreams = list(self._upstreams.values()), {}
+        await asyncio.gather(*(u.close() for u in upstreams), return_exceptions=True)
+        self._channels.clear()
+
+    def __repr__(self) -> str:
+        return f"<Mesh {self.config.service.name or '(client only)'}: {len(self._upstreams)} upstreams>"
+
+
+class _ServiceRecorder(grpc.aio.Server):
+    """A grpc.aio.Server that remembers the services added to it, for health and reflection."""
+
+    def __init__(self, server: grpc.aio.Server) -> None:
+        self._server = server
+        self.meshlet_services: list[str] = []
+
+    def add_generic_rpc_handlers(self, generic_rpc_handlers: Iterable[Any]) -> None:
+        for handler in generic_rpc_handlers:
+            service_name = getattr(handler, "service_name", None)
+            if callable(service_name) and service_name() not in self.meshlet_services:
+                self.meshlet_services.append(service_name())
+        self._server.add_generic_rpc_handlers(generic_rpc_handlers)
+
+    def add_registered_method_handlers(self, service_name: str, method_handlers: Any) -> None:
+        self._server.add_registered_method_handlers(service_name, method_handlers)
+
+    def add_insecure_port(self, address: str) -> int:
+        port: int = self._server.add_insecure_port(address)
+        return port
+
+    def add_secure_port(self, address: str, server_credentials: grpc.ServerCredentials) -> int:
+        port: int = self._server.add_secure_port(address, server_credentials)
+        return port
+
+    async def start(self) -> None:
+        await self._server.start()
+
+    async def stop(self, grace: float | None) -> None:
+        await self._server.stop(grace)
+
+    async def wait_for_termination(self, timeout: float | None = None) -> bool:
+        done: bool = await self._server.wait_for_termination(timeout)
+        return done
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._server, name)
+
+
+def _recorded_services(server: grpc.aio.Server) -> list[str]:
+    recorded: list[str] = getattr(server, "meshlet_services", [])
+    return [name for name in recorded if name not in (health.SERVICE_NAME, reflection.SERVICE_NAME)]

@@ -1,0 +1,72 @@
+"""Stage (per attempt): choose the endpoint for this attempt from the upstream's current picker snapshot.
+
+Per attempt, so a retry goes to another endpoint than the ones this call already tried. It never blocks, except
+for the very first call to an upstream, which waits for discovery's first answer within its deadline. An
+endpoint whose breaker is half-open admits one probe at a time; a pick that lands on a busy probe moves on.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable
+from typing import Any, Protocol
+
+from meshlet.call import Call
+from meshlet.endpoints import Endpoint
+from meshlet.errors import MeshError
+
+
+class Picks(Protocol):
+    def pick(self, avoid: Any = None) -> Endpoint | None: ...
+
+    def __len__(self) -> int: ...
+
+
+class Balancer(Protocol):
+    """What PickEndpoint needs of an upstream."""
+
+    @property
+    def picker(self) -> Picks | None:
+        """The current snapshot, or None until discovery has answered once."""
+
+    async def wait_first_answer(self, timeout_s: float) -> None: ...
+
+    def admits(self, endpoint: Endpoint) -> bool:
+        """Whether the endpoint's breaker lets this attempt through."""
+
+    def no_endpoint_error(self, call: Call) -> MeshError:
+        """The error that says why there is nothing to pick (none passing, all circuits open, no answer yet)."""
+
+
+class PickEndpoint:
+    __slots__ = ("_balancer",)
+
+    def __init__(self, balancer: Balancer) -> None:
+        self._balancer = balancer
+
+    async def __call__(self, call: Call, next: Callable[[Call], Awaitable[Any]]) -> Any:
+        balancer = self._balancer
+        picker = balancer.picker
+        if picker is None:
+            assert call.deadline is not None
+            await balancer.wait_first_answer(call.deadline.remaining())
+            picker = balancer.picker
+        endpoint = picker.pick(call.tried) if picker is not None else None
+        if endpoint is not None and not balancer.admits(endpoint):
+            assert picker is not None
+            endpoint = self._pick_admitted(picker, call, endpoint)
+        if endpoint is None:
+            raise balancer.no_endpoint_error(call)
+        call.endpoint = endpoint
+        return await next(call)
+
+    def _pick_admitted(self, picker: Picks, call: Call, refused: Endpoint) -> Endpoint | None:
+        """The first pick lands on an endpoint that admits nothing right now: try the others once each."""
+        avoid = {*(call.tried or ()), refused}
+        for _ in range(len(picker)):
+            endpoint = picker.pick(avoid)
+            if endpoint is None or endpoint in avoid:
+                return None
+            if self._balancer.admits(endpoint):
+                return endpoint
+            avoid.add(endpoint)
+        return None

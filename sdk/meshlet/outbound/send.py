@@ -1,0 +1,51 @@
+"""Terminal stage: send one attempt on the endpoint's channel.
+
+Unary replies come back whole. For a response stream, the attempt lasts until the first message (or the
+end): only then is the call committed and the stream handed back up as a ResponseStream, so a failure
+before the first message can still be retried (gRPC A6). Client-streaming requests are read from the call's
+replay buffer, so a retried attempt re-sends what the failed one sent.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+import grpc
+
+from meshlet.call import Call
+from meshlet.transport.channels import EndpointChannels, never_reached_server
+from meshlet.transport.streams import ResponseStream
+
+
+class SendOnChannel:
+    __slots__ = ("_channels",)
+
+    def __init__(self, channels: EndpointChannels) -> None:
+        self._channels = channels
+
+    async def __call__(self, call: Call) -> Any:
+        assert call.endpoint is not None
+        assert call.deadline is not None
+        multicallable = self._channels.get(call.endpoint).callable_for(call.method)
+        kind = call.method.kind
+        request = call.request.replay() if kind.client_streaming else call.request
+        grpc_call = multicallable(
+            request,
+            timeout=call.deadline.remaining(),
+            metadata=call.attempt_metadata(),
+            wait_for_ready=call.wait_for_ready,
+        )
+        call.may_have_reached_server = True
+        call.transport_call = grpc_call
+        try:
+            if kind.server_streaming:
+                return ResponseStream(grpc_call, await grpc_call.read())
+            return await grpc_call
+        except grpc.aio.AioRpcError as error:
+            if never_reached_server(error):
+                call.may_have_reached_server = False
+            raise
+        except asyncio.CancelledError:
+            grpc_call.cancel()
+            raise

@@ -1,0 +1,125 @@
+"""One grpc.aio channel per endpoint: created on first use, reused by every call, closed (gracefully, so calls
+in flight finish) when its endpoint leaves the set. grpcio's own retries are switched off on every channel:
+meshlet's retry stage is the one layer that owns retries."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+from collections.abc import Callable
+from typing import Any
+
+import grpc
+
+from meshlet.call import Cardinality, Method
+from meshlet.endpoints import Endpoint
+
+log = logging.getLogger("meshlet.transport")
+
+CLOSE_GRACE_S = 30.0
+
+# No service-config retry policy may ever apply, and no transparent retries behind our back.
+_CHANNEL_OPTIONS: tuple[tuple[str, Any], ...] = (
+    ("grpc.enable_retries", 0),
+    ("grpc.service_config", json.dumps({"methodConfig": []})),
+    ("grpc.service_config_disable_resolution", 1),
+    ("grpc.keepalive_time_ms", 30_000),
+    ("grpc.keepalive_timeout_ms", 10_000),
+    ("grpc.http2.max_pings_without_data", 0),
+    ("grpc.max_receive_message_length", 64 * 1024 * 1024),
+)
+
+ChannelFactory = Callable[[str, tuple[tuple[str, Any], ...]], grpc.aio.Channel]
+
+
+def insecure_channel(target: str, options: tuple[tuple[str, Any], ...]) -> grpc.aio.Channel:
+    return grpc.aio.insecure_channel(target, options=options)
+
+
+class EndpointChannel:
+    """A channel to one endpoint and the multicallables made on it, one per Method."""
+
+    __slots__ = ("_callables", "channel", "endpoint")
+
+    def __init__(self, endpoint: Endpoint, channel: grpc.aio.Channel) -> None:
+        self.endpoint = endpoint
+        self.channel = channel
+        self._callables: dict[Method, Any] = {}
+
+    def callable_for(self, method: Method) -> Any:
+        """The grpc multicallable for `method` on this channel (built once, then one dict lookup)."""
+        found = self._callables.get(method)
+        if found is None:
+            found = self._callables[method] = _multicallable(self.channel, method)
+        return found
+
+
+def _multicallable(channel: grpc.aio.Channel, method: Method) -> Any:
+    make = {
+        Cardinality.UNARY_UNARY: channel.unary_unary,
+        Cardinality.UNARY_STREAM: channel.unary_stream,
+        Cardinality.STREAM_UNARY: channel.stream_unary,
+        Cardinality.STREAM_STREAM: channel.stream_stream,
+    }[method.kind]
+    return make(method.path, request_serializer=method.serializer, response_deserializer=method.deserializer)
+
+
+class EndpointChannels:
+    """The channels of one upstream, keyed by endpoint."""
+
+    def __init__(self, factory: ChannelFactory = insecure_channel, extra_options: tuple[tuple[str, Any], ...] = ()):
+        self._factory = factory
+        self._options = _CHANNEL_OPTIONS + extra_options
+        self._channels: dict[Endpoint, EndpointChannel] = {}
+        self._closing: set[asyncio.Task[None]] = set()
+
+    def get(self, endpoint: Endpoint) -> EndpointChannel:
+        found = self._channels.get(endpoint)
+        if found is None:
+            channel = self._factory(endpoint.authority, self._options)
+            found = self._channels[endpoint] = EndpointChannel(endpoint, channel)
+        return found
+
+    def __len__(self) -> int:
+        return len(self._channels)
+
+    def __contains__(self, endpoint: Endpoint) -> bool:
+        return endpoint in self._channels
+
+    def retire(self, endpoint: Endpoint) -> None:
+        """The endpoint left: stop using its channel and close it once its calls have finished."""
+        found = self._channels.pop(endpoint, None)
+        if found is not None:
+            task = asyncio.get_running_loop().create_task(found.channel.close(grace=CLOSE_GRACE_S))
+            self._closing.add(task)
+            task.add_done_callback(self._closing.discard)
+
+    async def close(self) -> None:
+        """Close every channel now (in-flight calls are cancelled) and wait for retired ones."""
+        channels, self._channels = list(self._channels.values()), {}
+        await asyncio.gather(*(c.channel.close(grace=None) for c in channels), return_exceptions=True)
+        for task in list(self._closing):
+            task.cancel()
+        await asyncio.gather(*self._closing, return_exceptions=True)
+
+
+# What grpc core says when a request provably never left this process: the connection could not be made, the
+# write of the request failed on a dead socket, or the server refused the stream before reading it.
+_NEVER_LEFT = (
+    "failed to connect to all addresses",
+    "Failed to connect to remote host",
+    "connections to all backends failing",
+    "Connection refused",
+    "sendmsg",
+    "RST_STREAM with error code 7",  # REFUSED_STREAM
+    "DNS resolution failed",
+)
+
+
+def never_reached_server(error: grpc.aio.AioRpcError) -> bool:
+    """True when an attempt failed before its request could reach a server, so re-sending it is always safe."""
+    if error.code() is not grpc.StatusCode.UNAVAILABLE:
+        return False
+    details = error.details() or ""
+    return any(marker in details for marker in _NEVER_LEFT)

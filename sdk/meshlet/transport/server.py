@@ -1,0 +1,93 @@
+"""The server side of the SDK: a grpc.aio server interceptor that runs every call through the inbound pipeline
+before the servicer, whatever its RPC kind.
+
+Wrapped handlers are built once per method and cached, so per call the cost is one InboundCall and the stages.
+"""
+
+from __future__ import annotations
+
+import inspect
+from collections.abc import AsyncIterator, Awaitable, Callable
+from typing import Any
+
+import grpc
+
+from meshlet.call import InboundCall
+from meshlet.deadline import Clock, Deadline
+
+Pipeline = Callable[[InboundCall], Awaitable[Any]]
+PipelineBuilder = Callable[[Callable[[InboundCall], Awaitable[Any]]], Pipeline]
+
+
+class InboundInterceptor(grpc.aio.ServerInterceptor):
+    """Runs meshlet's inbound stages around every servicer method."""
+
+    def __init__(self, build: PipelineBuilder, clock: Clock) -> None:
+        self._clock = clock
+        self._cache: dict[str, grpc.RpcMethodHandler] = {}
+        self._build = build
+
+    async def intercept_service(
+        self,
+        continuation: Callable[[grpc.HandlerCallDetails], Awaitable[grpc.RpcMethodHandler]],
+        handler_call_details: grpc.HandlerCallDetails,
+    ) -> grpc.RpcMethodHandler | None:
+        method = handler_call_details.method
+        cached = self._cache.get(method)
+        if cached is not None:
+            return cached
+        handler = await continuation(handler_call_details)
+        if handler is None:
+            return None
+        wrapped = self._cache[method] = self._wrap(method, handler)
+        return wrapped
+
+    def _wrap(self, method: str, handler: grpc.RpcMethodHandler) -> grpc.RpcMethodHandler:
+        clock = self._clock
+
+        def inbound_call(request: Any, context: Any) -> InboundCall:
+            remaining = context.time_remaining()
+            deadline = Deadline(clock() + remaining, clock) if remaining is not None else None
+            return InboundCall(method, context.invocation_metadata(), request, context, deadline, None, context.peer())
+
+        if handler.unary_unary or handler.stream_unary:
+            original = handler.unary_unary or handler.stream_unary
+
+            async def terminal_unary(call: InboundCall) -> Any:
+                return await original(call.request, call.context)
+
+            pipeline = self._build(terminal_unary)
+
+            async def unary_response(request: Any, context: Any) -> Any:
+                return await pipeline(inbound_call(request, context))
+
+            if handler.unary_unary:
+                return grpc.unary_unary_rpc_method_handler(
+                    unary_response, handler.request_deserializer, handler.response_serializer
+                )
+            return grpc.stream_unary_rpc_method_handler(
+                unary_response, handler.request_deserializer, handler.response_serializer
+            )
+
+        original = handler.unary_stream or handler.stream_stream
+
+        async def terminal_stream(call: InboundCall) -> Any:
+            return original(call.request, call.context)
+
+        pipeline = self._build(terminal_stream)
+
+        async def stream_response(request: Any, context: Any) -> AsyncIterator[Any]:
+            result = await pipeline(inbound_call(request, context))
+            if inspect.isasyncgen(result):
+                async for reply in result:
+                    yield reply
+            elif inspect.isawaitable(result):  # a handler that writes with context.write()
+                await result
+
+        if handler.unary_stream:
+            return grpc.unary_stream_rpc_method_handler(
+                stream_response, handler.request_deserializer, handler.response_serializer
+            )
+        return grpc.stream_stream_rpc_method_handler(
+            stream_response, handler.request_deserializer, handler.response_serializer
+        )

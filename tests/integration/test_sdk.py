@@ -1,0 +1,256 @@
+"""The SDK end to end: a real dev agent, real echo server processes served through ``Mesh.serve``, and this test
+process calling them through ``mesh.channel``. Everything asserted is what a caller or an operator would see."""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import signal
+
+import grpc
+import pytest
+
+from meshlet.errors import ErrorReason, error_info
+from meshlet_api.echo.v1 import echo_pb2, echo_pb2_grpc
+from tests.integration.conftest import EchoFleet, MeshFactory
+from tests.support.agents import Agent
+from tests.support.processes import Processes, wait_until
+
+pytestmark = pytest.mark.slow
+
+HELLO = echo_pb2.EchoRequest(message="hello")
+
+
+async def calls_received(port: int) -> dict[str, int]:
+    """Ask one echo server directly how many calls of each method it received."""
+    async with grpc.aio.insecure_channel(f"127.0.0.1:{port}") as channel:
+        reply = await echo_pb2_grpc.EchoStub(channel).Stats(echo_pb2.StatsRequest(), timeout=5)
+    return dict(reply.calls)
+
+
+async def test_calls_spread_over_every_instance(fleet: EchoFleet, mesh_factory: MeshFactory) -> None:
+    for name in ("a", "b", "c"):
+        fleet.start(name, wait=False)
+    for name in ("a", "b", "c"):
+        fleet.wait_passing(name)
+    stub = echo_pb2_grpc.EchoStub(mesh_factory().channel(fleet.service))
+
+    served = collections.Counter([(await stub.Echo(HELLO, timeout=5)).served_by for _ in range(90)])
+
+    assert set(served) == {"a", "b", "c"}
+    assert min(served.values()) >= 10, served
+
+
+async def test_an_always_failing_instance_is_ejected_and_no_idempotent_call_fails(
+    fleet: EchoFleet, mesh_factory: MeshFactory
+) -> None:
+    fleet.start("good-1")
+    fleet.start("good-2")
+    fleet.start("bad", "--fail-code", "UNAVAILABLE")
+    mesh = mesh_factory()
+    stub = echo_pb2_grpc.EchoStub(mesh.channel(fleet.service))
+
+    replies = [await stub.Echo(HELLO, timeout=5) for _ in range(150)]
+
+    assert {r.served_by for r in replies} == {"good-1", "good-2"}
+    received_by_bad = (await calls_received(fleet.ports["bad"])).get("Echo", 0)
+    assert received_by_bad <= 5 + 2, "the bad instance kept getting calls after its breaker should have opened"
+    assert "1 open" in repr(mesh.upstream(fleet.service))
+
+
+async def test_a_non_idempotent_call_that_failed_at_a_server_is_never_resent(
+    fleet: EchoFleet, mesh_factory: MeshFactory
+) -> None:
+    fleet.start("x", "--fail-code", "UNAVAILABLE")
+    fleet.start("y", "--fail-code", "UNAVAILABLE")
+    stub = echo_pb2_grpc.EchoStub(mesh_factory().channel(fleet.service))
+
+    with pytest.raises(grpc.aio.AioRpcError) as once:
+        await stub.EchoOnce(HELLO, timeout=5)
+    with pytest.raises(grpc.aio.AioRpcError) as idempotent:
+        await stub.Echo(HELLO, timeout=5)
+
+    assert once.value.code() == grpc.StatusCode.UNAVAILABLE
+    assert idempotent.value.code() == grpc.StatusCode.UNAVAILABLE
+    counts = [await calls_received(fleet.ports[name]) for name in ("x", "y")]
+    assert sum(c.get("EchoOnce", 0) for c in counts) == 1, "EchoOnce declares no idempotency: sent exactly once"
+    assert sum(c.get("Echo", 0) for c in counts) == 3, "Echo is IDEMPOTENT: sent max_attempts (3) times"
+
+
+async def test_a_sigkilled_instance_costs_no_idempotent_call(fleet: EchoFleet, mesh_factory: MeshFactory) -> None:
+    for name in ("a", "b", "c"):
+        fleet.start(name)
+    stub = echo_pb2_grpc.EchoStub(mesh_factory().channel(fleet.service))
+    stop = asyncio.Event()
+    failures: list[BaseException] = []
+    served: collections.Counter[str] = collections.Counter()
+
+    async def caller() -> None:
+        while not stop.is_set():
+            try:
+                served[(await stub.Echo(HELLO, timeout=5)).served_by] += 1
+            except grpc.aio.AioRpcError as error:
+                failures.append(error)
+
+    workers = [asyncio.create_task(caller()) for _ in range(8)]
+    await asyncio.sleep(1.0)
+    fleet.servers["b"].signal(signal.SIGKILL)
+    await asyncio.sleep(2.5)
+    stop.set()
+    await asyncio.gather(*workers)
+
+    assert not failures, failures[:3]
+    assert served["a"], served
+    assert served["b"], served
+    assert served["c"], served
+
+
+async def test_a_handler_deadline_flows_into_its_outbound_calls(
+    procs: Processes, agent: Agent, mesh_factory: MeshFactory
+) -> None:
+    backend = EchoFleet(procs, agent)
+    backend.start("backend")
+    front = EchoFleet(procs, agent)
+    front.start("front", "--upstream", backend.service)
+    stub = echo_pb2_grpc.EchoStub(mesh_factory().channel(front.service))
+
+    reply = await stub.Echo(echo_pb2.EchoRequest(message="deadline?"), timeout=2.0)
+
+    seen_by_backend = float(reply.message)  # the backend's context.time_remaining()
+    assert 0.5 < seen_by_backend < 2.0, "the backend should see what was left of the caller's 2 s, not a fresh 5 s"
+
+
+async def test_a_new_instance_gets_calls_soon_after_it_registers(fleet: EchoFleet, mesh_factory: MeshFactory) -> None:
+    fleet.start("first")
+    stub = echo_pb2_grpc.EchoStub(mesh_factory().channel(fleet.service))
+    assert (await stub.Echo(HELLO, timeout=5)).served_by == "first"
+
+    fleet.start("second")
+    seen: set[str] = set()
+    for _ in range(200):
+        seen.add((await stub.Echo(HELLO, timeout=5)).served_by)
+        if "second" in seen:
+            break
+        await asyncio.sleep(0.02)
+    assert "second" in seen
+
+
+async def test_calls_go_on_when_consul_stops(agent: Agent, fleet: EchoFleet, mesh_factory: MeshFactory) -> None:
+    fleet.start("a")
+    fleet.start("b")
+    stub = echo_pb2_grpc.EchoStub(mesh_factory().channel(fleet.service))
+    assert (await stub.Echo(HELLO, timeout=5)).message == "hello"
+
+    assert agent.child is not None
+    agent.child.signal(signal.SIGKILL)
+    agent.child.wait(10)
+    served = collections.Counter([(await stub.Echo(HELLO, timeout=5)).served_by for _ in range(40)])
+
+    assert set(served) == {"a", "b"}, "the last good endpoint set stays in use while Consul is away"
+
+
+async def test_every_endpoint_gone_fails_fast_with_unavailable(fleet: EchoFleet, mesh_factory: MeshFactory) -> None:
+    fleet.start("only")
+    stub = echo_pb2_grpc.EchoStub(mesh_factory().channel(fleet.service))
+    assert (await stub.Echo(HELLO, timeout=5)).served_by == "only"
+
+    fleet.servers["only"].signal(signal.SIGTERM)
+    fleet.servers["only"].wait(15)
+    wait_until(lambda: not fleet.passing_ports(), 10, "the instance to leave Consul")
+    await asyncio.sleep(0.5)  # discovery follows Consul's change
+
+    with pytest.raises(grpc.aio.AioRpcError) as failed:
+        await stub.Echo(HELLO, timeout=30)
+    assert failed.value.code() == grpc.StatusCode.UNAVAILABLE
+    info = error_info(failed.value)
+    assert info is not None
+    assert info.reason == ErrorReason.NO_HEALTHY_ENDPOINT
+    assert fleet.service in (failed.value.details() or "")
+
+
+async def test_a_service_nobody_registered_fails_with_its_name(fleet: EchoFleet, mesh_factory: MeshFactory) -> None:
+    stub = echo_pb2_grpc.EchoStub(mesh_factory().channel("no-such-service"))
+
+    with pytest.raises(grpc.aio.AioRpcError) as failed:
+        await stub.Echo(HELLO, timeout=10)
+
+    assert failed.value.code() == grpc.StatusCode.UNAVAILABLE
+    assert "no-such-service" in (failed.value.details() or "")
+
+
+async def test_retries_never_outlive_the_deadline(fleet: EchoFleet, mesh_factory: MeshFactory) -> None:
+    fleet.start("slow-and-failing", "--fail-code", "UNAVAILABLE", "--delay-ms", "150")
+    mesh = mesh_factory(**{"upstream_defaults.retry.max_attempts": 5, "upstream_defaults.breaker.failures": 100})
+    stub = echo_pb2_grpc.EchoStub(mesh.channel(fleet.service))
+
+    with pytest.raises(grpc.aio.AioRpcError) as failed:
+        await stub.Echo(HELLO, timeout=0.4)
+
+    assert failed.value.code() in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED)
+    attempts = (await calls_received(fleet.ports["slow-and-failing"])).get("Echo", 0)
+    assert 1 <= attempts <= 3, f"{attempts} attempts of 150 ms cannot fit in a 400 ms deadline"
+
+
+async def test_with_every_endpoint_failing_retries_stay_within_the_budget(
+    fleet: EchoFleet, mesh_factory: MeshFactory
+) -> None:
+    fleet.start("x", "--fail-code", "UNAVAILABLE")
+    fleet.start("y", "--fail-code", "UNAVAILABLE")
+    mesh = mesh_factory(
+        **{
+            "upstream_defaults.breaker.failures": 10_000,  # keep breakers out of it: this is about the budget
+            "upstream_defaults.retry.budget_min_per_s": 0,
+            "upstream_defaults.retry.budget_ratio": 0.2,
+        }
+    )
+    stub = echo_pb2_grpc.EchoStub(mesh.channel(fleet.service))
+    calls = 100
+
+    reasons: collections.Counter[str] = collections.Counter()
+    for _ in range(calls):
+        with pytest.raises(grpc.aio.AioRpcError) as failed:
+            await stub.Echo(HELLO, timeout=5)
+        info = error_info(failed.value)
+        reasons[info.reason if info is not None else failed.value.code().name] += 1
+
+    received = 0
+    for name in ("x", "y"):
+        received += (await calls_received(fleet.ports[name])).get("Echo", 0)
+    assert received <= calls * 1.2 + 1, f"{received} attempts for {calls} calls: the budget allows 20 % retries"
+    assert reasons[ErrorReason.BUDGET_EXHAUSTED] > 0, reasons
+
+
+async def test_all_four_rpc_kinds_pass_through_the_mesh(fleet: EchoFleet, mesh_factory: MeshFactory) -> None:
+    fleet.start("a")
+    stub = echo_pb2_grpc.EchoStub(mesh_factory().channel(fleet.service))
+
+    unary = await stub.Echo(HELLO, timeout=5)
+    server_stream = [r.message async for r in stub.ServerStream(HELLO, timeout=5)]
+    client_stream = await stub.ClientStream(iter([echo_pb2.EchoRequest(message=m) for m in "xyz"]), timeout=5)
+    bidi = [r.message async for r in stub.BidiStream(iter([echo_pb2.EchoRequest(message=m) for m in "pq"]), timeout=5)]
+
+    assert unary.message == "hello"
+    assert server_stream == ["hello-0", "hello-1", "hello-2"]
+    assert client_stream.message == "x+y+z"
+    assert bidi == ["p", "q"]
+
+
+async def test_raw_bytes_pass_without_serializers(fleet: EchoFleet, mesh_factory: MeshFactory) -> None:
+    fleet.start("a")
+    channel = mesh_factory().channel(fleet.service)
+    echo = channel.unary_unary("/meshlet_api.echo.v1.Echo/Echo")
+
+    raw = await echo(HELLO.SerializeToString(), timeout=5)
+
+    assert isinstance(raw, bytes)
+    assert echo_pb2.EchoReply.FromString(raw).message == "hello"
+
+
+def test_sigterm_deregisters_and_exits_zero(fleet: EchoFleet) -> None:
+    server = fleet.start("leaving")
+
+    server.signal(signal.SIGTERM)
+
+    assert server.wait(20) == 0, server.output()
+    services = fleet.agent.get("/v1/agent/services")
+    assert not any(s["Service"] == fleet.service for s in services.values()), "it must deregister before it exits"

@@ -1,0 +1,102 @@
+"""An echo service served through meshlet's SDK (``Mesh.serve``), run as its own process by integration tests
+and benchmarks: ``python -m tests.support.echo_server --name echo-1 --port 0``.
+
+It registers in Consul (CONSUL_HTTP_ADDR) as service ``$MESHLET_SERVICE__NAME`` (default ``echo``), counts every
+call it receives (``Stats``), and injects faults on request: ``--fail-code UNAVAILABLE --fail-rate 1.0`` fails
+that share of calls, ``--delay-ms`` adds latency; per call, metadata ``x-echo-fail: <CODE>`` fails that call and
+``x-echo-sleep-ms: <n>`` delays it. With ``--upstream NAME`` its ``Echo`` forwards to that service through
+``mesh.channel`` (for deadline propagation tests) and reports the deadline it saw in the reply's message.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import collections
+import os
+import random
+import sys
+from collections.abc import AsyncIterator
+from typing import Any
+
+import grpc
+
+from meshlet.mesh import Mesh
+from meshlet_api.echo.v1 import echo_pb2, echo_pb2_grpc
+
+
+class Echo(echo_pb2_grpc.EchoServicer):
+    def __init__(self, args: argparse.Namespace, mesh: Mesh) -> None:
+        self.args = args
+        self.mesh = mesh
+        self.calls: collections.Counter[str] = collections.Counter()
+        self.rng = random.Random()
+
+    async def _fault(self, method: str, context: grpc.aio.ServicerContext) -> None:
+        self.calls[method] += 1
+        metadata = dict(context.invocation_metadata() or ())
+        delay_ms = float(metadata.get("x-echo-sleep-ms", self.args.delay_ms))
+        if delay_ms:
+            await asyncio.sleep(delay_ms / 1000)
+        code = metadata.get("x-echo-fail")
+        if code is None and self.args.fail_code and self.rng.random() < self.args.fail_rate:
+            code = self.args.fail_code
+        if code:
+            await context.abort(grpc.StatusCode[str(code)], f"{self.args.name}: injected {code}")
+
+    async def Stats(self, request: echo_pb2.StatsRequest, context: Any) -> echo_pb2.StatsReply:  # noqa: N802
+        return echo_pb2.StatsReply(calls=dict(self.calls), served_by=self.args.name)
+
+    async def Echo(self, request: echo_pb2.EchoRequest, context: Any) -> echo_pb2.EchoReply:  # noqa: N802
+        await self._fault("Echo", context)
+        if self.args.upstream:
+            stub = echo_pb2_grpc.EchoStub(self.mesh.channel(self.args.upstream))
+            inner = await stub.Echo(request)
+            return echo_pb2.EchoReply(message=inner.message, payload=inner.payload, served_by=self.args.name)
+        message = request.message
+        if message == "deadline?":
+            remaining = context.time_remaining()
+            message = "none" if remaining is None else f"{remaining:.3f}"
+        return echo_pb2.EchoReply(message=message, payload=request.payload, served_by=self.args.name)
+
+    async def EchoOnce(self, request: echo_pb2.EchoRequest, context: Any) -> echo_pb2.EchoReply:  # noqa: N802
+        await self._fault("EchoOnce", context)
+        return echo_pb2.EchoReply(message=request.message, payload=request.payload, served_by=self.args.name)
+
+    async def ServerStream(  # noqa: N802
+        self, request: echo_pb2.EchoRequest, context: Any
+    ) -> AsyncIterator[echo_pb2.EchoReply]:
+        await self._fault("ServerStream", context)
+        for i in range(3):
+            yield echo_pb2.EchoReply(message=f"{request.message}-{i}", served_by=self.args.name)
+
+    async def ClientStream(self, request_iterator: Any, context: Any) -> echo_pb2.EchoReply:  # noqa: N802
+        await self._fault("ClientStream", context)
+        messages = [r.message async for r in request_iterator]
+        return echo_pb2.EchoReply(message="+".join(messages), served_by=self.args.name)
+
+    async def BidiStream(self, request_iterator: Any, context: Any) -> AsyncIterator[echo_pb2.EchoReply]:  # noqa: N802
+        await self._fault("BidiStream", context)
+        async for request in request_iterator:
+            yield echo_pb2.EchoReply(message=request.message, served_by=self.args.name)
+
+
+async def main(argv: list[str]) -> int:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--name", default="echo-1")
+    parser.add_argument("--port", type=int, default=0)
+    parser.add_argument("--fail-code", default="")
+    parser.add_argument("--fail-rate", type=float, default=1.0)
+    parser.add_argument("--delay-ms", type=float, default=0.0)
+    parser.add_argument("--upstream", default="")
+    args = parser.parse_args(argv)
+    os.environ.setdefault("MESHLET_SERVICE__NAME", "echo")
+    async with Mesh.from_env() as mesh:
+        server = mesh.server()
+        echo_pb2_grpc.add_EchoServicer_to_server(Echo(args, mesh), server)
+        await mesh.serve(server, port=args.port, host="127.0.0.1")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(asyncio.run(main(sys.argv[1:])))
