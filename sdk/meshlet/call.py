@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import enum
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from meshlet.deadline import Deadline
@@ -50,6 +50,11 @@ class Method:
     idempotent: bool  # safe to re-send after it may have reached a server
     serializer: Serializer = None
     deserializer: Deserializer = None
+    client_streaming: bool = field(init=False)  # the kind's flags as plain attributes: read on every call
+    server_streaming: bool = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.client_streaming, self.server_streaming = self.kind.value
 
     @property
     def service(self) -> str:

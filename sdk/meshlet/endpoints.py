@@ -7,16 +7,32 @@ from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(frozen=True, slots=True, eq=False)
 class Endpoint:
-    """One instance of a service: where to dial and what Consul says about it."""
+    """One instance of a service: where to dial and what Consul says about it.
+
+    Its identity is its address and port alone, so a changed weight or tag is the same endpoint (its
+    channel, breaker and load stay), and its hash is computed once: endpoints key several dicts per call.
+    """
 
     address: str
     port: int
     weight: int = 1
     tags: frozenset[str] = frozenset()
-    meta: Mapping[str, str] = field(default_factory=dict, compare=False, hash=False)
-    instance_id: str = field(default="", compare=False)
+    meta: Mapping[str, str] = field(default_factory=dict)
+    instance_id: str = ""
+    _hash: int = field(init=False, repr=False)
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "_hash", hash((self.address, self.port)))
+
+    def __hash__(self) -> int:
+        return self._hash
+
+    def __eq__(self, other: object) -> bool:
+        if not isinstance(other, Endpoint):
+            return NotImplemented
+        return self.port == other.port and self.address == other.address
 
     @property
     def authority(self) -> str:
@@ -52,7 +68,12 @@ class EndpointSet:
         return isinstance(endpoint, Endpoint) and (endpoint.address, endpoint.port) in self._by_key
 
     def __eq__(self, other: object) -> bool:
-        return isinstance(other, EndpointSet) and self.endpoints == other.endpoints
+        """Equal when every endpoint and what Consul says of it (weight, tags) are the same."""
+        if not isinstance(other, EndpointSet) or self.endpoints != other.endpoints:
+            return False
+        return all(
+            (a.weight, a.tags) == (b.weight, b.tags) for a, b in zip(self.endpoints, other.endpoints, strict=True)
+        )
 
     def __hash__(self) -> int:
         return hash(self.endpoints)

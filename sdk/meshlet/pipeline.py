@@ -69,12 +69,3 @@ class ReplyStream:
         callbacks, self._callbacks = self._callbacks, []
         for callback in callbacks:  # innermost stage registered first: it completes first, as a finally would
             callback(error)
-
-
-def on_complete(reply: Any, callback: Completion) -> Any:
-    """Run `callback` when `reply` completes: now for a unary reply, at the end of a stream otherwise."""
-    if isinstance(reply, ReplyStream):
-        reply.add_done_callback(callback)
-    else:
-        callback(None)
-    return reply

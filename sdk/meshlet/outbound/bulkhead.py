@@ -11,7 +11,7 @@ from typing import Any
 
 from meshlet.call import Call
 from meshlet.errors import BulkheadFull
-from meshlet.pipeline import on_complete
+from meshlet.pipeline import ReplyStream
 from meshlet.resilience.bulkhead import InFlightLimit
 
 
@@ -35,4 +35,8 @@ class LimitInFlight:
         except BaseException:
             limit.release()
             raise
-        return on_complete(reply, lambda _error: limit.release())
+        if isinstance(reply, ReplyStream):
+            reply.add_done_callback(lambda _error: limit.release())
+        else:
+            limit.release()
+        return reply

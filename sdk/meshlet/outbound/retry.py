@@ -102,7 +102,7 @@ class RetryWithinBudget:
 
     def _is_idempotent(self, call: Call) -> bool:
         request = call.request
-        if call.method.kind.client_streaming and not request.can_replay():
+        if call.method.client_streaming and not request.can_replay():
             return False
         return call.method.idempotent
 

@@ -28,8 +28,8 @@ class SendOnChannel:
         assert call.endpoint is not None
         assert call.deadline is not None
         multicallable = self._channels.get(call.endpoint).callable_for(call.method)
-        kind = call.method.kind
-        request = call.request.replay() if kind.client_streaming else call.request
+        method = call.method
+        request = call.request.replay() if method.client_streaming else call.request
         grpc_call = multicallable(
             request,
             timeout=call.deadline.remaining(),
@@ -39,7 +39,7 @@ class SendOnChannel:
         call.may_have_reached_server = True
         call.transport_call = grpc_call
         try:
-            if kind.server_streaming:
+            if method.server_streaming:
                 return ResponseStream(grpc_call, await grpc_call.read())
             return await grpc_call
         except grpc.aio.AioRpcError as error:

@@ -188,7 +188,7 @@ class _Streaming:
     ) -> StreamingCall:
         channel = self._channel
         writes: _Writes | None = None
-        if self._method.kind.client_streaming:
+        if self._method.client_streaming:
             if request is None:
                 writes = _Writes()
                 request = writes.messages()
