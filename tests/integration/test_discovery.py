@@ -17,8 +17,8 @@ from meshlet.discovery.consul_watch import ConsulWatch
 from meshlet.discovery.registration import Registration, RegistrationRefused
 from meshlet.endpoints import Endpoint, EndpointSet
 from meshlet.events import DiscoveryFailed, Event, EventBus
-from tests.contract.conftest import Agent, start_dev_agent
-from tests.support.processes import Child, Processes, http_answers, meshlet_argv, wait_until
+from tests.support.agents import Agent, start_dev_agent
+from tests.support.processes import Processes
 
 
 @dataclass
@@ -27,7 +27,6 @@ class RunningAgent:
 
     procs: Processes
     agent: Agent
-    child: Child
 
     @property
     def url(self) -> str:
@@ -37,21 +36,16 @@ class RunningAgent:
         return self.agent.client()
 
     async def stop(self) -> None:
-        await asyncio.to_thread(self.child.stop)
+        assert self.agent.child is not None
+        await asyncio.to_thread(self.agent.child.stop)
 
     async def restart_empty(self) -> None:
-        def start() -> Child:
-            child = self.procs.start(meshlet_argv("dev-agent", "--http-addr", self.agent.address), name="dev-agent")
-            wait_until(lambda: http_answers(f"{self.url}/v1/status/leader"), 15, "the restarted dev agent")
-            return child
-
-        self.child = await asyncio.to_thread(start)
+        self.agent = await asyncio.to_thread(start_dev_agent, self.procs, port=self.agent.port)
 
 
 @pytest.fixture
 def dev_agent(procs: Processes) -> RunningAgent:
-    agent = start_dev_agent(procs)
-    return RunningAgent(procs, agent, procs.children[-1])
+    return RunningAgent(procs, start_dev_agent(procs))
 
 
 @dataclass

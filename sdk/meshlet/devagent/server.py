@@ -93,8 +93,8 @@ class DevAgent:
         return self.address
 
     async def stop(self) -> None:
-        """Stop serving (waking every blocked query), stop checks and write a last snapshot."""
-        self.changes.notify()
+        """Stop serving (answering every blocked query first), stop checks and write a last snapshot."""
+        self.changes.close()
         if self._runner is not None:
             await self._runner.cleanup()
             self._runner = None

@@ -171,13 +171,21 @@ class Changes:
 
     def __init__(self) -> None:
         self._event = asyncio.Event()
+        self.closed = False
 
     def notify(self) -> None:
         event, self._event = self._event, asyncio.Event()
         event.set()
 
+    def close(self) -> None:
+        """The agent is stopping: answer every blocked query now, as Consul does on shutdown."""
+        self.closed = True
+        self.notify()
+
     async def wait(self, timeout_s: float) -> None:
         """Return after the next write, or after `timeout_s`."""
+        if self.closed:
+            return
         try:
             await asyncio.wait_for(self._event.wait(), timeout_s)
         except TimeoutError:
@@ -201,7 +209,7 @@ async def block(changes: Changes, options: QueryOptions, index_of: Callable[[], 
         return current
     loop = asyncio.get_running_loop()
     deadline = loop.time() + wait_timeout(options.wait_s)
-    while current <= options.index:
+    while current <= options.index and not changes.closed:
         remaining = deadline - loop.time()
         if remaining <= 0:
             break

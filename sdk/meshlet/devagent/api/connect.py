@@ -119,7 +119,7 @@ async def _renewed_leaf(request: web.Request, service: str, options: common.Quer
     loop = asyncio.get_running_loop()
     deadline = loop.time() + common.wait_timeout(options.wait_s)
     issued = ca.leaf(service)
-    while issued.modify_index <= options.index:
+    while issued.modify_index <= options.index and not agent.changes.closed:
         remaining = deadline - loop.time()
         if remaining <= 0:
             break
