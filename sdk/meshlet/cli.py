@@ -1,4 +1,4 @@
-"""The ``meshlet`` command: ``dev-agent`` (an embedded Consul-compatible agent) and ``demo``."""
+"""The ``meshlet`` command: ``demo``, ``dev-agent`` (an embedded Consul-compatible agent) and ``certs``."""
 
 from __future__ import annotations
 
@@ -65,6 +65,11 @@ def build_parser() -> argparse.ArgumentParser:
         help="lifetime of Connect leaf certificates (Consul: 72h)",
     )
 
+    certs = commands.add_parser(
+        "certs", help="a dev CA and SPIFFE certificates for local runs", add_help=False, prefix_chars="\0"
+    )
+    certs.add_argument("certs_args", nargs=argparse.REMAINDER)
+
     demo = commands.add_parser("demo", help="run the mesh on this machine and show what it does")
     demo.add_argument(
         "--http-addr",
@@ -78,6 +83,10 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    if args.command == "certs":
+        from meshlet.security.dev_ca import certs_main
+
+        return certs_main(list(args.certs_args))
     configure_logging()
     if args.command == "dev-agent":
         host, port = args.http_addr

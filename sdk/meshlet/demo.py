@@ -2,7 +2,7 @@
 
 For now it shows the discovery loop the mesh is built on: the embedded dev agent starts, a gRPC service
 registers with a GRPC health check, the agent probes it until it turns healthy, a watcher on a Consul blocking
-query discovers it, a call reaches it, and on deregistration it disappears again.
+query discovers it, a call through ``mesh.channel`` reaches it, and on deregistration it disappears again.
 """
 
 from __future__ import annotations
@@ -17,7 +17,9 @@ import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from rich.console import Console
 
+from meshlet.config import load_config
 from meshlet.devagent.server import AgentConfig, DevAgent
+from meshlet.mesh import Mesh
 from meshlet_api.echo.v1 import echo_pb2, echo_pb2_grpc
 
 SERVICE = "echo"
@@ -83,9 +85,10 @@ async def run_demo(host: str = "127.0.0.1", port: int = 0) -> int:
         say("echo now reports SERVING; the agent's next probe marks it passing")
         await asyncio.wait_for(watcher, 15)
 
-        async with grpc.aio.insecure_channel(f"127.0.0.1:{grpc_port}") as channel:
-            reply = await echo_pb2_grpc.EchoStub(channel).Echo(echo_pb2.EchoRequest(message="hello"), timeout=2)
-        say(f"called the discovered endpoint: {reply.message!r} from {reply.served_by}")
+        async with Mesh(load_config(None, env={"CONSUL_HTTP_ADDR": f"http://{address}"})) as mesh:
+            stub = echo_pb2_grpc.EchoStub(mesh.channel(SERVICE))
+            reply = await stub.Echo(echo_pb2.EchoRequest(message="hello"), timeout=2)
+            say(f"called echo through mesh.channel('echo'): {reply.message!r} from {reply.served_by}")
 
         async def vanished(nodes: list[dict[str, Any]]) -> bool:
             return not nodes
