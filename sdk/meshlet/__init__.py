@@ -3,4 +3,37 @@
 The public surface is exactly what ``__all__`` lists; every other module may change.
 """
 
-__all__: list[str] = []
+from meshlet.config import Config, load_config
+from meshlet.errors import (
+    BreakerOpen,
+    BudgetExhausted,
+    BulkheadFull,
+    ConfigError,
+    DeadlineTooShort,
+    ErrorReason,
+    IntentionDenied,
+    MeshError,
+    NoHealthyEndpoint,
+    RateLimited,
+    Unauthenticated,
+    error_info,
+)
+from meshlet.mesh import Mesh
+
+__all__ = [
+    "BreakerOpen",
+    "BudgetExhausted",
+    "BulkheadFull",
+    "Config",
+    "ConfigError",
+    "DeadlineTooShort",
+    "ErrorReason",
+    "IntentionDenied",
+    "Mesh",
+    "MeshError",
+    "NoHealthyEndpoint",
+    "RateLimited",
+    "Unauthenticated",
+    "error_info",
+    "load_config",
+]
