@@ -14,6 +14,7 @@ import grpc
 
 from meshlet.call import InboundCall
 from meshlet.deadline import Clock, Deadline
+from meshlet.errors import MeshError
 
 Pipeline = Callable[[InboundCall], Awaitable[Any]]
 PipelineBuilder = Callable[[Callable[[InboundCall], Awaitable[Any]]], Pipeline]
@@ -59,7 +60,10 @@ class InboundInterceptor(grpc.aio.ServerInterceptor):
             pipeline = self._build(terminal_unary)
 
             async def unary_response(request: Any, context: Any) -> Any:
-                return await pipeline(inbound_call(request, context))
+                try:
+                    return await pipeline(inbound_call(request, context))
+                except MeshError as refused:
+                    await _abort(context, refused)
 
             if handler.unary_unary:
                 return grpc.unary_unary_rpc_method_handler(
@@ -77,7 +81,10 @@ class InboundInterceptor(grpc.aio.ServerInterceptor):
         pipeline = self._build(terminal_stream)
 
         async def stream_response(request: Any, context: Any) -> AsyncIterator[Any]:
-            result = await pipeline(inbound_call(request, context))
+            try:
+                result = await pipeline(inbound_call(request, context))
+            except MeshError as refused:
+                await _abort(context, refused)
             if inspect.isasyncgen(result):
                 async for reply in result:
                     yield reply
@@ -91,3 +98,8 @@ class InboundInterceptor(grpc.aio.ServerInterceptor):
         return grpc.stream_stream_rpc_method_handler(
             stream_response, handler.request_deserializer, handler.response_serializer
         )
+
+
+async def _abort(context: Any, refused: MeshError) -> None:
+    """Answer a call an inbound stage refused with the refusal's status, message and ErrorInfo trailers."""
+    await context.abort(refused.code(), refused.details() or "", tuple(refused.trailing_metadata() or ()))
