@@ -28,6 +28,7 @@ PURE = [
     "meshlet/devagent/decode.py",
     "meshlet/devagent/raft.py",
     "meshlet/devagent/catalog.py",
+    "meshlet/devagent/catalog_records.py",
     "meshlet/devagent/kv.py",
     "meshlet/devagent/intentions.py",
     "meshlet/devagent/filtering.py",

@@ -148,7 +148,7 @@ def parse_duration(text: str) -> float:
     """Parse a Go duration string (``"1m30s"``, ``"100ms"``, ``"-1.5h"``, ``"0"``) into seconds."""
     original = text
     sign = 1.0
-    if text[:1] in "+-":
+    if text.startswith(("+", "-")):
         sign = -1.0 if text[0] == "-" else 1.0
         text = text[1:]
     if text == "0":

@@ -54,7 +54,10 @@ def add_routes(app: web.Application) -> None:
     router.add_put("/v1/agent/service/register", register_service)
     router.add_put("/v1/agent/service/deregister/{service_id:.*}", deregister_service)
     router.add_put("/v1/agent/service/maintenance/{service_id:.*}", service_maintenance)
-    router.add_get("/v1/agent/service/{service_id:.+}", get_service, allow_head=False)
+    # Consul's mux prefers the exact write paths, so a GET on them is a 405, not a lookup of a service ID.
+    router.add_get(
+        "/v1/agent/service/{service_id:(?!register$|deregister/|maintenance/).+}", get_service, allow_head=False
+    )
     router.add_get("/v1/agent/checks", list_checks, allow_head=False)
     router.add_put("/v1/agent/check/register", register_check)
     router.add_put("/v1/agent/check/deregister/{check_id:.*}", deregister_check)

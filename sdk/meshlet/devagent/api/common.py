@@ -154,7 +154,7 @@ def query_options(request: web.Request, datacenter: str) -> QueryOptions:
         raise ConsulError(500, "No path to datacenter")
     index = uint_param(request, "index", "Invalid index") or 0
     wait_s = 0.0
-    if "wait" in request.query:
+    if request.query.get("wait"):  # Consul ignores an empty ?wait=
         try:
             wait_s = parse_duration(request.query["wait"])
         except DurationError:
