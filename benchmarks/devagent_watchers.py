@@ -81,7 +81,7 @@ async def _run(base: str, pid: int) -> None:
         share = idle_cpu / IDLE_S * 100
         print(f"{'agent CPU while parked':<42}{share:10.2f} % of one core ({idle_cpu:.3f} s in {IDLE_S:.0f} s)")
         print(f"{'one change -> all watchers answered, median':<42}{statistics.median(wake_ms):10.1f} ms")
-        print(f"{'  min / max over {ROUNDS} changes':<42}{min(wake_ms):10.1f} / {max(wake_ms):.1f} ms")
+        print(f"{f'  min / max over {ROUNDS} changes':<42}{min(wake_ms):10.1f} / {max(wake_ms):.1f} ms")
 
 
 def main() -> None:

@@ -44,6 +44,7 @@ class DevAgent:
     def __init__(self, config: AgentConfig) -> None:
         self.config = config
         self.changes = common.Changes()
+        self.renders = common.RenderCache()
         self.state = AgentState(
             node=config.node,
             datacenter=config.datacenter,

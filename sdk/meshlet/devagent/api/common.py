@@ -59,6 +59,31 @@ def json_response(body: Any, status: int = 200, headers: Mapping[str, str] | Non
     return web.Response(text=text, status=status, content_type="application/json", headers=headers)
 
 
+class RenderCache:
+    """Rendered JSON bodies keyed by the query and the Raft index they were rendered at.
+
+    One write wakes every blocking query that watches it; a thousand watchers of one service then share one
+    rendering instead of each building and pretty-printing the same answer. Keyed by the agent-wide index, an
+    entry can never be stale: any write moves the index.
+    """
+
+    def __init__(self, size: int = 128) -> None:
+        self._size = size
+        self._bodies: dict[tuple[Any, ...], bytes] = {}
+
+    def body(self, key: tuple[Any, ...], render: Callable[[], Any]) -> bytes:
+        found = self._bodies.get(key)
+        if found is None:
+            if len(self._bodies) >= self._size:
+                self._bodies.pop(next(iter(self._bodies)))
+            found = self._bodies[key] = (json.dumps(render(), indent=4) + "\n").encode()
+        return found
+
+
+def cached_json_response(cache: RenderCache, key: tuple[Any, ...], render: Callable[[], Any]) -> web.Response:
+    return web.Response(body=cache.body(key, render), content_type="application/json")
+
+
 def empty_response() -> web.Response:
     """Handlers that return nothing answer 200 with an empty body (agent writes)."""
     return web.Response(status=200)

@@ -17,6 +17,7 @@ from meshlet.devagent.api.common import (
     apply_filter,
     bad_request,
     block,
+    cached_json_response,
     json_response,
     query_options,
     set_meta,
@@ -48,13 +49,18 @@ async def service_instances(request: web.Request) -> web.StreamResponse:
     apply_filter([], options.filter)  # a bad expression fails now, not after the wait
     catalog = agent.state.catalog
     index = await block(agent.changes, options, lambda: catalog.service_index(name))
-    entries = [
-        check_service_node(node, service, catalog.instance_checks(node.name, service.id))
-        for node, service in catalog.instances(name)
-        if has_tags(service, tags) and has_meta(node, node_meta)
-    ]
-    entries = apply_filter(entries, options.filter)
-    return set_meta(json_response(only_passing(entries) if passing else entries), index)
+
+    def render() -> list[dict[str, Any]]:
+        entries = [
+            check_service_node(node, service, catalog.instance_checks(node.name, service.id))
+            for node, service in catalog.instances(name)
+            if has_tags(service, tags) and has_meta(node, node_meta)
+        ]
+        entries = apply_filter(entries, options.filter)
+        return only_passing(entries) if passing else entries
+
+    key = ("health/service", name.lower(), passing, tuple(tags), tuple(sorted(node_meta.items())), options.filter)
+    return set_meta(cached_json_response(agent.renders, (*key, agent.state.index.value), render), index)
 
 
 async def service_checks(request: web.Request) -> web.StreamResponse:
