@@ -64,6 +64,7 @@ class Mesh:
         self._watches: dict[str, ConsulWatch] = {}
         self._channels: dict[str, MeshChannel] = {}
         self._stop = asyncio.Event()
+        self._starting: set[asyncio.Task[None]] = set()
 
     @classmethod
     def from_env(cls, path: str | Path | None = None, **overrides: Any) -> Mesh:
@@ -111,7 +112,9 @@ class Mesh:
                 events=self.events,
                 rng=self._rng,
             )
-            asyncio.get_running_loop().create_task(watch.start())
+            task = asyncio.get_running_loop().create_task(watch.start())
+            self._starting.add(task)
+            task.add_done_callback(self._starting.discard)
         return found
 
     # ------------------------------------------------------------------ server side

@@ -60,13 +60,16 @@ class PickEndpoint:
         return await next(call)
 
     def _pick_admitted(self, picker: Picks, call: Call, refused: Endpoint) -> Endpoint | None:
-        """The first pick lands on an endpoint that admits nothing right now: try the others once each."""
-        avoid = {*(call.tried or ()), refused}
-        for _ in range(len(picker)):
-            endpoint = picker.pick(avoid)
-            if endpoint is None or endpoint in avoid:
-                return None
-            if self._balancer.admits(endpoint):
-                return endpoint
-            avoid.add(endpoint)
+        """The first pick landed on an endpoint that admits nothing right now (a half-open breaker whose one
+        probe is out): look for another that admits, untried ones first, then those this call already tried."""
+        refusing = {refused}
+        tried = set(call.tried or ())
+        for untried_only in (True, False):
+            for _ in range(len(picker)):
+                endpoint = picker.pick(refusing | tried if untried_only else refusing)
+                if endpoint is None or endpoint in refusing or (untried_only and endpoint in tried):
+                    break  # the picker fell back to an avoided endpoint: nothing else left at this level
+                if self._balancer.admits(endpoint):
+                    return endpoint
+                refusing.add(endpoint)
         return None

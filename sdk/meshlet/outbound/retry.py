@@ -17,7 +17,7 @@ from collections.abc import Awaitable, Callable
 from typing import Any
 
 import grpc
-from tenacity import AsyncRetrying, RetryCallState, stop_after_attempt
+from tenacity import AsyncRetrying, RetryCallState, retry_if_exception, stop_after_attempt
 
 from meshlet.call import Call
 from meshlet.config import RetryPolicy
@@ -90,8 +90,12 @@ class RetryWithinBudget:
             raise  # meshlet's own refusals (no endpoint, all circuits open) fail fast
         except grpc.aio.AioRpcError as error:
             code = error.code().name
-            why = first_failure_is_retryable(
-                code, self._on, self._is_idempotent(call), call.may_have_reached_server, self._max_attempts
+            why = (
+                "replay_buffer_overflowed"
+                if not self._can_replay(call)
+                else first_failure_is_retryable(
+                    code, self._on, call.method.idempotent, call.may_have_reached_server, self._max_attempts
+                )
             )
             if why is not None:
                 if why != "not_retryable_code":
@@ -100,11 +104,10 @@ class RetryWithinBudget:
             first = error
         return await self._retry(call, next, first)
 
-    def _is_idempotent(self, call: Call) -> bool:
-        request = call.request
-        if call.method.client_streaming and not request.can_replay():
-            return False
-        return call.method.idempotent
+    @staticmethod
+    def _can_replay(call: Call) -> bool:
+        """A client stream can be re-sent only while every message it sent is still buffered (gRPC A6)."""
+        return not call.method.client_streaming or bool(call.request.can_replay())
 
     async def _retry(self, call: Call, next: Callable[[Call], Awaitable[Any]], first: BaseException) -> Any:
         assert call.deadline is not None
@@ -126,9 +129,10 @@ class RetryWithinBudget:
                 wait_full_jitter(policy.backoff_base, policy.backoff_max, self._rng), pushback_of
             ),
             retry=retry_unless_pushback_refuses(pushback_of)
+            & retry_if_exception(lambda _error: self._can_replay(call))
             & (
                 retry_if_status(self._on, code_of)
-                & retry_if_safe_to_resend(lambda: self._is_idempotent(call), reached_server)
+                & retry_if_safe_to_resend(lambda: call.method.idempotent, reached_server)
                 | retry_if_transparent(code_of, reached_server)
             ),
             before_sleep=lambda state: self._scheduled(call, state),
@@ -145,21 +149,41 @@ class RetryWithinBudget:
                     call.may_have_reached_server = False
                     return await next(call)
         except grpc.aio.AioRpcError as error:
-            if budget_stop.refused and not isinstance(error, MeshError):
-                self._events.emit(RetryNotAttempted(call.upstream, call.method.path, call.attempt, "", "budget"))
-                raise BudgetExhausted(
-                    f"{error.details()} (not retried: the retry budget of {call.upstream} is spent, "
-                    f"{policy.budget_ratio:.0%} of requests plus {policy.budget_min_per_s:g}/s; "
-                    f"the upstream is failing, check its health)",
-                    code=error.code(),
-                    metadata={
-                        "upstream": call.upstream,
-                        "attempts": str(call.attempt),
-                        "endpoints": ",".join(str(e) for e in [*tried, call.endpoint] if e is not None),
-                    },
-                ) from error
-            raise
+            if isinstance(error, MeshError):
+                raise
+            code = error.code().name
+            if not budget_stop.refused:
+                why = self._why_not_retried(call, error)
+                self._events.emit(RetryNotAttempted(call.upstream, call.method.path, call.attempt, code, why))
+                raise
+            self._events.emit(RetryNotAttempted(call.upstream, call.method.path, call.attempt, code, "budget"))
+            raise BudgetExhausted(
+                f"{error.details()} (not retried: the retry budget of {call.upstream} is spent, "
+                f"{policy.budget_ratio:.0%} of requests plus {policy.budget_min_per_s:g}/s; "
+                f"the upstream is failing, check its health)",
+                code=error.code(),
+                metadata={
+                    "upstream": call.upstream,
+                    "attempts": str(call.attempt),
+                    "endpoints": ",".join(str(e) for e in [*tried, call.endpoint] if e is not None),
+                },
+            ) from error
         raise AssertionError("unreachable: tenacity either returns or raises")  # pragma: no cover
+
+    def _why_not_retried(self, call: Call, error: grpc.aio.AioRpcError) -> str:
+        """The reason the last failed attempt was the last one, for the RetryNotAttempted event."""
+        if call.attempt >= self._max_attempts:
+            return "max_attempts"
+        if not self._can_replay(call):
+            return "replay_buffer_overflowed"
+        if pushback_of(error).do_not_retry:
+            return "pushback"
+        code = error.code().name
+        if code not in self._on and not (code == "UNAVAILABLE" and not call.may_have_reached_server):
+            return "not_retryable_code"
+        if call.may_have_reached_server and not call.method.idempotent:
+            return "not_idempotent"
+        return "deadline"
 
     def _scheduled(self, call: Call, state: RetryCallState) -> None:
         error = state.outcome.exception() if state.outcome is not None else None
