@@ -287,7 +287,13 @@ class CallerRateLimit(_Section):
 
 
 class RateLimitConfig(_Section):
+    """Inbound token buckets. `per_caller`: one bucket per caller identity for all its calls. `per_method`:
+    keyed by method pattern (``"/pkg.Service/Method"``, ``"/pkg.Service/*"`` or ``"*"``), one bucket per caller
+    *per method* the pattern matches; the most specific pattern applies (exact, then service, then ``*``), and
+    an entry without `rate_per_s` exempts its methods from the less specific ones. A call must pass both."""
+
     per_caller: CallerRateLimit = CallerRateLimit()
+    per_method: dict[Annotated[str, _method_pattern(allow_any=True)], CallerRateLimit] = Field(default_factory=dict)
 
 
 class TelemetryConfig(_Section):

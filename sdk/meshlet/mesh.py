@@ -26,8 +26,16 @@ from meshlet.discovery.consul_client import ConsulFactory, consul_factory
 from meshlet.discovery.consul_watch import ConsulWatch
 from meshlet.discovery.registration import Registration
 from meshlet.events import EventBus
-from meshlet.inbound import build_inbound
-from meshlet.transport.channels import EndpointChannels
+from meshlet.inbound import InboundHandler, InboundParts, build_inbound
+from meshlet.security.certs import (
+    CertificateSource,
+    channel_credentials,
+    channel_options,
+    peer_spiffe_id,
+    server_credentials,
+)
+from meshlet.security.sources import make_source
+from meshlet.transport.channels import ChannelFactory, EndpointChannels, insecure_channel
 from meshlet.transport.mesh_channel import MeshChannel
 from meshlet.transport.server import InboundInterceptor
 from meshlet.upstream import Upstream
@@ -65,6 +73,11 @@ class Mesh:
         self._channels: dict[str, MeshChannel] = {}
         self._stop = asyncio.Event()
         self._starting: set[asyncio.Task[None]] = set()
+        self._tls: CertificateSource | None = make_source(
+            config, self._consul, config.service.name or "", rng=self._rng
+        )
+        self._tls_started = False
+        self._inbound: InboundParts | None = None
 
     @classmethod
     def from_env(cls, path: str | Path | None = None, **overrides: Any) -> Mesh:
@@ -72,7 +85,20 @@ class Mesh:
         return cls(load_config(path, overrides=overrides or None))
 
     async def __aenter__(self) -> Mesh:
+        await self.start()
         return self
+
+    async def start(self) -> None:
+        """Load certificates (when ``tls.source`` is not off) before any call or server needs them."""
+        if self._tls is not None and not self._tls_started:
+            await self._tls.start()
+            self._tls_started = True
+            self._tls.subscribe(lambda _material: self._refresh_channels())
+
+    def _refresh_channels(self) -> None:
+        """A rotated certificate: new calls use new channels; calls in flight finish on the old ones."""
+        for upstream in self._upstreams.values():
+            upstream.channels.refresh()
 
     async def __aexit__(self, *exc_info: object) -> None:
         await self.close()
@@ -102,8 +128,9 @@ class Mesh:
         found = self._upstreams.get(service)
         if found is None:
             policy = self.config.upstream(service)
+            channels = EndpointChannels(self._channel_factory(service))
             found = self._upstreams[service] = Upstream(
-                service, policy, channels=EndpointChannels(), events=self.events, clock=self._clock, rng=self._rng
+                service, policy, channels=channels, events=self.events, clock=self._clock, rng=self._rng
             )
             watch = self._watches[service] = ConsulWatch(
                 service,
@@ -117,11 +144,43 @@ class Mesh:
             task.add_done_callback(self._starting.discard)
         return found
 
+    def _channel_factory(self, service: str) -> ChannelFactory:
+        """Plaintext, or mTLS with our current certificate, verifying that the server is `service`."""
+        source = self._tls
+        if source is None:
+            return insecure_channel
+        if not self._tls_started:
+            raise RuntimeError("tls is on: enter the mesh first (`async with Mesh.from_env() as mesh:`)")
+        datacenter = self.config.consul.datacenter or "dc1"
+
+        def secure_channel(target: str, options: tuple[tuple[str, Any], ...]) -> grpc.aio.Channel:
+            material = source.current()
+            identity = material.identity
+            expect = channel_options(
+                service,
+                identity.namespace,
+                datacenter,
+                identity.trust_domain,
+                by_common_name=material.identity_dns_name is None,
+            )
+            return grpc.aio.secure_channel(target, channel_credentials(material), options=options + expect)
+
+        return secure_channel
+
     # ------------------------------------------------------------------ server side
 
     def server(self, *, options: Sequence[tuple[str, Any]] = (), **kwargs: Any) -> grpc.aio.Server:
-        """A grpc.aio server whose calls run through meshlet's inbound stages; serve it with `serve()`."""
-        interceptor = InboundInterceptor(build_inbound, self._clock)
+        """A grpc.aio server whose calls run through meshlet's inbound stages (identity, authorization, rate
+        limits, deadline, as configured); serve it with `serve()`."""
+        if self._inbound is None:
+            self._inbound = InboundParts.from_config(self.config, consul=self._consul, clock=self._clock)
+        parts = self._inbound
+
+        def build(terminal: InboundHandler) -> InboundHandler:
+            return build_inbound(terminal, parts)
+
+        identify = _peer_identity if self._tls is not None else None
+        interceptor = InboundInterceptor(build, self._clock, identify)
         server = grpc.aio.server(interceptors=[interceptor], options=list(options), **kwargs)
         return _ServiceRecorder(server)
 
@@ -136,7 +195,11 @@ class Mesh:
         health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
         names = [*_recorded_services(server), health.SERVICE_NAME, reflection.SERVICE_NAME]
         reflection.enable_server_reflection(names, server)
-        bound = server.add_insecure_port(f"{host}:{port}")
+        if self._tls is not None:
+            await self.start()
+            bound = server.add_secure_port(f"{host}:{port}", server_credentials(self._tls))
+        else:
+            bound = server.add_insecure_port(f"{host}:{port}")
         await server.start()
         for service_name in ("", *_recorded_services(server)):
             await health_servicer.set(service_name, health_pb2.HealthCheckResponse.SERVING)
@@ -176,7 +239,12 @@ class Mesh:
         self._stop.set()
 
     async def close(self) -> None:
-        """Stop discovery and close every endpoint channel."""
+        """Stop discovery, certificate renewal and authorization refreshes; close every endpoint channel."""
+        if self._inbound is not None:
+            await self._inbound.close()
+        if self._tls is not None and self._tls_started:
+            await self._tls.stop()
+            self._tls_started = False
         watches, self._watches = list(self._watches.values()), {}
         for watch in watches:
             with contextlib.suppress(Exception):
@@ -226,6 +294,10 @@ class _ServiceRecorder(grpc.aio.Server):
 
     def __getattr__(self, name: str) -> Any:
         return getattr(self._server, name)
+
+
+def _peer_identity(context: Any) -> str | None:
+    return peer_spiffe_id(context.auth_context())
 
 
 def _recorded_services(server: grpc.aio.Server) -> list[str]:

@@ -500,3 +500,28 @@ def test_redacted_shows_the_effective_config_in_yaml_key_names(write: Write) -> 
     assert shown["consul"]["token"] is None
     assert shown["authz"]["rules"][0]["from"] == "gateway"
     assert shown["upstreams"]["inventory"]["retry"]["backoff_base"] == 0.025
+
+
+# ---------------------------------------------------------------- rate limits
+
+
+def test_per_method_rate_limits_are_keyed_by_method_pattern(write: Write) -> None:
+    path = write(
+        "rate_limit:\n"
+        "  per_caller: {rate_per_s: 100}\n"
+        "  per_method:\n"
+        '    "/shop.orders.v1.Orders/Create": {rate_per_s: 5, burst: 2}\n'
+        '    "/grpc.health.v1.Health/*": {}\n'
+    )
+    limits = load_config(path, env={}).rate_limit
+    assert limits.per_method["/shop.orders.v1.Orders/Create"].rate_per_s == 5.0
+    assert limits.per_method["/shop.orders.v1.Orders/Create"].burst == 2
+    assert limits.per_method["/grpc.health.v1.Health/*"].rate_per_s is None  # an exemption
+    assert load_config(env={}).rate_limit.per_method == {}
+
+
+def test_a_per_method_rate_limit_keyed_by_a_bare_name_says_what_a_pattern_is(write: Write) -> None:
+    error = error_from(write("rate_limit:\n  per_method:\n    Create: {rate_per_s: 5}\n"))
+    assert error.path.startswith("rate_limit.per_method.Create")
+    assert error.value == "Create"
+    assert '"/pkg.Service/*"' in error.allowed

@@ -1,24 +1,98 @@
 """The inbound data path: one module per stage, in request order.
 
 identify -> authorize -> rate_limit -> span -> deadline, ending in the servicer (SDK) or the local app
-(sidecar). Identity, authorization and rate limits arrive with the security issue and tracing with the
-telemetry issue; absent features are absent from the list rather than checked per call.
+(sidecar). `InboundParts` holds what the stages share (the authorizer, the rate limiters), built once per
+server; the transport calls `build_inbound` once per method with that method's terminal. Tracing arrives with
+the telemetry issue; absent features are absent from the list rather than checked per call.
 """
 
 from __future__ import annotations
 
 from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
 from typing import Any
 
 from meshlet.call import InboundCall
+from meshlet.config import Config
+from meshlet.deadline import Clock
+from meshlet.errors import ConfigError
+from meshlet.inbound.authorize import Authorize
 from meshlet.inbound.deadline import ExposeDeadline
-from meshlet.pipeline import compose
+from meshlet.inbound.identify import IdentifyPeer
+from meshlet.inbound.rate_limit import RateLimitCaller
+from meshlet.pipeline import Stage, compose
+from meshlet.resilience.rate_limit import MethodRateLimits, RateLimiter, default_burst
+from meshlet.security.consul_authz import ConsulAuthorizer, ConsulFactory
+from meshlet.security.intentions import Authorizer, Intentions, IntentionsAuthorizer
+
+InboundHandler = Callable[[InboundCall], Awaitable[Any]]
 
 
-def build_inbound(terminal: Callable[[InboundCall], Awaitable[Any]]) -> Callable[[InboundCall], Awaitable[Any]]:
-    return compose(
-        [
-            ExposeDeadline(),  # last before the handler: its outbound calls inherit what is left of this deadline
-        ],
-        terminal=terminal,
-    )
+@dataclass(frozen=True)
+class InboundParts:
+    """What one server's inbound stages share across its methods. A part left None is a feature turned off,
+    and its stage is left out of the list."""
+
+    service: str = ""  # our service name: the destination intentions are asked about
+    require_identity: bool = False  # mTLS on: a call without a verified SPIFFE ID is refused
+    authorizer: Authorizer | None = None
+    per_caller: RateLimiter | None = None
+    per_method: MethodRateLimits | None = None
+
+    @classmethod
+    def from_config(cls, config: Config, *, consul: ConsulFactory, clock: Clock) -> InboundParts:
+        """The parts `config` asks for. With ``authz.source: consul`` the authorizer talks to the agent that
+        `consul` builds a client for: call `close()` when the server stops."""
+        authz, limits = config.authz, config.rate_limit
+        authorizer: Authorizer | None = None
+        if authz.source == "consul":
+            authorizer = ConsulAuthorizer(
+                consul, fail_open=authz.fail_open, allow_unidentified=authz.default == "allow", clock=clock
+            )
+        elif authz.rules or authz.default == "deny":
+            authorizer = IntentionsAuthorizer(Intentions.from_config(authz))
+        service = config.service.name or ""
+        if authorizer is not None and not service:
+            raise ConfigError("service.name", None, "is required with authz: intentions name it as their destination")
+
+        def limiter(rate_per_s: float, burst: int | None) -> RateLimiter:
+            return RateLimiter(rate_per_s, burst or default_burst(rate_per_s), clock)
+
+        per_caller = limits.per_caller
+        per_method = {
+            pattern: limiter(limit.rate_per_s, limit.burst) if limit.rate_per_s is not None else None
+            for pattern, limit in limits.per_method.items()
+        }
+        return cls(
+            service=service,
+            require_identity=config.tls.source != "off",
+            authorizer=authorizer,
+            per_caller=limiter(per_caller.rate_per_s, per_caller.burst) if per_caller.rate_per_s is not None else None,
+            per_method=MethodRateLimits(per_method) if any(v is not None for v in per_method.values()) else None,
+        )
+
+    async def close(self) -> None:
+        """Stop what runs in the background (the Consul authorizer's refreshes)."""
+        if isinstance(self.authorizer, ConsulAuthorizer):
+            await self.authorizer.close()
+
+
+NO_PARTS = InboundParts()
+
+
+def inbound_stages(parts: InboundParts = NO_PARTS) -> list[Stage[InboundCall]]:
+    """The stages in request order, only those whose feature is on."""
+    stages: list[Stage[InboundCall]] = []
+    if parts.require_identity:
+        stages.append(IdentifyPeer())  # first: nothing below may trust a caller that has not shown a certificate
+    if parts.authorizer is not None:
+        stages.append(Authorize(parts.authorizer, parts.service))  # before rate limits: a denied call spends no token
+    if parts.per_caller is not None or parts.per_method is not None:
+        stages.append(RateLimitCaller(parts.per_caller, parts.per_method))  # per verified caller, before any work
+    stages.append(ExposeDeadline())  # last before the handler: its outbound calls inherit what is left of the deadline
+    return stages
+
+
+def build_inbound(terminal: InboundHandler, parts: InboundParts = NO_PARTS) -> InboundHandler:
+    """One method's inbound pipeline over its `terminal` (the servicer method, or ForwardToApp)."""
+    return compose(inbound_stages(parts), terminal=terminal)

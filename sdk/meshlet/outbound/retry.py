@@ -50,6 +50,11 @@ def code_of(error: BaseException) -> str | None:
     return None
 
 
+def invited_by_pushback(error: BaseException) -> bool:
+    """RESOURCE_EXHAUSTED with a pushback: the server (a rate limit, a full bulkhead) asks for a retry later."""
+    return code_of(error) == "RESOURCE_EXHAUSTED" and pushback_of(error).retry_after_s is not None
+
+
 def pushback_of(error: BaseException) -> Any:
     value = None
     if isinstance(error, grpc.aio.AioRpcError):
@@ -179,7 +184,8 @@ class RetryWithinBudget:
         if pushback_of(error).do_not_retry:
             return "pushback"
         code = error.code().name
-        if code not in self._on and not (code == "UNAVAILABLE" and not call.may_have_reached_server):
+        retryable = code in self._on or invited_by_pushback(error)
+        if not retryable and not (code == "UNAVAILABLE" and not call.may_have_reached_server):
             return "not_retryable_code"
         if call.may_have_reached_server and not call.method.idempotent:
             return "not_idempotent"

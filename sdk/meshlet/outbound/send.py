@@ -14,6 +14,7 @@ from typing import Any
 import grpc
 
 from meshlet.call import Call
+from meshlet.errors import ErrorReason, error_info
 from meshlet.transport.channels import EndpointChannels, never_reached_server
 from meshlet.transport.streams import ResponseStream
 
@@ -43,9 +44,21 @@ class SendOnChannel:
                 return ResponseStream(grpc_call, await grpc_call.read())
             return await grpc_call
         except grpc.aio.AioRpcError as error:
-            if never_reached_server(error):
+            if never_reached_server(error) or refused_before_handler(error):
                 call.may_have_reached_server = False
             raise
         except asyncio.CancelledError:
             grpc_call.cancel()
             raise
+
+
+_REFUSED_BEFORE_HANDLER = frozenset({ErrorReason.RATE_LIMITED.value, ErrorReason.BULKHEAD_FULL.value})
+
+
+def refused_before_handler(error: grpc.aio.AioRpcError) -> bool:
+    """A meshlet server's inbound stages refused the call before its handler ran (a rate limit): re-sending it
+    cannot execute anything twice, whatever the method."""
+    if error.code() is not grpc.StatusCode.RESOURCE_EXHAUSTED:
+        return False
+    info = error_info(error)
+    return info is not None and info.reason in _REFUSED_BEFORE_HANDLER

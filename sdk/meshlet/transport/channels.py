@@ -87,6 +87,11 @@ class EndpointChannels:
     def __contains__(self, endpoint: Endpoint) -> bool:
         return endpoint in self._channels
 
+    def refresh(self) -> None:
+        """New credentials (a rotated certificate): new calls get new channels, calls in flight finish on the old."""
+        for endpoint in list(self._channels):
+            self.retire(endpoint)
+
     def retire(self, endpoint: Endpoint) -> None:
         """The endpoint left: stop using its channel and close it once its calls have finished."""
         found = self._channels.pop(endpoint, None)

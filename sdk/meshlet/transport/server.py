@@ -23,10 +23,13 @@ PipelineBuilder = Callable[[Callable[[InboundCall], Awaitable[Any]]], Pipeline]
 class InboundInterceptor(grpc.aio.ServerInterceptor):
     """Runs meshlet's inbound stages around every servicer method."""
 
-    def __init__(self, build: PipelineBuilder, clock: Clock) -> None:
+    def __init__(
+        self, build: PipelineBuilder, clock: Clock, identify: Callable[[Any], str | None] | None = None
+    ) -> None:
         self._clock = clock
         self._cache: dict[str, grpc.RpcMethodHandler] = {}
         self._build = build
+        self._identify = identify  # reads the caller's verified SPIFFE ID from the context when mTLS is on
 
     async def intercept_service(
         self,
@@ -45,11 +48,15 @@ class InboundInterceptor(grpc.aio.ServerInterceptor):
 
     def _wrap(self, method: str, handler: grpc.RpcMethodHandler) -> grpc.RpcMethodHandler:
         clock = self._clock
+        identify = self._identify
 
         def inbound_call(request: Any, context: Any) -> InboundCall:
             remaining = context.time_remaining()
             deadline = Deadline(clock() + remaining, clock) if remaining is not None else None
-            return InboundCall(method, context.invocation_metadata(), request, context, deadline, None, context.peer())
+            peer_uri = identify(context) if identify is not None else None
+            return InboundCall(
+                method, context.invocation_metadata(), request, context, deadline, peer_uri, context.peer()
+            )
 
         if handler.unary_unary or handler.stream_unary:
             original = handler.unary_unary or handler.stream_unary
