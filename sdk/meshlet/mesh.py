@@ -95,6 +95,19 @@ class Mesh:
             self._tls_started = True
             self._tls.subscribe(lambda _material: self._refresh_channels())
 
+    @property
+    def consul(self) -> ConsulFactory:
+        """Builds Consul clients for this mesh's agent (address, token, CA from the config)."""
+        return self._consul
+
+    @property
+    def tls_source(self) -> CertificateSource | None:
+        """Where this mesh's certificates come from; None when ``tls.source`` is off."""
+        return self._tls
+
+    def upstream_names(self) -> list[str]:
+        return list(self._upstreams)
+
     def _refresh_channels(self) -> None:
         """A rotated certificate: new calls use new channels; calls in flight finish on the old ones."""
         for upstream in self._upstreams.values():

@@ -3,7 +3,8 @@
 The caller's timeout, else the deadline of the handler this call is made from (HANDLER_DEADLINE, set by the
 inbound pipeline), else the upstream's policy timeout; the tightest of the caller's and the handler's wins.
 A call with less than the floor left fails at once: it could not finish anyway, and refusing it early keeps
-it from using an endpoint, a slot or the retry budget.
+it from using an endpoint, a slot or the retry budget. The policy timeout never caps a stream whose caller set
+no deadline (Envoy's silent 15 s route timeout on streams is a known trap): such a stream gets a day.
 """
 
 from __future__ import annotations
@@ -14,6 +15,8 @@ from typing import Any
 from meshlet.call import Call
 from meshlet.deadline import HANDLER_DEADLINE, Clock, Deadline
 from meshlet.errors import DeadlineTooShort
+
+UNBOUNDED_STREAM_S = 86_400.0
 
 
 class ApplyDeadline:
@@ -31,7 +34,9 @@ class ApplyDeadline:
         elif inherited is not None:
             deadline = inherited
         else:
-            deadline = Deadline(self._clock() + self._timeout_s, self._clock)
+            method = call.method
+            timeout = UNBOUNDED_STREAM_S if method.server_streaming or method.client_streaming else self._timeout_s
+            deadline = Deadline(self._clock() + timeout, self._clock)
         call.deadline = deadline
         remaining = deadline.remaining()
         if remaining < self._floor_s:

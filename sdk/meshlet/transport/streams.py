@@ -40,7 +40,8 @@ class ResponseStream(ReplyStream):
         except grpc.aio.AioRpcError as error:
             self.finish(error)
             raise
-        except BaseException as error:
+        except BaseException as error:  # the reader was cancelled: so is the call it was reading
+            self._call.cancel()
             self.finish(error)
             raise
         if message is EOF:
