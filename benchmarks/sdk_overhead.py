@@ -13,15 +13,18 @@ import asyncio
 import os
 import subprocess
 import sys
+import tempfile
 import time
 import urllib.request
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
+from pathlib import Path
 
 import grpc
 
 from meshlet.config import load_config
 from meshlet.mesh import Mesh
+from meshlet.security.dev_ca import init_ca, issue
 from meshlet_api.echo.v1 import echo_pb2, echo_pb2_grpc
 from tests.support.processes import free_port, http_answers, meshlet_argv, wait_until
 
@@ -89,11 +92,31 @@ async def open_loop(call: Call, rate: float, duration_s: float) -> Result:
     return Result(len(latencies), time.perf_counter() - began, latencies)
 
 
-async def run(agent_url: str, server_port: int) -> None:
-    config = load_config(None, env={"CONSUL_HTTP_ADDR": agent_url})
-    async with Mesh(config) as mesh, grpc.aio.insecure_channel(f"127.0.0.1:{server_port}") as bare_channel:
-        mesh_stub = echo_pb2_grpc.EchoStub(mesh.channel("bench-echo"))
-        bare_stub = echo_pb2_grpc.EchoStub(bare_channel)
+@dataclass(frozen=True)
+class Setup:
+    """One table: plaintext, or mTLS with the same certificates on both paths."""
+
+    title: str
+    service: str
+    port: int
+    tls_env: dict[str, str]  # the mesh's tls.* settings, as MESHLET_TLS__* variables
+    bare_credentials: grpc.ChannelCredentials | None = None
+    bare_options: tuple[tuple[str, str], ...] = ()
+
+
+def bare_channel(setup: Setup) -> grpc.aio.Channel:
+    target = f"127.0.0.1:{setup.port}"
+    if setup.bare_credentials is None:
+        return grpc.aio.insecure_channel(target)
+    return grpc.aio.secure_channel(target, setup.bare_credentials, options=setup.bare_options)
+
+
+async def run(agent_url: str, setup: Setup) -> None:
+    env = {"CONSUL_HTTP_ADDR": agent_url, **setup.tls_env}
+    config = load_config(None, env=env, overrides={"service.name": "bench-client"} if setup.tls_env else None)
+    async with Mesh(config) as mesh, bare_channel(setup) as bare:
+        mesh_stub = echo_pb2_grpc.EchoStub(mesh.channel(setup.service))
+        bare_stub = echo_pb2_grpc.EchoStub(bare)
         calls: dict[str, Call] = {
             "mesh.channel()": lambda: mesh_stub.Echo(REQUEST, timeout=5),
             "bare grpc.aio": lambda: bare_stub.Echo(REQUEST, timeout=5),
@@ -106,25 +129,51 @@ async def run(agent_url: str, server_port: int) -> None:
             "closed loop, 32 in flight": lambda c: closed_loop(c, 32, DURATION_S),
             f"open loop, {OPEN_LOOP_RATE:.0f} calls/s": lambda c: open_loop(c, OPEN_LOOP_RATE, DURATION_S),
         }
-        print(
-            f"\n== SDK overhead: unary echo, 64 B, {ROUNDS} x {DURATION_S:.0f} s per cell, policies on, tracing off =="
-        )
+        print(f"\n== SDK overhead, {setup.title}: unary echo, 64 B, {ROUNDS} x {DURATION_S:.0f} s per cell ==")
         print(f"{'scenario':<30}{'path':<17}{'p50 ms':>9}{'p99 ms':>9}{'calls/s':>10}{'p50 vs bare':>14}{'tput':>8}")
         for scenario, runner in scenarios.items():
             results = {name: Result(latencies=[]) for name in calls}
             for _ in range(ROUNDS):
                 for name, call in calls.items():
                     results[name].merge(await runner(call))
-            bare = results["bare grpc.aio"]
+            bare_result = results["bare grpc.aio"]
             for name, result in results.items():
-                delta = (result.percentile(0.5) - bare.percentile(0.5)) * 1000
-                ratio = result.throughput / bare.throughput if bare.throughput else 0.0
+                delta = (result.percentile(0.5) - bare_result.percentile(0.5)) * 1000
+                ratio = result.throughput / bare_result.throughput if bare_result.throughput else 0.0
                 extra = f"{delta:+10.0f} us" if name != "bare grpc.aio" else ""
                 tput = f"{ratio:7.1%}" if name != "bare grpc.aio" else ""
                 print(
                     f"{scenario:<30}{name:<17}{result.percentile(0.5):9.3f}{result.percentile(0.99):9.3f}"
                     f"{result.throughput:10.0f}{extra:>14}{tput:>8}"
                 )
+
+
+def start_server(agent_url: str, service: str, port: int, env: dict[str, str]) -> subprocess.Popen[bytes]:
+    return subprocess.Popen(
+        [sys.executable, "-m", "tests.support.echo_server", "--name", service, "--port", str(port)],
+        env={**os.environ, "CONSUL_HTTP_ADDR": agent_url, "MESHLET_SERVICE__NAME": service, **env},
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+
+
+def tls_setup(certs: Path, port: int) -> tuple[Setup, dict[str, str]]:
+    """A dev CA, a server certificate and a client certificate; the same files serve the mesh and the bare path."""
+    init_ca(certs)
+    server, client = issue(certs, "bench-echo-tls"), issue(certs, "bench-client")
+    ca = (certs / "ca.crt").read_bytes()
+    server_env = {
+        "MESHLET_TLS__SOURCE": "files",
+        "MESHLET_TLS__CERT": str(server.cert),
+        "MESHLET_TLS__KEY": str(server.key),
+        "MESHLET_TLS__CA": str(certs / "ca.crt"),
+    }
+    client_env = {**server_env, "MESHLET_TLS__CERT": str(client.cert), "MESHLET_TLS__KEY": str(client.key)}
+    credentials = grpc.ssl_channel_credentials(ca, client.key.read_bytes(), client.cert.read_bytes())
+    override = (("grpc.ssl_target_name_override", server.identity.dns_name),)
+    return Setup("mTLS (same certificates on both paths)", "bench-echo-tls", port, client_env, credentials, override), (
+        server_env
+    )
 
 
 def _get(url: str) -> bytes:
@@ -136,32 +185,35 @@ def _get(url: str) -> bytes:
         return b""
 
 
+def wait_passing(agent_url: str, setup: Setup) -> None:
+    passing = f"{agent_url}/v1/health/service/{setup.service}?passing"
+    wait_until(lambda: str(setup.port).encode() in _get(passing), 20, f"{setup.service} to pass its check")
+
+
 def main() -> None:
     agent_port = free_port()
     agent_url = f"http://127.0.0.1:{agent_port}"
-    server_port = free_port()
     agent = subprocess.Popen(
         meshlet_argv("dev-agent", "--http-addr", f"127.0.0.1:{agent_port}"),
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
     )
-    server = None
+    servers: list[subprocess.Popen[bytes]] = []
     try:
         wait_until(lambda: http_answers(f"{agent_url}/v1/status/leader"), 15, "the dev agent")
-        server = subprocess.Popen(
-            [sys.executable, "-m", "tests.support.echo_server", "--name", "bench", "--port", str(server_port)],
-            env={**os.environ, "CONSUL_HTTP_ADDR": agent_url, "MESHLET_SERVICE__NAME": "bench-echo"},
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL,
-        )
-        passing = f"{agent_url}/v1/health/service/bench-echo?passing"
-        wait_until(lambda: str(server_port).encode() in _get(passing), 20, "the echo server to pass its check")
-        asyncio.run(run(agent_url, server_port))
+        with tempfile.TemporaryDirectory() as certs:
+            plain = Setup("plaintext, policies on, tracing off", "bench-echo", free_port(), {})
+            secure, server_env = tls_setup(Path(certs), free_port())
+            servers.append(start_server(agent_url, plain.service, plain.port, {}))
+            servers.append(start_server(agent_url, secure.service, secure.port, server_env))
+            for setup in (plain, secure):
+                wait_passing(agent_url, setup)
+            for setup in (plain, secure):
+                asyncio.run(run(agent_url, setup))
     finally:
-        for process in (server, agent):
-            if process is not None:
-                process.terminate()
-                process.wait(15)
+        for process in (*servers, agent):
+            process.terminate()
+            process.wait(15)
 
 
 if __name__ == "__main__":
