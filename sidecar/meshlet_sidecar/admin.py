@@ -1,0 +1,210 @@
+"""The sidecar's admin HTTP server (127.0.0.1:15000 by default): what kubelet, Prometheus and operators ask.
+
+Istio's port and Linkerd's and Envoy's paths: ``/ready`` (200 only once the sidecar can serve; 503 names what
+it still waits for), ``/live``, ``/clusters`` (Envoy's: upstreams, endpoints, breaker states, in-flight),
+``/config`` (the effective configuration, secrets redacted) and ``/metrics`` (Prometheus text). Admin keeps no
+state of its own: each page is rendered by a pure function below from the callables the sidecar hands in, off
+the data path.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from typing import Any, Protocol
+
+from aiohttp import web
+
+from meshlet.resilience.breaker import CLOSED, HALF_OPEN, OPEN
+
+PATHS = ("/ready", "/live", "/clusters[?format=json]", "/config", "/metrics")
+NOT_FOUND_HINT = "no such admin endpoint; try " + ", ".join(PATHS) + "\n"
+METRICS_CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"  # Prometheus text exposition 0.0.4
+
+Ready = Callable[[], tuple[bool, list[str]]]
+Clusters = Callable[[], Sequence[Mapping[str, Any]]]
+
+
+class Describes(Protocol):
+    """What /clusters needs of an upstream: meshlet.upstream.Upstream is one."""
+
+    def describe(self) -> dict[str, Any]: ...
+
+
+def describe_upstreams(upstreams: Iterable[Describes]) -> list[dict[str, Any]]:
+    """Each upstream's `describe()` with its repr as ``summary``: the `clusters` callable Admin expects."""
+    return [{"summary": repr(upstream), **upstream.describe()} for upstream in upstreams]
+
+
+# ---------------------------------------------------------------------------------------------- pages
+
+
+def ready_page(ready: bool, waiting_for: Sequence[str]) -> tuple[int, str]:
+    """200 ``ready``, or 503 with what is missing, so an operator reads the cause in `kubectl describe`."""
+    if ready:
+        return 200, "ready\n"
+    return 503, f"waiting for: {', '.join(waiting_for) or 'startup'}\n"
+
+
+def clusters_text(clusters: Sequence[Mapping[str, Any]]) -> str:
+    """One line per upstream (its summary), then one indented line per endpoint."""
+    lines: list[str] = []
+    for cluster in clusters:
+        endpoints = cluster.get("endpoints", ())
+        summary = cluster.get("summary") or (
+            f"<Upstream {cluster.get('name')}: {len(endpoints)} endpoints | in flight: {cluster.get('in_flight', 0)}>"
+        )
+        lines.append(str(summary))
+        lines.extend(
+            f"  {e['address']}  weight={e.get('weight', 1)}  breaker={e.get('breaker', CLOSED)}"
+            f"  in_flight={e.get('in_flight', 0)}"
+            for e in endpoints
+        )
+    return "\n".join(lines) + "\n" if lines else "no upstreams yet\n"
+
+
+def gauge(name: str, help_text: str, samples: Iterable[tuple[Mapping[str, str], float]]) -> str:
+    """One gauge in Prometheus text format: HELP, TYPE, then a line per (labels, value) sample."""
+    lines = [f"# HELP {name} {_escape(help_text)}", f"# TYPE {name} gauge"]
+    for labels, value in samples:
+        rendered = ",".join(f'{key}="{_escape(str(v), quote=True)}"' for key, v in labels.items())
+        lines.append(f"{name}{{{rendered}}} {_number(value)}" if rendered else f"{name} {_number(value)}")
+    return "\n".join(lines) + "\n"
+
+
+def metrics_text(ready: bool, clusters: Sequence[Mapping[str, Any]], extra: str = "") -> str:
+    """What the sidecar knows today, derived from readiness and /clusters, followed by `extra` (already text)."""
+    states: list[tuple[Mapping[str, str], float]] = []
+    in_flight: list[tuple[Mapping[str, str], float]] = []
+    panic: list[tuple[Mapping[str, str], float]] = []
+    for cluster in clusters:
+        upstream = {"upstream": str(cluster["name"])}
+        counts = dict.fromkeys((CLOSED, HALF_OPEN, OPEN), 0)  # every state, so a series drops to 0, not away
+        for endpoint in cluster.get("endpoints", ()):
+            state = str(endpoint.get("breaker", CLOSED))
+            counts[state] = counts.get(state, 0) + 1
+        states.extend(({**upstream, "state": state}, n) for state, n in counts.items())
+        in_flight.append((upstream, float(cluster.get("in_flight", 0))))
+        panic.append((upstream, bool(cluster.get("panic"))))
+    text = (
+        gauge("meshlet_sidecar_ready", "1 when the sidecar is ready to serve (what /ready says)", [({}, ready)])
+        + gauge("meshlet_upstream_endpoints", "Discovered endpoints per upstream, by breaker state", states)
+        + gauge("meshlet_upstream_in_flight", "Calls in flight to the upstream", in_flight)
+        + gauge("meshlet_upstream_panic", "1 while too few endpoints are admitted to balance over them", panic)
+    )
+    if extra and not extra.endswith("\n"):
+        extra += "\n"
+    return text + extra
+
+
+def _escape(text: str, quote: bool = False) -> str:
+    """The exposition format's escapes: backslash and newline everywhere, double quotes in label values."""
+    text = text.replace("\\", "\\\\").replace("\n", "\\n")
+    return text.replace('"', '\\"') if quote else text
+
+
+def _number(value: float) -> str:
+    if math.isnan(value):
+        return "NaN"
+    if math.isinf(value):
+        return "+Inf" if value > 0 else "-Inf"
+    if float(value).is_integer() and abs(value) < 2**53:
+        return str(int(value))
+    return repr(float(value))
+
+
+# ---------------------------------------------------------------------------------------------- server
+
+
+class Admin:
+    """The admin HTTP server on `address` (``host:port``; port 0 picks a free one). Call `start()`, then `stop()`.
+
+    `ready` returns (ready, what it waits for); `clusters` the upstreams' `describe()` dicts (see
+    `describe_upstreams`); `config` the redacted configuration (``Config.redacted()``); `metrics` more
+    Prometheus text to append to what Admin derives itself.
+    """
+
+    def __init__(
+        self,
+        address: str,
+        *,
+        ready: Ready,
+        clusters: Clusters,
+        config: Callable[[], Mapping[str, Any]],
+        metrics: Callable[[], str],
+    ) -> None:
+        self.address = address
+        self._ready = ready
+        self._clusters = clusters
+        self._config = config
+        self._metrics = metrics
+        self._runner: web.AppRunner | None = None
+
+    def build_app(self) -> web.Application:
+        app = web.Application(middlewares=[_hint_on_404])
+        app.router.add_get("/ready", self._ready_page)
+        app.router.add_get("/live", self._live_page)
+        app.router.add_get("/clusters", self._clusters_page)
+        app.router.add_get("/config", self._config_page)
+        app.router.add_get("/metrics", self._metrics_page)
+        return app
+
+    async def start(self) -> int:
+        """Serve; returns the bound port."""
+        host, _, port = self.address.rpartition(":")
+        # No access log (kubelet probes every few seconds), and a stop that never waits long on a scraper.
+        runner = web.AppRunner(self.build_app(), handle_signals=False, access_log=None, shutdown_timeout=1.0)
+        await runner.setup()
+        try:
+            await web.TCPSite(runner, host.strip("[]"), int(port), reuse_address=True).start()
+        except BaseException:
+            await runner.cleanup()
+            raise
+        self._runner = runner
+        bound = int(runner.addresses[0][1])
+        self.address = f"{host}:{bound}"
+        return bound
+
+    async def stop(self) -> None:
+        runner, self._runner = self._runner, None
+        if runner is not None:
+            await runner.cleanup()
+
+    async def _ready_page(self, request: web.Request) -> web.Response:
+        status, text = ready_page(*self._ready())
+        return web.Response(status=status, text=text)
+
+    async def _live_page(self, request: web.Request) -> web.Response:
+        return web.Response(text="live\n")  # answering at all is the proof: the event loop is turning
+
+    async def _clusters_page(self, request: web.Request) -> web.Response:
+        form = request.query.get("format", "text")
+        if form == "json":
+            return _json(list(self._clusters()))
+        if form != "text":
+            return web.Response(status=400, text=f"format must be text or json, not {form!r}\n")
+        return web.Response(text=clusters_text(self._clusters()))
+
+    async def _config_page(self, request: web.Request) -> web.Response:
+        return _json(self._config())
+
+    async def _metrics_page(self, request: web.Request) -> web.Response:
+        text = metrics_text(self._ready()[0], self._clusters(), self._metrics())
+        return web.Response(body=text.encode(), headers={"Content-Type": METRICS_CONTENT_TYPE})
+
+    def __repr__(self) -> str:
+        return f"<Admin http://{self.address} {'serving' if self._runner is not None else 'stopped'}>"
+
+
+def _json(data: Any) -> web.Response:
+    return web.Response(text=json.dumps(data, indent=2) + "\n", content_type="application/json")
+
+
+@web.middleware
+async def _hint_on_404(request: web.Request, handler: Callable[[web.Request], Any]) -> web.StreamResponse:
+    try:
+        response: web.StreamResponse = await handler(request)
+    except web.HTTPNotFound:
+        return web.Response(status=404, text=NOT_FOUND_HINT)
+    return response
