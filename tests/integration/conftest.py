@@ -31,7 +31,10 @@ class EchoFleet:
     servers: dict[str, Child] = field(default_factory=dict)
     ports: dict[str, int] = field(default_factory=dict)
 
-    def start(self, name: str, *args: str, wait: bool = True, port: int | None = None) -> Child:
+    def start(
+        self, name: str, *args: str, wait: bool = True, port: int | None = None, env: dict[str, str] | None = None
+    ) -> Child:
+        """Start echo server `name`; `env` adds to or overrides its environment (``MESHLET_TLS__SOURCE``...)."""
         port = port or free_port()
         child = self.procs.start(
             [sys.executable, "-m", "tests.support.echo_server", "--name", name, "--port", str(port), *args],
@@ -41,6 +44,7 @@ class EchoFleet:
                 "MESHLET_SERVICE__NAME": self.service,
                 "MESHLET_SERVICE__CHECK_TTL": "1s",
                 "MESHLET_SERVICE__DRAIN_GRACE": "2s",
+                **(env or {}),
             },
         )
         self.servers[name] = child

@@ -17,7 +17,7 @@ from typing import Any
 
 from meshlet.discovery.consul_client import ConsulClient, ConsulFactory, go_duration
 from meshlet.endpoints import Endpoint, EndpointSet
-from meshlet.events import DiscoveryFailed, EndpointsChanged, EventBus
+from meshlet.events import DiscoveryFailed, EventBus
 
 log = logging.getLogger(__name__)
 
@@ -130,13 +130,12 @@ class ConsulWatch:
             self._failures = 0
         fingerprint = _fingerprint(fresh)
         if fingerprint != self._fingerprint or not self._answered.is_set():
-            old, self.endpoints, self._fingerprint = self.endpoints, fresh, fingerprint
-            self._announce(old, fresh)
+            self.endpoints, self._fingerprint = fresh, fingerprint
+            self._announce(fresh)
         self._answered.set()
 
-    def _announce(self, old: EndpointSet, fresh: EndpointSet) -> None:
-        diff = old.diff(fresh)
-        self._events.emit(EndpointsChanged(self.service, tuple(diff.added), tuple(diff.removed), len(fresh)))
+    def _announce(self, fresh: EndpointSet) -> None:
+        """Hand the new set on; the upstream, which applies its tag subset, reports EndpointsChanged."""
         try:
             self._on_update(fresh)
         except Exception:

@@ -95,11 +95,12 @@ class RetryWithinBudget:
             raise  # meshlet's own refusals (no endpoint, all circuits open) fail fast
         except grpc.aio.AioRpcError as error:
             code = error.code().name
+            on = self._on | {code} if invited_by_pushback(error) else self._on
             why = (
                 "replay_buffer_overflowed"
                 if not self._can_replay(call)
                 else first_failure_is_retryable(
-                    code, self._on, call.method.idempotent, call.may_have_reached_server, self._max_attempts
+                    code, on, call.method.idempotent, call.may_have_reached_server, self._max_attempts
                 )
             )
             if why is not None:
@@ -136,7 +137,7 @@ class RetryWithinBudget:
             retry=retry_unless_pushback_refuses(pushback_of)
             & retry_if_exception(lambda _error: self._can_replay(call))
             & (
-                retry_if_status(self._on, code_of)
+                (retry_if_status(self._on, code_of) | retry_if_exception(invited_by_pushback))
                 & retry_if_safe_to_resend(lambda: call.method.idempotent, reached_server)
                 | retry_if_transparent(code_of, reached_server)
             ),
