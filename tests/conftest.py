@@ -15,3 +15,12 @@ def procs(tmp_path: Path) -> Iterator[Processes]:
     """Start child processes; every one is stopped when the test ends, pass or fail."""
     with processes(tmp_path) as p:
         yield p
+
+
+def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
+    """Say once, not once per test, why the real-Consul half of the contract suite did not run."""
+    skipped = terminalreporter.stats.get("skipped", [])
+    reasons = {str(report.longrepr[2]) for report in skipped if isinstance(report.longrepr, tuple)}
+    for reason in sorted(reasons):
+        count = sum(1 for r in skipped if isinstance(r.longrepr, tuple) and str(r.longrepr[2]) == reason)
+        terminalreporter.write_line(f"skipped {count}: {reason}")
