@@ -8,7 +8,7 @@ included) are copied back unchanged.
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Callable, Iterable
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
 from typing import Any
 
 import grpc
@@ -30,7 +30,9 @@ HOP_HEADERS = frozenset(
     }
 )
 
-RawHandler = Callable[[AsyncIterator[bytes], grpc.aio.ServicerContext], AsyncIterator[bytes]]
+# An async generator of replies, or a coroutine that writes them with context.write() (grpc.aio serves both).
+RawHandler = Callable[[AsyncIterator[bytes], grpc.aio.ServicerContext], AsyncIterator[bytes] | Awaitable[None]]
+MAX_CACHED_METHODS = 4096  # method paths come from callers: past this many, new paths get a handler per call
 
 
 def forwardable(metadata: Iterable[tuple[str, Any]] | None) -> tuple[tuple[str, Any], ...]:
@@ -51,7 +53,9 @@ class RawMethods(grpc.GenericRpcHandler):
         method: str = handler_call_details.method
         found = self._handlers.get(method)
         if found is None:
-            found = self._handlers[method] = grpc.stream_stream_rpc_method_handler(self._make_handler(method))
+            found = grpc.stream_stream_rpc_method_handler(self._make_handler(method))
+            if len(self._handlers) < MAX_CACHED_METHODS:
+                self._handlers[method] = found
         return found
 
 

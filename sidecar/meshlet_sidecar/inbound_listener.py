@@ -1,0 +1,124 @@
+"""The way in: the sidecar's inbound port (15006), where other services' sidecars and SDKs call this app over
+mTLS. Every method is served as raw bytes; each call runs the SDK's inbound pipeline (identity, intentions,
+rate limits, deadline) and ends in ForwardToApp, which hands it to the local app.
+
+What a caller sees is what the app answered, except for calls the mesh itself refuses: a stage's MeshError
+ends the call with its code, message and ErrorInfo. Whatever a client sends, garbage or a stream it abandons,
+ends that one call; grpc logs it, and the listener goes on serving the rest.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from contextlib import aclosing
+from typing import Any
+
+import grpc
+
+from meshlet.call import InboundCall
+from meshlet.deadline import Clock, Deadline
+from meshlet.errors import MeshError
+from meshlet.inbound import InboundParts, build_inbound
+from meshlet.security.certs import CertificateSource, peer_spiffe_id, server_credentials
+from meshlet.transport.raw import RawHandler, RawMethods
+from meshlet_sidecar.forward import ForwardToApp
+
+_SERVER_OPTIONS: tuple[tuple[str, Any], ...] = (
+    ("grpc.so_reuseport", 0),  # a second sidecar on the same port must fail to start, not share the traffic
+    ("grpc.max_receive_message_length", 64 * 1024 * 1024),  # the app, not the sidecar, decides what is too big
+    # meshlet's channels ping every 30 s while a call is open; grpc's default (5 min) would answer a quiet,
+    # long-lived stream's pings with GOAWAY too_many_pings and kill it.
+    ("grpc.http2.min_ping_interval_without_data_ms", 10_000),
+)
+
+
+class InboundListener:
+    """One grpc.aio server on `address`: mTLS with `source`'s certificates (plaintext when `source` is None, for
+    meshes with ``tls.source: off``). Start the source before `start()`; close `forward` after `stop()`."""
+
+    def __init__(
+        self,
+        address: str,
+        *,
+        source: CertificateSource | None,
+        parts: InboundParts,
+        forward: ForwardToApp,
+        clock: Clock,
+    ) -> None:
+        self.address = address
+        self.port = 0
+        self.in_flight = 0  # calls between arrival and their last reply: what a drain waits for
+        self._source = source
+        self._parts = parts
+        self._forward = forward
+        self._clock = clock
+        self._server: grpc.aio.Server | None = None
+
+    async def start(self) -> int:
+        """Bind and serve; returns the port (useful with port 0)."""
+        server = grpc.aio.server(options=_SERVER_OPTIONS)
+        server.add_generic_rpc_handlers((RawMethods(self._handler_for),))
+        port: int
+        try:
+            if self._source is not None:
+                port = server.add_secure_port(self.address, server_credentials(self._source))
+            else:
+                port = server.add_insecure_port(self.address)
+        except RuntimeError as error:  # grpc's "Failed to bind to address"
+            port, cause = 0, f" ({error})"
+        else:
+            cause = ""
+        if not port:
+            await server.stop(None)
+            raise OSError(
+                f"cannot listen for inbound calls on {self.address}{cause}: another process holds the port or the "
+                "address is not one of this host's; set sidecar.inbound (--inbound-addr) to a free local address"
+            )
+        await server.start()
+        self._server, self.port = server, port
+        return port
+
+    async def stop(self, grace_s: float | None) -> None:
+        """Refuse new calls at once; let those in flight finish for up to `grace_s`, then cancel them."""
+        server, self._server = self._server, None
+        if server is not None:
+            await server.stop(grace_s)
+
+    def _handler_for(self, method: str) -> RawHandler:
+        """One method's handler, built once per method path: its pipeline over ForwardToApp."""
+        pipeline = build_inbound(self._forward, self._parts)
+        clock = self._clock
+        identify = self._source is not None
+
+        async def forward(requests: AsyncIterator[bytes], context: Any) -> None:
+            self.in_flight += 1
+            try:
+                remaining = context.time_remaining()
+                call = InboundCall(
+                    method,
+                    context.invocation_metadata(),
+                    requests,
+                    context,
+                    None if remaining is None else Deadline(clock() + remaining, clock),
+                    peer_spiffe_id(context.auth_context()) if identify else None,
+                    context.peer(),
+                )
+                try:
+                    replies = await pipeline(call)
+                except MeshError as refused:
+                    await context.abort(
+                        refused.code(), refused.details() or "", tuple(refused.trailing_metadata() or ())
+                    )
+                    return
+                async with aclosing(replies):  # a caller that leaves mid-reply closes the relay, cancelling the app
+                    async for reply in replies:
+                        await context.write(reply)
+            finally:
+                self.in_flight -= 1
+
+        return forward
+
+    def __repr__(self) -> str:
+        security = "mTLS" if self._source is not None else "plaintext"
+        where = f"{self.address} (port {self.port})" if self.port else self.address
+        return f"<InboundListener {where} {security} -> app {self._forward.app_address}: {self.in_flight} in flight>"
