@@ -194,7 +194,10 @@ class Mesh:
 
         identify = _peer_identity if self._tls is not None else None
         interceptor = InboundInterceptor(build, self._clock, identify)
-        server = grpc.aio.server(interceptors=[interceptor], options=list(options), **kwargs)
+        # meshlet clients ping every 30 s while a call is open; grpc's 5-minute default would answer a quiet
+        # long-lived stream with GOAWAY too_many_pings.
+        server_options = [("grpc.http2.min_ping_interval_without_data_ms", 10_000), *options]
+        server = grpc.aio.server(interceptors=[interceptor], options=server_options, **kwargs)
         return _ServiceRecorder(server)
 
     async def serve(self, server: grpc.aio.Server, port: int, *, host: str = "0.0.0.0") -> None:
