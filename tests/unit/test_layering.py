@@ -29,6 +29,8 @@ PURE = [
     "meshlet/devagent/raft.py",
     "meshlet/devagent/catalog.py",
     "meshlet/devagent/catalog_records.py",
+    "meshlet/devagent/catalog_tables.py",
+    "meshlet/devagent/check_timers.py",
     "meshlet/devagent/kv.py",
     "meshlet/devagent/intentions.py",
     "meshlet/devagent/filtering.py",

@@ -1,0 +1,143 @@
+"""The values configuration is written in (durations, host:port pairs, Consul addresses, gRPC status names)
+and the pydantic field types that check them in an operator's words; apart so that the schema reads as a list
+of keys and defaults, and so that the parsers can be used on their own (the sidecar splits its listen addresses).
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from collections.abc import Callable
+from typing import Annotated, Any
+
+from pydantic import AfterValidator, BeforeValidator
+from pydantic_core import PydanticCustomError
+
+DEFAULT_CONSUL_ADDRESS = "http://127.0.0.1:8500"
+REDACTED = "<redacted>"
+# grpc.StatusCode's names, literal so that configuration does not import grpc.
+STATUS_CODES = (
+    "OK", "CANCELLED", "UNKNOWN", "INVALID_ARGUMENT", "DEADLINE_EXCEEDED", "NOT_FOUND", "ALREADY_EXISTS",
+    "PERMISSION_DENIED", "RESOURCE_EXHAUSTED", "FAILED_PRECONDITION", "ABORTED", "OUT_OF_RANGE",
+    "UNIMPLEMENTED", "INTERNAL", "UNAVAILABLE", "DATA_LOSS", "UNAUTHENTICATED",
+)  # fmt: skip
+
+_UNITS = {"ns": 1e-9, "us": 1e-6, "µs": 1e-6, "ms": 1e-3, "s": 1.0, "m": 60.0, "h": 3600.0}
+_NUMBER = r"(?:\d+(?:\.\d*)?|\.\d+)"
+_DURATION_PART = re.compile(rf"({_NUMBER})(ns|us|µs|ms|s|m|h)")
+_DURATION = re.compile(rf"(?:{_NUMBER}(?:ns|us|µs|ms|s|m|h))+")
+_METHOD = re.compile(r"/[A-Za-z_][\w.]*/(?:\*|[A-Za-z_]\w*)")
+
+
+def parse_duration(value: object) -> float:
+    """``"25ms"``, ``"1m30s"``, ``"1.5"`` or ``1.5`` -> seconds. Raises ValueError otherwise, negatives included."""
+    text = value.strip() if isinstance(value, str) else ""
+    if isinstance(value, int | float) and not isinstance(value, bool):
+        seconds = float(value)
+    elif re.fullmatch(_NUMBER, text):
+        seconds = float(text)
+    elif _DURATION.fullmatch(text):
+        seconds = sum(float(number) * _UNITS[unit] for number, unit in _DURATION_PART.findall(text))
+    else:
+        seconds = math.nan
+    if not math.isfinite(seconds) or seconds < 0:
+        raise ValueError("must be a duration such as 25ms, 1.5s, 2m, 1h or 500us (a bare number is seconds)")
+    return seconds
+
+
+def split_host_port(text: str) -> tuple[str, int]:
+    """``"127.0.0.1:15001"`` or ``"[::1]:15001"`` -> (host, port). Raises ValueError for anything else."""
+    host, sep, port = text.strip().rpartition(":")
+    if host.startswith("[") and host.endswith("]"):
+        host = host[1:-1]
+    elif ":" in host:
+        host = ""  # an IPv6 address needs brackets to be told apart from its port
+    if not (sep and host and port.isdigit() and 1 <= int(port) <= 65535) or any(c.isspace() for c in host):
+        raise ValueError("must be host:port, e.g. 127.0.0.1:15001 (port 1-65535, an IPv6 host in brackets)")
+    return host, int(port)
+
+
+def normalise_consul_address(text: str) -> str:
+    """``"host:port"`` or a URL -> ``"http://host:port"`` (``https`` kept), as the Consul CLI reads
+    $CONSUL_HTTP_ADDR. Without a port the scheme's own applies, as there."""
+    scheme, sep, rest = text.strip().rstrip("/").partition("://")
+    scheme, rest = (scheme.lower(), rest) if sep else ("http", scheme)
+    if scheme not in ("http", "https") or not rest or any(c in rest for c in "/@?# "):
+        raise ValueError("must be host:port or http(s)://host:port, e.g. http://127.0.0.1:8500")
+    if ":" in rest.rpartition("]")[2]:
+        split_host_port(rest)
+    return f"{scheme}://{rest}"
+
+
+def invalid(allowed: str, *, field: tuple[str, ...] = (), value: object = None, blame: str = "") -> Exception:
+    """A validation error in our words. A model-level check names the `field` it faults (so the path is exact)
+    and may `blame` the sibling whose setting made it wrong (so the source is right)."""
+    context: dict[str, Any] = {"allowed": allowed, "blame": blame}
+    if field:
+        context |= {"field": field, "value": value}
+    return PydanticCustomError("meshlet", "{allowed}", context)
+
+
+def checked(check: Callable[[Any], bool], allowed: str) -> AfterValidator:
+    def validate(value: Any) -> Any:
+        if not check(value):
+            raise invalid(allowed)
+        return value
+
+    return AfterValidator(validate)
+
+
+def parsed(parse: Callable[[str], Any]) -> AfterValidator:
+    """Checks and normalises a string once pydantic has made it one (a YAML ``15001`` included)."""
+
+    def validate(value: str) -> Any:
+        try:
+            return parse(value)
+        except ValueError as exc:
+            raise invalid(str(exc)) from None
+
+    return AfterValidator(validate)
+
+
+def _duration(value: Any) -> float:
+    try:
+        return parse_duration(value)
+    except ValueError as exc:
+        raise invalid(str(exc)) from None
+
+
+def _host_port(text: str) -> str:
+    split_host_port(text)
+    return text.strip()
+
+
+def _status_name(text: str) -> str:
+    name = text.strip().upper().replace("-", "_")  # Envoy spells them resource-exhausted
+    if name == "OK" or name not in STATUS_CODES:
+        raise ValueError("must be a gRPC status code name other than OK: " + ", ".join(STATUS_CODES[1:]))
+    return name
+
+
+def method_pattern(allow_any: bool) -> AfterValidator:
+    shapes = '"/pkg.Service/Method" or "/pkg.Service/*"'
+    return checked(
+        lambda m: (allow_any and m == "*") or bool(_METHOD.fullmatch(m)),
+        f'must be "*", {shapes}' if allow_any else f"must be {shapes}",
+    )
+
+
+Duration = Annotated[float, BeforeValidator(_duration)]
+PositiveDuration = Annotated[Duration, checked(lambda s: s > 0, "must be a duration above zero")]
+Ratio = Annotated[float, checked(lambda x: 0.0 <= x <= 1.0, "must be between 0 and 1")]
+Port = Annotated[int, checked(lambda p: 1 <= p <= 65535, "must be between 1 and 65535")]
+AtLeastOne = Annotated[int, checked(lambda n: n >= 1, "must be at least 1")]
+NotNegative = Annotated[float, checked(lambda x: x >= 0, "must be at least 0")]
+HostPort = Annotated[str, parsed(_host_port)]
+StatusName = Annotated[str, parsed(_status_name)]
+MaxAttempts = Annotated[
+    int,
+    checked(lambda n: n >= 1, "must be between 1 and 5"),
+    checked(lambda n: n <= 5, "must be between 1 and 5: gRPC's retry design (A6) caps a call at 5 attempts"),
+]
+BudgetTtl = Annotated[Duration, checked(lambda s: 1 <= s <= 60, "must be between 1s and 60s, as Finagle's")]
+DeregisterAfter = Annotated[Duration, checked(lambda s: s >= 60, "must be at least 1m, Consul's minimum")]

@@ -1,0 +1,254 @@
+"""The configuration schema: one frozen pydantic model per section, strict about keys, with the checks that
+span fields (ordered backoffs, distinct local ports) and the merge of each upstream over `upstream_defaults`.
+Apart from loading, which only gathers raw values and explains the errors these models raise.
+"""
+
+from __future__ import annotations
+
+import difflib
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, SecretStr
+from pydantic import model_validator as _model_validator
+
+from meshlet.config.fields import (
+    DEFAULT_CONSUL_ADDRESS,
+    REDACTED,
+    AtLeastOne,
+    BudgetTtl,
+    DeregisterAfter,
+    Duration,
+    HostPort,
+    MaxAttempts,
+    NotNegative,
+    Port,
+    PositiveDuration,
+    Ratio,
+    StatusName,
+    checked,
+    invalid,
+    method_pattern,
+    normalise_consul_address,
+    parsed,
+)
+
+
+class _Section(BaseModel):
+    """Frozen, and strict about keys: an unknown key is an error with a "did you mean" hint, never ignored."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid", populate_by_name=True, coerce_numbers_to_str=True)
+
+    @_model_validator(mode="before")
+    @classmethod
+    def _known_keys_only(cls, data: Any) -> Any:
+        if data is None:
+            return {}  # `tls:` with nothing under it means the defaults
+        if isinstance(data, Mapping):
+            known = [*cls.model_fields, *(f.alias for f in cls.model_fields.values() if f.alias)]
+            for key in data:
+                if key not in known:
+                    close = difflib.get_close_matches(str(key), known, n=1)
+                    hint = f"did you mean {close[0]!r}?" if close else "expected one of " + ", ".join(known)
+                    raise invalid(f"unknown key; {hint}", field=(str(key),), value=data[key])
+        return data
+
+
+class ServiceConfig(_Section):
+    name: str | None = None
+    address: str | None = "127.0.0.1"  # registered in Consul; None lets the registrar choose
+    tags: tuple[str, ...] = ()
+    meta: dict[str, str] = Field(default_factory=dict)
+    check_ttl: PositiveDuration = 10.0
+    deregister_critical_after: DeregisterAfter = 60.0
+    drain_grace: Duration = 10.0
+
+
+class ConsulConfig(_Section):
+    address: Annotated[str, parsed(normalise_consul_address)] = DEFAULT_CONSUL_ADDRESS
+    token: SecretStr | None = None
+    cacert: Path | None = None
+    datacenter: str | None = None
+
+
+class TlsConfig(_Section):
+    """``files``: PEM paths relative to the working directory; ``consul``: the Connect CA's leaf and roots."""
+
+    source: Literal["consul", "files", "off"] = "off"
+    cert: Path | None = None
+    key: Path | None = None
+    ca: Path | None = None
+    trust_domain: str | None = None
+
+    @_model_validator(mode="after")
+    def _files_are_named(self) -> TlsConfig:
+        missing = [name for name in ("cert", "key", "ca") if getattr(self, name) is None]
+        if self.source == "files" and missing:
+            allowed = f"a PEM file path is required when tls.source is 'files' (missing: {', '.join(missing)})"
+            raise invalid(allowed, field=(missing[0],), blame="source")
+        return self
+
+
+class SidecarConfig(_Section):
+    app: HostPort | None = None
+    inbound: HostPort = "0.0.0.0:15006"
+    outbound: HostPort = "127.0.0.1:15001"
+    admin: HostPort = "127.0.0.1:15000"
+    routes: dict[str, str] = Field(default_factory=dict)  # gRPC service name -> upstream name
+
+
+class RetryPolicy(_Section):
+    """Full-jitter exponential backoff, inside a retry budget with Finagle's semantics: `budget_ratio` of the
+    requests seen over `budget_ttl`, plus `budget_min_per_s` so that a quiet upstream can still retry."""
+
+    max_attempts: MaxAttempts = 3
+    backoff_base: PositiveDuration = 0.025
+    backoff_max: PositiveDuration = 1.0
+    on: tuple[StatusName, ...] = ("UNAVAILABLE",)
+    budget_ratio: Ratio = 0.2
+    budget_min_per_s: NotNegative = 10.0
+    budget_ttl: BudgetTtl = 10.0
+    idempotent: tuple[Annotated[str, method_pattern(allow_any=False)], ...] = ()
+    replay_buffer_bytes: Annotated[int, checked(lambda n: n >= 0, "must be at least 0")] = 65536
+
+    @_model_validator(mode="after")
+    def _backoff_is_ordered(self) -> RetryPolicy:
+        if self.backoff_max < self.backoff_base:
+            allowed = f"must be at least backoff_base ({self.backoff_base}s)"
+            raise invalid(allowed, field=("backoff_max",), value=self.backoff_max, blame="backoff_base")
+        return self
+
+
+class BreakerPolicy(_Section):
+    failures: AtLeastOne = 5
+    reset_timeout: PositiveDuration = 10.0
+    reset_timeout_max: PositiveDuration = 60.0
+    max_ejection_ratio: Ratio = 0.5
+    panic_threshold: Ratio = 0.5
+
+    @_model_validator(mode="after")
+    def _reset_is_ordered(self) -> BreakerPolicy:
+        if self.reset_timeout_max < self.reset_timeout:
+            allowed = f"must be at least reset_timeout ({self.reset_timeout}s)"
+            raise invalid(allowed, field=("reset_timeout_max",), value=self.reset_timeout_max, blame="reset_timeout")
+        return self
+
+
+class UpstreamPolicy(_Section):
+    """How calls to one upstream are made. `timeout` applies only when the caller set no deadline of its own."""
+
+    local_port: Port | None = None
+    timeout: PositiveDuration = 5.0
+    deadline_floor: Duration = 0.005
+    balancer: Literal["p2c", "round_robin"] = "p2c"
+    tags: tuple[str, ...] = ()  # only endpoints carrying all of these
+    max_in_flight: AtLeastOne = 1000
+    retry: RetryPolicy = RetryPolicy()
+    breaker: BreakerPolicy = BreakerPolicy()
+
+
+class AuthzRule(_Section):
+    from_: str = Field(alias="from")  # a source service name, or "*"
+    to: str
+    methods: tuple[Annotated[str, method_pattern(allow_any=True)], ...] = ("*",)
+    action: Literal["allow", "deny"]
+
+
+class AuthzConfig(_Section):
+    default: Literal["allow", "deny"] = "allow"
+    source: Literal["consul", "local"] = "local"
+    fail_open: bool = False  # when intentions cannot be read: allow (True) or deny (False)
+    rules: tuple[AuthzRule, ...] = ()
+
+
+class CallerRateLimit(_Section):
+    rate_per_s: Annotated[float, checked(lambda x: x > 0, "must be above 0 (unset means no limit)")] | None = None
+    burst: AtLeastOne | None = None  # None: one second's worth, ceil(rate_per_s)
+
+
+class RateLimitConfig(_Section):
+    """Inbound token buckets. `per_caller`: one bucket per caller identity for all its calls. `per_method`:
+    keyed by method pattern (``"/pkg.Service/Method"``, ``"/pkg.Service/*"`` or ``"*"``), one bucket per caller
+    *per method* the pattern matches; the most specific pattern applies (exact, then service, then ``*``), and
+    an entry without `rate_per_s` exempts its methods from the less specific ones. A call must pass both."""
+
+    per_caller: CallerRateLimit = CallerRateLimit()
+    per_method: dict[Annotated[str, method_pattern(allow_any=True)], CallerRateLimit] = Field(default_factory=dict)
+
+
+class TelemetryConfig(_Section):
+    service_name: str | None = None  # default: $OTEL_SERVICE_NAME; None: use service.name
+    otlp_endpoint: str | None = None  # default: $OTEL_EXPORTER_OTLP_ENDPOINT; None keeps traces in process
+    sample_ratio: Ratio = 1.0
+    metrics_port: Port | None = None
+    access_log: bool = True
+
+
+class Config(_Section):
+    """The whole configuration. `upstreams` holds each listed upstream already merged over `upstream_defaults`."""
+
+    service: ServiceConfig = ServiceConfig()
+    consul: ConsulConfig = ConsulConfig()
+    tls: TlsConfig = TlsConfig()
+    sidecar: SidecarConfig = SidecarConfig()
+    upstream_defaults: UpstreamPolicy = UpstreamPolicy()
+    upstreams: dict[str, UpstreamPolicy] = Field(default_factory=dict)
+    authz: AuthzConfig = AuthzConfig()
+    rate_limit: RateLimitConfig = RateLimitConfig()
+    telemetry: TelemetryConfig = TelemetryConfig()
+
+    @_model_validator(mode="before")
+    @classmethod
+    def _merge_upstreams(cls, data: Any) -> Any:
+        """Merge field by field before validating, so that checks across fields (backoff_max >= backoff_base)
+        judge the policy that will run. Trap: a local port is never inherited, it belongs to one upstream."""
+        if not isinstance(data, Mapping) or not isinstance(data.get("upstreams"), Mapping):
+            return data
+        defaults = _raw(data.get("upstream_defaults"))
+        if not isinstance(defaults, Mapping):
+            return data
+        defaults = {key: value for key, value in defaults.items() if key != "local_port"}
+        upstreams = {name: _raw(policy) for name, policy in data["upstreams"].items()}
+        merged = {n: deep_merge(defaults, p) if isinstance(p, Mapping) else p for n, p in upstreams.items()}
+        return {**data, "upstreams": merged}
+
+    @_model_validator(mode="after")
+    def _local_ports_are_distinct(self) -> Config:
+        if (port := self.upstream_defaults.local_port) is not None:
+            allowed = "a local port belongs to one upstream: set it as upstreams.<name>.local_port"
+            raise invalid(allowed, field=("upstream_defaults", "local_port"), value=port)
+        owners: dict[int, str] = {}
+        for name, policy in self.upstreams.items():
+            if (port := policy.local_port) is not None and owners.setdefault(port, name) != name:
+                allowed = f"already used by upstreams.{owners[port]}.local_port"
+                raise invalid(allowed, field=("upstreams", name, "local_port"), value=port)
+        return self
+
+    def upstream(self, name: str) -> UpstreamPolicy:
+        """The merged policy for `name` (computed once, at load); an upstream not listed gets the defaults."""
+        return self.upstreams.get(name, self.upstream_defaults)
+
+    def redacted(self) -> dict[str, Any]:
+        """The effective configuration as JSON-ready data for the admin ``/config`` page, secrets hidden."""
+        data = self.model_dump(mode="json", by_alias=True)
+        for section, key in (("consul", "token"), ("tls", "key")):
+            if data[section][key] is not None:
+                data[section][key] = REDACTED
+        return data
+
+
+def _raw(value: Any) -> Any:
+    if isinstance(value, BaseModel):
+        return value.model_dump(exclude_unset=True, by_alias=True)
+    return {} if value is None else value  # `payments:` listed with nothing under it
+
+
+def deep_merge(base: Mapping[Any, Any], over: Mapping[Any, Any]) -> dict[Any, Any]:
+    merged = dict(base)
+    for key, value in over.items():
+        below = merged.get(key)
+        if value is None and isinstance(below, Mapping):
+            continue  # `retry:` written with nothing under it keeps what is below
+        merged[key] = deep_merge(below, value) if isinstance(value, Mapping) and isinstance(below, Mapping) else value
+    return merged
