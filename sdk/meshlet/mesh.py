@@ -29,9 +29,9 @@ from meshlet.events import EventBus
 from meshlet.inbound import InboundHandler, InboundParts, build_inbound
 from meshlet.security.certs import (
     CertificateSource,
+    caller_spiffe_id,
     channel_credentials,
     channel_options,
-    peer_spiffe_id,
     server_credentials,
 )
 from meshlet.security.sources import make_source
@@ -192,7 +192,7 @@ class Mesh:
         def build(terminal: InboundHandler) -> InboundHandler:
             return build_inbound(terminal, parts)
 
-        identify = _peer_identity if self._tls is not None else None
+        identify = caller_spiffe_id if self._tls is not None else None
         interceptor = InboundInterceptor(build, self._clock, identify)
         # meshlet clients ping every 30 s while a call is open; grpc's 5-minute default would answer a quiet
         # long-lived stream with GOAWAY too_many_pings.
@@ -310,10 +310,6 @@ class _ServiceRecorder(grpc.aio.Server):
 
     def __getattr__(self, name: str) -> Any:
         return getattr(self._server, name)
-
-
-def _peer_identity(context: Any) -> str | None:
-    return peer_spiffe_id(context.auth_context())
 
 
 def _recorded_services(server: grpc.aio.Server) -> list[str]:

