@@ -81,10 +81,28 @@ class ScriptedCall:
         self._client_streaming = client_streaming
         self._pending: deque[Any] | None = None
         self._error: Exception | None = None
+        self._writes_done = asyncio.Event()
+        self._callbacks: list[Any] = []
+
+    async def write(self, message: Any) -> None:
+        """A client stream written message by message (how the send stage writes them)."""
+        if self.attempt.sent is None:
+            self.attempt.sent = []
+        self.attempt.sent.append(message)
+
+    async def done_writing(self) -> None:
+        self._writes_done.set()
+
+    def add_done_callback(self, callback: Any) -> None:
+        self._callbacks.append(callback)
 
     async def _resolve(self) -> Any:
-        if self._client_streaming and self.attempt.sent is None:
-            self.attempt.sent = [message async for message in self.attempt.request]
+        if self._client_streaming:
+            if self.attempt.request is not None and self.attempt.sent is None:
+                self.attempt.sent = [message async for message in self.attempt.request]
+            elif self.attempt.request is None:
+                await self._writes_done.wait()  # the server reads the whole request stream before it answers
+                self.attempt.sent = self.attempt.sent or []
         answer = self._answer
         if isinstance(answer, asyncio.Future):
             answer = await answer
@@ -132,7 +150,7 @@ class _Multicallable:
         self._method = method
 
     def __call__(
-        self, request: Any, *, timeout: float | None = None, metadata: Any = None, wait_for_ready: Any = None
+        self, request: Any = None, *, timeout: float | None = None, metadata: Any = None, wait_for_ready: Any = None
     ) -> ScriptedCall:
         attempt = Attempt(self._endpoint, self._method.path, tuple(metadata or ()), timeout, request)
         self._transport.attempts.append(attempt)

@@ -16,7 +16,7 @@ import grpc
 from meshlet.call import Call
 from meshlet.errors import ErrorReason, error_info
 from meshlet.transport.channels import EndpointChannels, never_reached_server
-from meshlet.transport.streams import ResponseStream
+from meshlet.transport.streams import ResponseStream, settled, start_pumping
 
 
 class SendOnChannel:
@@ -30,13 +30,16 @@ class SendOnChannel:
         assert call.deadline is not None
         multicallable = self._channels.get(call.endpoint).callable_for(call.method)
         method = call.method
-        request = call.request.replay() if method.client_streaming else call.request
-        grpc_call = multicallable(
-            request,
-            timeout=call.deadline.remaining(),
-            metadata=call.attempt_metadata(),
-            wait_for_ready=call.wait_for_ready,
-        )
+        timeout = call.deadline.remaining()
+        if method.client_streaming:  # written by a task that stops when the call ends (see transport/streams.py)
+            grpc_call = multicallable(
+                timeout=timeout, metadata=call.attempt_metadata(), wait_for_ready=call.wait_for_ready
+            )
+            start_pumping(call.request.replay(), grpc_call)
+        else:
+            grpc_call = multicallable(
+                call.request, timeout=timeout, metadata=call.attempt_metadata(), wait_for_ready=call.wait_for_ready
+            )
         call.may_have_reached_server = True
         call.transport_call = grpc_call
         try:
@@ -44,9 +47,11 @@ class SendOnChannel:
                 return ResponseStream(grpc_call, await grpc_call.read())
             return await grpc_call
         except grpc.aio.AioRpcError as error:
+            if method.client_streaming:
+                error = await settled(grpc_call, error)
             if never_reached_server(error) or refused_before_handler(error):
                 call.may_have_reached_server = False
-            raise
+            raise error from None
         except asyncio.CancelledError:
             grpc_call.cancel()
             raise
