@@ -12,7 +12,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
-from collections.abc import AsyncGenerator, AsyncIterator
+from collections.abc import AsyncGenerator
 from typing import Any
 
 import grpc
@@ -21,16 +21,10 @@ from meshlet.call import InboundCall
 from meshlet.errors import NoHealthyEndpoint
 from meshlet.transport.channels import never_reached_server
 from meshlet.transport.raw import MAX_CACHED_METHODS, abort_with, forwardable, relay_status
+from meshlet.transport.streams import CORE_WRITE_RACE, pump_requests, wait_settled
 
 log = logging.getLogger("meshlet.sidecar")
 
-# Trap: when the app ends a call while requests are still being written to it, the write fails and grpc.aio sets
-# the call's status to this INTERNAL placeholder, over the app's own status if that was already in (measured:
-# 2-5% of early-ending client streams). So writing stops the moment the app's status arrives, and a placeholder
-# that got in first is replaced by the app's status once its replies have been read to the end.
-CORE_WRITE_RACE = "Internal error from Core"
-SETTLE_POLL_S = 0.005
-SETTLE_POLLS = 200
 
 _APP_CHANNEL_OPTIONS: tuple[tuple[str, Any], ...] = (
     # One layer owns retries (the calling side's); grpcio's own stay off on this hop too.
@@ -67,7 +61,7 @@ class ForwardToApp:
         )
         handler = asyncio.current_task()
         assert handler is not None
-        sending = asyncio.create_task(_send_requests(call.request, app_call, handler))
+        sending = asyncio.create_task(pump_requests(call.request, app_call, handler))
         app_call.add_done_callback(lambda _: sending.cancel())  # no write may start once the app has answered
         try:
             headers = await app_call.initial_metadata()
@@ -78,7 +72,7 @@ class ForwardToApp:
         except grpc.aio.AioRpcError as failed:
             if failed.details() != CORE_WRITE_RACE:
                 await abort_with(context, self._unreachable(failed) if never_reached_server(failed) else failed)
-            await _app_status(app_call)
+            await wait_settled(app_call)
         finally:  # the caller went away, the app ended first, or the relay failed: nothing may outlive the call
             sending.cancel()
             app_call.cancel()  # a no-op once the app's call has ended, so its status below stays the app's
@@ -114,34 +108,3 @@ class ForwardToApp:
     def __repr__(self) -> str:
         state = "connected" if self._channel is not None else "not yet used"
         return f"<ForwardToApp {self.app_address} ({state}, {len(self._calls)} methods)>"
-
-
-async def _send_requests(requests: AsyncIterator[bytes], app_call: Any, handler: asyncio.Task[Any]) -> None:
-    """Copy the caller's request stream to the app, then half-close it.
-
-    Trap: grpc.aio ends a server's request stream the same way whether the caller half-closed or went away; the
-    cancellation reaches the handler's task separately, usually one loop turn later (measured: 9 times in 10).
-    Half-closing at once would show the app a truncated client stream as complete, so the copy first lets a
-    pending cancellation land. One that arrives later still cancels the app's call, but only after the app has
-    seen the stream end. Python apps handle a unary request on arrival (measured), so for them the wait adds no
-    latency; apps that wait for the half-close (grpc-java does for unary methods) see it one loop turn later.
-    """
-    try:
-        async for message in requests:
-            await app_call.write(message)
-        await asyncio.sleep(0)
-        if not handler.cancelling():
-            await app_call.done_writing()
-    except (grpc.aio.AioRpcError, asyncio.InvalidStateError):
-        return  # the app's call ended first: its status reaches the caller through the reply side
-    except Exception as error:  # the caller's stream broke: the app must not see it as complete
-        log.debug("request stream to the app ended abnormally: %r", error)
-        app_call.cancel()
-
-
-async def _app_status(app_call: Any) -> None:
-    """Wait (at most a second) until the app's own status has replaced grpc's CORE_WRITE_RACE placeholder."""
-    for _ in range(SETTLE_POLLS):
-        if await app_call.details() != CORE_WRITE_RACE:
-            return
-        await asyncio.sleep(SETTLE_POLL_S)

@@ -57,15 +57,19 @@ def start_pumping(requests: AsyncIterator[Any], grpc_call: Any) -> None:
     grpc_call.add_done_callback(lambda _call: sending.cancel())
 
 
-async def settled(grpc_call: Any, error: grpc.aio.AioRpcError) -> grpc.aio.AioRpcError:
-    """The call's real failure: if grpc put its write-race placeholder first, wait (at most a second) for the
-    peer's own status to replace it."""
-    if error.details() != CORE_WRITE_RACE:
-        return error
+async def wait_settled(grpc_call: Any) -> None:
+    """Wait (at most a second) until the peer's own status has replaced grpc's write-race placeholder."""
     for _ in range(SETTLE_POLLS):
         if await grpc_call.details() != CORE_WRITE_RACE:
-            break
+            return
         await asyncio.sleep(SETTLE_POLL_S)
+
+
+async def settled(grpc_call: Any, error: grpc.aio.AioRpcError) -> grpc.aio.AioRpcError:
+    """The call's real failure, with the write-race placeholder replaced by the peer's own status."""
+    if error.details() != CORE_WRITE_RACE:
+        return error
+    await wait_settled(grpc_call)
     return grpc.aio.AioRpcError(
         await grpc_call.code(),
         await grpc_call.initial_metadata(),
