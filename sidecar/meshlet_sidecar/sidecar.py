@@ -84,7 +84,7 @@ class Sidecar:
     def readiness(self) -> tuple[bool, list[str]]:
         waiting: list[str] = []
         if self._draining:
-            waiting.append("nothing: shutting down")
+            waiting.append("nothing: draining for shutdown")
         if not self._certificates_loaded:
             waiting.append("certificates")
         if not self._listening:

@@ -1,0 +1,254 @@
+"""The sidecar's life as an operator sees it, with real processes on loopback: a bad config stops it at once with
+one line; /ready waits for discovery and the app, whatever order they come up in; losing one of two B apps under
+load loses no idempotent call; SIGTERM drains the calls in flight, deregisters and exits 0; a restarted sidecar
+registers again. Each test builds its own small mesh (dev agent, plain apps, sidecars), since each one breaks it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import signal
+import time
+from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import grpc
+import pytest
+
+from meshlet.security.dev_ca import init_ca, issue
+from meshlet_api.echo.v1 import echo_pb2, echo_pb2_grpc
+from tests.support.agents import Agent, start_dev_agent
+from tests.support.plain_app import plain_app
+from tests.support.processes import Processes, free_port, wait_until
+from tests.support.sidecars import (
+    SidecarProcess,
+    admin_get,
+    one_line,
+    run_sidecar,
+    start_plain_app,
+    start_sidecar,
+    tls_files,
+)
+
+pytestmark = pytest.mark.slow
+
+TRUST_DOMAIN = "meshlet.test"
+ECHO_SERVICE = "meshlet_api.echo.v1.Echo"
+WAIT_S = 30.0  # a bound on waiting for what must happen, never a timing assertion
+HELLO = echo_pb2.EchoRequest(message="hello")
+
+
+@pytest.fixture
+def pki(tmp_path: Path) -> Path:
+    certs = tmp_path / "certs"
+    init_ca(certs, TRUST_DOMAIN)
+    for service in ("a-svc", "b-svc"):
+        issue(certs, service)
+    return certs
+
+
+def b_config(pki: Path, agent_url: str, drain_grace: str = "1s") -> dict[str, Any]:
+    return {
+        "service": {"name": "b-svc", "check_ttl": "2s", "drain_grace": drain_grace},
+        "consul": {"address": agent_url},
+        "tls": tls_files(pki, "b-svc"),
+    }
+
+
+def a_config(pki: Path, agent_url: str) -> dict[str, Any]:
+    """App A's sidecar: Echo routed to b-svc, every Echo method marked safe to retry."""
+    return {
+        "service": {"name": "a-svc"},
+        "consul": {"address": agent_url},
+        "tls": tls_files(pki, "a-svc"),
+        "sidecar": {"routes": {ECHO_SERVICE: "b-svc"}},
+        "upstreams": {"b-svc": {"retry": {"idempotent": [f"/{ECHO_SERVICE}/*"]}}},
+    }
+
+
+async def eventually(check: Callable[[], bool], what: str, timeout_s: float = WAIT_S) -> None:
+    """Poll `check` in a thread (it may block on HTTP) until it holds, keeping this event loop turning."""
+    give_up = time.monotonic() + timeout_s
+    while not await asyncio.to_thread(check):
+        if time.monotonic() > give_up:
+            raise AssertionError(f"gave up after {timeout_s}s waiting for {what}")
+        await asyncio.sleep(0.05)
+
+
+def instances(agent: Agent, service: str, *, passing: bool = False) -> set[int]:
+    """The ports `service` is registered at in the agent (all of them, or only those passing)."""
+    entries = agent.get(f"/v1/health/service/{service}{'?passing' if passing else ''}")
+    return {int(entry["Service"]["Port"]) for entry in entries}
+
+
+def endpoints_seen_by(sidecar: SidecarProcess, upstream: str) -> int:
+    status, body = admin_get(f"{sidecar.admin_url}/clusters?format=json")
+    if status != 200:
+        return 0
+    return sum(len(c.get("endpoints", ())) for c in json.loads(body) if c.get("name") == upstream)
+
+
+# ------------------------------------------------------------------------------------------ bad input
+
+
+@pytest.mark.parametrize(
+    ("file_text", "flags", "named"),
+    [
+        ("service:\n  check_ttl: soon\n", (), "service.check_ttl"),
+        ("sidecar:\n  inbond: 127.0.0.1:15006\n", (), "sidecar.inbond"),
+        ("service:\n  name: b-svc\n", ("--upstream", "b-svc"), "--upstream b-svc"),
+    ],
+    ids=["bad-value", "unknown-key", "bad-flag"],
+)
+def test_invalid_config_exits_2_with_one_line_naming_the_field(
+    procs: Processes, tmp_path: Path, file_text: str, flags: tuple[str, ...], named: str
+) -> None:
+    config = tmp_path / "meshlet.yaml"
+    config.write_text(file_text)
+    code, output = run_sidecar(procs, "--config", str(config), *flags)
+    assert code == 2
+    assert one_line(output), output
+    assert named in output
+    assert "Traceback" not in output
+
+
+# ------------------------------------------------------------------------------------------ readiness
+
+
+def test_ready_is_503_until_discovery_has_answered_and_the_app_is_healthy(
+    procs: Processes, tmp_path: Path, pki: Path
+) -> None:
+    """Started before both its agent and its app, the sidecar waits for them instead of failing."""
+    agent_port, app_port = free_port(), free_port()
+    config = {**a_config(pki, f"http://127.0.0.1:{agent_port}"), "service": {"name": "a-svc", "check_ttl": "2s"}}
+    sidecar = start_sidecar(procs, tmp_path, "a", config, app=f"127.0.0.1:{app_port}", wait_ready=False)
+
+    def waiting_for(*what: str) -> Callable[[], bool]:
+        def check() -> bool:
+            status, body = sidecar.ready()
+            return status == 503 and all(item in body for item in what)
+
+        return check
+
+    wait_until(waiting_for("discovery of b-svc", "app health"), WAIT_S, "/ready to name discovery and the app")
+    start_plain_app(procs, "app-a", app_port)
+    wait_until(lambda: "app health" not in sidecar.ready()[1], WAIT_S, "/ready to stop waiting for the app")
+    assert waiting_for("discovery of b-svc")()
+
+    agent = start_dev_agent(procs, port=agent_port)
+    sidecar.wait_ready()
+    wait_until(lambda: sidecar.inbound_port in instances(agent, "a-svc", passing=True), WAIT_S, "a-svc to register")
+
+
+# ------------------------------------------------------------------------------------------ load and failover
+
+
+@dataclass
+class Load:
+    """`callers` loops calling Echo back to back through `port` until the block exits; every failure is kept."""
+
+    port: int
+    callers: int = 4
+    ok: int = 0
+    failures: list[grpc.aio.AioRpcError] = field(default_factory=list)
+    _stop: asyncio.Event = field(default_factory=asyncio.Event)
+    _tasks: list[asyncio.Task[None]] = field(default_factory=list)
+    _channel: grpc.aio.Channel | None = None
+
+    async def _call_until_stopped(self, stub: echo_pb2_grpc.EchoStub) -> None:
+        while not self._stop.is_set():
+            try:
+                await stub.Echo(HELLO, timeout=5)
+                self.ok += 1
+            except grpc.aio.AioRpcError as error:
+                self.failures.append(error)
+
+    async def more(self, calls: int) -> None:
+        target = self.ok + calls
+        await eventually(lambda: self.ok >= target, f"{calls} more calls to succeed (failures: {self.failures[:3]})")
+
+    async def __aenter__(self) -> Load:
+        self._channel = grpc.aio.insecure_channel(f"127.0.0.1:{self.port}")
+        stub = echo_pb2_grpc.EchoStub(self._channel)
+        self._tasks = [asyncio.create_task(self._call_until_stopped(stub)) for _ in range(self.callers)]
+        return self
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        self._stop.set()
+        await asyncio.gather(*self._tasks)
+        if self._channel is not None:
+            await self._channel.close()
+
+
+async def test_killing_one_of_two_b_apps_under_load_fails_no_idempotent_call(
+    procs: Processes, tmp_path: Path, pki: Path
+) -> None:
+    agent = start_dev_agent(procs)
+    apps = [start_plain_app(procs, f"app-b{i}") for i in (1, 2)]
+    b_sidecars = [
+        await asyncio.to_thread(start_sidecar, procs, tmp_path, f"b{i}", b_config(pki, agent.url), app=app.address)
+        for i, app in enumerate(apps, 1)
+    ]
+    ports = {sidecar.inbound_port for sidecar in b_sidecars}
+    await eventually(lambda: instances(agent, "b-svc", passing=True) == ports, "both B sidecars to pass")
+    sidecar_a = await asyncio.to_thread(start_sidecar, procs, tmp_path, "a", a_config(pki, agent.url))
+    await eventually(lambda: endpoints_seen_by(sidecar_a, "b-svc") == 2, "sidecar A to find both B sidecars")
+
+    async with Load(sidecar_a.outbound_port) as load:
+        await load.more(100)
+        apps[0].child.signal(signal.SIGKILL)
+        gone = b_sidecars[0].inbound_port
+        await eventually(lambda: gone not in instances(agent, "b-svc", passing=True), "B1 to fail its check")
+        await load.more(100)
+
+    assert load.failures == []
+
+
+# ------------------------------------------------------------------------------------------ shutdown and restart
+
+
+async def test_sigterm_drains_calls_in_flight_deregisters_exits_0_and_a_restart_registers_again(
+    procs: Processes, tmp_path: Path, pki: Path
+) -> None:
+    agent = start_dev_agent(procs)
+    async with plain_app() as app_b:
+        config = b_config(pki, agent.url, drain_grace="3s")
+        sidecar_b = await asyncio.to_thread(start_sidecar, procs, tmp_path, "b", config, app=f"127.0.0.1:{app_b.port}")
+        port = sidecar_b.inbound_port
+        await eventually(lambda: instances(agent, "b-svc", passing=True) == {port}, "b-svc to register and pass")
+        sidecar_a = await asyncio.to_thread(start_sidecar, procs, tmp_path, "a", a_config(pki, agent.url))
+
+        async with echo_through(sidecar_a) as echo:
+            held = [
+                asyncio.ensure_future(echo.Echo(HELLO, metadata=(("x-echo-hold", "1"),), timeout=WAIT_S))
+                for _ in range(3)
+            ]
+            await eventually(lambda: len(app_b.seen) == 3, "app B to hold three calls")
+
+            sidecar_b.child.signal(signal.SIGTERM)
+            await eventually(lambda: instances(agent, "b-svc") == set(), "sidecar B to deregister")
+            assert (await asyncio.to_thread(sidecar_b.ready))[0] == 503  # draining: not ready, still answering
+
+            app_b.release.set()
+            replies = await asyncio.gather(*held)
+            assert [reply.message for reply in replies] == ["hello"] * 3
+            assert await asyncio.to_thread(sidecar_b.child.wait, WAIT_S) == 0
+
+            restarted = await asyncio.to_thread(
+                start_sidecar, procs, tmp_path, "b", config, app=f"127.0.0.1:{app_b.port}", inbound_port=port
+            )
+            await eventually(lambda: instances(agent, "b-svc", passing=True) == {port}, "b-svc to register again")
+            assert restarted.inbound_port == port
+            await eventually(lambda: endpoints_seen_by(sidecar_a, "b-svc") == 1, "sidecar A to find it again")
+            assert (await echo.Echo(HELLO, timeout=WAIT_S)).message == "hello"
+
+
+@contextlib.asynccontextmanager
+async def echo_through(sidecar: SidecarProcess) -> AsyncIterator[echo_pb2_grpc.EchoStub]:
+    """App A's Echo stub on `sidecar`'s outbound port."""
+    async with grpc.aio.insecure_channel(f"127.0.0.1:{sidecar.outbound_port}") as channel:
+        yield echo_pb2_grpc.EchoStub(channel)
