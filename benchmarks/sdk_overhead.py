@@ -41,11 +41,17 @@ class Result:
     calls: int = 0
     seconds: float = 0.0
     latencies: list[float] | None = None
+    cpu_s: float = 0.0  # this (client) process's CPU time over the run
 
     def merge(self, other: Result) -> None:
         self.calls += other.calls
         self.seconds += other.seconds
         self.latencies = (self.latencies or []) + (other.latencies or [])
+        self.cpu_s += other.cpu_s
+
+    @property
+    def cpu_us_per_call(self) -> float:
+        return self.cpu_s / self.calls * 1e6 if self.calls else 0.0
 
     @property
     def throughput(self) -> float:
@@ -65,16 +71,32 @@ async def closed_loop(call: Call, concurrency: int, duration_s: float) -> Result
             await call()
             latencies.append(time.perf_counter() - start)
 
-    began = time.perf_counter()
+    began, cpu = time.perf_counter(), time.process_time()
     await asyncio.gather(*(worker() for _ in range(concurrency)))
-    return Result(len(latencies), time.perf_counter() - began, latencies)
+    return Result(len(latencies), time.perf_counter() - began, latencies, time.process_time() - cpu)
+
+
+async def paired(calls: dict[str, Call], duration_s: float) -> dict[str, Result]:
+    """One call of each path in turn, one in flight: drift on a shared machine hits both paths alike."""
+    results = {name: Result(latencies=[]) for name in calls}
+    stop = time.perf_counter() + duration_s
+    while time.perf_counter() < stop:
+        for name, call in calls.items():
+            began, cpu = time.perf_counter(), time.process_time()
+            await call()
+            result = results[name]
+            result.latencies.append(time.perf_counter() - began)  # type: ignore[union-attr]
+            result.calls += 1
+            result.seconds += time.perf_counter() - began
+            result.cpu_s += time.process_time() - cpu
+    return results
 
 
 async def open_loop(call: Call, rate: float, duration_s: float) -> Result:
     """Start calls on a fixed schedule; latency counts from when each call was due, not when it began."""
     latencies: list[float] = []
     interval = 1.0 / rate
-    began = time.perf_counter()
+    began, cpu = time.perf_counter(), time.process_time()
     count = int(duration_s * rate)
     tasks = []
 
@@ -89,7 +111,7 @@ async def open_loop(call: Call, rate: float, duration_s: float) -> Result:
             await asyncio.sleep(delay)
         tasks.append(asyncio.ensure_future(one(due)))
     await asyncio.gather(*tasks)
-    return Result(len(latencies), time.perf_counter() - began, latencies)
+    return Result(len(latencies), time.perf_counter() - began, latencies, time.process_time() - cpu)
 
 
 @dataclass(frozen=True)
@@ -130,12 +152,17 @@ async def run(agent_url: str, setup: Setup) -> None:
             f"open loop, {OPEN_LOOP_RATE:.0f} calls/s": lambda c: open_loop(c, OPEN_LOOP_RATE, DURATION_S),
         }
         print(f"\n== SDK overhead, {setup.title}: unary echo, 64 B, {ROUNDS} x {DURATION_S:.0f} s per cell ==")
-        print(f"{'scenario':<30}{'path':<17}{'p50 ms':>9}{'p99 ms':>9}{'calls/s':>10}{'p50 vs bare':>14}{'tput':>8}")
+        print(
+            f"{'scenario':<30}{'path':<17}{'p50 ms':>9}{'p99 ms':>9}{'calls/s':>10}{'p50 vs bare':>14}{'tput':>8}"
+            f"{'client CPU/call':>17}"
+        )
+        tables: dict[str, dict[str, Result]] = {"paired, 1 in flight": await paired(calls, DURATION_S * ROUNDS)}
         for scenario, runner in scenarios.items():
-            results = {name: Result(latencies=[]) for name in calls}
+            results = tables[scenario] = {name: Result(latencies=[]) for name in calls}
             for _ in range(ROUNDS):
                 for name, call in calls.items():
                     results[name].merge(await runner(call))
+        for scenario, results in tables.items():
             bare_result = results["bare grpc.aio"]
             for name, result in results.items():
                 delta = (result.percentile(0.5) - bare_result.percentile(0.5)) * 1000
@@ -144,7 +171,7 @@ async def run(agent_url: str, setup: Setup) -> None:
                 tput = f"{ratio:7.1%}" if name != "bare grpc.aio" else ""
                 print(
                     f"{scenario:<30}{name:<17}{result.percentile(0.5):9.3f}{result.percentile(0.99):9.3f}"
-                    f"{result.throughput:10.0f}{extra:>14}{tput:>8}"
+                    f"{result.throughput:10.0f}{extra:>14}{tput:>8}{result.cpu_us_per_call:14.0f} us"
                 )
 
 

@@ -62,7 +62,13 @@ def _multicallable(channel: grpc.aio.Channel, method: Method) -> Any:
         Cardinality.STREAM_UNARY: channel.stream_unary,
         Cardinality.STREAM_STREAM: channel.stream_stream,
     }[method.kind]
-    return make(method.path, request_serializer=method.serializer, response_deserializer=method.deserializer)
+    # Registered, as generated stubs do: grpc core then interns the method once instead of per call.
+    return make(
+        method.path,
+        request_serializer=method.serializer,
+        response_deserializer=method.deserializer,
+        _registered_method=True,
+    )
 
 
 class EndpointChannels:
