@@ -15,12 +15,12 @@ from typing import Any
 
 import grpc
 
-from meshlet.call import InboundCall
-from meshlet.deadline import Clock, Deadline
+from meshlet.deadline import Clock
 from meshlet.errors import MeshError
 from meshlet.inbound import InboundParts, build_inbound
 from meshlet.security.certs import CertificateSource, caller_spiffe_id, server_credentials
 from meshlet.transport.raw import RawHandler, RawMethods
+from meshlet.transport.server import abort_refused, inbound_call
 from meshlet_sidecar.forward import ForwardToApp
 
 _SERVER_OPTIONS: tuple[tuple[str, Any], ...] = (
@@ -88,27 +88,15 @@ class InboundListener:
         """One method's handler, built once per method path: its pipeline over ForwardToApp."""
         pipeline = build_inbound(self._forward, self._parts)
         clock = self._clock
-        identify = self._source is not None
+        identify = caller_spiffe_id if self._source is not None else None
 
         async def forward(requests: AsyncIterator[bytes], context: Any) -> None:
             self.in_flight += 1
             try:
-                remaining = context.time_remaining()
-                call = InboundCall(
-                    method,
-                    context.invocation_metadata(),
-                    requests,
-                    context,
-                    None if remaining is None else Deadline(clock() + remaining, clock),
-                    caller_spiffe_id(context) if identify else None,
-                    context.peer(),
-                )
                 try:
-                    replies = await pipeline(call)
+                    replies = await pipeline(inbound_call(method, requests, context, clock, identify))
                 except MeshError as refused:
-                    await context.abort(
-                        refused.code(), refused.details() or "", tuple(refused.trailing_metadata() or ())
-                    )
+                    await abort_refused(context, refused)
                     return
                 async with aclosing(replies):  # a caller that leaves mid-reply closes the relay, cancelling the app
                     async for reply in replies:

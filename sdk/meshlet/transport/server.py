@@ -50,14 +50,6 @@ class InboundInterceptor(grpc.aio.ServerInterceptor):
         clock = self._clock
         identify = self._identify
 
-        def inbound_call(request: Any, context: Any) -> InboundCall:
-            remaining = context.time_remaining()
-            deadline = Deadline(clock() + remaining, clock) if remaining is not None else None
-            peer_uri = identify(context) if identify is not None else None
-            return InboundCall(
-                method, context.invocation_metadata(), request, context, deadline, peer_uri, context.peer()
-            )
-
         if handler.unary_unary or handler.stream_unary:
             original = handler.unary_unary or handler.stream_unary
 
@@ -68,9 +60,9 @@ class InboundInterceptor(grpc.aio.ServerInterceptor):
 
             async def unary_response(request: Any, context: Any) -> Any:
                 try:
-                    return await pipeline(inbound_call(request, context))
+                    return await pipeline(inbound_call(method, request, context, clock, identify))
                 except MeshError as refused:
-                    await _abort(context, refused)
+                    await abort_refused(context, refused)
 
             if handler.unary_unary:
                 return grpc.unary_unary_rpc_method_handler(
@@ -89,9 +81,9 @@ class InboundInterceptor(grpc.aio.ServerInterceptor):
 
         async def stream_response(request: Any, context: Any) -> AsyncIterator[Any]:
             try:
-                result = await pipeline(inbound_call(request, context))
+                result = await pipeline(inbound_call(method, request, context, clock, identify))
             except MeshError as refused:
-                await _abort(context, refused)
+                await abort_refused(context, refused)
             if inspect.isasyncgen(result):
                 async for reply in result:
                     yield reply
@@ -107,6 +99,16 @@ class InboundInterceptor(grpc.aio.ServerInterceptor):
         )
 
 
-async def _abort(context: Any, refused: MeshError) -> None:
+def inbound_call(
+    method: str, request: Any, context: Any, clock: Clock, identify: Callable[[Any], str | None] | None
+) -> InboundCall:
+    """The InboundCall for one server call: its metadata, deadline, the caller's verified identity and address."""
+    remaining = context.time_remaining()
+    deadline = Deadline(clock() + remaining, clock) if remaining is not None else None
+    peer_uri = identify(context) if identify is not None else None
+    return InboundCall(method, context.invocation_metadata(), request, context, deadline, peer_uri, context.peer())
+
+
+async def abort_refused(context: Any, refused: MeshError) -> None:
     """Answer a call an inbound stage refused with the refusal's status, message and ErrorInfo trailers."""
     await context.abort(refused.code(), refused.details() or "", tuple(refused.trailing_metadata() or ()))
