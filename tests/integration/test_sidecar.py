@@ -15,7 +15,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -28,8 +28,9 @@ from grpc_status import rpc_status
 from meshlet.errors import ErrorReason, error_info
 from meshlet.security.certs import channel_options
 from meshlet.security.dev_ca import init_ca, issue
-from meshlet_api.echo.v1 import echo_pb2, echo_pb2_grpc
+from meshlet_api.echo.v1 import echo_pb2_grpc
 from tests.support.agents import Agent, start_dev_agent
+from tests.support.echo_calls import ECHO_METADATA, EVERY_KIND, WAIT_S, Invoke, request, requests
 from tests.support.plain_app import ERROR_DOMAIN, ERROR_REASON, PlainEchoApp, plain_app
 from tests.support.processes import Processes, free_port, processes
 from tests.support.sidecars import SidecarProcess, local_port_flag, start_sidecar, tls_files
@@ -38,8 +39,6 @@ pytestmark = [pytest.mark.slow, pytest.mark.asyncio(loop_scope="module")]
 
 TRUST_DOMAIN = "meshlet.test"
 ECHO_SERVICE = "meshlet_api.echo.v1.Echo"
-WAIT_S = 10.0  # how long to wait for something that must happen: a bound on failure, never a timing assertion
-ECHO_METADATA = (("x-echo-metadata", "1"), ("x-tenant", "acme"), ("x-blob-bin", b"\x00\xffbytes"))
 
 
 # ------------------------------------------------------------------------------------------ the shared mesh
@@ -150,15 +149,6 @@ async def echo(sidecar_a: SidecarProcess) -> AsyncIterator[echo_pb2_grpc.EchoStu
         yield echo_pb2_grpc.EchoStub(channel)
 
 
-def request(message: str) -> echo_pb2.EchoRequest:
-    return echo_pb2.EchoRequest(message=message)
-
-
-async def requests(*messages: str) -> AsyncIterator[echo_pb2.EchoRequest]:
-    for message in messages:
-        yield request(message)
-
-
 def assert_metadata_echoed(initial: Any, trailing: Any) -> None:
     initial, trailing = dict(initial), dict(trailing)
     assert (initial["initial-x-tenant"], initial["initial-x-blob-bin"]) == ("acme", b"\x00\xffbytes")
@@ -213,28 +203,7 @@ async def test_bidi_stream_answers_each_request_before_the_caller_is_done(echo: 
 # ------------------------------------------------------------------------------------------ errors
 
 
-Invoke = Callable[[echo_pb2_grpc.EchoStub, Any], Awaitable[Any]]
-
-
-async def _unary(stub: echo_pb2_grpc.EchoStub, metadata: Any) -> Any:
-    return await stub.Echo(request("x"), metadata=metadata, timeout=WAIT_S)
-
-
-async def _server_stream(stub: echo_pb2_grpc.EchoStub, metadata: Any) -> Any:
-    return [reply async for reply in stub.ServerStream(request("x"), metadata=metadata, timeout=WAIT_S)]
-
-
-async def _client_stream(stub: echo_pb2_grpc.EchoStub, metadata: Any) -> Any:
-    return await stub.ClientStream(requests("x", "y"), metadata=metadata, timeout=WAIT_S)
-
-
-async def _bidi_stream(stub: echo_pb2_grpc.EchoStub, metadata: Any) -> Any:
-    return [reply async for reply in stub.BidiStream(requests("x", "y"), metadata=metadata, timeout=WAIT_S)]
-
-
-@pytest.mark.parametrize(
-    "invoke", [_unary, _server_stream, _client_stream, _bidi_stream], ids=["unary", "server", "client", "bidi"]
-)
+@pytest.mark.parametrize("invoke", EVERY_KIND.values(), ids=EVERY_KIND.keys())
 async def test_app_b_error_reaches_app_a_with_its_status_message_trailers_and_details(
     echo: echo_pb2_grpc.EchoStub, invoke: Invoke
 ) -> None:

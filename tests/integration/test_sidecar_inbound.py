@@ -10,7 +10,7 @@ import collections
 import contextlib
 import ssl
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 from typing import Any
 
@@ -28,11 +28,11 @@ from meshlet.security.sources import FileSource
 from meshlet_api.echo.v1 import echo_pb2, echo_pb2_grpc
 from meshlet_sidecar.forward import ForwardToApp
 from meshlet_sidecar.inbound_listener import InboundListener
+from tests.support.echo_calls import ECHO_METADATA, EVERY_KIND, WAIT_S, Invoke, request, requests
 from tests.support.plain_app import ERROR_DOMAIN, ERROR_REASON, MAX_MESSAGE_BYTES, PlainEchoApp, plain_app
 from tests.support.processes import free_port
 
 TRUST_DOMAIN = "meshlet.test"
-WAIT_S = 10.0  # how long to wait for something that must happen: a bound on failure, never a timing assertion
 MESH = InboundParts(service="orders", require_identity=True)
 
 
@@ -124,18 +124,6 @@ async def eventually(condition: Callable[[], bool], what: str) -> None:
         await asyncio.sleep(0.01)
 
 
-def request(message: str) -> echo_pb2.EchoRequest:
-    return echo_pb2.EchoRequest(message=message)
-
-
-async def requests(*messages: str) -> AsyncIterator[echo_pb2.EchoRequest]:
-    for message in messages:
-        yield request(message)
-
-
-ECHO_METADATA = (("x-echo-metadata", "1"), ("x-tenant", "acme"), ("x-blob-bin", b"\x00\xffbytes"))
-
-
 def assert_metadata_echoed(initial: Any, trailing: Any) -> None:
     initial, trailing = dict(initial), dict(trailing)
     assert initial["initial-x-tenant"] == "acme"
@@ -191,28 +179,7 @@ async def test_large_messages_pass_whole(gateway: echo_pb2_grpc.EchoStub) -> Non
 # ------------------------------------------------------------------------------------------ errors
 
 
-Invoke = Callable[[echo_pb2_grpc.EchoStub, Any], Awaitable[Any]]
-
-
-async def _unary(stub: echo_pb2_grpc.EchoStub, metadata: Any) -> Any:
-    return await stub.Echo(request("x"), metadata=metadata, timeout=WAIT_S)
-
-
-async def _server_stream(stub: echo_pb2_grpc.EchoStub, metadata: Any) -> Any:
-    return [reply async for reply in stub.ServerStream(request("x"), metadata=metadata, timeout=WAIT_S)]
-
-
-async def _client_stream(stub: echo_pb2_grpc.EchoStub, metadata: Any) -> Any:
-    return await stub.ClientStream(requests("x", "y"), metadata=metadata, timeout=WAIT_S)
-
-
-async def _bidi_stream(stub: echo_pb2_grpc.EchoStub, metadata: Any) -> Any:
-    return [reply async for reply in stub.BidiStream(requests("x", "y"), metadata=metadata, timeout=WAIT_S)]
-
-
-@pytest.mark.parametrize(
-    "invoke", [_unary, _server_stream, _client_stream, _bidi_stream], ids=["unary", "server", "client", "bidi"]
-)
+@pytest.mark.parametrize("invoke", EVERY_KIND.values(), ids=EVERY_KIND.keys())
 async def test_app_error_reaches_the_caller_with_its_status_trailers_and_rich_details(
     gateway: echo_pb2_grpc.EchoStub, invoke: Invoke
 ) -> None:
