@@ -78,6 +78,9 @@ class Mesh:
         )
         self._tls_started = False
         self._inbound: InboundParts | None = None
+        self.health = health.aio.HealthServicer()
+        """This process's grpc.health.v1 status: ``await mesh.health.set("", NOT_SERVING)`` marks it unhealthy, and
+        the TTL check in Consul follows at the next heartbeat."""
 
     @classmethod
     def from_env(cls, path: str | Path | None = None, **overrides: Any) -> Mesh:
@@ -207,7 +210,7 @@ class Mesh:
         name = self.config.service.name
         if not name:
             raise ValueError("serve() needs service.name: set it in the config file or MESHLET_SERVICE__NAME")
-        health_servicer = health.aio.HealthServicer()
+        health_servicer = self.health
         health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
         names = [*_recorded_services(server), health.SERVICE_NAME, reflection.SERVICE_NAME]
         reflection.enable_server_reflection(names, server)
@@ -219,7 +222,6 @@ class Mesh:
         await server.start()
         for service_name in ("", *_recorded_services(server)):
             await health_servicer.set(service_name, health_pb2.HealthCheckResponse.SERVING)
-        status = {"value": "SERVING"}
         address = self.config.service.address or "127.0.0.1"
         registration = Registration(
             self._consul,
@@ -231,7 +233,7 @@ class Mesh:
             meta=dict(self.config.service.meta),
             check_ttl_s=self.config.service.check_ttl,
             deregister_after_s=self.config.service.deregister_critical_after,
-            health=lambda: status["value"],
+            health=lambda: _overall_status(health_servicer),
         )
         await registration.register()
         log.info("serving %s on %s:%d", name, host, bound, extra={"service": name, "port": bound})
@@ -243,8 +245,7 @@ class Mesh:
         finally:
             for sig in (signal.SIGTERM, signal.SIGINT):
                 loop.remove_signal_handler(sig)
-            status["value"] = "NOT_SERVING"
-            await health_servicer.enter_graceful_shutdown()
+            await health_servicer.enter_graceful_shutdown()  # NOT_SERVING everywhere, and the heartbeat says so
             await registration.deregister()
             log.info("draining %s for up to %.1fs", name, self.config.service.drain_grace)
             await server.stop(grace=self.config.service.drain_grace)
@@ -310,6 +311,17 @@ class _ServiceRecorder(grpc.aio.Server):
 
     def __getattr__(self, name: str) -> Any:
         return getattr(self._server, name)
+
+
+def _overall_status(servicer: health.aio.HealthServicer) -> str:
+    """The server's overall grpc.health.v1 status (service ""), which the TTL heartbeat reports to Consul.
+
+    grpcio-health-checking keeps statuses in a private dict and offers no synchronous read; this is the one
+    place that reaches into it."""
+    statuses: dict[str, int] = servicer._server_status
+    value = statuses.get("", health_pb2.HealthCheckResponse.SERVICE_UNKNOWN)
+    name: str = health_pb2.HealthCheckResponse.ServingStatus.Name(value)
+    return name
 
 
 def _recorded_services(server: grpc.aio.Server) -> list[str]:

@@ -135,6 +135,23 @@ async def test_a_new_instance_gets_calls_soon_after_it_registers(fleet: EchoFlee
     assert "second" in seen
 
 
+async def test_an_instance_that_reports_not_serving_leaves_the_balancer(
+    fleet: EchoFleet, mesh_factory: MeshFactory
+) -> None:
+    """Its TTL check follows its grpc.health.v1 status, so Consul stops listing it and callers stop using it."""
+    fleet.start("steady")
+    fleet.start("sick")
+    stub = echo_pb2_grpc.EchoStub(mesh_factory().channel(fleet.service))
+    async with grpc.aio.insecure_channel(f"127.0.0.1:{fleet.ports['sick']}") as direct:
+        await echo_pb2_grpc.EchoStub(direct).Echo(HELLO, metadata=(("x-echo-set-health", "NOT_SERVING"),), timeout=5)
+
+    wait_until(lambda: fleet.ports["sick"] not in fleet.passing_ports(), 15, "the sick instance to turn critical")
+    await asyncio.sleep(1.0)  # discovery follows Consul's change
+    served = collections.Counter([(await stub.Echo(HELLO, timeout=5)).served_by for _ in range(30)])
+
+    assert set(served) == {"steady"}, served
+
+
 async def test_calls_go_on_when_consul_stops(agent: Agent, fleet: EchoFleet, mesh_factory: MeshFactory) -> None:
     fleet.start("a")
     fleet.start("b")

@@ -3,9 +3,10 @@ and benchmarks: ``python -m tests.support.echo_server --name echo-1 --port 0``.
 
 It registers in Consul (CONSUL_HTTP_ADDR) as service ``$MESHLET_SERVICE__NAME`` (default ``echo``), counts every
 call it receives (``Stats``), and injects faults on request: ``--fail-code UNAVAILABLE --fail-rate 1.0`` fails
-that share of calls, ``--delay-ms`` adds latency; per call, metadata ``x-echo-fail: <CODE>`` fails that call and
-``x-echo-sleep-ms: <n>`` delays it. With ``--upstream NAME`` its ``Echo`` forwards to that service through
-``mesh.channel`` (for deadline propagation tests) and reports the deadline it saw in the reply's message.
+that share of calls, ``--delay-ms`` adds latency. Per call, metadata steers it: ``x-echo-fail: <CODE>`` fails
+that call, ``x-echo-sleep-ms: <n>`` delays it, ``x-echo-set-health: NOT_SERVING`` sets the process's health.
+With ``--upstream NAME`` its ``Echo`` forwards to that service through ``mesh.channel`` (for deadline
+propagation tests) and reports the deadline it saw in the reply's message.
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ from collections.abc import AsyncIterator
 from typing import Any
 
 import grpc
+from grpc_health.v1 import health_pb2
 
 from meshlet.mesh import Mesh
 from meshlet_api.echo.v1 import echo_pb2, echo_pb2_grpc
@@ -35,6 +37,9 @@ class Echo(echo_pb2_grpc.EchoServicer):
     async def _fault(self, method: str, context: grpc.aio.ServicerContext) -> None:
         self.calls[method] += 1
         metadata = dict(context.invocation_metadata() or ())
+        if "x-echo-set-health" in metadata:  # the process's grpc.health.v1 status, which its TTL check follows
+            status = health_pb2.HealthCheckResponse.ServingStatus.Value(str(metadata["x-echo-set-health"]))
+            await self.mesh.health.set("", status)
         delay_ms = float(metadata.get("x-echo-sleep-ms", self.args.delay_ms))
         if delay_ms:
             await asyncio.sleep(delay_ms / 1000)
