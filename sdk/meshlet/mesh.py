@@ -111,6 +111,11 @@ class Mesh:
     def upstream_names(self) -> list[str]:
         return list(self._upstreams)
 
+    def has_answered(self, service: str) -> bool:
+        """Whether discovery has answered for `service` (False also when nothing asked for it yet)."""
+        found = self._upstreams.get(service)
+        return found is not None and found.picker is not None
+
     def _refresh_channels(self) -> None:
         """A rotated certificate: new calls use new channels; calls in flight finish on the old ones."""
         for upstream in self._upstreams.values():
@@ -257,6 +262,10 @@ class Mesh:
 
     async def close(self) -> None:
         """Stop discovery, certificate renewal and authorization refreshes; close every endpoint channel."""
+        starting, self._starting = list(self._starting), set()
+        for task in starting:  # a watch whose start has not run yet must never start after close
+            task.cancel()
+        await asyncio.gather(*starting, return_exceptions=True)
         if self._inbound is not None:
             await self._inbound.close()
         if self._tls is not None and self._tls_started:

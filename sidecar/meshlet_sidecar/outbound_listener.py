@@ -10,13 +10,14 @@ from __future__ import annotations
 
 import logging
 from collections.abc import AsyncIterator, Callable
+from contextlib import aclosing
 from typing import Any
 
 import grpc
 
 from meshlet.call import Call, Cardinality, Method
-from meshlet.resilience.replay import ReplayableRequests
 from meshlet.transport.raw import RawHandler, RawMethods, abort_with, forwardable, relay_status
+from meshlet.transport.streams import ReplayableRequests
 from meshlet.upstream import Upstream
 from meshlet_sidecar.routing import Routes
 
@@ -74,6 +75,7 @@ class OutboundListener:
         described = Method(method, Cardinality.STREAM_STREAM, self._is_idempotent(upstream_name, method))
         replay_limit = self._replay_limit(upstream_name)
         pipeline = upstream.handler
+        default_timeout_s = upstream.policy.timeout
 
         async def proxy(request_iterator: AsyncIterator[bytes], context: Any) -> AsyncIterator[bytes]:
             self.in_flight += 1
@@ -83,15 +85,16 @@ class OutboundListener:
                     described,
                     ReplayableRequests(request_iterator, replay_limit),
                     forwardable(context.invocation_metadata()),
-                    context.time_remaining(),
+                    _timeout_or(context.time_remaining(), default_timeout_s),
                 )
                 try:
                     stream = await pipeline(call)
                     initial = await stream.initial_metadata()
                     if initial:
                         await context.send_initial_metadata(forwardable(initial))
-                    async for message in stream.messages():
-                        yield message
+                    async with aclosing(stream.messages()) as messages:  # an app that leaves cancels the call
+                        async for message in messages:
+                            yield message
                 except grpc.aio.AioRpcError as error:
                     await abort_with(context, error)
                     return
@@ -100,3 +103,10 @@ class OutboundListener:
                 self.in_flight -= 1
 
         return proxy
+
+
+def _timeout_or(remaining: float | None, default_s: float) -> float:
+    """The app's deadline, else the upstream's ``timeout``: the sidecar cannot tell a unary method from a stream
+    (every call is proxied as a stream), so an app's long-lived streams need a deadline of their own or a longer
+    ``upstreams.<name>.timeout``."""
+    return default_s if remaining is None else remaining

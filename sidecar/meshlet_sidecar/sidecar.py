@@ -89,7 +89,7 @@ class Sidecar:
             waiting.append("certificates")
         if not self._listening:
             waiting.append("listeners")
-        waiting += [f"discovery of {name}" for name in self.config.upstreams if self.mesh.upstream(name).picker is None]
+        waiting += [f"discovery of {name}" for name in self.config.upstreams if not self.mesh.has_answered(name)]
         if self.app is not None and not self.app.healthy:
             waiting.append(f"app health ({self.config.sidecar.app})")
         return not waiting, waiting

@@ -252,6 +252,27 @@ async def test_all_four_rpc_kinds_pass_through_the_mesh(fleet: EchoFleet, mesh_f
     assert bidi == ["p", "q"]
 
 
+async def test_a_stream_its_reader_leaves_early_gives_back_its_slot(
+    fleet: EchoFleet, mesh_factory: MeshFactory
+) -> None:
+    """Regression: a response stream read only in part used to hold its bulkhead slot for good, so after
+    max_in_flight such streams every call failed RESOURCE_EXHAUSTED."""
+    fleet.start("a")
+    mesh = mesh_factory(**{"upstream_defaults.max_in_flight": 2})
+    stub = echo_pb2_grpc.EchoStub(mesh.channel(fleet.service))
+
+    for _ in range(5):
+        async for _reply in stub.ServerStream(HELLO, timeout=5):
+            break  # the first message is all this reader wants
+
+    assert (await stub.Echo(HELLO, timeout=5)).message == "hello"
+    for _ in range(500):  # completion work runs on the loop: give it turns, never wall-clock waits
+        if mesh.upstream(fleet.service).bulkhead.in_flight == 0:
+            break
+        await asyncio.sleep(0.01)
+    assert mesh.upstream(fleet.service).bulkhead.in_flight == 0
+
+
 async def test_raw_bytes_pass_without_serializers(fleet: EchoFleet, mesh_factory: MeshFactory) -> None:
     fleet.start("a")
     channel = mesh_factory().channel(fleet.service)

@@ -49,7 +49,7 @@ class SendOnChannel:
         except grpc.aio.AioRpcError as error:
             if method.client_streaming:
                 error = await settled(grpc_call, error)
-            if never_reached_server(error) or refused_before_handler(error):
+            if never_reached_server(error) or refused_before_handler(error, method.path):
                 call.may_have_reached_server = False
             raise error from None
         except asyncio.CancelledError:
@@ -57,13 +57,11 @@ class SendOnChannel:
             raise
 
 
-_REFUSED_BEFORE_HANDLER = frozenset({ErrorReason.RATE_LIMITED.value, ErrorReason.BULKHEAD_FULL.value})
-
-
-def refused_before_handler(error: grpc.aio.AioRpcError) -> bool:
-    """A meshlet server's inbound stages refused the call before its handler ran (a rate limit): re-sending it
-    cannot execute anything twice, whatever the method."""
+def refused_before_handler(error: grpc.aio.AioRpcError, method: str) -> bool:
+    """A meshlet server's rate limit refused this very call before its handler ran, so re-sending it cannot
+    execute anything twice, whatever the method. The method must match: a handler that ran and passes on a
+    refusal from a deeper hop (its own outbound call) must not make this call look unsent."""
     if error.code() is not grpc.StatusCode.RESOURCE_EXHAUSTED:
         return False
     info = error_info(error)
-    return info is not None and info.reason in _REFUSED_BEFORE_HANDLER
+    return info is not None and info.reason == ErrorReason.RATE_LIMITED and info.metadata.get("method") == method

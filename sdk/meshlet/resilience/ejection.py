@@ -98,7 +98,8 @@ class OutlierEjection:
                 return Admission((), ejected=ejected, all_open=True, review_at=review_at)
             return Admission(tuple(probing), ejected=ejected, probing=probing, review_at=review_at)
         if healthy < self.panic_threshold * len(endpoints):
-            return Admission(tuple(endpoints), panic=True, review_at=review_at)
+            # Still probe the open ones that are due: without a probe an open breaker never closes again.
+            return Admission(tuple(endpoints), panic=True, probing=probing, review_at=review_at)
         cap = max(1, math.floor(self.max_ejection_ratio * len(endpoints)))
         # Over the cap, eject the endpoints that stay out longest: the ones whose probes failed most recently.
         refusing.sort(key=lambda item: (-item[0], item[1]))

@@ -4,7 +4,7 @@ A client-streaming request can be re-sent only while every message sent so far i
 keeps them until it would exceed its limit; from then on the call is *committed* and may no longer be retried.
 A response stream commits the call too, when its first message arrives (the pipeline decides that part).
 
-Rules:
+Rules (the I/O side, transport/streams.ReplayableRequests, applies rule 1):
 1. Each attempt reads the request from `replay()`: first the buffered messages, then new ones from the source.
 2. New messages are buffered while the buffered size stays within `limit_bytes`; the first one that does not fit
    sets `overflowed` and drops the buffer.
@@ -13,7 +13,7 @@ Rules:
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterable, AsyncIterator, Callable, Iterable
+from collections.abc import Callable
 from typing import Any
 
 
@@ -25,54 +25,34 @@ def message_size(message: Any) -> int:
     return byte_size() if byte_size is not None else 0
 
 
-class ReplayableRequests:
-    """Wraps the caller's request stream so an attempt can be replayed until the buffer overflows."""
+class ReplayBuffer:
+    """The messages a client stream has sent so far, kept while they fit in `limit_bytes` (rules 2 and 3)."""
 
-    __slots__ = ("_buffer", "_exhausted", "_limit", "_size", "_source", "overflowed")
+    __slots__ = ("_limit", "_messages", "_size", "overflowed")
 
-    def __init__(self, source: AsyncIterable[Any] | Iterable[Any], limit_bytes: int) -> None:
-        self._source: AsyncIterator[Any] | None = None
-        if isinstance(source, AsyncIterable):
-            self._source = aiter(source)
-        else:
-            self._source = _to_async(iter(source))
+    def __init__(self, limit_bytes: int) -> None:
         self._limit = limit_bytes
-        self._buffer: list[Any] = []
+        self._messages: list[Any] = []
         self._size = 0
-        self._exhausted = False
         self.overflowed = False
 
-    def can_replay(self) -> bool:
-        return not self.overflowed
-
-    async def replay(self) -> AsyncIterator[Any]:
-        """The request stream for one attempt: what earlier attempts sent, then the rest of the source."""
-        for message in tuple(self._buffer):
-            yield message
-        while not self._exhausted and self._source is not None:
-            try:
-                message = await anext(self._source)
-            except StopAsyncIteration:
-                self._exhausted = True
-                return
-            self._keep(message)
-            yield message
-
-    def _keep(self, message: Any) -> None:
+    def keep(self, message: Any) -> None:
         if self.overflowed:
             return
         self._size += message_size(message)
         if self._size > self._limit:
             self.overflowed = True
-            self._buffer = []
+            self._messages = []
         else:
-            self._buffer.append(message)
+            self._messages.append(message)
+
+    def can_replay(self) -> bool:
+        return not self.overflowed
+
+    def messages(self) -> tuple[Any, ...]:
+        """What an attempt re-sends before it reads on from the source."""
+        return tuple(self._messages)
 
     def __repr__(self) -> str:
-        state = "overflowed" if self.overflowed else f"{len(self._buffer)} messages, {self._size} bytes"
-        return f"<ReplayableRequests {state}, limit {self._limit}>"
-
-
-async def _to_async(iterator: Any) -> AsyncIterator[Any]:
-    for item in iterator:
-        yield item
+        state = "overflowed" if self.overflowed else f"{len(self._messages)} messages, {self._size} bytes"
+        return f"<ReplayBuffer {state}, limit {self._limit}>"

@@ -11,13 +11,13 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import AsyncIterator, Awaitable, Callable, Generator
+from contextlib import aclosing
 from typing import Any
 
 import grpc
 
 from meshlet.call import Call, Cardinality, Deserializer, Method, Serializer
-from meshlet.resilience.replay import ReplayableRequests
-from meshlet.transport.streams import EOF, ResponseStream
+from meshlet.transport.streams import EOF, ReplayableRequests, ResponseStream
 
 Handler = Callable[[Call], Awaitable[Any]]
 
@@ -234,8 +234,9 @@ class StreamingCall:
 
     async def _iterate(self) -> AsyncIterator[Any]:
         stream = await self._task
-        async for message in stream.messages():
-            yield message
+        async with aclosing(stream.messages()) as messages:  # a caller that stops early cancels the call
+            async for message in messages:
+                yield message
 
     async def read(self) -> Any:
         stream = await self._task
@@ -258,6 +259,8 @@ class StreamingCall:
     def cancel(self) -> bool:
         if not self._task.done():
             return self._task.cancel()
+        if self._task.cancelled():
+            return False
         result = self._task.result() if self._task.exception() is None else None
         return result.cancel() if isinstance(result, ResponseStream) else False
 

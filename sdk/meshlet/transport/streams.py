@@ -10,12 +10,13 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterable, AsyncIterator, Iterable
 from typing import Any
 
 import grpc
 
 from meshlet.pipeline import ReplyStream
+from meshlet.resilience.replay import ReplayBuffer
 
 log = logging.getLogger("meshlet.transport")
 
@@ -29,6 +30,57 @@ EOF = grpc.aio.EOF
 CORE_WRITE_RACE = "Internal error from Core"
 SETTLE_POLL_S = 0.005
 SETTLE_POLLS = 200
+
+
+class ReplayableRequests:
+    """The caller's request stream, readable again by each attempt until its replay buffer overflows.
+
+    Trap: an attempt's writer is cancelled when its call ends, often while it waits for the caller's next
+    message. Cancelling that wait would end the caller's own async generator for good, and the retry would then
+    send a cut-short stream as complete. So the source is read through one pending read at a time, shielded: a
+    cancelled attempt leaves it in place and the next attempt awaits the same read.
+    """
+
+    __slots__ = ("_buffer", "_exhausted", "_pending", "_source")
+
+    def __init__(self, source: AsyncIterable[Any] | Iterable[Any], limit_bytes: int) -> None:
+        self._source: AsyncIterator[Any] = aiter(source) if isinstance(source, AsyncIterable) else _to_async(source)
+        self._buffer = ReplayBuffer(limit_bytes)
+        self._pending: asyncio.Future[Any] | None = None
+        self._exhausted = False
+
+    def can_replay(self) -> bool:
+        return self._buffer.can_replay()
+
+    async def replay(self) -> AsyncIterator[Any]:
+        """One attempt's request stream: what earlier attempts sent, then the rest of the source."""
+        for message in self._buffer.messages():
+            yield message
+        while not self._exhausted:
+            if self._pending is None:
+                self._pending = asyncio.ensure_future(anext(self._source))
+            try:
+                message = await asyncio.shield(self._pending)
+            except StopAsyncIteration:
+                self._exhausted = True
+                self._pending = None
+                return
+            except asyncio.CancelledError:
+                raise  # the read stays pending, or done with its result, for the next attempt to take
+            except Exception:
+                self._pending = None
+                raise
+            self._pending = None
+            self._buffer.keep(message)
+            yield message
+
+    def __repr__(self) -> str:
+        return f"<ReplayableRequests {self._buffer!r}{', source exhausted' if self._exhausted else ''}>"
+
+
+async def _to_async(source: Iterable[Any]) -> AsyncIterator[Any]:
+    for item in source:
+        yield item
 
 
 async def pump_requests(requests: AsyncIterator[Any], grpc_call: Any, owner: asyncio.Task[Any] | None) -> None:
@@ -82,14 +134,29 @@ async def settled(grpc_call: Any, error: grpc.aio.AioRpcError) -> grpc.aio.AioRp
 class ResponseStream(ReplyStream):
     """A committed response stream: the first message already read, the rest read on demand."""
 
-    __slots__ = ("_call", "_first")
+    __slots__ = ("_call", "_ending", "_first")
 
     def __init__(self, call: Any, first: Any) -> None:
         super().__init__()
         self._call = call
         self._first = first
+        self._ending: asyncio.Task[None] | None = None
         if first is EOF:
             self._finish_from_call()
+        else:  # a reader that stops early must not hold the stages' slots (bulkhead, load, probe) for good
+            call.add_done_callback(self._call_ended)
+
+    def _call_ended(self, _call: Any) -> None:
+        if not self._done:
+            self._ending = asyncio.ensure_future(self._finish_with_status())
+
+    async def _finish_with_status(self) -> None:
+        code = await self._call.code()
+        if code is grpc.StatusCode.OK:
+            self.finish(None)
+        else:
+            error = grpc.aio.AioRpcError(code, None, await self._call.trailing_metadata(), await self._call.details())
+            self.finish(await settled(self._call, error))
 
     async def read(self) -> Any:
         """The next message, or grpc.aio.EOF at the end (grpc.aio's read())."""
@@ -114,8 +181,13 @@ class ResponseStream(ReplyStream):
         self.finish(None)
 
     async def messages(self) -> AsyncIterator[Any]:
-        while (message := await self.read()) is not EOF:
-            yield message
+        """Every message; a reader that leaves early (break, or its own generator closed) cancels the call."""
+        try:
+            while (message := await self.read()) is not EOF:
+                yield message
+        finally:
+            if not self._done:
+                self.cancel()
 
     def cancel(self) -> bool:
         cancelled = bool(self._call.cancel())
