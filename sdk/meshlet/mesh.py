@@ -35,7 +35,7 @@ from meshlet.security.certs import (
     server_credentials,
 )
 from meshlet.security.sources import make_source
-from meshlet.transport.channels import ChannelFactory, EndpointChannels, insecure_channel
+from meshlet.transport.channels import SERVER_OPTIONS, ChannelFactory, EndpointChannels, insecure_channel
 from meshlet.transport.mesh_channel import MeshChannel
 from meshlet.transport.server import InboundInterceptor
 from meshlet.upstream import Upstream
@@ -202,9 +202,7 @@ class Mesh:
 
         identify = caller_spiffe_id if self._tls is not None else None
         interceptor = InboundInterceptor(build, self._clock, identify)
-        # meshlet clients ping every 30 s while a call is open; grpc's 5-minute default would answer a quiet
-        # long-lived stream with GOAWAY too_many_pings.
-        server_options = [("grpc.http2.min_ping_interval_without_data_ms", 10_000), *options]
+        server_options = [*SERVER_OPTIONS, *options]
         server = grpc.aio.server(interceptors=[interceptor], options=server_options, **kwargs)
         return _ServiceRecorder(server)
 

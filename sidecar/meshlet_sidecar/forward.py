@@ -10,7 +10,6 @@ caller that goes away cancels the app's call, and an app that ends its call earl
 from __future__ import annotations
 
 import asyncio
-import json
 import logging
 from collections.abc import AsyncGenerator
 from typing import Any
@@ -19,7 +18,7 @@ import grpc
 
 from meshlet.call import InboundCall
 from meshlet.errors import NoHealthyEndpoint
-from meshlet.transport.channels import never_reached_server
+from meshlet.transport.channels import NO_GRPC_RETRIES, never_reached_server
 from meshlet.transport.raw import MAX_CACHED_METHODS, abort_with, forwardable, relay_status
 from meshlet.transport.streams import CORE_WRITE_RACE, pump_requests, wait_settled
 
@@ -27,11 +26,7 @@ log = logging.getLogger("meshlet.sidecar")
 
 
 _APP_CHANNEL_OPTIONS: tuple[tuple[str, Any], ...] = (
-    # One layer owns retries (the calling side's); grpcio's own stay off on this hop too.
-    ("grpc.enable_retries", 0),
-    ("grpc.service_config", json.dumps({"methodConfig": []})),
-    ("grpc.service_config_disable_resolution", 1),
-    ("grpc.max_receive_message_length", 64 * 1024 * 1024),
+    *NO_GRPC_RETRIES,  # the calling side owns retries; grpcio's own stay off on this hop too
     # The app is on localhost: after it restarts, reconnect within a second, not grpc's backoff of up to 2 minutes.
     ("grpc.initial_reconnect_backoff_ms", 100),
     ("grpc.min_reconnect_backoff_ms", 100),

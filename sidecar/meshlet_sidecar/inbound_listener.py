@@ -19,16 +19,14 @@ from meshlet.deadline import Clock
 from meshlet.errors import MeshError
 from meshlet.inbound import InboundParts, build_inbound
 from meshlet.security.certs import CertificateSource, caller_spiffe_id, server_credentials
+from meshlet.transport.channels import SERVER_OPTIONS
 from meshlet.transport.raw import RawHandler, RawMethods
 from meshlet.transport.server import abort_refused, inbound_call
 from meshlet_sidecar.forward import ForwardToApp
 
 _SERVER_OPTIONS: tuple[tuple[str, Any], ...] = (
     ("grpc.so_reuseport", 0),  # a second sidecar on the same port must fail to start, not share the traffic
-    ("grpc.max_receive_message_length", 64 * 1024 * 1024),  # the app, not the sidecar, decides what is too big
-    # meshlet's channels ping every 30 s while a call is open; grpc's default (5 min) would answer a quiet,
-    # long-lived stream's pings with GOAWAY too_many_pings and kill it.
-    ("grpc.http2.min_ping_interval_without_data_ms", 10_000),
+    *SERVER_OPTIONS,
 )
 
 

@@ -19,15 +19,31 @@ log = logging.getLogger("meshlet.transport")
 
 CLOSE_GRACE_S = 30.0
 
-# No service-config retry policy may ever apply, and no transparent retries behind our back.
-_CHANNEL_OPTIONS: tuple[tuple[str, Any], ...] = (
+Options = tuple[tuple[str, Any], ...]
+
+MAX_MESSAGE_BYTES = 64 * 1024 * 1024  # the app, not the mesh, decides what is too big
+
+# One layer owns retries (meshlet's retry stage): no service-config retry policy may ever apply on any channel
+# meshlet opens, and no transparent retries behind its back.
+NO_GRPC_RETRIES: Options = (
     ("grpc.enable_retries", 0),
     ("grpc.service_config", json.dumps({"methodConfig": []})),
     ("grpc.service_config_disable_resolution", 1),
+    ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
+)
+
+_CHANNEL_OPTIONS: Options = (
+    *NO_GRPC_RETRIES,
     ("grpc.keepalive_time_ms", 30_000),
     ("grpc.keepalive_timeout_ms", 10_000),
     ("grpc.http2.max_pings_without_data", 0),
-    ("grpc.max_receive_message_length", 64 * 1024 * 1024),
+)
+
+# What every meshlet server (the SDK's and the sidecar's inbound) accepts: meshlet's channels ping every 30 s while
+# a call is open, and grpc's 5-minute default would answer a quiet long-lived stream with GOAWAY too_many_pings.
+SERVER_OPTIONS: Options = (
+    ("grpc.http2.min_ping_interval_without_data_ms", 10_000),
+    ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
 )
 
 ChannelFactory = Callable[[str, tuple[tuple[str, Any], ...]], grpc.aio.Channel]

@@ -133,7 +133,46 @@ class _UnaryUnary:
         return UnaryCall(call, channel._handler(call))
 
 
-class UnaryCall:
+class _CallOutcome:
+    """Status and metadata of a finished call, as grpc.aio's call objects expose them: from meshlet's or the
+    server's error when it failed, else from the last attempt's grpc call."""
+
+    __slots__ = ()
+    _call: Call
+
+    async def _failure(self) -> grpc.aio.AioRpcError | None:
+        raise NotImplementedError
+
+    async def code(self) -> grpc.StatusCode:
+        error = await self._failure()
+        if error is not None:
+            return error.code()
+        transport = self._call.transport_call
+        return grpc.StatusCode.OK if transport is None else await transport.code()
+
+    async def details(self) -> str:
+        error = await self._failure()
+        if error is not None:
+            return error.details() or ""
+        transport = self._call.transport_call
+        return "" if transport is None else await transport.details()
+
+    async def initial_metadata(self) -> Any:
+        error = await self._failure()
+        if error is not None:
+            return error.initial_metadata()
+        transport = self._call.transport_call
+        return grpc.aio.Metadata() if transport is None else await transport.initial_metadata()
+
+    async def trailing_metadata(self) -> Any:
+        error = await self._failure()
+        if error is not None:
+            return error.trailing_metadata()
+        transport = self._call.transport_call
+        return grpc.aio.Metadata() if transport is None else await transport.trailing_metadata()
+
+
+class UnaryCall(_CallOutcome):
     """What a unary call returns: await it for the reply; its status and metadata are readable afterwards."""
 
     __slots__ = ("_call", "_coro", "_error")
@@ -150,23 +189,8 @@ class UnaryCall:
             self._error = error
             raise
 
-    async def code(self) -> grpc.StatusCode:
-        return self._error.code() if self._error is not None else grpc.StatusCode.OK
-
-    async def details(self) -> str:
-        return (self._error.details() or "") if self._error is not None else ""
-
-    async def initial_metadata(self) -> Any:
-        if self._error is not None:
-            return self._error.initial_metadata()
-        transport = self._call.transport_call
-        return await transport.initial_metadata() if transport is not None else grpc.aio.Metadata()
-
-    async def trailing_metadata(self) -> Any:
-        if self._error is not None:
-            return self._error.trailing_metadata()
-        transport = self._call.transport_call
-        return await transport.trailing_metadata() if transport is not None else grpc.aio.Metadata()
+    async def _failure(self) -> grpc.aio.AioRpcError | None:
+        return self._error
 
 
 class _Streaming:
@@ -216,7 +240,7 @@ class _Writes:
         self._queue.put_nowait(self._DONE)
 
 
-class StreamingCall:
+class StreamingCall(_CallOutcome):
     """A streaming call: started at once (as grpc.aio starts them); iterate or read() the replies of a response
     stream, await the reply of a client stream."""
 
@@ -224,9 +248,6 @@ class StreamingCall:
         self._call = call
         self._writes = writes
         self._task: asyncio.Future[Any] = asyncio.ensure_future(handler(call))
-
-    async def _outcome(self) -> Any:
-        return await self._task
 
     # ---- response side
     def __aiter__(self) -> AsyncIterator[Any]:
@@ -267,36 +288,9 @@ class StreamingCall:
     def done(self) -> bool:
         return self._task.done()
 
-    async def _error(self) -> grpc.aio.AioRpcError | None:
+    async def _failure(self) -> grpc.aio.AioRpcError | None:
         try:
             await self._task
         except grpc.aio.AioRpcError as error:
             return error
         return None
-
-    async def code(self) -> grpc.StatusCode:
-        error = await self._error()
-        if error is not None:
-            return error.code()
-        transport = self._call.transport_call
-        code: grpc.StatusCode = await transport.code()
-        return code
-
-    async def details(self) -> str:
-        error = await self._error()
-        if error is not None:
-            return error.details() or ""
-        details: str = await self._call.transport_call.details()
-        return details
-
-    async def initial_metadata(self) -> Any:
-        error = await self._error()
-        if error is not None:
-            return error.initial_metadata()
-        return await self._call.transport_call.initial_metadata()
-
-    async def trailing_metadata(self) -> Any:
-        error = await self._error()
-        if error is not None:
-            return error.trailing_metadata()
-        return await self._call.transport_call.trailing_metadata()
