@@ -1,0 +1,1 @@
+"""inventory: stock levels and reservations, a plain grpcio app behind a meshlet sidecar (no meshlet import)."""

@@ -1,0 +1,1 @@
+"""orders: validates orders, reserves stock, charges, and lists orders page by page (SDK mode: ``meshlet.Mesh``)."""

@@ -1,0 +1,54 @@
+"""Start an SDK-mode shop service (gateway, orders): ``meshlet.Mesh.from_env()`` for the config, ``mesh.server()``
+and ``mesh.serve()`` to register in Consul and serve until SIGTERM, the shop's flags for port, host and faults.
+A bad meshlet config exits 2 with meshlet's one-line message, never a traceback."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import sys
+from collections.abc import Callable
+
+import grpc
+
+from meshlet import ConfigError, Mesh
+from meshlet.telemetry.logging import configure_logging
+from services.faults import FaultInjector
+from services.plain import Options
+
+log = logging.getLogger("services")
+
+Register = Callable[[Mesh, grpc.aio.Server, FaultInjector], None]
+
+
+async def serve_sdk(options: Options, register: Register) -> int:
+    """Register the servicers (`register` gets the mesh, for its channels), serve, drain on SIGTERM, return 0."""
+    os.environ.setdefault("MESHLET_SERVICE__NAME", options.name)
+    try:
+        mesh = Mesh.from_env()
+        injector = options.injector()
+        injector.reload()
+        async with mesh:
+            server = mesh.server()
+            register(mesh, server, injector)
+            watch = asyncio.create_task(injector.watch())
+            log.info("starting", extra={"instance": options.instance_id, "host": options.host, "port": options.port})
+            try:
+                await mesh.serve(server, options.port, host=options.host)
+            finally:
+                watch.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await watch
+    except ConfigError as error:
+        print(f"python -m services.{options.name}: {error}", file=sys.stderr)
+        return 2
+    return 0
+
+
+def run(options: Options, register: Register) -> int:
+    configure_logging()
+    with contextlib.suppress(KeyboardInterrupt):
+        return asyncio.run(serve_sdk(options, register))
+    return 0

@@ -1,0 +1,55 @@
+"""The shop's command line: flags beat SHOP_* variables, which beat the defaults; bad values exit 2 naming them."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from services.faults import Faults
+from services.plain import parse_options
+
+
+def test_defaults() -> None:
+    options = parse_options("inventory", "", [], {})
+    assert (options.host, options.port, options.instance_id) == ("127.0.0.1", 50052, "inventory-50052")
+    assert (options.faults, options.faults_file) == (Faults(), None)
+
+
+def test_flags_beat_the_environment() -> None:
+    env = {"SHOP_PORT": "6000", "SHOP_ERROR_RATE": "0.5", "SHOP_ERROR_CODE": "internal", "SHOP_FAULTS_FILE": "f.json"}
+    options = parse_options("payments", "", ["--port", "7000", "--latency-ms", "20"], env)
+    assert (options.port, options.instance_id, options.faults_file) == (7000, "payments-7000", Path("f.json"))
+    assert options.faults == Faults(0.5, "INTERNAL", 20.0)
+
+
+@pytest.mark.parametrize(
+    ("argv", "env", "named"),
+    [
+        (["--port", "http"], {}, "--port"),
+        (["--error-rate", "2"], {}, "--error-rate"),
+        (["--error-code", "OK"], {}, "--error-code"),
+        (["--latency-ms", "-5"], {}, "--latency-ms"),
+        (["--colour"], {}, "--colour"),
+        ([], {"SHOP_ERROR_RATE": "lots"}, "SHOP_ERROR_RATE"),
+    ],
+)
+def test_bad_values_exit_2_naming_the_flag(
+    argv: list[str], env: dict[str, str], named: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    with pytest.raises(SystemExit) as exited:
+        parse_options("orders", "", argv, env)
+    assert exited.value.code == 2
+    assert named in capsys.readouterr().err
+
+
+def test_plain_apps_import_nothing_of_meshlet() -> None:
+    """inventory and payments are apps that know nothing of the mesh: the sidecar does it all for them."""
+    code = (
+        "import sys, services.inventory.__main__, services.payments.__main__\n"
+        "leaked = sorted(m for m in sys.modules if m == 'meshlet' or m.startswith('meshlet.'))\n"
+        "assert not leaked, leaked\n"
+    )
+    subprocess.run([sys.executable, "-c", code], check=True, timeout=60)
