@@ -1,0 +1,279 @@
+"""Checks across objects that no schema can make: what one object names, another must define."""
+
+from __future__ import annotations
+
+import tomllib
+from pathlib import Path
+
+import pytest
+
+from meshlet.config import load_config, split_host_port
+from tests.k8s.manifests import (
+    MESHLET_IMAGE,
+    OVERLAYS,
+    Obj,
+    config_path,
+    has_port,
+    meshlet_pods,
+    named,
+    pod_env,
+    probe_port,
+    probes,
+    render,
+    workload,
+    workloads,
+)
+from tests.support.processes import REPO_ROOT
+
+SHOP = ("gateway", "orders", "inventory", "payments")
+SIDECAR_MODE = ("inventory", "payments")
+MESH_PORT = 15006
+PRESTOP_NOTICE_S = 3  # k8s/base/shop/drain_hook.py's default wait
+
+
+def project_version() -> str:
+    version: str = tomllib.loads((REPO_ROOT / "pyproject.toml").read_text())["project"]["version"]
+    return version
+
+
+@pytest.mark.parametrize("overlay", OVERLAYS)
+def test_every_probe_names_a_port_of_its_own_container(overlay: str) -> None:
+    for w in workloads(render(overlay)):
+        for container in w.containers():
+            for kind, probe in probes(container):
+                if "exec" in probe:
+                    continue
+                port = probe_port(probe)
+                assert has_port(container, port), f"{w.name}/{container['name']} {kind} port {port} not declared"
+
+
+@pytest.mark.parametrize("overlay", OVERLAYS)
+def test_every_service_selects_pods_that_have_its_target_ports(overlay: str) -> None:
+    objects = render(overlay)
+    for name, service in named(objects, "Service").items():
+        selected = [w for w in workloads(objects) if w.selected_by(service["spec"]["selector"])]
+        assert selected, f"Service {name} selects no pod"
+        for w in selected:
+            for port in service["spec"]["ports"]:
+                target = port.get("targetPort", port["port"])
+                protocol = port.get("protocol", "TCP")
+                assert any(has_port(c, target, protocol) for c in w.containers()), (
+                    f"Service {name} port {port['name']} -> {target}/{protocol}: not a port of {w.kind} {w.name}"
+                )
+
+
+@pytest.mark.parametrize("overlay", OVERLAYS)
+def test_every_network_policy_port_is_open_on_the_pods_it_guards(overlay: str) -> None:
+    objects = render(overlay)
+    for name, policy in named(objects, "NetworkPolicy").items():
+        guarded = [w for w in workloads(objects) if w.selected_by(policy["spec"]["podSelector"])]
+        assert guarded, f"NetworkPolicy {name} guards no pod"
+        for rule in policy["spec"].get("ingress", []):
+            for peer in rule.get("from", []):
+                assert any(w.selected_by(peer["podSelector"]) for w in workloads(objects)), f"{name}: {peer}"
+            for port in rule.get("ports", []):
+                for w in guarded:
+                    assert any(has_port(c, port["port"], port.get("protocol", "TCP")) for c in w.containers()), (
+                        f"NetworkPolicy {name} admits {port} but {w.name} has no such port"
+                    )
+
+
+@pytest.mark.parametrize("overlay", OVERLAYS)
+def test_every_config_map_and_secret_a_pod_uses_is_defined(overlay: str) -> None:
+    objects = render(overlay)
+    config_maps = set(named(objects, "ConfigMap"))
+    # Secrets come from Secret objects or from the cert-manager Certificates that write them.
+    secrets = set(named(objects, "Secret")) | {c["spec"]["secretName"] for c in named(objects, "Certificate").values()}
+    for w in workloads(objects):
+        for volume in w.pod.get("volumes", []):
+            if "configMap" in volume:
+                assert volume["configMap"]["name"] in config_maps, f"{w.name}: {volume}"
+            if "secret" in volume:
+                assert volume["secret"]["secretName"] in secrets, f"{w.name}: {volume}"
+        for container in w.containers():
+            for var in container.get("env", []):
+                ref = var.get("valueFrom", {})
+                if "configMapKeyRef" in ref:
+                    assert ref["configMapKeyRef"]["name"] in config_maps, f"{w.name}: {var}"
+                if "secretKeyRef" in ref:
+                    assert ref["secretKeyRef"]["name"] in secrets, f"{w.name}: {var}"
+            for source in container.get("envFrom", []):
+                if "configMapRef" in source:
+                    assert source["configMapRef"]["name"] in config_maps, f"{w.name}: {source}"
+                if "secretRef" in source:
+                    assert source["secretRef"]["name"] in secrets, f"{w.name}: {source}"
+            claims = {t["metadata"]["name"] for t in w.obj["spec"].get("volumeClaimTemplates", [])}
+            mounted = {v["name"] for v in w.pod.get("volumes", [])} | claims
+            for mount in container.get("volumeMounts", []):
+                assert mount["name"] in mounted, f"{w.name}/{container['name']} mounts undefined {mount['name']}"
+
+
+@pytest.mark.parametrize("overlay", OVERLAYS)
+def test_one_meshlet_image_tag_throughout_and_every_image_pinned(overlay: str) -> None:
+    expected = f"{MESHLET_IMAGE}:{project_version()}"
+    meshlet_images = set()
+    for w in workloads(render(overlay)):
+        for container in w.containers():
+            image = container["image"]
+            name, _, tag = image.rpartition(":")
+            assert name, f"{w.name}/{container['name']}: pin a tag, not {image!r}"
+            assert tag not in ("", "latest"), f"{w.name}/{container['name']}: pin a tag, not {image!r}"
+            if name.rsplit("/", 1)[-1] == MESHLET_IMAGE:
+                meshlet_images.add(image)
+    assert meshlet_images == {expected}, "every meshlet container runs the image built from this version"
+
+
+@pytest.mark.parametrize("overlay", OVERLAYS)
+def test_every_upstream_and_authz_peer_in_a_meshlet_config_is_a_service(overlay: str) -> None:
+    objects = render(overlay)
+    pods = meshlet_pods(objects)
+    assert set(pods) == set(SHOP)
+    services = set(named(objects, "Service"))
+    registered = {pod.config["service"]["name"] for pod in pods.values()}
+    assert registered == set(SHOP), "each shop pod registers under its own name"
+    for pod in pods.values():
+        config = pod.config
+        names = set(config.get("upstreams", {})) | set(config.get("sidecar", {}).get("routes", {}).values())
+        for rule in config.get("authz", {}).get("rules", []):
+            names |= {rule["from"], rule["to"]} - {"*"}
+        for name in names:
+            assert name in services, f"{pod.config_map}: {name} is not a Service"
+            assert name in registered, f"{pod.config_map}: nothing registers {name} in Consul"
+
+
+@pytest.mark.parametrize("overlay", OVERLAYS)
+def test_meshlet_configs_load_with_the_pods_environment(overlay: str, tmp_path: Path) -> None:
+    """Each ConfigMap, with the environment its container gets, is a valid meshlet config that points at the
+    node's Consul agent, registers the pod IP, and sends traces to the Jaeger Service."""
+    objects = render(overlay)
+    jaeger = named(objects, "Service")["jaeger"]
+    assert any(port["port"] == 4317 for port in jaeger["spec"]["ports"])
+    client = workload(objects, "consul-client").container("consul")
+    assert any(port.get("hostPort") == 8500 for port in client["ports"]), "pods reach the agent on HOST_IP:8500"
+    for pod in meshlet_pods(objects).values():
+        env = pod_env(pod.meshlet_container)
+        config = load_config(config_path(pod, tmp_path), env=env)
+        assert config.consul.address == "http://192.168.49.2:8500", pod.service  # the fake status.hostIP
+        assert config.service.address == "10.244.1.7", pod.service  # the fake status.podIP
+        assert env["OTEL_EXPORTER_OTLP_ENDPOINT"] == "http://jaeger:4317"
+        if overlay == "cert-manager":
+            assert config.tls.source == "files"
+            assert str(config.tls.cert).startswith("/etc/meshlet-tls/")
+        else:
+            assert config.tls.source == "consul", "certificates come from the node agent's Connect CA"
+
+
+@pytest.mark.parametrize("overlay", OVERLAYS)
+def test_the_mesh_port_is_15006_in_every_shop_pod(overlay: str, tmp_path: Path) -> None:
+    objects = render(overlay)
+    for pod in meshlet_pods(objects).values():
+        container = pod.meshlet_container
+        assert has_port(container, MESH_PORT), pod.service
+        config = load_config(config_path(pod, tmp_path), env=pod_env(container))
+        if pod.sidecar_mode:
+            assert split_host_port(config.sidecar.inbound) == ("0.0.0.0", MESH_PORT)
+        else:
+            assert pod_env(container)["SHOP_PORT"] == str(MESH_PORT)
+
+
+@pytest.mark.parametrize("overlay", OVERLAYS)
+def test_native_sidecars_and_their_probes(overlay: str, tmp_path: Path) -> None:
+    """The sidecar is an init container with restartPolicy Always; the kubelet probes its admin /ready and
+    /live on the pod IP (so the admin listens on 0.0.0.0), and the app through its own gRPC health."""
+    objects = render(overlay)
+    pods = meshlet_pods(objects)
+    for service in SIDECAR_MODE:
+        pod = pods[service]
+        sidecar = pod.meshlet_container
+        assert sidecar in pod.workload.pod["initContainers"]
+        assert sidecar["restartPolicy"] == "Always"
+        config = load_config(config_path(pod, tmp_path), env=pod_env(sidecar))
+        admin_host, admin_port = split_host_port(config.sidecar.admin)
+        assert admin_host == "0.0.0.0"
+        assert has_port(sidecar, admin_port)
+        assert sidecar["readinessProbe"]["httpGet"]["path"] == "/ready"
+        assert sidecar["livenessProbe"]["httpGet"]["path"] == "/live"
+        assert sidecar["startupProbe"]["httpGet"]["path"] == "/live", "/ready waits for the app: it cannot gate it"
+        probed = sidecar["readinessProbe"]["httpGet"]["port"]
+        assert any(p["containerPort"] == admin_port and probed in (admin_port, p.get("name")) for p in sidecar["ports"])
+        _, app_port = split_host_port(config.sidecar.app or "")
+        app = pod.app_container
+        assert app["readinessProbe"]["grpc"]["port"] == app_port
+        assert app["livenessProbe"]["grpc"]["port"] == app_port
+        assert pod_env(app)["SHOP_PORT"] == str(app_port)
+
+
+@pytest.mark.parametrize("overlay", OVERLAYS)
+def test_termination_grace_covers_the_drain(overlay: str, tmp_path: Path) -> None:
+    """SDK pods drain for service.drain_grace after SIGTERM. Sidecar pods: the app's preStop waits, the app
+    drains, then the sidecar (stopped last) drains inbound and keeps outbound up to drain_grace each."""
+    for pod in meshlet_pods(render(overlay)).values():
+        grace = load_config(config_path(pod, tmp_path), env=pod_env(pod.meshlet_container)).service.drain_grace
+        period = pod.workload.pod["terminationGracePeriodSeconds"]
+        if pod.sidecar_mode:
+            pre_stop = pod.app_container["lifecycle"]["preStop"]["exec"]["command"]
+            assert pre_stop[1:] == ["/etc/meshlet-hooks/drain_hook.py", pod.service, str(MESH_PORT)]
+            assert period >= PRESTOP_NOTICE_S + grace + 2 * grace, pod.service
+        else:
+            assert period >= grace + 5, pod.service
+
+
+def test_dev_runs_one_replica_of_everything() -> None:
+    for w in workloads(render("dev")):
+        if w.kind != "DaemonSet":
+            assert w.obj["spec"]["replicas"] == 1, w.name
+
+
+def test_prod_replicas_and_disruption_budgets() -> None:
+    objects = render("prod")
+    budgets = named(objects, "PodDisruptionBudget")
+    for service in SHOP:
+        w = workload(objects, service)
+        assert w.obj["spec"]["replicas"] >= 2, service
+        assert any(
+            w.selected_by(b["spec"]["selector"]) and b["spec"].get("minAvailable") == 1 for b in budgets.values()
+        )
+    servers = workload(objects, "consul-server")
+    assert servers.obj["spec"]["replicas"] == 3
+    assert {"name": "BOOTSTRAP_EXPECT", "value": "3"} in servers.container("consul")["env"]
+    assert budgets["consul-server"]["spec"]["maxUnavailable"] == 1
+
+
+def test_prod_security_context_and_resources_everywhere() -> None:
+    for w in workloads(render("prod")):
+        pod_security = w.pod["securityContext"]
+        assert pod_security["runAsNonRoot"] is True, w.name
+        assert isinstance(pod_security["runAsUser"], int), w.name
+        assert pod_security["runAsUser"] > 0, w.name
+        assert pod_security["seccompProfile"] == {"type": "RuntimeDefault"}, w.name
+        assert w.pod["automountServiceAccountToken"] is False, w.name
+        tmp_volumes = {v["name"] for v in w.pod["volumes"] if "emptyDir" in v}
+        for container in w.containers():
+            where = f"{w.name}/{container['name']}"
+            security: Obj = container["securityContext"]
+            assert security["readOnlyRootFilesystem"] is True, where
+            assert security["allowPrivilegeEscalation"] is False, where
+            assert security["capabilities"]["drop"] == ["ALL"], where
+            assert "add" not in security["capabilities"], where
+            assert any(m["mountPath"] == "/tmp" and m["name"] in tmp_volumes for m in container["volumeMounts"]), where
+            for bound in ("requests", "limits"):
+                assert {"cpu", "memory"} <= set(container["resources"][bound]), f"{where} {bound}"
+
+
+def test_prod_network_policies_admit_only_the_mesh_port_between_shop_pods() -> None:
+    objects = render("prod")
+    policies = named(objects, "NetworkPolicy")
+    deny_all = [p for p in policies.values() if p["spec"]["podSelector"] == {} and not p["spec"].get("ingress")]
+    assert deny_all, "a default-deny ingress policy"
+    shop = [workload(objects, s) for s in SHOP]
+    for w in shop:
+        admitted_from_shop = set()
+        for policy in policies.values():
+            if not w.selected_by(policy["spec"]["podSelector"]):
+                continue
+            for rule in policy["spec"].get("ingress", []):
+                peers = rule.get("from", [])
+                assert peers, f"{policy['metadata']['name']} admits every source"
+                if any(any(other.selected_by(peer["podSelector"]) for other in shop) for peer in peers):
+                    admitted_from_shop |= {(p.get("protocol", "TCP"), p["port"]) for p in rule["ports"]}
+        assert admitted_from_shop == {("TCP", MESH_PORT)}, w.name

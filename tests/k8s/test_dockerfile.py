@@ -1,0 +1,162 @@
+"""The Dockerfile, checked where it can be without a container engine: stages, user, what the final stage
+installs, and that every command the image and the manifests run is one the installed project provides."""
+
+from __future__ import annotations
+
+import json
+import re
+import tomllib
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import pytest
+from setuptools import find_namespace_packages, find_packages  # type: ignore[import-untyped]
+
+from tests.k8s.manifests import OVERLAYS, render, workloads
+from tests.support.processes import REPO_ROOT
+
+DOCKERFILE = REPO_ROOT / "Dockerfile"
+COMPILERS = re.compile(r"\b(gcc|g\+\+|clang|cc|build-essential|make|python3?-dev|libc6-dev)\b")
+
+
+@dataclass
+class Stage:
+    base: str
+    name: str | None
+    instructions: list[tuple[str, str]] = field(default_factory=list)
+
+    def args(self, instruction: str) -> list[str]:
+        return [args for name, args in self.instructions if name == instruction]
+
+
+def stages(dockerfile: Path) -> list[Stage]:
+    """The Dockerfile's stages, with line continuations joined and comments dropped."""
+    text = re.sub(r"\\\n", " ", dockerfile.read_text())
+    found: list[Stage] = []
+    for line in text.splitlines():
+        line = line.strip()
+        if not line or line.startswith("#"):
+            continue
+        instruction, _, args = line.partition(" ")
+        instruction = instruction.upper()
+        if instruction == "FROM":
+            words = args.split()
+            name = words[2] if len(words) == 3 and words[1].upper() == "AS" else None
+            found.append(Stage(words[0], name))
+        elif found:
+            found[-1].instructions.append((instruction, args.strip()))
+    return found
+
+
+def global_args() -> dict[str, str]:
+    """The ARGs declared before the first FROM, with their defaults (what FROM lines may use)."""
+    header = DOCKERFILE.read_text().split("\nFROM", 1)[0]
+    found: dict[str, str] = {}
+    for line in header.splitlines():
+        if line.startswith("ARG ") and "=" in line:
+            key, _, value = line[4:].partition("=")
+            found[key] = value
+    return found
+
+
+def pyproject() -> dict[str, object]:
+    return tomllib.loads((REPO_ROOT / "pyproject.toml").read_text())
+
+
+def scripts() -> set[str]:
+    project = pyproject()["project"]
+    assert isinstance(project, dict)
+    return set(project["scripts"])
+
+
+def packaged_modules() -> set[str]:
+    """The packages setuptools puts into the wheel, found as it finds them (tool.setuptools.packages.find)."""
+    tool = pyproject()["tool"]
+    assert isinstance(tool, dict)
+    config = tool["setuptools"]
+    listed = config.get("packages")
+    if isinstance(listed, list):
+        return set(listed)
+    find = listed["find"] if isinstance(listed, dict) else {}
+    finder = find_namespace_packages if find.get("namespaces", True) else find_packages
+    found: set[str] = set()
+    for where in find.get("where", ["."]):
+        found |= set(
+            finder(
+                str(REPO_ROOT / where),
+                include=find.get("include", ["*"]),
+                exclude=find.get("exclude", []),
+            )
+        )
+    return found
+
+
+def test_a_builder_makes_wheels_and_the_final_stage_installs_only_those() -> None:
+    build, final = stages(DOCKERFILE)
+    assert build.name, "the builder is a named stage"
+    assert any("pip wheel" in run for run in build.args("RUN"))
+    installs = [run for run in final.args("RUN") if "pip install" in run]
+    assert installs, "the final stage installs the wheels"
+    assert all("--no-index" in run and f"from={build.name}" in run for run in installs), installs
+    assert not final.args("COPY"), "no source tree in the final stage"
+
+
+def test_the_final_stage_is_slim_and_has_no_build_tools() -> None:
+    *_, final = stages(DOCKERFILE)
+    base = re.sub(r"\$\{(\w+)\}", lambda m: global_args()[m.group(1)], final.base)
+    assert "slim" in base, base
+    for run in final.args("RUN"):
+        assert "apt-get install" not in run, run
+        assert "apk add" not in run, run
+        assert not COMPILERS.search(run), run
+
+
+def test_the_image_runs_as_a_numeric_non_root_user_that_prod_pods_match() -> None:
+    *_, final = stages(DOCKERFILE)
+    user = final.args("USER")[-1]
+    uid, _, gid = user.partition(":")
+    assert uid.isdigit(), f"USER {user}: runAsNonRoot can only verify a numeric user"
+    assert int(uid) > 0
+    assert gid.isdigit()
+    for w in workloads(render("prod")):
+        images = {c["image"].split(":")[0] for c in w.containers()}
+        if "meshlet" in images:
+            assert w.pod["securityContext"]["runAsUser"] == int(uid), w.name
+
+
+def test_the_commands_the_image_and_the_manifests_run_are_installed() -> None:
+    """CMD names a console script; every meshlet container in every overlay runs a console script from
+    pyproject or ``python -m <module>`` of a module the wheel contains."""
+    *_, final = stages(DOCKERFILE)
+    commands = [json.loads(args) for args in final.args("CMD")]
+    commands += [
+        c["command"]
+        for overlay in OVERLAYS
+        for w in workloads(render(overlay))
+        for c in w.containers()
+        if c["image"].split(":")[0] == "meshlet"
+    ]
+    packages = packaged_modules()
+    for command in commands:
+        if command[0] == "python":
+            assert command[1] == "-m", command
+            module = command[2]
+            assert module.rpartition(".")[0] in packages or module in packages, (
+                f"{module} is not in the wheel: add its package to [tool.setuptools.packages] in pyproject.toml"
+            )
+            assert (REPO_ROOT / module.replace(".", "/") / "__main__.py").exists(), module
+        elif command[0] != "meshlet" or command[1:] != ["--help"]:
+            assert command[0] in scripts(), f"{command[0]} is not a console script in pyproject.toml"
+        else:
+            assert "meshlet" in scripts()
+
+
+@pytest.mark.parametrize("source", ["sdk", "sidecar", "protos", "services", "pyproject.toml", "README.md"])
+def test_what_the_builder_copies_exists_and_is_not_ignored(source: str) -> None:
+    build = stages(DOCKERFILE)[0]
+    copied = {word.rstrip("/") for args in build.args("COPY") for word in args.split()[:-1]}
+    assert source in copied
+    assert (REPO_ROOT / source).exists()
+    ignored = {line.strip().rstrip("/") for line in (REPO_ROOT / ".dockerignore").read_text().splitlines()}
+    assert source not in ignored
+    assert {".git", ".venv", "tests"} <= ignored

@@ -1,0 +1,378 @@
+"""The dev overlay's pods, run on this machine as a node runs them: one network namespace per pod on a bridge,
+the node's Consul agent on the bridge's host IP (the meshlet dev agent stands in for the client agent), each
+pod's containers started from the rendered manifests in the kubelet's order (a native sidecar first, the app once
+the sidecar's startup probe passes) with the environment the manifests give them and the meshlet.yaml of the
+rendered ConfigMaps. Only addresses change: the pod and host IPs come from this bridge, Jaeger is a receiver on
+the host IP, and files mounted in a pod live in the test's folder. Then the manifests' own probes run against the
+pod IPs, as the kubelet would; a checkout crosses every pod over mTLS from the agent's Connect CA, in one trace;
+and docs/kubernetes.md's breaker walk-through plays out: a second inventory pod, a faults file that breaks the
+first, orders ejecting it while the checkouts go on."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import re
+import signal
+import socket
+import sys
+import urllib.error
+import urllib.request
+from collections.abc import AsyncIterator, Callable, Iterator
+from pathlib import Path
+
+import grpc
+import pytest
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+from opentelemetry.proto.collector.trace.v1 import trace_service_pb2_grpc
+from prometheus_client.parser import text_string_to_metric_families
+
+from meshlet.config import load_config
+from meshlet.mesh import Mesh
+from shop.gateway.v1 import gateway_pb2, gateway_pb2_grpc
+from tests.k8s import netns
+from tests.k8s.manifests import Obj, Workload, pod_env, probe_port, render, workload
+from tests.support.agents import Agent
+from tests.support.otlp_receiver import Receiver
+from tests.support.processes import REPO_ROOT, Processes, http_answers, meshlet_argv, wait_until
+
+pytestmark = pytest.mark.slow
+
+SHOP = ("gateway", "orders", "inventory", "payments")  # callers first: nothing waits for its upstreams to exist
+START_S = 60.0  # bounds on waiting for processes to come up, never timing assertions
+AGENT_PORT = 8500  # the manifests' CONSUL_HTTP_ADDR: http://$(HOST_IP):8500
+OTLP_PORT = 4317
+MESH_PORT = 15006
+
+
+@pytest.fixture
+def network() -> Iterator[netns.PodNetwork]:
+    reason = netns.unavailable()
+    if reason is not None:
+        pytest.skip(f"pod topology in network namespaces: {reason}")
+    pods = netns.PodNetwork.create()
+    try:
+        yield pods
+    finally:
+        pods.close()
+
+
+@pytest.fixture
+async def jaeger(network: netns.PodNetwork) -> AsyncIterator[Receiver]:
+    """What the manifests' http://jaeger:4317 reaches: an OTLP receiver, here on the node's address."""
+    receiver = Receiver()
+    server = grpc.aio.server()
+    trace_service_pb2_grpc.add_TraceServiceServicer_to_server(receiver, server)  # type: ignore[no-untyped-call]
+    receiver.port = server.add_insecure_port(f"{network.host_ip}:{OTLP_PORT}")
+    await server.start()
+    try:
+        yield receiver
+    finally:
+        await server.stop(None)
+
+
+@pytest.fixture
+async def pod_procs(network: netns.PodNetwork, jaeger: Receiver, tmp_path: Path) -> AsyncIterator[Processes]:
+    """The pods' processes; stopped before `network` removes their namespaces and before `jaeger` stops, all
+    signalled at once as a node shutting down, then reaped while the receiver still takes their last spans."""
+    procs = Processes(tmp_path)
+    try:
+        yield procs
+    finally:
+        for child in procs.children:
+            child.signal(signal.SIGTERM)
+        await asyncio.to_thread(procs.close)
+
+
+def start_node_agent(procs: Processes, network: netns.PodNetwork) -> Agent:
+    address = f"{network.host_ip}:{AGENT_PORT}"
+    child = procs.start(meshlet_argv("dev-agent", "--http-addr", address, "--node", "node-1"), name="node-agent")
+    agent = Agent("meshlet", network.host_ip, AGENT_PORT, child)
+    try:
+        wait_until(lambda: http_answers(f"{agent.url}/v1/status/leader"), START_S, "the node's agent")
+    except AssertionError:
+        raise AssertionError(f"the node agent did not start:\n{child.output()}") from None
+    return agent
+
+
+async def eventually(predicate: Callable[[], bool], what: str, timeout_s: float = START_S) -> None:
+    """`wait_until` that yields to the event loop between tries, so the in-process receiver keeps serving."""
+    loop = asyncio.get_running_loop()
+    give_up = loop.time() + timeout_s
+    while not predicate():
+        if loop.time() > give_up:
+            raise AssertionError(f"timed out after {timeout_s}s waiting for {what}")
+        await asyncio.sleep(0.2)
+
+
+# ---------------------------------------------------------------- a kubelet, reduced to what these pods use
+
+
+class PodRunner:
+    """Starts one pod's containers from its rendered spec, inside its namespace."""
+
+    def __init__(self, procs: Processes, w: Workload, pod: netns.Pod, host_ip: str, folder: Path) -> None:
+        """`pod` names the instance (two pods of one workload get two names, as a ReplicaSet's do)."""
+        self.procs, self.workload, self.pod, self.folder = procs, w, pod, folder
+        self.jaeger = f"http://{host_ip}:{OTLP_PORT}"
+        self.fields = {
+            "status.podIP": pod.ip,
+            "status.hostIP": host_ip,
+            "metadata.name": pod.name,
+            "metadata.namespace": "meshlet",
+            "spec.nodeName": "node-1",
+        }
+        self.mounts = self._materialise_volumes()
+
+    def _materialise_volumes(self) -> dict[str, Path]:
+        """Each mounted volume as a folder: ConfigMaps written out, emptyDirs empty."""
+        objects = render("dev")
+        config_maps = {o["metadata"]["name"]: o for o in objects if o["kind"] == "ConfigMap"}
+        folders: dict[str, Path] = {}
+        for volume in self.workload.pod.get("volumes", []):
+            folder = self.folder / self.pod.name / volume["name"]
+            folder.mkdir(parents=True)
+            if "configMap" in volume:
+                for key, text in config_maps[volume["configMap"]["name"]]["data"].items():
+                    (folder / key).write_text(text)
+            folders[volume["name"]] = folder
+        mounts: dict[str, Path] = {}
+        for container in self.workload.containers():
+            for mount in container.get("volumeMounts", []):
+                mounts[mount["mountPath"]] = folders[mount["name"]]
+        return mounts
+
+    def _local(self, value: str) -> str:
+        """A path inside the pod, as the path of the folder that stands in for its volume."""
+        for mount_path, folder in self.mounts.items():
+            if value == mount_path or value.startswith(mount_path + "/"):
+                return str(folder) + value[len(mount_path) :]
+        return value
+
+    def environment(self, container: Obj) -> dict[str, str]:
+        env = {key: self._local(value) for key, value in pod_env(container, self.fields).items()}
+        if "OTEL_EXPORTER_OTLP_ENDPOINT" in env:  # http://jaeger:4317: the Service's address, here the node's
+            env["OTEL_EXPORTER_OTLP_ENDPOINT"] = self.jaeger
+            env["OTEL_BSP_SCHEDULE_DELAY"] = "200"  # export within the test's patience, not every 5 s
+        return env
+
+    def command(self, words: list[str]) -> list[str]:
+        command = [self._local(word) for word in words]
+        if command[0] == "python":
+            command[0] = sys.executable
+        elif command[0] == "meshlet-sidecar":
+            command[:1] = [sys.executable, "-m", "meshlet_sidecar"]
+        return command
+
+    def start(self, container: Obj) -> None:
+        name = f"{self.pod.name}-{container['name']}"
+        self.procs.start(self.pod.argv(self.command(container["command"])), name=name, env=self.environment(container))
+
+    async def exec(self, container: Obj, argv: list[str], stdin: str) -> tuple[int, str]:
+        """``kubectl exec -i POD -c CONTAINER -- ARGV < stdin``: its exit code and output."""
+        env_words = [word for word in argv[1:] if "=" in word] if argv[0] == "env" else []
+        command = self.command(argv[1 + len(env_words) :] if env_words else argv)
+        env = {**os.environ, **self.environment(container), **dict(w.split("=", 1) for w in env_words)}
+        process = await asyncio.create_subprocess_exec(
+            *self.pod.argv(command),
+            stdin=asyncio.subprocess.PIPE,
+            stdout=asyncio.subprocess.PIPE,
+            stderr=asyncio.subprocess.STDOUT,
+            env=env,
+        )
+        output, _ = await asyncio.wait_for(process.communicate(stdin.encode()), START_S)
+        return await process.wait(), output.decode()
+
+    def probe(self, container: Obj, kind: str) -> bool:
+        """Run `container`'s probe of `kind` against the pod IP, from the node, as the kubelet does."""
+        probe = container[kind]
+        port = probe_port(probe)
+        if isinstance(port, str):
+            port = next(p["containerPort"] for p in container["ports"] if p.get("name") == port)
+        if "httpGet" in probe:
+            url = f"http://{self.pod.ip}:{port}{probe['httpGet']['path']}"
+            try:
+                with urllib.request.urlopen(url, timeout=2) as response:
+                    return 200 <= int(response.status) < 400
+            except (urllib.error.URLError, OSError):
+                return False
+        if "tcpSocket" in probe:
+            try:
+                socket.create_connection((self.pod.ip, port), timeout=2).close()
+            except OSError:
+                return False
+            return True
+        with grpc.insecure_channel(f"{self.pod.ip}:{port}") as channel:
+            try:
+                reply = health_pb2_grpc.HealthStub(channel).Check(health_pb2.HealthCheckRequest(), timeout=2)
+            except grpc.RpcError:
+                return False
+            return bool(reply.status == health_pb2.HealthCheckResponse.SERVING)
+
+    async def wait(self, container: Obj, kind: str) -> None:
+        what = f"{self.pod.name}/{container['name']} {kind}"
+        try:
+            await eventually(lambda: self.probe(container, kind), what)
+        except AssertionError:
+            logs = "\n".join(child.output()[-3000:] for child in self.procs.children)
+            raise AssertionError(f"{what} never passed; logs:\n{logs}") from None
+
+    async def run(self) -> None:
+        """Native sidecars first, each gating the next container on its startup probe; then the apps."""
+        for container in self.workload.pod.get("initContainers", []):
+            assert container.get("restartPolicy") == "Always", "only native sidecars are modelled"
+            self.start(container)
+            if "startupProbe" in container:
+                await self.wait(container, "startupProbe")
+        for container in self.workload.pod["containers"]:
+            self.start(container)
+
+    async def wait_ready(self) -> None:
+        for container in self.workload.containers():
+            if "readinessProbe" in container:
+                await self.wait(container, "readinessProbe")
+
+
+# ---------------------------------------------------------------- the test
+
+
+async def checkout_until_the_mesh_has_converged(
+    stub: gateway_pb2_grpc.GatewayStub, request: gateway_pb2.CheckoutRequest
+) -> gateway_pb2.CheckoutReply:
+    """Checkout, repeated with the same request_id (safe: it is the idempotency key) while an upstream's
+    watchers have not yet seen a pod that only just turned passing, as a client of a fresh rollout would."""
+    loop = asyncio.get_running_loop()
+    give_up = loop.time() + START_S
+    while True:
+        try:
+            reply: gateway_pb2.CheckoutReply = await stub.Checkout(request, timeout=15)
+            return reply
+        except grpc.aio.AioRpcError as error:
+            if loop.time() > give_up or "no healthy instance" not in (error.details() or ""):
+                raise
+        await asyncio.sleep(0.5)
+
+
+def docs_checkout_command() -> tuple[list[str], str]:
+    """The ``kubectl exec`` command and script of docs/kubernetes.md's checkout loop, cut to two orders."""
+    text = (REPO_ROOT / "docs" / "kubernetes.md").read_text()
+    found = re.search(r"kubectl -n meshlet exec -i deploy/gateway -- (.*?) <<'EOF'\n(.*?)\nEOF\n", text, re.DOTALL)
+    assert found, "docs/kubernetes.md no longer has the checkout loop this test runs"
+    script = found.group(2).replace("range(200)", "range(2)").replace("asyncio.sleep(0.2)", "asyncio.sleep(0)")
+    return found.group(1).split(), script
+
+
+def registered_at(agent: Agent, service: str, pod: netns.Pod) -> Callable[[], bool]:
+    """Whether Consul lists `service` passing at `pod`'s IP and the mesh port: what callers follow."""
+    return lambda: any(
+        (e["Service"]["Address"], e["Service"]["Port"]) == (pod.ip, MESH_PORT) for e in agent.passing(service)
+    )
+
+
+async def start_pod(
+    procs: Processes, network: netns.PodNetwork, agent: Agent, service: str, pod_name: str, folder: Path
+) -> PodRunner:
+    runner = PodRunner(procs, workload(render("dev"), service), network.add_pod(pod_name), network.host_ip, folder)
+    await runner.run()
+    await runner.wait_ready()
+    try:
+        await eventually(registered_at(agent, service, runner.pod), f"{pod_name} passing in Consul")
+    except AssertionError:
+        raise AssertionError(f"Consul has {agent.get('/v1/agent/services')}") from None
+    instance_id = f"{service}-{runner.pod.ip}-{MESH_PORT}"  # what the preStop hook (drain_hook.py) names
+    assert instance_id in agent.get("/v1/agent/services")
+    return runner
+
+
+def orders_metrics(orders: PodRunner) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
+    """orders' Prometheus samples, from its metrics port on the pod IP, as a scraper sees them."""
+    try:
+        with urllib.request.urlopen(f"http://{orders.pod.ip}:9464/metrics", timeout=2) as response:
+            text = response.read().decode()
+    except (urllib.error.URLError, OSError):
+        return {}
+    return {
+        (sample.name, tuple(sorted(sample.labels.items()))): sample.value
+        for family in text_string_to_metric_families(text)
+        for sample in family.samples
+    }
+
+
+def sample(metrics: dict[tuple[str, tuple[tuple[str, str], ...]], float], name: str, **labels: str) -> float | None:
+    return metrics.get((name, tuple(sorted(labels.items()))))
+
+
+async def test_the_dev_overlay_as_pods_a_checkout_across_them_and_a_breaker_that_trips(
+    network: netns.PodNetwork, pod_procs: Processes, jaeger: Receiver, tmp_path: Path
+) -> None:
+    agent = start_node_agent(pod_procs, network)
+    pods = {name: await start_pod(pod_procs, network, agent, name, name, tmp_path) for name in SHOP}
+
+    # A caller on the node with its own Connect certificate: gateway -> orders -> inventory, payments.
+    config = load_config(
+        None,
+        env={},
+        overrides={"service.name": "checkout-client", "consul.address": agent.url, "tls.source": "consul"},
+    )
+    async with Mesh(config) as mesh:
+        stub = gateway_pb2_grpc.GatewayStub(mesh.channel("gateway"))
+        first = gateway_pb2.CheckoutRequest(request_id="k8s-topology-1", customer_id="c1", sku="sku-tea", quantity=2)
+        reply = await checkout_until_the_mesh_has_converged(stub, first)
+        assert reply.order_id
+        assert reply.charge_id
+
+        # Its spans reach "Jaeger" from all four pods, in one trace.
+        def services_in_one_trace() -> set[str]:
+            by_trace: dict[str, set[str]] = {}
+            for span in jaeger.spans:
+                by_trace.setdefault(span.trace_id, set()).add(span.service)
+            return max(by_trace.values(), key=len, default=set())
+
+        try:
+            await eventually(lambda: set(SHOP) <= services_in_one_trace(), "one trace across the four pods")
+        except AssertionError:
+            raise AssertionError(f"services in the widest trace: {services_in_one_trace()}") from None
+
+        # docs/kubernetes.md's way to place orders works as written (with 2 orders instead of 200).
+        argv, script = docs_checkout_command()
+        code, output = await pods["gateway"].exec(pods["gateway"].workload.container("gateway"), argv, script)
+        assert code == 0, output
+        assert output.count("order_id") == 2, output
+
+        # docs/kubernetes.md's breaker walk-through: a second inventory pod, then the first one's faults file
+        # (its emptyDir) makes every call fail. orders ejects it and the checkouts go on.
+        await start_pod(pod_procs, network, agent, "inventory", "inventory-b", tmp_path)
+        orders = pods["orders"]
+        await eventually(
+            lambda: sample(orders_metrics(orders), "meshlet_endpoints", service="inventory", state="healthy") == 2,
+            "orders to see both inventory pods",
+        )
+        faulty = pods["inventory"]
+        faults = faulty.mounts["/var/run/shop"] / "faults.json"
+        faults.write_text(json.dumps({"error_rate": 1.0, "error_code": "UNAVAILABLE"}))
+        endpoint = f"{faulty.pod.ip}:{MESH_PORT}"
+        for n in range(40):
+            request = gateway_pb2.CheckoutRequest(
+                request_id=f"breaker-{n}", customer_id="c1", sku="sku-tea", quantity=1
+            )
+            reply = await stub.Checkout(request, timeout=15)
+            assert reply.order_id, n
+            if sample(orders_metrics(orders), "meshlet_breaker_state", service="inventory", endpoint=endpoint) == 2:
+                break
+        metrics = orders_metrics(orders)
+        assert sample(metrics, "meshlet_breaker_state", service="inventory", endpoint=endpoint) == 2, metrics
+        assert sample(metrics, "meshlet_endpoints", service="inventory", state="ejected") == 1
+
+        # What the walk-through says to look at besides the metrics: the faulty pod stays ready (only its calls
+        # fail), and orders' spans show the retries and the breaker opening.
+        sidecar = faulty.workload.container("meshlet-sidecar")
+        assert faulty.probe(sidecar, "readinessProbe")
+
+        def orders_events() -> set[str]:
+            return {event for span in jaeger.spans if span.service == "orders" for event in span.events}
+
+        try:
+            await eventually(lambda: {"retry.scheduled", "breaker.opened"} <= orders_events(), "orders' span events")
+        except AssertionError:
+            raise AssertionError(f"orders' span events: {orders_events()}") from None
