@@ -4,7 +4,7 @@ VENV   := .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed-stamp
 
-.PHONY: demo test lint typecheck unit protos bench dev-agent fmt clean
+.PHONY: demo test lint typecheck unit protos bench dev-agent fmt clean screenshot
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -c 'import sys; sys.exit("meshlet needs Python 3.11 or newer") if sys.version_info < (3, 11) else None'
@@ -38,6 +38,10 @@ protos: $(STAMP)
 ## Benchmarks print tables; they are never asserted.
 bench: $(STAMP)
 	$(PY) -m benchmarks
+
+## Re-render docs/demo.png from a real run (needs rsvg-convert: apt-get install librsvg2-bin); CI never runs it.
+screenshot: $(STAMP)
+	$(PY) docs/render_screenshot.py
 
 dev-agent: $(STAMP)
 	$(VENV)/bin/meshlet dev-agent

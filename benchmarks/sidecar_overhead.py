@@ -3,12 +3,16 @@
 A unary Echo with a 1 KB payload, from a plain grpc.aio client in this process, along four paths to one plain
 app (``tests.support.plain_app``, no meshlet inside):
 
-    direct    client -> app
-    meshlet   client -> sidecar A (outbound, route map) ==mTLS==> sidecar B (inbound, intentions) -> app
-    raw pair  client -> raw proxy 1 ==mTLS==> raw proxy 2 -> app   (benchmarks/raw_proxy.py, no policies)
-    nginx     client -> nginx 1 (grpc_pass grpcs://) ==mTLS==> nginx 2 (ssl_verify_client on) -> app
+    direct     client -> app
+    meshlet    client -> sidecar A (outbound, route map) ==mTLS==> sidecar B (inbound, intentions) -> app
+    raw pair   client -> raw proxy 1 ==mTLS==> raw proxy 2 -> app   (benchmarks/raw_proxy.py, no policies)
+    raw unary  the same pair serving every method as unary (the floor for the sidecar's unary fast path)
+    L4 in      client -> sidecar A ==mTLS==> sidecar B splicing at L4 (sidecar.inbound_mode: l4) -> app
+    nginx      client -> nginx 1 (grpc_pass grpcs://) ==mTLS==> nginx 2 (ssl_verify_client on) -> app
 
-The three proxied paths share one dev CA and its certificates. Open loop at fixed rates (calls sent on a fixed
+The app serves reflection, so the sidecars learn that Echo is unary during the warm-up and serve it on their
+unary fast path (the generic stream-stream handler before that, and for any method they do not know). The
+proxied paths share one dev CA and its certificates. Open loop at fixed rates (calls sent on a fixed
 schedule, latency counted from when each call was due, so a slow path cannot slow its own load: no
 coordinated omission) gives percentiles and what each path adds over direct; closed loop at 1 and 32 in flight
 gives throughput. Each proxy process's RSS and CPU come from /proc (utime+stime deltas over the open-loop
@@ -17,7 +21,9 @@ machine hits all of them alike. Nothing is asserted: the tables put the numbers 
 
 Knobs: BENCH_SIDECAR_DURATION_S (per cell, default 4), BENCH_SIDECAR_ROUNDS (default 2),
 BENCH_SIDECAR_RATES (default "200,500,1000"), BENCH_SIDECAR_IN_FLIGHT (default "1,32"), BENCH_SIDECAR_NGINX=0 to
-skip nginx.
+skip nginx, BENCH_SIDECAR_L4=0 to skip the pair whose inbound hop splices at L4, BENCH_SIDECAR_BASELINE=DIR to
+add a pair of sidecars run from another checkout of this repository (a ``git worktree`` of an older commit, say)
+as the path "meshlet@base", measured alternately with the others.
 """
 
 from __future__ import annotations
@@ -39,7 +45,7 @@ import grpc
 from benchmarks.sdk_overhead import Result, closed_loop, open_loop
 from meshlet.security.dev_ca import IssuedCert, init_ca, issue
 from meshlet_api.echo.v1 import echo_pb2, echo_pb2_grpc
-from tests.support.agents import start_dev_agent
+from tests.support.agents import Agent, start_dev_agent
 from tests.support.processes import Child, Processes, free_port, processes, wait_until
 from tests.support.sidecars import start_plain_app, start_sidecar, tls_files
 
@@ -49,7 +55,10 @@ ROUNDS = int(os.environ.get("BENCH_SIDECAR_ROUNDS", "2"))
 RATES = [float(r) for r in os.environ.get("BENCH_SIDECAR_RATES", "200,500,1000").split(",")]
 IN_FLIGHT = [int(n) for n in os.environ.get("BENCH_SIDECAR_IN_FLIGHT", "1,32").split(",")]
 WITH_NGINX = os.environ.get("BENCH_SIDECAR_NGINX", "1") != "0"
+BASELINE = os.environ.get("BENCH_SIDECAR_BASELINE", "")
+WITH_L4 = os.environ.get("BENCH_SIDECAR_L4", "1") != "0"
 
+Env = dict[str, str] | None
 TRUST_DOMAIN = "meshlet.bench"
 ECHO_SERVICE = "meshlet_api.echo.v1.Echo"
 REQUEST = echo_pb2.EchoRequest(message="bench", payload=b"x" * 1024)
@@ -156,45 +165,73 @@ def wait_port(port: int, child: Child, what: str) -> None:
         raise RuntimeError(f"{what}: exited at start:\n{child.output()}")
 
 
-def start_meshlet(procs: Processes, folder: Path, certs: Path, app: str) -> Route:
-    agent = start_dev_agent(procs)
+# Each meshlet pair: its upstream's name in Consul (a certificate of its own) and the label of its processes.
+PAIRS = {"meshlet": ("b-svc", "sidecar"), "meshlet@base": ("b-svc-base", "base"), "meshlet L4 in": ("b-svc-l4", "L4")}
+
+
+def start_meshlet(
+    procs: Processes, folder: Path, certs: Path, app: str, agent: Agent, name: str = "meshlet", env: Env = None
+) -> Route:
+    """Sidecar B beside the app and sidecar A routing Echo to it, every policy on (mTLS, intentions, a rate
+    limit that never bites, retries, breakers). "meshlet@base" runs another checkout's code (`env`); "meshlet L4
+    in" has sidecar B splice at L4 (``sidecar.inbound_mode: l4``), so without the rate limit, which l4 cannot do.
+    Each pair has an upstream name of its own, so pairs never mix."""
+    upstream, label = PAIRS[name]
+    l4 = name == "meshlet L4 in"
     b = start_sidecar(
         procs,
         folder,
-        "b",
+        f"{label}-b",
         {
-            "service": {"name": "b-svc"},
+            "service": {"name": upstream},
             "consul": {"address": agent.url},
-            "tls": tls_files(certs, "b-svc"),
-            "authz": {"default": "deny", "rules": [{"from": "a-svc", "to": "b-svc", "action": "allow"}]},
-            "rate_limit": {"per_caller": {"rate_per_s": 1_000_000}},  # on, and never the bottleneck
+            "tls": tls_files(certs, upstream),
+            "authz": {"default": "deny", "rules": [{"from": "a-svc", "to": upstream, "action": "allow"}]},
+            **({"sidecar": {"inbound_mode": "l4"}} if l4 else {"rate_limit": {"per_caller": {"rate_per_s": 1e6}}}),
         },
         app=app,
+        env=env,
     )
     a = start_sidecar(
         procs,
         folder,
-        "a",
+        f"{label}-a",
         {
             "service": {"name": "a-svc"},
             "consul": {"address": agent.url},
             "tls": tls_files(certs, "a-svc"),
-            "sidecar": {"routes": {ECHO_SERVICE: "b-svc"}},
-            "upstreams": {"b-svc": {"retry": {"idempotent": [f"/{ECHO_SERVICE}/*"]}}},
+            "sidecar": {"routes": {ECHO_SERVICE: upstream}},
+            "upstreams": {upstream: {"retry": {"idempotent": [f"/{ECHO_SERVICE}/*"]}}},
         },
+        env=env,
     )
-    return Route(
-        "meshlet", a.outbound_port, [ProxyProcess("sidecar A", a.child.pid), ProxyProcess("sidecar B", b.child.pid)]
+    proxies = [ProxyProcess(f"{label} A", a.child.pid), ProxyProcess(f"{label} B", b.child.pid)]
+    return Route(name, a.outbound_port, proxies)
+
+
+def baseline_env(checkout: Path, folder: Path) -> dict[str, str]:
+    """The environment that makes ``python -m meshlet_sidecar`` run `checkout`'s code instead of the installed
+    (editable) package: a sitecustomize that drops the editable finder and puts the checkout first on the path."""
+    shim = folder / "baseline-shim"
+    shim.mkdir(exist_ok=True)
+    paths = [str(checkout / part) for part in ("sdk", "sidecar", "protos")] + [str(checkout)]
+    (shim / "sitecustomize.py").write_text(
+        "import sys\n"
+        "sys.meta_path[:] = [f for f in sys.meta_path if '__editable__' not in getattr(f, '__module__', '')]\n"
+        f"sys.path[:0] = {paths!r}\n"
     )
+    return {"PYTHONPATH": str(shim)}
 
 
 def _tls_arg(cert: IssuedCert, ca: Path) -> str:
     return f"{cert.cert},{cert.key},{ca}"
 
 
-def start_raw_pair(procs: Processes, a: IssuedCert, b: IssuedCert, ca: Path, app_port: int) -> Route:
+def start_raw_pair(
+    procs: Processes, a: IssuedCert, b: IssuedCert, ca: Path, app_port: int, *, unary: bool = False
+) -> Route:
     port1, port2 = free_port(), free_port()
-    argv = [sys.executable, "-m", "benchmarks.raw_proxy"]
+    argv = [sys.executable, "-m", "benchmarks.raw_proxy", *(["--unary"] if unary else [])]
     two = procs.start(
         [
             *argv,
@@ -216,6 +253,8 @@ def start_raw_pair(procs: Processes, a: IssuedCert, b: IssuedCert, ca: Path, app
     )  # fmt: skip
     for child, port in ((two, port2), (one, port1)):
         wait_port(port, child, "a raw proxy")
+    if unary:
+        return Route("raw unary pair", port1, [ProxyProcess("unary 1", one.pid), ProxyProcess("unary 2", two.pid)])
     return Route("raw proxy pair", port1, [ProxyProcess("proxy 1", one.pid), ProxyProcess("proxy 2", two.pid)])
 
 
@@ -382,7 +421,7 @@ def print_resources(paths: list[Route]) -> None:
         for proxy in path.proxies:
             per_rate = "".join(f"{_per_1000(proxy, path, [r]):9.3f}" for r in RATES)
             bar = ""
-            if path.name == "meshlet":
+            if path.name.startswith("meshlet"):
                 cpu, idle = _per_1000(proxy, path, RATES), proxy.idle_rss
                 bar = (
                     f"CPU <= {CPU_TARGET} ({'met' if cpu <= CPU_TARGET else 'missed'}), "
@@ -400,27 +439,31 @@ def print_resources(paths: list[Route]) -> None:
 
 def print_hops(opened: dict[float, dict[str, Result]], paths: list[Route]) -> None:
     by_name = {path.name: path for path in paths}
-    if "meshlet" not in by_name or "raw proxy pair" not in by_name:
+    if "raw proxy pair" not in by_name:
         return
-    print(f"\n== Per hop: the meshlet pair against the minimal raw pair (target: within {HOP_RATIO_TARGET}x) ==")
-    print(f"{'rate':>6} {'path':<16}{'added p50/hop':>14}{'CPU-s/1k/hop':>14}{'x raw pair':>12}{'CPU x raw':>11}")
+    floors = [name for name in ("raw proxy pair", "raw unary pair") if name in by_name]
+    print(f"\n== Per hop: each pair against the minimal raw pairs (target: within {HOP_RATIO_TARGET}x) ==")
+    heads = "".join(f"{f'x {name[4:9]}':>10}{'CPU x':>8}" for name in floors)
+    print(f"{'rate':>6} {'path':<16}{'added p50/hop':>14}{'CPU-s/1k/hop':>14}{heads}")
     for rate, results in opened.items():
         direct = results["direct"].percentile(0.5)
         rows: dict[str, tuple[float, float]] = {}
-        for name in ("raw proxy pair", "meshlet", "nginx pair"):
-            if name in by_name:
-                path = by_name[name]
-                added = (results[name].percentile(0.5) - direct) / 2
+        for path in paths:
+            if path.proxies:
+                added = (results[path.name].percentile(0.5) - direct) / 2
                 cpu = sum(_per_1000(proxy, path, [rate]) for proxy in path.proxies) / 2
-                rows[name] = (added, cpu)
-        floor = rows["raw proxy pair"]
+                rows[path.name] = (added, cpu)
         for name, (added, cpu) in rows.items():
-            lat_x = f"{added / floor[0]:11.2f}x" if floor[0] > 0 else f"{'n/a':>12}"
-            cpu_x = f"{cpu / floor[1]:10.2f}x" if floor[1] > 0 else f"{'n/a':>11}"
-            print(f"{rate:6.0f} {name:<16}{added:14.3f}{cpu:14.3f}{lat_x}{cpu_x}")
+            ratios = ""
+            for floor_name in floors:
+                floor = rows[floor_name]
+                ratios += f"{added / floor[0]:9.2f}x" if floor[0] > 0 else f"{'n/a':>10}"
+                ratios += f"{cpu / floor[1]:7.2f}x" if floor[1] > 0 else f"{'n/a':>8}"
+            print(f"{rate:6.0f} {name:<16}{added:14.3f}{cpu:14.3f}{ratios}")
         print()
+    print("  x proxy: against the generic stream-stream raw pair; x unary: against the unary raw pair (the floor for")
     print(
-        "  at a rate where a pair is saturated (* in the open-loop table) the latency columns compare queues, not hops"
+        "  unary methods). At a rate where a pair is saturated (* above) the latency columns compare queues, not hops"
     )
 
 
@@ -434,10 +477,19 @@ def main() -> None:
         init_ca(certs, TRUST_DOMAIN)
         a, b = issue(certs, "a-svc"), issue(certs, "b-svc")
         ca = certs / "ca.crt"
-        app = start_plain_app(procs, "app")
+        app = start_plain_app(procs, "app", with_reflection=True)
+        agent = start_dev_agent(procs)
         paths = [Route("direct", app.port)]
-        paths.append(start_meshlet(procs, folder, certs, app.address))
+        paths.append(start_meshlet(procs, folder, certs, app.address, agent))
+        if WITH_L4:
+            issue(certs, "b-svc-l4")
+            paths.append(start_meshlet(procs, folder, certs, app.address, agent, "meshlet L4 in"))
+        if BASELINE:
+            issue(certs, "b-svc-base")
+            env = baseline_env(Path(BASELINE).resolve(), folder)
+            paths.append(start_meshlet(procs, folder, certs, app.address, agent, "meshlet@base", env))
         paths.append(start_raw_pair(procs, a, b, ca, app.port))
+        paths.append(start_raw_pair(procs, a, b, ca, app.port, unary=True))
         nginx = find_nginx() if WITH_NGINX else None
         if nginx is None:
             print("!! nginx skipped: " + ("BENCH_SIDECAR_NGINX=0" if not WITH_NGINX else "it could not be installed"))

@@ -14,11 +14,13 @@ from collections.abc import Callable
 import grpc
 
 from meshlet import ConfigError, Mesh
+from meshlet.security.certs import TlsConfigError
 from meshlet.telemetry.logging import configure_logging
 from services.faults import FaultInjector
 from services.plain import Options
 
 log = logging.getLogger("services")
+CERT_RETRY_S = 2.0
 
 Register = Callable[[Mesh, grpc.aio.Server, FaultInjector], None]
 
@@ -30,7 +32,9 @@ async def serve_sdk(options: Options, register: Register) -> int:
         mesh = Mesh.from_env()
         injector = options.injector()
         injector.reload()
-        async with mesh:
+        await _start(mesh)
+        async with contextlib.AsyncExitStack() as stack:
+            stack.push_async_callback(mesh.close)
             server = mesh.server()
             register(mesh, server, injector)
             watch = asyncio.create_task(injector.watch())
@@ -44,7 +48,25 @@ async def serve_sdk(options: Options, register: Register) -> int:
     except ConfigError as error:
         print(f"python -m services.{options.name}: {error}", file=sys.stderr)
         return 2
+    except OSError as error:  # the port is taken, or the address is not ours
+        print(
+            f"python -m services.{options.name}: cannot serve on {options.host}:{options.port}: {error}",
+            file=sys.stderr,
+        )
+        return 1
     return 0
+
+
+async def _start(mesh: Mesh) -> None:
+    """Certificates may come from a node agent that is not up yet (a pod starting beside it): retry, as the
+    sidecar does, rather than crash-loop with a traceback."""
+    while True:
+        try:
+            await mesh.start()
+            return
+        except TlsConfigError as error:
+            log.warning("waiting for certificates: %s", error)
+            await asyncio.sleep(CERT_RETRY_S)
 
 
 def run(options: Options, register: Register) -> int:

@@ -1,9 +1,11 @@
-"""The ``meshlet`` command: ``demo``, ``dev-agent`` (an embedded Consul-compatible agent) and ``certs``."""
+"""The ``meshlet`` command: ``demo``, ``dev-agent`` (an embedded Consul-compatible agent), ``certs`` and ``trace``
+(a trace from span files as a waterfall)."""
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import os
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -70,15 +72,60 @@ def build_parser() -> argparse.ArgumentParser:
     )
     certs.add_argument("certs_args", nargs=argparse.REMAINDER)
 
-    demo = commands.add_parser("demo", help="run the mesh on this machine and show what it does")
-    demo.add_argument(
-        "--http-addr",
-        type=_host_port,
-        default=("127.0.0.1", 0),
-        metavar="HOST:PORT",
-        help="where the demo's dev agent listens (default: a free port)",
+    demo = commands.add_parser(
+        "demo",
+        help="run the mesh on this machine and show what it does",
+        description="Start Consul (or use $CONSUL_HTTP_ADDR), the sample shop and its sidecars, drive traffic while "
+        "faults are injected, and report what the mesh did. Exits 0 when callers saw at least 99% success.",
     )
+    demo.add_argument("--duration", type=_seconds, default=30.0, metavar="DURATION", help="traffic time (default 30s)")
+    demo.add_argument("--rate", type=_positive, default=40.0, metavar="PER_S", help="checkouts per second (default 40)")
+    demo.add_argument("--no-faults", action="store_true", help="skip the fault script: steady traffic only")
+    demo.add_argument("--keep-running", action="store_true", help="leave the mesh up after the report, until Ctrl-C")
+    demo.add_argument(
+        "--otlp-endpoint",
+        default=os.environ.get("OTEL_EXPORTER_OTLP_ENDPOINT"),
+        metavar="URL",
+        help="also send every trace there, e.g. Jaeger's http://localhost:4317 (default $OTEL_EXPORTER_OTLP_ENDPOINT)",
+    )
+    trace = commands.add_parser(
+        "trace",
+        help="show a trace as a waterfall, from span files",
+        description="Show one trace from span files (telemetry.span_file) as a waterfall: spans under their "
+        "parents on one time line, retry attempts with their endpoints, retries and breaker events inline.",
+    )
+    trace.add_argument("trace_id", nargs="?", help="a trace id or its prefix (default: the most retried, slowest)")
+    trace.add_argument(
+        "--spans",
+        nargs="+",
+        type=Path,
+        default=[Path(p) for p in os.environ.get("MESHLET_TELEMETRY__SPAN_FILE", "").split(os.pathsep) if p],
+        metavar="PATH",
+        help="span files, one per process (default: $MESHLET_TELEMETRY__SPAN_FILE)",
+    )
+    trace.add_argument("--list", action="store_true", help="list the traces in the files instead, one line each")
     return parser
+
+
+def _seconds(text: str) -> float:
+    """A duration such as 30s or 2m, or a plain number of seconds; above zero."""
+    try:
+        seconds = float(text)
+    except ValueError:
+        seconds = _duration(text)
+    if not seconds > 0:
+        raise argparse.ArgumentTypeError(f"{text!r} must be above zero, e.g. 30s")
+    return seconds
+
+
+def _positive(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number; use e.g. 40") from None
+    if not value > 0:
+        raise argparse.ArgumentTypeError(f"{text!r} must be above zero, e.g. 40")
+    return value
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -87,6 +134,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         from meshlet.security.dev_ca import certs_main
 
         return certs_main(list(args.certs_args))
+    if args.command == "trace":
+        return _trace(args.trace_id, args.spans, list_only=args.list)
     configure_logging()
     if args.command == "dev-agent":
         host, port = args.http_addr
@@ -110,11 +159,57 @@ def main(argv: Sequence[str] | None = None) -> int:
             return 1
         return 0
     if args.command == "demo":
-        from meshlet.demo import run_demo
+        from meshlet.demo import DemoOptions, run_demo
 
-        host, port = args.http_addr
-        return asyncio.run(run_demo(host, port))
+        options = DemoOptions(
+            duration_s=args.duration,
+            rate=args.rate,
+            faults=not args.no_faults,
+            keep_running=args.keep_running,
+            otlp_endpoint=args.otlp_endpoint or None,
+        )
+        return run_demo(options)
     raise AssertionError(args.command)  # pragma: no cover - argparse enforces the choices
+
+
+def _trace(trace_id: str | None, paths: Sequence[Path], *, list_only: bool) -> int:
+    """``meshlet trace``: 0 shown, 1 no such trace (or no spans), 2 bad input (no or unreadable files)."""
+    from rich.console import Console
+
+    from meshlet.telemetry.span_file import SpanFileError
+    from meshlet.telemetry.waterfall import find_trace, load_spans, pick_trace, render_waterfall, trace_summary, traces
+
+    if not paths:
+        print(
+            "meshlet trace: no span files: pass --spans PATH... (the telemetry.span_file of each process)",
+            file=sys.stderr,
+        )
+        return 2
+    try:
+        grouped = traces(load_spans(paths))
+    except SpanFileError as error:
+        print(f"meshlet trace: {error}", file=sys.stderr)
+        return 2
+    if not grouped:
+        print(
+            f"meshlet trace: no spans in {', '.join(map(str, paths))}: has the process made any calls?", file=sys.stderr
+        )
+        return 1
+    console = Console()
+    if list_only:
+        for spans in sorted(grouped.values(), key=lambda spans: spans[0].start_ns):
+            console.print(trace_summary(spans), highlight=False)
+        return 0
+    chosen = find_trace(grouped, trace_id) if trace_id else pick_trace(grouped)
+    if chosen is None:
+        print(
+            f"meshlet trace: no single trace {trace_id!r} in the files ({len(grouped)} traces): "
+            "run `meshlet trace --list --spans ...` to see their ids",
+            file=sys.stderr,
+        )
+        return 1
+    console.print(render_waterfall(grouped[chosen], width=max(10, min(60, console.width - 110))))
+    return 0
 
 
 if __name__ == "__main__":

@@ -18,6 +18,8 @@ import grpc
 from google.protobuf import descriptor_pb2, descriptor_pool
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
+from opentelemetry.sdk.trace.export import SpanExporter
+from opentelemetry.trace import Tracer
 
 from meshlet.call import matches_any
 from meshlet.config import Config, load_config
@@ -35,6 +37,10 @@ from meshlet.security.certs import (
     server_credentials,
 )
 from meshlet.security.sources import make_source
+from meshlet.telemetry.access_log import AccessLog
+from meshlet.telemetry.metrics import Metrics
+from meshlet.telemetry.metrics_server import MetricsServer
+from meshlet.telemetry.tracing import Tracing, build_tracing
 from meshlet.transport.channels import SERVER_OPTIONS, ChannelFactory, EndpointChannels, insecure_channel
 from meshlet.transport.mesh_channel import MeshChannel
 from meshlet.transport.server import InboundInterceptor
@@ -60,9 +66,39 @@ def declared_idempotent(path: str) -> bool:
 class Mesh:
     """``async with Mesh.from_env() as mesh:`` then ``mesh.channel(...)``, ``mesh.server()``, ``mesh.serve(...)``."""
 
-    def __init__(self, config: Config, *, clock: Clock = time.monotonic, rng: random.Random | None = None) -> None:
+    def __init__(
+        self,
+        config: Config,
+        *,
+        clock: Clock = time.monotonic,
+        rng: random.Random | None = None,
+        face: str = "sdk",
+        span_exporters: Sequence[SpanExporter] = (),
+        metrics: Metrics | None = None,
+    ) -> None:
+        """`face` names this process's kind on its traces' resource (``meshlet.face``); `span_exporters` receive
+        this mesh's spans beside those the config sets (tests pass an in-memory exporter)."""
         self.config = config
         self.events = EventBus()
+        self.tracing: Tracing | None = build_tracing(
+            config.telemetry, service=config.service.name, face=face, exporters=span_exporters
+        )
+        """The tracer provider and its exporters; None when tracing is off (no OTLP endpoint, no span file)."""
+        if self.tracing is not None:
+            self.events.subscribe(self.tracing.on_event)
+        if metrics is None and config.telemetry.metrics_port is not None:
+            metrics = Metrics()
+        self.metrics = metrics
+        """This mesh's Prometheus metrics: None unless ``telemetry.metrics_port`` serves them (or the sidecar's
+        admin does); their stages are then left out of the pipelines."""
+        if metrics is not None:
+            metrics.watch(self.events)
+            metrics.track_upstreams(lambda: tuple(self._upstreams.values()))
+            if self.tracing is not None:
+                doc = "Spans dropped because the exporter's queue was full (the collector was away or slow)"
+                metrics.counter_from("meshlet_spans_dropped", doc, self.tracing.dropped_spans)
+        self._access_log = AccessLog() if config.telemetry.access_log else None
+        self._metrics_server: MetricsServer | None = None
         self._clock = clock
         self._rng = rng or random.Random()
         token = config.consul.token.get_secret_value() if config.consul.token is not None else None
@@ -92,11 +128,22 @@ class Mesh:
         return self
 
     async def start(self) -> None:
-        """Load certificates (when ``tls.source`` is not off) before any call or server needs them."""
+        """Load certificates (when ``tls.source`` is not off) before any call or server needs them; serve
+        ``/metrics`` on ``telemetry.metrics_port`` when it is set."""
+        port = self.config.telemetry.metrics_port
+        if port is not None and self.metrics is not None and self._metrics_server is None:
+            server = MetricsServer(self.metrics.render, self.config.telemetry.metrics_host, port)
+            await server.start()
+            self._metrics_server = server
         if self._tls is not None and not self._tls_started:
             await self._tls.start()
             self._tls_started = True
             self._tls.subscribe(lambda _material: self._refresh_channels())
+
+    @property
+    def tracer(self) -> Tracer | None:
+        """The tracer of this mesh's spans (None: tracing off)."""
+        return self.tracing.tracer if self.tracing is not None else None
 
     @property
     def consul(self) -> ConsulFactory:
@@ -151,7 +198,15 @@ class Mesh:
             policy = self.config.upstream(service)
             channels = EndpointChannels(self._channel_factory(service))
             found = self._upstreams[service] = Upstream(
-                service, policy, channels=channels, events=self.events, clock=self._clock, rng=self._rng
+                service,
+                policy,
+                channels=channels,
+                events=self.events,
+                clock=self._clock,
+                rng=self._rng,
+                tracer=self.tracer,
+                metrics=self.metrics,
+                access_log=self._access_log,
             )
             watch = self._watches[service] = ConsulWatch(
                 service,
@@ -194,7 +249,9 @@ class Mesh:
         """A grpc.aio server whose calls run through meshlet's inbound stages (identity, authorization, rate
         limits, deadline, as configured); serve it with `serve()`."""
         if self._inbound is None:
-            self._inbound = InboundParts.from_config(self.config, consul=self._consul, clock=self._clock)
+            self._inbound = InboundParts.from_config(
+                self.config, consul=self._consul, clock=self._clock, tracer=self.tracer, metrics=self.metrics
+            )
         parts = self._inbound
 
         def build(terminal: InboundHandler) -> InboundHandler:
@@ -217,8 +274,8 @@ class Mesh:
         health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
         names = [*_recorded_services(server), health.SERVICE_NAME, reflection.SERVICE_NAME]
         reflection.enable_server_reflection(names, server)
+        await self.start()  # certificates, and the metrics port, for a mesh that was not entered
         if self._tls is not None:
-            await self.start()
             bound = server.add_secure_port(f"{host}:{port}", server_credentials(self._tls))
         else:
             bound = server.add_insecure_port(f"{host}:{port}")
@@ -276,6 +333,12 @@ class Mesh:
         upstreams, self._upstreams = list(self._upstreams.values()), {}
         await asyncio.gather(*(u.close() for u in upstreams), return_exceptions=True)
         self._channels.clear()
+        metrics_server, self._metrics_server = self._metrics_server, None
+        if metrics_server is not None:
+            await metrics_server.stop()
+        tracing, self.tracing = self.tracing, None
+        if tracing is not None:  # hands over what is queued, for a few seconds at most
+            await tracing.aclose()
 
     def __repr__(self) -> str:
         return f"<Mesh {self.config.service.name or '(client only)'}: {len(self._upstreams)} upstreams>"

@@ -11,6 +11,8 @@ import asyncio
 import random
 from typing import Any
 
+from opentelemetry.trace import Tracer
+
 from meshlet.balance.picker import LoadTracker, Picker
 from meshlet.call import Call
 from meshlet.config import UpstreamPolicy
@@ -24,6 +26,8 @@ from meshlet.resilience.breaker import EndpointBreaker, is_infrastructure_failur
 from meshlet.resilience.budget import RetryBudget
 from meshlet.resilience.bulkhead import InFlightLimit
 from meshlet.resilience.ejection import Admission, OutlierEjection
+from meshlet.telemetry.access_log import AccessLog
+from meshlet.telemetry.metrics import Metrics
 from meshlet.transport.channels import EndpointChannels
 
 
@@ -40,6 +44,9 @@ class Upstream:
         clock: Clock,
         rng: random.Random,
         sleep: Sleep = asyncio.sleep,
+        tracer: Tracer | None = None,
+        metrics: Metrics | None = None,
+        access_log: AccessLog | None = None,
     ) -> None:
         self.name = name
         self.policy = policy
@@ -77,6 +84,10 @@ class Upstream:
                 clock=clock,
                 rng=rng,
                 sleep=sleep,
+                tracer=tracer,
+                service=name,
+                metrics=metrics,
+                access_log=access_log,
             )
         )
 
@@ -203,6 +214,7 @@ class Upstream:
 
     def describe(self) -> dict[str, Any]:
         """What /clusters shows: endpoints, breaker states, load, budget."""
+        ejected = self._admission.ejected if self._admission is not None else ()
         return {
             "name": self.name,
             "endpoints": [
@@ -211,6 +223,7 @@ class Upstream:
                     "weight": e.weight,
                     "in_flight": self.load.in_flight(e),
                     "breaker": self._breakers[e].state if e in self._breakers else "closed",
+                    "ejected": e in ejected,
                 }
                 for e in (self._endpoints or ())
             ],

@@ -2,25 +2,25 @@
 
 Istio's port and Linkerd's and Envoy's paths: ``/ready`` (200 only once the sidecar can serve; 503 names what
 it still waits for), ``/live``, ``/clusters`` (Envoy's: upstreams, endpoints, breaker states, in-flight),
-``/config`` (the effective configuration, secrets redacted) and ``/metrics`` (Prometheus text). Admin keeps no
-state of its own: each page is rendered by a pure function below from the callables the sidecar hands in, off
-the data path.
+``/config`` (the effective configuration, secrets redacted) and ``/metrics`` (Prometheus text, rendered by
+prometheus_client from the sidecar's registry). Admin keeps no state of its own: each page is rendered from the
+callables the sidecar hands in, off the data path.
 """
 
 from __future__ import annotations
 
 import json
-import math
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any, Protocol
 
 from aiohttp import web
 
-from meshlet.resilience.breaker import CLOSED, HALF_OPEN, OPEN
+from meshlet.resilience.breaker import CLOSED
+from meshlet.telemetry.metrics_server import CONTENT_TYPE
 
 PATHS = ("/ready", "/live", "/clusters[?format=json]", "/config", "/metrics")
 NOT_FOUND_HINT = "no such admin endpoint; try " + ", ".join(PATHS) + "\n"
-METRICS_CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"  # Prometheus text exposition 0.0.4
+METRICS_CONTENT_TYPE = CONTENT_TYPE  # Prometheus text exposition 0.0.4, as the SDK's metrics port serves it
 
 Ready = Callable[[], tuple[bool, list[str]]]
 Clusters = Callable[[], Sequence[Mapping[str, Any]]]
@@ -64,56 +64,6 @@ def clusters_text(clusters: Sequence[Mapping[str, Any]]) -> str:
     return "\n".join(lines) + "\n" if lines else "no upstreams yet\n"
 
 
-def gauge(name: str, help_text: str, samples: Iterable[tuple[Mapping[str, str], float]]) -> str:
-    """One gauge in Prometheus text format: HELP, TYPE, then a line per (labels, value) sample."""
-    lines = [f"# HELP {name} {_escape(help_text)}", f"# TYPE {name} gauge"]
-    for labels, value in samples:
-        rendered = ",".join(f'{key}="{_escape(str(v), quote=True)}"' for key, v in labels.items())
-        lines.append(f"{name}{{{rendered}}} {_number(value)}" if rendered else f"{name} {_number(value)}")
-    return "\n".join(lines) + "\n"
-
-
-def metrics_text(ready: bool, clusters: Sequence[Mapping[str, Any]], extra: str = "") -> str:
-    """What the sidecar knows today, derived from readiness and /clusters, followed by `extra` (already text)."""
-    states: list[tuple[Mapping[str, str], float]] = []
-    in_flight: list[tuple[Mapping[str, str], float]] = []
-    panic: list[tuple[Mapping[str, str], float]] = []
-    for cluster in clusters:
-        upstream = {"upstream": str(cluster["name"])}
-        counts = dict.fromkeys((CLOSED, HALF_OPEN, OPEN), 0)  # every state, so a series drops to 0, not away
-        for endpoint in cluster.get("endpoints", ()):
-            state = str(endpoint.get("breaker", CLOSED))
-            counts[state] = counts.get(state, 0) + 1
-        states.extend(({**upstream, "state": state}, n) for state, n in counts.items())
-        in_flight.append((upstream, float(cluster.get("in_flight", 0))))
-        panic.append((upstream, bool(cluster.get("panic"))))
-    text = (
-        gauge("meshlet_sidecar_ready", "1 when the sidecar is ready to serve (what /ready says)", [({}, ready)])
-        + gauge("meshlet_upstream_endpoints", "Discovered endpoints per upstream, by breaker state", states)
-        + gauge("meshlet_upstream_in_flight", "Calls in flight to the upstream", in_flight)
-        + gauge("meshlet_upstream_panic", "1 while too few endpoints are admitted to balance over them", panic)
-    )
-    if extra and not extra.endswith("\n"):
-        extra += "\n"
-    return text + extra
-
-
-def _escape(text: str, quote: bool = False) -> str:
-    """The exposition format's escapes: backslash and newline everywhere, double quotes in label values."""
-    text = text.replace("\\", "\\\\").replace("\n", "\\n")
-    return text.replace('"', '\\"') if quote else text
-
-
-def _number(value: float) -> str:
-    if math.isnan(value):
-        return "NaN"
-    if math.isinf(value):
-        return "+Inf" if value > 0 else "-Inf"
-    if float(value).is_integer() and abs(value) < 2**53:
-        return str(int(value))
-    return repr(float(value))
-
-
 # ---------------------------------------------------------------------------------------------- server
 
 
@@ -121,8 +71,8 @@ class Admin:
     """The admin HTTP server on `address` (``host:port``; port 0 picks a free one). Call `start()`, then `stop()`.
 
     `ready` returns (ready, what it waits for); `clusters` the upstreams' `describe()` dicts (see
-    `describe_upstreams`); `config` the redacted configuration (``Config.redacted()``); `metrics` more
-    Prometheus text to append to what Admin derives itself.
+    `describe_upstreams`); `config` the redacted configuration (``Config.redacted()``); `metrics` the /metrics
+    page in Prometheus text (``Metrics.render``).
     """
 
     def __init__(
@@ -132,7 +82,7 @@ class Admin:
         ready: Ready,
         clusters: Clusters,
         config: Callable[[], Mapping[str, Any]],
-        metrics: Callable[[], str],
+        metrics: Callable[[], bytes],
     ) -> None:
         self.address = address
         self._ready = ready
@@ -190,8 +140,7 @@ class Admin:
         return _json(self._config())
 
     async def _metrics_page(self, request: web.Request) -> web.Response:
-        text = metrics_text(self._ready()[0], self._clusters(), self._metrics())
-        return web.Response(body=text.encode(), headers={"Content-Type": METRICS_CONTENT_TYPE})
+        return web.Response(body=self._metrics(), headers={"Content-Type": METRICS_CONTENT_TYPE})
 
     def __repr__(self) -> str:
         return f"<Admin http://{self.address} {'serving' if self._runner is not None else 'stopped'}>"

@@ -4,7 +4,8 @@ app over one plaintext channel and relays everything the app answers back to the
 Nothing is decoded: requests and replies stay bytes, metadata passes through minus the hop headers, and the app's
 initial metadata, messages, trailers, code and details (``grpc-status-details-bin`` included) reach the caller
 unchanged. The app's call carries what is left of the caller's deadline. Cancellation crosses both ways: a
-caller that goes away cancels the app's call, and an app that ends its call early ends the caller's.
+caller that goes away cancels the app's call, and an app that ends its call early ends the caller's. A unary
+method whose kind the listener knows takes `unary`, a unary call to the app, instead of the stream relay.
 """
 
 from __future__ import annotations
@@ -15,9 +16,12 @@ from collections.abc import AsyncGenerator
 from typing import Any
 
 import grpc
+from opentelemetry.context import get_current
+from opentelemetry.trace import get_current_span
 
 from meshlet.call import InboundCall
 from meshlet.errors import NoHealthyEndpoint
+from meshlet.telemetry.propagation import headers, trace_fields, without
 from meshlet.transport.channels import NO_GRPC_RETRIES, never_reached_server
 from meshlet.transport.raw import MAX_CACHED_METHODS, abort_with, forwardable, relay_status
 from meshlet.transport.streams import CORE_WRITE_RACE, pump_requests, wait_settled
@@ -38,12 +42,15 @@ class ForwardToApp:
     """``await forward(call)`` gives the app's reply stream for one inbound call; the caller's context receives
     the app's metadata and status as a side effect of iterating it. Close it after the listener has stopped."""
 
-    __slots__ = ("_calls", "_channel", "app_address")
+    __slots__ = ("_calls", "_channel", "_trace_fields", "_unary_calls", "app_address")
 
-    def __init__(self, app_address: str) -> None:
+    def __init__(self, app_address: str, *, propagate: bool = False) -> None:
+        """With `propagate` (tracing on), the app receives the trace context of the sidecar's server span."""
         self.app_address = app_address
+        self._trace_fields = trace_fields() if propagate else frozenset()
         self._channel: grpc.aio.Channel | None = None  # opened on first use, inside the event loop
         self._calls: dict[str, Any] = {}  # method path -> raw stream-stream multicallable
+        self._unary_calls: dict[str, Any] = {}  # method path -> raw unary-unary multicallable
 
     async def __call__(self, call: InboundCall) -> AsyncGenerator[bytes, None]:
         return self._relay(call)
@@ -52,7 +59,7 @@ class ForwardToApp:
         context = call.context
         deadline = call.deadline
         app_call = self._multicallable(call.method)(
-            timeout=None if deadline is None else deadline.remaining(), metadata=forwardable(call.metadata)
+            timeout=None if deadline is None else deadline.remaining(), metadata=self._metadata(call)
         )
         handler = asyncio.current_task()
         assert handler is not None
@@ -73,14 +80,54 @@ class ForwardToApp:
             app_call.cancel()  # a no-op once the app's call has ended, so its status below stays the app's
         await relay_status(context, app_call)
 
+    async def unary(self, call: InboundCall) -> bytes | None:
+        """A unary call: the app's reply; its metadata and status reach the caller's context on the way."""
+        context = call.context
+        timeout = None if call.deadline is None else call.deadline.remaining()
+        app_call = self._unary_multicallable(call.method)(call.request, timeout=timeout, metadata=self._metadata(call))
+        try:
+            reply: bytes = await app_call  # a caller that goes away cancels this await, and with it the app's call
+        except grpc.aio.AioRpcError as failed:
+            initial = failed.initial_metadata()
+            if initial:
+                await context.send_initial_metadata(forwardable(initial))
+            await abort_with(context, self._unreachable(failed) if never_reached_server(failed) else failed)
+            return None  # pragma: no cover - abort raises
+        initial = await app_call.initial_metadata()
+        if initial:
+            await context.send_initial_metadata(forwardable(initial))
+        trailers = await app_call.trailing_metadata()
+        if trailers:
+            context.set_trailing_metadata(forwardable(trailers))
+        return reply
+
+    def _metadata(self, call: InboundCall) -> tuple[tuple[str, Any], ...]:
+        """The caller's metadata minus the hop headers. With tracing on, the caller's trace context is replaced by
+        the current one, the sidecar's server span (inbound/span.py): the app's spans become its children."""
+        metadata = forwardable(call.metadata)
+        if self._trace_fields and get_current_span().is_recording():  # else the caller's context goes on as it came
+            metadata = (*without(metadata, self._trace_fields), *headers(get_current()))
+        return metadata
+
+    @property
+    def channel(self) -> grpc.aio.Channel:
+        """The channel to the app, opened on first use (inside the event loop)."""
+        if self._channel is None:
+            self._channel = grpc.aio.insecure_channel(self.app_address, options=_APP_CHANNEL_OPTIONS)
+        return self._channel
+
     def _multicallable(self, method: str) -> Any:
         found = self._calls.get(method)
         if found is None:
-            if self._channel is None:
-                self._channel = grpc.aio.insecure_channel(self.app_address, options=_APP_CHANNEL_OPTIONS)
-            found = self._channel.stream_stream(method)  # no serializers: bytes in, bytes out
+            found = self.channel.stream_stream(method, _registered_method=True)  # no serializers: bytes both ways
             if len(self._calls) < MAX_CACHED_METHODS:
                 self._calls[method] = found
+        return found
+
+    def _unary_multicallable(self, method: str) -> Any:
+        found = self._unary_calls.get(method)
+        if found is None:
+            found = self._unary_calls[method] = self.channel.unary_unary(method, _registered_method=True)
         return found
 
     def _unreachable(self, failed: grpc.aio.AioRpcError) -> NoHealthyEndpoint:
@@ -97,9 +144,10 @@ class ForwardToApp:
         """Close the channel to the app; calls still in flight are cancelled."""
         channel, self._channel = self._channel, None
         self._calls.clear()
+        self._unary_calls.clear()
         if channel is not None:
             await channel.close(grace=None)
 
     def __repr__(self) -> str:
         state = "connected" if self._channel is not None else "not yet used"
-        return f"<ForwardToApp {self.app_address} ({state}, {len(self._calls)} methods)>"
+        return f"<ForwardToApp {self.app_address} ({state}, {len(self._calls) + len(self._unary_calls)} methods)>"

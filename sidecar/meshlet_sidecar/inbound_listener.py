@@ -1,6 +1,8 @@
 """The way in: the sidecar's inbound port (15006), where other services' sidecars and SDKs call this app over
 mTLS. Every method is served as raw bytes; each call runs the SDK's inbound pipeline (identity, intentions,
-rate limits, deadline) and ends in ForwardToApp, which hands it to the local app.
+rate limits, deadline) and ends in ForwardToApp, which hands it to the local app. A unary method whose kind the
+app's MethodTable knows (descriptor sets, the app's reflection service) is served as unary, any other as a
+stream.
 
 What a caller sees is what the app answered, except for calls the mesh itself refuses: a stage's MeshError
 ends the call with its code, message and ErrorInfo. Whatever a client sends, garbage or a stream it abandons,
@@ -15,14 +17,16 @@ from typing import Any
 
 import grpc
 
+from meshlet.call import Cardinality
 from meshlet.deadline import Clock
 from meshlet.errors import MeshError
 from meshlet.inbound import InboundParts, build_inbound
 from meshlet.security.certs import CertificateSource, caller_spiffe_id, server_credentials
 from meshlet.transport.channels import SERVER_OPTIONS
-from meshlet.transport.raw import RawHandler, RawMethods
+from meshlet.transport.raw import Built, RawHandler, RawMethods, RawUnaryHandler, generic_handler, unary_handler
 from meshlet.transport.server import abort_refused, inbound_call
 from meshlet_sidecar.forward import ForwardToApp
+from meshlet_sidecar.method_kinds import MethodTable
 
 _SERVER_OPTIONS: tuple[tuple[str, Any], ...] = (
     ("grpc.so_reuseport", 0),  # a second sidecar on the same port must fail to start, not share the traffic
@@ -42,10 +46,14 @@ class InboundListener:
         parts: InboundParts,
         forward: ForwardToApp,
         clock: Clock,
+        methods: MethodTable | None = None,
     ) -> None:
         self.address = address
         self.port = 0
         self.in_flight = 0  # calls between arrival and their last reply: what a drain waits for
+        self.unary_calls = 0  # calls served by a unary handler (the method's kind known) ...
+        self.generic_calls = 0  # ... and by the generic stream-stream one
+        self.methods = methods
         self._source = source
         self._parts = parts
         self._forward = forward
@@ -82,14 +90,42 @@ class InboundListener:
         if server is not None:
             await server.stop(grace_s)
 
-    def _handler_for(self, method: str) -> RawHandler:
-        """One method's handler, built once per method path: its pipeline over ForwardToApp."""
+    def _handler_for(self, method: str) -> Built:
+        """One method's handler, built once per method path (again once the app's table learns its kind): its
+        pipeline over ForwardToApp."""
+        methods = self.methods
+        known = methods.get(method) if methods is not None else None
+        if known is not None and known.kind is Cardinality.UNARY_UNARY:
+            return unary_handler(self._unary(method)), None
+        return generic_handler(self._generic(method)), methods if known is None else None
+
+    def _unary(self, method: str) -> RawUnaryHandler:
+        pipeline = build_inbound(self._forward.unary, self._parts)
+        clock = self._clock
+        identify = caller_spiffe_id if self._source is not None else None
+
+        async def forward(request: bytes, context: Any) -> bytes | None:
+            self.in_flight += 1
+            self.unary_calls += 1
+            try:
+                reply: bytes | None = await pipeline(inbound_call(method, request, context, clock, identify))
+                return reply
+            except MeshError as refused:
+                await abort_refused(context, refused)
+                return None
+            finally:
+                self.in_flight -= 1
+
+        return forward
+
+    def _generic(self, method: str) -> RawHandler:
         pipeline = build_inbound(self._forward, self._parts)
         clock = self._clock
         identify = caller_spiffe_id if self._source is not None else None
 
         async def forward(requests: AsyncIterator[bytes], context: Any) -> None:
             self.in_flight += 1
+            self.generic_calls += 1
             try:
                 try:
                     replies = await pipeline(inbound_call(method, requests, context, clock, identify))

@@ -1,6 +1,8 @@
 """The app's way out: 127.0.0.1:15001 (routed by gRPC service) and one port per upstream with a
 ``local_port``. Each call, as raw bytes, runs through the upstream's outbound pipeline (the same
 ``Upstream.handler`` the SDK's MeshChannel feeds), and its reply stream, metadata and status come back unchanged.
+A unary method whose kind the upstream's MethodTable knows (descriptor sets, the upstream's reflection service)
+is served as unary and sent as a unary call, any other as a stream.
 
 grpcio's server does not say which of its ports a call arrived on, so each listening address is its own server,
 bound to one fixed upstream (a local port) or to the route map (the shared port).
@@ -16,9 +18,21 @@ from typing import Any
 import grpc
 
 from meshlet.call import Call, Cardinality, Method
-from meshlet.transport.raw import RawHandler, RawMethods, abort_with, forwardable, relay_status
+from meshlet.transport.channels import SERVER_OPTIONS
+from meshlet.transport.raw import (
+    Built,
+    RawHandler,
+    RawMethods,
+    RawUnaryHandler,
+    abort_with,
+    forwardable,
+    generic_handler,
+    relay_status,
+    unary_handler,
+)
 from meshlet.transport.streams import ReplayableRequests
 from meshlet.upstream import Upstream
+from meshlet_sidecar.method_kinds import MethodTable
 from meshlet_sidecar.routing import Routes
 
 log = logging.getLogger("meshlet.sidecar")
@@ -36,6 +50,7 @@ class OutboundListener:
         is_idempotent: Callable[[str, str], bool],
         replay_limit_bytes: Callable[[str], int],
         fixed_upstream: str | None = None,
+        methods: Callable[[str], MethodTable | None] = lambda _upstream: None,
     ) -> None:
         self.address = address
         self.fixed_upstream = fixed_upstream
@@ -43,12 +58,16 @@ class OutboundListener:
         self._upstream = upstream
         self._is_idempotent = is_idempotent
         self._replay_limit = replay_limit_bytes
+        self._methods = methods
         self._server: grpc.aio.Server | None = None
         self.port = 0
         self.in_flight = 0
+        self.unary_calls = 0  # calls served by a unary handler (the method's kind known) ...
+        self.generic_calls = 0  # ... and by the generic stream-stream one
 
     async def start(self) -> int:
-        self._server = grpc.aio.server(options=[("grpc.so_reuseport", 0)])
+        # The same options as every meshlet server (an app's big messages and keepalive pings are its business).
+        self._server = grpc.aio.server(options=[("grpc.so_reuseport", 0), *SERVER_OPTIONS])
         self._server.add_generic_rpc_handlers((RawMethods(self._handler_for),))
         self.port = self._server.add_insecure_port(self.address)
         if not self.port:
@@ -60,8 +79,9 @@ class OutboundListener:
         if self._server is not None:
             await self._server.stop(grace_s)
 
-    def _handler_for(self, method: str) -> RawHandler:
-        """The handler for one method path, built once: the route and the Method are decided here, not per call."""
+    def _handler_for(self, method: str) -> Built:
+        """The handler for one method path, built once (again once its kind is learnt): the route, the Method and
+        the kind are decided here, not per call."""
         upstream_name = self.fixed_upstream or self._routes.route(method)
         if upstream_name is None:
             explanation = self._routes.explain_miss(method)
@@ -70,15 +90,63 @@ class OutboundListener:
                 await context.abort(grpc.StatusCode.UNAVAILABLE, explanation)
                 yield b""  # pragma: no cover - abort raises
 
-            return unrouted
+            return generic_handler(unrouted), None
+        methods = self._methods(upstream_name)
+        known = methods.get(method) if methods is not None else None
+        idempotent = self._is_idempotent(upstream_name, method) or (known is not None and known.idempotent)
+        if known is not None and known.kind is Cardinality.UNARY_UNARY:
+            described = Method(method, Cardinality.UNARY_UNARY, idempotent)
+            return unary_handler(self._unary(upstream_name, described)), None
+        described = Method(method, Cardinality.STREAM_STREAM, idempotent)
+        # A stream the app gave no deadline runs unbounded only when it is known to be a stream (see _timeout_or).
+        default_timeout_s = None if known is not None else self._upstream(upstream_name).policy.timeout
+        return generic_handler(self._generic(upstream_name, described, default_timeout_s)), (
+            methods if known is None else None
+        )
+
+    def _unary(self, upstream_name: str, described: Method) -> RawUnaryHandler:
+        pipeline = self._upstream(upstream_name).handler
+
+        async def proxy(request: bytes, context: Any) -> bytes | None:
+            self.in_flight += 1
+            self.unary_calls += 1
+            try:
+                call = Call(
+                    upstream_name,
+                    described,
+                    request,
+                    forwardable(context.invocation_metadata()),
+                    context.time_remaining(),  # None: ApplyDeadline gives it the upstream's timeout
+                )
+                try:
+                    reply: bytes = await pipeline(call)
+                except grpc.aio.AioRpcError as error:
+                    initial = error.initial_metadata()
+                    if initial:
+                        await context.send_initial_metadata(forwardable(initial))
+                    await abort_with(context, error)
+                    return None  # pragma: no cover - abort raises
+                sent = call.transport_call  # the attempt that answered
+                initial = await sent.initial_metadata()
+                if initial:
+                    await context.send_initial_metadata(forwardable(initial))
+                trailers = await sent.trailing_metadata()
+                if trailers:
+                    context.set_trailing_metadata(forwardable(trailers))
+                return reply
+            finally:
+                self.in_flight -= 1
+
+        return proxy
+
+    def _generic(self, upstream_name: str, described: Method, default_timeout_s: float | None) -> RawHandler:
         upstream = self._upstream(upstream_name)
-        described = Method(method, Cardinality.STREAM_STREAM, self._is_idempotent(upstream_name, method))
         replay_limit = self._replay_limit(upstream_name)
         pipeline = upstream.handler
-        default_timeout_s = upstream.policy.timeout
 
         async def proxy(request_iterator: AsyncIterator[bytes], context: Any) -> AsyncIterator[bytes]:
             self.in_flight += 1
+            self.generic_calls += 1
             try:
                 call = Call(
                     upstream_name,
@@ -105,8 +173,8 @@ class OutboundListener:
         return proxy
 
 
-def _timeout_or(remaining: float | None, default_s: float) -> float:
-    """The app's deadline, else the upstream's ``timeout``: the sidecar cannot tell a unary method from a stream
-    (every call is proxied as a stream), so an app's long-lived streams need a deadline of their own or a longer
-    ``upstreams.<name>.timeout``."""
+def _timeout_or(remaining: float | None, default_s: float | None) -> float | None:
+    """The app's deadline, else `default_s`: the upstream's ``timeout`` for a method whose kind is unknown (it may
+    be unary), None for a known stream (ApplyDeadline then lets it run, as the SDK does). So an app's long-lived
+    streams of unknown kind need a deadline of their own or a longer ``upstreams.<name>.timeout``."""
     return default_s if remaining is None else remaining

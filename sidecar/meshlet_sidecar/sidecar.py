@@ -15,20 +15,28 @@ import contextlib
 import logging
 import signal
 import time
+from collections.abc import Iterator
 from typing import Any
+
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 
 from meshlet.call import matches_any
 from meshlet.config import Config, split_host_port
 from meshlet.discovery.registration import Registration
+from meshlet.errors import ConfigError
 from meshlet.inbound import InboundParts
 from meshlet.mesh import Mesh
 from meshlet.security.certs import TlsConfigError
-from meshlet_sidecar.admin import Admin, describe_upstreams, gauge
+from meshlet.telemetry.metrics import Metrics
+from meshlet_sidecar.admin import Admin, describe_upstreams
 from meshlet_sidecar.app_health import AppHealth
 from meshlet_sidecar.forward import ForwardToApp
 from meshlet_sidecar.inbound_listener import InboundListener
+from meshlet_sidecar.method_kinds import MethodInfo, MethodTable, methods_in_descriptor_set
 from meshlet_sidecar.outbound_listener import OutboundListener
+from meshlet_sidecar.reflection import ReflectionLearner
 from meshlet_sidecar.routing import Routes
+from meshlet_sidecar.splice import SpliceListener
 
 log = logging.getLogger("meshlet.sidecar")
 
@@ -38,7 +46,11 @@ CERT_RETRY_S = 1.0
 class Sidecar:
     def __init__(self, config: Config) -> None:
         self.config = config
-        self.mesh = Mesh(config)
+        self._declared = _read_descriptor_sets(config)  # first: a bad file is a bad config, reported alone
+        check_inbound_mode(config)
+        self.metrics = Metrics()  # served on the admin port's /metrics
+        self.metrics.collect_with(self._collect_metrics)
+        self.mesh = Mesh(config, face="sidecar", metrics=self.metrics)
         self.service = config.service.name or ""
         self.routes = Routes(
             by_port={policy.local_port: name for name, policy in config.upstreams.items() if policy.local_port},
@@ -49,7 +61,7 @@ class Sidecar:
             ready=self.readiness,
             clusters=self.clusters,
             config=config.redacted,
-            metrics=self.metrics,
+            metrics=self.metrics.render,
         )
         self.outbound = [self._outbound_listener(config.sidecar.outbound, None)] + [
             self._outbound_listener(f"127.0.0.1:{policy.local_port}", name)
@@ -57,8 +69,14 @@ class Sidecar:
             if policy.local_port
         ]
         self.app = AppHealth(config.sidecar.app) if config.sidecar.app else None
-        self.forward = ForwardToApp(config.sidecar.app) if config.sidecar.app else None
-        self.inbound: InboundListener | None = None
+        self.forward = (
+            ForwardToApp(config.sidecar.app, propagate=self.mesh.tracing is not None) if config.sidecar.app else None
+        )
+        self._learners: dict[str, ReflectionLearner] = {}  # "" for the app, else the upstream's name
+        self._upstream_methods: dict[str, MethodTable] = {}
+        l7_inbound = self.forward is not None and config.sidecar.inbound_mode == "l7"  # l4 never asks a method's kind
+        self.app_methods = self._method_table("") if l7_inbound else None
+        self.inbound: InboundListener | SpliceListener | None = None
         self.registration: Registration | None = None
         self._certificates_loaded = False
         self._listening = False
@@ -73,7 +91,23 @@ class Sidecar:
             is_idempotent=self._is_idempotent,
             replay_limit_bytes=lambda name: self.config.upstream(name).retry.replay_buffer_bytes,
             fixed_upstream=upstream,
+            methods=self._method_table,
         )
+
+    def _method_table(self, upstream: str) -> MethodTable:
+        """What is known of `upstream`'s methods ("": the app's), learnt from its reflection service when on."""
+        found = self._upstream_methods.get(upstream)
+        if found is None:
+            found = self._upstream_methods[upstream] = MethodTable(self._declared)
+            if self.config.sidecar.reflection:
+                if upstream:
+                    name, channel = f"upstream {upstream}", lambda: self.mesh.channel(upstream)
+                else:
+                    assert self.forward is not None
+                    forward = self.forward
+                    name, channel = f"the app at {forward.app_address}", lambda: forward.channel
+                self._learners[upstream] = ReflectionLearner(name, found, channel)
+        return found
 
     def _is_idempotent(self, upstream: str, method: str) -> bool:
         """Without the app's protos, only the upstream's ``retry.idempotent`` patterns say a method is safe."""
@@ -97,13 +131,20 @@ class Sidecar:
     def clusters(self) -> list[dict[str, Any]]:
         return describe_upstreams([self.mesh.upstream(name) for name in self.mesh.upstream_names()])
 
-    def metrics(self) -> str:
-        """What only the sidecar knows; Admin adds readiness and the per-upstream gauges itself."""
-        inbound = self.inbound.in_flight if self.inbound else 0
-        outbound = sum(listener.in_flight for listener in self.outbound)
-        return gauge("meshlet_inbound_in_flight", "Inbound calls being served.", [({}, inbound)]) + gauge(
-            "meshlet_outbound_in_flight", "Outbound calls being proxied for the app.", [({}, outbound)]
+    def _collect_metrics(self) -> Iterator[Metric]:
+        """What only the sidecar knows, read at scrape time; the mesh's own families are on the same registry."""
+        ready = self.readiness()[0]
+        yield GaugeMetricFamily("meshlet_sidecar_ready", "1 when the sidecar is ready to serve (/ready)", value=ready)
+        calls = CounterMetricFamily(
+            "meshlet_sidecar_calls",
+            "Calls proxied, by side and by the handler that served them (unary: the method is known to be unary)",
+            labels=["side", "handler"],
         )
+        sides = [("outbound", self.outbound)] + ([("inbound", [self.inbound])] if self.inbound is not None else [])
+        for side, listeners in sides:
+            for handler in ("unary", "generic"):
+                calls.add_metric([side, handler], sum(getattr(listener, f"{handler}_calls") for listener in listeners))
+        yield calls
 
     # ------------------------------------------------------------------ start and stop
 
@@ -119,6 +160,7 @@ class Sidecar:
                 await listener.start()
             for name in self.config.upstreams:
                 self.mesh.upstream(name)  # starts discovery, so the first call finds an answer waiting
+                self._method_table(name)
             if self.forward is not None and self.app is not None:
                 await self._start_inbound()
             self._listening = True
@@ -147,16 +189,31 @@ class Sidecar:
     async def _start_inbound(self) -> None:
         assert self.forward is not None
         assert self.app is not None
-        parts = InboundParts.from_config(self.config, consul=self.mesh.consul, clock=time.monotonic)
-        self.inbound = InboundListener(
-            self.config.sidecar.inbound,
-            source=self.mesh.tls_source,
-            parts=parts,
-            forward=self.forward,
-            clock=time.monotonic,
+        parts = InboundParts.from_config(
+            self.config, consul=self.mesh.consul, clock=time.monotonic, tracer=self.mesh.tracer, metrics=self.metrics
         )
+        if self.config.sidecar.inbound_mode == "l4":
+            assert self.mesh.tls_source is not None  # check_inbound_mode
+            self.inbound = SpliceListener(
+                self.config.sidecar.inbound,
+                source=self.mesh.tls_source,
+                authorizer=parts.authorizer,
+                service=self.service,
+                app_address=self.forward.app_address,
+            )
+        else:
+            self.inbound = InboundListener(
+                self.config.sidecar.inbound,
+                source=self.mesh.tls_source,
+                parts=parts,
+                forward=self.forward,
+                clock=time.monotonic,
+                methods=self.app_methods,
+            )
         port = await self.inbound.start()
         await self.app.start()
+        for learner in self._learners.values():  # the app's and the configured upstreams': none is waited for
+            learner.ask()
         if self.service:
             host, _ = split_host_port(self.config.sidecar.inbound)
             address = self.config.service.address or ("127.0.0.1" if host in ("0.0.0.0", "::", "") else host)
@@ -192,8 +249,41 @@ class Sidecar:
             await listener.stop(0)
         if self.app is not None:
             await self.app.stop()
+        for learner in self._learners.values():
+            await learner.close()
         if self.forward is not None:
             await self.forward.close()
         await self.mesh.close()
         await self.admin.stop()
         log.info("sidecar stopped")
+
+
+def _read_descriptor_sets(config: Config) -> dict[str, MethodInfo]:
+    """The methods that ``sidecar.descriptor_sets`` declare; a file that cannot be read or parsed is a ConfigError."""
+    methods: dict[str, MethodInfo] = {}
+    for index, path in enumerate(config.sidecar.descriptor_sets):
+        field = f"sidecar.descriptor_sets[{index}]"
+        try:
+            methods.update(methods_in_descriptor_set(path.read_bytes()))
+        except OSError as error:
+            raise ConfigError(field, str(path), f"cannot be read ({error.strerror or error})") from None
+        except ValueError as error:
+            raise ConfigError(field, str(path), str(error)) from None
+    return methods
+
+
+def check_inbound_mode(config: Config) -> None:
+    """``sidecar.inbound_mode: l4`` decides once per connection, so only what a connection tells can be enforced:
+    the caller's identity (Consul's authorize is connection-level anyway). A per-method intention or a rate limit
+    needs the calls themselves (l7)."""
+    if config.sidecar.inbound_mode != "l4":
+        return
+    why = ""
+    if config.tls.source == "off":
+        why = "needs mTLS (tls.source consul or files): it authorizes the caller by its certificate"
+    elif config.authz.source == "local" and any(tuple(rule.methods) != ("*",) for rule in config.authz.rules):
+        why = "authz.rules name methods, which only l7 can tell apart"
+    elif config.rate_limit.per_caller.rate_per_s is not None or config.rate_limit.per_method:
+        why = "rate_limit counts calls, which only l7 sees"
+    if why:
+        raise ConfigError("sidecar.inbound_mode", "l4", f"{why}; use l7 (the default) for this port")

@@ -19,6 +19,7 @@ from meshlet.inbound import InboundParts, build_inbound, inbound_stages
 from meshlet.inbound.authorize import Authorize
 from meshlet.inbound.deadline import ExposeDeadline
 from meshlet.inbound.identify import IdentifyPeer
+from meshlet.inbound.observe import CountRefusals, ObserveInbound
 from meshlet.inbound.rate_limit import RateLimitCaller
 from meshlet.security.consul_authz import ConsulAuthorizer
 from meshlet.security.intentions import Decision
@@ -88,15 +89,18 @@ def pushback_ms(error: MeshError) -> int:
 
 
 def test_a_server_with_nothing_configured_only_exposes_the_deadline() -> None:
-    assert [type(stage) for stage in inbound_stages(Server().parts)] == [ExposeDeadline]
+    server = Server(**{"telemetry.access_log": False})
+    assert [type(stage) for stage in inbound_stages(server.parts)] == [ExposeDeadline]
 
 
 def test_every_feature_on_gives_the_stages_in_request_order() -> None:
     server = Server(**{"tls.source": "consul", "authz.default": "deny", "rate_limit.per_caller.rate_per_s": 1})
     assert [type(stage) for stage in inbound_stages(server.parts)] == [
+        CountRefusals,
         IdentifyPeer,
         Authorize,
         RateLimitCaller,
+        ObserveInbound,
         ExposeDeadline,
     ]
 

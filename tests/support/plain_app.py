@@ -25,6 +25,7 @@ from typing import Any
 import grpc
 from google.protobuf import any_pb2
 from google.rpc import error_details_pb2, status_pb2
+from grpc_reflection.v1alpha import reflection
 from grpc_status import rpc_status
 
 from meshlet_api.echo.v1 import echo_pb2, echo_pb2_grpc
@@ -109,11 +110,15 @@ async def _fail(context: Any, code: grpc.StatusCode, message: str) -> None:
 
 
 @contextlib.asynccontextmanager
-async def plain_app(port: int = 0) -> AsyncIterator[PlainEchoApp]:
-    """The app serving on 127.0.0.1:`port` (0: a free one, in ``app.port``) until the block ends."""
+async def plain_app(port: int = 0, *, with_reflection: bool = False) -> AsyncIterator[PlainEchoApp]:
+    """The app serving on 127.0.0.1:`port` (0: a free one, in ``app.port``) until the block ends; with
+    `with_reflection`, grpcio's reflection service describes its Echo service."""
     app = PlainEchoApp()
     server = grpc.aio.server(options=[("grpc.max_receive_message_length", MAX_MESSAGE_BYTES)])
     echo_pb2_grpc.add_EchoServicer_to_server(app, server)
+    if with_reflection:
+        echo_service = echo_pb2.DESCRIPTOR.services_by_name["Echo"].full_name
+        reflection.enable_server_reflection([echo_service, reflection.SERVICE_NAME], server)
     app.port = server.add_insecure_port(f"127.0.0.1:{port}")
     await server.start()
     try:
@@ -125,8 +130,9 @@ async def plain_app(port: int = 0) -> AsyncIterator[PlainEchoApp]:
 async def main(argv: Sequence[str]) -> int:
     parser = argparse.ArgumentParser(description="the echo service on plain grpc.aio, for sidecar tests")
     parser.add_argument("--port", type=int, default=0)
+    parser.add_argument("--reflection", action="store_true", help="serve grpc.reflection.v1alpha")
     args = parser.parse_args(argv)
-    async with plain_app(args.port) as app:
+    async with plain_app(args.port, with_reflection=args.reflection) as app:
         print(f"listening on {app.port}", flush=True)
         await asyncio.Event().wait()
     return 0

@@ -40,10 +40,13 @@ class PlainAppProcess:
         return f"127.0.0.1:{self.port}"
 
 
-def start_plain_app(procs: Processes, name: str = "app", port: int | None = None) -> PlainAppProcess:
-    """Start the plain echo app and wait until it prints ``listening on PORT``."""
+def start_plain_app(
+    procs: Processes, name: str = "app", port: int | None = None, *, with_reflection: bool = False
+) -> PlainAppProcess:
+    """Start the plain echo app (serving reflection when asked) and wait until it prints ``listening on PORT``."""
     port = port or free_port()
-    child = procs.start([sys.executable, "-m", "tests.support.plain_app", "--port", str(port)], name=name)
+    argv = [sys.executable, "-m", "tests.support.plain_app", "--port", str(port)]
+    child = procs.start([*argv, "--reflection"] if with_reflection else argv, name=name)
     try:
         wait_until(lambda: f"listening on {port}" in child.output() or not child.alive(), START_S, f"{name} to serve")
     except AssertionError:

@@ -96,6 +96,12 @@ class SidecarConfig(_Section):
     outbound: HostPort = "127.0.0.1:15001"
     admin: HostPort = "127.0.0.1:15000"
     routes: dict[str, str] = Field(default_factory=dict)  # gRPC service name -> upstream name
+    # Where the sidecar learns each method's kind (unary methods take a faster path) and idempotency_level:
+    # FileDescriptorSet files (protoc --descriptor_set_out), then the app's and the upstreams' reflection services.
+    descriptor_sets: tuple[Path, ...] = ()
+    reflection: bool = True
+    # l4: splice inbound bytes to the app after mTLS and one authorization per connection (identity-only authz).
+    inbound_mode: Literal["l7", "l4"] = "l7"
 
 
 class RetryPolicy(_Section):
@@ -181,8 +187,10 @@ class TelemetryConfig(_Section):
     service_name: str | None = None  # default: $OTEL_SERVICE_NAME; None: use service.name
     otlp_endpoint: str | None = None  # default: $OTEL_EXPORTER_OTLP_ENDPOINT; None keeps traces in process
     sample_ratio: Ratio = 1.0
-    metrics_port: Port | None = None
+    metrics_port: Port | None = None  # the SDK's opt-in /metrics port (the sidecar serves /metrics on its admin)
+    metrics_host: str = "0.0.0.0"  # what that port binds: all interfaces, so Prometheus can scrape the pod
     access_log: bool = True
+    span_file: Path | None = None  # spans also written here as JSON lines, one file per process (`meshlet trace`)
 
 
 class Config(_Section):

@@ -1,16 +1,20 @@
 """The inbound data path: one module per stage, in request order.
 
-identify -> authorize -> rate_limit -> span -> deadline, ending in the servicer (SDK) or the local app
-(sidecar). `InboundParts` holds what the stages share (the authorizer, the rate limiters), built once per
-server; the transport calls `build_inbound` once per method with that method's terminal. Tracing arrives with
-the telemetry issue; absent features are absent from the list rather than checked per call.
+(count refusals) -> identify -> authorize -> rate_limit -> span -> observe -> deadline, ending in the servicer
+(SDK) or the local app (sidecar). `InboundParts` holds what the stages share (the authorizer, the rate limiters,
+the tracer, the metrics), built
+once per server; the transport calls `build_inbound` once per method with that method's terminal. Absent
+features are absent from the list rather than checked per call.
 """
 
 from __future__ import annotations
 
+import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
+
+from opentelemetry.trace import Tracer
 
 from meshlet.call import InboundCall
 from meshlet.config import Config
@@ -19,11 +23,15 @@ from meshlet.errors import ConfigError
 from meshlet.inbound.authorize import Authorize
 from meshlet.inbound.deadline import ExposeDeadline
 from meshlet.inbound.identify import IdentifyPeer
+from meshlet.inbound.observe import CountRefusals, ObserveInbound
 from meshlet.inbound.rate_limit import RateLimitCaller
+from meshlet.inbound.span import ContinueTrace
 from meshlet.pipeline import Stage, compose
 from meshlet.resilience.rate_limit import MethodRateLimits, RateLimiter, default_burst
 from meshlet.security.consul_authz import ConsulAuthorizer, ConsulFactory
 from meshlet.security.intentions import Authorizer, Intentions, IntentionsAuthorizer
+from meshlet.telemetry.access_log import AccessLog
+from meshlet.telemetry.metrics import Metrics
 
 InboundHandler = Callable[[InboundCall], Awaitable[Any]]
 
@@ -38,9 +46,21 @@ class InboundParts:
     authorizer: Authorizer | None = None
     per_caller: RateLimiter | None = None
     per_method: MethodRateLimits | None = None
+    tracer: Tracer | None = None
+    metrics: Metrics | None = None
+    access_log: AccessLog | None = None
+    clock: Clock = time.monotonic  # what call durations are measured with
 
     @classmethod
-    def from_config(cls, config: Config, *, consul: ConsulFactory, clock: Clock) -> InboundParts:
+    def from_config(
+        cls,
+        config: Config,
+        *,
+        consul: ConsulFactory,
+        clock: Clock,
+        tracer: Tracer | None = None,
+        metrics: Metrics | None = None,
+    ) -> InboundParts:
         """The parts `config` asks for. With ``authz.source: consul`` the authorizer talks to the agent that
         `consul` builds a client for: call `close()` when the server stops."""
         authz, limits = config.authz, config.rate_limit
@@ -69,6 +89,10 @@ class InboundParts:
             authorizer=authorizer,
             per_caller=limiter(per_caller.rate_per_s, per_caller.burst) if per_caller.rate_per_s is not None else None,
             per_method=MethodRateLimits(per_method) if any(v is not None for v in per_method.values()) else None,
+            tracer=tracer,
+            metrics=metrics,
+            access_log=AccessLog() if config.telemetry.access_log else None,
+            clock=clock,
         )
 
     async def close(self) -> None:
@@ -83,12 +107,21 @@ NO_PARTS = InboundParts()
 def inbound_stages(parts: InboundParts = NO_PARTS) -> list[Stage[InboundCall]]:
     """The stages in request order, only those whose feature is on."""
     stages: list[Stage[InboundCall]] = []
+    observed = parts.metrics is not None or parts.access_log is not None
+    limits = (parts.authorizer, parts.per_caller, parts.per_method)
+    refusing = parts.require_identity or any(part is not None for part in limits)
+    if observed and refusing:  # first: it sees every refusal the stages below make
+        stages.append(CountRefusals(parts.service, parts.metrics, parts.access_log, parts.clock))
     if parts.require_identity:
         stages.append(IdentifyPeer())  # first: nothing below may trust a caller that has not shown a certificate
     if parts.authorizer is not None:
         stages.append(Authorize(parts.authorizer, parts.service))  # before rate limits: a denied call spends no token
     if parts.per_caller is not None or parts.per_method is not None:
         stages.append(RateLimitCaller(parts.per_caller, parts.per_method))  # per verified caller, before any work
+    if parts.tracer is not None:
+        stages.append(ContinueTrace(parts.tracer))  # after the refusals: a call the mesh turns away costs no span
+    if observed:  # inside the span: the access log line carries its trace id
+        stages.append(ObserveInbound(parts.service, parts.metrics, parts.access_log, parts.clock))
     stages.append(ExposeDeadline())  # last before the handler: its outbound calls inherit what is left of the deadline
     return stages
 

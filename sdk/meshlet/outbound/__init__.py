@@ -1,8 +1,8 @@
 """The outbound data path: one module per stage, in request order.
 
 The SDK feeds typed calls from generated stubs and the sidecar feeds raw bytes; both run these stages, built
-once per upstream by `build_outbound`. Tracing (span, attempt_span) joins the lists with the telemetry issue;
-disabled features are absent from the lists rather than checked on every call.
+once per upstream by `build_outbound`. Disabled features (tracing when no exporter is set) are absent from the
+lists rather than checked on every call.
 """
 
 from __future__ import annotations
@@ -12,19 +12,26 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
 
+from opentelemetry.trace import Tracer
+
 from meshlet.call import Call
 from meshlet.config import UpstreamPolicy
 from meshlet.deadline import Clock
 from meshlet.events import EventBus
+from meshlet.outbound.attempt_span import AttemptSpan
 from meshlet.outbound.bulkhead import LimitInFlight
 from meshlet.outbound.deadline import ApplyDeadline
+from meshlet.outbound.observe import CountAttempt, ObserveCall
 from meshlet.outbound.pick import Balancer, PickEndpoint
 from meshlet.outbound.report import OutcomeSink, ReportOutcome
 from meshlet.outbound.retry import RetryWithinBudget, Sleep
 from meshlet.outbound.send import SendOnChannel
-from meshlet.pipeline import Handler, compose
+from meshlet.outbound.span import CallSpan
+from meshlet.pipeline import Handler, Stage, compose
 from meshlet.resilience.budget import RetryBudget
 from meshlet.resilience.bulkhead import InFlightLimit
+from meshlet.telemetry.access_log import AccessLog
+from meshlet.telemetry.metrics import Metrics
 from meshlet.transport.channels import EndpointChannels
 
 
@@ -42,19 +49,34 @@ class OutboundParts:
     clock: Clock
     rng: random.Random
     sleep: Sleep
+    tracer: Tracer | None = None  # None: tracing off, and its stages left out
+    service: str = ""  # the upstream's name, as metrics and the access log label its calls
+    metrics: Metrics | None = None  # None (and no access log): the observe stages left out
+    access_log: AccessLog | None = None
 
 
 def build_outbound(parts: OutboundParts) -> Callable[[Call], Awaitable[Any]]:
+    tracer = parts.tracer
+    attempt_stages: list[Stage[Call]] = [AttemptSpan(tracer)] if tracer else []  # first: a failed pick shows too
     per_attempt: Handler[Call] = compose(
         [
+            *attempt_stages,
             PickEndpoint(parts.balancer),  # per attempt, so a retry can avoid the endpoint that just failed
+            *([CountAttempt(parts.service, parts.metrics)] if parts.metrics else []),  # attempts that got an endpoint
             ReportOutcome(parts.outcomes),  # wraps send: sees the final status and whether the request left
         ],
         terminal=SendOnChannel(parts.channels),
     )
     policy = parts.policy
+    call_stages: list[Stage[Call]] = [CallSpan(tracer)] if tracer else []  # outermost: sees every refusal below
+    observed = parts.metrics is not None or parts.access_log is not None
+    observe_stages: list[Stage[Call]] = (
+        [ObserveCall(parts.service, parts.metrics, parts.access_log, parts.clock)] if observed else []
+    )
     return compose(
         [
+            *call_stages,
+            *observe_stages,  # inside the call span, so the access log line carries its trace id; sees refusals too
             ApplyDeadline(policy.timeout, policy.deadline_floor, parts.clock),  # above retry: one deadline for all
             LimitInFlight(parts.bulkhead),  # above retry: a retried call keeps its one slot
             RetryWithinBudget(  # calls the per-attempt handler once per attempt: the seam between the two lists

@@ -1,15 +1,16 @@
 """Raw bytes through a gRPC server: what the sidecar needs to proxy any method without knowing its types.
 
-Every method is served as stream-stream with no (de)serializers, so messages stay bytes end to end (no
-protobuf decoding) and a unary call is a stream of one. Metadata passes through except the headers that belong
-to one HTTP/2 hop or that the transport sets itself; status, details, and trailers (``grpc-status-details-bin``
-included) are copied back unchanged.
+Messages stay bytes end to end (no (de)serializers, no protobuf decoding). A method whose kind the listener
+knows is served with a handler of that kind (a unary call as unary, which costs grpc about a third less); any
+other is served as stream-stream, where a unary call is a stream of one. Metadata passes through except the
+headers that belong to one HTTP/2 hop or that the transport sets itself; status, details, and trailers
+(``grpc-status-details-bin`` included) are copied back unchanged.
 """
 
 from __future__ import annotations
 
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
-from typing import Any
+from typing import Any, Protocol
 
 import grpc
 
@@ -32,7 +33,33 @@ HOP_HEADERS = frozenset(
 
 # An async generator of replies, or a coroutine that writes them with context.write() (grpc.aio serves both).
 RawHandler = Callable[[AsyncIterator[bytes], grpc.aio.ServicerContext], AsyncIterator[bytes] | Awaitable[None]]
+# A unary method's handler: the request's bytes in, the reply's bytes out.
+RawUnaryHandler = Callable[[bytes, grpc.aio.ServicerContext], Awaitable[bytes | None]]
 MAX_CACHED_METHODS = 4096  # method paths come from callers: past this many, new paths get a handler per call
+
+
+class Learning(Protocol):
+    """Where a method's kind may yet be learnt (the sidecar's MethodTable): `version` grows when it learns."""
+
+    version: int
+
+    def missed(self, path: str) -> None:
+        """A call arrived for `path` while its kind is unknown."""
+
+
+# A listener's answer for one method path: the grpc handler and, while the method's kind is unknown, the
+# Learning that may tell it (then RawMethods builds the handler again), else None (the handler is final).
+Built = tuple[grpc.RpcMethodHandler, Learning | None]
+
+
+def generic_handler(behaviour: RawHandler) -> grpc.RpcMethodHandler:
+    """Any method as raw-bytes stream-stream: right for every kind, the slowest for unary calls."""
+    return grpc.stream_stream_rpc_method_handler(behaviour)
+
+
+def unary_handler(behaviour: RawUnaryHandler) -> grpc.RpcMethodHandler:
+    """A unary method, as raw bytes."""
+    return grpc.unary_unary_rpc_method_handler(behaviour)
 
 
 def forwardable(metadata: Iterable[tuple[str, Any]] | None) -> tuple[tuple[str, Any], ...]:
@@ -43,20 +70,29 @@ def forwardable(metadata: Iterable[tuple[str, Any]] | None) -> tuple[tuple[str, 
 
 
 class RawMethods(grpc.GenericRpcHandler):
-    """Serve every method path with one raw-bytes stream-stream handler, made per method path on first use."""
+    """Serve every method path with the raw-bytes handler its listener builds for it, once per path; a handler
+    built while the method's kind was unknown is built again once its Learning has learnt something."""
 
-    def __init__(self, make_handler: Callable[[str], RawHandler]) -> None:
+    def __init__(self, make_handler: Callable[[str], Built]) -> None:
         self._make_handler = make_handler
-        self._handlers: dict[str, grpc.RpcMethodHandler] = {}
+        self._handlers: dict[str, tuple[grpc.RpcMethodHandler, Learning | None, int]] = {}
 
     def service(self, handler_call_details: grpc.HandlerCallDetails) -> grpc.RpcMethodHandler:
         method: str = handler_call_details.method
         found = self._handlers.get(method)
-        if found is None:
-            found = grpc.stream_stream_rpc_method_handler(self._make_handler(method))
-            if len(self._handlers) < MAX_CACHED_METHODS:
-                self._handlers[method] = found
-        return found
+        if found is not None:
+            handler, learning, version = found
+            if learning is None:
+                return handler
+            if learning.version == version:
+                learning.missed(method)
+                return handler
+        handler, learning = self._make_handler(method)
+        if found is not None or len(self._handlers) < MAX_CACHED_METHODS:
+            self._handlers[method] = (handler, learning, 0 if learning is None else learning.version)
+        if learning is not None:
+            learning.missed(method)
+        return handler
 
 
 async def relay_status(context: grpc.aio.ServicerContext, call: Any) -> None:

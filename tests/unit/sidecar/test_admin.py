@@ -8,8 +8,6 @@ from meshlet_sidecar.admin import (
     NOT_FOUND_HINT,
     clusters_text,
     describe_upstreams,
-    gauge,
-    metrics_text,
     ready_page,
 )
 
@@ -66,54 +64,6 @@ def test_describe_upstreams_puts_each_repr_beside_its_description() -> None:
     assert describe_upstreams([Described()]) == [
         {"summary": "<Upstream payments: waiting for discovery>", "name": "payments", "endpoints": []}
     ]
-
-
-def test_metrics_count_endpoints_by_breaker_state_including_empty_states() -> None:
-    text = metrics_text(True, [INVENTORY])
-
-    assert 'meshlet_upstream_endpoints{upstream="inventory",state="closed"} 1' in text
-    assert 'meshlet_upstream_endpoints{upstream="inventory",state="open"} 1' in text
-    assert 'meshlet_upstream_endpoints{upstream="inventory",state="half_open"} 0' in text
-    assert 'meshlet_upstream_in_flight{upstream="inventory"} 3' in text
-    assert 'meshlet_upstream_panic{upstream="inventory"} 0' in text
-
-
-def test_metrics_report_readiness_as_zero_or_one() -> None:
-    assert "\nmeshlet_sidecar_ready 0\n" in metrics_text(False, [])
-    assert "\nmeshlet_sidecar_ready 1\n" in metrics_text(True, [])
-
-
-def test_metrics_declare_every_family_once_before_its_samples() -> None:
-    lines = metrics_text(True, [INVENTORY, {**INVENTORY, "name": "payments"}]).splitlines()
-    families = [line.split()[2] for line in lines if line.startswith("# TYPE")]
-
-    assert len(families) == len(set(families))
-    for line in lines:
-        if not line.startswith("#"):
-            name = line.split("{")[0].split()[0]
-            assert lines.index(f"# TYPE {name} gauge") < lines.index(line)
-
-
-def test_metrics_append_what_the_sidecar_adds_on_its_own_line() -> None:
-    text = metrics_text(True, [], extra="meshlet_inbound_in_flight 2")
-
-    assert text.endswith("\nmeshlet_inbound_in_flight 2\n")
-
-
-def test_gauge_escapes_label_values_and_help_text() -> None:
-    text = gauge("m", "help with \\ and\nnewline", [({"route": 'a"b\\c\nd'}, 1.5)])
-
-    assert text.splitlines() == [
-        "# HELP m help with \\\\ and\\nnewline",
-        "# TYPE m gauge",
-        'm{route="a\\"b\\\\c\\nd"} 1.5',
-    ]
-
-
-def test_gauge_writes_special_values_as_prometheus_spells_them() -> None:
-    text = gauge("m", "h", [({"v": "a"}, float("inf")), ({"v": "b"}, float("-inf")), ({"v": "c"}, float("nan"))])
-
-    assert text.splitlines()[2:] == ['m{v="a"} +Inf', 'm{v="b"} -Inf', 'm{v="c"} NaN']
 
 
 def test_not_found_hint_lists_every_admin_endpoint() -> None:

@@ -1,0 +1,140 @@
+"""Stages: what each inbound call did, for the metrics and the access log.
+
+CountRefusals is first in the list, so it sees the calls that IdentifyPeer, Authorize and RateLimitCaller turn
+away: it counts each by its status, and denials and rate-limited calls by the caller's service. ObserveInbound
+sits right below the server span, so its access log line carries the trace id; it counts the calls that reach
+the handler, by the status the handler ended them with, when the reply (a stream: the call) is over. Between
+them every inbound call is counted once. Both are in the list only when metrics or the access log are on.
+
+Trap: a servicer whose response stream raises an exception other than an abort ends its call UNKNOWN, but
+grpc.aio tells the call's done callback nothing about it; such a call is counted OK.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import types
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+import grpc
+
+from meshlet.call import InboundCall
+from meshlet.deadline import Clock
+from meshlet.errors import IntentionDenied, RateLimited, Unauthenticated
+from meshlet.security.intentions import service_of
+from meshlet.telemetry.access_log import AccessLog, current_trace_id
+from meshlet.telemetry.metrics import CallMetrics, Metrics, caller_label, method_label
+
+_STREAMED = (types.AsyncGeneratorType, types.CoroutineType)  # what a streaming terminal hands back
+
+
+def handler_status(error: BaseException | None, context: Any) -> str:
+    """The status an inbound call ended with, from what its handler raised (None: it returned) and its context."""
+    if error is None or isinstance(error, grpc.aio.AbortError):
+        code = context.code() if context is not None else None
+        return "OK" if code is None else _name(code)
+    if isinstance(error, grpc.aio.AioRpcError):
+        return _name(error.code())
+    if isinstance(error, asyncio.CancelledError):
+        return "CANCELLED"
+    return "UNKNOWN"
+
+
+def ended_status(context: Any) -> str:
+    """The status of a call that has ended, read in its done callback."""
+    code = context.code()
+    if code is None:
+        return "CANCELLED" if context.cancelled() else "OK"
+    return _name(code)
+
+
+def _name(code: Any) -> str:
+    return code.name if isinstance(code, grpc.StatusCode) else str(code)
+
+
+class _Observer:
+    __slots__ = ("_access", "_calls", "_clock", "_service")
+
+    def __init__(self, service: str, metrics: Metrics | None, access_log: AccessLog | None, clock: Clock) -> None:
+        self._service = service
+        self._calls: CallMetrics | None = metrics.calls("inbound", service) if metrics is not None else None
+        self._access = access_log
+        self._clock = clock
+
+    def _record(
+        self, call: InboundCall, code: str, start: float, trace_id: str | None = None, in_span: bool = True
+    ) -> None:
+        duration_s = self._clock() - start
+        calls = self._calls
+        if calls is not None:
+            calls.method(call.method).request(code, duration_s)
+        access = self._access
+        if access is not None and access.enabled():
+            access.inbound(
+                self._service,
+                method_label(call.method),
+                code,
+                duration_s,
+                peer=call.peer_uri,
+                peer_address=call.peer_address,
+                trace_id=current_trace_id() if in_span else trace_id,
+            )
+
+
+class CountRefusals(_Observer):
+    __slots__ = ("_denials", "_limited")
+
+    def __init__(self, service: str, metrics: Metrics | None, access_log: AccessLog | None, clock: Clock) -> None:
+        super().__init__(service, metrics, access_log, clock)
+        self._denials = metrics.authz_denials if metrics is not None else None
+        self._limited = metrics.rate_limited if metrics is not None else None
+
+    async def __call__(self, call: InboundCall, next: Callable[[InboundCall], Awaitable[Any]]) -> Any:
+        start = self._clock()
+        try:
+            return await next(call)
+        except (Unauthenticated, IntentionDenied, RateLimited) as refused:
+            self._refused(call, refused, start)
+            raise
+
+    def _refused(
+        self, call: InboundCall, refused: Unauthenticated | IntentionDenied | RateLimited, start: float
+    ) -> None:
+        if isinstance(refused, IntentionDenied) and self._denials is not None:
+            self._denials.labels(self._service, caller_label(service_of(call.peer_uri))).inc()
+        elif isinstance(refused, RateLimited) and self._limited is not None:
+            self._limited.labels(self._service, caller_label(service_of(call.peer_uri))).inc()
+        self._record(call, _name(refused.code()), start)  # no span of its own: the mesh refused it before
+
+
+class ObserveInbound(_Observer):
+    __slots__ = ()
+
+    async def __call__(self, call: InboundCall, next: Callable[[InboundCall], Awaitable[Any]]) -> Any:
+        start = self._clock()
+        calls = self._calls
+        if calls is not None:
+            calls.in_flight += 1
+        try:
+            result = await next(call)
+        except BaseException as error:
+            self._finish(call, handler_status(error, call.context), start)
+            raise
+        context = call.context
+        if context is not None and isinstance(result, _STREAMED):
+            # A stream is served after this stage returns: it is counted when grpc ends the call.
+            access = self._access
+            trace_id = current_trace_id() if access is not None and access.enabled() else None
+            context.add_done_callback(lambda ended: self._finish(call, ended_status(ended), start, trace_id, False))
+        else:
+            self._finish(call, handler_status(None, context), start)
+        return result
+
+    def _finish(
+        self, call: InboundCall, code: str, start: float, trace_id: str | None = None, in_span: bool = True
+    ) -> None:
+        calls = self._calls
+        if calls is not None:
+            calls.in_flight -= 1
+        self._record(call, code, start, trace_id, in_span)

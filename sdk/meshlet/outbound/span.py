@@ -1,0 +1,77 @@
+"""Stage 1: one CLIENT span per call, named ``pkg.Service/Method`` with the RPC conventions' attributes.
+
+Outermost, so the span sees every outcome, refusals made before any attempt included (a full bulkhead, a
+deadline too short). Its parent is the caller's current span (SDK: the handler's server span, via contextvars),
+or, when the call's own metadata carries a trace context (the sidecar proxying an app's call), that one: the
+app's trace continues through its sidecar. Those incoming headers are replaced, never forwarded twice.
+
+A call that will not be recorded (its caller's trace is unsampled, or ratio 0 and no caller's trace) gets no
+span at all: the caller's context goes on as it came, so the next hop follows the same decision. A sampled
+call's context is sent by each attempt's own span (outbound/attempt_span.py), so a server's span hangs under
+the attempt that reached it. The span ends when the reply completes; for a response stream, when the stream does.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+from opentelemetry.context import Context, attach, detach, get_current
+from opentelemetry.trace import Tracer, get_current_span, set_span_in_context
+
+from meshlet.call import Call
+from meshlet.pipeline import ReplyStream
+from meshlet.telemetry.propagation import carries_context, extract, headers, trace_fields, without
+from meshlet.telemetry.tracing import CLIENT, MethodAttributes, Unrecorded, end_span_with, span_name
+
+
+class CallSpan:
+    __slots__ = ("_attributes", "_fields", "_tracer", "_unrecorded")
+
+    def __init__(self, tracer: Tracer) -> None:
+        self._tracer = tracer
+        self._attributes = MethodAttributes()
+        self._fields = trace_fields()
+        self._unrecorded = Unrecorded(tracer)
+
+    async def __call__(self, call: Call, next: Callable[[Call], Awaitable[Any]]) -> Any:
+        parent: Context | None = None
+        metadata = call.metadata
+        carried = bool(metadata) and carries_context(metadata, self._fields)
+        if carried:
+            parent = extract(metadata)  # type: ignore[arg-type]
+        caller = get_current_span(parent).get_span_context()
+        if self._unrecorded(caller):
+            if caller.is_valid and not carried:  # a handler's call: its caller's context goes on (carried: as is)
+                call.metadata = (*(metadata or ()), *headers(get_current()))
+            return await next(call)
+        if carried:
+            call.metadata = metadata = without(metadata, self._fields)
+        path = call.method.path
+        span = self._tracer.start_span(
+            span_name(path),
+            context=parent,
+            kind=CLIENT,
+            attributes={**self._attributes(path), "meshlet.upstream": call.upstream},
+        )
+        context = set_span_in_context(span, parent)
+        recording = span.is_recording()
+        if not recording:  # another sampler said no: the attempts send nothing of their own, so it travels from here
+            call.metadata = (*(metadata or ()), *headers(context))
+        token = attach(context)
+        try:
+            reply = await next(call)
+        except BaseException as error:
+            if recording:
+                end_span_with(span, error, attributes={"meshlet.attempts": call.attempt})
+            raise
+        finally:
+            detach(token)
+        if recording:
+            if isinstance(reply, ReplyStream):
+                reply.add_done_callback(
+                    lambda error: end_span_with(span, error, attributes={"meshlet.attempts": call.attempt})
+                )
+            else:
+                end_span_with(span, None, attributes={"meshlet.attempts": call.attempt})
+        return reply

@@ -1,0 +1,87 @@
+"""The access log: one line per call on the ``meshlet.access`` logger, its fields as the record's extras, so
+telemetry/logging.py's JsonFormatter writes one JSON object per call (``telemetry.access_log: false`` drops the
+observe stages' part in it). Cheap when nobody listens: a disabled logger costs one cached level check."""
+
+from __future__ import annotations
+
+import logging
+
+from opentelemetry import trace
+
+ACCESS_LOGGER = "meshlet.access"
+
+
+def current_trace_id() -> str | None:
+    """The current span's trace id as 32 hex digits, or None outside a valid span."""
+    context = trace.get_current_span().get_span_context()
+    return format(context.trace_id, "032x") if context.is_valid else None
+
+
+class AccessLog:
+    __slots__ = ("_logger",)
+
+    def __init__(self, logger: logging.Logger | None = None) -> None:
+        self._logger = logger or logging.getLogger(ACCESS_LOGGER)
+
+    def enabled(self) -> bool:
+        return self._logger.isEnabledFor(logging.INFO)
+
+    def outbound(
+        self,
+        service: str,
+        method: str,
+        code: str,
+        duration_s: float,
+        *,
+        attempts: int,
+        endpoint: str | None,
+        trace_id: str | None,
+    ) -> None:
+        duration_ms = round(duration_s * 1000, 3)
+        self._logger.info(
+            "outbound %s %s %s %.1fms",
+            service,
+            method,
+            code,
+            duration_ms,
+            extra={
+                "direction": "outbound",
+                "service": service,
+                "method": method,
+                "code": code,
+                "duration_ms": duration_ms,
+                "attempts": attempts,
+                "endpoint": endpoint,
+                "trace_id": trace_id,
+            },
+        )
+
+    def inbound(
+        self,
+        service: str,
+        method: str,
+        code: str,
+        duration_s: float,
+        *,
+        peer: str | None,
+        peer_address: str,
+        trace_id: str | None,
+    ) -> None:
+        duration_ms = round(duration_s * 1000, 3)
+        self._logger.info(
+            "inbound %s %s %s %.1fms",
+            service,
+            method,
+            code,
+            duration_ms,
+            extra={
+                "direction": "inbound",
+                "service": service,
+                "method": method,
+                "code": code,
+                "duration_ms": duration_ms,
+                "peer": peer,
+                "peer_address": peer_address,
+                "trace_id": trace_id,
+            },
+        )

@@ -1,0 +1,311 @@
+"""Prometheus metrics for one Mesh or one sidecar: the families, on a registry of their own (never the global
+one, so one process can hold many meshes, as tests do).
+
+Three kinds of numbers, kept three ways:
+
+- what happens on every call (requests, durations, attempts) is added up by the observe stages in plain ints
+  and floats on a `MethodMetrics` resolved once per method, and turned into Prometheus families only when
+  scraped (`CallsCollector`). prometheus_client's own Counter and Histogram take a lock per update, which costs
+  ten times as much (measured: 5.5 us against 0.6 us per call for a count and a duration); the pipelines run on
+  the event loop's one thread, and so does the scrape, so the plain numbers need no lock;
+- what is state (breaker state, endpoints by state, calls in flight) is read at scrape time from the upstreams'
+  `describe()` by `StateCollector`, so the data path maintains nothing for it;
+- what the pipelines decide rarely (retries, budget refusals, breaker transitions, refusals) is counted with
+  prometheus_client's Counter, from the EventBus or the stage that refused.
+"""
+
+from __future__ import annotations
+
+from bisect import bisect_left
+from collections.abc import Callable, Iterable, Iterator
+from typing import Any, Protocol
+
+from prometheus_client import CollectorRegistry, Counter, generate_latest
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily, Metric
+from prometheus_client.registry import Collector
+
+from meshlet.events import (
+    BreakerClosed,
+    BreakerHalfOpened,
+    BreakerOpened,
+    BudgetRefused,
+    Event,
+    EventBus,
+    RetryNotAttempted,
+    RetryScheduled,
+)
+
+# RPC latency from a loopback hop (sub-millisecond) to a slow upstream near the default 5 s timeout.
+BUCKETS_S = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
+BUCKET_LABELS = (*(repr(float(bound)) for bound in BUCKETS_S), "+Inf")  # the le label values, as Prometheus writes them
+BREAKER_STATES = {"closed": 0, "half_open": 1, "open": 2}
+MAX_METHODS = 512  # per direction and service: method paths come from callers, so their label values are capped
+OTHER_METHOD = "(other)"
+UNIDENTIFIED = "(unidentified)"
+
+
+class Describes(Protocol):
+    """What the state collector needs of an upstream: meshlet.upstream.Upstream is one."""
+
+    def describe(self) -> dict[str, Any]: ...
+
+
+def method_label(path: str) -> str:
+    """``/pkg.Service/Method`` -> ``pkg.Service/Method``, the span name of the same call."""
+    return path[1:] if path.startswith("/") else path
+
+
+class MethodMetrics:
+    """One (direction, service, method)'s numbers: calls and attempts by status, and the duration histogram."""
+
+    __slots__ = ("attempts", "buckets", "label", "requests", "sum_s")
+
+    def __init__(self, label: str) -> None:
+        self.label = label
+        self.requests: dict[str, int] = {}  # status name -> calls
+        self.attempts: dict[str, int] = {}  # status name -> attempts (outbound)
+        self.buckets = [0] * (len(BUCKETS_S) + 1)  # per bucket, not cumulative; the last is +Inf
+        self.sum_s = 0.0
+
+    def request(self, code: str, duration_s: float) -> None:
+        requests = self.requests
+        requests[code] = requests.get(code, 0) + 1
+        self.buckets[bisect_left(BUCKETS_S, duration_s)] += 1  # the first bound >= the duration: Prometheus' le
+        self.sum_s += duration_s
+
+    def attempt(self, code: str) -> None:
+        attempts = self.attempts
+        attempts[code] = attempts.get(code, 0) + 1
+
+
+class CallMetrics:
+    """One direction and service: its methods' children, and (inbound) the calls in flight, a plain int that the
+    observe stage counts and the state collector reads at scrape time."""
+
+    __slots__ = ("_methods", "_other", "direction", "in_flight", "service")
+
+    def __init__(self, direction: str, service: str) -> None:
+        self.direction = direction
+        self.service = service
+        self.in_flight = 0
+        self._methods: dict[str, MethodMetrics] = {}
+        self._other: MethodMetrics | None = None
+
+    def method(self, path: str) -> MethodMetrics:
+        found = self._methods.get(path)
+        if found is None:
+            if len(self._methods) >= MAX_METHODS:  # a caller inventing paths must not grow the registry forever
+                if self._other is None:
+                    self._other = MethodMetrics(OTHER_METHOD)
+                return self._other
+            found = self._methods[path] = MethodMetrics(method_label(path))
+        return found
+
+    def methods(self) -> list[MethodMetrics]:
+        return [*self._methods.values(), *([self._other] if self._other is not None else [])]
+
+
+class Metrics:
+    """Every meshlet metric family of one Mesh or sidecar, on `registry`; `render()` is the /metrics page."""
+
+    def __init__(self, registry: CollectorRegistry | None = None) -> None:
+        self.registry = registry = registry if registry is not None else CollectorRegistry()
+        self.retries = Counter(
+            "meshlet_retries", "Outbound attempts scheduled as retries", ["service", "method"], registry=registry
+        )
+        self.budget_refusals = Counter(
+            "meshlet_retry_budget_refusals",
+            "Retries the retry budget refused (the upstream is failing too much to multiply its load)",
+            ["service"],
+            registry=registry,
+        )
+        self.breaker_transitions = Counter(
+            "meshlet_breaker_transitions",
+            "Endpoint circuit breaker transitions, by the state entered",
+            ["service", "endpoint", "state"],
+            registry=registry,
+        )
+        self.authz_denials = Counter(
+            "meshlet_authz_denials",
+            "Inbound calls an intention denied, by the caller's service",
+            ["service", "caller"],
+            registry=registry,
+        )
+        self.rate_limited = Counter(
+            "meshlet_rate_limited",
+            "Inbound calls refused by a rate limit, by the caller's service",
+            ["service", "caller"],
+            registry=registry,
+        )
+        self.tls_handshake_failures = Counter(
+            "meshlet_tls_handshake_failures",
+            "Attempts that failed in the TLS handshake (outbound only: grpcio does not show a server's failed "
+            "handshakes to Python)",
+            ["direction", "service"],
+            registry=registry,
+        )
+        self._calls: dict[tuple[str, str], CallMetrics] = {}
+        self._upstreams: Callable[[], Iterable[Describes]] = tuple
+        registry.register(CallsCollector(self))
+        registry.register(StateCollector(self))
+
+    def calls(self, direction: str, service: str) -> CallMetrics:
+        """The per-call handle of one direction and service; built once, kept by the stage that uses it."""
+        key = (direction, service)
+        found = self._calls.get(key)
+        if found is None:
+            found = self._calls[key] = CallMetrics(direction, service)
+        return found
+
+    def all_calls(self) -> list[CallMetrics]:
+        return list(self._calls.values())
+
+    def track_upstreams(self, upstreams: Callable[[], Iterable[Describes]]) -> None:
+        """Where the state collector reads breaker states, endpoints and outbound in-flight calls at scrape time."""
+        self._upstreams = upstreams
+
+    def upstreams(self) -> Iterable[Describes]:
+        return self._upstreams()
+
+    def watch(self, events: EventBus) -> None:
+        """Count retries, budget refusals and breaker transitions from the pipelines' events."""
+        events.subscribe(self._on_event)
+
+    def _on_event(self, event: Event) -> None:
+        if isinstance(event, RetryScheduled):
+            self.retries.labels(event.upstream, method_label(event.method)).inc()
+        elif isinstance(event, RetryNotAttempted):
+            if event.why == "budget":
+                self.budget_refusals.labels(event.upstream).inc()
+        elif isinstance(event, BudgetRefused):
+            self.budget_refusals.labels(event.upstream).inc()
+        elif isinstance(event, BreakerOpened):
+            self.breaker_transitions.labels(event.upstream, str(event.endpoint), "open").inc()
+        elif isinstance(event, BreakerHalfOpened):
+            self.breaker_transitions.labels(event.upstream, str(event.endpoint), "half_open").inc()
+        elif isinstance(event, BreakerClosed):
+            self.breaker_transitions.labels(event.upstream, str(event.endpoint), "closed").inc()
+
+    def collect_with(self, collect: Callable[[], Iterable[Metric]]) -> None:
+        """Publish families built at scrape time by `collect` (what the sidecar alone knows, say)."""
+        self.registry.register(_FunctionCollector(collect))
+
+    def counter_from(self, name: str, documentation: str, read: Callable[[], float]) -> None:
+        """Publish a count kept elsewhere (the spans an exporter dropped), read at scrape time."""
+        self.collect_with(lambda: [CounterMetricFamily(name, documentation, value=read())])
+
+    def render(self) -> bytes:
+        """The registry in Prometheus text format (0.0.4)."""
+        return generate_latest(self.registry)
+
+
+def caller_label(caller_service: str | None) -> str:
+    return caller_service or UNIDENTIFIED
+
+
+class CallsCollector(Collector):
+    """The per-call numbers of every direction, service and method, as Prometheus families."""
+
+    def __init__(self, metrics: Metrics) -> None:
+        self._metrics = metrics
+
+    def describe(self) -> list[Metric]:
+        return []
+
+    def collect(self) -> Iterator[Metric]:
+        requests = CounterMetricFamily(
+            "meshlet_requests",
+            "Calls by direction, service, method and final gRPC status (outbound: one per call, not per attempt)",
+            labels=["direction", "service", "method", "code"],
+        )
+        duration = HistogramMetricFamily(
+            "meshlet_request_duration_seconds",
+            "Call duration, from the first stage to the reply (a stream: to its end), retries included",
+            labels=["direction", "service", "method"],
+        )
+        attempts = CounterMetricFamily(
+            "meshlet_attempts",
+            "Outbound attempts sent to an endpoint, by their gRPC status",
+            labels=["service", "method", "code"],
+        )
+        for calls in self._metrics.all_calls():
+            for method in calls.methods():
+                labels = [calls.direction, calls.service, method.label]
+                for code, count in list(method.requests.items()):
+                    requests.add_metric([*labels, code], count)
+                for code, count in list(method.attempts.items()):
+                    attempts.add_metric([calls.service, method.label, code], count)
+                cumulative, buckets = 0, []
+                for le, count in zip(BUCKET_LABELS, method.buckets, strict=True):
+                    cumulative += count
+                    buckets.append((le, cumulative))
+                duration.add_metric(labels, buckets, method.sum_s)
+        yield from (requests, duration, attempts)
+
+
+class StateCollector(Collector):
+    """The gauges that reflect state, read when Prometheus scrapes rather than maintained on every call."""
+
+    def __init__(self, metrics: Metrics) -> None:
+        self._metrics = metrics
+
+    def describe(self) -> list[Metric]:
+        return []  # no fixed samples to check at registration: every sample is built in collect()
+
+    def collect(self) -> Iterator[Metric]:
+        state = GaugeMetricFamily(
+            "meshlet_breaker_state",
+            "Endpoint circuit breaker state: 0 closed, 1 half-open, 2 open",
+            labels=["service", "endpoint"],
+        )
+        endpoints = GaugeMetricFamily(
+            "meshlet_endpoints",
+            "Discovered endpoints per upstream: healthy, or ejected by their open breaker",
+            labels=["service", "state"],
+        )
+        in_flight = GaugeMetricFamily(
+            "meshlet_in_flight", "Calls in flight, by direction and service", labels=["direction", "service"]
+        )
+        panic = GaugeMetricFamily(
+            "meshlet_upstream_panic",
+            "1 while too few endpoints are healthy to balance over them, so the balancer uses all",
+            labels=["service"],
+        )
+        for upstream in self._metrics.upstreams():
+            described = upstream.describe()
+            service = str(described["name"])
+            ejected = 0
+            listed = described.get("endpoints", ())
+            for endpoint in listed:
+                breaker = BREAKER_STATES.get(str(endpoint.get("breaker", "closed")), 0)
+                state.add_metric([service, str(endpoint["address"])], breaker)
+                ejected += bool(endpoint.get("ejected"))
+            endpoints.add_metric([service, "healthy"], len(listed) - ejected)
+            endpoints.add_metric([service, "ejected"], ejected)
+            in_flight.add_metric(["outbound", service], float(described.get("in_flight", 0)))
+            panic.add_metric([service], float(bool(described.get("panic"))))
+        for calls in self._metrics.all_calls():
+            if calls.direction == "inbound":
+                in_flight.add_metric(["inbound", calls.service], calls.in_flight)
+        yield from (state, endpoints, in_flight, panic)
+
+
+class _FunctionCollector(Collector):
+    def __init__(self, collect: Callable[[], Iterable[Metric]]) -> None:
+        self._collect = collect
+
+    def describe(self) -> list[Metric]:
+        return []
+
+    def collect(self) -> Iterator[Metric]:
+        yield from self._collect()
+
+
+# What grpc core writes in an attempt's UNAVAILABLE details when the TLS handshake or the peer's certificate
+# check failed (measured with grpcio 1.85: a wrong CA, a name mismatch), as opposed to a refused connection.
+_TLS_MARKERS = ("handshake failed", "custom verification check failed", "ssl_error", "certificate_verify_failed")
+
+
+def tls_handshake_failed(details: str) -> bool:
+    lowered = details.lower()
+    return any(marker in lowered for marker in _TLS_MARKERS)

@@ -1,0 +1,50 @@
+"""The SDK's opt-in metrics port (``telemetry.metrics_port``): ``GET /metrics`` in Prometheus text, served by
+aiohttp on the mesh's event loop, off the data path. The sidecar serves the same page on its admin port."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+from aiohttp import web
+
+CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"  # Prometheus text exposition 0.0.4
+
+
+class MetricsServer:
+    """Serve `render()` at ``http://host:port/metrics``; `start()` returns the bound port (0 picks a free one)."""
+
+    def __init__(self, render: Callable[[], bytes], host: str, port: int) -> None:
+        self._render = render
+        self.host = host
+        self.port = port
+        self._runner: web.AppRunner | None = None
+
+    async def start(self) -> int:
+        app = web.Application()
+        app.router.add_get("/metrics", self._metrics)
+        # No access log (a scraper every few seconds), and a stop that never waits long on one.
+        runner = web.AppRunner(app, handle_signals=False, access_log=None, shutdown_timeout=1.0)
+        await runner.setup()
+        try:
+            await web.TCPSite(runner, self.host, self.port, reuse_address=True).start()
+        except OSError as error:
+            await runner.cleanup()
+            raise OSError(
+                f"cannot serve metrics on {self.host}:{self.port} ({error.strerror or error}): another process holds "
+                "the port; set telemetry.metrics_port (MESHLET_TELEMETRY__METRICS_PORT) to a free one"
+            ) from error
+        self._runner = runner
+        self.port = int(runner.addresses[0][1])
+        return self.port
+
+    async def stop(self) -> None:
+        runner, self._runner = self._runner, None
+        if runner is not None:
+            await runner.cleanup()
+
+    async def _metrics(self, request: web.Request) -> web.Response:
+        return web.Response(body=self._render(), headers={"Content-Type": CONTENT_TYPE})
+
+    def __repr__(self) -> str:
+        state = "serving" if self._runner is not None else "stopped"
+        return f"<MetricsServer http://{self.host}:{self.port}/metrics {state}>"

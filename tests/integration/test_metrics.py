@@ -1,0 +1,196 @@
+"""Metrics as Prometheus scrapes them: over HTTP from the SDK's metrics port and from a sidecar's admin port,
+parsed with prometheus_client's own parser, and matching the calls the test made."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from pathlib import Path
+
+import aiohttp
+import grpc
+import pytest
+from prometheus_client.parser import text_string_to_metric_families
+
+from meshlet.security.dev_ca import init_ca, issue
+from meshlet_api.echo.v1 import echo_pb2, echo_pb2_grpc
+from tests.integration.conftest import EchoFleet, MeshFactory
+from tests.support.agents import Agent, start_dev_agent
+from tests.support.processes import Processes, free_port, wait_until
+from tests.support.sidecars import start_plain_app, start_sidecar, tls_files
+
+pytestmark = pytest.mark.slow
+
+HELLO = echo_pb2.EchoRequest(message="hello")
+ECHO_SERVICE = "meshlet_api.echo.v1.Echo"
+ECHO = f"{ECHO_SERVICE}/Echo"
+ECHO_ONCE = f"{ECHO_SERVICE}/EchoOnce"
+TRUST_DOMAIN = "meshlet.test"
+
+
+class Scrape:
+    """One scrape of a /metrics page: every sample by name and labels."""
+
+    def __init__(self, text: str) -> None:
+        self.families = {family.name: family for family in text_string_to_metric_families(text)}
+        self.samples = {
+            (sample.name, frozenset(sample.labels.items())): sample.value
+            for family in self.families.values()
+            for sample in family.samples
+        }
+
+    def __call__(self, name: str, **labels: str) -> float:
+        """The sample's value; 0 when the series does not exist."""
+        return self.samples.get((name, frozenset(labels.items())), 0.0)
+
+    def matching(self, name: str, **labels: str) -> float:
+        """The sum over every series of `name` whose labels include `labels`."""
+        wanted = set(labels.items())
+        return sum(value for (found, have), value in self.samples.items() if found == name and wanted <= have)
+
+
+async def scrape(url: str) -> Scrape:
+    async with aiohttp.ClientSession() as session, session.get(url) as response:
+        assert response.status == 200
+        assert response.headers["Content-Type"].startswith("text/plain; version=0.0.4")
+        return Scrape(await response.text())
+
+
+async def test_the_sdk_metrics_port_counts_calls_retries_and_the_open_breaker(
+    fleet: EchoFleet, mesh_factory: MeshFactory
+) -> None:
+    fleet.start("good-1")
+    fleet.start("good-2")
+    fleet.start("bad", "--fail-code", "UNAVAILABLE")
+    port = free_port()
+    mesh = mesh_factory(**{"telemetry.metrics_port": port, "telemetry.metrics_host": "127.0.0.1"})
+    await mesh.start()
+    stub = echo_pb2_grpc.EchoStub(mesh.channel(fleet.service))
+    url = f"http://127.0.0.1:{port}/metrics"
+
+    for _ in range(40):
+        await stub.Echo(HELLO, timeout=5)  # the bad instance's failures are retried on the good ones
+    for _ in range(3):
+        with pytest.raises(grpc.aio.AioRpcError) as failed:
+            await stub.Echo(HELLO, timeout=5, metadata=(("x-echo-fail", "NOT_FOUND"),))
+        assert failed.value.code() is grpc.StatusCode.NOT_FOUND
+
+    seen = await scrape(url)
+    out = {"direction": "outbound", "service": fleet.service}
+    assert seen("meshlet_requests_total", **out, method=ECHO, code="OK") == 40
+    assert seen("meshlet_requests_total", **out, method=ECHO, code="NOT_FOUND") == 3
+    assert seen("meshlet_request_duration_seconds_count", **out, method=ECHO) == 43
+    failed_attempts = seen("meshlet_attempts_total", service=fleet.service, method=ECHO, code="UNAVAILABLE")
+    assert failed_attempts >= 5  # the bad instance's breaker opens after five
+    assert seen("meshlet_retries_total", service=fleet.service, method=ECHO) == failed_attempts
+    assert seen("meshlet_attempts_total", service=fleet.service, method=ECHO, code="OK") == 40
+    bad = f"127.0.0.1:{fleet.ports['bad']}"
+    assert seen("meshlet_breaker_state", service=fleet.service, endpoint=bad) == 2
+    assert seen("meshlet_breaker_transitions_total", service=fleet.service, endpoint=bad, state="open") >= 1
+    assert seen("meshlet_endpoints", service=fleet.service, state="ejected") == 1
+    assert seen("meshlet_endpoints", service=fleet.service, state="healthy") == 2
+    assert seen("meshlet_in_flight", **out) == 0
+    assert seen.families["meshlet_request_duration_seconds"].type == "histogram"
+
+    await mesh.close()
+    async with aiohttp.ClientSession() as session:
+        with pytest.raises(aiohttp.ClientConnectionError):
+            await session.get(url)
+
+
+async def test_a_served_sdk_process_counts_its_inbound_calls_by_the_status_its_handler_ended_them_with(
+    fleet: EchoFleet, mesh_factory: MeshFactory
+) -> None:
+    port = free_port()
+    fleet.start(
+        "server", env={"MESHLET_TELEMETRY__METRICS_PORT": str(port), "MESHLET_TELEMETRY__METRICS_HOST": "127.0.0.1"}
+    )
+    stub = echo_pb2_grpc.EchoStub(mesh_factory().channel(fleet.service))
+
+    for _ in range(5):
+        await stub.Echo(HELLO, timeout=5)
+    for _ in range(2):
+        with pytest.raises(grpc.aio.AioRpcError):
+            await stub.EchoOnce(HELLO, timeout=5, metadata=(("x-echo-fail", "NOT_FOUND"),))
+    for _ in range(3):
+        assert len([reply async for reply in stub.ServerStream(HELLO, timeout=5)]) == 3
+
+    inbound = {"direction": "inbound", "service": fleet.service}
+    url = f"http://127.0.0.1:{port}/metrics"
+    seen = await scrape(url)
+    for _ in range(100):  # a stream is counted when grpc reports its call done, a moment after the client's end
+        if seen("meshlet_requests_total", **inbound, method=f"{ECHO_SERVICE}/ServerStream", code="OK") == 3:
+            break
+        await asyncio.sleep(0.05)
+        seen = await scrape(url)
+    assert seen("meshlet_requests_total", **inbound, method=ECHO, code="OK") == 5
+    assert seen("meshlet_requests_total", **inbound, method=ECHO_ONCE, code="NOT_FOUND") == 2
+    assert seen("meshlet_requests_total", **inbound, method=f"{ECHO_SERVICE}/ServerStream", code="OK") == 3
+    assert seen("meshlet_in_flight", **inbound) == 0
+
+
+async def test_sidecar_admin_metrics_count_denials_and_rate_limits_by_caller(procs: Processes, tmp_path: Path) -> None:
+    agent: Agent = start_dev_agent(procs)
+    init_ca(tmp_path, trust_domain=TRUST_DOMAIN)
+    issue(tmp_path, "vault")
+    issue(tmp_path, "web")
+    app = start_plain_app(procs, "vault-app")
+    common = {"consul": {"address": agent.url}, "service": {"check_ttl": "2s", "drain_grace": "1s"}}
+    reflection = ["/grpc.reflection.v1alpha.ServerReflection/*", "/grpc.reflection.v1.ServerReflection/*"]
+    vault = start_sidecar(
+        procs,
+        tmp_path,
+        "vault",
+        {**common, "service": {**common["service"], "name": "vault"}, "tls": tls_files(tmp_path, "vault"),
+         "authz": {"default": "deny", "rules": [
+             {"from": "web", "to": "vault", "methods": [f"/{ECHO}", *reflection], "action": "allow"}]},
+         "rate_limit": {"per_method": {f"/{ECHO}": {"rate_per_s": 0.001, "burst": 3}}}},
+        app=app.address,
+    )  # fmt: skip
+    wait_until(lambda: bool(agent.passing("vault")), 30, "vault's sidecar to register and pass its check")
+    web = start_sidecar(
+        procs,
+        tmp_path,
+        "web",
+        {**common, "service": {**common["service"], "name": "web"}, "tls": tls_files(tmp_path, "web"),
+         "sidecar": {"routes": {ECHO_SERVICE: "vault"}}, "upstreams": {"vault": {}}},
+    )  # fmt: skip
+
+    codes: list[str] = []
+    async with grpc.aio.insecure_channel(f"127.0.0.1:{web.outbound_port}") as channel:
+        stub = echo_pb2_grpc.EchoStub(channel)
+        for call in [stub.Echo] * 5 + [stub.EchoOnce] * 2:
+            try:
+                await call(HELLO, timeout=5)
+                codes.append("OK")
+            except grpc.aio.AioRpcError as error:
+                codes.append(error.code().name)
+    assert codes == ["OK"] * 3 + ["RESOURCE_EXHAUSTED"] * 2 + ["PERMISSION_DENIED"] * 2
+
+    far = await scrape(f"{vault.admin_url}/metrics")
+    inbound = {"direction": "inbound", "service": "vault"}
+    assert far("meshlet_authz_denials_total", service="vault", caller="web") == 2
+    assert far("meshlet_rate_limited_total", service="vault", caller="web") == 2
+    assert far("meshlet_requests_total", **inbound, method=ECHO, code="OK") == 3
+    assert far("meshlet_requests_total", **inbound, method=ECHO, code="RESOURCE_EXHAUSTED") == 2
+    assert far("meshlet_requests_total", **inbound, method=ECHO_ONCE, code="PERMISSION_DENIED") == 2
+    assert far("meshlet_sidecar_ready") == 1
+    assert far("meshlet_in_flight", **inbound) == 0
+
+    access = [json.loads(line) for line in vault.output().splitlines() if '"logger": "meshlet.access"' in line]
+    lines = [(line["method"], line["code"], line["peer"]) for line in access if line["method"] in (ECHO, ECHO_ONCE)]
+    web_id = f"spiffe://{TRUST_DOMAIN}/ns/default/dc/dc1/svc/web"
+    assert sorted(lines) == sorted(
+        [(ECHO, "OK", web_id)] * 3
+        + [(ECHO, "RESOURCE_EXHAUSTED", web_id)] * 2
+        + [(ECHO_ONCE, "PERMISSION_DENIED", web_id)] * 2
+    )  # one access log line per call, in the sidecar's own log
+
+    near = await scrape(f"{web.admin_url}/metrics")
+    outbound = {"direction": "outbound", "service": "vault"}
+    assert near("meshlet_requests_total", **outbound, method=ECHO, code="OK") == 3
+    assert near("meshlet_requests_total", **outbound, method=ECHO, code="RESOURCE_EXHAUSTED") == 2
+    assert near("meshlet_requests_total", **outbound, method=ECHO_ONCE, code="PERMISSION_DENIED") == 2
+    assert near.matching("meshlet_attempts_total", service="vault", method=ECHO) == 5  # no refusal was re-sent
+    assert near("meshlet_endpoints", service="vault", state="healthy") == 1
+    assert near("meshlet_tls_handshake_failures_total", direction="outbound", service="vault") == 0

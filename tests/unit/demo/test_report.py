@@ -1,0 +1,78 @@
+"""The report says what was measured and says "not measured" for what a build does not export; it never fails."""
+
+from __future__ import annotations
+
+from rich.console import Console
+
+from meshlet.demo import scrape
+from meshlet.demo.report import Findings, render
+from meshlet.demo.stats import Outcome, Tally, verdict
+from meshlet.demo.timeline import Event, Snapshot
+
+A, B = "127.0.0.1:4001", "127.0.0.1:4002"
+ORDERS_PAGE = """\
+# TYPE meshlet_attempts_total counter
+meshlet_attempts_total{service="inventory",method="m",code="OK"} 95
+meshlet_attempts_total{service="inventory",method="m",code="UNAVAILABLE"} 5
+# TYPE meshlet_retries_total counter
+meshlet_retries_total{service="inventory",method="m"} 5
+"""
+
+
+def text_of(findings: Findings) -> str:
+    console = Console(record=True, width=120, color_system=None)
+    console.print(render(findings))
+    return console.export_text()
+
+
+def findings(**overrides: object) -> Findings:
+    tally = Tally()
+    for i in range(100):
+        tally.record(Outcome(i * 0.1, 0.020, "OK"))
+    values: dict[str, object] = {
+        "duration_s": 10.0,
+        "rate": 10.0,
+        "tally": tally,
+        "verdict": verdict(tally),
+        "endpoints": {A: "inventory-1", B: "inventory-2"},
+        **overrides,
+    }
+    return Findings(**values)  # type: ignore[arg-type]
+
+
+def test_the_report_shows_callers_success_retries_latency_and_the_verdict() -> None:
+    snapshots = [Snapshot(0.0, frozenset({A, B})), Snapshot(1.0, frozenset({A}), {A: 2})]
+    text = text_of(
+        findings(
+            metrics={"orders": scrape.parse(ORDERS_PAGE)},
+            snapshots=snapshots,
+            events=[Event(0.5, "fault", "inventory-2 killed")],
+        )
+    )
+
+    assert "100.00%" in text  # what the callers saw
+    assert "95.00%" in text  # orders -> inventory attempts
+    assert "inventory-2 killed" in text
+    assert "20 ms" in text  # p50
+    assert "verdict: PASS" in text
+    assert "█▒" in text  # inventory-1: serving, then ejected
+    assert "█░" in text  # inventory-2: serving, then out of Consul's passing set
+
+
+def test_what_a_build_does_not_export_reads_not_measured() -> None:
+    text = text_of(findings(trace="no traces collected: no process wrote a span file"))
+
+    assert "not measured" in text
+    assert "no traces collected" in text
+    assert "timeline: no samples taken" in text
+    assert "verdict: PASS" in text
+
+
+def test_a_failing_run_says_why() -> None:
+    tally = Tally()
+    tally.record(Outcome(0.0, 2.0, "DEADLINE_EXCEEDED"))
+
+    text = text_of(findings(tally=tally, verdict=verdict(tally)))
+
+    assert "verdict: FAIL" in text
+    assert "DEADLINE_EXCEEDED x1" in text

@@ -1,0 +1,103 @@
+"""The demo's mesh: the issue's topology on distinct loopback ports, with mTLS from Consul and its own config
+files that the environment cannot override by accident."""
+
+from __future__ import annotations
+
+import itertools
+from pathlib import Path
+
+from meshlet.config import load_config
+from meshlet.demo.topology import (
+    Settings,
+    agent_spec,
+    child_environment,
+    child_specs,
+    client_config,
+    plan_topology,
+)
+
+SETTINGS = Settings(python="python3", consul_address="http://127.0.0.1:8500", span_files=True)
+
+
+def plan(tmp_path: Path):
+    return plan_topology(tmp_path, itertools.count(20000))
+
+
+def test_the_shop_is_gateway_orders_three_inventories_and_payments(tmp_path: Path) -> None:
+    topology = plan(tmp_path)
+
+    assert [i.name for i in topology.instances] == [
+        "inventory-1",
+        "inventory-2",
+        "inventory-3",
+        "payments",
+        "orders",
+        "gateway",
+    ]
+    assert all(i.sidecar for i in topology.of("inventory") + topology.of("payments"))
+    assert all(i.metrics_port and not i.sidecar for i in topology.of("orders") + topology.of("gateway"))
+
+
+def test_every_port_is_distinct(tmp_path: Path) -> None:
+    topology = plan(tmp_path)
+    ports = []
+    for instance in topology.instances:
+        ports.append(instance.app_port)
+        if instance.sidecar:
+            ports += [instance.sidecar.inbound, instance.sidecar.outbound, instance.sidecar.admin]
+        if instance.metrics_port:
+            ports.append(instance.metrics_port)
+
+    assert len(ports) == len(set(ports))
+    assert topology.names_by_endpoint()[topology.instance("inventory-2").endpoint] == "inventory-2"
+
+
+def test_every_generated_config_is_valid_and_uses_the_connect_ca(tmp_path: Path) -> None:
+    topology = plan(tmp_path)
+    specs = [spec for i in topology.instances for spec in child_specs(topology, i, SETTINGS)]
+    configs = [spec.config for spec in specs if spec.config is not None]
+
+    assert len(specs) == 10  # 4 plain apps + 4 sidecars + 2 SDK services
+    assert len(configs) == 6
+    for config in [*configs, client_config(topology, SETTINGS)]:
+        loaded = load_config(None, env={}, overrides=config)
+        assert loaded.tls.source == "consul"
+        assert loaded.consul.address == "http://127.0.0.1:8500"
+        assert loaded.telemetry.span_file is not None
+
+
+def test_a_sidecar_forwards_to_its_own_app_and_the_app_reads_its_faults_file(tmp_path: Path) -> None:
+    topology = plan(tmp_path)
+    instance = topology.instance("inventory-2")
+
+    app, sidecar = child_specs(topology, instance, SETTINGS)
+
+    assert "--faults-file" in app.argv
+    assert str(topology.faults_file("inventory-2")) in app.argv
+    assert sidecar.config is not None
+    assert sidecar.config["sidecar"]["app"] == f"127.0.0.1:{instance.app_port}"
+    assert sidecar.config["service"]["name"] == "inventory"
+
+
+def test_the_driver_sees_what_the_gateway_answered_without_retrying(tmp_path: Path) -> None:
+    config = load_config(None, env={}, overrides=client_config(plan(tmp_path), SETTINGS))
+
+    assert config.upstream("gateway").retry.max_attempts == 1
+
+
+def test_children_ignore_the_callers_meshlet_variables_and_get_consul_and_otlp() -> None:
+    settings = Settings("python3", "http://127.0.0.1:9", otlp_endpoint="http://localhost:4317")
+    parent = {"PATH": "/bin", "MESHLET_SERVICE__NAME": "oops", "OTEL_SERVICE_NAME": "mine"}
+
+    env = child_environment(parent, settings, {"MESHLET_CONFIG": "/x.yaml"})
+
+    assert env["PATH"] == "/bin"
+    assert "MESHLET_SERVICE__NAME" not in env
+    assert "OTEL_SERVICE_NAME" not in env
+    assert env["MESHLET_CONFIG"] == "/x.yaml"
+    assert env["CONSUL_HTTP_ADDR"] == "http://127.0.0.1:9"
+    assert env["OTEL_EXPORTER_OTLP_ENDPOINT"] == "http://localhost:4317"
+
+
+def test_the_agent_listens_on_loopback() -> None:
+    assert agent_spec("python3", 8501).argv[-2:] == ("--http-addr", "127.0.0.1:8501")
