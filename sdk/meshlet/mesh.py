@@ -132,7 +132,12 @@ class Mesh:
         ``/metrics`` on ``telemetry.metrics_port`` when it is set."""
         port = self.config.telemetry.metrics_port
         if port is not None and self.metrics is not None and self._metrics_server is None:
-            server = MetricsServer(self.metrics.render, self.config.telemetry.metrics_host, port)
+            server = MetricsServer(
+                self.metrics.render,
+                self.config.telemetry.metrics_host,
+                port,
+                health=lambda: _overall_status(self.health),
+            )
             await server.start()
             self._metrics_server = server
         if self._tls is not None and not self._tls_started:

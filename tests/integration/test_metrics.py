@@ -10,6 +10,7 @@ from pathlib import Path
 import aiohttp
 import grpc
 import pytest
+from grpc_health.v1 import health_pb2
 from prometheus_client.parser import text_string_to_metric_families
 
 from meshlet.security.dev_ca import init_ca, issue
@@ -56,6 +57,11 @@ async def scrape(url: str) -> Scrape:
         return Scrape(await response.text())
 
 
+async def probe(url: str) -> tuple[int, str]:
+    async with aiohttp.ClientSession() as session, session.get(url) as response:
+        return response.status, await response.text()
+
+
 async def test_the_sdk_metrics_port_counts_calls_retries_and_the_open_breaker(
     fleet: EchoFleet, mesh_factory: MeshFactory
 ) -> None:
@@ -67,6 +73,11 @@ async def test_the_sdk_metrics_port_counts_calls_retries_and_the_open_breaker(
     await mesh.start()
     stub = echo_pb2_grpc.EchoStub(mesh.channel(fleet.service))
     url = f"http://127.0.0.1:{port}/metrics"
+    # Readiness follows the process's grpc.health.v1 status, which a draining mesh turns NOT_SERVING.
+    ready = f"http://127.0.0.1:{port}/ready"
+    assert await probe(ready) == (200, "grpc.health.v1 status: SERVING\n")
+    await mesh.health.set("", health_pb2.HealthCheckResponse.NOT_SERVING)
+    assert await probe(ready) == (503, "grpc.health.v1 status: NOT_SERVING\n")
 
     for _ in range(40):
         await stub.Echo(HELLO, timeout=5)  # the bad instance's failures are retried on the good ones
@@ -114,6 +125,10 @@ async def test_a_served_sdk_process_counts_its_inbound_calls_by_the_status_its_h
             await stub.EchoOnce(HELLO, timeout=5, metadata=(("x-echo-fail", "NOT_FOUND"),))
     for _ in range(3):
         assert len([reply async for reply in stub.ServerStream(HELLO, timeout=5)]) == 3
+
+    # The same plaintext port answers Kubernetes' probes: the mesh's port is mTLS only.
+    assert await probe(f"http://127.0.0.1:{port}/ready") == (200, "grpc.health.v1 status: SERVING\n")
+    assert await probe(f"http://127.0.0.1:{port}/live") == (200, "live\n")
 
     inbound = {"direction": "inbound", "service": fleet.service}
     url = f"http://127.0.0.1:{port}/metrics"

@@ -1,5 +1,8 @@
 """The SDK's opt-in metrics port (``telemetry.metrics_port``): ``GET /metrics`` in Prometheus text, served by
-aiohttp on the mesh's event loop, off the data path. The sidecar serves the same page on its admin port."""
+aiohttp on the mesh's event loop, off the data path. The sidecar serves the same page on its admin port.
+
+It also answers ``/ready`` (200 while the process's grpc.health.v1 status is SERVING) and ``/live``: an SDK
+service serves mTLS only, and Kubernetes' grpc probes speak plaintext, so its probes need a plaintext port."""
 
 from __future__ import annotations
 
@@ -13,8 +16,11 @@ CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"  # Prometheus text exp
 class MetricsServer:
     """Serve `render()` at ``http://host:port/metrics``; `start()` returns the bound port (0 picks a free one)."""
 
-    def __init__(self, render: Callable[[], bytes], host: str, port: int) -> None:
+    def __init__(
+        self, render: Callable[[], bytes], host: str, port: int, *, health: Callable[[], str] = lambda: "SERVING"
+    ) -> None:
         self._render = render
+        self._health = health
         self.host = host
         self.port = port
         self._runner: web.AppRunner | None = None
@@ -22,6 +28,8 @@ class MetricsServer:
     async def start(self) -> int:
         app = web.Application()
         app.router.add_get("/metrics", self._metrics)
+        app.router.add_get("/ready", self._ready)
+        app.router.add_get("/live", self._live)
         # No access log (a scraper every few seconds), and a stop that never waits long on one.
         runner = web.AppRunner(app, handle_signals=False, access_log=None, shutdown_timeout=1.0)
         await runner.setup()
@@ -44,6 +52,13 @@ class MetricsServer:
 
     async def _metrics(self, request: web.Request) -> web.Response:
         return web.Response(body=self._render(), headers={"Content-Type": CONTENT_TYPE})
+
+    async def _ready(self, request: web.Request) -> web.Response:
+        status = self._health()
+        return web.Response(status=200 if status == "SERVING" else 503, text=f"grpc.health.v1 status: {status}\n")
+
+    async def _live(self, request: web.Request) -> web.Response:
+        return web.Response(text="live\n")  # answered at all: the event loop is turning
 
     def __repr__(self) -> str:
         state = "serving" if self._runner is not None else "stopped"
