@@ -110,15 +110,24 @@ class MethodTable:
 
 class AskSchedule:
     """When a learner may ask its reflection service again: never while a question is out; after a failure
-    (unreachable, no reflection service) with a doubling backoff up to `max_backoff_s`; after an answer that
-    left a method unknown, not before `recheck_s` (the app may have been redeployed with new methods)."""
+    (unreachable, timed out) with a doubling backoff up to `max_backoff_s`; after an answer that left a method
+    unknown, not before `recheck_s` (the app may have been redeployed with new methods); after a refusal (no
+    reflection service there, or intentions that do not let us ask), not before `refused_s`."""
 
-    __slots__ = ("_backoff_s", "_in_flight", "_next_at", "max_backoff_s", "min_backoff_s", "recheck_s")
+    __slots__ = ("_backoff_s", "_in_flight", "_next_at", "max_backoff_s", "min_backoff_s", "recheck_s", "refused_s")
 
-    def __init__(self, *, min_backoff_s: float = 1.0, max_backoff_s: float = 60.0, recheck_s: float = 30.0) -> None:
+    def __init__(
+        self,
+        *,
+        min_backoff_s: float = 1.0,
+        max_backoff_s: float = 60.0,
+        recheck_s: float = 30.0,
+        refused_s: float = 300.0,
+    ) -> None:
         self.min_backoff_s = min_backoff_s
         self.max_backoff_s = max_backoff_s
         self.recheck_s = recheck_s
+        self.refused_s = refused_s
         self._backoff_s = min_backoff_s
         self._next_at = float("-inf")
         self._in_flight = False
@@ -133,6 +142,14 @@ class AskSchedule:
         self._in_flight = False
         self._backoff_s = self.min_backoff_s
         self._next_at = now + self.recheck_s
+
+    def refused(self, now: float) -> float:
+        """Record a definite no (UNIMPLEMENTED, PERMISSION_DENIED): asking again soon would get the same answer
+        and, at an upstream, a denial logged each time. Returns the wait before the next question."""
+        self._in_flight = False
+        self._backoff_s = self.min_backoff_s
+        self._next_at = now + self.refused_s
+        return self.refused_s
 
     def failed(self, now: float) -> float:
         """Record a failed question; returns the wait before the next one."""

@@ -23,6 +23,11 @@ from meshlet_sidecar.method_kinds import AskSchedule, MethodInfo, MethodTable, m
 log = logging.getLogger("meshlet.sidecar")
 
 ASK_TIMEOUT_S = 5.0
+# Answers that will not change soon: no reflection service there, or the upstream's intentions do not let us ask
+# (allow /grpc.reflection.v1alpha.ServerReflection/* from this service, or give the sidecar descriptor sets).
+REFUSALS = frozenset(
+    {grpc.StatusCode.UNIMPLEMENTED, grpc.StatusCode.PERMISSION_DENIED, grpc.StatusCode.UNAUTHENTICATED}
+)
 
 
 async def ask_methods(channel: grpc.aio.Channel, timeout_s: float = ASK_TIMEOUT_S) -> dict[str, MethodInfo]:
@@ -90,7 +95,8 @@ class ReflectionLearner:
             self._schedule.failed(self._clock())
             raise
         except (grpc.aio.AioRpcError, ValueError) as error:
-            wait = self._schedule.failed(self._clock())
+            refused = isinstance(error, grpc.aio.AioRpcError) and error.code() in REFUSALS
+            wait = (self._schedule.refused if refused else self._schedule.failed)(self._clock())
             reason = f"{error.code().name}: {error.details()}" if isinstance(error, grpc.aio.AioRpcError) else error
             level = logging.DEBUG if str(reason) == self._last_failure else logging.INFO
             self._last_failure = str(reason)

@@ -9,9 +9,10 @@ import grpc
 import pytest
 
 from meshlet.call import Cardinality
-from meshlet_sidecar.method_kinds import MethodInfo, MethodTable
+from meshlet_sidecar.method_kinds import AskSchedule, MethodInfo, MethodTable
 from meshlet_sidecar.reflection import ReflectionLearner, ask_methods
 from tests.support.plain_app import plain_app
+from tests.support.processes import free_port
 
 ECHO = "/meshlet_api.echo.v1.Echo"
 
@@ -60,26 +61,48 @@ async def test_a_miss_makes_the_learner_ask_and_the_table_learn(with_reflection:
     await learner.close()
 
 
-async def test_a_server_without_reflection_is_asked_again_only_after_the_backoff(
+async def test_a_server_without_reflection_is_asked_again_only_after_the_refusal_interval(
     without_reflection: grpc.aio.Channel,
 ) -> None:
-    table, clock, asked = MethodTable(), Clock(), []
+    table, clock, asked = MethodTable(), Clock(), list[float]()
 
     def channel() -> grpc.aio.Channel:
         asked.append(clock.now)
         return without_reflection
 
-    learner = ReflectionLearner("app", table, channel, clock=clock)
+    learner = ReflectionLearner("app", table, channel, clock=clock, schedule=AskSchedule(refused_s=300.0))
     learner.ask()
-    await learner.wait_answer()
-    table.missed(f"{ECHO}/Echo")  # at once: within the first backoff (1 s), nothing is asked
-    await learner.wait_answer()
-    clock.now += 1.0
+    await learner.wait_answer()  # UNIMPLEMENTED: a definite no
+    for _ in range(3):
+        clock.now += 60.0
+        table.missed(f"{ECHO}/Echo")  # calls of unknown kind keep coming: none asks again before 300 s
+        await learner.wait_answer()
+    clock.now += 120.0
     table.missed(f"{ECHO}/Echo")
     await learner.wait_answer()
-    clock.now += 1.0  # the second backoff is 2 s
-    table.missed(f"{ECHO}/Echo")
-    await learner.wait_answer()
-    assert asked == [1000.0, 1001.0]
+    assert asked == [1000.0, 1300.0]
     assert len(table) == 0
     await learner.close()
+
+
+async def test_an_unreachable_source_is_asked_again_with_a_doubling_backoff() -> None:
+    table, clock, asked = MethodTable(), Clock(), list[float]()
+    async with grpc.aio.insecure_channel(f"127.0.0.1:{free_port()}") as nowhere:  # nothing listens there
+
+        def channel() -> grpc.aio.Channel:
+            asked.append(clock.now)
+            return nowhere
+
+        learner = ReflectionLearner("upstream", table, channel, clock=clock)
+        learner.ask()
+        await learner.wait_answer()
+        table.missed(f"{ECHO}/Echo")  # at once: within the first backoff (1 s), nothing is asked
+        await learner.wait_answer()
+        clock.now += 1.0
+        table.missed(f"{ECHO}/Echo")
+        await learner.wait_answer()
+        clock.now += 1.0  # the second backoff is 2 s
+        table.missed(f"{ECHO}/Echo")
+        await learner.wait_answer()
+        assert asked == [1000.0, 1001.0]
+        await learner.close()

@@ -134,3 +134,11 @@ def test_schedule_rechecks_an_answered_source_only_after_the_recheck_interval() 
     assert schedule.may_ask(31.0)
     schedule.asked()
     assert schedule.failed(31.0) == 1.0  # an answer resets the backoff
+
+
+def test_schedule_asks_a_source_that_refused_only_after_the_refusal_interval() -> None:
+    schedule = AskSchedule(min_backoff_s=1.0, refused_s=300.0)
+    schedule.asked()
+    assert schedule.refused(0.0) == 300.0
+    assert not schedule.may_ask(299.0)
+    assert schedule.may_ask(300.0)
