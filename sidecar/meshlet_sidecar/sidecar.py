@@ -197,9 +197,9 @@ class Sidecar:
             self.inbound = SpliceListener(
                 self.config.sidecar.inbound,
                 source=self.mesh.tls_source,
-                authorizer=parts.authorizer,
-                service=self.service,
+                parts=parts,
                 app_address=self.forward.app_address,
+                clock=time.monotonic,
             )
         else:
             self.inbound = InboundListener(

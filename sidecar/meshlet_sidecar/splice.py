@@ -2,11 +2,16 @@
 once per connection, then splice the bytes to the app without parsing gRPC, as Consul's L4 intentions do.
 
 Only for a port whose authorization is by identity alone: no per-method intention and no rate limit (the config
-refuses l4 otherwise), since neither can be decided without reading the calls. What it gives up against the L7
-listener: a denied caller's connection is closed (it sees UNAVAILABLE, not PERMISSION_DENIED with ErrorInfo);
-there is no per-call tracing, metrics or access log on this hop; a drain cannot send GOAWAY, so on stop the
-listener waits for its connections to go quiet (no byte for `QUIET_S`), up to the grace period, then closes them.
-What it wins: the per-call cost of grpc's server and client machinery on this hop.
+refuses l4 otherwise), since neither can be decided without reading the calls. A refused connection (an intention
+denies its caller, or its certificate names no service) is not closed, which a client would take for "never
+reached a server" and retry until its deadline: its bytes go to the RefusalServer, which answers each of its calls
+with the L7 pipeline's own PERMISSION_DENIED (ErrorInfo INTENTION_DENIED) or UNAUTHENTICATED, and logs and counts
+it as L7 does. Every connection is counted by caller and outcome (``meshlet_l4_connections_total``).
+
+What it gives up against the L7 listener: no per-call tracing, metrics or access log for the calls it lets
+through; a drain cannot send GOAWAY, so on stop the listener waits for its connections to go quiet (no byte for
+`QUIET_S`), up to the grace period, then closes them. What it wins: the per-call cost of grpc's server and client
+machinery on this hop.
 """
 
 from __future__ import annotations
@@ -23,30 +28,39 @@ from pathlib import Path
 from typing import Any
 
 from meshlet.config import split_host_port
+from meshlet.deadline import Clock
+from meshlet.inbound import InboundParts
 from meshlet.security.certs import CertificateSource, TlsMaterial
 from meshlet.security.identity import InvalidSpiffeId, SpiffeId
-from meshlet.security.intentions import Authorizer, service_of
+from meshlet.security.intentions import service_of
+from meshlet.telemetry.metrics import caller_label
+from meshlet_sidecar.refusal import LOOPBACK, RefusalServer, RefusedConnection
 
 log = logging.getLogger("meshlet.sidecar")
 
 CHUNK_BYTES = 256 * 1024
 HANDSHAKE_TIMEOUT_S = 10.0
+# TLS's close waits for the peer's close_notify, which grpc clients do not send (grpcio 1.85, observed): unbounded, a
+# caller whose connection we close keeps sending calls into it for ssl's default 30 s before it dials again.
+SHUTDOWN_TIMEOUT_S = 1.0
 QUIET_S = 1.0  # on stop, a connection with no byte for this long has nothing in flight worth waiting for
+STALE_QUIET_S = 0.2  # a refused connection the intentions now allow is closed once its answers are out
 ANY_METHOD = "*"  # l4 ports have no per-method intention, so one decision covers every method
 
 
 class SpliceListener:
     """One TCP server on `address`: mTLS with `source`'s current certificate (new connections pick up a rotation),
-    an identity check and one authorization per connection, then bytes both ways to the app at `app_address`."""
+    an identity check and one authorization per connection (`parts`' authorizer), then bytes both ways to the app
+    at `app_address`, or, for a refused connection, to a RefusalServer over the same `parts`."""
 
     def __init__(
         self,
         address: str,
         *,
         source: CertificateSource,
-        authorizer: Authorizer | None,
-        service: str,
+        parts: InboundParts,
         app_address: str,
+        clock: Clock,
     ) -> None:
         self.address = address
         self.port = 0
@@ -55,8 +69,12 @@ class SpliceListener:
         self.generic_calls = 0
         self.connections = 0  # accepted and spliced since start
         self._source = source
-        self._authorizer = authorizer
-        self._service = service
+        self._parts = parts
+        self._authorizer = parts.authorizer
+        self._service = parts.service
+        self._counted = parts.metrics.l4_connections if parts.metrics is not None else None
+        self._clock = clock
+        self._refusals: tuple[RefusalServer, asyncio.Task[int]] | None = None  # started at the first refusal
         self._server: asyncio.Server | None = None
         self._open: dict[asyncio.Task[None], float] = {}  # connection -> when it last moved a byte
         self._context: tuple[TlsMaterial, ssl.SSLContext] | None = None
@@ -77,6 +95,7 @@ class SpliceListener:
                 port,
                 ssl=context,
                 ssl_handshake_timeout=HANDSHAKE_TIMEOUT_S,
+                ssl_shutdown_timeout=SHUTDOWN_TIMEOUT_S,
                 reuse_address=True,
             )
         except OSError as error:
@@ -104,6 +123,10 @@ class SpliceListener:
         await asyncio.gather(*self._open, return_exceptions=True)
         if server is not None:
             await server.wait_closed()
+        refusals, self._refusals = self._refusals, None
+        if refusals is not None:
+            await asyncio.gather(refusals[1], return_exceptions=True)
+            await refusals[0].stop()
         for path in self._files.glob("*"):
             path.unlink(missing_ok=True)
         with contextlib.suppress(OSError):
@@ -125,28 +148,29 @@ class SpliceListener:
         finally:
             self._open.pop(task, None)
             writer.close()
+            with contextlib.suppress(Exception):  # gone already, or reset: closed either way
+                await writer.wait_closed()  # at most SHUTDOWN_TIMEOUT_S: a stop leaves no socket behind
 
     async def _serve(
         self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, peer: str, task: asyncio.Task[None]
     ) -> None:
         """Called once the handshake has verified the client's chain (a failed handshake never gets here)."""
-        caller = caller_identity(writer.get_extra_info("peercert"))
+        certificate = writer.get_extra_info("peercert")
+        caller = caller_identity(certificate)
         if caller is None:
             log.warning("refused an inbound connection from %s: its certificate names no service", peer)
+            self._count(None, "denied")
+            await self._refuse(reader, writer, task, RefusedConnection(presented_uri(certificate), peer))
             return
         if self._authorizer is not None:
             decision = self._authorizer.decide_now(caller, self._service, ANY_METHOD)
             if decision is None:
                 decision = await self._authorizer.decide(caller, self._service, ANY_METHOD)
-            if not decision.allowed:
-                log.warning(
-                    "denied %s -> %s (L4, connection closed): %s",
-                    service_of(caller),
-                    self._service,
-                    decision.reason,
-                    extra={"event": "authz_denied", "caller": caller, "target": self._service},
-                )
+            if not decision.allowed:  # each call is answered, logged and counted by the refusal server
+                self._count(caller, "denied")
+                await self._refuse(reader, writer, task, RefusedConnection(caller, peer))
                 return
+        self._count(caller, "allowed")
         host, port = split_host_port(self.app_address)
         try:
             app_reader, app_writer = await asyncio.open_connection(host, port)
@@ -162,12 +186,69 @@ class SpliceListener:
         finally:
             app_writer.close()
 
-    async def _pipe(
-        self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, owner: asyncio.Task[None]
+    def _count(self, caller: str | None, outcome: str) -> None:
+        if self._counted is not None:
+            self._counted.labels(self._service, caller_label(service_of(caller)), outcome).inc()
+
+    async def _refuse(
+        self,
+        reader: asyncio.StreamReader,
+        writer: asyncio.StreamWriter,
+        task: asyncio.Task[None],
+        connection: RefusedConnection,
     ) -> None:
+        """Splice a refused connection to the refusal server, which answers its calls; no app is involved."""
+        refusals = await self._refusal_server()
+        server_reader, server_writer = await asyncio.open_connection(LOOPBACK, refusals.port)
+        local_port: int = server_writer.get_extra_info("sockname")[1]
+        refusals.expect(local_port, connection)  # before the first byte: the server reads who it is on every call
+        try:
+            await _first_done(
+                self._pipe(reader, server_writer, task, mute=connection.reauthorized),
+                self._pipe(server_reader, writer, task),
+                self._until_stale(connection, task),
+            )
+        finally:
+            refusals.forget(local_port)
+            server_writer.close()
+        if connection.reauthorized.is_set():
+            # Not close(): grpc clients do not answer TLS's close_notify, so the caller would keep sending on a
+            # connection that hangs until ssl's shutdown timeout. A reset makes it dial again at once.
+            writer.transport.abort()
+
+    async def _until_stale(self, connection: RefusedConnection, task: asyncio.Task[None]) -> None:
+        """Return (ending the connection) once a call got through the refusal stages and the answers have gone out
+        (the caller's bytes are dropped from then on, so no new call keeps it open): the intentions now allow the
+        caller, and its next connection is authorized afresh."""
+        await connection.reauthorized.wait()
+        while True:
+            idle = time.monotonic() - self._open.get(task, 0.0)
+            if idle >= STALE_QUIET_S:
+                return
+            await asyncio.sleep(STALE_QUIET_S - idle)
+
+    async def _refusal_server(self) -> RefusalServer:
+        """The refusal server, started by the first refused connection (most ports never need one)."""
+        if self._refusals is None or _failed(self._refusals[1]):  # one that could not start is tried again
+            server = RefusalServer(self._parts, self._clock)
+            self._refusals = (server, asyncio.ensure_future(server.start()))
+        server, started = self._refusals
+        await asyncio.shield(started)
+        return server
+
+    async def _pipe(
+        self,
+        reader: asyncio.StreamReader,
+        writer: asyncio.StreamWriter,
+        owner: asyncio.Task[None],
+        mute: asyncio.Event | None = None,
+    ) -> None:
+        """Copy bytes one way until either side closes; once `mute` is set, read and drop them instead."""
         open_connections = self._open
         with contextlib.suppress(ConnectionError, ssl.SSLError, OSError):
             while data := await reader.read(CHUNK_BYTES):
+                if mute is not None and mute.is_set():
+                    continue
                 open_connections[owner] = time.monotonic()
                 writer.write(data)
                 await writer.drain()
@@ -217,16 +298,27 @@ async def _first_done(*coroutines: Coroutine[Any, Any, None]) -> None:
         await asyncio.gather(*tasks, return_exceptions=True)
 
 
-def caller_identity(certificate: object) -> str | None:
-    """The verified client certificate's one ``spiffe://`` URI SAN naming a service, else None."""
+def _failed(task: asyncio.Task[Any]) -> bool:
+    return task.done() and (task.cancelled() or task.exception() is not None)
+
+
+def presented_uri(certificate: object) -> str | None:
+    """The verified client certificate's one ``spiffe://`` URI SAN, whatever it names (the rule of
+    meshlet.security.certs.caller_spiffe_id on the L7 path), else None."""
     if not isinstance(certificate, dict):
         return None
     uris = [value for kind, value in certificate.get("subjectAltName", ()) if kind == "URI"]
     found = [uri for uri in uris if isinstance(uri, str) and uri.startswith("spiffe://")]
-    if len(found) != 1:
+    return found[0] if len(found) == 1 else None
+
+
+def caller_identity(certificate: object) -> str | None:
+    """The verified client certificate's one ``spiffe://`` URI SAN naming a service, else None."""
+    found = presented_uri(certificate)
+    if found is None:
         return None
     try:
-        SpiffeId.parse(found[0])
+        SpiffeId.parse(found)
     except InvalidSpiffeId:
         return None
-    return found[0]
+    return found

@@ -137,6 +137,13 @@ class Metrics:
             ["service", "caller"],
             registry=registry,
         )
+        self.l4_connections = Counter(
+            "meshlet_l4_connections",
+            "Inbound connections a sidecar's L4 hop authorized once each, by the caller's service and outcome "
+            "(denied: its calls answered by the mesh, never reaching the app)",
+            ["service", "caller", "outcome"],
+            registry=registry,
+        )
         self.tls_handshake_failures = Counter(
             "meshlet_tls_handshake_failures",
             "Attempts that failed in the TLS handshake (outbound only: grpcio does not show a server's failed "
