@@ -242,6 +242,14 @@ def test_otel_variables_give_the_telemetry_defaults() -> None:
     assert (telemetry.otlp_endpoint, telemetry.service_name) == ("http://jaeger:4317", "orders")
 
 
+def test_the_traces_own_otlp_endpoint_beats_the_generic_one() -> None:
+    env = {
+        "OTEL_EXPORTER_OTLP_ENDPOINT": "http://generic:4317",
+        "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT": "http://traces:4317",
+    }
+    assert load_config(env=env).telemetry.otlp_endpoint == "http://traces:4317"
+
+
 # ---------------------------------------------------------------- upstream policies
 
 

@@ -128,6 +128,7 @@ def _ambient_defaults(layers: _Layers, env: Mapping[str, str]) -> None:
         ("CONSUL_CACERT", ("consul", "cacert")),
         ("OTEL_SERVICE_NAME", ("telemetry", "service_name")),
         ("OTEL_EXPORTER_OTLP_ENDPOINT", ("telemetry", "otlp_endpoint")),
+        ("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT", ("telemetry", "otlp_endpoint")),  # after: the signal's own one wins
     ):
         if env.get(var):
             layers.set(keys, env[var], var)

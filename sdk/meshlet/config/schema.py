@@ -188,7 +188,7 @@ class TelemetryConfig(_Section):
     otlp_endpoint: str | None = None  # default: $OTEL_EXPORTER_OTLP_ENDPOINT; None keeps traces in process
     sample_ratio: Ratio = 1.0
     metrics_port: Port | None = None  # the SDK's opt-in /metrics port (the sidecar serves /metrics on its admin)
-    metrics_host: str = "0.0.0.0"  # what that port binds: all interfaces, so Prometheus can scrape the pod
+    metrics_host: str = "127.0.0.1"  # what that port binds; 0.0.0.0 for Prometheus (and probes) in a pod
     access_log: bool = True
     span_file: Path | None = None  # spans also written here as JSON lines, one file per process (`meshlet trace`)
 

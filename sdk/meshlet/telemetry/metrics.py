@@ -16,6 +16,7 @@ Three kinds of numbers, kept three ways:
 
 from __future__ import annotations
 
+import contextlib
 from bisect import bisect_left
 from collections.abc import Callable, Iterable, Iterator
 from typing import Any, Protocol
@@ -29,6 +30,7 @@ from meshlet.events import (
     BreakerHalfOpened,
     BreakerOpened,
     BudgetRefused,
+    EndpointsChanged,
     Event,
     EventBus,
     RetryNotAttempted,
@@ -179,8 +181,8 @@ class Metrics:
         events.subscribe(self._on_event)
 
     def _on_event(self, event: Event) -> None:
-        if isinstance(event, RetryScheduled):
-            self.retries.labels(event.upstream, method_label(event.method)).inc()
+        if isinstance(event, RetryScheduled):  # the method through the call metrics' cap: paths come from callers
+            self.retries.labels(event.upstream, self.calls("outbound", event.upstream).method(event.method).label).inc()
         elif isinstance(event, RetryNotAttempted):
             if event.why == "budget":
                 self.budget_refusals.labels(event.upstream).inc()
@@ -192,6 +194,11 @@ class Metrics:
             self.breaker_transitions.labels(event.upstream, str(event.endpoint), "half_open").inc()
         elif isinstance(event, BreakerClosed):
             self.breaker_transitions.labels(event.upstream, str(event.endpoint), "closed").inc()
+        elif isinstance(event, EndpointsChanged):  # pods come and go: a departed endpoint's series go with it
+            for endpoint in event.removed:
+                for state in ("open", "half_open", "closed"):
+                    with contextlib.suppress(KeyError):
+                        self.breaker_transitions.remove(event.upstream, str(endpoint), state)
 
     def collect_with(self, collect: Callable[[], Iterable[Metric]]) -> None:
         """Publish families built at scrape time by `collect` (what the sidecar alone knows, say)."""

@@ -17,6 +17,8 @@ from typing import Any
 from opentelemetry.sdk.trace import ReadableSpan
 from opentelemetry.sdk.trace.export import SpanExporter, SpanExportResult
 
+from meshlet.errors import ConfigError
+
 SERVICE_NAME = "service.name"
 
 
@@ -49,8 +51,13 @@ class JsonLinesSpanExporter(SpanExporter):
 
     def __init__(self, path: Path) -> None:
         self.path = path
-        path.parent.mkdir(parents=True, exist_ok=True)
-        self._file = path.open("a", encoding="utf-8")
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            self._file = path.open("a", encoding="utf-8")
+        except OSError as error:
+            raise ConfigError(
+                "telemetry.span_file", str(path), f"cannot be written ({error.strerror or error}): give a writable path"
+            ) from None
         self._lock = threading.Lock()  # export may run from the worker and from a flush at once
 
     def export(self, spans: Sequence[ReadableSpan]) -> SpanExportResult:

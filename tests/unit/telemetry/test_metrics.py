@@ -9,8 +9,8 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from meshlet.endpoints import Endpoint
-from meshlet.events import BreakerOpened, EventBus, RetryNotAttempted, RetryScheduled
-from meshlet.telemetry.metrics import Metrics, tls_handshake_failed
+from meshlet.events import BreakerOpened, EndpointsChanged, EventBus, RetryNotAttempted, RetryScheduled
+from meshlet.telemetry.metrics import MAX_METHODS, OTHER_METHOD, Metrics, tls_handshake_failed
 
 
 def samples(metrics: Metrics) -> dict[tuple[str, frozenset[tuple[str, str]]], float]:
@@ -133,3 +133,23 @@ def test_two_meshes_in_one_process_keep_separate_registries() -> None:
 )
 def test_only_handshake_and_certificate_failures_count_as_tls_failures(details: str, failed: bool) -> None:
     assert tls_handshake_failed(details) is failed
+
+
+def test_label_values_stay_bounded_when_callers_invent_methods_and_pods_come_and_go() -> None:
+    metrics = Metrics()
+    bus = EventBus()
+    metrics.watch(bus)
+    for i in range(MAX_METHODS + 50):
+        bus.emit(RetryScheduled("inventory", f"/made.Up/M{i}", 1, 0.0, "UNAVAILABLE"))
+    gone, staying = Endpoint("10.0.0.2", 50051), Endpoint("10.0.0.3", 50051)
+    bus.emit(BreakerOpened("inventory", gone, 10.0))
+    bus.emit(BreakerOpened("inventory", staying, 10.0))
+    bus.emit(EndpointsChanged("inventory", added=(), removed=(gone,), total=1))
+    seen = samples(metrics)
+
+    methods = {dict(labels)["method"] for name, labels in seen if name == "meshlet_retries_total"}
+    assert len(methods) == MAX_METHODS + 1
+    assert OTHER_METHOD in methods
+    assert sum(value for (name, labels), value in seen.items() if name == "meshlet_retries_total") == MAX_METHODS + 50
+    endpoints = {dict(labels)["endpoint"] for name, labels in seen if name == "meshlet_breaker_transitions_total"}
+    assert endpoints == {"10.0.0.3:50051"}

@@ -14,6 +14,8 @@ from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanE
 from opentelemetry.sdk.trace.sampling import ParentBased
 
 from meshlet.config import TelemetryConfig
+from meshlet.errors import ConfigError
+from meshlet.telemetry.span_file import JsonLinesSpanExporter
 from meshlet.telemetry.tracing import CountingBatchSpanProcessor, ParentRatioSampler, build_tracing
 
 
@@ -105,3 +107,10 @@ async def test_closing_hands_over_queued_spans_but_never_waits_on_a_collector_th
     tracing.tracer.start_span("call").end()
     await tracing.aclose()
     assert [span.name for span in flushed.get_finished_spans()] == ["call"]
+
+
+def test_a_span_file_that_cannot_be_written_is_a_config_error_naming_the_field(tmp_path: Path) -> None:
+    blocker = tmp_path / "a-file"
+    blocker.write_text("")
+    with pytest.raises(ConfigError, match=r"telemetry\.span_file .*cannot be written"):
+        JsonLinesSpanExporter(blocker / "spans.jsonl")  # its "directory" is a file
