@@ -64,6 +64,7 @@ class OutboundListener:
         self.in_flight = 0
         self.unary_calls = 0  # calls served by a unary handler (the method's kind known) ...
         self.generic_calls = 0  # ... and by the generic stream-stream one
+        self.unrouted_calls = 0  # calls for no known upstream, answered UNAVAILABLE here (outside every pipeline)
 
     async def start(self) -> int:
         # The same options as every meshlet server (an app's big messages and keepalive pings are its business).
@@ -85,8 +86,10 @@ class OutboundListener:
         upstream_name = self.fixed_upstream or self._routes.route(method)
         if upstream_name is None:
             explanation = self._routes.explain_miss(method)
+            log.warning("no route for %s: %s", method, explanation)  # once per method: its handler is built once
 
             async def unrouted(request_iterator: AsyncIterator[bytes], context: Any) -> AsyncIterator[bytes]:
+                self.unrouted_calls += 1
                 await context.abort(grpc.StatusCode.UNAVAILABLE, explanation)
                 yield b""  # pragma: no cover - abort raises
 

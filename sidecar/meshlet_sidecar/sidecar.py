@@ -145,6 +145,11 @@ class Sidecar:
             for handler in ("unary", "generic"):
                 calls.add_metric([side, handler], sum(getattr(listener, f"{handler}_calls") for listener in listeners))
         yield calls
+        yield CounterMetricFamily(
+            "meshlet_sidecar_unrouted_calls",
+            "Outbound calls for a method no route or local port names, answered UNAVAILABLE by the sidecar",
+            value=sum(listener.unrouted_calls for listener in self.outbound),
+        )
 
     # ------------------------------------------------------------------ start and stop
 

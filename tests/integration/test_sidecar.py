@@ -33,7 +33,7 @@ from tests.support.agents import Agent, start_dev_agent
 from tests.support.echo_calls import ECHO_METADATA, EVERY_KIND, WAIT_S, Invoke, request, requests
 from tests.support.plain_app import ERROR_DOMAIN, ERROR_REASON, PlainEchoApp, plain_app
 from tests.support.processes import Processes, free_port, processes
-from tests.support.sidecars import SidecarProcess, local_port_flag, start_sidecar, tls_files
+from tests.support.sidecars import SidecarProcess, admin_get, local_port_flag, start_sidecar, tls_files
 
 pytestmark = [pytest.mark.slow, pytest.mark.asyncio(loop_scope="module")]
 
@@ -282,6 +282,9 @@ async def test_call_for_an_unrouted_service_is_unavailable_naming_the_service(
     assert failed.value.code() == grpc.StatusCode.UNAVAILABLE
     assert "shop.inventory.v1.Inventory" in (failed.value.details() or "")
     assert app_b.seen == []
+    status, page = admin_get(sidecar_a.admin_url + "/metrics")  # an operator sees the misrouted calls counted
+    assert status == 200
+    assert "meshlet_sidecar_unrouted_calls_total 1.0" in page.splitlines()
 
 
 async def test_local_port_routes_any_method_to_its_upstream(
