@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import hashlib
 import json
 import logging
 import random
@@ -95,9 +96,17 @@ def parse_faults(data: Mapping[str, Any], base: Faults) -> Faults:
 
 def read_faults_file(path: Path, base: Faults) -> Faults:
     """The knobs in the JSON file at `path` over `base`; raises FaultsError (also for unreadable JSON)."""
+    return parse_faults_text(path.read_bytes(), path, base)
+
+
+def parse_faults_text(content: bytes, path: Path, base: Faults) -> Faults:
+    """The knobs in a faults file's `content` over `base`. An empty file is invalid, not "no knobs": it is what a
+    reader sees halfway through an editor's or a script's write, and taking it as {} would reset the faults."""
+    if not content.strip():
+        raise FaultsError("faults file", str(path), 'is empty: write a JSON object, e.g. {"error_rate": 0}')
     try:
-        data = json.loads(path.read_text() or "{}")
-    except json.JSONDecodeError as error:
+        data = json.loads(content)
+    except (json.JSONDecodeError, UnicodeDecodeError) as error:
         raise FaultsError("faults file", str(path), f"is not valid JSON ({error})") from None
     if not isinstance(data, dict):
         raise FaultsError("faults file", str(path), 'must hold a JSON object, e.g. {"error_rate": 0.5}')
@@ -119,23 +128,29 @@ class FaultInjector:
         self.instance = instance
         self.path = path
         self.rng = rng or random.Random()
-        self._seen: tuple[int, int] | None = None
+        self._seen: bytes | None = None
 
     def reload(self) -> bool:
-        """Re-read the file if it changed since the last look; True when the faults changed."""
+        """Re-read the file if its content changed since the last look; True when the faults changed.
+
+        The change is told by a hash of the content, not by (mtime, size): two writes of the same size within one
+        tick of the file system's clock leave both equal, and the second would be missed."""
         if self.path is None:
             return False
         try:
-            stat = self.path.stat()
-            seen: tuple[int, int] | None = (stat.st_mtime_ns, stat.st_size)
+            content: bytes | None = self.path.read_bytes()
         except FileNotFoundError:
-            seen = None
+            content = None
+        except OSError as error:
+            log.warning("ignoring the faults file %s: %s", self.path, error, extra={"instance": self.instance})
+            return False
+        seen = None if content is None else hashlib.sha256(content).digest()
         if seen == self._seen:
             return False
         self._seen = seen
         try:
-            faults = self.base if seen is None else read_faults_file(self.path, self.base)
-        except (FaultsError, OSError) as error:
+            faults = self.base if content is None else parse_faults_text(content, self.path, self.base)
+        except FaultsError as error:
             log.warning("ignoring the faults file %s: %s", self.path, error, extra={"instance": self.instance})
             return False
         if faults == self.current:

@@ -8,6 +8,7 @@ import asyncio
 import contextlib
 import logging
 import os
+import signal
 import sys
 from collections.abc import Callable
 
@@ -32,9 +33,12 @@ async def serve_sdk(options: Options, register: Register) -> int:
         mesh = Mesh.from_env()
         injector = options.injector()
         injector.reload()
-        await _start(mesh)
         async with contextlib.AsyncExitStack() as stack:
             stack.push_async_callback(mesh.close)
+            stopping = _stop_on_signals(mesh)
+            if not await _start(mesh, stopping):
+                log.info("stopped while waiting for certificates", extra={"instance": options.instance_id})
+                return 0
             server = mesh.server()
             register(mesh, server, injector)
             watch = asyncio.create_task(injector.watch())
@@ -45,28 +49,71 @@ async def serve_sdk(options: Options, register: Register) -> int:
                 watch.cancel()
                 with contextlib.suppress(asyncio.CancelledError):
                     await watch
-    except ConfigError as error:
+    except (ConfigError, TlsConfigError) as error:
         print(f"python -m services.{options.name}: {error}", file=sys.stderr)
         return 2
-    except OSError as error:  # the port is taken, or the address is not ours
+    except (OSError, RuntimeError) as error:
+        # The port is taken or the address is not ours: grpc says so with a RuntimeError ("Failed to bind"),
+        # the OS with an OSError. Any other RuntimeError is a bug and keeps its traceback.
+        if isinstance(error, RuntimeError) and "bind" not in str(error).lower():
+            raise
         print(
-            f"python -m services.{options.name}: cannot serve on {options.host}:{options.port}: {error}",
+            f"python -m services.{options.name}: cannot serve on {options.host}:{options.port} ({error}): "
+            "choose another --port or --host",
             file=sys.stderr,
         )
         return 1
     return 0
 
 
-async def _start(mesh: Mesh) -> None:
-    """Certificates may come from a node agent that is not up yet (a pod starting beside it): retry, as the
-    sidecar does, rather than crash-loop with a traceback."""
-    while True:
+def _stop_on_signals(mesh: Mesh) -> asyncio.Event:
+    """SIGTERM/SIGINT from the start, not only once serving: a pod stopped while it waits for its certificates
+    exits 0 at once instead of being killed at the end of its grace period. The event is set on the signal, and
+    the mesh is asked to stop (``mesh.serve`` installs its own handlers when it runs, and returns at once if the
+    signal came before)."""
+    stopping = asyncio.Event()
+
+    def stop() -> None:
+        stopping.set()
+        mesh.stop()
+
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop)
+    return stopping
+
+
+async def _start(mesh: Mesh, stopping: asyncio.Event) -> bool:
+    """Load the certificates; False when stopped by a signal first.
+
+    Only Consul's Connect CA is waited for (retrying every CERT_RETRY_S, as the sidecar does): its agent may not
+    be up yet, or may not have a CA leader (a pod starting beside it), and it will answer later. Any other
+    TlsConfigError (files that do not exist or do not match) is permanent: it is raised, and the service exits 2
+    with its one-line message rather than retry forever."""
+    if mesh.config.tls.source != "off":
+        log.info("loading certificates (tls.source %s)", mesh.config.tls.source)
+    while not stopping.is_set():
+        starting = asyncio.ensure_future(mesh.start())
+        signalled = asyncio.ensure_future(stopping.wait())
+        await asyncio.wait({starting, signalled}, return_when=asyncio.FIRST_COMPLETED)
+        signalled.cancel()
+        if not starting.done():  # a signal while the Connect CA is asked: stop asking
+            starting.cancel()
+            with contextlib.suppress(asyncio.CancelledError, TlsConfigError):
+                await starting
+            break
         try:
-            await mesh.start()
-            return
+            starting.result()
+            return True
         except TlsConfigError as error:
-            log.warning("waiting for certificates: %s", error)
-            await asyncio.sleep(CERT_RETRY_S)
+            if mesh.config.tls.source != "consul":
+                raise
+            log.warning(
+                "waiting for certificates from Consul's Connect CA (retrying every %gs): %s", CERT_RETRY_S, error
+            )
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(stopping.wait(), CERT_RETRY_S)
+    return False
 
 
 def run(options: Options, register: Register) -> int:

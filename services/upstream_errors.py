@@ -1,13 +1,16 @@
 """What an SDK-mode service answers when a call to its upstream fails after the mesh's retries.
 
-Decision: a transient upstream failure (UNAVAILABLE, RESOURCE_EXHAUSTED, INTERNAL, UNKNOWN, DATA_LOSS) is not
+Decision: a transient upstream failure (UNAVAILABLE, RESOURCE_EXHAUSTED, UNKNOWN, DATA_LOSS) is not
 passed on as is. Answering UNAVAILABLE would say "this service is down": the caller's mesh would count it against
 a healthy instance's breaker and retry it again, multiplying the retries the mesh below already made (retry
 at one layer only, as the Google SRE book advises). We answer ABORTED (gRPC: "retry at a higher level") with an
 ErrorInfo (reason UPSTREAM_FAILED, the upstream, its code, and meshlet's own reason when it gave one), and a
 message saying the request can be repeated safely with the same request_id. DEADLINE_EXCEEDED and CANCELLED stay
 what they are: the deadline and the cancellation are the caller's own. Access problems (PERMISSION_DENIED,
-UNAUTHENTICATED, UNIMPLEMENTED) are this service's misconfiguration, so INTERNAL, naming the upstream.
+UNAUTHENTICATED, UNIMPLEMENTED) are this service's misconfiguration, so INTERNAL, naming the upstream. An upstream's
+INTERNAL is not transient either (a bug or a misconfiguration there, which a repeat will not cure, so "repeat later,
+it is safe" would send clients into a loop): it is left to the caller like an application answer, and stays
+INTERNAL (orders names the upstream; the gateway passes orders' INTERNAL on with its details).
 Application answers (NOT_FOUND, FAILED_PRECONDITION, ...) are mapped by the caller, which knows what they mean.
 """
 
@@ -23,7 +26,6 @@ TRANSIENT = frozenset(
     {
         grpc.StatusCode.UNAVAILABLE,
         grpc.StatusCode.RESOURCE_EXHAUSTED,
-        grpc.StatusCode.INTERNAL,
         grpc.StatusCode.UNKNOWN,
         grpc.StatusCode.DATA_LOSS,
     }

@@ -86,3 +86,20 @@ class Inventory(inventory_pb2_grpc.InventoryServicer):
         return inventory_pb2.ReserveReply(
             reservation_id=made.reservation_id, remaining=made.remaining, served_by=self.instance_id
         )
+
+    async def Release(  # noqa: N802
+        self, request: inventory_pb2.ReleaseRequest, context: Any
+    ) -> inventory_pb2.ReleaseReply:
+        await self.faults.apply(context, "Release")
+        if not request.reservation_id:
+            violation = ("reservation_id", "required: the reservation_id that Reserve was given")
+            await abort(context, bad_request("Release: invalid request, see the field violations", [violation]))
+        released = self.stock.release(request.reservation_id)
+        if released is not None:
+            log.info(
+                "released",
+                extra={"reservation_id": released.reservation_id, "sku": released.sku, "quantity": released.quantity},
+            )
+        return inventory_pb2.ReleaseReply(
+            reservation_id=request.reservation_id, released=released is not None, served_by=self.instance_id
+        )

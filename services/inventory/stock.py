@@ -2,12 +2,15 @@
 
 A reservation id makes Reserve idempotent: the same id again returns the first answer and takes nothing more.
 The state is per instance (a sample shop, no database): a reservation retried on another instance reserves
-there, which the demo accepts."""
+there, which the demo accepts. The reservation records are bounded (services.bounded: 100,000, 24 hours): only
+a replay needs them, and a replay comes long before either bound."""
 
 from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass, field
+
+from services.bounded import BoundedRecords
 
 
 class UnknownSku(LookupError):
@@ -35,7 +38,7 @@ class Reservation:
 @dataclass
 class Stock:
     available: dict[str, int]
-    reservations: dict[str, Reservation] = field(default_factory=dict)
+    reservations: BoundedRecords[str, Reservation] = field(default_factory=BoundedRecords)
 
     @classmethod
     def seeded(cls, levels: Mapping[str, int]) -> Stock:
@@ -58,5 +61,15 @@ class Stock:
             raise NotEnoughStock(sku, available, quantity)
         self.available[sku] = available - quantity
         made = Reservation(reservation_id, sku, quantity, available - quantity)
-        self.reservations[reservation_id] = made
+        self.reservations.put(reservation_id, made)
         return made, False
+
+    def release(self, reservation_id: str) -> Reservation | None:
+        """Give a reservation's quantity back and forget it; None when there is none (released before, never
+        made here, or forgotten), which changes nothing. Forgotten rather than marked: an order that failed is
+        repeated with the same request_id, and its Reserve must then take the stock again."""
+        made = self.reservations.pop(reservation_id)
+        if made is None:
+            return None
+        self.available[made.sku] = self.available.get(made.sku, 0) + made.quantity
+        return made

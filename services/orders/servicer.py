@@ -1,9 +1,11 @@
 """The Orders API: CreateOrder reserves each item in inventory and charges payments through the mesh, in a way
 that a retried CreateOrder (same request_id) repeats safely: reservation ids and the payment's idempotency key
-derive from the request_id, and so does the order id. GetOrder and ListOrders read what this instance stored."""
+derive from the request_id, and so does the order id. An order that fails after reserving releases what it
+reserved. GetOrder and ListOrders read what this instance stored."""
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import logging
 import secrets
@@ -29,11 +31,17 @@ MAX_QUANTITY = 1000
 MAX_KEY_CHARS = 128
 PAID = "PAID"
 NOT_CREATED = "the order was not created"
+RELEASE_TIMEOUT_S = 2.0
 
 
 def order_id_for(request_id: str) -> str:
     """Derived from the request_id, so a CreateOrder retried after a crash charges the same order."""
     return "ord-" + hashlib.sha256(request_id.encode()).hexdigest()[:16]
+
+
+def reservation_id(request_id: str, index: int) -> str:
+    """Derived from the request_id, so a retried CreateOrder replays its reservations instead of taking more."""
+    return f"{request_id}/{index}"
 
 
 def validate(request: orders_pb2.CreateOrderRequest) -> list[Violation]:
@@ -85,18 +93,17 @@ class Orders(orders_pb2_grpc.OrdersServicer):
                 await abort(context, _request_id_reused(request.request_id, earlier.order_id))
             return earlier
         order_id = order_id_for(request.request_id)
-        for i, item in enumerate(request.items):
-            await self._reserve(context, request.request_id, i, item)
-        amount = sum(PRODUCTS[item.sku].price_cents * item.quantity for item in request.items)
-        charge = payments_pb2.ChargeRequest(
-            idempotency_key=request.request_id, order_id=order_id, amount_cents=amount, currency=CURRENCY
-        )
+        attempted: list[str] = []
         try:
-            charged = await self.payments.Charge(charge)
-        except grpc.aio.AioRpcError as error:
-            if error.code() is grpc.StatusCode.ALREADY_EXISTS:
-                await abort(context, _request_id_reused(request.request_id, order_id))
-            await abort(context, _mapped(error, "payments"))
+            for i, item in enumerate(request.items):
+                attempted.append(reservation_id(request.request_id, i))
+                await self._reserve(context, request.request_id, i, item)
+            charged = await self._charge(context, request, order_id)
+        except (Exception, asyncio.CancelledError):
+            # The order is not made: give back what was reserved for it (the failing reservation too, which a
+            # timed-out Reserve may have made), so that stock is not held by orders that do not exist.
+            await self._release(attempted)
+            raise
         order = orders_pb2.Order(
             order_id=order_id,
             customer_id=request.customer_id,
@@ -108,9 +115,41 @@ class Orders(orders_pb2_grpc.OrdersServicer):
         log.info("order paid", extra={"order_id": order.order_id, "charge_id": order.charge_id})
         return order
 
+    async def _charge(
+        self, context: Any, request: orders_pb2.CreateOrderRequest, order_id: str
+    ) -> payments_pb2.ChargeReply:
+        amount = sum(PRODUCTS[item.sku].price_cents * item.quantity for item in request.items)
+        charge = payments_pb2.ChargeRequest(
+            idempotency_key=request.request_id, order_id=order_id, amount_cents=amount, currency=CURRENCY
+        )
+        try:
+            reply: payments_pb2.ChargeReply = await self.payments.Charge(charge)
+        except grpc.aio.AioRpcError as error:
+            if error.code() is grpc.StatusCode.ALREADY_EXISTS:
+                await abort(context, _request_id_reused(request.request_id, order_id))
+            await abort(context, _mapped(error, "payments"))
+        return reply
+
+    async def _release(self, reservation_ids: list[str]) -> None:
+        """Best effort, never raises: a reservation that cannot be released stays taken (logged), as it would if
+        orders crashed here. Inventory's state is per instance, so with several instances a Release the mesh
+        routes to another one than the Reserve's finds nothing there (released=false, logged)."""
+        for rid in reservation_ids:
+            try:
+                reply = await self.inventory.Release(
+                    inventory_pb2.ReleaseRequest(reservation_id=rid), timeout=RELEASE_TIMEOUT_S
+                )
+            except grpc.aio.AioRpcError as error:
+                log.warning("reservation %s not released: %s %s", rid, error.code().name, error.details())
+                continue
+            if reply.released:
+                log.info("reservation released", extra={"reservation_id": rid, "served_by": reply.served_by})
+            else:
+                log.info("no reservation to release", extra={"reservation_id": rid, "served_by": reply.served_by})
+
     async def _reserve(self, context: Any, request_id: str, index: int, item: orders_pb2.LineItem) -> None:
         reserve = inventory_pb2.ReserveRequest(
-            reservation_id=f"{request_id}/{index}", sku=item.sku, quantity=item.quantity
+            reservation_id=reservation_id(request_id, index), sku=item.sku, quantity=item.quantity
         )
         try:
             await self.inventory.Reserve(reserve)

@@ -4,14 +4,16 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
+import os
 import sys
 from collections.abc import Sequence
 
 import grpc
 
-from services.payments.idempotency import Ledger
+from services.payments.consul_ledger import from_environment
 from services.payments.servicer import Payments
-from services.plain import configure_logging, parse_options, serve_plain
+from services.plain import Options, configure_logging, parse_options, serve_plain
 from shop.payments.v1 import payments_pb2, payments_pb2_grpc
 
 DESCRIPTION = (
@@ -20,17 +22,38 @@ DESCRIPTION = (
 )
 
 
+log = logging.getLogger("services.payments")
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     options = parse_options("payments", DESCRIPTION, argv)
     configure_logging()
+    return asyncio.run(serve(options))
+
+
+async def serve(options: Options) -> int:
+    try:
+        ledger = from_environment(os.environ, options.instance_id)
+    except ValueError as error:
+        print(f"python -m services.payments: {error}", file=sys.stderr)
+        return 2
+    if os.environ.get("CONSUL_HTTP_ADDR"):
+        log.info("idempotency records in Consul KV at %s, shared by every payments instance", ledger.where)
+    else:
+        log.warning(
+            "idempotency records in memory: CONSUL_HTTP_ADDR is not set, so a charge the mesh re-sends to another "
+            "payments instance is charged again there; run one instance, or set CONSUL_HTTP_ADDR"
+        )
     injector = options.injector()
-    ledger = Ledger(prefix=f"ch-{options.instance_id}")
 
     def register(server: grpc.aio.Server) -> list[str]:
         payments_pb2_grpc.add_PaymentsServicer_to_server(Payments(ledger, injector), server)
         return [payments_pb2.DESCRIPTOR.services_by_name["Payments"].full_name]
 
-    return asyncio.run(serve_plain(options, injector, register))
+    try:
+        return await serve_plain(options, injector, register)
+    finally:
+        await ledger.close()
 
 
 if __name__ == "__main__":

@@ -1,4 +1,5 @@
-"""The Payments gRPC API over the `Ledger`: input checks, faults, statuses that say what to do."""
+"""The Payments gRPC API over a `ChargeBook` (Consul KV or memory): input checks, faults, statuses that say what
+to do."""
 
 from __future__ import annotations
 
@@ -8,7 +9,8 @@ from typing import Any
 import grpc
 
 from services.faults import FaultInjector
-from services.payments.idempotency import KeyReused, Ledger
+from services.payments.consul_ledger import ChargeBook, LedgerUnavailable
+from services.payments.idempotency import KeyReused
 from services.status import Violation, abort, bad_request, with_info
 from shop.payments.v1 import payments_pb2, payments_pb2_grpc
 
@@ -17,7 +19,7 @@ CURRENCIES = ("EUR", "USD", "GBP")
 
 
 class Payments(payments_pb2_grpc.PaymentsServicer):
-    def __init__(self, ledger: Ledger, faults: FaultInjector) -> None:
+    def __init__(self, ledger: ChargeBook, faults: FaultInjector) -> None:
         self.ledger = ledger
         self.faults = faults
 
@@ -36,8 +38,18 @@ class Payments(payments_pb2_grpc.PaymentsServicer):
         if violations:
             await abort(context, bad_request("Charge: invalid request, see the field violations", violations))
         try:
-            charge, replayed = self.ledger.charge(
+            charge, replayed = await self.ledger.charge(
                 request.idempotency_key, request.order_id, request.amount_cents, currency
+            )
+        except LedgerUnavailable as error:
+            await abort(
+                context,
+                with_info(
+                    grpc.StatusCode.UNAVAILABLE,
+                    f"Charge: nothing was charged: {error}; repeat the call with the same idempotency_key",
+                    "LEDGER_UNAVAILABLE",
+                    {"ledger": self.ledger.where},
+                ),
             )
         except KeyReused as error:
             earlier = error.earlier

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import json
 import signal
+import socket
 import sys
 import uuid
 from collections.abc import AsyncIterator, Iterator
@@ -56,10 +57,17 @@ def service_argv(name: str, port: int, *flags: str) -> list[str]:
     return [sys.executable, "-m", f"services.{name}", "--port", str(port), *flags]
 
 
-def start_plain(procs: Processes, name: str, instance: str, *flags: str, port: int | None = None) -> tuple[Child, int]:
+def start_plain(
+    procs: Processes,
+    name: str,
+    instance: str,
+    *flags: str,
+    port: int | None = None,
+    env: dict[str, str] | None = None,
+) -> tuple[Child, int]:
     """A plain shop app; returns once it logs ``listening on PORT``."""
     port = port or free_port()
-    child = procs.start(service_argv(name, port, "--instance-id", instance, *flags), name=instance)
+    child = procs.start(service_argv(name, port, "--instance-id", instance, *flags), name=instance, env=env)
     wait_until(lambda: f"listening on {port}" in child.output() or not child.alive(), START_S, f"{instance} to serve")
     assert child.alive(), f"{instance} exited at start:\n{child.output()}"
     return child, port
@@ -108,7 +116,8 @@ def shop(module_procs: Processes, tmp_path_factory: pytest.TempPathFactory) -> S
     agent = start_dev_agent(module_procs)
 
     def behind_sidecar(service: str, instance: str, *flags: str) -> Child:
-        child, port = start_plain(module_procs, service, instance, *flags)
+        env = {"CONSUL_HTTP_ADDR": agent.url} if service == "payments" else None  # its ledger in Consul KV
+        child, port = start_plain(module_procs, service, instance, *flags, env=env)
         config = {
             "service": {"name": service, "check_ttl": "1s", "drain_grace": "1s"},
             "consul": {"address": agent.url},
@@ -205,6 +214,46 @@ async def test_out_of_stock_is_a_failed_precondition(gateway: gateway_pb2_grpc.G
     assert error_reason(failed.value) == "OUT_OF_STOCK"
 
 
+async def kettles(client: Mesh) -> int:
+    inventory = inventory_pb2_grpc.InventoryStub(client.channel("inventory"))
+    stock = await inventory.GetStock(inventory_pb2.GetStockRequest(sku="sku-kettle"), timeout=WAIT_S)
+    return int(stock.available)
+
+
+async def test_an_order_failing_on_a_later_item_gives_back_what_it_reserved(
+    orders: orders_pb2_grpc.OrdersStub, client: Mesh
+) -> None:
+    """The kettle is reserved, then the teapots are out of stock: the kettle goes back on the shelf."""
+    before = await kettles(client)
+    create = orders_pb2.CreateOrderRequest(
+        request_id=str(uuid.uuid4()),
+        customer_id="c-release",
+        items=[orders_pb2.LineItem(sku="sku-kettle", quantity=2), orders_pb2.LineItem(sku="sku-teapot", quantity=999)],
+    )
+    with pytest.raises(grpc.aio.AioRpcError) as failed:
+        await orders.CreateOrder(create, timeout=WAIT_S)
+    assert failed.value.code() == grpc.StatusCode.FAILED_PRECONDITION
+    assert await kettles(client) == before
+
+
+async def test_an_order_whose_charge_is_refused_gives_back_what_it_reserved(
+    orders: orders_pb2_grpc.OrdersStub, client: Mesh
+) -> None:
+    """payments refuses the charge (its key was used for another payment): the reservation goes back."""
+    request_id = str(uuid.uuid4())
+    payments = payments_pb2_grpc.PaymentsStub(client.channel("payments"))
+    taken = payments_pb2.ChargeRequest(idempotency_key=request_id, order_id="ord-other", amount_cents=1, currency="EUR")
+    await payments.Charge(taken, timeout=WAIT_S)
+    before = await kettles(client)
+    create = orders_pb2.CreateOrderRequest(
+        request_id=request_id, customer_id="c-release", items=[orders_pb2.LineItem(sku="sku-kettle", quantity=1)]
+    )
+    with pytest.raises(grpc.aio.AioRpcError) as failed:
+        await orders.CreateOrder(create, timeout=WAIT_S)
+    assert failed.value.code() == grpc.StatusCode.ALREADY_EXISTS
+    assert await kettles(client) == before
+
+
 # ------------------------------------------------------------------------------------------ payments
 
 
@@ -221,6 +270,30 @@ async def test_a_retried_charge_is_charged_once(client: Mesh) -> None:
         await payments.Charge(other, timeout=WAIT_S)
     assert failed.value.code() == grpc.StatusCode.ALREADY_EXISTS
     assert error_reason(failed.value) == "IDEMPOTENCY_KEY_REUSED"
+
+
+async def test_a_charge_resent_to_another_payments_instance_is_charged_once(procs: Processes, agent: Agent) -> None:
+    """Two payments instances beside one agent share their idempotency records in its KV: the mesh may re-send a
+    charge to the other instance, which answers with the first charge (replayed) instead of charging again."""
+    env = {"CONSUL_HTTP_ADDR": agent.url}
+    ports = [start_plain(procs, "payments", f"payments-kv-{n}", env=env)[1] for n in (1, 2)]
+    key = f"../{uuid.uuid4()}/..?cas=1&x=/"  # any key a client sends must make one safe KV key
+    charge = payments_pb2.ChargeRequest(idempotency_key=key, order_id="ord-kv", amount_cents=700, currency="EUR")
+    replies = []
+    for port in ports:
+        async with grpc.aio.insecure_channel(f"127.0.0.1:{port}") as channel:
+            replies.append(await payments_pb2_grpc.PaymentsStub(channel).Charge(charge, timeout=WAIT_S))
+    assert [reply.replayed for reply in replies] == [False, True]
+    assert replies[0].charge_id == replies[1].charge_id
+    other = payments_pb2.ChargeRequest(idempotency_key=key, order_id="ord-kv", amount_cents=1, currency="EUR")
+    async with grpc.aio.insecure_channel(f"127.0.0.1:{ports[1]}") as channel:
+        with pytest.raises(grpc.aio.AioRpcError) as failed:
+            await payments_pb2_grpc.PaymentsStub(channel).Charge(other, timeout=WAIT_S)
+    assert failed.value.code() == grpc.StatusCode.ALREADY_EXISTS
+    assert error_reason(failed.value) == "IDEMPOTENCY_KEY_REUSED"
+    stored = agent.get("/v1/kv/shop/payments/charges?keys")
+    assert len(stored) == 1
+    assert stored[0].removeprefix("shop/payments/charges/").isalnum()
 
 
 # ------------------------------------------------------------------------------------------ listing
@@ -341,3 +414,41 @@ async def test_without_inventory_a_checkout_is_aborted_naming_it_and_sigterm_sto
         child.signal(signal.SIGTERM)
         assert child.wait(WAIT_S) == 0, child.output()
     assert agent.passing("gateway") == agent.passing("orders") == []
+
+
+async def test_sdk_service_with_missing_certificate_files_exits_2_at_once(procs: Processes, tmp_path: Path) -> None:
+    """Files that are not there will not appear by waiting: one line naming the field, exit 2, no retry loop."""
+    missing = str(tmp_path / "absent.pem")
+    env = {
+        "CONSUL_HTTP_ADDR": "http://127.0.0.1:1",
+        "MESHLET_TLS__SOURCE": "files",
+        "MESHLET_TLS__CERT": missing,
+        "MESHLET_TLS__KEY": missing,
+        "MESHLET_TLS__CA": missing,
+    }
+    child = procs.start(service_argv("orders", free_port()), name="orders-no-certs", env=env)
+    assert child.wait(START_S) == 2, child.output()
+    assert "tls.cert" in child.output()
+    assert "Traceback" not in child.output()
+
+
+async def test_sdk_service_waiting_for_the_connect_ca_stops_cleanly_on_sigterm(procs: Processes) -> None:
+    """No agent answers yet (a pod starting beside its node agent): the service waits; SIGTERM ends it with 0."""
+    env = {"CONSUL_HTTP_ADDR": f"http://127.0.0.1:{free_port()}", "MESHLET_TLS__SOURCE": "consul"}
+    child = procs.start(service_argv("orders", free_port()), name="orders-waiting", env=env)
+    wait_until(lambda: "loading certificates" in child.output() or not child.alive(), START_S, "the certificate wait")
+    assert child.alive(), child.output()
+    child.signal(signal.SIGTERM)
+    assert child.wait(WAIT_S) == 0, child.output()
+    assert "stopped while waiting for certificates" in child.output()
+
+
+async def test_sdk_service_on_a_taken_port_exits_1_with_one_line(procs: Processes, agent: Agent) -> None:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        child = procs.start(service_argv("orders", port), name="orders-taken", env={"CONSUL_HTTP_ADDR": agent.url})
+        assert child.wait(START_S) == 1, child.output()
+    assert f"cannot serve on 127.0.0.1:{port}" in child.output()
+    assert "Traceback" not in child.output()

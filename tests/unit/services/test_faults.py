@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import random
 from pathlib import Path
 
@@ -71,3 +72,26 @@ def test_the_injector_follows_the_file_and_keeps_the_last_good_faults(tmp_path: 
     path.unlink()
     assert injector.reload()
     assert injector.current == base
+
+
+def test_an_empty_file_is_ignored_not_read_as_no_faults(tmp_path: Path) -> None:
+    """An empty file is what a reader sees halfway through a write: it must not reset the faults."""
+    path = tmp_path / "faults.json"
+    path.write_text(json.dumps({"error_rate": 0.5}))
+    injector = FaultInjector(Faults(), instance="i-1", path=path)
+    assert injector.reload()
+    path.write_text("")
+    assert not injector.reload()
+    assert injector.current.error_rate == 0.5
+
+
+def test_a_same_size_write_within_one_clock_tick_is_seen(tmp_path: Path) -> None:
+    path = tmp_path / "faults.json"
+    path.write_text(json.dumps({"error_rate": 0.5}))
+    injector = FaultInjector(Faults(), instance="i-1", path=path)
+    assert injector.reload()
+    before = path.stat()
+    path.write_text(json.dumps({"error_rate": 0.7}))  # same size
+    os.utime(path, ns=(before.st_atime_ns, before.st_mtime_ns))  # and the same mtime, as within one tick
+    assert injector.reload()
+    assert injector.current.error_rate == 0.7

@@ -36,3 +36,16 @@ def test_a_reservation_id_reserves_once() -> None:
         stock.reserve("r2", "tea", 4)
     with pytest.raises(UnknownSku):
         stock.reserve("r3", "coffee", 1)
+
+
+def test_a_release_gives_the_stock_back_once_and_a_repeated_reserve_takes_it_again() -> None:
+    stock = Stock.seeded({"tea": 5})
+    stock.reserve("r1", "tea", 2)
+    released = stock.release("r1")
+    assert released is not None
+    assert (released.quantity, stock.level("tea")) == (2, 5)
+    assert stock.release("r1") is None  # a repeated release changes nothing
+    assert stock.level("tea") == 5
+    assert stock.release("never-made") is None
+    assert stock.reserve("r1", "tea", 2)[1] is False  # the order repeated with its request_id reserves anew
+    assert stock.level("tea") == 3

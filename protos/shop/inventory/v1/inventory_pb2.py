@@ -24,7 +24,7 @@ _sym_db = _symbol_database.Default()
 
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n!shop/inventory/v1/inventory.proto\x12\x11shop.inventory.v1\"\x1e\n\x0fGetStockRequest\x12\x0b\n\x03sku\x18\x01 \x01(\t\"\'\n\x05Stock\x12\x0b\n\x03sku\x18\x01 \x01(\t\x12\x11\n\tavailable\x18\x02 \x01(\x05\"G\n\x0eReserveRequest\x12\x16\n\x0ereservation_id\x18\x01 \x01(\t\x12\x0b\n\x03sku\x18\x02 \x01(\t\x12\x10\n\x08quantity\x18\x03 \x01(\x05\"L\n\x0cReserveReply\x12\x16\n\x0ereservation_id\x18\x01 \x01(\t\x12\x11\n\tremaining\x18\x02 \x01(\x05\x12\x11\n\tserved_by\x18\x03 \x01(\t2\xae\x01\n\tInventory\x12M\n\x08GetStock\x12\".shop.inventory.v1.GetStockRequest\x1a\x18.shop.inventory.v1.Stock\"\x03\x90\x02\x01\x12R\n\x07Reserve\x12!.shop.inventory.v1.ReserveRequest\x1a\x1f.shop.inventory.v1.ReserveReply\"\x03\x90\x02\x02\x62\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n!shop/inventory/v1/inventory.proto\x12\x11shop.inventory.v1\"\x1e\n\x0fGetStockRequest\x12\x0b\n\x03sku\x18\x01 \x01(\t\"\'\n\x05Stock\x12\x0b\n\x03sku\x18\x01 \x01(\t\x12\x11\n\tavailable\x18\x02 \x01(\x05\"G\n\x0eReserveRequest\x12\x16\n\x0ereservation_id\x18\x01 \x01(\t\x12\x0b\n\x03sku\x18\x02 \x01(\t\x12\x10\n\x08quantity\x18\x03 \x01(\x05\"L\n\x0cReserveReply\x12\x16\n\x0ereservation_id\x18\x01 \x01(\t\x12\x11\n\tremaining\x18\x02 \x01(\x05\x12\x11\n\tserved_by\x18\x03 \x01(\t\"(\n\x0eReleaseRequest\x12\x16\n\x0ereservation_id\x18\x01 \x01(\t\"K\n\x0cReleaseReply\x12\x16\n\x0ereservation_id\x18\x01 \x01(\t\x12\x10\n\x08released\x18\x02 \x01(\x08\x12\x11\n\tserved_by\x18\x03 \x01(\t2\x82\x02\n\tInventory\x12M\n\x08GetStock\x12\".shop.inventory.v1.GetStockRequest\x1a\x18.shop.inventory.v1.Stock\"\x03\x90\x02\x01\x12R\n\x07Reserve\x12!.shop.inventory.v1.ReserveRequest\x1a\x1f.shop.inventory.v1.ReserveReply\"\x03\x90\x02\x02\x12R\n\x07Release\x12!.shop.inventory.v1.ReleaseRequest\x1a\x1f.shop.inventory.v1.ReleaseReply\"\x03\x90\x02\x02\x62\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -35,6 +35,8 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_INVENTORY'].methods_by_name['GetStock']._serialized_options = b'\220\002\001'
   _globals['_INVENTORY'].methods_by_name['Reserve']._loaded_options = None
   _globals['_INVENTORY'].methods_by_name['Reserve']._serialized_options = b'\220\002\002'
+  _globals['_INVENTORY'].methods_by_name['Release']._loaded_options = None
+  _globals['_INVENTORY'].methods_by_name['Release']._serialized_options = b'\220\002\002'
   _globals['_GETSTOCKREQUEST']._serialized_start=56
   _globals['_GETSTOCKREQUEST']._serialized_end=86
   _globals['_STOCK']._serialized_start=88
@@ -43,6 +45,10 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_RESERVEREQUEST']._serialized_end=200
   _globals['_RESERVEREPLY']._serialized_start=202
   _globals['_RESERVEREPLY']._serialized_end=278
-  _globals['_INVENTORY']._serialized_start=281
-  _globals['_INVENTORY']._serialized_end=455
+  _globals['_RELEASEREQUEST']._serialized_start=280
+  _globals['_RELEASEREQUEST']._serialized_end=320
+  _globals['_RELEASEREPLY']._serialized_start=322
+  _globals['_RELEASEREPLY']._serialized_end=397
+  _globals['_INVENTORY']._serialized_start=400
+  _globals['_INVENTORY']._serialized_end=658
 # @@protoc_insertion_point(module_scope)

@@ -37,3 +37,19 @@ class ReserveReply(_message.Message):
     remaining: int
     served_by: str
     def __init__(self, reservation_id: _Optional[str] = ..., remaining: _Optional[int] = ..., served_by: _Optional[str] = ...) -> None: ...
+
+class ReleaseRequest(_message.Message):
+    __slots__ = ("reservation_id",)
+    RESERVATION_ID_FIELD_NUMBER: _ClassVar[int]
+    reservation_id: str
+    def __init__(self, reservation_id: _Optional[str] = ...) -> None: ...
+
+class ReleaseReply(_message.Message):
+    __slots__ = ("reservation_id", "released", "served_by")
+    RESERVATION_ID_FIELD_NUMBER: _ClassVar[int]
+    RELEASED_FIELD_NUMBER: _ClassVar[int]
+    SERVED_BY_FIELD_NUMBER: _ClassVar[int]
+    reservation_id: str
+    released: bool
+    served_by: str
+    def __init__(self, reservation_id: _Optional[str] = ..., released: _Optional[bool] = ..., served_by: _Optional[str] = ...) -> None: ...

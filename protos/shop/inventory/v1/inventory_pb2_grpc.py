@@ -44,6 +44,11 @@ class InventoryStub:
                 request_serializer=shop_dot_inventory_dot_v1_dot_inventory__pb2.ReserveRequest.SerializeToString,
                 response_deserializer=shop_dot_inventory_dot_v1_dot_inventory__pb2.ReserveReply.FromString,
                 _registered_method=True)
+        self.Release = channel.unary_unary(
+                '/shop.inventory.v1.Inventory/Release',
+                request_serializer=shop_dot_inventory_dot_v1_dot_inventory__pb2.ReleaseRequest.SerializeToString,
+                response_deserializer=shop_dot_inventory_dot_v1_dot_inventory__pb2.ReleaseReply.FromString,
+                _registered_method=True)
 
 
 class InventoryServicer:
@@ -62,6 +67,14 @@ class InventoryServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def Release(self, request, context):
+        """Gives a reservation's stock back (an order that failed after reserving). Idempotent: a second Release of
+        the same id finds nothing and changes nothing.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_InventoryServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -74,6 +87,11 @@ def add_InventoryServicer_to_server(servicer, server):
                     servicer.Reserve,
                     request_deserializer=shop_dot_inventory_dot_v1_dot_inventory__pb2.ReserveRequest.FromString,
                     response_serializer=shop_dot_inventory_dot_v1_dot_inventory__pb2.ReserveReply.SerializeToString,
+            ),
+            'Release': grpc.unary_unary_rpc_method_handler(
+                    servicer.Release,
+                    request_deserializer=shop_dot_inventory_dot_v1_dot_inventory__pb2.ReleaseRequest.FromString,
+                    response_serializer=shop_dot_inventory_dot_v1_dot_inventory__pb2.ReleaseReply.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -130,6 +148,33 @@ class Inventory:
             '/shop.inventory.v1.Inventory/Reserve',
             shop_dot_inventory_dot_v1_dot_inventory__pb2.ReserveRequest.SerializeToString,
             shop_dot_inventory_dot_v1_dot_inventory__pb2.ReserveReply.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def Release(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/shop.inventory.v1.Inventory/Release',
+            shop_dot_inventory_dot_v1_dot_inventory__pb2.ReleaseRequest.SerializeToString,
+            shop_dot_inventory_dot_v1_dot_inventory__pb2.ReleaseReply.FromString,
             options,
             channel_credentials,
             insecure,
