@@ -8,7 +8,8 @@ worker thread runs in the measured process and its CPU counts).
   meshes side by side (tracing off, ratio 0.0, ratio 1.0). One call in flight; the modes take turns in blocks
   of BENCH_TRACING_DURATION_S (default 3) over BENCH_TRACING_ROUNDS (default 3), each round starting with
   another mode, each block ending with a flush of the exporter inside its timing. Client CPU per call is this
-  process's CPU time over the block.
+  process's CPU time over the block, split into the event loop's thread (the calls, and the spans started and
+  ended on their path) and the others (gRPC's threads, and the batch worker that encodes and sends the spans).
 - Sidecar: a plain client -> sidecar A (outbound) ==mTLS==> sidecar B (inbound) -> plain app, one pair per mode,
   open loop at BENCH_TRACING_RATE calls/s (default 200); CPU per call is A's and B's CPU (from /proc) over the run.
 
@@ -19,6 +20,7 @@ from __future__ import annotations
 
 import asyncio
 import gc
+import json
 import os
 import sys
 import tempfile
@@ -27,12 +29,15 @@ from collections.abc import Awaitable, Callable
 from pathlib import Path
 
 import grpc
+from opentelemetry.exporter.otlp.proto.common.trace_encoder import encode_spans
+from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 
 from benchmarks.sdk_overhead import Result, closed_loop, open_loop
 from benchmarks.sidecar_overhead import cpu_seconds
 from meshlet.config import load_config
 from meshlet.mesh import Mesh
 from meshlet.security.dev_ca import init_ca, issue
+from meshlet.telemetry.span_file import encode
 from meshlet_api.echo.v1 import echo_pb2, echo_pb2_grpc
 from tests.support.agents import Agent, start_dev_agent
 from tests.support.processes import Child, Processes, free_port, processes, wait_until
@@ -47,6 +52,7 @@ MODES: dict[str, float | None] = {"off": None, "ratio 0.0": 0.0, "ratio 1.0": 1.
 TARGETS = {"ratio 0.0": 0.02, "ratio 1.0": 0.15}
 WARMUP_CALLS = 300
 START_S = 30.0
+EXPORT_BATCH = 256  # calls whose spans make one export batch in `export_costs`
 
 
 def start_receiver(procs: Processes) -> str:
@@ -106,12 +112,14 @@ async def sdk(agent: Agent, otlp: str) -> None:
             for _ in range(WARMUP_CALLS):
                 await call()
         results = {mode: Result(latencies=[]) for mode in MODES}
+        loop_cpu = dict.fromkeys(MODES, 0.0)
         for round_ in range(ROUNDS):
             for mode in rotated(list(calls), round_):
                 call, tracing = calls[mode], meshes[mode].tracing
                 gc.collect()  # the garbage a sampled block leaves must not be collected on the next block's time
-                cpu = time.process_time()  # every thread's: the exporter's worker included
+                cpu, loop = time.process_time(), time.thread_time()  # every thread's: the exporter's worker included
                 result = await closed_loop(call, 1, DURATION_S)
+                loop_cpu[mode] += time.thread_time() - loop
                 if tracing is not None:  # the block's spans are encoded and sent inside its own timing
                     await asyncio.to_thread(tracing.force_flush)
                 result.cpu_s = time.process_time() - cpu
@@ -121,13 +129,56 @@ async def sdk(agent: Agent, otlp: str) -> None:
             await mesh.close()
     off = results["off"].cpu_us_per_call
     print(f"\n== Tracing in the SDK: unary echo 64 B, 1 in flight, {ROUNDS} x {DURATION_S:.0f} s per mode ==")
-    print(f"{'mode':<12}{'calls':>8}{'p50 ms':>9}{'p99 ms':>9}{'client CPU/call':>18}   added CPU vs off")
+    print(
+        f"{'mode':<12}{'calls':>8}{'p50 ms':>9}{'p99 ms':>9}{'client CPU/call':>18}{'loop':>8}{'others':>8}"
+        "   added CPU vs off"
+    )
     for mode, result in results.items():
         cpu_per_call = result.cpu_us_per_call
+        loop = loop_cpu[mode] / result.calls * 1e6 if result.calls else 0.0
         print(
             f"{mode:<12}{result.calls:>8}{result.percentile(0.5):9.3f}{result.percentile(0.99):9.3f}"
-            f"{cpu_per_call:15.0f} us   {verdict(mode, cpu_per_call, off)}"
+            f"{cpu_per_call:15.0f} us{loop:8.0f}{cpu_per_call - loop:8.0f}   {verdict(mode, cpu_per_call, off)}"
         )
+    print(
+        "loop: the event loop's thread (the calls, and the spans started, ended and injected on their path);"
+        " others: every other thread (gRPC's, and the batch worker encoding and sending the spans)"
+    )
+    await export_costs(agent)
+
+
+async def export_costs(agent: Agent) -> None:
+    """What the batch worker spends per span, on the spans a sampled call really makes (its call and attempt
+    spans): the OTLP exporter's encoding into protobuf, serializing that, and a span file's JSON line."""
+    collected = InMemorySpanExporter()
+    config = load_config(
+        None,
+        env={},
+        overrides={"consul": {"address": agent.url}, "service": {"name": "bench-client"}, "telemetry": {}},
+    )
+    mesh = Mesh(config, span_exporters=[collected])
+    try:
+        call = caller(echo_pb2_grpc.EchoStub(mesh.channel("bench-echo")).Echo)
+        for _ in range(EXPORT_BATCH):
+            await call()
+        if mesh.tracing is not None:
+            await asyncio.to_thread(mesh.tracing.force_flush)
+    finally:
+        await mesh.close()
+    spans = collected.get_finished_spans()
+    costs = dict.fromkeys(("OTLP encode", "OTLP serialize", "span file line"), float("inf"))
+    for _ in range(5):  # the least of five: what it costs when nothing else takes the CPU meanwhile
+        start = time.thread_time()
+        request = encode_spans(spans)
+        encoded = time.thread_time()
+        request.SerializeToString()
+        serialized = time.thread_time()
+        "".join(json.dumps(encode(span), default=str) + "\n" for span in spans)
+        done = time.thread_time()
+        for name, spent in zip(costs, (encoded - start, serialized - encoded, done - serialized), strict=True):
+            costs[name] = min(costs[name], spent / len(spans) * 1e6)
+    print(f"per span, in the batch worker ({len(spans)} spans of {EXPORT_BATCH} calls, in one batch):")
+    print("   ".join(f"{name} {cost:.0f} us" for name, cost in costs.items()))
 
 
 # ------------------------------------------------------------------------------------------ a sidecar hop

@@ -20,15 +20,15 @@ from opentelemetry.trace import Span, Tracer, get_current_span, set_span_in_cont
 
 from meshlet.call import InboundCall
 from meshlet.telemetry.propagation import carries_context, extract, trace_fields
-from meshlet.telemetry.tracing import SERVER, MethodAttributes, Unrecorded, end_span, span_name, status_of
+from meshlet.telemetry.tracing import SERVER, SpanStarts, Unrecorded, end_span, rpc_attributes, status_of
 
 
 class ContinueTrace:
-    __slots__ = ("_attributes", "_fields", "_tracer", "_unrecorded")
+    __slots__ = ("_fields", "_starts", "_tracer", "_unrecorded")
 
     def __init__(self, tracer: Tracer) -> None:
         self._tracer = tracer
-        self._attributes = MethodAttributes()
+        self._starts = SpanStarts(_start_attributes)  # per method and caller identity
         self._fields = trace_fields()
         self._unrecorded = Unrecorded(tracer)
 
@@ -41,9 +41,13 @@ class ContinueTrace:
                 return await next(call)
             # No span, but the caller's context is current, so the handler's own calls pass it on.
             return await _within(parent, call, next)
-        span = self._tracer.start_span(
-            span_name(call.method), context=parent, kind=SERVER, attributes=self._attributes_of(call)
-        )
+        name, attributes = self._starts((call.method, call.peer_uri), call.method)
+        address, port = peer_address(call.peer_address)
+        if address:  # the caller's address and port change with each connection: not worth a cache entry
+            attributes = {**attributes, "network.peer.address": address}
+            if port:
+                attributes["network.peer.port"] = port
+        span = self._tracer.start_span(name, context=parent, kind=SERVER, attributes=attributes)
         recording = span.is_recording()
         token = attach(set_span_in_context(span, parent))
         try:
@@ -64,16 +68,13 @@ class ContinueTrace:
                 _end(span, context, None)
         return reply
 
-    def _attributes_of(self, call: InboundCall) -> dict[str, Any]:
-        attributes = {**self._attributes(call.method)}
-        if call.peer_uri:
-            attributes["meshlet.peer.identity"] = call.peer_uri
-        address, port = peer_address(call.peer_address)
-        if address:
-            attributes["network.peer.address"] = address
-            if port:
-                attributes["network.peer.port"] = port
-        return attributes
+
+def _start_attributes(key: tuple[str, str | None]) -> dict[str, Any]:
+    method, peer_uri = key
+    attributes = rpc_attributes(method)
+    if peer_uri:
+        attributes["meshlet.peer.identity"] = peer_uri
+    return attributes
 
 
 async def _within(context: Context, call: InboundCall, next: Callable[[InboundCall], Awaitable[Any]]) -> Any:

@@ -21,26 +21,27 @@ from meshlet.endpoints import Endpoint
 from meshlet.errors import MeshError
 from meshlet.pipeline import ReplyStream
 from meshlet.telemetry.propagation import headers
-from meshlet.telemetry.tracing import BACKOFF_S, CLIENT, MethodAttributes, end_span_with, span_name
+from meshlet.telemetry.tracing import BACKOFF_S, CLIENT, SpanStarts, end_span_with, rpc_attributes
 
 
 class AttemptSpan:
-    __slots__ = ("_attributes", "_tracer")
+    __slots__ = ("_first", "_later", "_tracer")
 
     def __init__(self, tracer: Tracer) -> None:
         self._tracer = tracer
-        self._attributes = MethodAttributes()
+        self._first = SpanStarts(_first_attempt)  # most calls take one attempt: all its attributes built once
+        self._later = SpanStarts(rpc_attributes)
 
     async def __call__(self, call: Call, next: Callable[[Call], Awaitable[Any]]) -> Any:
         if not get_current_span().is_recording():
             return await next(call)
         path = call.method.path
-        attributes = {
-            **self._attributes(path),
-            "meshlet.attempt": call.attempt,
-            "meshlet.backoff_s": BACKOFF_S.get() if call.attempt > 1 else 0.0,
-        }
-        span = self._tracer.start_span(span_name(path), kind=CLIENT, attributes=attributes)
+        if call.attempt > 1:
+            name, rpc = self._later(path, path)
+            attributes = {**rpc, "meshlet.attempt": call.attempt, "meshlet.backoff_s": BACKOFF_S.get()}
+        else:
+            name, attributes = self._first(path, path)
+        span = self._tracer.start_span(name, kind=CLIENT, attributes=attributes)
         context = set_span_in_context(span)
         base = call.metadata
         call.metadata = (*(base or ()), *headers(context))
@@ -59,6 +60,10 @@ class AttemptSpan:
         else:
             _finish(span, call, None)
         return reply
+
+
+def _first_attempt(path: str) -> dict[str, Any]:
+    return {**rpc_attributes(path), "meshlet.attempt": 1, "meshlet.backoff_s": 0.0}
 
 
 def _finish(span: Span, call: Call, error: BaseException | None, endpoint: Endpoint | None = None) -> None:

@@ -22,15 +22,15 @@ from opentelemetry.trace import Tracer, get_current_span, set_span_in_context
 from meshlet.call import Call
 from meshlet.pipeline import ReplyStream
 from meshlet.telemetry.propagation import carries_context, extract, headers, trace_fields, without
-from meshlet.telemetry.tracing import CLIENT, MethodAttributes, Unrecorded, end_span_with, span_name
+from meshlet.telemetry.tracing import CLIENT, SpanStarts, Unrecorded, end_span_with, rpc_attributes
 
 
 class CallSpan:
-    __slots__ = ("_attributes", "_fields", "_tracer", "_unrecorded")
+    __slots__ = ("_fields", "_starts", "_tracer", "_unrecorded")
 
     def __init__(self, tracer: Tracer) -> None:
         self._tracer = tracer
-        self._attributes = MethodAttributes()
+        self._starts = SpanStarts(_start_attributes)
         self._fields = trace_fields()
         self._unrecorded = Unrecorded(tracer)
 
@@ -48,12 +48,8 @@ class CallSpan:
         if carried:
             call.metadata = metadata = without(metadata, self._fields)
         path = call.method.path
-        span = self._tracer.start_span(
-            span_name(path),
-            context=parent,
-            kind=CLIENT,
-            attributes={**self._attributes(path), "meshlet.upstream": call.upstream},
-        )
+        name, attributes = self._starts((path, call.upstream), path)
+        span = self._tracer.start_span(name, context=parent, kind=CLIENT, attributes=attributes)
         context = set_span_in_context(span, parent)
         recording = span.is_recording()
         if not recording:  # another sampler said no: the attempts send nothing of their own, so it travels from here
@@ -75,3 +71,8 @@ class CallSpan:
             else:
                 end_span_with(span, None, attributes={"meshlet.attempts": call.attempt})
         return reply
+
+
+def _start_attributes(key: tuple[str, str]) -> dict[str, Any]:
+    path, upstream = key
+    return {**rpc_attributes(path), "meshlet.upstream": upstream}

@@ -16,11 +16,11 @@ import logging
 import os
 import socket
 import threading
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Hashable, Mapping, Sequence
 from contextvars import ContextVar
 from importlib import metadata
 from pathlib import Path
-from typing import Any
+from typing import Any, Generic, TypeVar
 
 import grpc
 from opentelemetry import trace
@@ -59,31 +59,40 @@ _SERVER_ERRORS = frozenset(
         grpc.StatusCode.DATA_LOSS,
     }
 )
-_MAX_CACHED_METHODS = 4096
+_MAX_CACHED_STARTS = 4096
+K = TypeVar("K", bound=Hashable)
 
 # The backoff the retry loop is about to sleep, set where RetryScheduled is emitted (in the call's own task) and
 # read by the next attempt's span: the attempt that follows a sleep records how long it waited.
 BACKOFF_S: ContextVar[float] = ContextVar("meshlet_backoff_s", default=0.0)
 
 
-class MethodAttributes:
-    """``rpc.*`` attributes per method path, built once per path (bounded, so a sidecar fed random paths by a
-    misbehaving app does not grow without end)."""
+class SpanStarts(Generic[K]):
+    """What a span of one kind starts with, per key (the method path, with whatever else the stage fixes per
+    call site): its name and its attributes, built once per key instead of once per call (bounded, so a sidecar
+    fed random paths by a misbehaving app does not grow without end). The attributes are shared between spans:
+    the SDK copies them into each span, so nobody may change them."""
 
-    __slots__ = ("_cache",)
+    __slots__ = ("_cache", "_make")
 
-    def __init__(self) -> None:
-        self._cache: dict[str, dict[str, Any]] = {}
+    def __init__(self, make: Callable[[K], dict[str, Any]]) -> None:
+        self._cache: dict[K, tuple[str, dict[str, Any]]] = {}
+        self._make = make
 
-    def __call__(self, path: str) -> dict[str, Any]:
-        """The attributes of `path`: shared, so copy before adding to them."""
-        found = self._cache.get(path)
+    def __call__(self, key: K, path: str) -> tuple[str, dict[str, Any]]:
+        """(span name, start attributes) for `key`, whose method is `path`."""
+        found = self._cache.get(key)
         if found is None:
-            service, _, method = path.lstrip("/").partition("/")
-            found = {"rpc.system": "grpc", "rpc.service": service, "rpc.method": method}
-            if len(self._cache) < _MAX_CACHED_METHODS:
-                self._cache[path] = found
+            found = span_name(path), self._make(key)
+            if len(self._cache) < _MAX_CACHED_STARTS:
+                self._cache[key] = found
         return found
+
+
+def rpc_attributes(path: str) -> dict[str, Any]:
+    """The RPC conventions' ``rpc.system``, ``rpc.service`` and ``rpc.method`` of ``/pkg.Service/Method``."""
+    service, _, method = path.lstrip("/").partition("/")
+    return {"rpc.system": "grpc", "rpc.service": service, "rpc.method": method}
 
 
 def span_name(path: str) -> str:
