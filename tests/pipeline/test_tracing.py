@@ -13,7 +13,6 @@ from opentelemetry import trace
 from opentelemetry.sdk.trace import ReadableSpan, TracerProvider
 from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
-from opentelemetry.sdk.trace.sampling import ParentBased, TraceIdRatioBased
 from opentelemetry.trace import SpanKind, StatusCode
 
 from meshlet.call import InboundCall, matches_any
@@ -21,7 +20,7 @@ from meshlet.deadline import Deadline
 from meshlet.events import EventBus
 from meshlet.inbound import InboundParts, build_inbound
 from meshlet.telemetry.logging import JsonFormatter
-from meshlet.telemetry.tracing import Tracing
+from meshlet.telemetry.tracing import ParentRatioSampler, Tracing
 from meshlet.transport.mesh_channel import MeshChannel
 from meshlet.upstream import Upstream
 from tests.pipeline.conftest import GET, SERVICE, WATCH, A, B, FakeClock, Rig, policy
@@ -49,7 +48,7 @@ class TracedRig(Rig):
         super().__init__(policy(**settings), seed)
         self.exporter = InMemorySpanExporter()
         if tracing is None:
-            provider = TracerProvider(sampler=ParentBased(TraceIdRatioBased(ratio)))
+            provider = TracerProvider(sampler=ParentRatioSampler(ratio))  # the sampler meshlet builds
             provider.add_span_processor(SimpleSpanProcessor(self.exporter))
             tracing = Tracing(provider, [])
         self.tracing = tracing
@@ -197,6 +196,20 @@ async def test_a_traceparent_in_the_calls_metadata_is_continued_not_forwarded_tw
     assert [key for key, _ in sent.metadata].count("traceparent") == 1
     assert sent.header("traceparent") != traceparent()
     assert sent.header("x-app") == "1"
+
+
+async def test_a_handler_forwarding_its_callers_metadata_still_parents_its_call_on_its_own_span(
+    traced: TracedRig,
+) -> None:
+    tracer = traced.tracing.tracer
+    with tracer.start_as_current_span("handler") as handler:
+        await traced.unary(GET, metadata=(("traceparent", traceparent()), ("x-request-id", "r1")))
+    call = traced.call_span()
+    assert call.parent is not None
+    assert call.parent.span_id == handler.get_span_context().span_id
+    (sent,) = traced.attempts
+    assert [key for key, _ in sent.metadata].count("traceparent") == 1
+    assert sent.header("x-request-id") == "r1"
 
 
 async def test_a_stream_call_span_ends_when_the_stream_does(traced: TracedRig) -> None:

@@ -2,11 +2,13 @@
 
 Outermost, so the span sees every outcome, refusals made before any attempt included (a full bulkhead, a
 deadline too short). Its parent is the caller's current span (SDK: the handler's server span, via contextvars),
-or, when the call's own metadata carries a trace context (the sidecar proxying an app's call), that one: the
-app's trace continues through its sidecar. Those incoming headers are replaced, never forwarded twice.
+or, when no span is current and the call's own metadata carries a trace context (the sidecar proxying an app's
+call), that one: the app's trace continues through its sidecar. Incoming trace headers are replaced, never
+forwarded twice (a handler that forwards its caller's metadata does not make its call a sibling of itself).
 
 A call that will not be recorded (its caller's trace is unsampled, or ratio 0 and no caller's trace) gets no
-span at all: the caller's context goes on as it came, so the next hop follows the same decision. A sampled
+span at all, only its context sent on: the caller's, or for a new trace a fresh unsampled one, so the next hops
+follow the same decision instead of starting traces of their own mid-way. A sampled
 call's context is sent by each attempt's own span (outbound/attempt_span.py), so a server's span hangs under
 the attempt that reached it. The span ends when the reply completes; for a response stream, when the stream does.
 """
@@ -22,7 +24,7 @@ from opentelemetry.trace import Tracer, get_current_span, set_span_in_context
 from meshlet.call import Call
 from meshlet.pipeline import ReplyStream
 from meshlet.telemetry.propagation import carries_context, extract, headers, trace_fields, without
-from meshlet.telemetry.tracing import CLIENT, SpanStarts, Unrecorded, end_span_with, rpc_attributes
+from meshlet.telemetry.tracing import CLIENT, SpanStarts, Unrecorded, end_span_with, rpc_attributes, unsampled_root
 
 
 class CallSpan:
@@ -39,14 +41,19 @@ class CallSpan:
         metadata = call.metadata
         carried = bool(metadata) and carries_context(metadata, self._fields)
         if carried:
-            parent = extract(metadata)  # type: ignore[arg-type]
+            metadata = without(metadata, self._fields)  # whatever goes on is decided here, never sent twice
+            if not get_current_span().get_span_context().is_valid:  # not a handler forwarding its caller's headers
+                parent = extract(call.metadata)  # type: ignore[arg-type]
         caller = get_current_span(parent).get_span_context()
         if self._unrecorded(caller):
-            if caller.is_valid and not carried:  # a handler's call: its caller's context goes on (carried: as is)
-                call.metadata = (*(metadata or ()), *headers(get_current()))
+            if parent is not None and caller.is_valid:
+                return await next(call)  # the app's own unsampled context: on as it came
+            # A handler's unsampled context, or a new trace that ratio 0 does not sample: the next hops must
+            # learn the decision, or they would start traces of their own in the middle of this one.
+            context = get_current() if caller.is_valid else unsampled_root()
+            call.metadata = (*(metadata or ()), *headers(context))
             return await next(call)
-        if carried:
-            call.metadata = metadata = without(metadata, self._fields)
+        call.metadata = metadata
         path = call.method.path
         name, attributes = self._starts((path, call.upstream), path)
         span = self._tracer.start_span(name, context=parent, kind=CLIENT, attributes=attributes)

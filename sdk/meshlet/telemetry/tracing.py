@@ -24,11 +24,13 @@ from typing import Any, Generic, TypeVar
 
 import grpc
 from opentelemetry import trace
+from opentelemetry.context import Context
 from opentelemetry.sdk.resources import SERVICE_INSTANCE_ID, SERVICE_NAME, Resource
 from opentelemetry.sdk.trace import ReadableSpan, TracerProvider
 from opentelemetry.sdk.trace.export import BatchSpanProcessor, SpanExporter, SpanExportResult
+from opentelemetry.sdk.trace.id_generator import RandomIdGenerator
 from opentelemetry.sdk.trace.sampling import ParentBased, Sampler, TraceIdRatioBased
-from opentelemetry.trace import Span, SpanContext, SpanKind, Status, StatusCode, Tracer
+from opentelemetry.trace import NonRecordingSpan, Span, SpanContext, SpanKind, Status, StatusCode, TraceFlags, Tracer
 
 from meshlet.config import TelemetryConfig
 from meshlet.events import (
@@ -351,6 +353,16 @@ class Unrecorded:
         if parent.is_valid:
             return not parent.trace_flags.sampled
         return not self._new_traces
+
+
+_IDS = RandomIdGenerator()
+
+
+def unsampled_root() -> Context:
+    """A new trace that is not sampled, as the SDK's tracer would make for it (random ids, sampled flag off),
+    without building a span: what a call that ratio 0 leaves unrecorded tells the next hops."""
+    ids = SpanContext(_IDS.generate_trace_id(), _IDS.generate_span_id(), is_remote=False, trace_flags=TraceFlags(0))
+    return trace.set_span_in_context(NonRecordingSpan(ids))
 
 
 def _otlp_exporter(endpoint: str) -> SpanExporter:
