@@ -175,7 +175,7 @@ class CountingBatchSpanProcessor(BatchSpanProcessor):
             self._counted,
             max_queue_size=max_queue_size,
             schedule_delay_millis=schedule_delay_millis,
-            max_export_batch_size=min(512, max_queue_size),
+            max_export_batch_size=min(_positive_env("OTEL_BSP_MAX_EXPORT_BATCH_SIZE", 512), max_queue_size),
         )
         self.accepted = 0
         self.dropped = 0
@@ -310,11 +310,17 @@ def build_tracing(
 
 def _queue_size(env: Mapping[str, str]) -> int:
     """``OTEL_BSP_MAX_QUEUE_SIZE`` as the SDK reads it (2048 when unset or not a positive number)."""
+    return _positive_env("OTEL_BSP_MAX_QUEUE_SIZE", 2048, env)
+
+
+def _positive_env(name: str, default: int, env: Mapping[str, str] | None = None) -> int:
+    """An ``OTEL_BSP_*`` size as the SDK reads it: `default` when unset or not a positive number. The batch size
+    is passed explicitly (it may not exceed the queue, which the SDK would refuse), so it is read here too."""
     try:
-        size = int(env.get("OTEL_BSP_MAX_QUEUE_SIZE", "2048"))
+        size = int((os.environ if env is None else env).get(name, str(default)))
     except ValueError:
-        return 2048
-    return size if size > 0 else 2048
+        return default
+    return size if size > 0 else default
 
 
 def _sampler(ratio: float, env: Mapping[str, str]) -> Sampler | None:

@@ -56,6 +56,30 @@ def test_the_sdks_own_otel_variables_apply(monkeypatch: pytest.MonkeyPatch) -> N
         tracing.shutdown()
 
 
+class BatchRecorder(SpanExporter):
+    def __init__(self) -> None:
+        self.batches: list[int] = []
+
+    def export(self, spans: Sequence[ReadableSpan]) -> SpanExportResult:
+        self.batches.append(len(spans))
+        return SpanExportResult.SUCCESS
+
+
+def test_the_export_batch_size_variable_applies(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("OTEL_BSP_MAX_EXPORT_BATCH_SIZE", "2")
+    recorder = BatchRecorder()
+    tracing = build_tracing(TelemetryConfig(), service="orders", exporters=[recorder])
+    assert tracing is not None
+    try:
+        for i in range(5):
+            tracing.tracer.start_span(f"s{i}").end()
+        tracing.provider.force_flush()
+        assert sum(recorder.batches) == 5
+        assert max(recorder.batches) == 2
+    finally:
+        tracing.shutdown()
+
+
 class StuckExporter(SpanExporter):
     """A collector that is away: an export hangs until released."""
 
