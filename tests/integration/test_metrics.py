@@ -5,7 +5,9 @@ from __future__ import annotations
 
 import asyncio
 import json
+from collections.abc import AsyncIterator
 from pathlib import Path
+from typing import Any
 
 import aiohttp
 import grpc
@@ -13,7 +15,10 @@ import pytest
 from grpc_health.v1 import health_pb2
 from prometheus_client.parser import text_string_to_metric_families
 
+from meshlet.config import load_config
+from meshlet.mesh import Mesh
 from meshlet.security.dev_ca import init_ca, issue
+from meshlet.telemetry.metrics import Metrics
 from meshlet_api.echo.v1 import echo_pb2, echo_pb2_grpc
 from tests.integration.conftest import EchoFleet, MeshFactory
 from tests.support.agents import Agent, start_dev_agent
@@ -209,3 +214,37 @@ async def test_sidecar_admin_metrics_count_denials_and_rate_limits_by_caller(pro
     assert near.matching("meshlet_attempts_total", service="vault", method=ECHO) == 5  # no refusal was re-sent
     assert near("meshlet_endpoints", service="vault", state="healthy") == 1
     assert near("meshlet_tls_handshake_failures_total", direction="outbound", service="vault") == 0
+
+
+class BrokenStream(echo_pb2_grpc.EchoServicer):
+    async def ServerStream(self, request: echo_pb2.EchoRequest, context: Any) -> AsyncIterator[echo_pb2.EchoReply]:  # noqa: N802
+        yield echo_pb2.EchoReply(message="one")
+        raise RuntimeError("a bug in the servicer")
+
+
+async def test_a_response_stream_that_raises_is_counted_unknown_as_its_caller_sees_it() -> None:
+    config = load_config(None, env={}, overrides={"service.name": "echo", "tls.source": "off"})
+    mesh = Mesh(config, metrics=Metrics())
+    server = mesh.server()
+    echo_pb2_grpc.add_EchoServicer_to_server(BrokenStream(), server)
+    port = server.add_insecure_port("127.0.0.1:0")
+    await server.start()
+    try:
+        async with grpc.aio.insecure_channel(f"127.0.0.1:{port}") as channel:
+            with pytest.raises(grpc.aio.AioRpcError) as failed:
+                async for _ in echo_pb2_grpc.EchoStub(channel).ServerStream(HELLO, timeout=5):
+                    pass
+        assert failed.value.code() == grpc.StatusCode.UNKNOWN
+        assert mesh.metrics is not None
+        method = f"{ECHO_SERVICE}/ServerStream"
+        inbound = {"direction": "inbound", "service": "echo", "method": method}
+        for _ in range(100):  # counted when grpc reports the call done, a moment after the client saw its end
+            seen = Scrape(mesh.metrics.render().decode())
+            if seen.matching("meshlet_requests_total", **inbound):
+                break
+            await asyncio.sleep(0.05)
+        assert seen("meshlet_requests_total", **inbound, code="UNKNOWN") == 1
+        assert seen("meshlet_requests_total", **inbound, code="OK") == 0
+    finally:
+        await server.stop(None)
+        await mesh.close()

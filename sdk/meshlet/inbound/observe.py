@@ -6,8 +6,8 @@ sits right below the server span, so its access log line carries the trace id; i
 the handler, by the status the handler ended them with, when the reply (a stream: the call) is over. Between
 them every inbound call is counted once. Both are in the list only when metrics or the access log are on.
 
-Trap: a servicer whose response stream raises an exception other than an abort ends its call UNKNOWN, but
-grpc.aio tells the call's done callback nothing about it; such a call is counted OK.
+A servicer whose response stream raises (not an abort) ends its call UNKNOWN; grpc.aio would tell the call's
+done callback nothing about it, so the server adapter (transport/server.py) sets that code on the context first.
 """
 
 from __future__ import annotations

@@ -6,6 +6,8 @@ Wrapped handlers are built once per method and cached, so per call the cost is o
 
 from __future__ import annotations
 
+import asyncio
+
 import inspect
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
@@ -84,11 +86,18 @@ class InboundInterceptor(grpc.aio.ServerInterceptor):
                 result = await pipeline(inbound_call(method, request, context, clock, identify))
             except MeshError as refused:
                 await abort_refused(context, refused)
-            if inspect.isasyncgen(result):
-                async for reply in result:
-                    yield reply
-            elif inspect.isawaitable(result):  # a handler that writes with context.write()
-                await result
+            try:
+                if inspect.isasyncgen(result):
+                    async for reply in result:
+                        yield reply
+                elif inspect.isawaitable(result):  # a handler that writes with context.write()
+                    await result
+            except (grpc.aio.AbortError, asyncio.CancelledError):
+                raise
+            except Exception:
+                # grpc.aio ends the call UNKNOWN but tells its done callbacks (span, metrics, access log) nothing.
+                context.set_code(grpc.StatusCode.UNKNOWN)
+                raise
 
         if handler.unary_stream:
             return grpc.unary_stream_rpc_method_handler(
