@@ -164,7 +164,8 @@ async def test_sidecar_admin_metrics_count_denials_and_rate_limits_by_caller(pro
         {**common, "service": {**common["service"], "name": "vault"}, "tls": tls_files(tmp_path, "vault"),
          "authz": {"default": "deny", "rules": [
              {"from": "web", "to": "vault", "methods": [f"/{ECHO}", *reflection], "action": "allow"}]},
-         "rate_limit": {"per_method": {f"/{ECHO}": {"rate_per_s": 0.001, "burst": 3}}}},
+         "rate_limit": {"per_method": {f"/{ECHO}": {"rate_per_s": 0.001, "burst": 3}}},
+         "telemetry": {"access_log": True}},
         app=app.address,
     )  # fmt: skip
     wait_until(lambda: bool(agent.passing("vault")), 30, "vault's sidecar to register and pass its check")

@@ -94,7 +94,14 @@ def test_a_server_with_nothing_configured_only_exposes_the_deadline() -> None:
 
 
 def test_every_feature_on_gives_the_stages_in_request_order() -> None:
-    server = Server(**{"tls.source": "consul", "authz.default": "deny", "rate_limit.per_caller.rate_per_s": 1})
+    server = Server(
+        **{
+            "tls.source": "consul",
+            "authz.default": "deny",
+            "rate_limit.per_caller.rate_per_s": 1,
+            "telemetry.access_log": True,
+        }
+    )
     assert [type(stage) for stage in inbound_stages(server.parts)] == [
         CountRefusals,
         IdentifyPeer,

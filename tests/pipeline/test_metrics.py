@@ -431,7 +431,7 @@ async def test_a_streaming_inbound_call_is_in_flight_until_grpc_ends_it() -> Non
 
 
 async def test_an_inbound_access_log_line_names_the_peer(access_lines: list[dict[str, Any]]) -> None:
-    server = Server(**{"tls.source": "consul"})
+    server = Server(**{"tls.source": "consul", "telemetry.access_log": True})
 
     await server.call(GATEWAY, context=FakeContext())
     await asyncio.sleep(0)

@@ -94,7 +94,7 @@ def test_an_empty_config_is_valid_with_the_documented_defaults() -> None:
     assert (policy.breaker.failures, policy.breaker.reset_timeout, policy.breaker.reset_timeout_max) == (5, 10.0, 60.0)
     assert (config.authz.default, config.authz.source, config.authz.fail_open) == ("allow", "local", False)
     assert config.rate_limit.per_caller.rate_per_s is None
-    assert (config.telemetry.sample_ratio, config.telemetry.access_log) == (1.0, True)
+    assert (config.telemetry.sample_ratio, config.telemetry.access_log) == (1.0, False)
 
 
 def test_the_example_in_design_md_loads_as_written(write: Write) -> None:
@@ -157,13 +157,13 @@ def test_environment_values_take_yaml_flow_lists_and_mappings() -> None:
         "MESHLET_UPSTREAMS__INVENTORY__RETRY__ON": "[UNAVAILABLE, INTERNAL]",
         "MESHLET_UPSTREAMS__INVENTORY__RETRY__MAX_ATTEMPTS": "4",
         "MESHLET_SIDECAR__ROUTES": "{shop.inventory.v1.Inventory: inventory}",
-        "MESHLET_TELEMETRY__ACCESS_LOG": "false",
+        "MESHLET_TELEMETRY__ACCESS_LOG": "true",
     }
     config = load_config(env=env)
     assert config.upstream("inventory").retry.on == ("UNAVAILABLE", "INTERNAL")
     assert config.upstream("inventory").retry.max_attempts == 4
     assert config.sidecar.routes == {"shop.inventory.v1.Inventory": "inventory"}
-    assert config.telemetry.access_log is False
+    assert config.telemetry.access_log is True
 
 
 def test_environment_values_are_never_retyped_by_yaml() -> None:

@@ -189,7 +189,7 @@ class TelemetryConfig(_Section):
     sample_ratio: Ratio = 1.0
     metrics_port: Port | None = None  # the SDK's opt-in /metrics port (the sidecar serves /metrics on its admin)
     metrics_host: str = "127.0.0.1"  # what that port binds; 0.0.0.0 for Prometheus (and probes) in a pod
-    access_log: bool = True
+    access_log: bool = False  # a JSON line per call: opt-in, as Istio, Linkerd and Consul ship it (it costs CPU)
     span_file: Path | None = None  # spans also written here as JSON lines, one file per process (`meshlet trace`)
 
 

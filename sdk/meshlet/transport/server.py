@@ -7,7 +7,6 @@ Wrapped handlers are built once per method and cached, so per call the cost is o
 from __future__ import annotations
 
 import asyncio
-
 import inspect
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
