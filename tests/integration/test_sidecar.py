@@ -15,7 +15,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
-from collections.abc import AsyncIterator, Callable, Iterator
+from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 from typing import Any
 
@@ -29,25 +29,25 @@ from meshlet.errors import ErrorReason, error_info
 from meshlet.security.certs import channel_options
 from meshlet.security.dev_ca import init_ca, issue
 from meshlet_api.echo.v1 import echo_pb2_grpc
-from tests.support.agents import Agent, start_dev_agent
+from tests.integration import sidecar_mesh
+from tests.integration.sidecar_mesh import ECHO_SERVICE, TRUST_DOMAIN, clear_records, outbound_config, started
+from tests.support.agents import Agent
 from tests.support.echo_calls import ECHO_METADATA, EVERY_KIND, WAIT_S, Invoke, request, requests
-from tests.support.plain_app import ERROR_DOMAIN, ERROR_REASON, PlainEchoApp, plain_app
-from tests.support.processes import Processes, free_port, processes
-from tests.support.sidecars import SidecarProcess, admin_get, local_port_flag, start_sidecar, tls_files
+from tests.support.plain_app import ERROR_DOMAIN, ERROR_REASON, PlainEchoApp
+from tests.support.processes import Processes, free_port
+from tests.support.sidecars import SidecarProcess, admin_get, local_port_flag
 
 pytestmark = [pytest.mark.slow, pytest.mark.asyncio(loop_scope="module")]
 
-TRUST_DOMAIN = "meshlet.test"
-ECHO_SERVICE = "meshlet_api.echo.v1.Echo"
-
-
 # ------------------------------------------------------------------------------------------ the shared mesh
 
-
-@pytest.fixture(scope="module")
-def module_procs(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Processes]:
-    with processes(tmp_path_factory.mktemp("procs")) as procs:
-        yield procs
+# The shared mesh's fixtures, made this module's own (module-scoped). Assigned rather than imported by name,
+# as the parameters of the same names would shadow an unused import (ruff F811).
+module_procs = sidecar_mesh.module_procs
+pki = sidecar_mesh.pki
+agent = sidecar_mesh.agent
+app_b = sidecar_mesh.app_b
+sidecar_b = sidecar_mesh.sidecar_b
 
 
 @pytest.fixture(scope="module")
@@ -55,55 +55,9 @@ def folder(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return tmp_path_factory.mktemp("sidecars")
 
 
-@pytest.fixture(scope="module")
-def pki(folder: Path) -> Path:
-    certs = folder / "certs"
-    init_ca(certs, TRUST_DOMAIN)
-    for service in ("a-svc", "b-svc", "c-svc"):
-        issue(certs, service)
-    return certs
-
-
-@pytest.fixture(scope="module")
-def agent(module_procs: Processes) -> Agent:
-    return start_dev_agent(module_procs)
-
-
-@pytest_asyncio.fixture(scope="module", loop_scope="module")
-async def app_b() -> AsyncIterator[PlainEchoApp]:
-    async with plain_app() as app:
-        yield app
-
-
-async def started(*args: Any, **kwargs: Any) -> SidecarProcess:
-    """start_sidecar in a thread: app B lives on this event loop, which must keep turning to answer sidecar B's
-    health probes while the test waits for /ready."""
-    return await asyncio.to_thread(start_sidecar, *args, **kwargs)
-
-
-@pytest_asyncio.fixture(scope="module", loop_scope="module")
-async def sidecar_b(
-    module_procs: Processes, folder: Path, pki: Path, agent: Agent, app_b: PlainEchoApp
-) -> SidecarProcess:
-    """b-svc's sidecar: mTLS inbound, intentions that let a-svc in and nobody else."""
-    config = {
-        "service": {"name": "b-svc", "check_ttl": "2s", "drain_grace": "1s"},
-        "consul": {"address": agent.url},
-        "tls": tls_files(pki, "b-svc"),
-        "authz": {"default": "deny", "rules": [{"from": "a-svc", "to": "b-svc", "action": "allow"}]},
-    }
-    return await started(module_procs, folder, "b", config, app=f"127.0.0.1:{app_b.port}")
-
-
-def outbound_config(pki: Path, agent: Agent, service: str) -> dict[str, Any]:
-    """An outbound-only sidecar for `service` that routes the Echo service to b-svc."""
-    return {
-        "service": {"name": service},
-        "consul": {"address": agent.url},
-        "tls": tls_files(pki, service),
-        "sidecar": {"routes": {ECHO_SERVICE: "b-svc"}},
-        "upstreams": {"b-svc": {"retry": {"idempotent": [f"/{ECHO_SERVICE}/*"]}}},
-    }
+def retrying_outbound_config(pki: Path, agent: Agent, service: str) -> dict[str, Any]:
+    """An outbound-only sidecar for `service` that routes the Echo service to b-svc, and may re-send its calls."""
+    return outbound_config(pki, agent, service, upstreams={"b-svc": {"retry": {"idempotent": [f"/{ECHO_SERVICE}/*"]}}})
 
 
 @pytest.fixture(scope="module")
@@ -116,7 +70,7 @@ async def sidecar_a(
     module_procs: Processes, folder: Path, pki: Path, agent: Agent, sidecar_b: SidecarProcess, local_port: int
 ) -> SidecarProcess:
     """a-svc's sidecar: the route map on its outbound port, and b-svc on a local port of its own (a flag)."""
-    config = outbound_config(pki, agent, "a-svc")
+    config = retrying_outbound_config(pki, agent, "a-svc")
     return await started(module_procs, folder, "a", config, flags=local_port_flag("b-svc", local_port))
 
 
@@ -125,14 +79,12 @@ async def sidecar_c(
     module_procs: Processes, folder: Path, pki: Path, agent: Agent, sidecar_b: SidecarProcess
 ) -> SidecarProcess:
     """c-svc's sidecar, configured just like a-svc's: only b-svc's intentions tell them apart."""
-    return await started(module_procs, folder, "c", outbound_config(pki, agent, "c-svc"))
+    return await started(module_procs, folder, "c", retrying_outbound_config(pki, agent, "c-svc"))
 
 
 @pytest.fixture(autouse=True)
 def fresh_app_records(app_b: PlainEchoApp) -> None:
-    app_b.seen.clear()
-    app_b.cancelled.clear()
-    app_b.cancellation.clear()
+    clear_records(app_b)
 
 
 @contextlib.asynccontextmanager

@@ -16,9 +16,8 @@ from __future__ import annotations
 import asyncio
 import re
 import time
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
 from pathlib import Path
-from typing import Any
 
 import grpc
 import pytest
@@ -28,51 +27,40 @@ from google.rpc import error_details_pb2
 from grpc_status import rpc_status
 
 from meshlet_api.echo.v1 import echo_pb2, echo_pb2_grpc
-from tests.support.agents import Agent, start_dev_agent
+from tests.integration import sidecar_mesh
+from tests.integration.sidecar_mesh import ECHO_SERVICE, clear_records, inbound_config, outbound_config, started
+from tests.support.agents import Agent
 from tests.support.echo_calls import ECHO_METADATA, WAIT_S, request
 from tests.support.plain_app import ERROR_REASON, PlainEchoApp, plain_app
-from tests.support.processes import Processes, free_port, processes
+from tests.support.processes import Processes, free_port
 from tests.support.sidecars import (
     SidecarProcess,
     admin_get,
     local_port_flag,
     one_line,
     run_sidecar,
-    start_sidecar,
-    tls_files,
     write_config,
 )
 
 pytestmark = [pytest.mark.slow, pytest.mark.asyncio(loop_scope="module")]
 
-TRUST_DOMAIN = "meshlet.test"
-ECHO_SERVICE = "meshlet_api.echo.v1.Echo"
 NO_BREAKER = {"failures": 1000}  # the retry test sends failing calls: no breaker may eject app B for the tests after
 
 
 # ------------------------------------------------------------------------------------------ the mesh
 
-
-@pytest.fixture(scope="module")
-def module_procs(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Processes]:
-    with processes(tmp_path_factory.mktemp("procs")) as procs:
-        yield procs
+# The shared mesh's fixtures, made this module's own (module-scoped). Assigned rather than imported by name,
+# as the parameters of the same names would shadow an unused import (ruff F811).
+module_procs = sidecar_mesh.module_procs
+pki = sidecar_mesh.pki
+agent = sidecar_mesh.agent
+echo = sidecar_mesh.echo
+sidecar_b = sidecar_mesh.sidecar_b
 
 
 @pytest.fixture(scope="module")
 def folder(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return tmp_path_factory.mktemp("fast-path")
-
-
-@pytest.fixture(scope="module")
-def pki(folder: Path) -> Path:
-    from meshlet.security.dev_ca import init_ca, issue
-
-    certs = folder / "certs"
-    init_ca(certs, TRUST_DOMAIN)
-    for service in ("a-svc", "b-svc", "c-svc"):
-        issue(certs, service)
-    return certs
 
 
 @pytest.fixture(scope="module")
@@ -85,13 +73,9 @@ def echo_descriptor_set(folder: Path) -> Path:
     return path
 
 
-@pytest.fixture(scope="module")
-def agent(module_procs: Processes) -> Agent:
-    return start_dev_agent(module_procs)
-
-
 @pytest_asyncio.fixture(scope="module", loop_scope="module")
 async def app_b() -> AsyncIterator[PlainEchoApp]:
+    """This module's own app B (not the shared mesh's): it serves reflection."""
     async with plain_app(with_reflection=True) as app:
         yield app
 
@@ -102,30 +86,12 @@ async def app_c() -> AsyncIterator[PlainEchoApp]:
         yield app
 
 
-def inbound_config(pki: Path, agent: Agent, service: str, **sidecar: Any) -> dict[str, Any]:
-    return {
-        "service": {"name": service, "check_ttl": "2s", "drain_grace": "1s"},
-        "consul": {"address": agent.url},
-        "tls": tls_files(pki, service),
-        "authz": {"default": "deny", "rules": [{"from": "a-svc", "to": service, "action": "allow"}]},
-        "sidecar": sidecar,
-    }
-
-
-@pytest_asyncio.fixture(scope="module", loop_scope="module")
-async def sidecar_b(
-    module_procs: Processes, folder: Path, pki: Path, agent: Agent, app_b: PlainEchoApp
-) -> SidecarProcess:
-    config = inbound_config(pki, agent, "b-svc")
-    return await asyncio.to_thread(start_sidecar, module_procs, folder, "b", config, app=f"127.0.0.1:{app_b.port}")
-
-
 @pytest_asyncio.fixture(scope="module", loop_scope="module")
 async def sidecar_c(
     module_procs: Processes, folder: Path, pki: Path, agent: Agent, app_c: PlainEchoApp, echo_descriptor_set: Path
 ) -> SidecarProcess:
     config = inbound_config(pki, agent, "c-svc", descriptor_sets=[str(echo_descriptor_set)], reflection=False)
-    return await asyncio.to_thread(start_sidecar, module_procs, folder, "c", config, app=f"127.0.0.1:{app_c.port}")
+    return await started(module_procs, folder, "c", config, app=f"127.0.0.1:{app_c.port}")
 
 
 @pytest.fixture(scope="module")
@@ -144,29 +110,14 @@ async def sidecar_a(
     c_port: int,
 ) -> SidecarProcess:
     """Routes Echo to b-svc and its local port to c-svc; no retry.idempotent patterns: only protos say so."""
-    config = {
-        "service": {"name": "a-svc"},
-        "consul": {"address": agent.url},
-        "tls": tls_files(pki, "a-svc"),
-        "sidecar": {"routes": {ECHO_SERVICE: "b-svc"}},
-        "upstreams": {"b-svc": {"breaker": NO_BREAKER}, "c-svc": {"breaker": NO_BREAKER}},
-    }
-    flags = local_port_flag("c-svc", c_port)
-    return await asyncio.to_thread(start_sidecar, module_procs, folder, "a", config, flags=flags)
-
-
-@pytest_asyncio.fixture(loop_scope="module")
-async def echo(sidecar_a: SidecarProcess) -> AsyncIterator[echo_pb2_grpc.EchoStub]:
-    async with grpc.aio.insecure_channel(f"127.0.0.1:{sidecar_a.outbound_port}") as channel:
-        yield echo_pb2_grpc.EchoStub(channel)
+    upstreams = {"b-svc": {"breaker": NO_BREAKER}, "c-svc": {"breaker": NO_BREAKER}}
+    config = outbound_config(pki, agent, "a-svc", upstreams=upstreams)
+    return await started(module_procs, folder, "a", config, flags=local_port_flag("c-svc", c_port))
 
 
 @pytest.fixture(autouse=True)
 def fresh_app_records(app_b: PlainEchoApp, app_c: PlainEchoApp) -> None:
-    for app in (app_b, app_c):
-        app.seen.clear()
-        app.cancelled.clear()
-        app.cancellation.clear()
+    clear_records(app_b, app_c)
 
 
 # ------------------------------------------------------------------------------------------ which handler served

@@ -17,9 +17,7 @@ import asyncio
 import datetime
 import ssl
 import time
-from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
-from typing import Any
 
 import grpc
 import pytest
@@ -34,35 +32,35 @@ from prometheus_client.parser import text_string_to_metric_families
 from meshlet.errors import ErrorReason, error_info
 from meshlet.inbound import InboundParts
 from meshlet.security.certs import channel_options
-from meshlet.security.dev_ca import init_ca, issue
+from meshlet.security.dev_ca import issue
 from meshlet.security.intentions import Decision
 from meshlet.security.sources import FileSource
 from meshlet_api.echo.v1 import echo_pb2_grpc
 from meshlet_sidecar.splice import SpliceListener
-from tests.support.agents import Agent, start_dev_agent
+from tests.integration import sidecar_mesh
+from tests.integration.sidecar_mesh import TRUST_DOMAIN, clear_records, inbound_config, outbound_config, started
+from tests.support.agents import Agent
 from tests.support.echo_calls import ECHO_METADATA, EVERY_KIND, WAIT_S, Invoke, request
-from tests.support.plain_app import ERROR_REASON, PlainEchoApp, plain_app
-from tests.support.processes import Processes, free_port, processes
+from tests.support.plain_app import ERROR_REASON, PlainEchoApp
+from tests.support.processes import Processes, free_port
 from tests.support.sidecars import (
     SidecarProcess,
     admin_get,
     one_line,
     run_sidecar,
-    start_sidecar,
     tls_files,
     write_config,
 )
 
 pytestmark = [pytest.mark.slow, pytest.mark.asyncio(loop_scope="module")]
 
-TRUST_DOMAIN = "meshlet.test"
-ECHO_SERVICE = "meshlet_api.echo.v1.Echo"
-
-
-@pytest.fixture(scope="module")
-def module_procs(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Processes]:
-    with processes(tmp_path_factory.mktemp("procs")) as procs:
-        yield procs
+# The shared mesh's fixtures, made this module's own (module-scoped). Assigned rather than imported by name,
+# as the parameters of the same names would shadow an unused import (ruff F811).
+module_procs = sidecar_mesh.module_procs
+pki = sidecar_mesh.pki
+agent = sidecar_mesh.agent
+app_b = sidecar_mesh.app_b
+echo = sidecar_mesh.echo
 
 
 @pytest.fixture(scope="module")
@@ -70,67 +68,24 @@ def folder(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return tmp_path_factory.mktemp("l4")
 
 
-@pytest.fixture(scope="module")
-def pki(folder: Path) -> Path:
-    certs = folder / "certs"
-    init_ca(certs, TRUST_DOMAIN)
-    for service in ("a-svc", "b-svc", "c-svc"):
-        issue(certs, service)
-    return certs
-
-
-@pytest.fixture(scope="module")
-def agent(module_procs: Processes) -> Agent:
-    return start_dev_agent(module_procs)
-
-
-@pytest_asyncio.fixture(scope="module", loop_scope="module")
-async def app_b() -> AsyncIterator[PlainEchoApp]:
-    async with plain_app() as app:
-        yield app
-
-
 @pytest_asyncio.fixture(scope="module", loop_scope="module")
 async def sidecar_b(
     module_procs: Processes, folder: Path, pki: Path, agent: Agent, app_b: PlainEchoApp
 ) -> SidecarProcess:
-    config = {
-        "service": {"name": "b-svc", "check_ttl": "2s", "drain_grace": "1s"},
-        "consul": {"address": agent.url},
-        "tls": tls_files(pki, "b-svc"),
-        "authz": {"default": "deny", "rules": [{"from": "a-svc", "to": "b-svc", "action": "allow"}]},
-        "sidecar": {"inbound_mode": "l4"},
-    }
-    return await asyncio.to_thread(start_sidecar, module_procs, folder, "b", config, app=f"127.0.0.1:{app_b.port}")
-
-
-def outbound_config(pki: Path, agent: Agent, service: str) -> dict[str, Any]:
-    return {
-        "service": {"name": service},
-        "consul": {"address": agent.url},
-        "tls": tls_files(pki, service),
-        "sidecar": {"routes": {ECHO_SERVICE: "b-svc"}},
-    }
+    config = inbound_config(pki, agent, "b-svc", inbound_mode="l4")
+    return await started(module_procs, folder, "b", config, app=f"127.0.0.1:{app_b.port}")
 
 
 @pytest_asyncio.fixture(scope="module", loop_scope="module")
 async def sidecar_a(
     module_procs: Processes, folder: Path, pki: Path, agent: Agent, sidecar_b: SidecarProcess
 ) -> SidecarProcess:
-    return await asyncio.to_thread(start_sidecar, module_procs, folder, "a", outbound_config(pki, agent, "a-svc"))
-
-
-@pytest_asyncio.fixture(loop_scope="module")
-async def echo(sidecar_a: SidecarProcess) -> AsyncIterator[echo_pb2_grpc.EchoStub]:
-    async with grpc.aio.insecure_channel(f"127.0.0.1:{sidecar_a.outbound_port}") as channel:
-        yield echo_pb2_grpc.EchoStub(channel)
+    return await started(module_procs, folder, "a", outbound_config(pki, agent, "a-svc"))
 
 
 @pytest.fixture(autouse=True)
 def fresh_app_records(app_b: PlainEchoApp) -> None:
-    app_b.seen.clear()
-    app_b.cancelled.clear()
-    app_b.cancellation.clear()
+    clear_records(app_b)
 
 
 async def test_unary_call_crosses_the_l4_hop_with_its_metadata_and_trailers(
@@ -194,7 +149,7 @@ async def test_a_caller_the_intentions_deny_gets_permission_denied_through_its_s
 ) -> None:
     """Not a closed connection, which sidecar C would take for a call that never left and retry until the
     deadline: the status comes from sidecar B, and the deadline is far (the status says which it was)."""
-    sidecar_c = await asyncio.to_thread(start_sidecar, module_procs, folder, "c", outbound_config(pki, agent, "c-svc"))
+    sidecar_c = await started(module_procs, folder, "c", outbound_config(pki, agent, "c-svc"))
     async with grpc.aio.insecure_channel(f"127.0.0.1:{sidecar_c.outbound_port}") as channel:
         with pytest.raises(grpc.aio.AioRpcError) as failed:
             await echo_pb2_grpc.EchoStub(channel).EchoOnce(request("let me in"), timeout=30.0)
