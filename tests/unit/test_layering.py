@@ -34,6 +34,12 @@ PURE = [
     "meshlet/devagent/kv.py",
     "meshlet/devagent/intentions.py",
     "meshlet/devagent/filtering.py",
+    "meshlet/demo/topology.py",
+    "meshlet/demo/script.py",
+    "meshlet/demo/stats.py",
+    "meshlet/demo/scrape.py",
+    "meshlet/demo/timeline.py",
+    "meshlet/demo/report.py",
 ]
 IO_LIBRARIES = {
     "asyncio",

@@ -213,7 +213,7 @@ def _sidecar_config(topology: Topology, instance: Instance, settings: Settings) 
 
 
 def _telemetry(topology: Topology, name: str, service: str, settings: Settings) -> dict[str, Any]:
-    telemetry: dict[str, Any] = {"service_name": service, "access_log": False}
+    telemetry: dict[str, Any] = {"service_name": service}
     if settings.otlp_endpoint:
         telemetry["otlp_endpoint"] = settings.otlp_endpoint
     if settings.span_files:
