@@ -106,6 +106,15 @@ def test_the_example_in_design_md_loads_as_written(write: Write) -> None:
     assert config.tls.cert == Path("certs/orders.crt")
 
 
+def test_the_configuration_reference_in_the_readme_loads_as_written(write: Write) -> None:
+    readme = (Path(__file__).parents[2] / "README.md").read_text()
+    reference = readme.split("## Configuration", 1)[1].split("```yaml\n", 1)[1].split("```", 1)[0]
+    config = load_config(write(reference), env={})
+    assert config.upstream("inventory").timeout == 1.0
+    assert config.sidecar.routes == {"shop.inventory.v1.Inventory": "inventory"}
+    assert config.authz.rules[0].to == "orders"
+
+
 def test_yaml_1_1_words_stay_strings_so_off_and_the_key_on_mean_what_they_say(write: Write) -> None:
     config = load_config(write("tls: {source: off}\nupstream_defaults: {retry: {on: [INTERNAL]}}\n"), env={})
     assert config.tls.source == "off"
