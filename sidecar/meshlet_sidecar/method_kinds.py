@@ -72,10 +72,11 @@ class MethodTable:
     what its reflection service has told. `version` grows whenever something new is learnt, so handlers built
     while a method was unknown can tell that they are stale with one integer comparison."""
 
-    __slots__ = ("_known", "_on_miss", "version")
+    __slots__ = ("_fixed", "_known", "_on_miss", "version")
 
     def __init__(self, fixed: Mapping[str, MethodInfo] | None = None) -> None:
         self._known: dict[str, MethodInfo] = dict(fixed or {})
+        self._fixed = frozenset(self._known)
         self._on_miss: Callable[[str], None] | None = None
         self.version = 0
 
@@ -83,13 +84,16 @@ class MethodTable:
         return self._known.get(path)
 
     def learn(self, methods: Mapping[str, MethodInfo]) -> bool:
-        """Add what a source told; True when anything changed. Fixed entries (descriptor sets) win: they are
-        what the operator declared."""
-        new = {path: info for path, info in methods.items() if self._known.get(path) != info}
+        """Add what a source told, its newer answer replacing an older one; True only when something changed
+        (a recheck that says the same is no news). Fixed entries (descriptor sets) win: they are what the operator
+        declared. A handler already built for a known method is kept: a method whose kind changes under a running
+        sidecar takes its new kind when the sidecar restarts."""
+        new = {
+            path: info for path, info in methods.items() if path not in self._fixed and self._known.get(path) != info
+        }
         if not new:
             return False
-        for path, info in new.items():
-            self._known.setdefault(path, info)
+        self._known.update(new)
         self.version += 1
         return True
 

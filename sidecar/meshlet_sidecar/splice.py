@@ -75,6 +75,7 @@ class SpliceListener:
         self._counted = parts.metrics.l4_connections if parts.metrics is not None else None
         self._clock = clock
         self._refusals: tuple[RefusalServer, asyncio.Task[int]] | None = None  # started at the first refusal
+        self._stopping = False
         self._server: asyncio.Server | None = None
         self._open: dict[asyncio.Task[None], float] = {}  # connection -> when it last moved a byte
         self._context: tuple[TlsMaterial, ssl.SSLContext] | None = None
@@ -110,6 +111,7 @@ class SpliceListener:
     async def stop(self, grace_s: float | None) -> None:
         """Refuse new connections at once; wait (up to `grace_s`) until the open ones have gone quiet, then close
         them."""
+        self._stopping = True  # a handshake still under way completes after close(): its connection is refused
         server, self._server = self._server, None
         if server is not None:
             server.close()
@@ -135,6 +137,9 @@ class SpliceListener:
     # ------------------------------------------------------------------ one connection
 
     async def _accept(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        if self._stopping:
+            writer.close()
+            return
         task = asyncio.current_task()
         assert task is not None
         self._open[task] = time.monotonic()

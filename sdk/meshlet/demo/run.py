@@ -115,7 +115,9 @@ def _log_to(path: Path) -> None:
 async def _main(options: DemoOptions, console: Console, supervisor: Supervisor, folder: Path) -> int:
     main = asyncio.current_task()
     assert main is not None
-    asyncio.get_running_loop().add_signal_handler(signal.SIGTERM, main.cancel)
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGHUP):  # SIGHUP: the terminal closed or the SSH session dropped
+        loop.add_signal_handler(sig, main.cancel)
     async with aiohttp.ClientSession() as session:
         settings, topology, agent = await _plan(options, console, folder, session)
         probes = Probes(session, settings.consul_address)

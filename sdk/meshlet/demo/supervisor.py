@@ -137,13 +137,13 @@ class Supervisor:
                 child.popen.wait(GRACE_S)
 
     def _hurry_on_signals(self) -> dict[int, _Handler]:
-        """While stopping, another Ctrl-C or SIGTERM means "now": skip the rest of the grace period."""
+        """While stopping, another Ctrl-C, SIGTERM or SIGHUP means "now": skip the rest of the grace period."""
 
         def hurry(signum: int, frame: FrameType | None) -> None:
             self._hurry = True
 
         previous: dict[int, _Handler] = {}
-        for sig in (signal.SIGINT, signal.SIGTERM):
+        for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
             with contextlib.suppress(ValueError):  # not the main thread: leave the handlers alone
                 previous[sig] = signal.signal(sig, hurry)
         return previous

@@ -91,8 +91,18 @@ def test_the_table_version_grows_only_when_something_new_is_learnt() -> None:
 def test_descriptor_sets_win_over_what_reflection_says() -> None:
     declared = {f"{ECHO}/Echo": MethodInfo(Cardinality.UNARY_UNARY, idempotent=False)}
     table = MethodTable(declared)
-    table.learn({f"{ECHO}/Echo": MethodInfo(Cardinality.UNARY_UNARY, idempotent=True)})
+    assert not table.learn({f"{ECHO}/Echo": MethodInfo(Cardinality.UNARY_UNARY, idempotent=True)})
     assert table.get(f"{ECHO}/Echo") == declared[f"{ECHO}/Echo"]
+    assert table.version == 0  # nothing changed, so nothing is rebuilt or logged on every recheck
+
+
+def test_a_newer_answer_from_reflection_replaces_an_older_one() -> None:
+    table = MethodTable()
+    table.learn({f"{ECHO}/Echo": MethodInfo(Cardinality.UNARY_UNARY, idempotent=True)})
+    streaming = MethodInfo(Cardinality.UNARY_STREAM, idempotent=True)
+    assert table.learn({f"{ECHO}/Echo": streaming})
+    assert table.get(f"{ECHO}/Echo") == streaming
+    assert table.version == 2
 
 
 def test_a_miss_is_passed_to_whoever_learns_for_the_table() -> None:
