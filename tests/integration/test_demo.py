@@ -7,12 +7,13 @@ Every child inherits the demo's environment, so a marker variable given to the d
 from __future__ import annotations
 
 import signal
+import sys
 import uuid
 from pathlib import Path
 
 import pytest
 
-from tests.support.processes import Child, Processes, meshlet_argv, wait_until
+from tests.support.processes import Child, Processes, wait_until
 
 pytestmark = pytest.mark.slow
 
@@ -35,11 +36,19 @@ def processes_marked(marker: str) -> list[str]:
     return found
 
 
+# A shell without job control starts background jobs with SIGINT ignored, and Python keeps an ignored SIGINT
+# ignored (so does the demo, rightly): the demo gets Ctrl-C back whatever started pytest.
+WITH_CTRL_C = (
+    "import runpy, signal; signal.signal(signal.SIGINT, signal.default_int_handler); "
+    "runpy.run_module('meshlet.cli', run_name='__main__', alter_sys=True)"
+)
+
+
 def start_demo(procs: Processes, *args: str) -> tuple[str, Child]:
     """Start the demo with a marker its children inherit; TMPDIR keeps the run's folder in the test's own."""
     marker = uuid.uuid4().hex
     env = {MARKER: marker, "COLUMNS": "120", "TMPDIR": str(procs.log_dir)}
-    return marker, procs.start(meshlet_argv("demo", *args), name="demo", env=env)
+    return marker, procs.start([sys.executable, "-c", WITH_CTRL_C, "demo", *args], name="demo", env=env)
 
 
 def test_the_demo_masks_the_faults_reports_a_passing_verdict_and_leaves_nothing_behind(procs: Processes) -> None:

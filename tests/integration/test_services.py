@@ -51,6 +51,16 @@ class Shop:
     agent: Agent
     pki: Path
     faulty_inventory: Child
+    children: list[Child]
+
+    def log_lines(self, *needles: str) -> str:
+        """Every child's log lines that mention one of `needles`: what a failed assertion shows of what happened."""
+        return "\n".join(
+            f"{child.log_path.name}: {line}"
+            for child in self.children
+            for line in child.output().splitlines()
+            if any(needle in line for needle in needles)
+        )
 
 
 def service_argv(name: str, port: int, *flags: str) -> list[str]:
@@ -131,7 +141,7 @@ def shop(module_procs: Processes, tmp_path_factory: pytest.TempPathFactory) -> S
     behind_sidecar("payments", "payments-1")
     for service in ("orders", "gateway"):
         start_sdk(module_procs, agent, service, sdk_env(agent, pki, service))
-    return Shop(agent, pki, faulty)
+    return Shop(agent, pki, faulty, module_procs.children)
 
 
 @pytest_asyncio.fixture(scope="module", loop_scope="module")
@@ -221,23 +231,24 @@ async def kettles(client: Mesh) -> int:
 
 
 async def test_an_order_failing_on_a_later_item_gives_back_what_it_reserved(
-    orders: orders_pb2_grpc.OrdersStub, client: Mesh
+    orders: orders_pb2_grpc.OrdersStub, client: Mesh, shop: Shop
 ) -> None:
     """The kettle is reserved, then the teapots are out of stock: the kettle goes back on the shelf."""
+    request_id = str(uuid.uuid4())
     before = await kettles(client)
     create = orders_pb2.CreateOrderRequest(
-        request_id=str(uuid.uuid4()),
+        request_id=request_id,
         customer_id="c-release",
         items=[orders_pb2.LineItem(sku="sku-kettle", quantity=2), orders_pb2.LineItem(sku="sku-teapot", quantity=999)],
     )
     with pytest.raises(grpc.aio.AioRpcError) as failed:
         await orders.CreateOrder(create, timeout=WAIT_S)
     assert failed.value.code() == grpc.StatusCode.FAILED_PRECONDITION
-    assert await kettles(client) == before
+    assert await kettles(client) == before, shop.log_lines(request_id, '"level": "warning"')
 
 
 async def test_an_order_whose_charge_is_refused_gives_back_what_it_reserved(
-    orders: orders_pb2_grpc.OrdersStub, client: Mesh
+    orders: orders_pb2_grpc.OrdersStub, client: Mesh, shop: Shop
 ) -> None:
     """payments refuses the charge (its key was used for another payment): the reservation goes back."""
     request_id = str(uuid.uuid4())
@@ -251,7 +262,7 @@ async def test_an_order_whose_charge_is_refused_gives_back_what_it_reserved(
     with pytest.raises(grpc.aio.AioRpcError) as failed:
         await orders.CreateOrder(create, timeout=WAIT_S)
     assert failed.value.code() == grpc.StatusCode.ALREADY_EXISTS
-    assert await kettles(client) == before
+    assert await kettles(client) == before, shop.log_lines(request_id, '"level": "warning"')
 
 
 # ------------------------------------------------------------------------------------------ payments

@@ -135,7 +135,8 @@ class CheckRunner:
         catalog = self._state.catalog
         while True:
             self._timers_changed.clear()
-            catalog.expire_ttls()
+            for check_id in catalog.expire_ttls():  # Consul logs it too: a critical check with no one saying why
+                log.warning("check %s: TTL expired, now critical", check_id)
             deadline = catalog.next_ttl_deadline()
             timeout = None if deadline is None else max(0.0, deadline - catalog.clock())
             with contextlib.suppress(TimeoutError):
