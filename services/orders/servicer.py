@@ -36,6 +36,14 @@ RELEASE_PAUSE_S = 0.25
 RELEASE_TIMEOUT_S = 2.0
 
 
+class NotCreated(Exception):
+    """An upstream said no: the order is not made, and `status` is the answer once its reservations are back."""
+
+    def __init__(self, status: grpc.Status) -> None:
+        super().__init__(status.details)
+        self.status = status
+
+
 def order_id_for(request_id: str) -> str:
     """Derived from the request_id, so a CreateOrder retried after a crash charges the same order."""
     return "ord-" + hashlib.sha256(request_id.encode()).hexdigest()[:16]
@@ -99,8 +107,13 @@ class Orders(orders_pb2_grpc.OrdersServicer):
         try:
             for i, item in enumerate(request.items):
                 attempted.append(reservation_id(request.request_id, i))
-                await self._reserve(context, request.request_id, i, item)
-            charged = await self._charge(context, request, order_id)
+                await self._reserve(request.request_id, i, item)
+            charged = await self._charge(request, order_id)
+        except NotCreated as failure:
+            # Released before answering: context.abort sends the status at once, and a caller that retries the
+            # same request_id on seeing it must not have its replayed reservation released under it.
+            await self._release(attempted)
+            await abort(context, failure.status)
         except (Exception, asyncio.CancelledError):
             # The order is not made: give back what was reserved for it (the failing reservation too, which a
             # timed-out Reserve may have made), so that stock is not held by orders that do not exist.
@@ -117,9 +130,7 @@ class Orders(orders_pb2_grpc.OrdersServicer):
         log.info("order paid", extra={"order_id": order.order_id, "charge_id": order.charge_id})
         return order
 
-    async def _charge(
-        self, context: Any, request: orders_pb2.CreateOrderRequest, order_id: str
-    ) -> payments_pb2.ChargeReply:
+    async def _charge(self, request: orders_pb2.CreateOrderRequest, order_id: str) -> payments_pb2.ChargeReply:
         amount = sum(PRODUCTS[item.sku].price_cents * item.quantity for item in request.items)
         charge = payments_pb2.ChargeRequest(
             idempotency_key=request.request_id, order_id=order_id, amount_cents=amount, currency=CURRENCY
@@ -128,8 +139,8 @@ class Orders(orders_pb2_grpc.OrdersServicer):
             reply: payments_pb2.ChargeReply = await self.payments.Charge(charge)
         except grpc.aio.AioRpcError as error:
             if error.code() is grpc.StatusCode.ALREADY_EXISTS:
-                await abort(context, _request_id_reused(request.request_id, order_id))
-            await abort(context, _mapped(error, "payments"))
+                raise NotCreated(_request_id_reused(request.request_id, order_id)) from None
+            raise NotCreated(_mapped(error, "payments")) from None
         return reply
 
     async def _release(self, reservation_ids: list[str]) -> None:
@@ -155,7 +166,7 @@ class Orders(orders_pb2_grpc.OrdersServicer):
             else:
                 log.info("no reservation to release", extra={"reservation_id": rid, "served_by": reply.served_by})
 
-    async def _reserve(self, context: Any, request_id: str, index: int, item: orders_pb2.LineItem) -> None:
+    async def _reserve(self, request_id: str, index: int, item: orders_pb2.LineItem) -> None:
         reserve = inventory_pb2.ReserveRequest(
             reservation_id=reservation_id(request_id, index), sku=item.sku, quantity=item.quantity
         )
@@ -165,18 +176,17 @@ class Orders(orders_pb2_grpc.OrdersServicer):
             code = error.code()
             if code is grpc.StatusCode.NOT_FOUND:
                 violation = (f"items[{index}].sku", f"inventory does not stock {item.sku!r}: {error.details()}")
-                await abort(context, bad_request("CreateOrder: an item cannot be ordered", [violation]))
+                raise NotCreated(bad_request("CreateOrder: an item cannot be ordered", [violation])) from None
             if code is grpc.StatusCode.FAILED_PRECONDITION:
-                await abort(
-                    context,
+                raise NotCreated(
                     with_info(
                         code,
                         f"{NOT_CREATED}: items[{index}]: {error.details()}",
                         "OUT_OF_STOCK",
                         {"sku": item.sku, "item": str(index)},
-                    ),
-                )
-            await abort(context, _mapped(error, "inventory"))
+                    )
+                ) from None
+            raise NotCreated(_mapped(error, "inventory")) from None
 
     async def GetOrder(self, request: orders_pb2.GetOrderRequest, context: Any) -> orders_pb2.Order:  # noqa: N802
         await self.faults.apply(context, "GetOrder")
