@@ -6,6 +6,8 @@ Every child inherits the demo's environment, so a marker variable given to the d
 
 from __future__ import annotations
 
+import contextlib
+import os
 import signal
 import sys
 import uuid
@@ -23,17 +25,28 @@ RUN_S = 120  # a bound on a run of a few seconds of traffic on a busy machine, n
 
 def processes_marked(marker: str) -> list[str]:
     """The command lines of the live processes whose environment holds `marker`."""
-    found = []
+    return list(_marked(marker).values())
+
+
+def _marked(marker: str) -> dict[int, str]:
+    found = {}
     needle = f"{MARKER}={marker}".encode()
     for proc in Path("/proc").iterdir():
         if not proc.name.isdigit():
             continue
         try:
             if needle in (proc / "environ").read_bytes().split(b"\0"):
-                found.append((proc / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace"))
+                found[int(proc.name)] = (proc / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
         except OSError:
             continue  # gone meanwhile, or not ours to read
     return found
+
+
+def kill_marked(marker: str) -> None:
+    """What a failed test leaves of the demo's children: they are in sessions of their own, out of procs' reach."""
+    for pid in _marked(marker):
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.kill(pid, signal.SIGKILL)
 
 
 # A shell without job control starts background jobs with SIGINT ignored, and Python keeps an ignored SIGINT
@@ -76,3 +89,19 @@ def test_ctrl_c_mid_run_stops_every_process_the_demo_started(procs: Processes) -
     assert demo.wait(RUN_S) == 130, demo.output()
     assert "interrupted" in demo.output()
     assert processes_marked(marker) == []
+
+
+def test_a_killed_demo_takes_its_children_with_it(procs: Processes) -> None:
+    """SIGKILL runs none of the demo's own clean-up: the kernel tells each child that its parent died."""
+    marker, demo = start_demo(procs, "--duration", "60", "--rate", "10")
+    wait_until(
+        lambda: "The mesh on this machine" in demo.output() or not demo.alive(), RUN_S, "the demo to bring the mesh up"
+    )
+    try:
+        assert len(processes_marked(marker)) > 10, demo.output()
+
+        demo.signal(signal.SIGKILL)
+
+        wait_until(lambda: not processes_marked(marker), RUN_S, "every child of the killed demo to stop")
+    finally:
+        kill_marked(marker)

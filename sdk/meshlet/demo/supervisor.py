@@ -3,8 +3,9 @@ its own children go with it), logged to a file, and always stopped, whichever wa
 
 Stopping is SIGTERM to every process group at once (the services drain and deregister), then SIGKILL for whatever
 is left after a grace period. `stop_all` runs from the runner's ``finally`` and again from ``atexit``; a second
-Ctrl-C while it waits skips the grace and kills at once. Only a SIGKILL of the demo itself can leave children
-behind, as with any supervisor.
+Ctrl-C while it waits skips the grace and kills at once. A demo that is SIGKILLed runs none of that: on Linux each
+child asks the kernel for SIGTERM when the demo dies (PR_SET_PDEATHSIG), set by a small launcher that then execs
+the child, since setting it in ``preexec_fn`` is unsafe in a process that runs threads (grpc's).
 """
 
 from __future__ import annotations
@@ -14,8 +15,9 @@ import contextlib
 import os
 import signal
 import subprocess
+import sys
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import FrameType
@@ -24,6 +26,16 @@ from typing import Any
 from meshlet.demo.topology import ChildSpec
 
 GRACE_S = 5.0
+PR_SET_PDEATHSIG = 1  # <linux/prctl.h>
+# argv: the demo's pid, then the child's argv. A demo already gone by the time the setting is made leaves the
+# launcher orphaned, so it checks its parent after asking, and exits rather than start a child no one stops.
+_DIE_WITH_DEMO = (
+    "import ctypes, os, signal, sys\n"
+    f"ctypes.CDLL(None, use_errno=True).prctl({PR_SET_PDEATHSIG}, signal.SIGTERM)\n"
+    "if os.getppid() != int(sys.argv[1]):\n"
+    "    sys.exit(0)\n"
+    "os.execvp(sys.argv[2], sys.argv[2:])\n"
+)
 _Handler = Callable[[int, FrameType | None], Any] | int | None
 
 
@@ -56,6 +68,13 @@ class Child:
             os.killpg(self.popen.pid, sig)
 
 
+def dies_with_this_process(argv: Sequence[str]) -> list[str]:
+    """`argv` started so that the kernel sends it SIGTERM when this process dies, on Linux; as is elsewhere."""
+    if not sys.platform.startswith("linux"):
+        return list(argv)
+    return [sys.executable, "-I", "-S", "-c", _DIE_WITH_DEMO, str(os.getpid()), *argv]
+
+
 class Supervisor:
     """Starts children from `ChildSpec`s and stops every one it started. Use as a context manager."""
 
@@ -79,7 +98,7 @@ class Supervisor:
         log_path = self.log_dir / f"{spec.name}.log"
         with log_path.open("ab") as log:
             popen = subprocess.Popen(
-                list(spec.argv),
+                dies_with_this_process(spec.argv),
                 stdin=subprocess.DEVNULL,
                 stdout=log,
                 stderr=subprocess.STDOUT,
