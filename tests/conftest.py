@@ -7,7 +7,10 @@ from pathlib import Path
 
 import pytest
 
-from tests.support.processes import Processes, processes
+# The shared checks in tests/support assert as tests do: pytest must rewrite them to show what differed.
+pytest.register_assert_rewrite("tests.support")
+
+from tests.support.processes import Processes, processes  # noqa: E402
 
 
 @pytest.fixture

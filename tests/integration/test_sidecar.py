@@ -22,8 +22,6 @@ from typing import Any
 import grpc
 import pytest
 import pytest_asyncio
-from google.rpc import error_details_pb2
-from grpc_status import rpc_status
 
 from meshlet.errors import ErrorReason, error_info
 from meshlet.security.certs import channel_options
@@ -31,9 +29,10 @@ from meshlet.security.dev_ca import init_ca, issue
 from meshlet_api.echo.v1 import echo_pb2_grpc
 from tests.integration import sidecar_mesh
 from tests.integration.sidecar_mesh import ECHO_SERVICE, TRUST_DOMAIN, clear_records, outbound_config, started
+from tests.support import echo_calls
 from tests.support.agents import Agent
-from tests.support.echo_calls import ECHO_METADATA, EVERY_KIND, WAIT_S, Invoke, request, requests
-from tests.support.plain_app import ERROR_DOMAIN, ERROR_REASON, PlainEchoApp
+from tests.support.echo_calls import EVERY_KIND, WAIT_S, Invoke, request
+from tests.support.plain_app import PlainEchoApp
 from tests.support.processes import Processes, free_port
 from tests.support.sidecars import SidecarProcess, admin_get, local_port_flag
 
@@ -101,12 +100,6 @@ async def echo(sidecar_a: SidecarProcess) -> AsyncIterator[echo_pb2_grpc.EchoStu
         yield echo_pb2_grpc.EchoStub(channel)
 
 
-def assert_metadata_echoed(initial: Any, trailing: Any) -> None:
-    initial, trailing = dict(initial), dict(trailing)
-    assert (initial["initial-x-tenant"], initial["initial-x-blob-bin"]) == ("acme", b"\x00\xffbytes")
-    assert (trailing["trailing-x-tenant"], trailing["trailing-x-blob-bin"]) == ("acme", b"\x00\xffbytes")
-
-
 async def eventually(condition: Callable[[], bool], what: str) -> None:
     give_up = time.monotonic() + WAIT_S
     while not condition():
@@ -121,35 +114,19 @@ async def eventually(condition: Callable[[], bool], what: str) -> None:
 async def test_unary_call_crosses_both_sidecars_with_its_metadata_and_trailers(
     echo: echo_pb2_grpc.EchoStub, app_b: PlainEchoApp
 ) -> None:
-    call = echo.Echo(request("hello"), metadata=ECHO_METADATA, timeout=WAIT_S)
-    reply = await call
-    assert (reply.message, reply.served_by) == ("hello", "plain")
-    assert_metadata_echoed(await call.initial_metadata(), await call.trailing_metadata())
-    assert app_b.seen[-1].metadata["x-tenant"] == "acme"
+    await echo_calls.assert_unary_relayed(echo, app_b)
 
 
 async def test_server_stream_delivers_every_message_and_the_metadata(echo: echo_pb2_grpc.EchoStub) -> None:
-    call = echo.ServerStream(request("tick"), metadata=ECHO_METADATA, timeout=WAIT_S)
-    assert [reply.message async for reply in call] == ["tick-0", "tick-1", "tick-2"]
-    assert await call.code() == grpc.StatusCode.OK
-    assert_metadata_echoed(await call.initial_metadata(), await call.trailing_metadata())
+    await echo_calls.assert_server_stream_relayed(echo)
 
 
 async def test_client_stream_delivers_every_request(echo: echo_pb2_grpc.EchoStub) -> None:
-    call = echo.ClientStream(requests("a", "b", "c"), metadata=ECHO_METADATA, timeout=WAIT_S)
-    assert (await call).message == "a+b+c"
-    assert_metadata_echoed(await call.initial_metadata(), await call.trailing_metadata())
+    await echo_calls.assert_client_stream_relayed(echo)
 
 
 async def test_bidi_stream_answers_each_request_before_the_caller_is_done(echo: echo_pb2_grpc.EchoStub) -> None:
-    call = echo.BidiStream(metadata=ECHO_METADATA, timeout=WAIT_S)
-    for message in ("ping", "pong", "done"):
-        await call.write(request(message))
-        assert (await call.read()).message == message
-    await call.done_writing()
-    assert await call.read() is grpc.aio.EOF
-    assert await call.code() == grpc.StatusCode.OK
-    assert_metadata_echoed(await call.initial_metadata(), await call.trailing_metadata())
+    await echo_calls.assert_bidi_stream_relayed(echo)
 
 
 # ------------------------------------------------------------------------------------------ errors
@@ -159,17 +136,7 @@ async def test_bidi_stream_answers_each_request_before_the_caller_is_done(echo: 
 async def test_app_b_error_reaches_app_a_with_its_status_message_trailers_and_details(
     echo: echo_pb2_grpc.EchoStub, invoke: Invoke
 ) -> None:
-    with pytest.raises(grpc.aio.AioRpcError) as failed:
-        await invoke(echo, (("x-echo-fail", "FAILED_PRECONDITION"),))
-    error = failed.value
-    assert error.code() == grpc.StatusCode.FAILED_PRECONDITION
-    assert "failed as asked (FAILED_PRECONDITION)" in (error.details() or "")
-    assert dict(error.trailing_metadata())["x-app-trailer"] == "failed"
-    status = rpc_status.from_call(error)  # raises unless code and message agree with grpc-status-details-bin
-    assert status is not None
-    info = error_details_pb2.ErrorInfo()
-    assert status.details[0].Unpack(info)
-    assert (info.reason, info.domain, dict(info.metadata)) == (ERROR_REASON, ERROR_DOMAIN, {"by": "plain-app"})
+    await echo_calls.assert_app_error_relayed(invoke, echo)
 
 
 # ------------------------------------------------------------------------------------------ deadlines and cancellation

@@ -12,12 +12,9 @@ import ssl
 import time
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
-from typing import Any
 
 import grpc
 import pytest
-from google.rpc import error_details_pb2
-from grpc_status import rpc_status
 
 from meshlet.errors import ErrorReason, error_info
 from meshlet.inbound import InboundParts
@@ -28,8 +25,9 @@ from meshlet.security.sources import FileSource
 from meshlet_api.echo.v1 import echo_pb2, echo_pb2_grpc
 from meshlet_sidecar.forward import ForwardToApp
 from meshlet_sidecar.inbound_listener import InboundListener
+from tests.support import echo_calls
 from tests.support.echo_calls import ECHO_METADATA, EVERY_KIND, WAIT_S, Invoke, request, requests
-from tests.support.plain_app import ERROR_DOMAIN, ERROR_REASON, MAX_MESSAGE_BYTES, PlainEchoApp, plain_app
+from tests.support.plain_app import MAX_MESSAGE_BYTES, PlainEchoApp, plain_app
 from tests.support.processes import free_port
 
 TRUST_DOMAIN = "meshlet.test"
@@ -124,50 +122,25 @@ async def eventually(condition: Callable[[], bool], what: str) -> None:
         await asyncio.sleep(0.01)
 
 
-def assert_metadata_echoed(initial: Any, trailing: Any) -> None:
-    initial, trailing = dict(initial), dict(trailing)
-    assert initial["initial-x-tenant"] == "acme"
-    assert initial["initial-x-blob-bin"] == b"\x00\xffbytes"
-    assert trailing["trailing-x-tenant"] == "acme"
-    assert trailing["trailing-x-blob-bin"] == b"\x00\xffbytes"
-
-
 # ------------------------------------------------------------------------------------------ four kinds
 
 
 async def test_unary_call_reaches_the_app_and_its_metadata_comes_back(
     gateway: echo_pb2_grpc.EchoStub, app: PlainEchoApp
 ) -> None:
-    call = gateway.Echo(request("hello"), metadata=ECHO_METADATA, timeout=WAIT_S)
-    reply = await call
-    assert (reply.message, reply.served_by) == ("hello", "plain")
-    assert_metadata_echoed(await call.initial_metadata(), await call.trailing_metadata())
-    assert app.seen[-1].metadata["x-tenant"] == "acme"
+    await echo_calls.assert_unary_relayed(gateway, app)
 
 
 async def test_server_stream_relays_every_message_and_the_metadata(gateway: echo_pb2_grpc.EchoStub) -> None:
-    call = gateway.ServerStream(request("tick"), metadata=ECHO_METADATA, timeout=WAIT_S)
-    assert [reply.message async for reply in call] == ["tick-0", "tick-1", "tick-2"]
-    assert await call.code() == grpc.StatusCode.OK
-    assert_metadata_echoed(await call.initial_metadata(), await call.trailing_metadata())
+    await echo_calls.assert_server_stream_relayed(gateway)
 
 
 async def test_client_stream_delivers_every_request_to_the_app(gateway: echo_pb2_grpc.EchoStub) -> None:
-    call = gateway.ClientStream(requests("a", "b", "c"), metadata=ECHO_METADATA, timeout=WAIT_S)
-    assert (await call).message == "a+b+c"
-    assert_metadata_echoed(await call.initial_metadata(), await call.trailing_metadata())
+    await echo_calls.assert_client_stream_relayed(gateway)
 
 
 async def test_bidi_stream_answers_each_request_as_it_arrives(gateway: echo_pb2_grpc.EchoStub) -> None:
-    call = gateway.BidiStream(metadata=ECHO_METADATA, timeout=WAIT_S)
-    for message in ("ping", "pong", "done"):
-        await call.write(request(message))
-        reply = await call.read()
-        assert reply.message == message  # answered before the caller has finished sending
-    await call.done_writing()
-    assert await call.read() is grpc.aio.EOF
-    assert await call.code() == grpc.StatusCode.OK
-    assert_metadata_echoed(await call.initial_metadata(), await call.trailing_metadata())
+    await echo_calls.assert_bidi_stream_relayed(gateway)
 
 
 async def test_large_messages_pass_whole(gateway: echo_pb2_grpc.EchoStub) -> None:
@@ -183,17 +156,7 @@ async def test_large_messages_pass_whole(gateway: echo_pb2_grpc.EchoStub) -> Non
 async def test_app_error_reaches_the_caller_with_its_status_trailers_and_rich_details(
     gateway: echo_pb2_grpc.EchoStub, invoke: Invoke
 ) -> None:
-    with pytest.raises(grpc.aio.AioRpcError) as failed:
-        await invoke(gateway, (("x-echo-fail", "FAILED_PRECONDITION"),))
-    error = failed.value
-    assert error.code() == grpc.StatusCode.FAILED_PRECONDITION
-    assert "failed as asked (FAILED_PRECONDITION)" in (error.details() or "")
-    assert dict(error.trailing_metadata())["x-app-trailer"] == "failed"
-    status = rpc_status.from_call(error)  # checks that code and message agree with the status details
-    assert status is not None
-    info = error_details_pb2.ErrorInfo()
-    assert status.details[0].Unpack(info)
-    assert (info.reason, info.domain, dict(info.metadata)) == (ERROR_REASON, ERROR_DOMAIN, {"by": "plain-app"})
+    await echo_calls.assert_app_error_relayed(invoke, gateway)
 
 
 async def test_initial_metadata_sent_before_an_error_still_reaches_the_caller(
