@@ -5,8 +5,7 @@ the reaper removing services left critical."""
 from __future__ import annotations
 
 import asyncio
-import time
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Callable
 
 import consul
 import consul.aio
@@ -16,7 +15,7 @@ from aiohttp import web
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 
 from tests.contract.conftest import Agent
-from tests.support.processes import free_port, wait_until
+from tests.support.processes import eventually, free_port, wait_until
 
 SERVING = health_pb2.HealthCheckResponse.SERVING
 NOT_SERVING = health_pb2.HealthCheckResponse.NOT_SERVING
@@ -27,14 +26,6 @@ async def client(agent: Agent) -> AsyncIterator[consul.aio.Consul]:
     c = consul.aio.Consul(host=agent.host, port=agent.port)
     yield c
     await c.close()
-
-
-async def eventually(probe: Callable[[], Awaitable[bool]], what: str, timeout_s: float = 15.0) -> None:
-    """Poll without blocking the loop, which also serves the probed servers."""
-    deadline = time.monotonic() + timeout_s
-    while not await probe():
-        assert time.monotonic() < deadline, f"timed out after {timeout_s}s waiting for {what}"
-        await asyncio.sleep(0.1)
 
 
 async def check_state(client: consul.aio.Consul, check_id: str) -> tuple[str, str]:

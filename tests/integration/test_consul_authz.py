@@ -5,12 +5,12 @@ callers get the configured fail-open or fail-closed answer."""
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Callable
 from typing import Any
 
 from meshlet.discovery.consul_client import consul_factory
 from meshlet.security.consul_authz import ConsulAuthorizer
 from tests.support.agents import Agent
+from tests.support.processes import eventually
 
 CREATE = "/shop.orders.v1.Orders/Create"
 TTL_S = 0.2
@@ -18,15 +18,6 @@ TTL_S = 0.2
 
 def spiffe(service: str) -> str:
     return f"spiffe://11111111-2222-3333-4444-555555555555.consul/ns/default/dc/dc1/svc/{service}"
-
-
-async def eventually(predicate: Callable[[], bool], what: str, timeout_s: float = 10.0) -> None:
-    """Poll while the authorizer's background refreshes run; the time it takes is never asserted."""
-    for _ in range(int(timeout_s / 0.02)):
-        if predicate():
-            return
-        await asyncio.sleep(0.02)
-    raise AssertionError(f"timed out after {timeout_s}s waiting for {what}")
 
 
 async def test_a_changed_intention_takes_effect_once_the_cached_decision_is_refreshed(agent: Agent) -> None:

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import asyncio
 import random
-import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -18,7 +17,7 @@ from meshlet.discovery.registration import Registration, RegistrationRefused
 from meshlet.endpoints import Endpoint, EndpointSet
 from meshlet.events import DiscoveryFailed, Event, EventBus
 from tests.support.agents import Agent, start_dev_agent
-from tests.support.processes import Processes
+from tests.support.processes import Processes, eventually
 
 
 @dataclass
@@ -87,22 +86,6 @@ async def watching(dev_agent: RunningAgent) -> AsyncIterator[Watching]:
     yield watch
     for w in started:
         await w.stop()
-
-
-async def eventually(check: Callable[[], bool], what: str, timeout_s: float = 10.0) -> None:
-    deadline = time.monotonic() + timeout_s
-    while not check():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout_s}s waiting for {what}")
-        await asyncio.sleep(0.05)
-
-
-async def eventually_async(check: Callable[[], Any], what: str, timeout_s: float = 10.0) -> None:
-    deadline = time.monotonic() + timeout_s
-    while not await asyncio.to_thread(check):
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout_s}s waiting for {what}")
-        await asyncio.sleep(0.05)
 
 
 def register_instance(agent: RunningAgent, name: str, service_id: str, port: int, **fields: Any) -> None:
@@ -213,7 +196,7 @@ async def test_a_registered_service_turns_passing_on_its_first_heartbeat(dev_age
     )
     try:
         assert await registration.register()
-        await eventually_async(lambda: passing_ids(dev_agent, "pay") == {"pay-1"}, "pay-1 to pass")
+        await eventually(lambda: passing_ids(dev_agent, "pay") == {"pay-1"}, "pay-1 to pass", blocking=True)
         check = check_of(dev_agent, "service:pay-1")
         assert check is not None
         assert check["Type"] == "ttl"
@@ -226,7 +209,9 @@ async def test_a_registered_service_turns_passing_on_its_first_heartbeat(dev_age
             {"version": "1.2.3"},
         )
         # The agent may show the pass before our loop has read its answer to the heartbeat (the checks above block it).
-        await eventually_async(lambda: registration.last_status == "SERVING", "the heartbeat's answer to be read")
+        await eventually(
+            lambda: registration.last_status == "SERVING", "the heartbeat's answer to be read", blocking=True
+        )
     finally:
         await registration.deregister()
 
@@ -272,11 +257,13 @@ async def test_a_registration_comes_back_after_the_agent_restarts_without_state(
     )
     try:
         await registration.register()
-        await eventually_async(lambda: passing_ids(dev_agent, "cart") == {"cart-1"}, "cart-1 to pass")
+        await eventually(lambda: passing_ids(dev_agent, "cart") == {"cart-1"}, "cart-1 to pass", blocking=True)
         await dev_agent.stop()
         await asyncio.sleep(1.0)  # a couple of heartbeats fail; none may escape
         await dev_agent.restart_empty()
-        await eventually_async(lambda: passing_ids(dev_agent, "cart") == {"cart-1"}, "cart-1 to register again")
+        await eventually(
+            lambda: passing_ids(dev_agent, "cart") == {"cart-1"}, "cart-1 to register again", blocking=True
+        )
     finally:
         await registration.deregister()
 
@@ -291,7 +278,7 @@ async def test_deregistering_removes_the_instance_and_its_check(dev_agent: Runni
         health=lambda: "SERVING",
     )
     await registration.register()
-    await eventually_async(lambda: check_of(dev_agent, "service:mail-1") is not None, "mail-1's check")
+    await eventually(lambda: check_of(dev_agent, "service:mail-1") is not None, "mail-1's check", blocking=True)
     assert await registration.deregister()
     assert "mail-1" not in dev_agent.client().agent.services()
     assert check_of(dev_agent, "service:mail-1") is None
@@ -326,7 +313,7 @@ async def test_registering_while_the_agent_is_away_keeps_trying_until_it_is_back
     try:
         assert not await registration.register()
         await dev_agent.restart_empty()
-        await eventually_async(lambda: passing_ids(dev_agent, "late") == {"late-1"}, "late-1 to register")
+        await eventually(lambda: passing_ids(dev_agent, "late") == {"late-1"}, "late-1 to register", blocking=True)
     finally:
         await registration.deregister()
 

@@ -13,7 +13,6 @@ and a grpc client gets UNAVAILABLE.
 from __future__ import annotations
 
 import asyncio
-import inspect
 import logging
 import os
 import select
@@ -41,7 +40,7 @@ from meshlet.security.identity import SpiffeId, identity_dns_name
 from meshlet_api.echo.v1 import echo_pb2, echo_pb2_grpc
 from tests.integration.conftest import EchoFleet
 from tests.support.agents import Agent, start_dev_agent
-from tests.support.processes import Processes, processes
+from tests.support.processes import Processes, eventually, processes
 
 pytestmark = pytest.mark.slow
 
@@ -123,17 +122,6 @@ async def served_serial(port: int, ca: Path, cert: Path, key: Path, server_name:
         except (ConnectionError, ssl.SSLError):
             pass
     return colon_hex(x509.load_der_x509_certificate(der).serial_number)
-
-
-async def eventually(check: Callable[[], Any], what: str, timeout_s: float = 20.0) -> None:
-    """Poll `check` (sync or async) until it holds; the time it takes is never asserted."""
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        result = check()
-        if await result if inspect.isawaitable(result) else result:
-            return
-        await asyncio.sleep(0.05)
-    raise AssertionError(f"timed out after {timeout_s}s waiting for {what}")
 
 
 def rotation_logged(caplog: pytest.LogCaptureFixture, naming: str) -> Callable[[], bool]:

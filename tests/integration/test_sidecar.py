@@ -14,8 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
@@ -33,7 +32,7 @@ from tests.support import echo_calls
 from tests.support.agents import Agent
 from tests.support.echo_calls import EVERY_KIND, WAIT_S, Invoke, request
 from tests.support.plain_app import PlainEchoApp
-from tests.support.processes import Processes, free_port
+from tests.support.processes import Processes, eventually, free_port
 from tests.support.sidecars import SidecarProcess, admin_get, local_port_flag
 
 pytestmark = [pytest.mark.slow, pytest.mark.asyncio(loop_scope="module")]
@@ -98,14 +97,6 @@ async def echo(sidecar_a: SidecarProcess) -> AsyncIterator[echo_pb2_grpc.EchoStu
     """App A's Echo stub, dialling sidecar A's outbound port (routed by the route map)."""
     async with dial(sidecar_a.outbound_port) as channel:
         yield echo_pb2_grpc.EchoStub(channel)
-
-
-async def eventually(condition: Callable[[], bool], what: str) -> None:
-    give_up = time.monotonic() + WAIT_S
-    while not condition():
-        if time.monotonic() > give_up:
-            raise AssertionError(f"gave up waiting for {what}")
-        await asyncio.sleep(0.01)
 
 
 # ------------------------------------------------------------------------------------------ four kinds

@@ -10,7 +10,7 @@ import collections
 import contextlib
 import ssl
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator
 from pathlib import Path
 
 import grpc
@@ -28,7 +28,7 @@ from meshlet_sidecar.inbound_listener import InboundListener
 from tests.support import echo_calls
 from tests.support.echo_calls import ECHO_METADATA, EVERY_KIND, WAIT_S, Invoke, request, requests
 from tests.support.plain_app import MAX_MESSAGE_BYTES, PlainEchoApp, plain_app
-from tests.support.processes import free_port
+from tests.support.processes import eventually, free_port
 
 TRUST_DOMAIN = "meshlet.test"
 MESH = InboundParts(service="orders", require_identity=True)
@@ -112,14 +112,6 @@ async def client(port: int, creds: grpc.ChannelCredentials | None) -> AsyncItera
 async def gateway(ca: Path, inbound: InboundListener) -> AsyncIterator[echo_pb2_grpc.EchoStub]:
     async with client(inbound.port, credentials(ca, "gateway")) as stub:
         yield stub
-
-
-async def eventually(condition: Callable[[], bool], what: str) -> None:
-    give_up = time.monotonic() + WAIT_S
-    while not condition():
-        if time.monotonic() > give_up:
-            raise AssertionError(f"gave up waiting for {what}")
-        await asyncio.sleep(0.01)
 
 
 # ------------------------------------------------------------------------------------------ four kinds

@@ -10,7 +10,6 @@ import asyncio
 import contextlib
 import json
 import signal
-import time
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -23,7 +22,7 @@ from meshlet.security.dev_ca import init_ca, issue
 from meshlet_api.echo.v1 import echo_pb2, echo_pb2_grpc
 from tests.support.agents import Agent, start_dev_agent
 from tests.support.plain_app import plain_app
-from tests.support.processes import Processes, free_port, wait_until
+from tests.support.processes import Processes, eventually, free_port, wait_until
 from tests.support.sidecars import (
     SidecarProcess,
     admin_get,
@@ -68,15 +67,6 @@ def a_config(pki: Path, agent_url: str) -> dict[str, Any]:
         "sidecar": {"routes": {ECHO_SERVICE: "b-svc"}},
         "upstreams": {"b-svc": {"retry": {"idempotent": [f"/{ECHO_SERVICE}/*"]}}},
     }
-
-
-async def eventually(check: Callable[[], bool], what: str, timeout_s: float = WAIT_S) -> None:
-    """Poll `check` in a thread (it may block on HTTP) until it holds, keeping this event loop turning."""
-    give_up = time.monotonic() + timeout_s
-    while not await asyncio.to_thread(check):
-        if time.monotonic() > give_up:
-            raise AssertionError(f"gave up after {timeout_s}s waiting for {what}")
-        await asyncio.sleep(0.05)
 
 
 def instances(agent: Agent, service: str, *, passing: bool = False) -> set[int]:
@@ -169,7 +159,9 @@ class Load:
 
     async def more(self, calls: int) -> None:
         target = self.ok + calls
-        await eventually(lambda: self.ok >= target, f"{calls} more calls to succeed (failures: {self.failures[:3]})")
+        await eventually(
+            lambda: self.ok >= target, f"{calls} more calls to succeed (failures: {self.failures[:3]})", blocking=True
+        )
 
     async def __aenter__(self) -> Load:
         self._channel = grpc.aio.insecure_channel(f"127.0.0.1:{self.port}")
@@ -194,15 +186,19 @@ async def test_killing_one_of_two_b_apps_under_load_fails_no_idempotent_call(
         for i, app in enumerate(apps, 1)
     ]
     ports = {sidecar.inbound_port for sidecar in b_sidecars}
-    await eventually(lambda: instances(agent, "b-svc", passing=True) == ports, "both B sidecars to pass")
+    await eventually(lambda: instances(agent, "b-svc", passing=True) == ports, "both B sidecars to pass", blocking=True)
     sidecar_a = await asyncio.to_thread(start_sidecar, procs, tmp_path, "a", a_config(pki, agent.url))
-    await eventually(lambda: endpoints_seen_by(sidecar_a, "b-svc") == 2, "sidecar A to find both B sidecars")
+    await eventually(
+        lambda: endpoints_seen_by(sidecar_a, "b-svc") == 2, "sidecar A to find both B sidecars", blocking=True
+    )
 
     async with Load(sidecar_a.outbound_port) as load:
         await load.more(100)
         apps[0].child.signal(signal.SIGKILL)
         gone = b_sidecars[0].inbound_port
-        await eventually(lambda: gone not in instances(agent, "b-svc", passing=True), "B1 to fail its check")
+        await eventually(
+            lambda: gone not in instances(agent, "b-svc", passing=True), "B1 to fail its check", blocking=True
+        )
         await load.more(100)
 
     assert load.failures == []
@@ -219,7 +215,9 @@ async def test_sigterm_drains_calls_in_flight_deregisters_exits_0_and_a_restart_
         config = b_config(pki, agent.url, drain_grace="3s")
         sidecar_b = await asyncio.to_thread(start_sidecar, procs, tmp_path, "b", config, app=f"127.0.0.1:{app_b.port}")
         port = sidecar_b.inbound_port
-        await eventually(lambda: instances(agent, "b-svc", passing=True) == {port}, "b-svc to register and pass")
+        await eventually(
+            lambda: instances(agent, "b-svc", passing=True) == {port}, "b-svc to register and pass", blocking=True
+        )
         sidecar_a = await asyncio.to_thread(start_sidecar, procs, tmp_path, "a", a_config(pki, agent.url))
 
         async with echo_through(sidecar_a) as echo:
@@ -227,10 +225,10 @@ async def test_sigterm_drains_calls_in_flight_deregisters_exits_0_and_a_restart_
                 asyncio.ensure_future(echo.Echo(HELLO, metadata=(("x-echo-hold", "1"),), timeout=WAIT_S))
                 for _ in range(3)
             ]
-            await eventually(lambda: len(app_b.seen) == 3, "app B to hold three calls")
+            await eventually(lambda: len(app_b.seen) == 3, "app B to hold three calls", blocking=True)
 
             sidecar_b.child.signal(signal.SIGTERM)
-            await eventually(lambda: instances(agent, "b-svc") == set(), "sidecar B to deregister")
+            await eventually(lambda: instances(agent, "b-svc") == set(), "sidecar B to deregister", blocking=True)
             assert (await asyncio.to_thread(sidecar_b.ready))[0] == 503  # draining: not ready, still answering
 
             app_b.release.set()
@@ -241,9 +239,13 @@ async def test_sigterm_drains_calls_in_flight_deregisters_exits_0_and_a_restart_
             restarted = await asyncio.to_thread(
                 start_sidecar, procs, tmp_path, "b", config, app=f"127.0.0.1:{app_b.port}", inbound_port=port
             )
-            await eventually(lambda: instances(agent, "b-svc", passing=True) == {port}, "b-svc to register again")
+            await eventually(
+                lambda: instances(agent, "b-svc", passing=True) == {port}, "b-svc to register again", blocking=True
+            )
             assert restarted.inbound_port == port
-            await eventually(lambda: endpoints_seen_by(sidecar_a, "b-svc") == 1, "sidecar A to find it again")
+            await eventually(
+                lambda: endpoints_seen_by(sidecar_a, "b-svc") == 1, "sidecar A to find it again", blocking=True
+            )
             assert (await echo.Echo(HELLO, timeout=WAIT_S)).message == "hello"
 
 

@@ -35,7 +35,7 @@ from tests.k8s import netns
 from tests.k8s.manifests import Obj, Workload, pod_env, probe_port, render, workload
 from tests.support.agents import Agent
 from tests.support.otlp_receiver import Receiver
-from tests.support.processes import REPO_ROOT, Processes, http_answers, meshlet_argv, wait_until
+from tests.support.processes import REPO_ROOT, Processes, eventually, http_answers, meshlet_argv, wait_until
 
 pytestmark = pytest.mark.slow
 
@@ -94,16 +94,6 @@ def start_node_agent(procs: Processes, network: netns.PodNetwork) -> Agent:
     except AssertionError:
         raise AssertionError(f"the node agent did not start:\n{child.output()}") from None
     return agent
-
-
-async def eventually(predicate: Callable[[], bool], what: str, timeout_s: float = START_S) -> None:
-    """`wait_until` that yields to the event loop between tries, so the in-process receiver keeps serving."""
-    loop = asyncio.get_running_loop()
-    give_up = loop.time() + timeout_s
-    while not predicate():
-        if loop.time() > give_up:
-            raise AssertionError(f"timed out after {timeout_s}s waiting for {what}")
-        await asyncio.sleep(0.2)
 
 
 # ---------------------------------------------------------------- a kubelet, reduced to what these pods use
@@ -213,7 +203,7 @@ class PodRunner:
     async def wait(self, container: Obj, kind: str) -> None:
         what = f"{self.pod.name}/{container['name']} {kind}"
         try:
-            await eventually(lambda: self.probe(container, kind), what)
+            await eventually(lambda: self.probe(container, kind), what, START_S)
         except AssertionError:
             logs = "\n".join(child.output()[-3000:] for child in self.procs.children)
             raise AssertionError(f"{what} never passed; logs:\n{logs}") from None
@@ -277,7 +267,7 @@ async def start_pod(
     await runner.run()
     await runner.wait_ready()
     try:
-        await eventually(registered_at(agent, service, runner.pod), f"{pod_name} passing in Consul")
+        await eventually(registered_at(agent, service, runner.pod), f"{pod_name} passing in Consul", START_S)
     except AssertionError:
         raise AssertionError(f"Consul has {agent.get('/v1/agent/services')}") from None
     instance_id = f"{service}-{runner.pod.ip}-{MESH_PORT}"  # what the preStop hook (drain_hook.py) names
@@ -330,7 +320,7 @@ async def test_the_dev_overlay_as_pods_a_checkout_across_them_and_a_breaker_that
             return max(by_trace.values(), key=len, default=set())
 
         try:
-            await eventually(lambda: set(SHOP) <= services_in_one_trace(), "one trace across the four pods")
+            await eventually(lambda: set(SHOP) <= services_in_one_trace(), "one trace across the four pods", START_S)
         except AssertionError:
             raise AssertionError(f"services in the widest trace: {services_in_one_trace()}") from None
 
@@ -347,6 +337,7 @@ async def test_the_dev_overlay_as_pods_a_checkout_across_them_and_a_breaker_that
         await eventually(
             lambda: sample(orders_metrics(orders), "meshlet_endpoints", service="inventory", state="healthy") == 2,
             "orders to see both inventory pods",
+            START_S,
         )
         faulty = pods["inventory"]
         faults = faulty.mounts["/var/run/shop"] / "faults.json"
@@ -373,6 +364,8 @@ async def test_the_dev_overlay_as_pods_a_checkout_across_them_and_a_breaker_that
             return {event for span in jaeger.spans if span.service == "orders" for event in span.events}
 
         try:
-            await eventually(lambda: {"retry.scheduled", "breaker.opened"} <= orders_events(), "orders' span events")
+            await eventually(
+                lambda: {"retry.scheduled", "breaker.opened"} <= orders_events(), "orders' span events", START_S
+            )
         except AssertionError:
             raise AssertionError(f"orders' span events: {orders_events()}") from None

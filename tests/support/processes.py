@@ -3,6 +3,8 @@
 
 from __future__ import annotations
 
+import asyncio
+import inspect
 import os
 import signal
 import socket
@@ -11,7 +13,7 @@ import sys
 import time
 import urllib.error
 import urllib.request
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Awaitable, Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -113,6 +115,27 @@ def wait_until(predicate: Callable[[], bool], timeout_s: float, what: str, inter
             return
         time.sleep(interval_s)
     raise AssertionError(f"timed out after {timeout_s}s waiting for {what}")
+
+
+async def eventually(
+    check: Callable[[], bool | Awaitable[bool]],
+    what: str,
+    timeout_s: float = 30.0,
+    *,
+    blocking: bool = False,
+    interval_s: float = 0.05,
+) -> None:
+    """`wait_until` for async tests: the event loop keeps turning between tries, as it may be serving what is
+    checked. `check` returns a bool or an awaitable of one; `blocking=True` runs a sync check that blocks (on
+    HTTP, say) in a thread instead of on the loop. `timeout_s` bounds a failure and is never a timing assertion."""
+    give_up = time.monotonic() + timeout_s
+    while True:
+        result = await asyncio.to_thread(check) if blocking else check()
+        if await result if inspect.isawaitable(result) else result:
+            return
+        if time.monotonic() > give_up:
+            raise AssertionError(f"timed out after {timeout_s}s waiting for {what}")
+        await asyncio.sleep(interval_s)
 
 
 def http_ok(url: str) -> bool:
