@@ -43,11 +43,12 @@ from pathlib import Path
 import grpc
 
 from benchmarks.sdk_overhead import Result, closed_loop, open_loop
+from benchmarks.sidecar_pair import CALLER, start_echo_pair
 from meshlet.security.dev_ca import IssuedCert, init_ca, issue
 from meshlet_api.echo.v1 import echo_pb2, echo_pb2_grpc
 from tests.support.agents import Agent, start_dev_agent
 from tests.support.processes import Child, Processes, free_port, processes, wait_until
-from tests.support.sidecars import start_plain_app, start_sidecar, tls_files
+from tests.support.sidecars import start_plain_app
 
 DURATION_S = float(os.environ.get("BENCH_SIDECAR_DURATION_S", "4"))
 ROUNDS = int(os.environ.get("BENCH_SIDECAR_ROUNDS", "2"))
@@ -60,7 +61,6 @@ WITH_L4 = os.environ.get("BENCH_SIDECAR_L4", "1") != "0"
 
 Env = dict[str, str] | None
 TRUST_DOMAIN = "meshlet.bench"
-ECHO_SERVICE = "meshlet_api.echo.v1.Echo"
 REQUEST = echo_pb2.EchoRequest(message="bench", payload=b"x" * 1024)
 CALL_TIMEOUT_S = 5.0
 WARMUP_CALLS = 300
@@ -178,33 +178,11 @@ def start_meshlet(
     Each pair has an upstream name of its own, so pairs never mix."""
     upstream, label = PAIRS[name]
     l4 = name == "meshlet L4 in"
-    b = start_sidecar(
-        procs,
-        folder,
-        f"{label}-b",
-        {
-            "service": {"name": upstream},
-            "consul": {"address": agent.url},
-            "tls": tls_files(certs, upstream),
-            "authz": {"default": "deny", "rules": [{"from": "a-svc", "to": upstream, "action": "allow"}]},
-            **({"sidecar": {"inbound_mode": "l4"}} if l4 else {"rate_limit": {"per_caller": {"rate_per_s": 1e6}}}),
-        },
-        app=app,
-        env=env,
-    )
-    a = start_sidecar(
-        procs,
-        folder,
-        f"{label}-a",
-        {
-            "service": {"name": "a-svc"},
-            "consul": {"address": agent.url},
-            "tls": tls_files(certs, "a-svc"),
-            "sidecar": {"routes": {ECHO_SERVICE: upstream}},
-            "upstreams": {upstream: {"retry": {"idempotent": [f"/{ECHO_SERVICE}/*"]}}},
-        },
-        env=env,
-    )
+    b_config = {
+        "authz": {"default": "deny", "rules": [{"from": CALLER, "to": upstream, "action": "allow"}]},
+        **({"sidecar": {"inbound_mode": "l4"}} if l4 else {"rate_limit": {"per_caller": {"rate_per_s": 1e6}}}),
+    }
+    a, b = start_echo_pair(procs, folder, certs, agent, app, upstream=upstream, label=label, b_config=b_config, env=env)
     proxies = [ProxyProcess(f"{label} A", a.child.pid), ProxyProcess(f"{label} B", b.child.pid)]
     return Route(name, a.outbound_port, proxies)
 

@@ -34,6 +34,7 @@ from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanE
 
 from benchmarks.sdk_overhead import Result, closed_loop, open_loop
 from benchmarks.sidecar_overhead import cpu_seconds
+from benchmarks.sidecar_pair import start_echo_pair
 from meshlet.config import load_config
 from meshlet.mesh import Mesh
 from meshlet.security.dev_ca import init_ca, issue
@@ -41,13 +42,12 @@ from meshlet.telemetry.span_file import encode
 from meshlet_api.echo.v1 import echo_pb2, echo_pb2_grpc
 from tests.support.agents import Agent, start_dev_agent
 from tests.support.processes import Child, Processes, free_port, processes, wait_until
-from tests.support.sidecars import SidecarProcess, start_plain_app, start_sidecar, tls_files
+from tests.support.sidecars import SidecarProcess, start_plain_app
 
 DURATION_S = float(os.environ.get("BENCH_TRACING_DURATION_S", "3"))
 ROUNDS = int(os.environ.get("BENCH_TRACING_ROUNDS", "3"))
 RATE = float(os.environ.get("BENCH_TRACING_RATE", "200"))
 REQUEST = echo_pb2.EchoRequest(message="x" * 64)
-ECHO_SERVICE = "meshlet_api.echo.v1.Echo"
 MODES: dict[str, float | None] = {"off": None, "ratio 0.0": 0.0, "ratio 1.0": 1.0}
 TARGETS = {"ratio 0.0": 0.02, "ratio 1.0": 0.15}
 WARMUP_CALLS = 300
@@ -189,33 +189,10 @@ def start_pair(
 ) -> tuple[SidecarProcess, SidecarProcess]:
     upstream = f"b-{mode.replace(' ', '-').replace('.', '')}"
     issue(certs, upstream)  # the callers check that the server is the service they asked for
-    telemetry = {} if ratio is None else {"otlp_endpoint": otlp, "sample_ratio": ratio}
-    b = start_sidecar(
-        procs,
-        folder,
-        f"{upstream}-b",
-        {
-            "service": {"name": upstream},
-            "consul": {"address": agent.url},
-            "tls": tls_files(certs, upstream),
-            "telemetry": telemetry,
-        },
-        app=app,
+    telemetry = {"telemetry": {} if ratio is None else {"otlp_endpoint": otlp, "sample_ratio": ratio}}
+    return start_echo_pair(
+        procs, folder, certs, agent, app, upstream=upstream, label=upstream, b_config=telemetry, a_config=telemetry
     )
-    a = start_sidecar(
-        procs,
-        folder,
-        f"{upstream}-a",
-        {
-            "service": {"name": "a-svc"},
-            "consul": {"address": agent.url},
-            "tls": tls_files(certs, "a-svc"),
-            "sidecar": {"routes": {ECHO_SERVICE: upstream}},
-            "upstreams": {upstream: {"retry": {"idempotent": [f"/{ECHO_SERVICE}/*"]}}},
-            "telemetry": telemetry,
-        },
-    )
-    return a, b
 
 
 async def sidecar_hop(procs: Processes, folder: Path, agent: Agent, otlp: str) -> None:

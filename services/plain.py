@@ -19,7 +19,7 @@ import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
@@ -30,6 +30,7 @@ from services.faults import STATUS_CODES, FaultInjector, Faults, FaultsError
 DEFAULT_PORTS = {"gateway": 50050, "orders": 50051, "inventory": 50052, "payments": 50053}
 DRAIN_GRACE_S = 5.0
 log = logging.getLogger("services")
+N = TypeVar("N", int, float)
 
 
 @dataclass(frozen=True)
@@ -52,24 +53,29 @@ def _env(environ: Mapping[str, str], key: str) -> str | None:
     return value if value not in (None, "") else None
 
 
-def _port(text: str) -> int:
-    try:
-        port = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a port number (0..65535)") from None
-    if not 0 <= port <= 65535:
-        raise argparse.ArgumentTypeError(f"{port} is not a port number (0..65535)")
-    return port
+def _number(
+    parse: Callable[[str], N], wanted: str, rejects: Callable[[N], bool], out_of_range: str
+) -> Callable[[str], N]:
+    """A converter for a flag and its variable alike: the errors it raises say what was wanted, and argparse and
+    `parse_options` add which flag or variable was wrong."""
+
+    def convert(text: str) -> N:
+        try:
+            value = parse(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{text!r} is not {wanted}") from None
+        if rejects(value):
+            raise argparse.ArgumentTypeError(out_of_range.format(value))
+        return value
+
+    return convert
 
 
-def _rate(text: str) -> float:
-    try:
-        rate = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a number between 0 and 1") from None
-    if not 0.0 <= rate <= 1.0:
-        raise argparse.ArgumentTypeError(f"{rate:g} is not a share of calls between 0 and 1")
-    return rate
+_port = _number(int, "a port number (0..65535)", lambda p: not 0 <= p <= 65535, "{} is not a port number (0..65535)")
+_rate = _number(
+    float, "a number between 0 and 1", lambda r: not 0.0 <= r <= 1.0, "{:g} is not a share of calls between 0 and 1"
+)
+_latency = _number(float, "a number of milliseconds", lambda ms: ms < 0, "{:g} is below 0 milliseconds")
 
 
 def _code(text: str) -> str:
@@ -79,14 +85,46 @@ def _code(text: str) -> str:
     return code
 
 
-def _latency(text: str) -> float:
-    try:
-        latency = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a number of milliseconds") from None
-    if latency < 0:
-        raise argparse.ArgumentTypeError(f"{latency:g} is below 0 milliseconds")
-    return latency
+@dataclass(frozen=True)
+class _Flag:
+    """A flag, declared once: ``--latency-ms`` falls back to ``SHOP_LATENCY_MS``, then to `default`, which is text
+    read as the flag's would be (None: unset, or derived later, as the instance id from the port)."""
+
+    dest: str
+    convert: Callable[[str], Any]
+    metavar: str
+    help: str
+    default: str | None = None
+    shown: str | None = None  # the default as --help words it, where that is not `default` itself
+
+    @property
+    def variable(self) -> str:
+        return "SHOP_" + self.dest.upper()
+
+    @property
+    def option(self) -> str:
+        return "--" + self.dest.replace("_", "-")
+
+    @property
+    def described(self) -> str:
+        shown = self.default if self.shown is None else self.shown
+        return f"{self.help} ({self.variable})" if shown is None else f"{self.help} ({self.variable}; default {shown})"
+
+
+def _server_flags(name: str) -> tuple[_Flag, ...]:
+    return (
+        _Flag("port", _port, "N", "port to serve on, 0 for any free one", str(DEFAULT_PORTS[name])),
+        _Flag("host", str, "HOST", "address to bind", "127.0.0.1", shown="127.0.0.1, 0.0.0.0 for all interfaces"),
+        _Flag("instance_id", str, "ID", "this instance's name in logs and replies", shown="NAME-PORT"),
+    )
+
+
+_FAULT_FLAGS = (
+    _Flag("error_rate", _rate, "F", "share of calls to fail, 0..1", "0"),
+    _Flag("error_code", _code, "CODE", "status code of injected failures", "UNAVAILABLE"),
+    _Flag("latency_ms", _latency, "MS", "latency added to every call", "0"),
+    _Flag("faults_file", Path, "PATH", "JSON file of faults, polled for changes"),
+)
 
 
 def parse_options(
@@ -100,67 +138,41 @@ def parse_options(
         epilog="Every flag falls back to the SHOP_* variable named in its help. The faults file is JSON, e.g. "
         '{"error_rate": 0.5, "error_code": "UNAVAILABLE", "latency_ms": 0}, re-read when it changes.',
     )
-    parser.add_argument(
-        "--port",
-        type=_port,
-        metavar="N",
-        help=f"port to serve on, 0 for any free one (SHOP_PORT; default {DEFAULT_PORTS[name]})",
-    )
-    parser.add_argument(
-        "--host", metavar="HOST", help="address to bind (SHOP_HOST; default 127.0.0.1, 0.0.0.0 for all interfaces)"
-    )
-    parser.add_argument(
-        "--instance-id",
-        metavar="ID",
-        help="this instance's name in logs and replies (SHOP_INSTANCE_ID; default NAME-PORT)",
-    )
+    server_flags = _server_flags(name)
     faults = parser.add_argument_group("fault injection")
-    faults.add_argument(
-        "--error-rate", type=_rate, metavar="F", help="share of calls to fail, 0..1 (SHOP_ERROR_RATE; default 0)"
-    )
-    faults.add_argument(
-        "--error-code",
-        type=_code,
-        metavar="CODE",
-        help="status code of injected failures (SHOP_ERROR_CODE; default UNAVAILABLE)",
-    )
-    faults.add_argument(
-        "--latency-ms", type=_latency, metavar="MS", help="latency added to every call (SHOP_LATENCY_MS; default 0)"
-    )
-    faults.add_argument(
-        "--faults-file", type=Path, metavar="PATH", help="JSON file of faults, polled for changes (SHOP_FAULTS_FILE)"
-    )
+    for group, flags in ((parser, server_flags), (faults, _FAULT_FLAGS)):
+        for flag in flags:
+            group.add_argument(flag.option, type=flag.convert, metavar=flag.metavar, help=flag.described)
     args = parser.parse_args(argv)
 
-    def pick(flag: str, key: str, convert: Callable[[str], Any], default: Any) -> Any:
-        value = getattr(args, flag)
+    def pick(flag: _Flag) -> Any:
+        value = getattr(args, flag.dest)
         if value is not None:
             return value
-        raw = _env(environ, key)
+        raw = _env(environ, flag.variable)
         if raw is None:
-            return default
+            return None if flag.default is None else flag.convert(flag.default)
         try:
-            return convert(raw)
+            return flag.convert(raw)
         except argparse.ArgumentTypeError as error:
-            parser.error(f"environment variable {key}: {error}")
+            parser.error(f"environment variable {flag.variable}: {error}")
 
-    port = pick("port", "SHOP_PORT", _port, DEFAULT_PORTS[name])
-    host = pick("host", "SHOP_HOST", str, "127.0.0.1")
+    # In declaration order, so that of two bad variables the first declared is the one named.
+    values = {flag.dest: pick(flag) for flag in (*server_flags, *_FAULT_FLAGS)}
     try:
         knobs = Faults(
-            error_rate=pick("error_rate", "SHOP_ERROR_RATE", _rate, 0.0),
-            error_code=pick("error_code", "SHOP_ERROR_CODE", _code, "UNAVAILABLE"),
-            latency_ms=pick("latency_ms", "SHOP_LATENCY_MS", _latency, 0.0),
+            error_rate=values["error_rate"], error_code=values["error_code"], latency_ms=values["latency_ms"]
         )
     except FaultsError as error:  # unreachable through the converters, kept as a guard
         parser.error(str(error))
+    port = values["port"]
     return Options(
         name=name,
-        host=host,
+        host=values["host"],
         port=port,
-        instance_id=pick("instance_id", "SHOP_INSTANCE_ID", str, f"{name}-{port}"),
+        instance_id=f"{name}-{port}" if values["instance_id"] is None else values["instance_id"],
         faults=knobs,
-        faults_file=pick("faults_file", "SHOP_FAULTS_FILE", Path, None),
+        faults_file=values["faults_file"],
     )
 
 
