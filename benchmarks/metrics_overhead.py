@@ -37,6 +37,7 @@ import grpc
 from benchmarks.sdk_overhead import Call, Result, closed_loop, paired, start_server, wait_passing
 from benchmarks.sdk_overhead import Setup as ServerSetup
 from benchmarks.sidecar_overhead import cpu_seconds
+from benchmarks.sidecar_pair import start_echo_pair
 from meshlet.call import Call as MeshCall
 from meshlet.call import Cardinality, InboundCall, Method
 from meshlet.config import UpstreamPolicy, load_config
@@ -63,7 +64,6 @@ WITH_SIDECARS = os.environ.get("BENCH_METRICS_SIDECARS", "1") != "0"
 REQUEST = echo_pb2.EchoRequest(message="x" * 64)
 WARMUP_CALLS = 300
 TARGET = 0.05  # the issue's bar: metrics on add at most 5 % CPU per call
-ECHO_SERVICE = "meshlet_api.echo.v1.Echo"
 VARIANTS = ("metrics off", "metrics on", "metrics + access log")
 
 
@@ -266,33 +266,23 @@ def start_pair(
     issue(certs, near)
     telemetry = {"access_log": variant == "metrics + access log"}
     argv: Callable[..., list[str]] = unmetered_argv if variant == "metrics off" else sidecars.sidecar_argv
+    b_config = {
+        "authz": {"default": "deny", "rules": [{"from": near, "to": far, "action": "allow"}]},
+        "rate_limit": {"per_caller": {"rate_per_s": 1_000_000}},  # on, and never the bottleneck
+        "telemetry": telemetry,
+    }
     with mock.patch.object(sidecars, "sidecar_argv", argv):
-        b = sidecars.start_sidecar(
+        a, b = start_echo_pair(
             procs,
             folder,
-            far,
-            {
-                "service": {"name": far},
-                "consul": {"address": agent.url},
-                "tls": sidecars.tls_files(certs, far),
-                "authz": {"default": "deny", "rules": [{"from": near, "to": far, "action": "allow"}]},
-                "rate_limit": {"per_caller": {"rate_per_s": 1_000_000}},  # on, and never the bottleneck
-                "telemetry": telemetry,
-            },
-            app=app,
-        )
-        a = sidecars.start_sidecar(
-            procs,
-            folder,
-            near,
-            {
-                "service": {"name": near},
-                "consul": {"address": agent.url},
-                "tls": sidecars.tls_files(certs, near),
-                "sidecar": {"routes": {ECHO_SERVICE: far}},
-                "upstreams": {far: {"retry": {"idempotent": [f"/{ECHO_SERVICE}/*"]}}},
-                "telemetry": telemetry,
-            },
+            certs,
+            agent,
+            app,
+            upstream=far,
+            label=tag,
+            caller=near,
+            b_config=b_config,
+            a_config={"telemetry": telemetry},
         )
     return a.outbound_port, a.child.pid, b.child.pid
 

@@ -15,7 +15,7 @@ from tests.support.processes import Processes
 from tests.support.sidecars import SidecarProcess, start_sidecar, tls_files
 
 ECHO_SERVICE = "meshlet_api.echo.v1.Echo"
-CALLER = "a-svc"  # sidecar A's service name; its certificate must be issued beforehand, like `upstream`'s
+CALLER = "a-svc"  # sidecar A's service name by default; its certificate must be issued beforehand, like `upstream`'s
 
 
 def start_echo_pair(
@@ -27,13 +27,14 @@ def start_echo_pair(
     *,
     upstream: str,
     label: str,
+    caller: str = CALLER,
     b_config: Mapping[str, Any] | None = None,
     a_config: Mapping[str, Any] | None = None,
     env: Mapping[str, str] | None = None,
 ) -> tuple[SidecarProcess, SidecarProcess]:
-    """Start B (service `upstream`, in front of `app`), then A (routing Echo to `upstream`, which it may retry:
-    Echo is idempotent); both ready when this returns. `b_config` and `a_config` add sections to each side's
-    config; `label` names their config files and processes. Returns (A, B)."""
+    """Start B (service `upstream`, in front of `app`), then A (service `caller`, routing Echo to `upstream`,
+    which it may retry: Echo is idempotent); both ready when this returns. `b_config` and `a_config` add sections
+    to each side's config; `label` names their config files and processes. Returns (A, B)."""
     b = start_sidecar(
         procs,
         folder,
@@ -48,9 +49,9 @@ def start_echo_pair(
         folder,
         f"{label}-a",
         {
-            "service": {"name": CALLER},
+            "service": {"name": caller},
             "consul": {"address": agent.url},
-            "tls": tls_files(certs, CALLER),
+            "tls": tls_files(certs, caller),
             "sidecar": {"routes": {ECHO_SERVICE: upstream}},
             "upstreams": {upstream: {"retry": {"idempotent": [f"/{ECHO_SERVICE}/*"]}}},
         }
