@@ -91,13 +91,13 @@ class InboundListener:
             await server.stop(grace_s)
 
     def _handler_for(self, method: str) -> Built:
-        """One method's handler, built once per method path (again once the app's table learns its kind): its
+        """One method's handler, built once per method path (again whenever the app's table learns something): its
         pipeline over ForwardToApp."""
         methods = self.methods
         known = methods.get(method) if methods is not None else None
         if known is not None and known.kind is Cardinality.UNARY_UNARY:
-            return unary_handler(self._unary(method)), None
-        return generic_handler(self._generic(method)), methods if known is None else None
+            return unary_handler(self._unary(method)), methods, False
+        return generic_handler(self._generic(method)), methods, known is None
 
     def _unary(self, method: str) -> RawUnaryHandler:
         pipeline = build_inbound(self._forward.unary, self._parts)

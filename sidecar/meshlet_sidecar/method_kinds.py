@@ -69,8 +69,8 @@ def methods_in_descriptor_set(data: bytes) -> dict[str, MethodInfo]:
 
 class MethodTable:
     """The methods known for one source (the local app, or one upstream): fixed ones from descriptor sets, plus
-    what its reflection service has told. `version` grows whenever something new is learnt, so handlers built
-    while a method was unknown can tell that they are stale with one integer comparison."""
+    what its reflection service has told. `version` grows whenever something new is learnt, so the handlers built
+    from the table can tell that they are stale with one integer comparison."""
 
     __slots__ = ("_fixed", "_known", "_on_miss", "version")
 
@@ -86,8 +86,8 @@ class MethodTable:
     def learn(self, methods: Mapping[str, MethodInfo]) -> bool:
         """Add what a source told, its newer answer replacing an older one; True only when something changed
         (a recheck that says the same is no news). Fixed entries (descriptor sets) win: they are what the operator
-        declared. A handler already built for a known method is kept: a method whose kind changes under a running
-        sidecar takes its new kind when the sidecar restarts."""
+        declared. A method whose kind changed (the app redeployed with it streaming) gets its new handler on the
+        next call, as every handler built from the table is built again once its version moves."""
         new = {
             path: info for path, info in methods.items() if path not in self._fixed and self._known.get(path) != info
         }

@@ -81,31 +81,29 @@ class OutboundListener:
             await self._server.stop(grace_s)
 
     def _handler_for(self, method: str) -> Built:
-        """The handler for one method path, built once (again once its kind is learnt): the route, the Method and
-        the kind are decided here, not per call."""
+        """The handler for one method path, built once (again whenever its upstream's table learns something): the
+        route, the Method and the kind are decided here, not per call."""
         upstream_name = self.fixed_upstream or self._routes.route(method)
         if upstream_name is None:
             explanation = self._routes.explain_miss(method)
-            log.warning("no route for %s: %s", method, explanation)  # once per method: its handler is built once
+            log.warning("no route for %s: %s", method, explanation)  # once per method: this handler is final
 
             async def unrouted(request_iterator: AsyncIterator[bytes], context: Any) -> AsyncIterator[bytes]:
                 self.unrouted_calls += 1
                 await context.abort(grpc.StatusCode.UNAVAILABLE, explanation)
                 yield b""  # pragma: no cover - abort raises
 
-            return generic_handler(unrouted), None
+            return generic_handler(unrouted), None, False
         methods = self._methods(upstream_name)
         known = methods.get(method) if methods is not None else None
         idempotent = self._is_idempotent(upstream_name, method) or (known is not None and known.idempotent)
         if known is not None and known.kind is Cardinality.UNARY_UNARY:
             described = Method(method, Cardinality.UNARY_UNARY, idempotent)
-            return unary_handler(self._unary(upstream_name, described)), None
+            return unary_handler(self._unary(upstream_name, described)), methods, False
         described = Method(method, Cardinality.STREAM_STREAM, idempotent)
         # A stream the app gave no deadline runs unbounded only when it is known to be a stream (see _timeout_or).
         default_timeout_s = None if known is not None else self._upstream(upstream_name).policy.timeout
-        return generic_handler(self._generic(upstream_name, described, default_timeout_s)), (
-            methods if known is None else None
-        )
+        return generic_handler(self._generic(upstream_name, described, default_timeout_s)), methods, known is None
 
     def _unary(self, upstream_name: str, described: Method) -> RawUnaryHandler:
         pipeline = self._upstream(upstream_name).handler

@@ -78,7 +78,7 @@ class RefusalServer:
         self._connections.pop(f"ipv4:{LOOPBACK}:{local_port}", None)
 
     def _handler_for(self, method: str) -> Built:
-        return generic_handler(self._refuse(method)), None
+        return generic_handler(self._refuse(method)), None, False
 
     def _refuse(self, method: str) -> RawHandler:
         pipeline = build_inbound(self._passed, self._parts)

@@ -47,9 +47,10 @@ class Learning(Protocol):
         """A call arrived for `path` while its kind is unknown."""
 
 
-# A listener's answer for one method path: the grpc handler and, while the method's kind is unknown, the
-# Learning that may tell it (then RawMethods builds the handler again), else None (the handler is final).
-Built = tuple[grpc.RpcMethodHandler, Learning | None]
+# A listener's answer for one method path: the grpc handler; the Learning its kind was read from, whose next
+# version makes RawMethods build the handler again (None: final, e.g. no route); and whether the kind was
+# unknown (then every call tells the Learning it missed, so that it asks).
+Built = tuple[grpc.RpcMethodHandler, Learning | None, bool]
 
 
 def generic_handler(behaviour: RawHandler) -> grpc.RpcMethodHandler:
@@ -70,27 +71,29 @@ def forwardable(metadata: Iterable[tuple[str, Any]] | None) -> tuple[tuple[str, 
 
 
 class RawMethods(grpc.GenericRpcHandler):
-    """Serve every method path with the raw-bytes handler its listener builds for it, once per path; a handler
-    built while the method's kind was unknown is built again once its Learning has learnt something."""
+    """Serve every method path with the raw-bytes handler its listener builds for it, once per path and again
+    whenever the Learning it was built from has learnt something: a method learnt unary takes the fast path, and
+    one whose kind changed (the app redeployed with that method streaming) takes the right handler again."""
 
     def __init__(self, make_handler: Callable[[str], Built]) -> None:
         self._make_handler = make_handler
-        self._handlers: dict[str, tuple[grpc.RpcMethodHandler, Learning | None, int]] = {}
+        self._handlers: dict[str, tuple[grpc.RpcMethodHandler, Learning | None, int, bool]] = {}
 
     def service(self, handler_call_details: grpc.HandlerCallDetails) -> grpc.RpcMethodHandler:
         method: str = handler_call_details.method
         found = self._handlers.get(method)
         if found is not None:
-            handler, learning, version = found
+            handler, learning, version, unknown = found
             if learning is None:
                 return handler
             if learning.version == version:
-                learning.missed(method)
+                if unknown:
+                    learning.missed(method)
                 return handler
-        handler, learning = self._make_handler(method)
+        handler, learning, unknown = self._make_handler(method)
         if found is not None or len(self._handlers) < MAX_CACHED_METHODS:
-            self._handlers[method] = (handler, learning, 0 if learning is None else learning.version)
-        if learning is not None:
+            self._handlers[method] = (handler, learning, 0 if learning is None else learning.version, unknown)
+        if learning is not None and unknown:
             learning.missed(method)
         return handler
 
