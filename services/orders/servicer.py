@@ -31,8 +31,6 @@ MAX_QUANTITY = 1000
 MAX_KEY_CHARS = 128
 PAID = "PAID"
 NOT_CREATED = "the order was not created"
-RELEASE_ATTEMPTS = 4
-RELEASE_PAUSE_S = 0.25
 RELEASE_TIMEOUT_S = 2.0
 
 
@@ -148,18 +146,12 @@ class Orders(orders_pb2_grpc.OrdersServicer):
         orders crashed here. Inventory's state is per instance, so with several instances a Release the mesh
         routes to another one than the Reserve's finds nothing there (released=false, logged)."""
         for rid in reservation_ids:
-            for attempt in range(1, RELEASE_ATTEMPTS + 1):  # Release is idempotent: a mesh out of retry budget
-                try:  # (one inventory instance failing everything) is asked again a moment later
-                    reply = await self.inventory.Release(
-                        inventory_pb2.ReleaseRequest(reservation_id=rid), timeout=RELEASE_TIMEOUT_S
-                    )
-                    break
-                except grpc.aio.AioRpcError as error:
-                    if attempt == RELEASE_ATTEMPTS:
-                        log.warning("reservation %s not released: %s %s", rid, error.code().name, error.details())
-                    else:
-                        await asyncio.sleep(RELEASE_PAUSE_S * attempt)
-            else:
+            try:  # Release is IDEMPOTENT: the mesh retries it within its budget, which an app loop must not bypass
+                reply = await self.inventory.Release(
+                    inventory_pb2.ReleaseRequest(reservation_id=rid), timeout=RELEASE_TIMEOUT_S
+                )
+            except grpc.aio.AioRpcError as error:
+                log.warning("reservation %s not released: %s %s", rid, error.code().name, error.details())
                 continue
             if reply.released:
                 log.info("reservation released", extra={"reservation_id": rid, "served_by": reply.served_by})
