@@ -77,6 +77,60 @@ async def test_a_non_idempotent_call_that_failed_at_a_server_is_never_resent(
     assert sum(c.get("Echo", 0) for c in counts) == 3, "Echo is IDEMPOTENT: sent max_attempts (3) times"
 
 
+@pytest.mark.parametrize(
+    "details",
+    [
+        "failed to connect to all addresses; last error: UNKNOWN: ipv4:127.0.0.1:1: Connection refused",
+        "sendmsg: Broken pipe",
+    ],
+)
+async def test_a_handler_passing_a_downstream_connection_error_on_is_never_resent(
+    fleet: EchoFleet, mesh_factory: MeshFactory, details: str
+) -> None:
+    """A handler that did its work and then answers ``context.abort(e.code(), e.details())`` with a downstream's
+    connection error: the text is the server's, and proves nothing about this call."""
+    fleet.start("x")
+    fleet.start("y")
+    stub = echo_pb2_grpc.EchoStub(mesh_factory().channel(fleet.service))
+
+    metadata = (("x-echo-fail", "UNAVAILABLE"), ("x-echo-fail-details", details))
+    with pytest.raises(grpc.aio.AioRpcError) as failed:
+        await stub.EchoOnce(HELLO, metadata=metadata, timeout=5)
+
+    assert (failed.value.code(), failed.value.details()) == (grpc.StatusCode.UNAVAILABLE, details)
+    counts = [await calls_received(fleet.ports[name]) for name in ("x", "y")]
+    assert sum(c.get("EchoOnce", 0) for c in counts) == 1
+
+
+async def test_a_dead_upstream_behind_a_healthy_server_is_not_that_servers_failure(
+    procs: Processes, agent: Agent, mesh_factory: MeshFactory
+) -> None:
+    """mid's handler calls ledger, which is dead: mid answers UPSTREAM_FAILED, so the caller neither retries
+    mid (its handler runs once per call) nor counts it against mid's breaker (a Ping to mid still works)."""
+    ledger = EchoFleet(procs, agent)
+    ledger.start("ledger")
+    mid = EchoFleet(procs, agent)
+    mid.start("mid", "--upstream", ledger.service)
+    ledger.servers["ledger"].signal(signal.SIGKILL)
+    wait_until(lambda: not ledger.passing_ports(), 10, "the dead ledger to leave Consul")
+    mesh = mesh_factory()
+    stub = echo_pb2_grpc.EchoStub(mesh.channel(mid.service))
+
+    for _ in range(6):  # more than the breaker's 5 failures
+        with pytest.raises(grpc.aio.AioRpcError) as failed:
+            await stub.Echo(HELLO, timeout=5)
+        assert failed.value.code() == grpc.StatusCode.ABORTED, failed.value
+        info = error_info(failed.value)
+        assert info is not None
+        assert (info.reason, info.metadata["upstream"]) == (ErrorReason.UPSTREAM_FAILED, ledger.service)
+        assert info.metadata["upstream_reason"] in (ErrorReason.NO_HEALTHY_ENDPOINT, ErrorReason.BREAKER_OPEN)
+
+    assert (await calls_received(mid.ports["mid"]))["Echo"] == 6
+    assert [endpoint["breaker"] for endpoint in mesh.upstream(mid.service).describe()["endpoints"]] == ["closed"]
+    reply = await stub.Stats(echo_pb2.StatsRequest(), timeout=5)
+    assert reply.served_by == "mid"
+
+
 async def test_a_sigkilled_instance_costs_no_idempotent_call(fleet: EchoFleet, mesh_factory: MeshFactory) -> None:
     for name in ("a", "b", "c"):
         fleet.start(name)

@@ -4,7 +4,8 @@ and benchmarks: ``python -m tests.support.echo_server --name echo-1 --port 0``.
 It registers in Consul (CONSUL_HTTP_ADDR) as service ``$MESHLET_SERVICE__NAME`` (default ``echo``), counts every
 call it receives (``Stats``), and injects faults on request: ``--fail-code UNAVAILABLE --fail-rate 1.0`` fails
 that share of calls, ``--delay-ms`` adds latency. Per call, metadata steers it: ``x-echo-fail: <CODE>`` fails
-that call, ``x-echo-sleep-ms: <n>`` delays it, ``x-echo-set-health: NOT_SERVING`` sets the process's health.
+that call (``x-echo-fail-details: <text>`` sets its details, as a handler passing a downstream's error on),
+``x-echo-sleep-ms: <n>`` delays it, ``x-echo-set-health: NOT_SERVING`` sets the process's health.
 With ``--upstream NAME`` its ``Echo`` forwards to that service through ``mesh.channel`` (for deadline
 propagation tests) and reports the deadline it saw in the reply's message.
 """
@@ -47,7 +48,8 @@ class Echo(echo_pb2_grpc.EchoServicer):
         if code is None and self.args.fail_code and self.rng.random() < self.args.fail_rate:
             code = self.args.fail_code
         if code:
-            await context.abort(grpc.StatusCode[str(code)], f"{self.args.name}: injected {code}")
+            details = metadata.get("x-echo-fail-details", f"{self.args.name}: injected {code}")
+            await context.abort(grpc.StatusCode[str(code)], str(details))
 
     async def Stats(self, request: echo_pb2.StatsRequest, context: Any) -> echo_pb2.StatsReply:  # noqa: N802
         return echo_pb2.StatsReply(calls=dict(self.calls), served_by=self.args.name)

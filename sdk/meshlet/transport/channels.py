@@ -63,6 +63,14 @@ class EndpointChannel:
         self.channel = channel
         self._callables: dict[Method, Any] = {}
 
+    def is_ready(self) -> bool:
+        """Whether the channel has a connection now: a call started on it may reach the server."""
+        return self.channel.get_state() is grpc.ChannelConnectivity.READY
+
+    async def connect(self, timeout_s: float, wait_for_ready: bool | None) -> None:
+        """Wait until the channel has a connection; raise NotConnected if it cannot get one in time."""
+        await wait_connected(self.channel, self.endpoint.authority, timeout_s, wait_for_ready)
+
     def callable_for(self, method: Method) -> Any:
         """The grpc multicallable for `method` on this channel (built once, then one dict lookup)."""
         found = self._callables.get(method)
@@ -131,22 +139,44 @@ class EndpointChannels:
         await asyncio.gather(*self._closing, return_exceptions=True)
 
 
-# What grpc core says when a request provably never left this process: the connection could not be made, the
-# write of the request failed on a dead socket, or the server refused the stream before reading it.
-_NEVER_LEFT = (
-    "failed to connect to all addresses",
-    "Failed to connect to remote host",
-    "connections to all backends failing",
-    "Connection refused",
-    "sendmsg",
-    "RST_STREAM with error code 7",  # REFUSED_STREAM
-    "DNS resolution failed",
-)
+class NotConnected(grpc.aio.AioRpcError):
+    """An attempt that ended before its call was started: no connection to the endpoint could be made, so no
+    byte of the request left this process, and re-sending it elsewhere is always safe (gRPC A6)."""
+
+    def __init__(self, code: grpc.StatusCode, details: str) -> None:
+        super().__init__(code, grpc.aio.Metadata(), grpc.aio.Metadata(), details, None)
 
 
-def never_reached_server(error: grpc.aio.AioRpcError) -> bool:
-    """True when an attempt failed before its request could reach a server, so re-sending it is always safe."""
-    if error.code() is not grpc.StatusCode.UNAVAILABLE:
-        return False
-    details = error.details() or ""
-    return any(marker in details for marker in _NEVER_LEFT)
+async def wait_connected(
+    channel: grpc.aio.Channel, authority: str, timeout_s: float | None, wait_for_ready: bool | None
+) -> None:
+    """Return once `channel` is READY; raise NotConnected when it cannot be (a failed connection, unless the
+    caller asked to wait for one, or the deadline passing first).
+
+    Why not just start the call: grpcio tells Python nothing about where a failed call's bytes went, and the
+    text of a status proves nothing (a server writes its own). A call started only on a READY channel, and one
+    refused before it was started, are the only facts Python has. A connection that breaks under a call is
+    then "possibly executed", which is what it is.
+    """
+    loop = asyncio.get_running_loop()
+    give_up = None if timeout_s is None else loop.time() + timeout_s
+    state = channel.get_state(try_to_connect=True)
+    while state is not grpc.ChannelConnectivity.READY:
+        if state is grpc.ChannelConnectivity.SHUTDOWN or (
+            state is grpc.ChannelConnectivity.TRANSIENT_FAILURE and not wait_for_ready
+        ):
+            raise NotConnected(
+                grpc.StatusCode.UNAVAILABLE,
+                f"could not connect to {authority} ({state.name}); the request was not sent",
+            )
+        left = None if give_up is None else give_up - loop.time()
+        if left is not None and left <= 0:
+            raise NotConnected(
+                grpc.StatusCode.DEADLINE_EXCEEDED,
+                f"the deadline passed while connecting to {authority}; the request was not sent",
+            )
+        try:
+            await asyncio.wait_for(channel.wait_for_state_change(state), left)
+        except TimeoutError:
+            pass
+        state = channel.get_state(try_to_connect=True)

@@ -1,6 +1,10 @@
 """The server side of the SDK: a grpc.aio server interceptor that runs every call through the inbound pipeline
 before the servicer, whatever its RPC kind.
 
+A call the handler makes that fails, and that the handler lets escape, leaves the server as UPSTREAM_FAILED
+(see meshlet.errors.upstream_failed), never as the downstream's own status: a downstream's UNAVAILABLE passed
+on would make the caller's mesh retry this healthy server and count the failure against it.
+
 Wrapped handlers are built once per method and cached, so per call the cost is one InboundCall and the stages.
 """
 
@@ -15,7 +19,7 @@ import grpc
 
 from meshlet.call import InboundCall
 from meshlet.deadline import Clock, Deadline
-from meshlet.errors import MeshError
+from meshlet.errors import MeshError, upstream_failed
 
 Pipeline = Callable[[InboundCall], Awaitable[Any]]
 PipelineBuilder = Callable[[Callable[[InboundCall], Awaitable[Any]]], Pipeline]
@@ -55,7 +59,10 @@ class InboundInterceptor(grpc.aio.ServerInterceptor):
             original = handler.unary_unary or handler.stream_unary
 
             async def terminal_unary(call: InboundCall) -> Any:
-                return await original(call.request, call.context)
+                try:
+                    return await original(call.request, call.context)
+                except grpc.aio.AioRpcError as failed:  # a call the handler made: never a status of this server's
+                    await abort_upstream_failed(call.context, failed)
 
             pipeline = self._build(terminal_unary)
 
@@ -93,6 +100,8 @@ class InboundInterceptor(grpc.aio.ServerInterceptor):
                     await result
             except (grpc.aio.AbortError, asyncio.CancelledError):
                 raise
+            except grpc.aio.AioRpcError as failed:  # a call the handler made
+                await abort_upstream_failed(context, failed)
             except Exception:
                 # grpc.aio ends the call UNKNOWN but tells its done callbacks (span, metrics, access log) nothing.
                 context.set_code(grpc.StatusCode.UNKNOWN)
@@ -115,6 +124,16 @@ def inbound_call(
     deadline = Deadline(clock() + remaining, clock) if remaining is not None else None
     peer_uri = identify(context) if identify is not None else None
     return InboundCall(method, context.invocation_metadata(), request, context, deadline, peer_uri, context.peer())
+
+
+async def abort_upstream_failed(context: Any, failed: grpc.aio.AioRpcError) -> None:
+    """Answer for a handler that let a failed call of its own escape: UPSTREAM_FAILED, or the caller's own
+    deadline or cancellation as it is."""
+    answer = upstream_failed(failed)
+    if answer is None:
+        await context.abort(failed.code(), failed.details() or "")
+    else:
+        await abort_refused(context, answer)
 
 
 async def abort_refused(context: Any, refused: MeshError) -> None:
