@@ -16,6 +16,7 @@ from meshlet.errors import (
     NoHealthyEndpoint,
     RateLimited,
     Unauthenticated,
+    UpstreamFailed,
     error_info,
 )
 from meshlet.mesh import Mesh
@@ -34,6 +35,7 @@ __all__ = [
     "NoHealthyEndpoint",
     "RateLimited",
     "Unauthenticated",
+    "UpstreamFailed",
     "error_info",
     "load_config",
 ]

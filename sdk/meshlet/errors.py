@@ -141,7 +141,8 @@ def upstream_failed(error: grpc.aio.AioRpcError) -> UpstreamFailed | None:
     Passed on as it is, a downstream's UNAVAILABLE (NoHealthyEndpoint, BreakerOpen, BudgetExhausted...) would
     say "this server is down": the caller's mesh would retry a healthy instance, multiplying the retries made
     below it, and count it against that instance's breaker. So the server answers ABORTED (gRPC: retry at a
-    higher level) for a failure a repeat may cure, else UNKNOWN (what grpc answers for an unhandled error); a
+    higher level) for a failure a repeat may cure (UNAVAILABLE, RESOURCE_EXHAUSTED, UNKNOWN, DATA_LOSS: every
+    refusal of the mesh but an intention's), else UNKNOWN (what grpc answers for an unhandled error); a
     meshlet caller never retries UPSTREAM_FAILED and neither code counts against a breaker. The ErrorInfo
     keeps the upstream, its code and meshlet's reason, when there was one.
     """
@@ -161,7 +162,7 @@ def upstream_failed(error: grpc.aio.AioRpcError) -> UpstreamFailed | None:
                 metadata["upstream"] = info.metadata["upstream"]
     upstream = metadata.get("upstream", "an upstream")
     said = f"{upstream} failed ({code.name}: {error.details()})"
-    if isinstance(error, MeshError) or code in TRANSIENT or (relayed and code is grpc.StatusCode.ABORTED):
+    if code in TRANSIENT or (relayed and code is grpc.StatusCode.ABORTED):
         return UpstreamFailed(
             f"{said}, after the mesh's retries: repeat the request later, if it is safe to", metadata=metadata
         )

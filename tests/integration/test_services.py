@@ -403,7 +403,8 @@ async def test_without_inventory_a_checkout_is_aborted_naming_it_and_sigterm_sto
     procs: Processes, agent: Agent
 ) -> None:
     """No inventory at all: orders does not pass the mesh's UNAVAILABLE on as its own (the gateway would retry it
-    and count it against a healthy orders instance); it answers ABORTED saying which upstream failed and why."""
+    and count it against a healthy orders instance); the mesh's server answers for it ABORTED, saying which
+    upstream failed and why (UPSTREAM_FAILED), and the gateway passes that on."""
     env = {"CONSUL_HTTP_ADDR": agent.url, "MESHLET_SERVICE__CHECK_TTL": "1s", "MESHLET_SERVICE__DRAIN_GRACE": "1s"}
     started = [start_sdk(procs, agent, service, env) for service in ("orders", "gateway")]
     async with Mesh(load_config(None, env={"CONSUL_HTTP_ADDR": agent.url})) as mesh:
@@ -416,7 +417,7 @@ async def test_without_inventory_a_checkout_is_aborted_naming_it_and_sigterm_sto
     assert status is not None
     info = error_details_pb2.ErrorInfo()
     assert status.details[0].Unpack(info)
-    assert (info.reason, info.metadata["upstream"], info.metadata["mesh_reason"]) == (
+    assert (info.reason, info.metadata["upstream"], info.metadata["upstream_reason"]) == (
         "UPSTREAM_FAILED",
         "inventory",
         "NO_HEALTHY_ENDPOINT",
