@@ -512,6 +512,20 @@ def test_redacted_hides_the_token_and_the_key_path(write: Write) -> None:
     assert "s3cret" not in str(shown)
 
 
+@pytest.mark.parametrize(
+    ("endpoint", "shown"),
+    [
+        ("http://alice:s3cret@collector:4317", f"http://{REDACTED}@collector:4317"),
+        ("https://s3cret@collector:4318/v1/traces", f"https://{REDACTED}@collector:4318/v1/traces"),
+        ("alice:s3cret@collector:4317", f"{REDACTED}@collector:4317"),
+        ("http://collector:4317", "http://collector:4317"),
+    ],
+)
+def test_redacted_hides_credentials_in_the_otlp_endpoint(endpoint: str, shown: str) -> None:
+    config = load_config(env={"OTEL_EXPORTER_OTLP_ENDPOINT": endpoint})
+    assert config.redacted()["telemetry"]["otlp_endpoint"] == shown
+
+
 def test_redacted_shows_the_effective_config_in_yaml_key_names(write: Write) -> None:
     shown = load_config(write(DESIGN_EXAMPLE), env={}).redacted()
     assert shown["consul"]["token"] is None

@@ -243,7 +243,19 @@ class Config(_Section):
         for section, key in (("consul", "token"), ("tls", "key")):
             if data[section][key] is not None:
                 data[section][key] = REDACTED
+        if data["telemetry"]["otlp_endpoint"] is not None:
+            data["telemetry"]["otlp_endpoint"] = _without_credentials(data["telemetry"]["otlp_endpoint"])
         return data
+
+
+def _without_credentials(url: str) -> str:
+    """`url` with any ``user:password@`` replaced, so that /config shows where traces go but not how to log in."""
+    scheme, sep, rest = url.partition("://")
+    authority, slash, path = (rest if sep else scheme).partition("/")
+    if "@" not in authority:
+        return url
+    shown = f"{REDACTED}@{authority.rpartition('@')[2]}{slash}{path}"
+    return f"{scheme}{sep}{shown}" if sep else shown
 
 
 def _raw(value: Any) -> Any:
