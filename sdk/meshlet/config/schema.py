@@ -165,6 +165,7 @@ class AuthzConfig(_Section):
     default: Literal["allow", "deny"] = "allow"
     source: Literal["consul", "local"] = "local"
     fail_open: bool = False  # when intentions cannot be read: allow (True) or deny (False)
+    refresh_interval: PositiveDuration = 10.0  # consul: decisions asked again at least this often (a safety net)
     rules: tuple[AuthzRule, ...] = ()
 
 

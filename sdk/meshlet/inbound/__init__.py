@@ -67,7 +67,11 @@ class InboundParts:
         authorizer: Authorizer | None = None
         if authz.source == "consul":
             authorizer = ConsulAuthorizer(
-                consul, fail_open=authz.fail_open, allow_unidentified=authz.default == "allow", clock=clock
+                consul,
+                ttl_s=authz.refresh_interval,
+                fail_open=authz.fail_open,
+                allow_unidentified=authz.default == "allow",
+                clock=clock,
             )
         elif authz.rules or authz.default == "deny":
             authorizer = IntentionsAuthorizer(Intentions.from_config(authz))

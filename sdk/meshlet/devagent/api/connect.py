@@ -143,8 +143,9 @@ async def authorize(request: web.Request) -> web.StreamResponse:
         raise common.bad_request("ClientCertURI not a valid Service identifier") from None
     except NotConnectIdentity:
         raise common.bad_request("ClientCertURI not a valid Connect identifier") from None
-    if client.partition not in ("", "default"):
-        raise common.bad_request(f'Mismatched partitions: "{client.partition}" != "default"')
+    if client.partition not in ("", "default"):  # Consul's answer: a decision (deny), not a bad request
+        reason = f'Mismatched partitions: "{client.partition}" != "default"'
+        return common.json_response({"Authorized": False, "Reason": reason})
     decision = agent.state.intentions.decide(client.service, target, source_namespace=client.namespace)
     return common.json_response({"Authorized": decision.allowed, "Reason": decision.reason})
 
