@@ -402,6 +402,30 @@ def test_an_authz_rule_without_an_action_says_it_is_required(write: Write) -> No
     assert error.allowed == "is required"
 
 
+@pytest.mark.parametrize(
+    ("written", "source"),
+    [
+        ("tls: {source: consul}\n", "consul"),  # secure by default: certificates from Consul, intentions from Consul
+        ("tls: {source: consul}\nauthz: {default: deny}\n", "consul"),
+        ("tls: {source: consul}\nauthz: {source: local}\n", "local"),  # said otherwise, explicitly
+        ("tls: {source: off}\n", "local"),
+        ("tls: {source: files, cert: a.crt, key: a.key, ca: ca.crt}\n", "local"),
+    ],
+)
+def test_authorization_follows_consuls_intentions_when_certificates_come_from_consul(
+    write: Write, written: str, source: str
+) -> None:
+    assert load_config(write(written), env={}).authz.source == source
+
+
+def test_local_rules_under_consul_certificates_must_name_their_source(write: Write) -> None:
+    path = write("tls: {source: consul}\nauthz:\n  rules:\n    - {from: gateway, to: orders, action: allow}\n")
+    error = error_from(path)
+    assert (error.path, error.source) == ("authz.source", str(path))
+    assert "'local' enforces these rules" in error.allowed
+    assert load_config(path, env={"MESHLET_AUTHZ__SOURCE": "local"}).authz.rules[0].from_ == "gateway"
+
+
 def test_an_unknown_key_is_an_error_with_a_suggestion(write: Write) -> None:
     path = write("upstreams:\n  inventory:\n    retyr: {max_attempts: 3}\n")
     error = error_from(path)

@@ -234,6 +234,25 @@ class Config(_Section):
                 raise invalid(allowed, field=("upstreams", name, "local_port"), value=port)
         return self
 
+    @_model_validator(mode="after")
+    def _authz_follows_the_ca(self) -> Config:
+        """Secure by default: with certificates from Consul, authorization follows Consul's intentions unless
+        ``authz.source`` says otherwise. Local rules written without a source would leave it unclear which
+        of the two is meant (and a deny intention unenforced), so they must name it."""
+        authz = self.authz
+        if self.tls.source != "consul" or "source" in authz.model_fields_set:
+            return self
+        if authz.rules:
+            allowed = (
+                "must be set when tls.source is consul and authz.rules are given: 'local' enforces these rules, "
+                "'consul' follows Consul's intentions (the default with tls.source consul) and ignores them"
+            )
+            raise invalid(allowed, field=("authz", "source"), value="(not set)")
+        # Frozen: set once, here; source stays out of the fields set, so the start log can say it was the default.
+        chosen = AuthzConfig.model_construct(authz.model_fields_set, **{**dict(authz), "source": "consul"})
+        object.__setattr__(self, "authz", chosen)
+        return self
+
     def upstream(self, name: str) -> UpstreamPolicy:
         """The merged policy for `name` (computed once, at load); an upstream not listed gets the defaults."""
         return self.upstreams.get(name, self.upstream_defaults)

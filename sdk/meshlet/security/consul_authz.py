@@ -212,13 +212,12 @@ class ConsulAuthorizer:
     ) -> Any:
         """One request to the agent; raises Outage for no connection, no answer in `timeout_s`, or a 5xx."""
         client = self._agent()
-        http = client.http
         try:
             async with asyncio.timeout(self._timeout_s):
                 if method == "POST":
-                    response = await http.post(lambda r: r, path, headers=client.prepare_headers(), data=data)
+                    response = await client.http.post(lambda r: r, path, headers=client.prepare_headers(), data=data)
                 else:
-                    response = await http.get(lambda r: r, path, params=params, headers=client.prepare_headers())
+                    response = await client.http.get(lambda r: r, path, params=params, headers=client.prepare_headers())
         except asyncio.CancelledError:
             raise
         except Exception as exc:
