@@ -80,7 +80,7 @@ def test_an_empty_config_is_valid_with_the_documented_defaults() -> None:
     assert config.consul.address == "http://127.0.0.1:8500"
     assert config.tls.source == "off"
     assert (config.sidecar.inbound, config.sidecar.outbound, config.sidecar.admin) == (
-        "0.0.0.0:15006",
+        "127.0.0.1:15006",  # plaintext (tls.source off): loopback only unless sidecar.inbound says otherwise
         "127.0.0.1:15001",
         "127.0.0.1:15000",
     )
@@ -416,6 +416,25 @@ def test_authorization_follows_consuls_intentions_when_certificates_come_from_co
     write: Write, written: str, source: str
 ) -> None:
     assert load_config(write(written), env={}).authz.source == source
+
+
+@pytest.mark.parametrize(
+    ("written", "inbound"),
+    [
+        ("", "127.0.0.1:15006"),  # plaintext, unidentified callers: loopback unless said otherwise
+        ("sidecar: {app: 127.0.0.1:50051}\n", "127.0.0.1:15006"),
+        ("sidecar: {inbound: 0.0.0.0:15006}\n", "0.0.0.0:15006"),  # said explicitly: kept
+        ("tls: {source: consul}\n", "0.0.0.0:15006"),  # mTLS: the network may call it
+        ("tls: {source: files, cert: a.crt, key: a.key, ca: ca.crt}\n", "0.0.0.0:15006"),
+    ],
+)
+def test_a_plaintext_sidecar_inbound_listens_on_loopback_unless_set_explicitly(
+    write: Write, written: str, inbound: str
+) -> None:
+    assert load_config(write(written), env={}).sidecar.inbound == inbound
+    assert load_config(write(written), env={"MESHLET_SIDECAR__INBOUND": "0.0.0.0:7000"}).sidecar.inbound == (
+        "0.0.0.0:7000"
+    )
 
 
 def test_local_rules_under_consul_certificates_must_name_their_source(write: Write) -> None:

@@ -32,7 +32,10 @@ from meshlet.config.fields import (
     method_pattern,
     normalise_consul_address,
     parsed,
+    split_host_port,
 )
+
+LOOPBACK = "127.0.0.1"
 
 
 class _Section(BaseModel):
@@ -251,6 +254,18 @@ class Config(_Section):
         # Frozen: set once, here; source stays out of the fields set, so the start log can say it was the default.
         chosen = AuthzConfig.model_construct(authz.model_fields_set, **{**dict(authz), "source": "consul"})
         object.__setattr__(self, "authz", chosen)
+        return self
+
+    @_model_validator(mode="after")
+    def _plaintext_inbound_stays_local(self) -> Config:
+        """With ``tls.source: off`` the sidecar's inbound port serves plaintext to callers it cannot identify:
+        unless ``sidecar.inbound`` is set explicitly, it listens on loopback only (the sidecar says so at start)."""
+        sidecar = self.sidecar
+        if self.tls.source != "off" or "inbound" in sidecar.model_fields_set:
+            return self
+        _, port = split_host_port(sidecar.inbound)
+        local = {**dict(sidecar), "inbound": f"{LOOPBACK}:{port}"}
+        object.__setattr__(self, "sidecar", SidecarConfig.model_construct(sidecar.model_fields_set, **local))
         return self
 
     def upstream(self, name: str) -> UpstreamPolicy:
