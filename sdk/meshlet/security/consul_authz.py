@@ -300,9 +300,9 @@ class ConsulAuthorizer:
                 await asyncio.sleep(self.ttl_s)
                 continue
             moved = int(response.headers.get("X-Consul-Index", 0) or 0)
-            if index and moved != index:
+            if moved != index:  # index 0 too: a change may have slipped in before the first read or while away
                 self._changed.set()
-            elif index and moved == index:
+            else:
                 await asyncio.sleep(0.1)  # a wait that timed out; a pause keeps a misbehaving agent from spinning us
             index = 0 if moved < index else max(moved, 1)  # Consul's rules: backwards restarts; never block on 0
 
