@@ -23,7 +23,7 @@ import contextlib
 import json
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 from meshlet.deadline import Clock
@@ -165,8 +165,8 @@ class ConsulAuthorizer:
             try:
                 decision, provisional = await self._ask(pair), False
                 self._recovered()
-            except Outage as exc:
-                decision, provisional = self._fallback(str(exc)), True
+            except Exception as exc:  # an Outage, or a surprise: never an error on the call path
+                decision, provisional = self._fallback(_describe(exc)), True
                 self._failed(exc)
         if len(self._entries) >= self._max_pairs:
             del self._entries[next(iter(self._entries))]
@@ -174,20 +174,21 @@ class ConsulAuthorizer:
         return decision
 
     def _agent(self) -> Any:
-        """The client, built on first use inside the caller's try: a factory that fails is an outage too."""
+        """The client, built on first use inside `_answer`'s try: a factory that fails is an outage too."""
         if self._client is None:
             self._owns_client = callable(self._source)
-            try:
-                self._client = self._source() if self._owns_client else self._source
-            except Exception as exc:
-                raise Outage(f"no Consul client ({_describe(exc)})") from exc
+            self._client = self._source() if self._owns_client else self._source
         return self._client
 
     async def _ask(self, pair: Pair) -> Decision:
         """Consul's answer for one pair. A 4xx is this pair's answer (a deny), anything else amiss an Outage."""
         peer_uri, target = pair
         body = json.dumps({"Target": target, "ClientCertURI": peer_uri, "ClientCertSerial": ""})
-        response = await self._request("POST", AUTHORIZE_PATH, data=body)
+        response = await self._answer(
+            AUTHORIZE_PATH,
+            self._timeout_s,
+            lambda client: client.http.post(lambda r: r, AUTHORIZE_PATH, headers=client.prepare_headers(), data=body),
+        )
         if 400 <= response.code < 500:
             text = str(response.body).strip()[:200] or "no reason given"
             log.warning(
@@ -207,17 +208,13 @@ class ConsulAuthorizer:
             raise Outage(f"unexpected answer from {AUTHORIZE_PATH}: {str(response.body)[:200]!r}")
         return Decision(answer["Authorized"], f"Consul: {answer.get('Reason') or 'no reason given'}")
 
-    async def _request(
-        self, method: str, path: str, *, data: str = "", params: list[tuple[str, str]] | None = None
-    ) -> Any:
-        """One request to the agent; raises Outage for no connection, no answer in `timeout_s`, or a 5xx."""
-        client = self._agent()
+    async def _answer(self, path: str, timeout_s: float, send: Callable[[Any], Awaitable[Any]]) -> Any:
+        """The agent's response to `send(client)`; raises Outage for no client, no connection, no answer within
+        `timeout_s`, or a 5xx. A 4xx is returned: it is an answer about what was asked."""
         try:
-            async with asyncio.timeout(self._timeout_s):
-                if method == "POST":
-                    response = await client.http.post(lambda r: r, path, headers=client.prepare_headers(), data=data)
-                else:
-                    response = await client.http.get(lambda r: r, path, params=params, headers=client.prepare_headers())
+            client = self._agent()
+            async with asyncio.timeout(timeout_s):
+                response = await send(client)
         except asyncio.CancelledError:
             raise
         except Exception as exc:
@@ -307,20 +304,14 @@ class ConsulAuthorizer:
             index = 0 if moved < index else max(moved, 1)  # Consul's rules: backwards restarts; never block on 0
 
     async def _blocking_get(self, params: list[tuple[str, str]]) -> Any:
-        client = self._agent()
-        timeout = self._watch_wait_s + self._watch_wait_s / 16 + self._timeout_s
-        try:
-            async with asyncio.timeout(timeout):
-                response = await client.http.get(
-                    lambda r: r, INTENTIONS_PATH, params=params, headers=client.prepare_headers()
-                )
-        except asyncio.CancelledError:
-            raise
-        except Exception as exc:
-            raise Outage(_describe(exc)) from exc
-        if response.code >= 500:
-            raise Outage(f"{INTENTIONS_PATH} answered {response.code}")
-        return response
+        timeout = self._watch_wait_s + self._watch_wait_s / 16 + self._timeout_s  # Consul adds up to wait/16
+        return await self._answer(
+            INTENTIONS_PATH,
+            timeout,
+            lambda client: client.http.get(
+                lambda r: r, INTENTIONS_PATH, params=params, headers=client.prepare_headers()
+            ),
+        )
 
     def _failed(self, exc: BaseException) -> None:
         self._failures += 1
