@@ -46,6 +46,13 @@ def build_parser() -> argparse.ArgumentParser:
     agent.add_argument("--node", default=None, help="node name (default: the hostname)")
     agent.add_argument("--data-dir", type=Path, default=None, help="persist state here (default: memory only)")
     agent.add_argument(
+        "--allow-host",
+        action="append",
+        default=[],
+        metavar="NAME",
+        help="a Host name, besides its address, that the agent answers (e.g. a DNS name it is reached by); repeatable",
+    )
+    agent.add_argument(
         "--reap-interval",
         type=_duration,
         default=30.0,
@@ -147,6 +154,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             reap_interval_s=args.reap_interval,
             min_deregister_after_s=args.min_deregister_after,
             leaf_cert_ttl_s=args.leaf_cert_ttl,
+            allowed_hosts=tuple(args.allow_host),
             **({"node": args.node} if args.node else {}),
         )
         try:

@@ -197,6 +197,7 @@ class Sidecar:
         parts = InboundParts.from_config(
             self.config, consul=self.mesh.consul, clock=time.monotonic, tracer=self.mesh.tracer, metrics=self.metrics
         )
+        explain_plaintext_inbound(self.config)
         if self.config.sidecar.inbound_mode == "l4":
             assert self.mesh.tls_source is not None  # check_inbound_mode
             self.inbound = SpliceListener(
@@ -275,6 +276,29 @@ def _read_descriptor_sets(config: Config) -> dict[str, MethodInfo]:
         except ValueError as error:
             raise ConfigError(field, str(path), str(error)) from None
     return methods
+
+
+def explain_plaintext_inbound(config: Config) -> None:
+    """Said at start when the inbound port serves plaintext: where it listens and why (Config keeps it on loopback
+    unless ``sidecar.inbound`` is set explicitly)."""
+    if config.tls.source != "off":
+        return
+    address = config.sidecar.inbound
+    if "inbound" not in config.sidecar.model_fields_set:
+        log.warning(
+            "tls.source is off, so the inbound listener listens on %s (loopback) only: it would serve plaintext to "
+            "callers it cannot identify; set sidecar.inbound explicitly (e.g. 0.0.0.0:15006) to let other hosts "
+            "call the app, or set tls.source to consul or files for mTLS",
+            address,
+            extra={"event": "inbound_loopback_only", "inbound": address},
+        )
+    elif split_host_port(address)[0] not in ("127.0.0.1", "::1", "localhost"):
+        log.warning(
+            "tls.source is off and sidecar.inbound is %s: any host that reaches it can call the app in plaintext, "
+            "unauthenticated; set tls.source to consul or files for mTLS",
+            address,
+            extra={"event": "inbound_plaintext_exposed", "inbound": address},
+        )
 
 
 def check_inbound_mode(config: Config) -> None:

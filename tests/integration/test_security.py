@@ -346,6 +346,30 @@ async def test_a_caller_no_intention_allows_gets_permission_denied_naming_caller
     assert await handled(port, pki, guarded.service) == before
 
 
+async def test_with_certificates_from_consul_a_deny_intention_is_enforced_by_a_config_without_authz(
+    module_procs: Processes, module_agent: Agent
+) -> None:
+    """Secure by default: ``tls.source: consul`` alone makes the server follow Consul's intentions."""
+    fleet = EchoFleet(module_procs, module_agent, service=f"ledger-{uuid.uuid4().hex[:6]}")
+    assert module_agent.client().connect.intentions.upsert("gateway", fleet.service, action="deny")
+    server = fleet.start("ledger", env={"MESHLET_TLS__SOURCE": "consul", **QUIET_CHECKS})
+    config = load_config(
+        None,
+        env={"CONSUL_HTTP_ADDR": module_agent.url},
+        overrides={"service": {"name": "gateway"}, "tls": {"source": "consul"}},
+    )
+    async with Mesh(config) as mesh:
+        with pytest.raises(grpc.aio.AioRpcError) as denied:
+            await echo_pb2_grpc.EchoStub(mesh.channel(fleet.service)).Echo(HELLO, timeout=5)
+
+    assert denied.value.code() == grpc.StatusCode.PERMISSION_DENIED
+    info = error_info(denied.value)
+    assert info is not None
+    assert info.reason == ErrorReason.INTENTION_DENIED
+    assert "Matched L4 intention" in (denied.value.details() or "")
+    assert server.alive()
+
+
 async def test_a_deny_intention_on_one_method_refuses_only_that_method(
     guarded: EchoFleet, pki: DevPki, mesh_as: MeshAs
 ) -> None:

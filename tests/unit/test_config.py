@@ -80,7 +80,7 @@ def test_an_empty_config_is_valid_with_the_documented_defaults() -> None:
     assert config.consul.address == "http://127.0.0.1:8500"
     assert config.tls.source == "off"
     assert (config.sidecar.inbound, config.sidecar.outbound, config.sidecar.admin) == (
-        "0.0.0.0:15006",
+        "127.0.0.1:15006",  # plaintext (tls.source off): loopback only unless sidecar.inbound says otherwise
         "127.0.0.1:15001",
         "127.0.0.1:15000",
     )
@@ -402,6 +402,49 @@ def test_an_authz_rule_without_an_action_says_it_is_required(write: Write) -> No
     assert error.allowed == "is required"
 
 
+@pytest.mark.parametrize(
+    ("written", "source"),
+    [
+        ("tls: {source: consul}\n", "consul"),  # secure by default: certificates from Consul, intentions from Consul
+        ("tls: {source: consul}\nauthz: {default: deny}\n", "consul"),
+        ("tls: {source: consul}\nauthz: {source: local}\n", "local"),  # said otherwise, explicitly
+        ("tls: {source: off}\n", "local"),
+        ("tls: {source: files, cert: a.crt, key: a.key, ca: ca.crt}\n", "local"),
+    ],
+)
+def test_authorization_follows_consuls_intentions_when_certificates_come_from_consul(
+    write: Write, written: str, source: str
+) -> None:
+    assert load_config(write(written), env={}).authz.source == source
+
+
+@pytest.mark.parametrize(
+    ("written", "inbound"),
+    [
+        ("", "127.0.0.1:15006"),  # plaintext, unidentified callers: loopback unless said otherwise
+        ("sidecar: {app: 127.0.0.1:50051}\n", "127.0.0.1:15006"),
+        ("sidecar: {inbound: 0.0.0.0:15006}\n", "0.0.0.0:15006"),  # said explicitly: kept
+        ("tls: {source: consul}\n", "0.0.0.0:15006"),  # mTLS: the network may call it
+        ("tls: {source: files, cert: a.crt, key: a.key, ca: ca.crt}\n", "0.0.0.0:15006"),
+    ],
+)
+def test_a_plaintext_sidecar_inbound_listens_on_loopback_unless_set_explicitly(
+    write: Write, written: str, inbound: str
+) -> None:
+    assert load_config(write(written), env={}).sidecar.inbound == inbound
+    assert load_config(write(written), env={"MESHLET_SIDECAR__INBOUND": "0.0.0.0:7000"}).sidecar.inbound == (
+        "0.0.0.0:7000"
+    )
+
+
+def test_local_rules_under_consul_certificates_must_name_their_source(write: Write) -> None:
+    path = write("tls: {source: consul}\nauthz:\n  rules:\n    - {from: gateway, to: orders, action: allow}\n")
+    error = error_from(path)
+    assert (error.path, error.source) == ("authz.source", str(path))
+    assert "'local' enforces these rules" in error.allowed
+    assert load_config(path, env={"MESHLET_AUTHZ__SOURCE": "local"}).authz.rules[0].from_ == "gateway"
+
+
 def test_an_unknown_key_is_an_error_with_a_suggestion(write: Write) -> None:
     path = write("upstreams:\n  inventory:\n    retyr: {max_attempts: 3}\n")
     error = error_from(path)
@@ -510,6 +553,20 @@ def test_redacted_hides_the_token_and_the_key_path(write: Write) -> None:
     assert shown["tls"]["cert"] == "a.crt"
     assert "s3cret" not in repr(config)
     assert "s3cret" not in str(shown)
+
+
+@pytest.mark.parametrize(
+    ("endpoint", "shown"),
+    [
+        ("http://alice:s3cret@collector:4317", f"http://{REDACTED}@collector:4317"),
+        ("https://s3cret@collector:4318/v1/traces", f"https://{REDACTED}@collector:4318/v1/traces"),
+        ("alice:s3cret@collector:4317", f"{REDACTED}@collector:4317"),
+        ("http://collector:4317", "http://collector:4317"),
+    ],
+)
+def test_redacted_hides_credentials_in_the_otlp_endpoint(endpoint: str, shown: str) -> None:
+    config = load_config(env={"OTEL_EXPORTER_OTLP_ENDPOINT": endpoint})
+    assert config.redacted()["telemetry"]["otlp_endpoint"] == shown
 
 
 def test_redacted_shows_the_effective_config_in_yaml_key_names(write: Write) -> None:
