@@ -208,11 +208,13 @@ def test_termination_grace_covers_the_drain(overlay: str, tmp_path: Path) -> Non
     """SDK pods drain for service.drain_grace after SIGTERM. Sidecar pods: the app's preStop waits, the app
     drains, then the sidecar (stopped last) drains inbound and keeps outbound up to drain_grace each."""
     for pod in meshlet_pods(render(overlay)).values():
-        grace = load_config(config_path(pod, tmp_path), env=pod_env(pod.meshlet_container)).service.drain_grace
+        config = load_config(config_path(pod, tmp_path), env=pod_env(pod.meshlet_container))
+        grace = config.service.drain_grace
         period = pod.workload.pod["terminationGracePeriodSeconds"]
         if pod.sidecar_mode:
             pre_stop = pod.app_container["lifecycle"]["preStop"]["exec"]["command"]
-            assert pre_stop[1:] == ["/etc/meshlet-hooks/drain_hook.py", pod.service, str(MESH_PORT)]
+            _, admin_port = split_host_port(config.sidecar.admin)
+            assert pre_stop[1:] == ["/etc/meshlet-hooks/drain_hook.py", str(admin_port)], "POST /drain, in the pod"
             assert period >= PRESTOP_NOTICE_S + grace + 2 * grace, pod.service
         else:
             assert period >= grace + 5, pod.service

@@ -8,6 +8,7 @@ from meshlet_sidecar.admin import (
     NOT_FOUND_HINT,
     clusters_text,
     describe_upstreams,
+    from_inside_the_pod,
     ready_page,
 )
 
@@ -67,5 +68,16 @@ def test_describe_upstreams_puts_each_repr_beside_its_description() -> None:
 
 
 def test_not_found_hint_lists_every_admin_endpoint() -> None:
-    for path in ("/ready", "/live", "/clusters", "/config", "/metrics"):
+    for path in ("/ready", "/live", "/clusters", "/config", "/metrics", "/drain"):
         assert path in NOT_FOUND_HINT
+
+
+def test_only_the_pods_own_containers_may_drain() -> None:
+    """POST /drain answers loopback peers only: the admin port also listens on the pod IP for probes and scrapes."""
+    assert from_inside_the_pod("127.0.0.1")
+    assert from_inside_the_pod("::1")
+    assert from_inside_the_pod("::ffff:127.0.0.1")  # 127.0.0.1 as a dual-stack listener reports it
+    assert not from_inside_the_pod("10.244.1.7")
+    assert not from_inside_the_pod("fd00::7")
+    assert not from_inside_the_pod(None)
+    assert not from_inside_the_pod("not-an-address")
