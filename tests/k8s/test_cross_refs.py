@@ -48,6 +48,21 @@ def test_every_probe_names_a_port_of_its_own_container(overlay: str) -> None:
 
 
 @pytest.mark.parametrize("overlay", OVERLAYS)
+def test_no_service_targets_a_native_sidecars_port_by_name(overlay: str) -> None:
+    """Before Kubernetes 1.32 a Service whose targetPort names a port of an init container (a native sidecar)
+    gets no endpoints (kubernetes#127958), and this page promises 1.29: such ports are targeted by number."""
+    objects = render(overlay)
+    for name, service in named(objects, "Service").items():
+        for w in workloads(objects):
+            if not w.selected_by(service["spec"]["selector"]):
+                continue
+            sidecar_port_names = {p.get("name") for c in w.pod.get("initContainers", []) for p in c.get("ports", [])}
+            for port in service["spec"]["ports"]:
+                target = port.get("targetPort", port["port"])
+                assert target not in sidecar_port_names, f"Service {name} targets {w.name}'s sidecar port {target!r}"
+
+
+@pytest.mark.parametrize("overlay", OVERLAYS)
 def test_every_service_selects_pods_that_have_its_target_ports(overlay: str) -> None:
     objects = render(overlay)
     for name, service in named(objects, "Service").items():
