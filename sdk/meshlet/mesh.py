@@ -280,10 +280,11 @@ class Mesh:
         names = [*_recorded_services(server), health.SERVICE_NAME, reflection.SERVICE_NAME]
         reflection.enable_server_reflection(names, server)
         await self.start()  # certificates, and the metrics port, for a mesh that was not entered
+        listen = f"[{host.strip('[]')}]:{port}" if ":" in host else f"{host}:{port}"  # "::": both families
         if self._tls is not None:
-            bound = server.add_secure_port(f"{host}:{port}", server_credentials(self._tls))
+            bound = server.add_secure_port(listen, server_credentials(self._tls))
         else:
-            bound = server.add_insecure_port(f"{host}:{port}")
+            bound = server.add_insecure_port(listen)
         await server.start()
         for service_name in ("", *_recorded_services(server)):
             await health_servicer.set(service_name, health_pb2.HealthCheckResponse.SERVING)

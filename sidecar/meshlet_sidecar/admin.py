@@ -18,6 +18,7 @@ from typing import Any, Protocol
 
 from aiohttp import web
 
+from meshlet.config import listen_host
 from meshlet.resilience.breaker import CLOSED
 from meshlet.telemetry.metrics_server import CONTENT_TYPE
 
@@ -129,7 +130,7 @@ class Admin:
         runner = web.AppRunner(self.build_app(), handle_signals=False, access_log=None, shutdown_timeout=1.0)
         await runner.setup()
         try:
-            await web.TCPSite(runner, host.strip("[]"), int(port), reuse_address=True).start()
+            await web.TCPSite(runner, listen_host(host.strip("[]")), int(port), reuse_address=True).start()
         except BaseException:
             await runner.cleanup()
             raise

@@ -9,6 +9,7 @@ import pytest
 
 from meshlet.config import load_config, split_host_port
 from tests.k8s.manifests import (
+    FAKE_FIELDS,
     MESHLET_IMAGE,
     OVERLAYS,
     Obj,
@@ -28,6 +29,7 @@ from tests.support.processes import REPO_ROOT
 SHOP = ("gateway", "orders", "inventory", "payments")
 SIDECAR_MODE = ("inventory", "payments")
 MESH_PORT = 15006
+EVERY_ADDRESS = "::"  # both IP families, 127.0.0.1 included: IPv4-only, dual-stack and IPv6 clusters alike
 PRESTOP_NOTICE_S = 3  # k8s/base/shop/drain_hook.py's default wait
 
 
@@ -179,6 +181,24 @@ def test_meshlet_configs_load_with_the_pods_environment(overlay: str, tmp_path: 
 
 
 @pytest.mark.parametrize("overlay", OVERLAYS)
+def test_meshlet_configs_load_on_an_ipv6_node(overlay: str, tmp_path: Path) -> None:
+    """On an IPv6 (or IPv6-primary dual-stack) cluster the downward API gives IPv6 addresses, and
+    ``http://$(HOST_IP):8500`` comes out unbracketed: every config still loads, pointing at the node's agent."""
+    fields = {**FAKE_FIELDS, "status.hostIP": "fd00:1::2", "status.podIP": "fd00:10:244::7"}
+    for pod in meshlet_pods(render(overlay)).values():
+        env = pod_env(pod.meshlet_container, fields)
+        assert env["CONSUL_HTTP_ADDR"] == "http://fd00:1::2:8500", "what the kubelet expands"
+        config = load_config(config_path(pod, tmp_path), env=env)
+        assert config.consul.address == "http://[fd00:1::2]:8500", pod.service
+        assert config.service.address == "fd00:10:244::7", pod.service
+        if pod.sidecar_mode:
+            assert split_host_port(config.sidecar.inbound)[0] == EVERY_ADDRESS, pod.service
+        else:
+            assert config.telemetry.metrics_host == EVERY_ADDRESS, pod.service
+            assert pod_env(pod.app_container, fields)["SHOP_HOST"] == EVERY_ADDRESS, pod.service
+
+
+@pytest.mark.parametrize("overlay", OVERLAYS)
 def test_the_mesh_port_is_15006_in_every_shop_pod(overlay: str, tmp_path: Path) -> None:
     objects = render(overlay)
     for pod in meshlet_pods(objects).values():
@@ -186,7 +206,7 @@ def test_the_mesh_port_is_15006_in_every_shop_pod(overlay: str, tmp_path: Path) 
         assert has_port(container, MESH_PORT), pod.service
         config = load_config(config_path(pod, tmp_path), env=pod_env(container))
         if pod.sidecar_mode:
-            assert split_host_port(config.sidecar.inbound) == ("0.0.0.0", MESH_PORT)
+            assert split_host_port(config.sidecar.inbound) == (EVERY_ADDRESS, MESH_PORT)
         else:
             assert pod_env(container)["SHOP_PORT"] == str(MESH_PORT)
 
@@ -194,7 +214,7 @@ def test_the_mesh_port_is_15006_in_every_shop_pod(overlay: str, tmp_path: Path) 
 @pytest.mark.parametrize("overlay", OVERLAYS)
 def test_native_sidecars_and_their_probes(overlay: str, tmp_path: Path) -> None:
     """The sidecar is an init container with restartPolicy Always; the kubelet probes its admin /ready and
-    /live on the pod IP (so the admin listens on 0.0.0.0), and the app through its own gRPC health."""
+    /live on the pod IP (so the admin listens on every address), and the app through its own gRPC health."""
     objects = render(overlay)
     pods = meshlet_pods(objects)
     for service in SIDECAR_MODE:
@@ -204,7 +224,7 @@ def test_native_sidecars_and_their_probes(overlay: str, tmp_path: Path) -> None:
         assert sidecar["restartPolicy"] == "Always"
         config = load_config(config_path(pod, tmp_path), env=pod_env(sidecar))
         admin_host, admin_port = split_host_port(config.sidecar.admin)
-        assert admin_host == "0.0.0.0"
+        assert admin_host == EVERY_ADDRESS
         assert has_port(sidecar, admin_port)
         assert sidecar["readinessProbe"]["httpGet"]["path"] == "/ready"
         assert sidecar["livenessProbe"]["httpGet"]["path"] == "/live"

@@ -18,6 +18,7 @@ from meshlet.config import (
     parse_duration,
     split_host_port,
 )
+from meshlet.discovery.consul_client import consul_client
 from meshlet.errors import ConfigError
 
 DESIGN_EXAMPLE = """
@@ -239,10 +240,21 @@ def test_consul_http_ssl_makes_a_bare_address_https() -> None:
         ("HTTPS://consul:8501", "https://consul:8501"),
         ("[::1]:8500", "http://[::1]:8500"),
         ("consul.service", "http://consul.service"),
+        # http://$(HOST_IP):8500 on an IPv6 node: the last :N is the port, and the host gets its brackets
+        ("http://fd00:1::2:8500", "http://[fd00:1::2]:8500"),
+        ("fd00:1::2:8500", "http://[fd00:1::2]:8500"),
+        ("https://2001:db8::1:8501", "https://[2001:db8::1]:8501"),
+        ("http://fd00::1", "http://[fd00::1]"),  # no port: the whole is the address
     ],
 )
 def test_consul_address_accepts_host_port_or_a_url(written: str, normalised: str) -> None:
     assert normalise_consul_address(written) == normalised
+
+
+@pytest.mark.parametrize("written", ["http://fd00::zz:8500", "http://a:b:c", "http://fd00:1::2:port"])
+def test_a_consul_address_with_colons_that_is_no_ipv6_address_is_refused(written: str) -> None:
+    with pytest.raises(ValueError, match="host:port"):
+        normalise_consul_address(written)
 
 
 def test_otel_variables_give_the_telemetry_defaults() -> None:
@@ -542,3 +554,12 @@ def test_a_per_method_rate_limit_keyed_by_a_bare_name_says_what_a_pattern_is(wri
     assert error.path.startswith("rate_limit.per_method.Create")
     assert error.value == "Create"
     assert '"/pkg.Service/*"' in error.allowed
+
+
+async def test_the_consul_client_brackets_an_ipv6_agent_in_its_urls() -> None:
+    """py-consul pastes host and port into its base URL: the brackets must survive the trip."""
+    client = consul_client("http://[fd00:1::2]:8500")
+    try:
+        assert client.http.base_uri == "http://[fd00:1::2]:8500"
+    finally:
+        await client.close()

@@ -33,7 +33,9 @@ def consul_client(
     with warnings.catch_warnings():
         # py-consul hands aiohttp an ssl_context argument that aiohttp deprecates; harmless, and fatal under -W error
         warnings.filterwarnings("ignore", message="ssl_context is deprecated", category=DeprecationWarning)
-        client = consul.aio.Consul(host=host, port=port, scheme=scheme, token=token, verify=ca_file or True)
+        # py-consul pastes host and port into its base URL: an IPv6 host needs its brackets there.
+        url_host = f"[{host}]" if ":" in host else host
+        client = consul.aio.Consul(host=url_host, port=port, scheme=scheme, token=token, verify=ca_file or True)
     if token is not None:
         client.token = token
     return client
