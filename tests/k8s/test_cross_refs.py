@@ -12,6 +12,7 @@ from tests.k8s.manifests import (
     FAKE_FIELDS,
     MESHLET_IMAGE,
     OVERLAYS,
+    MeshletPod,
     Obj,
     config_path,
     has_port,
@@ -21,6 +22,7 @@ from tests.k8s.manifests import (
     probe_port,
     probes,
     render,
+    render_extra,
     workload,
     workloads,
 )
@@ -87,6 +89,8 @@ def test_every_network_policy_port_is_open_on_the_pods_it_guards(overlay: str) -
         assert guarded, f"NetworkPolicy {name} guards no pod"
         for rule in policy["spec"].get("ingress", []):
             for peer in rule.get("from", []):
+                if "namespaceSelector" in peer:
+                    continue  # pods of another namespace (Prometheus): not made here
                 assert any(w.selected_by(peer["podSelector"]) for w in workloads(objects)), f"{name}: {peer}"
             for port in rule.get("ports", []):
                 for w in guarded:
@@ -253,6 +257,68 @@ def test_termination_grace_covers_the_drain(overlay: str, tmp_path: Path) -> Non
             assert period >= PRESTOP_NOTICE_S + grace + 2 * grace, pod.service
         else:
             assert period >= grace + 5, pod.service
+
+
+PROMETHEUS = {"namespace": "monitoring", "app.kubernetes.io/name": "prometheus"}  # base's shop-metrics peer
+
+
+def metrics_port(pod: MeshletPod, tmp_path: Path) -> int:
+    """Where `pod` serves /metrics: a sidecar on its admin port, an SDK service on telemetry.metrics_port."""
+    config = load_config(config_path(pod, tmp_path), env=pod_env(pod.meshlet_container))
+    if pod.sidecar_mode:
+        return split_host_port(config.sidecar.admin)[1]
+    assert config.telemetry.metrics_port is not None, pod.service
+    return config.telemetry.metrics_port
+
+
+def admits_prometheus(peer: Obj) -> bool:
+    namespace: dict[str, str] = peer.get("namespaceSelector", {}).get("matchLabels", {})
+    pods: dict[str, str] = peer.get("podSelector", {}).get("matchLabels", {})
+    return namespace == {"kubernetes.io/metadata.name": PROMETHEUS["namespace"]} and pods.items() <= {
+        ("app.kubernetes.io/name", PROMETHEUS["app.kubernetes.io/name"])
+    }
+
+
+@pytest.mark.parametrize("overlay", OVERLAYS)
+def test_prometheus_finds_and_may_scrape_every_shop_pod(overlay: str, tmp_path: Path) -> None:
+    """Each shop pod says where its /metrics is (prometheus.io/* annotations, for kubernetes_sd), declares that
+    port, and a NetworkPolicy admits Prometheus to it (a pod that any policy selects takes nothing else)."""
+    objects = render(overlay)
+    policies = named(objects, "NetworkPolicy").values()
+    for pod in meshlet_pods(objects).values():
+        port = metrics_port(pod, tmp_path)
+        annotations = pod.workload.obj["spec"]["template"]["metadata"].get("annotations", {})
+        expected = {"prometheus.io/scrape": "true", "prometheus.io/port": str(port), "prometheus.io/path": "/metrics"}
+        assert expected.items() <= annotations.items(), pod.service
+        assert has_port(pod.meshlet_container, port), pod.service
+        admitted = {
+            declared["port"]
+            for policy in policies
+            if pod.workload.selected_by(policy["spec"]["podSelector"])
+            for rule in policy["spec"].get("ingress", [])
+            if any(admits_prometheus(peer) for peer in rule.get("from", []))
+            for declared in rule.get("ports", [])
+        }
+        assert port in admitted, f"{pod.service}: no NetworkPolicy admits Prometheus to {port}"
+
+
+@pytest.mark.parametrize("overlay", OVERLAYS)
+def test_the_service_monitor_scrapes_every_shop_pods_metrics_port(overlay: str, tmp_path: Path) -> None:
+    """k8s/monitoring's ServiceMonitor picks every shop Service, and one of its endpoints names the Service port
+    that leads to the pod's /metrics."""
+    [monitor] = [o for o in render_extra("monitoring") if o["kind"] == "ServiceMonitor"]
+    assert monitor["metadata"]["namespace"] == "meshlet"
+    wanted = monitor["spec"]["selector"]["matchLabels"]
+    endpoint_ports = {e["port"]: e["path"] for e in monitor["spec"]["endpoints"]}
+    objects = render(overlay)
+    services = named(objects, "Service")
+    for pod in meshlet_pods(objects).values():
+        service = services[pod.service]
+        assert wanted.items() <= service["metadata"]["labels"].items(), pod.service
+        port = metrics_port(pod, tmp_path)
+        scraped = [p for p in service["spec"]["ports"] if p.get("name") in endpoint_ports]
+        assert [p.get("targetPort") for p in scraped] == [port], pod.service
+        assert endpoint_ports[scraped[0]["name"]] == "/metrics"
 
 
 def test_dev_runs_one_replica_of_everything() -> None:
