@@ -3,7 +3,8 @@
 Istio's port and Linkerd's and Envoy's paths: ``/ready`` (200 only once the sidecar can serve; 503 names what
 it still waits for), ``/live``, ``/clusters`` (Envoy's: upstreams, endpoints, breaker states, in-flight),
 ``/config`` (the effective configuration, secrets redacted) and ``/metrics`` (Prometheus text, rendered by
-prometheus_client from the sidecar's registry). ``POST /drain`` (the app container's preStop hook) puts the
+prometheus_client from the sidecar's registry). ``/app`` is the app's health alone: the liveness probe of an app
+that listens on loopback, out of the kubelet's reach. ``POST /drain`` (the app container's preStop hook) puts the
 instance into Consul maintenance until the app restarts; it answers only callers inside the pod (loopback), since
 the admin port also listens on the pod IP for the kubelet and Prometheus. Admin keeps no state of its own: each
 page is rendered from the callables the sidecar hands in, off the data path.
@@ -22,13 +23,14 @@ from meshlet.config import listen_host
 from meshlet.resilience.breaker import CLOSED
 from meshlet.telemetry.metrics_server import CONTENT_TYPE
 
-PATHS = ("/ready", "/live", "/clusters[?format=json]", "/config", "/metrics", "POST /drain")
+PATHS = ("/ready", "/live", "/app", "/clusters[?format=json]", "/config", "/metrics", "POST /drain")
 NOT_FOUND_HINT = "no such admin endpoint; try " + ", ".join(PATHS) + "\n"
 METRICS_CONTENT_TYPE = CONTENT_TYPE  # Prometheus text exposition 0.0.4, as the SDK's metrics port serves it
 
 Ready = Callable[[], tuple[bool, list[str]]]
 Clusters = Callable[[], Sequence[Mapping[str, Any]]]
 Drain = Callable[[], Awaitable[tuple[int, str]]]  # -> (HTTP status, text)
+AppStatus = Callable[[], tuple[bool, str]]  # -> (the app is SERVING, what the last probe found)
 
 
 class Describes(Protocol):
@@ -80,6 +82,16 @@ def from_inside_the_pod(remote: str | None) -> bool:
     return address.is_loopback
 
 
+def app_page(healthy: bool, finding: str) -> tuple[int, str]:
+    """The app's health alone (the liveness probe of an app that listens on loopback only): not /ready, which
+    also waits for what a restart of the app cannot fix (certificates, discovery)."""
+    return (200, f"app: {finding}\n") if healthy else (503, f"app: {finding}\n")
+
+
+def no_app() -> tuple[bool, str]:
+    return False, "none: this sidecar has no app (sidecar.app)"
+
+
 async def nothing_to_drain() -> tuple[int, str]:
     return 409, "nothing to drain: this sidecar has no app (sidecar.app)\n"
 
@@ -92,7 +104,8 @@ class Admin:
 
     `ready` returns (ready, what it waits for); `clusters` the upstreams' `describe()` dicts (see
     `describe_upstreams`); `config` the redacted configuration (``Config.redacted()``); `metrics` the /metrics
-    page in Prometheus text (``Metrics.render``); `drain` serves ``POST /drain``.
+    page in Prometheus text (``Metrics.render``); `app` the app's health for ``/app``; `drain` serves
+    ``POST /drain``.
     """
 
     def __init__(
@@ -103,6 +116,7 @@ class Admin:
         clusters: Clusters,
         config: Callable[[], Mapping[str, Any]],
         metrics: Callable[[], bytes],
+        app: AppStatus = no_app,
         drain: Drain = nothing_to_drain,
     ) -> None:
         self.address = address
@@ -110,6 +124,7 @@ class Admin:
         self._clusters = clusters
         self._config = config
         self._metrics = metrics
+        self._app = app
         self._drain = drain
         self._runner: web.AppRunner | None = None
 
@@ -117,6 +132,7 @@ class Admin:
         app = web.Application(middlewares=[_hint_on_404])
         app.router.add_get("/ready", self._ready_page)
         app.router.add_get("/live", self._live_page)
+        app.router.add_get("/app", self._app_page)
         app.router.add_get("/clusters", self._clusters_page)
         app.router.add_get("/config", self._config_page)
         app.router.add_get("/metrics", self._metrics_page)
@@ -150,6 +166,10 @@ class Admin:
 
     async def _live_page(self, request: web.Request) -> web.Response:
         return web.Response(text="live\n")  # answering at all is the proof: the event loop is turning
+
+    async def _app_page(self, request: web.Request) -> web.Response:
+        status, text = app_page(*self._app())
+        return web.Response(status=status, text=text)
 
     async def _clusters_page(self, request: web.Request) -> web.Response:
         form = request.query.get("format", "text")

@@ -32,7 +32,7 @@ from meshlet.inbound import InboundParts
 from meshlet.mesh import Mesh
 from meshlet.security.certs import TlsConfigError
 from meshlet.telemetry.metrics import Metrics
-from meshlet_sidecar.admin import Admin, describe_upstreams, nothing_to_drain
+from meshlet_sidecar.admin import Admin, describe_upstreams, no_app, nothing_to_drain
 from meshlet_sidecar.app_health import AppHealth
 from meshlet_sidecar.forward import ForwardToApp
 from meshlet_sidecar.inbound_listener import InboundListener
@@ -67,6 +67,7 @@ class Sidecar:
             clusters=self.clusters,
             config=config.redacted,
             metrics=self.metrics.render,
+            app=self.app_status,
             drain=self.drain,
         )
         self.outbound = [self._outbound_listener(config.sidecar.outbound, None)] + [
@@ -136,6 +137,11 @@ class Sidecar:
         if self.maintenance is not None and self.maintenance.active:
             waiting.append("the app's restart: in maintenance since its preStop drain")
         return not waiting, waiting
+
+    def app_status(self) -> tuple[bool, str]:
+        if self.app is None:
+            return no_app()
+        return self.app.healthy, f"{self.app.status()} ({self.app.last_error or self.app.probe_kind})"
 
     async def drain(self) -> tuple[int, str]:
         """``POST /drain``: out of rotation until the app is back (or the pod goes, and the instance with it)."""

@@ -42,13 +42,17 @@ def project_version() -> str:
 
 @pytest.mark.parametrize("overlay", OVERLAYS)
 def test_every_probe_names_a_port_of_its_own_container(overlay: str) -> None:
+    """...or, for an app beside a native sidecar, the sidecar's (the app listens on loopback, out of the kubelet's
+    reach: test_native_sidecars_and_their_probes)."""
     for w in workloads(render(overlay)):
+        sidecars = [c for c in w.pod.get("initContainers", []) if c.get("restartPolicy") == "Always"]
         for container in w.containers():
             for kind, probe in probes(container):
                 if "exec" in probe:
                     continue
                 port = probe_port(probe)
-                assert has_port(container, port), f"{w.name}/{container['name']} {kind} port {port} not declared"
+                owners = [container, *sidecars] if container in w.pod["containers"] else [container]
+                assert any(has_port(c, port) for c in owners), f"{w.name}/{container['name']} {kind} port {port}"
 
 
 @pytest.mark.parametrize("overlay", OVERLAYS)
@@ -218,7 +222,9 @@ def test_the_mesh_port_is_15006_in_every_shop_pod(overlay: str, tmp_path: Path) 
 @pytest.mark.parametrize("overlay", OVERLAYS)
 def test_native_sidecars_and_their_probes(overlay: str, tmp_path: Path) -> None:
     """The sidecar is an init container with restartPolicy Always; the kubelet probes its admin /ready and
-    /live on the pod IP (so the admin listens on every address), and the app through its own gRPC health."""
+    /live on the pod IP (so the admin listens on every address). The app listens on loopback only, so the
+    kubelet probes it through the sidecar: the sidecar's /ready includes its health, and its liveness probe is
+    the sidecar's /app."""
     objects = render(overlay)
     pods = meshlet_pods(objects)
     for service in SIDECAR_MODE:
@@ -235,11 +241,13 @@ def test_native_sidecars_and_their_probes(overlay: str, tmp_path: Path) -> None:
         assert sidecar["startupProbe"]["httpGet"]["path"] == "/live", "/ready waits for the app: it cannot gate it"
         probed = sidecar["readinessProbe"]["httpGet"]["port"]
         assert any(p["containerPort"] == admin_port and probed in (admin_port, p.get("name")) for p in sidecar["ports"])
-        _, app_port = split_host_port(config.sidecar.app or "")
+        app_host, app_port = split_host_port(config.sidecar.app or "")
         app = pod.app_container
-        assert app["readinessProbe"]["grpc"]["port"] == app_port
-        assert app["livenessProbe"]["grpc"]["port"] == app_port
+        assert (app_host, pod_env(app)["SHOP_HOST"]) == ("127.0.0.1", "127.0.0.1"), "the plain app on loopback"
         assert pod_env(app)["SHOP_PORT"] == str(app_port)
+        assert "ports" not in app, "a loopback port is no port of the pod"
+        assert "readinessProbe" not in app, "the sidecar's /ready includes the app's health"
+        assert app["livenessProbe"]["httpGet"] == {"path": "/app", "port": admin_port}, "the app's health alone"
 
 
 @pytest.mark.parametrize("overlay", OVERLAYS)

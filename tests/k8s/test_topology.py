@@ -385,6 +385,12 @@ async def test_an_app_restarted_after_a_failed_liveness_probe_comes_back_into_ro
     app = inventory.workload.container("inventory")
     sidecar = inventory.workload.container("meshlet-sidecar")
     in_rotation = registered_at(agent, "inventory", inventory.pod)
+    # The plain app listens on loopback: its port is out of reach from the node, and the kubelet's liveness
+    # probe reaches its health through the sidecar.
+    app_port = int(pod_env(app)["SHOP_PORT"])
+    with pytest.raises(OSError):
+        socket.create_connection((inventory.pod.ip, app_port), timeout=2).close()
+    assert inventory.probe(app, "livenessProbe")
 
     hook = ["env", "DRAIN_NOTICE_S=0", *app["lifecycle"]["preStop"]["exec"]["command"]]
     code, output = await inventory.exec(app, hook, "")
@@ -396,6 +402,7 @@ async def test_an_app_restarted_after_a_failed_liveness_probe_comes_back_into_ro
     stopped.signal(signal.SIGTERM)
     await asyncio.to_thread(stopped.wait, START_S)
     assert not in_rotation()
+    await eventually(lambda: not inventory.probe(app, "livenessProbe"), "the stopped app's liveness to fail", START_S)
 
     inventory.start(app)  # the kubelet starts the container again
     try:
@@ -404,3 +411,4 @@ async def test_an_app_restarted_after_a_failed_liveness_probe_comes_back_into_ro
         logs = "\n".join(child.output()[-3000:] for child in pod_procs.children)
         raise AssertionError(f"Consul has {agent.get('/v1/health/service/inventory')}; logs:\n{logs}") from None
     await inventory.wait(sidecar, "readinessProbe")
+    await inventory.wait(app, "livenessProbe")
