@@ -20,6 +20,7 @@ from meshlet.config import (
 )
 from meshlet.discovery.consul_client import consul_client
 from meshlet.errors import ConfigError
+from meshlet.mesh import Mesh
 
 DESIGN_EXAMPLE = """
 service:
@@ -211,6 +212,37 @@ def test_consul_cli_variables_set_address_token_and_cacert() -> None:
     assert consul.token is not None
     assert consul.token.get_secret_value() == "secret"
     assert consul.cacert == Path("/etc/ca.pem")
+
+
+def test_consul_http_token_file_names_the_token_file(tmp_path: Path) -> None:
+    token_file = tmp_path / "acl-token"
+    consul = load_config(env={"CONSUL_HTTP_TOKEN_FILE": str(token_file)}).consul
+    assert consul.token_file == token_file
+
+
+async def test_a_token_file_wins_over_the_token_as_in_consuls_own_client(tmp_path: Path) -> None:
+    """Consul's api client: "If the TokenFile is set, always use that, even if a Token is configured"; an empty
+    file leaves the token in force. The file is read when a client is built, so a new login is picked up."""
+    token_file = tmp_path / "acl-token"
+    token_file.write_text("from-login\n")
+    client = consul_client("http://127.0.0.1:8500", token="from-env", token_file=str(token_file))
+    try:
+        assert client.token == "from-login"
+    finally:
+        await client.close()
+    token_file.write_text("")
+    client = consul_client("http://127.0.0.1:8500", token="from-env", token_file=str(token_file))
+    try:
+        assert client.token == "from-env"
+    finally:
+        await client.close()
+
+
+async def test_a_token_file_that_cannot_be_read_is_a_config_error(tmp_path: Path) -> None:
+    missing = tmp_path / "not-logged-in-yet"
+    config = load_config(env={"CONSUL_HTTP_TOKEN_FILE": str(missing), "MESHLET_SERVICE__NAME": "orders"})
+    with pytest.raises(ConfigError, match=r"consul\.token_file .*cannot be read"):
+        Mesh(config)
 
 
 def test_meshlet_consul_variables_win_over_the_consul_cli_ones() -> None:
