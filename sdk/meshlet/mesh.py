@@ -24,9 +24,10 @@ from opentelemetry.trace import Tracer
 from meshlet.call import matches_any
 from meshlet.config import Config, load_config
 from meshlet.deadline import Clock
-from meshlet.discovery.consul_client import ConsulFactory, consul_factory
+from meshlet.discovery.consul_client import ConsulFactory, consul_factory, read_token_file
 from meshlet.discovery.consul_watch import ConsulWatch
 from meshlet.discovery.registration import Registration
+from meshlet.errors import ConfigError
 from meshlet.events import EventBus
 from meshlet.inbound import InboundHandler, InboundParts, build_inbound
 from meshlet.security.certs import (
@@ -103,7 +104,10 @@ class Mesh:
         self._rng = rng or random.Random()
         token = config.consul.token.get_secret_value() if config.consul.token is not None else None
         cacert = str(config.consul.cacert) if config.consul.cacert is not None else None
-        self._consul: ConsulFactory = consul_factory(config.consul.address, token=token, ca_file=cacert)
+        token_file = _readable_token_file(config)
+        self._consul: ConsulFactory = consul_factory(
+            config.consul.address, token=token, token_file=token_file, ca_file=cacert
+        )
         self._upstreams: dict[str, Upstream] = {}
         self._watches: dict[str, ConsulWatch] = {}
         self._channels: dict[str, MeshChannel] = {}
@@ -280,10 +284,11 @@ class Mesh:
         names = [*_recorded_services(server), health.SERVICE_NAME, reflection.SERVICE_NAME]
         reflection.enable_server_reflection(names, server)
         await self.start()  # certificates, and the metrics port, for a mesh that was not entered
+        listen = f"[{host.strip('[]')}]:{port}" if ":" in host else f"{host}:{port}"  # "::": both families
         if self._tls is not None:
-            bound = server.add_secure_port(f"{host}:{port}", server_credentials(self._tls))
+            bound = server.add_secure_port(listen, server_credentials(self._tls))
         else:
-            bound = server.add_insecure_port(f"{host}:{port}")
+            bound = server.add_insecure_port(listen)
         await server.start()
         for service_name in ("", *_recorded_services(server)):
             await health_servicer.set(service_name, health_pb2.HealthCheckResponse.SERVING)
@@ -402,3 +407,16 @@ def _overall_status(servicer: health.aio.HealthServicer) -> str:
 def _recorded_services(server: grpc.aio.Server) -> list[str]:
     recorded: list[str] = getattr(server, "meshlet_services", [])
     return [name for name in recorded if name not in (health.SERVICE_NAME, reflection.SERVICE_NAME)]
+
+
+def _readable_token_file(config: Config) -> str | None:
+    """``consul.token_file``, checked once here so that a missing file is a bad config, not a failed watch."""
+    path = config.consul.token_file
+    if path is None:
+        return None
+    try:
+        read_token_file(str(path))
+    except OSError as error:
+        why = f"cannot be read ({error.strerror or error})"
+        raise ConfigError("consul.token_file", str(path), f"{why}: it holds the Consul ACL token") from None
+    return str(path)

@@ -29,7 +29,7 @@ import time
 from collections.abc import Coroutine, Iterator
 from typing import Any
 
-from meshlet.config import split_host_port
+from meshlet.config import listen_host, split_host_port
 from meshlet.deadline import Clock
 from meshlet.inbound import InboundParts
 from meshlet.security.certs import CertificateSource, TlsMaterial
@@ -93,7 +93,7 @@ class SpliceListener:
         try:
             server = await asyncio.start_server(
                 self._accept,
-                host or None,
+                listen_host(host),
                 port,
                 ssl=context,
                 ssl_handshake_timeout=HANDSHAKE_TIMEOUT_S,

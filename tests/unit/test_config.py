@@ -18,7 +18,9 @@ from meshlet.config import (
     parse_duration,
     split_host_port,
 )
+from meshlet.discovery.consul_client import consul_client
 from meshlet.errors import ConfigError
+from meshlet.mesh import Mesh
 
 DESIGN_EXAMPLE = """
 service:
@@ -212,6 +214,37 @@ def test_consul_cli_variables_set_address_token_and_cacert() -> None:
     assert consul.cacert == Path("/etc/ca.pem")
 
 
+def test_consul_http_token_file_names_the_token_file(tmp_path: Path) -> None:
+    token_file = tmp_path / "acl-token"
+    consul = load_config(env={"CONSUL_HTTP_TOKEN_FILE": str(token_file)}).consul
+    assert consul.token_file == token_file
+
+
+async def test_a_token_file_wins_over_the_token_as_in_consuls_own_client(tmp_path: Path) -> None:
+    """Consul's api client: "If the TokenFile is set, always use that, even if a Token is configured"; an empty
+    file leaves the token in force. The file is read when a client is built, so a new login is picked up."""
+    token_file = tmp_path / "acl-token"
+    token_file.write_text("from-login\n")
+    client = consul_client("http://127.0.0.1:8500", token="from-env", token_file=str(token_file))
+    try:
+        assert client.token == "from-login"
+    finally:
+        await client.close()
+    token_file.write_text("")
+    client = consul_client("http://127.0.0.1:8500", token="from-env", token_file=str(token_file))
+    try:
+        assert client.token == "from-env"
+    finally:
+        await client.close()
+
+
+async def test_a_token_file_that_cannot_be_read_is_a_config_error(tmp_path: Path) -> None:
+    missing = tmp_path / "not-logged-in-yet"
+    config = load_config(env={"CONSUL_HTTP_TOKEN_FILE": str(missing), "MESHLET_SERVICE__NAME": "orders"})
+    with pytest.raises(ConfigError, match=r"consul\.token_file .*cannot be read"):
+        Mesh(config)
+
+
 def test_meshlet_consul_variables_win_over_the_consul_cli_ones() -> None:
     env = {"CONSUL_HTTP_ADDR": "a:8500", "MESHLET_CONSUL__ADDRESS": "b:8500", "CONSUL_HTTP_TOKEN": "x"}
     env["MESHLET_CONSUL__TOKEN"] = "y"
@@ -239,10 +272,21 @@ def test_consul_http_ssl_makes_a_bare_address_https() -> None:
         ("HTTPS://consul:8501", "https://consul:8501"),
         ("[::1]:8500", "http://[::1]:8500"),
         ("consul.service", "http://consul.service"),
+        # http://$(HOST_IP):8500 on an IPv6 node: the last :N is the port, and the host gets its brackets
+        ("http://fd00:1::2:8500", "http://[fd00:1::2]:8500"),
+        ("fd00:1::2:8500", "http://[fd00:1::2]:8500"),
+        ("https://2001:db8::1:8501", "https://[2001:db8::1]:8501"),
+        ("http://fd00::1", "http://[fd00::1]"),  # no port: the whole is the address
     ],
 )
 def test_consul_address_accepts_host_port_or_a_url(written: str, normalised: str) -> None:
     assert normalise_consul_address(written) == normalised
+
+
+@pytest.mark.parametrize("written", ["http://fd00::zz:8500", "http://a:b:c", "http://fd00:1::2:port"])
+def test_a_consul_address_with_colons_that_is_no_ipv6_address_is_refused(written: str) -> None:
+    with pytest.raises(ValueError, match="host:port"):
+        normalise_consul_address(written)
 
 
 def test_otel_variables_give_the_telemetry_defaults() -> None:
@@ -599,3 +643,12 @@ def test_a_per_method_rate_limit_keyed_by_a_bare_name_says_what_a_pattern_is(wri
     assert error.path.startswith("rate_limit.per_method.Create")
     assert error.value == "Create"
     assert '"/pkg.Service/*"' in error.allowed
+
+
+async def test_the_consul_client_brackets_an_ipv6_agent_in_its_urls() -> None:
+    """py-consul pastes host and port into its base URL: the brackets must survive the trip."""
+    client = consul_client("http://[fd00:1::2]:8500")
+    try:
+        assert client.http.base_uri == "http://[fd00:1::2]:8500"
+    finally:
+        await client.close()

@@ -71,6 +71,9 @@ class ServiceConfig(_Section):
 class ConsulConfig(_Section):
     address: Annotated[str, parsed(normalise_consul_address)] = DEFAULT_CONSUL_ADDRESS
     token: SecretStr | None = None
+    # A file holding the token ($CONSUL_HTTP_TOKEN_FILE), e.g. the sink of `consul login`. As in Consul's own
+    # client, a non-empty file wins over `token`; it is read again whenever a Consul client is built.
+    token_file: Path | None = None
     cacert: Path | None = None
     datacenter: str | None = None
 
