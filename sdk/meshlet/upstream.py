@@ -159,9 +159,9 @@ class Upstream:
             except TimeoutError:
                 pass
 
-    def admits(self, endpoint: Endpoint) -> bool:
+    def admits(self, endpoint: Endpoint, attempt: Call) -> bool:
         admission = self._admission
-        return admission is None or admission.admits(endpoint)
+        return admission is None or admission.admits(endpoint, attempt)
 
     def no_endpoint_error(self, call: Call) -> MeshError:
         info = {"upstream": self.name, "attempts": str(call.attempt)}
@@ -191,7 +191,9 @@ class Upstream:
     def attempt_started(self, endpoint: Endpoint) -> None:
         self.load.started(endpoint)
 
-    def attempt_finished(self, endpoint: Endpoint, code: str | None, may_have_reached_server: bool) -> None:
+    def attempt_finished(
+        self, endpoint: Endpoint, code: str | None, may_have_reached_server: bool, attempt: Call
+    ) -> None:
         self.load.finished(endpoint)
         breaker = self._breakers.get(endpoint)
         if breaker is None:
@@ -199,7 +201,7 @@ class Upstream:
         if code is None:
             breaker.record_success()
         elif code == "CANCELLED":
-            breaker.record_cancelled()
+            breaker.record_cancelled(attempt)
         elif is_infrastructure_failure(code, may_have_reached_server):
             breaker.record_failure()
         else:

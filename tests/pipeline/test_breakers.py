@@ -147,3 +147,34 @@ async def test_a_retry_while_a_probe_is_in_flight_goes_back_to_the_healthy_endpo
     reply = await rig.unary(GET)
 
     assert reply == reply_from(B)
+
+
+async def test_cancelling_calls_sent_before_the_breaker_opened_lets_no_second_probe_out(make_rig: MakeRig) -> None:
+    """Half-open admits one probe at a time, however many older attempts to the endpoint end cancelled."""
+    rig = make_rig(balancer="round_robin")
+    rig.serve(A, B, C)
+    loop = asyncio.get_running_loop()
+    rig.transport.script(A, *(loop.create_future() for _ in range(3)))  # A hangs on these three
+    early = [asyncio.ensure_future(rig.unary(GET)) for _ in range(9)]
+    await until(lambda: len(rig.transport.to(A)) == 3, "three calls hang on A")
+    opened = await open_breaker_of(rig, A)
+    hanging = loop.create_future()
+    rig.transport.always(A, hanging)  # every probe hangs too, so each one sent stays in flight
+    rig.clock.advance(opened.reopen_after_s)
+    rig.upstream._rebuild()
+    sent_before = len(rig.transport.to(A))
+
+    later = [asyncio.ensure_future(rig.unary(GET)) for _ in range(10)]
+    await until(lambda: sum(call.done() for call in later) == 9, "every call but the probe answered")
+    for call in early:
+        call.cancel()  # the three still on A end cancelled: none of them was the probe
+    await until(lambda: all(call.done() for call in early), "the early calls ended")
+    more = [asyncio.ensure_future(rig.unary(GET)) for _ in range(10)]
+    await until(
+        lambda: sum(call.done() for call in more) + len(rig.transport.to(A)) - sent_before - 1 == len(more),
+        "every later call answered or hangs on A",
+    )
+
+    assert len(rig.transport.to(A)) == sent_before + 1  # the one probe, still in flight
+    hanging.set_result(b"A is back")
+    await asyncio.gather(*later, *more)

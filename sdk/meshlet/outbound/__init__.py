@@ -61,7 +61,7 @@ def build_outbound(parts: OutboundParts) -> Callable[[Call], Awaitable[Any]]:
     per_attempt: Handler[Call] = compose(
         [
             *attempt_stages,
-            PickEndpoint(parts.balancer),  # per attempt, so a retry can avoid the endpoint that just failed
+            PickEndpoint(parts.balancer, parts.policy.deadline_floor),  # per attempt: a retry avoids the last one
             *([CountAttempt(parts.service, parts.metrics)] if parts.metrics else []),  # attempts that got an endpoint
             ReportOutcome(parts.outcomes),  # wraps send: sees the final status and whether the request left
         ],

@@ -19,8 +19,11 @@ from meshlet.pipeline import ReplyStream
 class OutcomeSink(Protocol):
     def attempt_started(self, endpoint: Endpoint) -> None: ...
 
-    def attempt_finished(self, endpoint: Endpoint, code: str | None, may_have_reached_server: bool) -> None:
-        """`code` is the gRPC status name, None for success; cancellation by the caller is "CANCELLED"."""
+    def attempt_finished(
+        self, endpoint: Endpoint, code: str | None, may_have_reached_server: bool, attempt: Call
+    ) -> None:
+        """`code` is the gRPC status name, None for success; cancellation by the caller is "CANCELLED".
+        `attempt` is the call whose attempt ended (as the pick stage passed it to the breaker)."""
 
 
 class ReportOutcome:
@@ -37,15 +40,15 @@ class ReportOutcome:
         try:
             reply = await next(call)
         except grpc.aio.AioRpcError as error:
-            sink.attempt_finished(endpoint, error.code().name, call.may_have_reached_server)
+            sink.attempt_finished(endpoint, error.code().name, call.may_have_reached_server, call)
             raise
         except BaseException:
-            sink.attempt_finished(endpoint, "CANCELLED", call.may_have_reached_server)
+            sink.attempt_finished(endpoint, "CANCELLED", call.may_have_reached_server, call)
             raise
         if isinstance(reply, ReplyStream):
-            reply.add_done_callback(lambda error: sink.attempt_finished(endpoint, _code_name(error), True))
+            reply.add_done_callback(lambda error: sink.attempt_finished(endpoint, _code_name(error), True, call))
         else:
-            sink.attempt_finished(endpoint, None, True)
+            sink.attempt_finished(endpoint, None, True, call)
         return reply
 
 
