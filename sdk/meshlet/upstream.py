@@ -21,6 +21,7 @@ from meshlet.endpoints import Endpoint, EndpointSet
 from meshlet.errors import BreakerOpen, MeshError, NoHealthyEndpoint
 from meshlet.events import EndpointsChanged, Event, EventBus
 from meshlet.outbound import OutboundParts, build_outbound
+from meshlet.outbound.report import NO_VERDICT
 from meshlet.outbound.retry import Sleep
 from meshlet.resilience.breaker import EndpointBreaker, is_infrastructure_failure
 from meshlet.resilience.budget import RetryBudget
@@ -200,7 +201,7 @@ class Upstream:
             return
         if code is None:
             breaker.record_success()
-        elif code == "CANCELLED":
+        elif code == NO_VERDICT:
             breaker.record_cancelled(attempt)
         elif is_infrastructure_failure(code, may_have_reached_server):
             breaker.record_failure()

@@ -120,6 +120,46 @@ async def test_a_handler_deadline_flows_into_its_outbound_calls(
     assert 0.5 < seen_by_backend < 2.0, "the backend should see what was left of the caller's 2 s, not a fresh 5 s"
 
 
+async def test_callers_with_short_deadlines_do_not_eject_a_healthy_instance(
+    fleet: EchoFleet, mesh_factory: MeshFactory
+) -> None:
+    """A caller whose own deadline is shorter than the instance's latency fails alone: the instance stays in."""
+    fleet.start("a", "--delay-ms", "50")
+    mesh = mesh_factory()
+    stub = echo_pb2_grpc.EchoStub(mesh.channel(fleet.service))
+    assert (await stub.Echo(HELLO, timeout=5)).served_by == "a"  # discovery has answered, the channel is up
+
+    for _ in range(5):
+        with pytest.raises(grpc.aio.AioRpcError) as impatient:
+            await stub.Echo(HELLO, timeout=0.02)
+        assert impatient.value.code() is grpc.StatusCode.DEADLINE_EXCEEDED
+
+    assert "breakers: 1 closed" in repr(mesh.upstream(fleet.service))
+    assert (await stub.Echo(HELLO, timeout=5)).served_by == "a"
+
+
+async def test_an_instance_slower_than_the_upstreams_timeout_is_ejected(
+    fleet: EchoFleet, mesh_factory: MeshFactory
+) -> None:
+    fleet.start("a")
+    mesh = mesh_factory(**{"upstream_defaults.timeout": "200ms"})
+    stub = echo_pb2_grpc.EchoStub(mesh.channel(fleet.service))
+    assert (await stub.Echo(HELLO)).served_by == "a"  # discovery has answered, the channel is up
+    stalled = (("x-echo-sleep-ms", "2000"),)  # the instance now takes 2 s, ten times the upstream's timeout
+
+    for _ in range(5):  # no deadline of their own: each gives the instance the upstream's whole timeout
+        with pytest.raises(grpc.aio.AioRpcError) as timed_out:
+            await stub.Echo(HELLO, metadata=stalled)
+        assert timed_out.value.code() is grpc.StatusCode.DEADLINE_EXCEEDED
+    with pytest.raises(grpc.aio.AioRpcError) as refused:
+        await stub.Echo(HELLO)
+
+    info = error_info(refused.value)
+    assert info is not None
+    assert info.reason == ErrorReason.BREAKER_OPEN
+    assert "breakers: 1 open" in repr(mesh.upstream(fleet.service))
+
+
 async def test_a_new_instance_gets_calls_soon_after_it_registers(fleet: EchoFleet, mesh_factory: MeshFactory) -> None:
     fleet.start("first")
     stub = echo_pb2_grpc.EchoStub(mesh_factory().channel(fleet.service))

@@ -12,8 +12,8 @@ import pytest
 from meshlet.endpoints import Endpoint
 from meshlet.errors import ErrorReason
 from meshlet.events import BreakerClosed, BreakerHalfOpened, BreakerOpened
-from tests.pipeline.conftest import GET, RESERVE, SERVICE, A, B, C, MakeRig, Rig, info_of, until
-from tests.pipeline.scripted import failure, reply_from, unavailable
+from tests.pipeline.conftest import GET, RESERVE, SERVICE, WATCH, A, B, C, MakeRig, Rig, info_of, until
+from tests.pipeline.scripted import Stream, failure, reply_from, unavailable
 
 
 async def open_breaker_of(rig: Rig, endpoint: Endpoint) -> BreakerOpened:
@@ -178,3 +178,38 @@ async def test_cancelling_calls_sent_before_the_breaker_opened_lets_no_second_pr
     assert len(rig.transport.to(A)) == sent_before + 1  # the one probe, still in flight
     hanging.set_result(b"A is back")
     await asyncio.gather(*later, *more)
+
+
+async def test_streams_that_run_into_their_callers_deadline_do_not_count_against_their_endpoint(
+    make_rig: MakeRig,
+) -> None:
+    """A watch that streams until its caller's deadline ends it was answered all along."""
+    rig = make_rig()
+    rig.serve(A)
+    ended = failure(grpc.StatusCode.DEADLINE_EXCEEDED, "Deadline Exceeded")
+    rig.transport.always(A, Stream([b"10", b"9"], error=ended))
+
+    for _ in range(6):
+        stream = rig.channel.unary_stream(WATCH)(b"sku-1", timeout=60.0)
+        with pytest.raises(grpc.aio.AioRpcError) as caught:
+            _ = [message async for message in stream]
+        assert caught.value.code() is grpc.StatusCode.DEADLINE_EXCEEDED
+
+    assert rig.events_of(BreakerOpened) == []
+    assert "breakers: 1 closed" in repr(rig.upstream)
+
+
+async def test_attempts_cut_short_by_the_callers_own_deadline_do_not_count_against_their_endpoint(
+    make_rig: MakeRig,
+) -> None:
+    rig = make_rig()
+    rig.serve(A)
+    rig.transport.always(A, failure(grpc.StatusCode.DEADLINE_EXCEEDED, "Deadline Exceeded"))
+
+    for _ in range(6):
+        await rig.failing(GET, timeout=0.02)  # 20 ms of the upstream's 5 s timeout
+    assert rig.events_of(BreakerOpened) == []
+
+    for _ in range(5):
+        await rig.failing(GET)  # the upstream's whole timeout, unanswered
+    assert [event.endpoint for event in rig.events_of(BreakerOpened)] == [A]

@@ -30,7 +30,7 @@ class SendOnChannel:
         assert call.deadline is not None
         multicallable = self._channels.get(call.endpoint).callable_for(call.method)
         method = call.method
-        timeout = call.deadline.remaining()
+        timeout = call.attempt_timeout_s = call.deadline.remaining()
         if method.client_streaming:  # written by a task that stops when the call ends (see transport/streams.py)
             grpc_call = multicallable(
                 timeout=timeout, metadata=call.attempt_metadata(), wait_for_ready=call.wait_for_ready

@@ -36,15 +36,29 @@ HALF_OPEN = "half_open"
 
 INFRASTRUCTURE_FAILURES = frozenset({"UNAVAILABLE", "INTERNAL", "DEADLINE_EXCEEDED", "DATA_LOSS"})
 
+FAIR_SHARE = 0.5
+"""The share of the upstream's `timeout` an attempt must have been given for its DEADLINE_EXCEEDED to count."""
+
+
+def had_fair_share(attempt_timeout_s: float, upstream_timeout_s: float) -> bool:
+    """Whether an attempt that ran out of time had long enough for that to say something about its endpoint.
+
+    A caller's own short deadline running out (20 ms to a healthy 50 ms instance) is the caller's business; an
+    instance that leaves half the upstream's timeout unanswered is failing. Half, not all: a deadline inherited
+    along a chain of calls is always a little shorter than the timeout the next hop is configured with.
+    """
+    return attempt_timeout_s >= FAIR_SHARE * upstream_timeout_s
+
 
 def is_infrastructure_failure(code_name: str, reached_server: bool) -> bool:
     """Whether a failed attempt says the endpoint is unwell, and so counts against its breaker.
 
-    UNAVAILABLE, INTERNAL, DATA_LOSS and DEADLINE_EXCEEDED (report it only for the attempt's own timeout, not
-    when the caller gave up) count; UNKNOWN counts only when the transport made it up (`reached_server` False),
-    since a server that answers UNKNOWN is reporting an application's unhandled exception. Application codes
-    never count: the endpoint answered correctly that the request was wrong, and RESOURCE_EXHAUSTED is a load
-    signal for the balancer, not a fault (Linkerd and Envoy count only server faults).
+    UNAVAILABLE, INTERNAL, DATA_LOSS and DEADLINE_EXCEEDED (report it only when the attempt `had_fair_share`
+    of time, not when the caller's own deadline ran out first) count; UNKNOWN counts only when the transport
+    made it up (`reached_server` False), since a server that answers UNKNOWN is reporting an application's
+    unhandled exception. Application codes never count: the endpoint answered correctly that the request was
+    wrong, and RESOURCE_EXHAUSTED is a load signal for the balancer, not a fault (Linkerd and Envoy count only
+    server faults).
     """
     if code_name in INFRASTRUCTURE_FAILURES:
         return True
