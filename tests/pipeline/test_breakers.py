@@ -213,3 +213,27 @@ async def test_attempts_cut_short_by_the_callers_own_deadline_do_not_count_again
     for _ in range(5):
         await rig.failing(GET)  # the upstream's whole timeout, unanswered
     assert [event.endpoint for event in rig.events_of(BreakerOpened)] == [A]
+
+
+async def test_an_endpoint_back_from_a_short_absence_keeps_its_open_breaker(make_rig: MakeRig) -> None:
+    """A Consul flap neither re-admits a failing instance nor forgets what its breaker knew; an instance gone
+    for longer than the channels' grace comes back as new."""
+    rig = make_rig(balancer="round_robin")
+    rig.serve(A, B, C)
+    await open_breaker_of(rig, A)
+
+    rig.serve(B, C)
+    rig.clock.advance(1.0)
+    rig.serve(A, B, C)
+
+    assert "breakers: 2 closed, 1 open" in repr(rig.upstream)
+    sent = len(rig.transport.to(A))
+    for _ in range(9):
+        await rig.unary(GET)
+    assert len(rig.transport.to(A)) == sent
+
+    rig.serve(B, C)
+    rig.clock.advance(rig.transport.close_grace_s + 1.0)
+    rig.serve(A, B, C)
+
+    assert "breakers: 3 closed" in repr(rig.upstream)

@@ -15,6 +15,7 @@ import grpc
 
 from meshlet.call import Call
 from meshlet.endpoints import Endpoint
+from meshlet.errors import MeshError
 from meshlet.pipeline import ReplyStream
 from meshlet.resilience.breaker import had_fair_share
 
@@ -63,6 +64,8 @@ class ReportOutcome:
         code: grpc.StatusCode = error.code()
         if code is grpc.StatusCode.DEADLINE_EXCEEDED and not had_fair_share(call.attempt_timeout_s, self._timeout_s):
             return NO_VERDICT
+        if isinstance(error, MeshError):  # the mesh closed the channel under the call: not the endpoint's doing
+            return NO_VERDICT
         name: str = code.name
         return name
 
@@ -71,7 +74,7 @@ def _stream_end(error: BaseException | None) -> str | None:
     """How a committed stream ended, as a code to report: it answered, so its deadline is the caller's."""
     if error is None:
         return None
-    if isinstance(error, grpc.aio.AioRpcError):
+    if isinstance(error, grpc.aio.AioRpcError) and not isinstance(error, MeshError):
         code: grpc.StatusCode = error.code()
         if code is grpc.StatusCode.OK:
             return None

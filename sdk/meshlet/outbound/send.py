@@ -16,7 +16,13 @@ import grpc
 from meshlet.call import Call
 from meshlet.errors import ErrorReason, error_info
 from meshlet.transport.channels import EndpointChannels, never_reached_server
-from meshlet.transport.streams import ResponseStream, settled, start_pumping
+from meshlet.transport.streams import (
+    ResponseStream,
+    channel_closed,
+    closed_under_the_caller,
+    settled,
+    start_pumping,
+)
 
 
 class SendOnChannel:
@@ -53,6 +59,8 @@ class SendOnChannel:
                 call.may_have_reached_server = False
             raise error from None
         except asyncio.CancelledError:
+            if closed_under_the_caller(grpc_call):
+                raise channel_closed() from None
             grpc_call.cancel()
             raise
 
