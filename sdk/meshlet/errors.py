@@ -13,6 +13,7 @@
              ├─ RateLimited            RESOURCE_EXHAUSTED   the caller is over its rate limit (with pushback)
              ├─ IntentionDenied        PERMISSION_DENIED    an intention denies caller -> target
              ├─ Unauthenticated        UNAUTHENTICATED      no or an unverifiable client certificate
+             ├─ ChannelClosed          UNAVAILABLE          the mesh closed the channel a call was running on
              └─ UpstreamFailed         ABORTED or UNKNOWN   a server's handler (or app) failed because its own
                                                             upstream call did: see `upstream_failed`
     ConfigError (ValueError)           a bad configuration: exit 2 with the field, the value and the fix
@@ -48,6 +49,7 @@ class ErrorReason(enum.StrEnum):
     RATE_LIMITED = "RATE_LIMITED"
     INTENTION_DENIED = "INTENTION_DENIED"
     UNAUTHENTICATED = "UNAUTHENTICATED"
+    CHANNEL_CLOSED = "CHANNEL_CLOSED"
     UPSTREAM_FAILED = "UPSTREAM_FAILED"
 
 
@@ -114,6 +116,11 @@ class IntentionDenied(MeshError):
 class Unauthenticated(MeshError):
     code_ = grpc.StatusCode.UNAUTHENTICATED
     reason = ErrorReason.UNAUTHENTICATED
+
+
+class ChannelClosed(MeshError):
+    code_ = grpc.StatusCode.UNAVAILABLE
+    reason = ErrorReason.CHANNEL_CLOSED
 
 
 class UpstreamFailed(MeshError):

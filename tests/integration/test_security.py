@@ -37,9 +37,11 @@ from meshlet.mesh import Mesh
 from meshlet.security.certs import channel_options, colon_hex
 from meshlet.security.dev_ca import init_ca, issue
 from meshlet.security.identity import SpiffeId, identity_dns_name
+from meshlet.transport import channels
 from meshlet_api.echo.v1 import echo_pb2, echo_pb2_grpc
 from tests.integration.conftest import EchoFleet
 from tests.support.agents import Agent, start_dev_agent
+from tests.support.echo_calls import WATCH, watch_for, watch_until
 from tests.support.processes import Processes, eventually, processes
 
 pytestmark = pytest.mark.slow
@@ -439,6 +441,36 @@ async def test_rotating_the_servers_then_the_clients_certificate_under_load_lose
     assert await served_serial(port, ca, cert, key, server_name) == server_serial
     assert server.alive()
     assert await handled(port, pki, fleet.service) == load.ok  # one process counted every call: never restarted
+
+
+async def test_a_watch_outlives_a_rotation_of_its_callers_certificate(
+    module_procs: Processes,
+    module_agent: Agent,
+    pki: DevPki,
+    mesh_as: MeshAs,
+    caplog: pytest.LogCaptureFixture,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """New calls take new channels with the new certificate; a stream already open runs on, past the grace
+    after which the old channel used to be closed under it."""
+    monkeypatch.setattr(channels, "CLOSE_GRACE_S", 0.2)  # the grace this test outlasts, 30 s by default
+    caplog.set_level(logging.INFO, logger="meshlet.security.sources")
+    fleet = EchoFleet(module_procs, module_agent, service=f"inventory-{uuid.uuid4().hex[:6]}")
+    pki.issue(fleet.service)
+    pki.issue("cart")
+    fleet.start("watched", env={**pki.tls_env(fleet.service), **QUIET_CHECKS})
+    mesh = await mesh_as("cart")
+    stub = echo_pb2_grpc.EchoStub(mesh.channel(fleet.service))
+    watch = stub.ServerStream(HELLO, metadata=WATCH, timeout=60)
+    assert (await watch.read()).served_by == "watched"
+
+    client_serial = pki.issue("cart")
+    await watch_until(watch, rotation_logged(caplog, client_serial), "the client to load its new certificate")
+    await watch_for(watch, 5 * channels.CLOSE_GRACE_S)
+
+    assert (await stub.Echo(HELLO, timeout=5)).served_by == "watched"  # on a new channel, the new certificate
+    await watch_for(watch, 0.2)
+    watch.cancel()
 
 
 async def test_connect_ca_leaves_renew_under_load_without_losing_a_call(

@@ -58,16 +58,16 @@ class OutboundParts:
 def build_outbound(parts: OutboundParts) -> Callable[[Call], Awaitable[Any]]:
     tracer = parts.tracer
     attempt_stages: list[Stage[Call]] = [AttemptSpan(tracer)] if tracer else []  # first: a failed pick shows too
+    policy = parts.policy
     per_attempt: Handler[Call] = compose(
         [
             *attempt_stages,
-            PickEndpoint(parts.balancer),  # per attempt, so a retry can avoid the endpoint that just failed
+            PickEndpoint(parts.balancer, policy.deadline_floor),  # per attempt: a retry avoids the last one
             *([CountAttempt(parts.service, parts.metrics)] if parts.metrics else []),  # attempts that got an endpoint
-            ReportOutcome(parts.outcomes),  # wraps send: sees the final status and whether the request left
+            ReportOutcome(parts.outcomes, policy.timeout),  # wraps send: sees the final status, whether it left
         ],
         terminal=SendOnChannel(parts.channels),
     )
-    policy = parts.policy
     call_stages: list[Stage[Call]] = [CallSpan(tracer)] if tracer else []  # outermost: sees every refusal below
     observed = parts.metrics is not None or parts.access_log is not None
     observe_stages: list[Stage[Call]] = (

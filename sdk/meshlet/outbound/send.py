@@ -24,7 +24,13 @@ import grpc
 from meshlet.call import Call
 from meshlet.errors import ErrorReason, error_info
 from meshlet.transport.channels import EndpointChannels
-from meshlet.transport.streams import ResponseStream, settled, start_pumping
+from meshlet.transport.streams import (
+    ResponseStream,
+    channel_closed,
+    closed_under_the_caller,
+    settled,
+    start_pumping,
+)
 
 
 class SendOnChannel:
@@ -41,7 +47,7 @@ class SendOnChannel:
         if not channel.is_ready():  # NotConnected from here on means: no byte of this attempt left
             await channel.connect(call.deadline.remaining(), call.wait_for_ready)
         multicallable = channel.callable_for(method)
-        timeout = call.deadline.remaining()
+        timeout = call.attempt_timeout_s = call.deadline.remaining()
         if method.client_streaming:  # written by a task that stops when the call ends (see transport/streams.py)
             grpc_call = multicallable(
                 timeout=timeout, metadata=call.attempt_metadata(), wait_for_ready=call.wait_for_ready
@@ -64,6 +70,8 @@ class SendOnChannel:
                 call.may_have_reached_server = False
             raise error from None
         except asyncio.CancelledError:
+            if closed_under_the_caller(grpc_call):
+                raise channel_closed() from None
             grpc_call.cancel()
             raise
 

@@ -15,6 +15,7 @@ from typing import Any
 
 import grpc
 
+from meshlet.errors import ChannelClosed
 from meshlet.pipeline import ReplyStream
 from meshlet.resilience.replay import ReplayBuffer
 
@@ -131,6 +132,20 @@ async def settled(grpc_call: Any, error: grpc.aio.AioRpcError) -> grpc.aio.AioRp
     )
 
 
+def closed_under_the_caller(grpc_call: Any) -> bool:
+    """Whether a CancelledError out of `grpc_call` means the mesh closed its channel (mesh shutdown, or a drain
+    limit passed) rather than the caller's own task being cancelled: the caller then gets a status, not that."""
+    task = asyncio.current_task()
+    return task is not None and task.cancelling() == 0 and bool(grpc_call.cancelled())
+
+
+def channel_closed() -> ChannelClosed:
+    return ChannelClosed(
+        "the mesh closed the connection this call was running on (the mesh or its upstream is shutting down, "
+        "or the call outlived its channel's drain limit): make the call again on a running mesh"
+    )
+
+
 class ResponseStream(ReplyStream):
     """A committed response stream: the first message already read, the rest read on demand."""
 
@@ -169,8 +184,12 @@ class ResponseStream(ReplyStream):
             error = await settled(self._call, error)
             self.finish(error)
             raise error from None
-        except BaseException as error:  # the reader was cancelled: so is the call it was reading
-            self._call.cancel()
+        except BaseException as error:
+            if isinstance(error, asyncio.CancelledError) and closed_under_the_caller(self._call):
+                closed = channel_closed()
+                self.finish(closed)
+                raise closed from None
+            self._call.cancel()  # the reader was cancelled: so is the call it was reading
             self.finish(error)
             raise
         if message is EOF:
