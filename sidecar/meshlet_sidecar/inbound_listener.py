@@ -12,6 +12,7 @@ abandons, ends that one call; grpc logs it, and the listener goes on serving the
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator
 from contextlib import aclosing
 from typing import Any
@@ -22,6 +23,7 @@ from meshlet.call import Cardinality
 from meshlet.deadline import Clock
 from meshlet.errors import MeshError
 from meshlet.inbound import InboundParts, build_inbound
+from meshlet.inbound.abandoned import mark_abandoned
 from meshlet.security.certs import CertificateSource, caller_spiffe_id, server_credentials
 from meshlet.transport.channels import SERVER_OPTIONS
 from meshlet.transport.raw import Built, RawHandler, RawMethods, RawUnaryHandler, generic_handler, unary_handler
@@ -136,6 +138,9 @@ class InboundListener:
                 async with aclosing(replies):  # a caller that leaves mid-reply closes the relay, cancelling the app
                     async for reply in replies:
                         await context.write(reply)
+            except asyncio.CancelledError:  # the caller went away: grpc.aio tells the done callbacks nothing
+                mark_abandoned(context)
+                raise
             finally:
                 self.in_flight -= 1
 

@@ -17,6 +17,7 @@ import grpc
 from meshlet.call import InboundCall
 from meshlet.deadline import Clock, Deadline
 from meshlet.errors import MeshError
+from meshlet.inbound.abandoned import mark_abandoned
 
 # Trap: a server that ends a call while its client is still writing the request stream makes that client's
 # pending write fail, and grpc.aio then reports grpc's own INTERNAL "Internal error from Core" instead of the
@@ -103,7 +104,10 @@ class InboundInterceptor(grpc.aio.ServerInterceptor):
                         yield reply
                 elif inspect.isawaitable(result):  # a handler that writes with context.write()
                     await result
-            except (grpc.aio.AbortError, asyncio.CancelledError):
+            except grpc.aio.AbortError:
+                raise
+            except asyncio.CancelledError:  # the caller went away: grpc.aio tells the done callbacks nothing
+                mark_abandoned(context)
                 raise
             except Exception:
                 # grpc.aio ends the call UNKNOWN but tells its done callbacks (span, metrics, access log) nothing.
