@@ -199,3 +199,28 @@ async def test_refusals_at_an_sdk_server_come_back_as_the_refusal_every_time(sdk
     outcomes = await refusals(f"127.0.0.1:{sdk_server}")
 
     assert refused_as_expected(outcomes, EXPECTED) == {}, outcomes
+
+
+async def test_a_refused_stream_that_waits_for_a_reply_or_never_ends_is_refused_before_its_deadline(
+    sidecar_a: SidecarProcess,
+) -> None:
+    """The far sidecar reads a refused stream only so far: a client that writes one message and waits for a reply
+    gets the refusal, and one that writes without end is not read until its deadline."""
+    message = echo_request(1_000)
+    async with grpc.aio.insecure_channel(f"127.0.0.1:{sidecar_a.outbound_port}") as channel:
+        stub = echo_pb2_grpc.EchoStub(channel)
+        waiting = stub.BidiStream(timeout=WAIT_S)
+        await waiting.write(message)
+        with pytest.raises(grpc.aio.AioRpcError) as refused:
+            await waiting.read()  # no half-close: it waits for a reply before it writes again
+        assert refused.value.code() == grpc.StatusCode.PERMISSION_DENIED
+
+        async def without_end() -> AsyncIterator[echo_pb2.EchoRequest]:
+            while True:
+                yield echo_request(100_000)
+
+        with pytest.raises(grpc.aio.AioRpcError) as ended:
+            async for _ in stub.BidiStream(without_end(), timeout=WAIT_S):
+                pass
+        # Refused while the client still writes: grpc may report its own INTERNAL then, but never a deadline.
+        assert ended.value.code() in (grpc.StatusCode.PERMISSION_DENIED, grpc.StatusCode.INTERNAL)
