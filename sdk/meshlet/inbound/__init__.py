@@ -4,7 +4,8 @@
 (SDK) or the local app (sidecar). `InboundParts` holds what the stages share (the authorizer, the rate limiters,
 the tracer, the metrics), built
 once per server; the transport calls `build_inbound` once per method with that method's terminal. Absent
-features are absent from the list rather than checked per call.
+features are absent from the list rather than checked per call. One module is no stage: abandoned.py, the status
+of a call whose caller went away, which span, observe and the server adapters agree on.
 """
 
 from __future__ import annotations
