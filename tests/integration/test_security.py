@@ -220,9 +220,18 @@ def guarded(module_procs: Processes, module_agent: Agent, pki: DevPki) -> EchoFl
 
 @pytest.fixture(scope="module")
 def impostor(module_procs: Processes, module_agent: Agent, pki: DevPki) -> EchoFleet:
-    """An echo server registered as its fleet's service but presenting the certificate of service 'other'."""
+    """An echo server of service 'other', which Consul also lists as an instance of its fleet's service (a stale
+    registration on a reused port, say): its certificate names 'other'. (A server cannot start with a certificate
+    that names another service than its own: see test_services.py.)"""
     fleet = EchoFleet(module_procs, module_agent, service=f"payments-{uuid.uuid4().hex[:6]}")
-    fleet.start("impostor", env=pki.tls_env("other"))
+    other = EchoFleet(module_procs, module_agent, service="other")
+    pki.issue("other")
+    other.start("impostor", env=pki.tls_env("other"))
+    fleet.servers["impostor"], fleet.ports["impostor"] = other.servers["impostor"], other.ports["impostor"]
+    module_agent.client().agent.service.register(
+        fleet.service, service_id=f"{fleet.service}-stale", address="127.0.0.1", port=fleet.ports["impostor"]
+    )
+    fleet.wait_passing("impostor")
     return fleet
 
 
