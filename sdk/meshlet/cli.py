@@ -1,5 +1,5 @@
-"""The ``meshlet`` command: ``demo``, ``dev-agent`` (an embedded Consul-compatible agent), ``certs`` and ``trace``
-(a trace from span files as a waterfall)."""
+"""The ``meshlet`` command: ``demo``, ``dev-agent`` (an embedded Consul-compatible agent), ``certs``, ``trace``
+(a trace from span files as a waterfall) and ``intention`` (Consul's intentions, as ``consul intention``)."""
 
 from __future__ import annotations
 
@@ -10,6 +10,7 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
+from meshlet.commands import intention as intention_command
 from meshlet.commands import trace as trace_command
 from meshlet.devagent.decode import DurationError, parse_duration
 from meshlet.devagent.server import AgentConfig, serve
@@ -90,6 +91,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="also send every trace there, e.g. Jaeger's http://localhost:4317 (default $OTEL_EXPORTER_OTLP_ENDPOINT)",
     )
     trace_command.add_parser(commands)
+    intention_command.add_parser(commands)
     return parser
 
 
@@ -122,6 +124,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         return certs_main(list(args.certs_args))
     if args.command == "trace":
         return trace_command.run(args)
+    if args.command == "intention":
+        return intention_command.run(args)
     configure_logging()
     if args.command == "dev-agent":
         host, port = args.http_addr
