@@ -13,6 +13,8 @@
              ├─ RateLimited            RESOURCE_EXHAUSTED   the caller is over its rate limit (with pushback)
              ├─ IntentionDenied        PERMISSION_DENIED    an intention denies caller -> target
              └─ Unauthenticated        UNAUTHENTICATED      no or an unverifiable client certificate
+         └─ explained_failure(...)     a transport failure meshlet explained, e.g. TLS_HANDSHAKE_FAILED
+                                       (UNAVAILABLE): not a MeshError, so it is retried as the bare one was
     ConfigError (ValueError)           a bad configuration: exit 2 with the field, the value and the fix
 
 A MeshError is an ``AioRpcError`` so callers handle it as any failed call (``e.code()``, ``e.details()``),
@@ -46,6 +48,7 @@ class ErrorReason(enum.StrEnum):
     RATE_LIMITED = "RATE_LIMITED"
     INTENTION_DENIED = "INTENTION_DENIED"
     UNAUTHENTICATED = "UNAUTHENTICATED"
+    TLS_HANDSHAKE_FAILED = "TLS_HANDSHAKE_FAILED"
 
 
 class MeshError(grpc.aio.AioRpcError):
@@ -111,6 +114,17 @@ class IntentionDenied(MeshError):
 class Unauthenticated(MeshError):
     code_ = grpc.StatusCode.UNAUTHENTICATED
     reason = ErrorReason.UNAUTHENTICATED
+
+
+def explained_failure(
+    failed: grpc.aio.AioRpcError, message: str, reason: ErrorReason, info: Mapping[str, str]
+) -> grpc.aio.AioRpcError:
+    """`failed` (a transport failure grpc reports in its own words) with meshlet's `message` and ErrorInfo: the
+    same code, so the retry stage and the breakers treat it exactly as they would have treated `failed`."""
+    code = failed.code()
+    return grpc.aio.AioRpcError(
+        code, Metadata(), status_trailers(code, message, reason, info), message, failed.debug_error_string()
+    )
 
 
 def status_trailers(code: grpc.StatusCode, message: str, reason: ErrorReason, info: Mapping[str, str]) -> Metadata:

@@ -22,6 +22,7 @@ from meshlet.errors import BreakerOpen, MeshError, NoHealthyEndpoint
 from meshlet.events import EndpointsChanged, Event, EventBus
 from meshlet.outbound import OutboundParts, build_outbound
 from meshlet.outbound.retry import Sleep
+from meshlet.outbound.send import ExplainFailure
 from meshlet.resilience.breaker import EndpointBreaker, is_infrastructure_failure
 from meshlet.resilience.budget import RetryBudget
 from meshlet.resilience.bulkhead import InFlightLimit
@@ -47,6 +48,7 @@ class Upstream:
         tracer: Tracer | None = None,
         metrics: Metrics | None = None,
         access_log: AccessLog | None = None,
+        explain_failure: ExplainFailure | None = None,
     ) -> None:
         self.name = name
         self.policy = policy
@@ -88,6 +90,7 @@ class Upstream:
                 service=name,
                 metrics=metrics,
                 access_log=access_log,
+                explain_failure=explain_failure,
             )
         )
 
