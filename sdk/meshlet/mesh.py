@@ -27,6 +27,7 @@ from meshlet.config import Config, load_config
 from meshlet.deadline import Clock
 from meshlet.discovery.consul_client import ConsulFactory, consul_factory
 from meshlet.discovery.consul_watch import ConsulWatch
+from meshlet.discovery.instances import InstanceReport
 from meshlet.discovery.registration import Registration
 from meshlet.events import EventBus
 from meshlet.inbound import InboundHandler, InboundParts, build_inbound
@@ -217,6 +218,7 @@ class Mesh:
                 metrics=self.metrics,
                 access_log=self._access_log,
                 explain_failure=handshakes.explain,
+                instances=InstanceReport.from_consul(service, self._consul),
             )
             watch = self._watches[service] = ConsulWatch(
                 service,
