@@ -73,6 +73,7 @@ async def test_meshlet_trace_shows_the_retried_trace_by_default(
     assert "retry.scheduled" in out
     assert "UNAVAILABLE" in out
     assert "1 retries" in out
+    assert out.count("✗ UNAVAILABLE: Socket closed") == 1, "why attempt 1 failed, under it and only there"
 
 
 async def test_meshlet_trace_finds_a_trace_by_its_id_prefix_and_lists_them(
