@@ -438,6 +438,25 @@ async def test_a_client_that_does_not_trust_the_servers_ca_is_told_so(
     assert "add the server's CA to tls.ca" in details
 
 
+async def test_a_client_whose_certificate_the_server_refuses_is_told_so(
+    guarded: EchoFleet, module_agent: Agent, pki: DevPki, outsiders: dict[str, Path], tmp_path: Path
+) -> None:
+    """Half a root rotation: this client trusts both CAs, but its certificate comes from the one the server lacks."""
+    foreign = outsiders["another CA"]
+    both = tmp_path / "both-cas.crt"
+    both.write_bytes((foreign / "ca.crt").read_bytes() + (pki.folder / "ca.crt").read_bytes())
+    tls = {"source": "files", "cert": foreign / "gateway.crt", "key": foreign / "gateway.key", "ca": both}
+    config = load_config(None, env={"CONSUL_HTTP_ADDR": module_agent.url}, overrides={"tls": tls})
+    async with Mesh(config) as mesh:
+        with pytest.raises(grpc.aio.AioRpcError) as refused:
+            await echo_pb2_grpc.EchoStub(mesh.channel(guarded.service)).Echo(HELLO, timeout=5)
+
+    info = tls_failure(refused.value)
+    assert info["failure"] == "client_certificate_refused"
+    assert info["presented_identity"] == SpiffeId.for_service(guarded.service, trust_domain=TRUST_DOMAIN).uri
+    assert "its tls.ca must hold the CA that issued ours" in (refused.value.details() or "")
+
+
 async def test_a_plaintext_client_calling_an_mtls_port_is_told_to_turn_tls_on(
     guarded: EchoFleet, module_agent: Agent
 ) -> None:

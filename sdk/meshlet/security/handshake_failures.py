@@ -221,8 +221,9 @@ def describe(
     if kind is Handshake.CLIENT_REFUSED:
         ours = expect.client_identity or "this client's certificate"
         return (
-            f"TLS handshake with {peer} failed: it closed the connection, refusing {ours}{shown}: its tls.ca must "
-            f"hold the CA that issued ours ({domain}), and ours must not have expired"
+            f"TLS handshake with {peer} failed: it closed the connection mid-handshake, as a grpc server refuses a "
+            f"client certificate, here {ours}{shown}: its tls.ca must hold the CA that issued ours ({domain}), and "
+            "ours must not have expired"
         )
     if presented is not None:
         return (
