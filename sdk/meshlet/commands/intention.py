@@ -19,6 +19,7 @@ from typing import Any
 EXIT_OK, EXIT_FAILED, EXIT_ERROR = 0, 1, 2
 
 Intention = Mapping[str, Any]
+
 _PAIR_VERBS = (
     ("delete", "delete the intention SOURCE => DESTINATION"),
     ("check", "would SOURCE be allowed to call DESTINATION? prints Allowed (exit 0) or Denied (exit 1)"),
