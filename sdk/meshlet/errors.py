@@ -16,6 +16,8 @@
              ├─ ChannelClosed          UNAVAILABLE          the mesh closed the channel a call was running on
              └─ UpstreamFailed         ABORTED or UNKNOWN   a server's handler (or app) failed because its own
                                                             upstream call did: see `upstream_failed`
+         └─ explained_failure(...)     a transport failure meshlet explained, e.g. TLS_HANDSHAKE_FAILED
+                                       (UNAVAILABLE): not a MeshError, so it is retried as the bare one was
     ConfigError (ValueError)           a bad configuration: exit 2 with the field, the value and the fix
 
 A MeshError is an ``AioRpcError`` so callers handle it as any failed call (``e.code()``, ``e.details()``),
@@ -51,6 +53,7 @@ class ErrorReason(enum.StrEnum):
     UNAUTHENTICATED = "UNAUTHENTICATED"
     CHANNEL_CLOSED = "CHANNEL_CLOSED"
     UPSTREAM_FAILED = "UPSTREAM_FAILED"
+    TLS_HANDSHAKE_FAILED = "TLS_HANDSHAKE_FAILED"
 
 
 class MeshError(grpc.aio.AioRpcError):
@@ -175,6 +178,17 @@ def upstream_failed(error: grpc.aio.AioRpcError) -> UpstreamFailed | None:
         )
     return UpstreamFailed(
         f"the handler did not handle a failed call: {said}", metadata=metadata, code=grpc.StatusCode.UNKNOWN
+    )
+
+
+def explained_failure(
+    failed: grpc.aio.AioRpcError, message: str, reason: ErrorReason, info: Mapping[str, str]
+) -> grpc.aio.AioRpcError:
+    """`failed` (a transport failure grpc reports in its own words) with meshlet's `message` and ErrorInfo: the
+    same code, so the retry stage and the breakers treat it exactly as they would have treated `failed`."""
+    code = failed.code()
+    return grpc.aio.AioRpcError(
+        code, Metadata(), status_trailers(code, message, reason, info), message, failed.debug_error_string()
     )
 
 

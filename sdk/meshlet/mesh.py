@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import logging
 import random
 import signal
@@ -26,6 +27,7 @@ from meshlet.config import Config, load_config
 from meshlet.deadline import Clock
 from meshlet.discovery.consul_client import ConsulFactory, consul_factory, read_token_file
 from meshlet.discovery.consul_watch import ConsulWatch
+from meshlet.discovery.instances import InstanceReport
 from meshlet.discovery.registration import Registration
 from meshlet.errors import ConfigError
 from meshlet.events import EventBus
@@ -37,6 +39,8 @@ from meshlet.security.certs import (
     channel_options,
     server_credentials,
 )
+from meshlet.security.handshake_failures import Expectation, HandshakeFailures
+from meshlet.security.identity import SpiffeId
 from meshlet.security.sources import make_source
 from meshlet.telemetry.access_log import AccessLog
 from meshlet.telemetry.metrics import Metrics
@@ -206,6 +210,7 @@ class Mesh:
         if found is None:
             policy = self.config.upstream(service)
             channels = EndpointChannels(self._channel_factory(service))
+            handshakes = HandshakeFailures(functools.partial(self._expectation, service))
             found = self._upstreams[service] = Upstream(
                 service,
                 policy,
@@ -216,6 +221,8 @@ class Mesh:
                 tracer=self.tracer,
                 metrics=self.metrics,
                 access_log=self._access_log,
+                explain_failure=handshakes.explain,
+                instances=InstanceReport.from_consul(service, self._consul),
             )
             watch = self._watches[service] = ConsulWatch(
                 service,
@@ -228,6 +235,14 @@ class Mesh:
             self._starting.add(task)
             task.add_done_callback(self._starting.discard)
         return found
+
+    def _expectation(self, service: str) -> Expectation:
+        """What a server of `service` must present, with our current certificate (read when a handshake failed)."""
+        if self._tls is None or not self._tls_started:
+            return Expectation(service)
+        ours = self._tls.current().identity
+        expected = SpiffeId(ours.trust_domain, ours.namespace, self.config.consul.datacenter or "dc1", service)
+        return Expectation(service, expected.uri, ours.trust_domain, ours.uri)
 
     def _channel_factory(self, service: str) -> ChannelFactory:
         """Plaintext, or mTLS with our current certificate, verifying that the server is `service`."""

@@ -17,12 +17,14 @@ from meshlet.balance.picker import LoadTracker, Picker
 from meshlet.call import Call
 from meshlet.config import UpstreamPolicy
 from meshlet.deadline import Clock
+from meshlet.discovery.instances import InstanceReport
 from meshlet.endpoints import Endpoint, EndpointSet
 from meshlet.errors import BreakerOpen, MeshError, NoHealthyEndpoint
 from meshlet.events import EndpointsChanged, Event, EventBus
 from meshlet.outbound import OutboundParts, build_outbound
 from meshlet.outbound.report import NO_VERDICT
 from meshlet.outbound.retry import Sleep
+from meshlet.outbound.send import ExplainFailure
 from meshlet.resilience.breaker import EndpointBreaker, is_infrastructure_failure
 from meshlet.resilience.budget import RetryBudget
 from meshlet.resilience.bulkhead import InFlightLimit
@@ -48,8 +50,11 @@ class Upstream:
         tracer: Tracer | None = None,
         metrics: Metrics | None = None,
         access_log: AccessLog | None = None,
+        explain_failure: ExplainFailure | None = None,
+        instances: InstanceReport | None = None,
     ) -> None:
         self.name = name
+        self.instances = instances  # what Consul knows of the instances, for the message when none passes
         self.policy = policy
         self.events = events
         self.channels = channels
@@ -90,6 +95,7 @@ class Upstream:
                 service=name,
                 metrics=metrics,
                 access_log=access_log,
+                explain_failure=explain_failure,
             )
         )
 
@@ -185,7 +191,7 @@ class Upstream:
         admission = self._admission
         return admission is None or admission.admits(endpoint, attempt)
 
-    def no_endpoint_error(self, call: Call) -> MeshError:
+    async def no_endpoint_error(self, call: Call) -> MeshError:
         info = {"upstream": self.name, "attempts": str(call.attempt)}
         if call.tried:
             info["endpoints"] = ",".join(map(str, call.tried))
@@ -199,7 +205,7 @@ class Upstream:
             return NoHealthyEndpoint(
                 f"no healthy instance of {self.name}: Consul lists no passing instance"
                 + (f" with tags {sorted(self._tags)}" if self._tags else "")
-                + "; check the service's health checks",
+                + f"; {await self._where_to_look(call)}",
                 metadata=info,
             )
         return BreakerOpen(
@@ -207,6 +213,20 @@ class Upstream:
             f"calls resume when a probe succeeds",
             metadata=info,
         )
+
+    async def _where_to_look(self, call: Call) -> str:
+        """The instances Consul knows and their checks' output (asked at most every few seconds), or where to read
+        them; a sidecar's /ready says why it holds its instance out."""
+        sidecar = "a sidecar's admin /ready says why it is not ready"
+        found = None
+        if self.instances is not None:
+            found = await self.instances.summary(call.deadline.remaining() if call.deadline is not None else 1.0)
+        if found is None:
+            return (
+                f"look at the instances Consul knows and their checks' output (/v1/health/service/{self.name}); "
+                f"{sidecar}"
+            )
+        return f"{found} ({sidecar})"
 
     # ------------------------------------------------------------------ the report stage calls these
 
@@ -234,6 +254,8 @@ class Upstream:
     async def close(self) -> None:
         if self._readmit_timer is not None:
             self._readmit_timer.cancel()
+        if self.instances is not None:
+            await self.instances.close()
         await self.channels.close()
 
     def describe(self) -> dict[str, Any]:

@@ -282,6 +282,23 @@ async def test_a_caller_over_its_limit_gets_resource_exhausted_with_the_time_to_
     await server.call(GATEWAY)
 
 
+async def test_a_pushback_longer_than_the_callers_deadline_says_so_instead_of_promising_a_wait() -> None:
+    server = Server(**{"rate_limit.per_caller": {"rate_per_s": 0.1, "burst": 1}})
+    await server.call(GATEWAY)
+    error = await server.refused(GATEWAY)
+    assert pushback_ms(error) == 10_000
+    details = error.details() or ""
+    assert "retry after 10000 ms (longer than the 2000 ms left before the call's deadline" in details
+    assert "wait for this pushback by themselves" not in details
+
+
+async def test_a_pushback_within_the_callers_deadline_says_meshlet_clients_wait_it_out() -> None:
+    server = Server(**{"rate_limit.per_caller": {"rate_per_s": 1, "burst": 1}})
+    await server.call(GATEWAY)
+    error = await server.refused(GATEWAY)
+    assert "meshlet clients wait for this pushback by themselves" in (error.details() or "")
+
+
 async def test_one_callers_excess_does_not_limit_another_caller() -> None:
     server = Server(**{"rate_limit.per_caller": {"rate_per_s": 1}})
     await server.call(GATEWAY)

@@ -35,7 +35,7 @@ class Balancer(Protocol):
     def admits(self, endpoint: Endpoint, attempt: Call) -> bool:
         """Whether the endpoint's breaker lets this attempt through (half-open: as its one probe)."""
 
-    def no_endpoint_error(self, call: Call) -> MeshError:
+    async def no_endpoint_error(self, call: Call) -> MeshError:
         """The error that says why there is nothing to pick (none passing, all circuits open, no answer yet)."""
 
 
@@ -61,7 +61,7 @@ class PickEndpoint:
             assert picker is not None
             endpoint = self._pick_admitted(picker, call, endpoint)
         if endpoint is None:
-            raise balancer.no_endpoint_error(call)
+            raise await balancer.no_endpoint_error(call)
         call.endpoint = endpoint
         return await next(call)
 

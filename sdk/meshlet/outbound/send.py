@@ -17,11 +17,13 @@ those count as possibly executed too.
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 import grpc
 
 from meshlet.call import Call
+from meshlet.endpoints import Endpoint
 from meshlet.errors import ErrorReason, error_info
 from meshlet.transport.channels import EndpointChannels
 from meshlet.transport.streams import (
@@ -32,12 +34,17 @@ from meshlet.transport.streams import (
     start_pumping,
 )
 
+# Turns a transport failure grpc reports in its own words (a failed TLS handshake) into one that says what to do,
+# or None; given the time the call has left (see meshlet.security.handshake_failures).
+ExplainFailure = Callable[[grpc.aio.AioRpcError, Endpoint, float], Awaitable[grpc.aio.AioRpcError | None]]
+
 
 class SendOnChannel:
-    __slots__ = ("_channels",)
+    __slots__ = ("_channels", "_explain")
 
-    def __init__(self, channels: EndpointChannels) -> None:
+    def __init__(self, channels: EndpointChannels, explain: ExplainFailure | None = None) -> None:
         self._channels = channels
+        self._explain = explain
 
     async def __call__(self, call: Call) -> Any:
         assert call.endpoint is not None
@@ -68,12 +75,23 @@ class SendOnChannel:
                 error = await settled(grpc_call, error)
             if refused_before_handler(error, method.path):
                 call.may_have_reached_server = False
+            if self._explain is not None:
+                error = await self._explained(error, call)
             raise error from None
         except asyncio.CancelledError:
             if closed_under_the_caller(grpc_call):
                 raise channel_closed() from None
             grpc_call.cancel()
             raise
+
+    async def _explained(self, error: grpc.aio.AioRpcError, call: Call) -> grpc.aio.AioRpcError:
+        assert self._explain is not None
+        assert call.endpoint is not None
+        assert call.deadline is not None
+        explained = await self._explain(error, call.endpoint, call.deadline.remaining())
+        if explained is None:
+            return error
+        return explained
 
 
 def refused_before_handler(error: grpc.aio.AioRpcError, method: str) -> bool:

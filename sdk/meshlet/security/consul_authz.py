@@ -22,6 +22,7 @@ import asyncio
 import contextlib
 import json
 import logging
+import shlex
 import time
 from collections.abc import Awaitable, Callable
 from typing import Any
@@ -122,7 +123,8 @@ class ConsulAuthorizer:
         return await asyncio.shield(pending)  # a cancelled call must not cancel the others' answer
 
     def remedy(self, source: str, destination: str, method: str) -> str:
-        return f"add an allow intention in Consul (consul intention create -allow {source} {destination})"
+        pair = f"{shlex.quote(source)} {shlex.quote(destination)}"
+        return f"to allow it, run: meshlet intention create --allow --replace {pair} (or Consul's own CLI or UI)"
 
     @property
     def failing(self) -> bool:
