@@ -194,6 +194,11 @@ class Sidecar:
                 self._method_table(name)
             if self.forward is not None and self.app is not None:
                 await self._start_inbound()
+            else:
+                log.info(
+                    "authorization: none, this sidecar has no inbound listener (no sidecar.app)",
+                    extra={"event": "authz_effective", "authz_source": "none"},
+                )
             self._listening = True
             log.info("sidecar started", extra={"service": self.service, "outbound": self.config.sidecar.outbound})
             await self._stop.wait()

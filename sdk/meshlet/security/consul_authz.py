@@ -285,7 +285,7 @@ class ConsulAuthorizer:
                     )
                 await asyncio.sleep(min(self.ttl_s, 0.1 * 2 ** min(failures, 8)))
                 continue
-            failures = 0
+            reconnected, failures = failures > 0, 0
             if response.code != 200:
                 if not told:
                     log.warning(
@@ -299,9 +299,9 @@ class ConsulAuthorizer:
                 await asyncio.sleep(self.ttl_s)
                 continue
             moved = int(response.headers.get("X-Consul-Index", 0) or 0)
-            if moved != index:  # index 0 too: a change may have slipped in before the first read or while away
+            if (index and moved != index) or reconnected:  # after an outage: a change may have been missed
                 self._changed.set()
-            else:
+            elif index:
                 await asyncio.sleep(0.1)  # a wait that timed out; a pause keeps a misbehaving agent from spinning us
             index = 0 if moved < index else max(moved, 1)  # Consul's rules: backwards restarts; never block on 0
 
