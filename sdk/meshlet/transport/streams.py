@@ -149,12 +149,13 @@ def channel_closed() -> ChannelClosed:
 class ResponseStream(ReplyStream):
     """A committed response stream: the first message already read, the rest read on demand."""
 
-    __slots__ = ("_call", "_ending", "_first")
+    __slots__ = ("_call", "_cancelled", "_ending", "_first")
 
     def __init__(self, call: Any, first: Any) -> None:
         super().__init__()
         self._call = call
         self._first = first
+        self._cancelled = False  # by its reader, with cancel(): reads after that raise CancelledError as grpc's do
         self._ending: asyncio.Task[None] | None = None
         if first is EOF:
             self._finish_from_call()
@@ -185,7 +186,7 @@ class ResponseStream(ReplyStream):
             self.finish(error)
             raise error from None
         except BaseException as error:
-            if isinstance(error, asyncio.CancelledError) and closed_under_the_caller(self._call):
+            if self._closed_under_the_reader(error):
                 closed = channel_closed()
                 self.finish(closed)
                 raise closed from None
@@ -195,6 +196,10 @@ class ResponseStream(ReplyStream):
         if message is EOF:
             self._finish_from_call()
         return message
+
+    def _closed_under_the_reader(self, error: BaseException) -> bool:
+        """A CancelledError that neither the reader's task nor its cancel() asked for: the mesh closed the call."""
+        return isinstance(error, asyncio.CancelledError) and not self._cancelled and closed_under_the_caller(self._call)
 
     def _finish_from_call(self) -> None:
         self.finish(None)
@@ -209,6 +214,7 @@ class ResponseStream(ReplyStream):
                 self.cancel()
 
     def cancel(self) -> bool:
+        self._cancelled = True
         cancelled = bool(self._call.cancel())
         self.finish(grpc.aio.AioRpcError(grpc.StatusCode.CANCELLED, None, None, "cancelled by the caller"))
         return cancelled
