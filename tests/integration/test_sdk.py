@@ -292,3 +292,53 @@ def test_sigterm_deregisters_and_exits_zero(fleet: EchoFleet) -> None:
     assert server.wait(20) == 0, server.output()
     services = fleet.agent.get("/v1/agent/services")
     assert not any(s["Service"] == fleet.service for s in services.values()), "it must deregister before it exits"
+
+
+# ------------------------------------------------------------------------------------------ ports and addresses
+
+
+def test_a_second_service_on_a_taken_port_exits_1_naming_it_and_registers_nothing(fleet: EchoFleet) -> None:
+    """grpc shares a port between servers by default (SO_REUSEPORT): the second would take half the first one's
+    calls, registered under the same instance id. meshlet's server owns its port instead."""
+    fleet.start("first")
+    port = fleet.ports["first"]
+
+    second = fleet.start("second", port=port, wait=False)
+
+    assert second.wait(20) == 1, second.output()
+    assert f"cannot serve {fleet.service} on 127.0.0.1:{port} (Address already in use" in second.output()
+    assert "Traceback" not in second.output()
+    instances = [s for s in fleet.agent.get("/v1/agent/services").values() if s["Service"] == fleet.service]
+    assert len(instances) == 1, instances
+    assert fleet.servers["first"].alive()
+
+
+async def test_by_default_a_service_registers_the_address_it_listens_on(
+    fleet: EchoFleet, mesh_factory: MeshFactory
+) -> None:
+    """No service.address: the one mesh.serve(host=...) binds is registered, so callers reach it."""
+    fleet.start("elsewhere", "--host", "127.0.0.3")
+
+    [entry] = fleet.agent.passing(fleet.service)
+    assert entry["Service"]["Address"] == "127.0.0.3"
+    stub = echo_pb2_grpc.EchoStub(mesh_factory().channel(fleet.service))
+    assert (await stub.Echo(HELLO, timeout=5)).served_by == "elsewhere"
+
+
+async def test_without_a_host_a_service_listens_on_its_service_address_only(fleet: EchoFleet) -> None:
+    """mesh.serve(server, port) binds service.address (not every interface) and registers it: they agree."""
+    fleet.start("bound", "--host", "default", env={"MESHLET_SERVICE__ADDRESS": "127.0.0.2"})
+    port = fleet.ports["bound"]
+
+    [entry] = fleet.agent.passing(fleet.service)
+    assert (entry["Service"]["Address"], entry["Service"]["Port"]) == ("127.0.0.2", port)
+    assert (await calls_received_at("127.0.0.2", port)) is not None
+    with pytest.raises(grpc.aio.AioRpcError) as refused:
+        await calls_received_at("127.0.0.1", port)
+    assert refused.value.code() == grpc.StatusCode.UNAVAILABLE
+
+
+async def calls_received_at(host: str, port: int) -> dict[str, int]:
+    async with grpc.aio.insecure_channel(f"{host}:{port}") as channel:
+        reply = await echo_pb2_grpc.EchoStub(channel).Stats(echo_pb2.StatsRequest(), timeout=5)
+    return dict(reply.calls)

@@ -10,6 +10,7 @@ import asyncio
 import contextlib
 import json
 import signal
+import socket
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -103,6 +104,29 @@ def test_invalid_config_exits_2_with_one_line_naming_the_field(
     assert code == 2
     assert one_line(output), output
     assert named in output
+    assert "Traceback" not in output
+
+
+def error_lines(output: str) -> list[str]:
+    """The output's lines that are not its JSON log lines: what the sidecar printed as an error."""
+    return [line for line in output.splitlines() if line.strip() and not line.startswith("{")]
+
+
+@pytest.mark.parametrize("listener", ["--admin-addr", "--outbound-addr"])
+def test_a_taken_port_exits_1_with_one_line_naming_it(procs: Processes, tmp_path: Path, listener: str) -> None:
+    config = tmp_path / "meshlet.yaml"
+    config.write_text("service:\n  name: a-svc\n")
+    flags = {"--admin-addr": f"127.0.0.1:{free_port()}", "--outbound-addr": f"127.0.0.1:{free_port()}"}
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        address = f"127.0.0.1:{taken.getsockname()[1]}"
+        flags[listener] = address
+        code, output = run_sidecar(procs, "--config", str(config), *(item for pair in flags.items() for item in pair))
+    assert code == 1, output
+    [line] = error_lines(output)
+    assert f"{address} (Address already in use" in line
+    assert listener in line  # the flag that chooses another port
     assert "Traceback" not in output
 
 

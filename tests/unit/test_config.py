@@ -75,7 +75,7 @@ def error_from(
 
 def test_an_empty_config_is_valid_with_the_documented_defaults() -> None:
     config = load_config(env={})
-    assert config.service.address == "127.0.0.1"
+    assert config.service.address is None  # the address the listener serves
     assert (config.service.check_ttl, config.service.deregister_critical_after) == (10.0, 60.0)
     assert config.consul.address == "http://127.0.0.1:8500"
     assert config.tls.source == "off"

@@ -57,7 +57,9 @@ class _Section(BaseModel):
 
 class ServiceConfig(_Section):
     name: str | None = None
-    address: str | None = "127.0.0.1"  # registered in Consul; None lets the registrar choose
+    # Registered in Consul, and what mesh.serve binds unless told: None means the address the listener serves (its
+    # host; 127.0.0.1 behind 0.0.0.0). Set it to what callers dial (the pod IP) when that differs.
+    address: str | None = None
     tags: tuple[str, ...] = ()
     meta: dict[str, str] = Field(default_factory=dict)
     check_ttl: PositiveDuration = 10.0

@@ -24,6 +24,19 @@ SERVING = "SERVING"
 REQUEST_TIMEOUT_S = 5.0
 
 
+WILDCARDS = ("0.0.0.0", "::", "")
+
+
+def registered_address(bind_host: str, configured: str | None) -> str:
+    """The address to register for a listener on `bind_host`: ``service.address`` when set (a pod IP; or a NAT's
+    address that reaches this port), else the one the listener serves: its own host, or 127.0.0.1 behind a
+    wildcard (Consul refuses 0.0.0.0, and loopback is the one address a wildcard surely serves)."""
+    if configured:
+        return configured
+    host = bind_host.strip("[]")
+    return "127.0.0.1" if host in WILDCARDS else host
+
+
 class RegistrationRefused(Exception):
     """The agent answered and said no (bad definition, ACL token without service:write): fix the config."""
 
