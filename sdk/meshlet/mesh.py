@@ -9,6 +9,7 @@ import contextlib
 import logging
 import random
 import signal
+import sys
 import time
 from collections.abc import Iterable, Sequence
 from pathlib import Path
@@ -27,6 +28,7 @@ from meshlet.deadline import Clock
 from meshlet.discovery.consul_client import ConsulFactory, consul_factory
 from meshlet.discovery.consul_watch import ConsulWatch
 from meshlet.discovery.registration import WILDCARDS, Registration, registered_address
+from meshlet.errors import ConfigError
 from meshlet.events import EventBus
 from meshlet.inbound import InboundHandler, InboundParts, build_inbound
 from meshlet.security.certs import (
@@ -121,8 +123,16 @@ class Mesh:
 
     @classmethod
     def from_env(cls, path: str | Path | None = None, **overrides: Any) -> Mesh:
-        """Config from ``MESHLET_CONFIG`` (or `path`), ``MESHLET_*`` variables and ``CONSUL_HTTP_ADDR``."""
-        return cls(load_config(path, overrides=overrides or None))
+        """Config from ``MESHLET_CONFIG`` (or `path`), ``MESHLET_*`` variables and ``CONSUL_HTTP_ADDR``.
+
+        For a process's main, as meshlet's own commands: a bad config prints one line naming the field and the fix
+        on stderr and ends the process with exit 2 (SystemExit), never a traceback. ``Mesh(load_config(...))``
+        raises the ConfigError instead, for code that handles it."""
+        try:
+            return cls(load_config(path, overrides=overrides or None))
+        except ConfigError as error:
+            print(f"meshlet: {error}", file=sys.stderr)
+            raise SystemExit(2) from None
 
     async def __aenter__(self) -> Mesh:
         await self.start()

@@ -22,7 +22,7 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metri
 
 from meshlet.call import matches_any
 from meshlet.config import Config, split_host_port
-from meshlet.discovery.registration import Registration
+from meshlet.discovery.registration import Registration, registered_address
 from meshlet.errors import ConfigError
 from meshlet.inbound import InboundParts
 from meshlet.mesh import Mesh
@@ -46,6 +46,7 @@ CERT_RETRY_S = 1.0
 class Sidecar:
     def __init__(self, config: Config) -> None:
         self.config = config
+        check_app_is_named(config)
         self._declared = _read_descriptor_sets(config)  # first: a bad file is a bad config, reported alone
         check_inbound_mode(config)
         self.metrics = Metrics()  # served on the admin port's /metrics
@@ -221,7 +222,7 @@ class Sidecar:
             learner.ask()
         if self.service:
             host, _ = split_host_port(self.config.sidecar.inbound)
-            address = self.config.service.address or ("127.0.0.1" if host in ("0.0.0.0", "::", "") else host)
+            address = registered_address(host, self.config.service.address)
             self.registration = Registration(
                 self.mesh.consul,
                 name=self.service,
@@ -275,6 +276,17 @@ def _read_descriptor_sets(config: Config) -> dict[str, MethodInfo]:
         except ValueError as error:
             raise ConfigError(field, str(path), str(error)) from None
     return methods
+
+
+def check_app_is_named(config: Config) -> None:
+    """An app with no service name would be served and registered under nothing: no caller could find it."""
+    if config.sidecar.app and not config.service.name:
+        fix = (
+            f"is required when sidecar.app is set ({config.sidecar.app}): the app is registered under it; set "
+            "service.name (--service NAME, MESHLET_SERVICE__NAME), or leave sidecar.app unset for an outbound-only "
+            "sidecar"
+        )
+        raise ConfigError("service.name", config.service.name, fix)
 
 
 def check_inbound_mode(config: Config) -> None:

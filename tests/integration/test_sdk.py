@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import collections
 import signal
+import sys
 
 import grpc
 import pytest
@@ -342,3 +343,26 @@ async def calls_received_at(host: str, port: int) -> dict[str, int]:
     async with grpc.aio.insecure_channel(f"{host}:{port}") as channel:
         reply = await echo_pb2_grpc.EchoStub(channel).Stats(echo_pb2.StatsRequest(), timeout=5)
     return dict(reply.calls)
+
+
+CLIENT = """
+import asyncio
+from meshlet import Mesh
+
+async def main():
+    async with Mesh.from_env() as mesh:
+        mesh.channel("echo")
+
+asyncio.run(main())
+"""
+
+
+def test_a_client_without_a_service_name_under_consul_tls_exits_2_with_one_line(procs: Processes, agent: Agent) -> None:
+    """The Connect CA issues a leaf per service, a client's too: the README's client, run without a name."""
+    env = {"CONSUL_HTTP_ADDR": agent.url, "MESHLET_TLS__SOURCE": "consul", "MESHLET_SERVICE__NAME": ""}
+    client = procs.start([sys.executable, "-c", CLIENT], name="nameless-client", env=env)
+
+    assert client.wait(20) == 2, client.output()
+    [line] = client.output().strip().splitlines()
+    assert "service.name" in line
+    assert "MESHLET_SERVICE__NAME" in line

@@ -260,6 +260,8 @@ async def test_clusters_lists_upstreams_and_endpoints_as_text_or_json(admin: tup
 
 async def test_config_shows_the_effective_config_without_token_or_key_path(tmp_path: Path) -> None:
     key_path = tmp_path / "very-secret-orders.key"
+    for file in (key_path, tmp_path / "orders.crt", tmp_path / "ca.crt"):
+        file.write_text("PEM")  # read only when a listener needs them
     (tmp_path / "meshlet.yaml").write_text(
         f"service: {{name: orders}}\n"
         f"tls: {{source: files, cert: {tmp_path}/orders.crt, key: {key_path}, ca: {tmp_path}/ca.crt}}\n"

@@ -23,7 +23,7 @@ from meshlet.security.dev_ca import init_ca, issue
 from meshlet_api.echo.v1 import echo_pb2, echo_pb2_grpc
 from tests.support.agents import Agent, start_dev_agent
 from tests.support.plain_app import plain_app
-from tests.support.processes import Processes, eventually, free_port, wait_until
+from tests.support.processes import REPO_ROOT, Processes, eventually, free_port, wait_until
 from tests.support.sidecars import (
     SidecarProcess,
     admin_get,
@@ -92,8 +92,11 @@ def endpoints_seen_by(sidecar: SidecarProcess, upstream: str) -> int:
         ("service:\n  check_ttl: soon\n", (), "service.check_ttl"),
         ("sidecar:\n  inbond: 127.0.0.1:15006\n", (), "sidecar.inbond"),
         ("service:\n  name: b-svc\n", ("--upstream", "b-svc"), "--upstream b-svc"),
+        ("sidecar:\n  app: 127.0.0.1:50051\n", (), "service.name"),
+        ("tls: {source: files, cert: certs/absent.crt, key: certs/absent.key, ca: certs/ca.crt}\n", (), "tls.cert"),
+        ("sidecar:\n  descriptor_sets: [absent.bin]\n", (), "sidecar.descriptor_sets[0]"),
     ],
-    ids=["bad-value", "unknown-key", "bad-flag"],
+    ids=["bad-value", "unknown-key", "bad-flag", "app-without-name", "missing-tls-file", "missing-descriptor-set"],
 )
 def test_invalid_config_exits_2_with_one_line_naming_the_field(
     procs: Processes, tmp_path: Path, file_text: str, flags: tuple[str, ...], named: str
@@ -105,6 +108,20 @@ def test_invalid_config_exits_2_with_one_line_naming_the_field(
     assert one_line(output), output
     assert named in output
     assert "Traceback" not in output
+
+
+def test_relative_paths_in_the_config_file_are_read_from_its_folder(
+    procs: Processes, tmp_path: Path, pki: Path
+) -> None:
+    """The sidecar runs from the repository (its working directory), its config and certificates live elsewhere."""
+    config = {
+        "service": {"name": "a-svc"},
+        "tls": {"source": "files", "cert": "certs/a-svc.crt", "key": "certs/a-svc.key", "ca": "certs/ca.crt"},
+    }
+    assert pki == tmp_path / "certs"
+    sidecar = start_sidecar(procs, tmp_path, "a", config)  # waits for /ready: certificates loaded, listening
+    assert not (REPO_ROOT / "certs/a-svc.crt").exists()  # not where the working directory would have found it
+    assert str(pki / "a-svc.crt") in admin_get(f"{sidecar.admin_url}/config")[1]
 
 
 def error_lines(output: str) -> list[str]:

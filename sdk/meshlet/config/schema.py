@@ -6,9 +6,9 @@ Apart from loading, which only gathers raw values and explains the errors these 
 from __future__ import annotations
 
 import difflib
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from pathlib import Path
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, Literal, get_args
 
 from pydantic import BaseModel, ConfigDict, Field, SecretStr
 from pydantic import model_validator as _model_validator
@@ -75,7 +75,8 @@ class ConsulConfig(_Section):
 
 
 class TlsConfig(_Section):
-    """``files``: PEM paths relative to the working directory; ``consul``: the Connect CA's leaf and roots."""
+    """``files``: PEM paths (a relative one in the config file is read from the file's folder, one in a variable or
+    flag from the working directory); ``consul``: the Connect CA's leaf and roots."""
 
     source: Literal["consul", "files", "off"] = "off"
     cert: Path | None = None
@@ -246,6 +247,23 @@ class Config(_Section):
             if data[section][key] is not None:
                 data[section][key] = REDACTED
         return data
+
+
+def path_fields(model: type[BaseModel] = Config, prefix: tuple[str, ...] = ()) -> Iterator[tuple[str, ...]]:
+    """The YAML key paths of every field that holds a file path (or a list of them), in every section."""
+    for name, field in model.model_fields.items():
+        key = (*prefix, field.alias or name)
+        annotation = field.annotation
+        if isinstance(annotation, type) and issubclass(annotation, BaseModel):
+            yield from path_fields(annotation, key)
+        elif Path in _leaf_types(annotation):
+            yield key
+
+
+def _leaf_types(annotation: Any) -> set[Any]:
+    """``Path | None`` -> {Path, NoneType}; ``tuple[Path, ...]`` -> {Path, Ellipsis}; a plain type -> itself."""
+    args = get_args(annotation)
+    return set().union(*map(_leaf_types, args)) if args else {annotation}
 
 
 def _raw(value: Any) -> Any:
