@@ -161,6 +161,14 @@ class AppHealth:
         else:
             self._serving.clear()
 
+    def describe(self) -> str:
+        """What the last probe asked and what it found, in the words a Consul check's Output needs."""
+        if self._status == SERVING and self.probe_kind == TCP_PROBE:
+            return f"app at {self.app_address}: TCP connect accepted (it serves no grpc.health.v1)"
+        if self._status == SERVING:
+            return f"app at {self.app_address}: grpc.health.v1 status SERVING"
+        return self.last_error or f"app at {self.app_address}: {self._status} (not probed yet)"
+
     def __repr__(self) -> str:
         why = f" ({self.last_error})" if self.last_error else ""
         return f"<AppHealth {self.app_address} by {self.probe_kind}: {self._status}{why}>"

@@ -129,6 +129,12 @@ class Sidecar:
             waiting.append(f"app health ({self.config.sidecar.app})")
         return not waiting, waiting
 
+    def _check_output(self, status: str) -> str:
+        """The Consul check's Output: what the app's probe found, and what else the sidecar still waits for."""
+        app = self.app.describe() if self.app is not None else "no app"
+        ready, waiting = self.readiness()
+        return app if ready else f"{status}: {app}; sidecar waiting for: {', '.join(waiting)}"
+
     def clusters(self) -> list[dict[str, Any]]:
         return describe_upstreams([self.mesh.upstream(name) for name in self.mesh.upstream_names()])
 
@@ -234,6 +240,9 @@ class Sidecar:
                 check_ttl_s=self.config.service.check_ttl,
                 deregister_after_s=self.config.service.deregister_critical_after,
                 health=lambda: "SERVING" if self.readiness()[0] else "NOT_SERVING",
+                describe=self._check_output,
+                notes="meshlet-sidecar heart-beats this check from its readiness and its app's health "
+                "(grpc.health.v1, else TCP connect)",
             )
             await self.registration.register()
 

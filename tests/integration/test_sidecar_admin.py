@@ -105,10 +105,12 @@ async def test_app_without_a_health_service_is_healthy_while_its_port_accepts_co
 
     assert await app_health.probe() == SERVING
     assert app_health.probe_kind == TCP_PROBE
+    assert "TCP connect accepted" in app_health.describe()
 
     await app.stop()
     assert await app_health.probe() == NOT_SERVING
     assert "unreachable" in (app_health.last_error or "")
+    assert app_health.describe() == app_health.last_error
 
 
 async def test_app_restarted_with_a_health_service_is_judged_by_it_again(

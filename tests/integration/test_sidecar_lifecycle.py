@@ -175,6 +175,24 @@ def test_ready_is_503_until_discovery_has_answered_and_the_app_is_healthy(
     wait_until(lambda: sidecar.inbound_port in instances(agent, "a-svc", passing=True), WAIT_S, "a-svc to register")
 
 
+async def test_the_consul_check_of_an_app_without_a_health_service_says_it_was_probed_by_tcp_connect(
+    procs: Processes, tmp_path: Path, pki: Path
+) -> None:
+    agent = start_dev_agent(procs)
+    async with plain_app() as app_b:  # grpcio alone: no grpc.health.v1 service
+        config = b_config(pki, agent.url)
+        await asyncio.to_thread(start_sidecar, procs, tmp_path, "b", config, app=f"127.0.0.1:{app_b.port}")
+
+        def check() -> dict[str, Any]:
+            checks = agent.get("/v1/health/checks/b-svc")
+            return checks[0] if checks else {}
+
+        await eventually(lambda: check().get("Status") == "passing", "b-svc's check to pass", blocking=True)
+        output = (await asyncio.to_thread(check))["Output"]
+    assert f"app at 127.0.0.1:{app_b.port}: TCP connect accepted" in output
+    assert "grpc.health.v1 status" not in output
+
+
 # ------------------------------------------------------------------------------------------ load and failover
 
 
