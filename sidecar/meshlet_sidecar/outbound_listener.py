@@ -68,6 +68,11 @@ class OutboundListener:
         self.generic_calls = 0  # ... and by the generic stream-stream one
         self.unrouted_calls = 0  # calls for no known upstream, answered UNAVAILABLE here (outside every pipeline)
 
+    @property
+    def arrived(self) -> int:
+        """Every call that came in so far: a drain that sees it unchanged knows that no new call came."""
+        return self.unary_calls + self.generic_calls + self.unrouted_calls
+
     async def start(self) -> int:
         # The same options as every meshlet server (an app's big messages and keepalive pings are its business).
         server = grpc.aio.server(options=SERVER_OPTIONS)

@@ -5,7 +5,8 @@ listeners -> discovery of every configured upstream -> inbound listener -> app h
 when certificates are loaded, listeners are up, discovery has answered and the app is healthy.
 
 Stop, on SIGTERM or SIGINT: fail readiness -> deregister from Consul -> stop accepting inbound and drain the
-calls in flight -> keep outbound working while the app finishes, up to the grace period -> exit 0.
+calls in flight -> keep outbound working while the app finishes (calls in flight, the app draining, or a call
+within the last QUIET_S), all within the grace period -> exit 0.
 """
 
 from __future__ import annotations
@@ -41,6 +42,9 @@ from meshlet_sidecar.splice import SpliceListener
 log = logging.getLogger("meshlet.sidecar")
 
 CERT_RETRY_S = 1.0
+# A stopping sidecar that has seen no outbound call for this long, with none in flight and its app not draining,
+# stops: two of the app probe's intervals, so that a probe has looked at the app since the last call.
+QUIET_S = 2.0
 
 
 class Sidecar:
@@ -249,17 +253,14 @@ class Sidecar:
     async def _shutdown(self) -> None:
         self._draining = True
         grace = self.config.service.drain_grace
+        deadline = time.monotonic() + grace
         if self.registration is not None:
             await self.registration.deregister()
         if self.inbound is not None:
             log.info("draining inbound calls for up to %.1fs", grace)
-            await self.inbound.stop(grace)
-        deadline = time.monotonic() + grace
-        while time.monotonic() < deadline:  # the app may still be finishing work that needs its upstreams
-            app_finished = self.app is None or not self.app.healthy
-            if app_finished and not sum(listener.in_flight for listener in self.outbound):
-                break
-            await asyncio.sleep(0.05)
+            await self.inbound.stop(max(0.0, deadline - time.monotonic()))  # returns once none is in flight
+        if self._listening:  # else no app was ever served (stopped at start, or waiting for certificates)
+            await self._serve_the_app_until_done(deadline)
         for listener in self.outbound:
             await listener.stop(0)
         if self.app is not None:
@@ -271,6 +272,26 @@ class Sidecar:
         await self.mesh.close()
         await self.admin.stop()
         log.info("sidecar stopped")
+
+    async def _serve_the_app_until_done(self, deadline: float) -> None:
+        """Keep the outbound side up while the app may still call out, until `deadline` (``service.drain_grace``):
+        while a call is in flight, while the app drains (it shuts down with us and its last handlers may call), and
+        until no call has come for QUIET_S. So a sidecar restarted under an idle app that stays up stops after the
+        quiet period, not after the whole grace; a pod stopping with its app keeps serving it to the end."""
+        if self.app is not None:
+            await self.app.probe()  # a fresh look: the app may have been told to stop at the same moment
+        seen, quiet_since = -1, 0.0
+        while (now := time.monotonic()) < deadline:
+            arrived = sum(listener.arrived for listener in self.outbound)
+            if arrived != seen or any(listener.in_flight for listener in self.outbound):
+                seen, quiet_since = arrived, now
+            elif now - quiet_since >= QUIET_S and not (self.app is not None and self.app.draining):
+                log.info("no outbound call for %.1fs and the app is not draining: stopping", QUIET_S)
+                return
+            await asyncio.sleep(0.05)
+        in_flight = sum(listener.in_flight for listener in self.outbound)
+        if in_flight:
+            log.warning("service.drain_grace is over: cancelling %d outbound calls still in flight", in_flight)
 
 
 def _read_descriptor_sets(config: Config) -> dict[str, MethodInfo]:

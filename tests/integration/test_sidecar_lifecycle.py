@@ -21,6 +21,7 @@ import pytest
 
 from meshlet.security.dev_ca import init_ca, issue
 from meshlet_api.echo.v1 import echo_pb2, echo_pb2_grpc
+from meshlet_sidecar.sidecar import QUIET_S
 from tests.support.agents import Agent, start_dev_agent
 from tests.support.plain_app import plain_app
 from tests.support.processes import REPO_ROOT, Processes, eventually, free_port, wait_until
@@ -306,6 +307,52 @@ async def test_sigterm_drains_calls_in_flight_deregisters_exits_0_and_a_restart_
                 lambda: endpoints_seen_by(sidecar_a, "b-svc") == 1, "sidecar A to find it again", blocking=True
             )
             assert (await echo.Echo(HELLO, timeout=WAIT_S)).message == "hello"
+
+
+async def test_a_sidecar_with_nothing_in_flight_stops_without_waiting_out_drain_grace(
+    procs: Processes, tmp_path: Path, pki: Path
+) -> None:
+    """A sidecar restarted under an app that stays up: nothing is in flight, so the stop takes a short quiet period,
+    not drain_grace (60 s here, twice what the test waits for the exit)."""
+    agent = start_dev_agent(procs)
+    async with plain_app() as app_b:
+        config = b_config(pki, agent.url, drain_grace="60s")
+        sidecar_b = await asyncio.to_thread(start_sidecar, procs, tmp_path, "b", config, app=f"127.0.0.1:{app_b.port}")
+        port = sidecar_b.inbound_port
+        await eventually(lambda: instances(agent, "b-svc", passing=True) == {port}, "b-svc to pass", blocking=True)
+        sidecar_a = await asyncio.to_thread(start_sidecar, procs, tmp_path, "a", a_config(pki, agent.url))
+        async with echo_through(sidecar_a) as echo:
+            assert (await echo.Echo(HELLO, timeout=WAIT_S)).message == "hello"  # it served, then went quiet
+
+        sidecar_b.child.signal(signal.SIGTERM)
+
+        assert await asyncio.to_thread(sidecar_b.child.wait, WAIT_S) == 0, sidecar_b.output()
+        assert instances(agent, "b-svc") == set()
+
+
+async def test_a_stopping_sidecar_serves_an_outbound_call_in_flight_to_its_end(
+    procs: Processes, tmp_path: Path, pki: Path
+) -> None:
+    agent = start_dev_agent(procs)
+    async with plain_app() as app_b:
+        await asyncio.to_thread(
+            start_sidecar, procs, tmp_path, "b", b_config(pki, agent.url), app=f"127.0.0.1:{app_b.port}"
+        )
+        await eventually(lambda: bool(instances(agent, "b-svc", passing=True)), "b-svc to pass", blocking=True)
+        config_a = {**a_config(pki, agent.url), "service": {"name": "a-svc", "drain_grace": "60s"}}
+        sidecar_a = await asyncio.to_thread(start_sidecar, procs, tmp_path, "a", config_a)
+        async with echo_through(sidecar_a) as echo:
+            held = asyncio.ensure_future(echo.Echo(HELLO, metadata=(("x-echo-hold", "1"),), timeout=WAIT_S))
+            await eventually(lambda: len(app_b.seen) == 1, "app B to hold the call", blocking=True)
+
+            sidecar_a.child.signal(signal.SIGTERM)
+            await eventually(lambda: "draining" in sidecar_a.ready()[1], "sidecar A to drain", blocking=True)
+            await asyncio.sleep(QUIET_S + 1)  # past the quiet period: a sidecar that overlooked the call would stop
+            assert sidecar_a.child.alive(), sidecar_a.output()
+            app_b.release.set()
+
+            assert (await held).message == "hello"
+        assert await asyncio.to_thread(sidecar_a.child.wait, WAIT_S) == 0, sidecar_a.output()
 
 
 @contextlib.asynccontextmanager
