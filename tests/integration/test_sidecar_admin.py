@@ -85,18 +85,19 @@ async def test_app_health_follows_the_apps_health_service_until_the_app_is_gone(
     await app_health.start()
     assert (app_health.status(), app_health.healthy, app_health.last_error) == (SERVING, True, None)
     assert app_health.probe_kind == GRPC_PROBE
-    assert not app_health.draining
+    draining = [app_health.draining]  # while the app drains, a stopping sidecar keeps serving its calls out
 
     await app.set(health_pb2.HealthCheckResponse.NOT_SERVING)
     assert await app_health.probe() == NOT_SERVING
     assert not app_health.healthy
     assert "answers NOT_SERVING" in (app_health.last_error or "")
-    assert app_health.draining  # up, and saying it is not serving: a stopping sidecar keeps serving its calls out
+    draining.append(app_health.draining)
 
     await app.stop()
     assert await app_health.probe() == NOT_SERVING
     assert "unreachable: Connection refused" in (app_health.last_error or "")
-    assert not app_health.draining  # gone: it calls nothing any more
+    draining.append(app_health.draining)
+    assert draining == [False, True, False]  # only while it answers NOT_SERVING: once gone, it calls nothing
     assert app.address in repr(app_health)
 
 

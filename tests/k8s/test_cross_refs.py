@@ -152,7 +152,7 @@ def test_meshlet_configs_load_with_the_pods_environment(overlay: str, tmp_path: 
     assert any(port.get("hostPort") == 8500 for port in client["ports"]), "pods reach the agent on HOST_IP:8500"
     for pod in meshlet_pods(objects).values():
         env = pod_env(pod.meshlet_container)
-        config = load_config(config_path(pod, tmp_path), env=env)
+        config = load_config(config_path(pod, tmp_path), env=env, check_files=False)  # files mounted in the pod
         assert config.consul.address == "http://192.168.49.2:8500", pod.service  # the fake status.hostIP
         assert config.service.address == "10.244.1.7", pod.service  # the fake status.podIP
         assert env["OTEL_EXPORTER_OTLP_ENDPOINT"] == "http://jaeger:4317"
@@ -169,7 +169,7 @@ def test_the_mesh_port_is_15006_in_every_shop_pod(overlay: str, tmp_path: Path) 
     for pod in meshlet_pods(objects).values():
         container = pod.meshlet_container
         assert has_port(container, MESH_PORT), pod.service
-        config = load_config(config_path(pod, tmp_path), env=pod_env(container))
+        config = load_config(config_path(pod, tmp_path), env=pod_env(container), check_files=False)
         if pod.sidecar_mode:
             assert split_host_port(config.sidecar.inbound) == ("0.0.0.0", MESH_PORT)
         else:
@@ -187,7 +187,7 @@ def test_native_sidecars_and_their_probes(overlay: str, tmp_path: Path) -> None:
         sidecar = pod.meshlet_container
         assert sidecar in pod.workload.pod["initContainers"]
         assert sidecar["restartPolicy"] == "Always"
-        config = load_config(config_path(pod, tmp_path), env=pod_env(sidecar))
+        config = load_config(config_path(pod, tmp_path), env=pod_env(sidecar), check_files=False)
         admin_host, admin_port = split_host_port(config.sidecar.admin)
         assert admin_host == "0.0.0.0"
         assert has_port(sidecar, admin_port)
@@ -208,7 +208,9 @@ def test_termination_grace_covers_the_drain(overlay: str, tmp_path: Path) -> Non
     """SDK pods drain for service.drain_grace after SIGTERM. Sidecar pods: the app's preStop waits, the app
     drains, then the sidecar (stopped last) drains inbound and keeps outbound up to drain_grace each."""
     for pod in meshlet_pods(render(overlay)).values():
-        grace = load_config(config_path(pod, tmp_path), env=pod_env(pod.meshlet_container)).service.drain_grace
+        grace = load_config(
+            config_path(pod, tmp_path), env=pod_env(pod.meshlet_container), check_files=False
+        ).service.drain_grace
         period = pod.workload.pod["terminationGracePeriodSeconds"]
         if pod.sidecar_mode:
             pre_stop = pod.app_container["lifecycle"]["preStop"]["exec"]["command"]

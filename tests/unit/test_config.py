@@ -441,6 +441,12 @@ def test_a_span_file_in_a_folder_that_does_not_exist_is_a_config_error(write: Wr
     assert "does not exist" in error.allowed
 
 
+def test_a_config_for_another_machine_loads_without_its_files(write: Write, tmp_path: Path) -> None:
+    path = write("tls: {source: files, cert: a.crt, key: a.key, ca: ca.crt}\n")
+    config = load_config(path, env={}, check_files=False)  # e.g. a pod's, whose secret is mounted there
+    assert config.tls.cert == tmp_path / "a.crt"
+
+
 def test_tls_files_are_not_read_when_tls_source_does_not_use_them(write: Write) -> None:
     config = load_config(write("tls: {source: consul, cert: absent.crt}\nservice: {name: orders}\n"), env={})
     assert config.tls.source == "consul"

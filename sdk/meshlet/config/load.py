@@ -85,7 +85,11 @@ class _Layers:
 
 
 def load_config(
-    path: str | Path | None = None, *, env: Mapping[str, str] | None = None, overrides: Mapping[str, Any] | None = None
+    path: str | Path | None = None,
+    *,
+    env: Mapping[str, str] | None = None,
+    overrides: Mapping[str, Any] | None = None,
+    check_files: bool = True,
 ) -> Config:
     """Defaults < $CONSUL_* and $OTEL_* < the YAML file < $MESHLET_<SECTION>__<FIELD> < `overrides` (flags).
 
@@ -95,7 +99,8 @@ def load_config(
     belong in the file or in a flow mapping value. `overrides` takes nested mappings or dotted keys
     (``{"sidecar.app": "127.0.0.1:5000"}``), string values read as environment values are.
     A relative file path in the file is read from the file's folder (one in a variable or a flag from the working
-    directory); a file the config reads must be readable. Raises ConfigError, and nothing else, for any bad input.
+    directory); a file the config reads must be readable, unless `check_files` is False (a config read on another
+    machine than the one it runs on). Raises ConfigError, and nothing else, for any bad input.
     """
     env = os.environ if env is None else env
     layers = _Layers()
@@ -118,7 +123,8 @@ def load_config(
         config = Config.model_validate(layers.tree)
     except ValidationError as exc:
         raise _config_error(exc, layers) from None
-    _check_files(config, layers)
+    if check_files:
+        _check_files(config, layers)
     return config
 
 
