@@ -15,6 +15,7 @@ from meshlet.errors import ErrorReason, error_info
 from meshlet_api.echo.v1 import echo_pb2, echo_pb2_grpc
 from tests.integration.conftest import EchoFleet, MeshFactory
 from tests.support.agents import Agent
+from tests.support.plain_app import plain_app
 from tests.support.processes import Processes, wait_until
 
 pytestmark = pytest.mark.slow
@@ -312,6 +313,16 @@ def test_a_second_service_on_a_taken_port_exits_1_naming_it_and_registers_nothin
     instances = [s for s in fleet.agent.get("/v1/agent/services").values() if s["Service"] == fleet.service]
     assert len(instances) == 1, instances
     assert fleet.servers["first"].alive()
+
+
+async def test_a_service_on_a_plain_apps_port_exits_1_and_does_not_register_as_that_app(fleet: EchoFleet) -> None:
+    async with plain_app() as app:  # plain grpcio: SO_REUSEPORT on, as grpc sets it by default
+        child = fleet.start("squatter", port=app.port, wait=False)
+
+        assert child.wait(20) == 1, child.output()
+        assert f"127.0.0.1:{app.port} (Address already in use" in child.output()
+        assert fleet.agent.passing(fleet.service) == []
+        assert not [s for s in fleet.agent.get("/v1/agent/services").values() if s["Service"] == fleet.service]
 
 
 async def test_by_default_a_service_registers_the_address_it_listens_on(
