@@ -177,7 +177,7 @@ def test_meshlet_configs_load_with_the_pods_environment(overlay: str, tmp_path: 
     assert any(port.get("hostPort") == 8500 for port in client["ports"]), "pods reach the agent on HOST_IP:8500"
     for pod in meshlet_pods(objects).values():
         env = pod_env(pod.meshlet_container)
-        config = load_config(config_path(pod, tmp_path), env=env)
+        config = load_config(config_path(pod, tmp_path), env=env, check_files=False)  # files mounted in the pod
         assert config.consul.address == "http://192.168.49.2:8500", pod.service  # the fake status.hostIP
         assert config.service.address == "10.244.1.7", pod.service  # the fake status.podIP
         assert env["OTEL_EXPORTER_OTLP_ENDPOINT"] == "http://jaeger:4317"
@@ -196,7 +196,7 @@ def test_meshlet_configs_load_on_an_ipv6_node(overlay: str, tmp_path: Path) -> N
     for pod in meshlet_pods(render(overlay)).values():
         env = pod_env(pod.meshlet_container, fields)
         assert env["CONSUL_HTTP_ADDR"] == "http://fd00:1::2:8500", "what the kubelet expands"
-        config = load_config(config_path(pod, tmp_path), env=env)
+        config = load_config(config_path(pod, tmp_path), env=env, check_files=False)
         assert config.consul.address == "http://[fd00:1::2]:8500", pod.service
         assert config.service.address == "fd00:10:244::7", pod.service
         if pod.sidecar_mode:
@@ -212,7 +212,7 @@ def test_the_mesh_port_is_15006_in_every_shop_pod(overlay: str, tmp_path: Path) 
     for pod in meshlet_pods(objects).values():
         container = pod.meshlet_container
         assert has_port(container, MESH_PORT), pod.service
-        config = load_config(config_path(pod, tmp_path), env=pod_env(container))
+        config = load_config(config_path(pod, tmp_path), env=pod_env(container), check_files=False)
         if pod.sidecar_mode:
             assert split_host_port(config.sidecar.inbound) == (EVERY_ADDRESS, MESH_PORT)
         else:
@@ -232,7 +232,7 @@ def test_native_sidecars_and_their_probes(overlay: str, tmp_path: Path) -> None:
         sidecar = pod.meshlet_container
         assert sidecar in pod.workload.pod["initContainers"]
         assert sidecar["restartPolicy"] == "Always"
-        config = load_config(config_path(pod, tmp_path), env=pod_env(sidecar))
+        config = load_config(config_path(pod, tmp_path), env=pod_env(sidecar), check_files=False)
         admin_host, admin_port = split_host_port(config.sidecar.admin)
         assert admin_host == EVERY_ADDRESS
         assert has_port(sidecar, admin_port)
@@ -255,7 +255,7 @@ def test_termination_grace_covers_the_drain(overlay: str, tmp_path: Path) -> Non
     """SDK pods drain for service.drain_grace after SIGTERM. Sidecar pods: the app's preStop waits, the app
     drains, then the sidecar (stopped last) drains inbound and keeps outbound up to drain_grace each."""
     for pod in meshlet_pods(render(overlay)).values():
-        config = load_config(config_path(pod, tmp_path), env=pod_env(pod.meshlet_container))
+        config = load_config(config_path(pod, tmp_path), env=pod_env(pod.meshlet_container), check_files=False)
         grace = config.service.drain_grace
         period = pod.workload.pod["terminationGracePeriodSeconds"]
         if pod.sidecar_mode:
@@ -272,7 +272,7 @@ PROMETHEUS = {"namespace": "monitoring", "app.kubernetes.io/name": "prometheus"}
 
 def metrics_port(pod: MeshletPod, tmp_path: Path) -> int:
     """Where `pod` serves /metrics: a sidecar on its admin port, an SDK service on telemetry.metrics_port."""
-    config = load_config(config_path(pod, tmp_path), env=pod_env(pod.meshlet_container))
+    config = load_config(config_path(pod, tmp_path), env=pod_env(pod.meshlet_container), check_files=False)
     if pod.sidecar_mode:
         return split_host_port(config.sidecar.admin)[1]
     assert config.telemetry.metrics_port is not None, pod.service

@@ -51,6 +51,7 @@ _CHANNEL_OPTIONS: Options = (
 # What every meshlet server (the SDK's and the sidecar's inbound) accepts: meshlet's channels ping every 30 s while
 # a call is open, and grpc's 5-minute default would answer a quiet long-lived stream with GOAWAY too_many_pings.
 SERVER_OPTIONS: Options = (
+    ("grpc.so_reuseport", 0),  # a port is one server's: a second one fails to start instead of sharing the calls
     ("grpc.http2.min_ping_interval_without_data_ms", 10_000),
     ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
 )
