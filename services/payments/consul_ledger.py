@@ -110,6 +110,10 @@ class ConsulLedger:
 def consul_address(address: str) -> tuple[str, str, int]:
     """``(scheme, host, port)`` from ``CONSUL_HTTP_ADDR`` (``host:port`` or ``http(s)://host:port``); ValueError
     naming the variable when it is not one."""
+    scheme_part, sep, authority = address.rpartition("//")
+    host_part, colon, port_part = authority.rpartition(":")
+    if host_part.count(":") > 1 and not host_part.startswith("[") and port_part.isdigit():
+        address = f"{scheme_part}{sep}[{host_part}]{colon}{port_part}"  # http://$(HOST_IP):8500 on an IPv6 node
     parsed = urllib.parse.urlsplit(address if "//" in address else f"//{address}")
     scheme = parsed.scheme or "http"
     try:
@@ -122,15 +126,22 @@ def consul_address(address: str) -> tuple[str, str, int]:
 
 
 def from_environment(environ: Mapping[str, str], instance_id: str) -> ChargeBook:
-    """Consul KV when ``CONSUL_HTTP_ADDR`` is set (with ``CONSUL_HTTP_TOKEN`` and ``CONSUL_CACERT`` when set),
-    else memory. Call it inside the event loop (the Consul client opens an aiohttp session)."""
+    """Consul KV when ``CONSUL_HTTP_ADDR`` is set (with ``CONSUL_HTTP_TOKEN``, or ``CONSUL_HTTP_TOKEN_FILE`` which
+    wins when not empty, as in Consul's client, and ``CONSUL_CACERT`` when set), else memory. Call it inside the
+    event loop (the Consul client opens an aiohttp session)."""
     address = environ.get("CONSUL_HTTP_ADDR", "")
     if not address:
         return MemoryBook(Ledger(prefix=f"ch-{instance_id}"))
     scheme, host, port = consul_address(address)
     options: dict[str, Any] = {"host": host, "port": port, "scheme": scheme}
-    if environ.get("CONSUL_HTTP_TOKEN"):
-        options["token"] = environ["CONSUL_HTTP_TOKEN"]
+    token = environ.get("CONSUL_HTTP_TOKEN", "")
+    if environ.get("CONSUL_HTTP_TOKEN_FILE"):
+        with open(environ["CONSUL_HTTP_TOKEN_FILE"], encoding="utf-8") as file:
+            token = file.read().strip() or token
+    if token:
+        options["token"] = token
+    if ":" in host:
+        host = options["host"] = f"[{host}]"  # py-consul pastes the host into its URLs
     if environ.get("CONSUL_CACERT"):
         options["verify"] = environ["CONSUL_CACERT"]
     return ConsulLedger(consul.aio.Consul(**options), where=f"{scheme}://{host}:{port}")
