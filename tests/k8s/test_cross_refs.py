@@ -9,6 +9,8 @@ from pathlib import Path
 import pytest
 
 from meshlet.config import load_config, split_host_port
+from meshlet.discovery.registration import REQUEST_TIMEOUT_S as DEREGISTER_TIMEOUT_S
+from meshlet.telemetry.tracing import SHUTDOWN_S as SPAN_FLUSH_S
 from tests.k8s.manifests import (
     FAKE_FIELDS,
     MESHLET_IMAGE,
@@ -34,6 +36,7 @@ SIDECAR_MODE = ("inventory", "payments")
 MESH_PORT = 15006
 EVERY_ADDRESS = "::"  # both IP families, 127.0.0.1 included: IPv4-only, dual-stack and IPv6 clusters alike
 PRESTOP_NOTICE_S = 3  # k8s/base/shop/drain_hook.py's default wait
+SHUTDOWN_MARGIN_S = 5  # kept free after an SDK pod's worst-case shutdown
 OPERATOR_SECRETS = ("consul-acl-bootstrap",)  # prod's Consul bootstrap token: made by hand, never in git
 
 
@@ -257,8 +260,9 @@ def test_native_sidecars_and_their_probes(overlay: str, tmp_path: Path) -> None:
 
 @pytest.mark.parametrize("overlay", OVERLAYS)
 def test_termination_grace_covers_the_drain(overlay: str, tmp_path: Path) -> None:
-    """SDK pods drain for service.drain_grace after SIGTERM. Sidecar pods: the app's preStop waits, the app
-    drains, then the sidecar (stopped last) drains inbound and keeps outbound up to drain_grace each."""
+    """SDK pods, after SIGTERM: deregistering (bounded by its request timeout), the drain (service.drain_grace)
+    and the last spans' flush, with a margin before the kubelet's SIGKILL. Sidecar pods: the app's preStop waits,
+    the app drains, then the sidecar (stopped last) drains inbound and keeps outbound up to drain_grace each."""
     for pod in meshlet_pods(render(overlay)).values():
         config = load_config(config_path(pod, tmp_path), env=pod_env(pod.meshlet_container))
         grace = config.service.drain_grace
@@ -269,7 +273,8 @@ def test_termination_grace_covers_the_drain(overlay: str, tmp_path: Path) -> Non
             assert pre_stop[1:] == ["/etc/meshlet-hooks/drain_hook.py", str(admin_port)], "POST /drain, in the pod"
             assert period >= PRESTOP_NOTICE_S + grace + 2 * grace, pod.service
         else:
-            assert period >= grace + 5, pod.service
+            worst = DEREGISTER_TIMEOUT_S + grace + SPAN_FLUSH_S
+            assert period >= worst + SHUTDOWN_MARGIN_S, f"{pod.service}: {period}s leaves no margin over {worst}s"
 
 
 PROMETHEUS = {"namespace": "monitoring", "app.kubernetes.io/name": "prometheus"}  # base's shop-metrics peer
@@ -409,6 +414,33 @@ def test_only_the_agents_http_port_is_a_host_port(overlay: str) -> None:
         if "hostPort" in p
     }
     assert host_ports == {("consul-client", 8500)}
+
+
+@pytest.mark.parametrize("overlay", OVERLAYS)
+def test_the_consul_agents_schedule_first_and_have_a_service_that_stays_on_the_node(overlay: str) -> None:
+    """Without its node's agent no pod there registers or gets a certificate: the agents get a priority class
+    above every ordinary pod. And where the CNI ignores hostPorts, consul-agent (internalTrafficPolicy Local)
+    reaches the same node's agent."""
+    objects = render(overlay)
+    agents = workload(objects, "consul-client")
+    priority = named(objects, "PriorityClass")[agents.pod["priorityClassName"]]
+    assert priority["value"] >= 1_000_000, "above ordinary pods"
+    assert not priority.get("globalDefault")
+    service = named(objects, "Service")["consul-agent"]["spec"]
+    assert service["internalTrafficPolicy"] == "Local"
+    assert agents.selected_by(service["selector"])
+    assert [(p["port"], p["targetPort"]) for p in service["ports"]] == [(8500, 8500)]
+
+
+@pytest.mark.parametrize("overlay", OVERLAYS)
+def test_prod_samples_a_fraction_of_traces_and_dev_every_one(overlay: str, tmp_path: Path) -> None:
+    """Jaeger all-in-one keeps spans in memory: prod sends it a sample, and the root's decision holds downstream."""
+    for pod in meshlet_pods(render(overlay)).values():
+        ratio = load_config(config_path(pod, tmp_path), env=pod_env(pod.meshlet_container)).telemetry.sample_ratio
+        if overlay == "prod":
+            assert 0 < ratio <= 0.1, pod.service
+        else:
+            assert ratio == 1.0, pod.service
 
 
 def test_dev_runs_one_replica_of_everything() -> None:

@@ -41,7 +41,8 @@ def test_the_validator_rejects_what_kubernetes_would() -> None:
         kubernetes_validate.validate(wrong_type, KUBERNETES_VERSION, strict=True)
 
 
-CLUSTER_SCOPED = ("ClusterRoleBinding",)  # prod's binding of Consul's auth method reviewer to system:auth-delegator
+# prod's binding of Consul's auth method reviewer to system:auth-delegator; the Consul agents' priority class
+CLUSTER_SCOPED = ("ClusterRoleBinding", "PriorityClass")
 
 
 @pytest.mark.parametrize("overlay", OVERLAYS)
