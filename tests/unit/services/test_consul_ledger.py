@@ -81,3 +81,10 @@ def test_the_ledger_logs_in_with_the_token_file_as_consuls_own_client_does(tmp_p
             await ledger.close()
 
     assert asyncio.run(build()) == ("from-login", "http://[fd00:1::2]:8500")
+
+
+@pytest.mark.parametrize("retention", ["0", "-5", "a day"])
+def test_a_retention_that_is_not_a_positive_number_of_seconds_is_refused(retention: str) -> None:
+    environ = {"CONSUL_HTTP_ADDR": "127.0.0.1:8500", "SHOP_LEDGER_RETENTION_S": retention}
+    with pytest.raises(ValueError, match="SHOP_LEDGER_RETENTION_S"):
+        from_environment(environ, "payments-1")
