@@ -11,6 +11,8 @@ import contextlib
 import json
 import signal
 import socket
+import urllib.error
+import urllib.request
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -354,6 +356,41 @@ async def test_a_stopping_sidecar_serves_an_outbound_call_in_flight_to_its_end(
 
             assert (await held).message == "hello"
         assert await asyncio.to_thread(sidecar_a.child.wait, WAIT_S) == 0, sidecar_a.output()
+
+
+async def test_a_drained_instance_whose_app_restarts_comes_back_into_rotation(
+    procs: Processes, tmp_path: Path, pki: Path
+) -> None:
+    """The preStop hook's POST /drain takes the instance out of Consul's passing set and /ready; an app restarted
+    in its place (Kubernetes' restart after a failed liveness probe) brings both back, with no sidecar restart."""
+    agent = start_dev_agent(procs)
+    app = start_plain_app(procs, "app-b")
+    sidecar = await asyncio.to_thread(start_sidecar, procs, tmp_path, "b", b_config(pki, agent.url), app=app.address)
+    port = sidecar.inbound_port
+    await eventually(lambda: instances(agent, "b-svc", passing=True) == {port}, "b-svc to pass", blocking=True)
+
+    status, answer = await asyncio.to_thread(admin_post, f"{sidecar.admin_url}/drain")
+    assert status == 200, answer
+    assert instances(agent, "b-svc", passing=True) == set()
+    status, waiting = await asyncio.to_thread(sidecar.ready)
+    assert status == 503
+    assert "maintenance" in waiting
+
+    app.child.signal(signal.SIGTERM)
+    await asyncio.to_thread(app.child.wait, WAIT_S)
+    start_plain_app(procs, "app-b-restarted", app.port)
+    await eventually(
+        lambda: instances(agent, "b-svc", passing=True) == {port}, "b-svc back in the passing set", blocking=True
+    )
+    await eventually(sidecar.is_ready, "the sidecar ready again", blocking=True)
+
+
+def admin_post(url: str) -> tuple[int, str]:
+    try:
+        with urllib.request.urlopen(urllib.request.Request(url, method="POST"), timeout=5) as response:
+            return int(response.status), response.read().decode()
+    except urllib.error.HTTPError as error:
+        return int(error.code), error.read().decode()
 
 
 @contextlib.asynccontextmanager
