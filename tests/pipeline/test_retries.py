@@ -7,11 +7,10 @@ import grpc
 import pytest
 
 from meshlet.endpoints import Endpoint
-from meshlet.errors import ErrorReason, MeshError, NoHealthyEndpoint, UpstreamFailed, error_info, explained_failure
+from meshlet.errors import ErrorReason, MeshError, NoHealthyEndpoint, UpstreamFailed, error_info
 from meshlet.events import RetryNotAttempted, RetryScheduled
-from meshlet.transport.channels import NotConnected
 from tests.pipeline.conftest import GET, RESERVE, SERVICE, A, B, C, D, E, MakeRig, Rig, info_of, policy
-from tests.pipeline.scripted import failure, refused, reply_from, unavailable
+from tests.pipeline.scripted import HandshakesFail, failure, refused, reply_from, unavailable
 
 
 def mesh_status(error: MeshError) -> Exception:
@@ -130,21 +129,6 @@ async def test_a_resent_non_idempotent_call_stops_once_an_attempt_may_have_reach
 
     assert len(rig.transport.refusals) == len(rig.attempts) == 1
     assert error.details() == "Socket closed"
-
-
-class HandshakesFail:
-    """An explainer (meshlet.security.handshake_failures in the mesh) that finds every endpoint it is asked about
-    failing its TLS handshake."""
-
-    def __init__(self) -> None:
-        self.asked: list[Endpoint] = []
-
-    async def __call__(self, failed: NotConnected, endpoint: Endpoint, timeout_s: float) -> grpc.aio.AioRpcError:
-        self.asked.append(endpoint)
-        info = {"upstream": SERVICE, "peer": str(endpoint), "failure": "server_certificate_not_trusted"}
-        return explained_failure(
-            failed, f"TLS handshake with {endpoint} failed", ErrorReason.TLS_HANDSHAKE_FAILED, info
-        )
 
 
 async def test_a_non_idempotent_call_whose_handshake_failed_is_resent_elsewhere(make_rig: MakeRig) -> None:

@@ -297,9 +297,9 @@ def describe(kind: Handshake, endpoint: Endpoint, expect: Expectation, probed: P
     if kind is Handshake.CLIENT_REFUSED:
         ours = expect.client_identity or "this client's certificate"
         return (
-            f"TLS handshake with {peer} failed: it presented the certificate expected{shown} and refused ours, "
-            f"{ours} (a grpc server refuses a client certificate by closing the connection mid-handshake): its "
-            f"tls.ca must hold the CA that issued ours ({domain}), and ours must not have expired"
+            f"TLS handshake with {peer} failed: it is the server expected{shown} and this client trusts it, so it "
+            f"refused ours, {ours} (a grpc server refuses a client certificate by closing the connection "
+            f"mid-handshake): its tls.ca must hold the CA that issued ours ({domain}), and ours must not have expired"
         )
     return (
         f"{peer} requires TLS{shown}, and this client is plaintext (tls.source off): set tls.source to consul or files"
