@@ -7,7 +7,7 @@ trust domains. grpc's own words are never read: meshlet connects to the endpoint
 judges from what it finds (`judge`)::
 
     no TCP connection (refused, timed out)          not a TLS failure: NotConnected is left as it is
-    TCP, and TLS bytes never come back               server_not_tls (for a plaintext client: no TLS failure)
+    TCP, and what comes back is no TLS               server_not_tls (for a plaintext client: no TLS failure)
     a certificate our trust bundle does not verify   server_certificate_not_trusted
     a verified certificate of another identity       wrong_server_identity
     the verified certificate we expect               client_certificate_refused: a grpc server refuses a client
@@ -31,7 +31,7 @@ import logging
 import ssl
 import time
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from enum import Enum
 
 import grpc
@@ -44,6 +44,9 @@ log = logging.getLogger("meshlet.tls")
 
 PROBE_EVERY_S = 5.0  # per endpoint: a failing endpoint is probed (and the failure logged) at most this often
 PROBE_TIMEOUT_S = 0.5
+# What OpenSSL says when the bytes a server sends back to a ClientHello are no TLS record (a plaintext gRPC server
+# answers with an HTTP/2 frame, an HTTP/1 server with a status line: both WRONG_VERSION_NUMBER, measured).
+_NOT_TLS = frozenset({"WRONG_VERSION_NUMBER", "RECORD_LAYER_FAILURE", "PACKET_LENGTH_TOO_LONG", "UNKNOWN_PROTOCOL"})
 
 
 class Handshake(Enum):
@@ -64,7 +67,7 @@ class Expectation:
     identity: str | None = None  # the SPIFFE ID the server must present; None: this client is plaintext
     trust_domain: str | None = None
     client_identity: str | None = None
-    trust_bundle_pem: bytes | None = None  # the CAs this client verifies servers with
+    trust_bundle_pem: bytes | None = field(default=None, repr=False)  # the CAs this client verifies servers with
 
 
 @dataclass(frozen=True, slots=True)
@@ -139,8 +142,10 @@ async def _handshake(endpoint: Endpoint, context: ssl.SSLContext) -> Probed | No
         return Probed(speaks_tls=True, untrusted=refused.verify_message or "not verified")
     except (ssl.SSLEOFError, ssl.SSLZeroReturnError):
         return None  # closed mid-handshake: a server that refuses TLS callers, or one going away
-    except ssl.SSLError:
-        return Probed(speaks_tls=False)  # what came back was no TLS record: a plaintext port
+    except ssl.SSLError as failed:
+        if failed.reason in _NOT_TLS:  # our own TLS stack's verdict on the bytes that came back
+            return Probed(speaks_tls=False)
+        return None  # a TLS alert, say: a TLS 1.2 server refusing a client without a certificate
     except OSError:
         return None
     finally:
@@ -244,7 +249,7 @@ class HandshakeFailures:
         """Probe `endpoint`, judge, and log the explanation once (whoever waits for it, or none)."""
         try:
             probed = await self._probe(endpoint, expectation.trust_bundle_pem, PROBE_TIMEOUT_S)
-        except Exception:  # an explanation must never fail a call: it is left as grpc said it
+        except Exception:  # an explanation must never fail a call: it is left unexplained
             log.debug("probing %s failed", endpoint, exc_info=True)
             return None
         kind = judge(expectation, probed)

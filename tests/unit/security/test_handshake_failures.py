@@ -4,9 +4,11 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import socket
 import ssl
-from collections.abc import AsyncIterator, Awaitable, Callable
+import threading
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from pathlib import Path
 
 import grpc
@@ -97,6 +99,33 @@ async def tls_server() -> AsyncIterator[Serve]:
 
 
 @pytest.fixture
+def alerting_server(ca: Path) -> Iterator[Endpoint]:
+    """A TLS server that answers every ClientHello with an alert: TLS 1.2 with an RSA key exchange only, and an
+    EC key, so no cipher is shared (a blocking server: OpenSSL writes its alert before the socket closes)."""
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    context.load_cert_chain(ca / "orders.crt", ca / "orders.key")
+    context.maximum_version = ssl.TLSVersion.TLSv1_2
+    context.set_ciphers("AES128-GCM-SHA256")
+    listener = socket.create_server(("127.0.0.1", 0))
+
+    def refuse_each() -> None:
+        while True:
+            try:
+                connection, _ = listener.accept()
+            except OSError:
+                return  # closed: the test is over
+            with connection, contextlib.suppress(ssl.SSLError, OSError):
+                context.wrap_socket(connection, server_side=True)
+
+    thread = threading.Thread(target=refuse_each, daemon=True)
+    thread.start()
+    yield Endpoint("127.0.0.1", listener.getsockname()[1])
+    listener.shutdown(socket.SHUT_RDWR)
+    listener.close()
+    thread.join()
+
+
+@pytest.fixture
 async def plaintext_grpc_server() -> AsyncIterator[Endpoint]:
     server = grpc.aio.server()
     port = server.add_insecure_port("127.0.0.1:0")
@@ -117,6 +146,11 @@ async def test_an_endpoint_that_refuses_tcp_says_nothing() -> None:
 
 async def test_a_plaintext_grpc_port_does_not_speak_tls(plaintext_grpc_server: Endpoint) -> None:
     assert await probe(plaintext_grpc_server, None, 1.0) == Probed(speaks_tls=False)
+
+
+async def test_a_tls_server_that_refuses_our_handshake_with_an_alert_says_nothing(alerting_server: Endpoint) -> None:
+    """An alert is TLS: nothing is proven, least of all that the server does not speak TLS."""
+    assert await probe(alerting_server, None, 1.0) is None
 
 
 async def test_a_tls_server_shows_its_identity_and_our_bundle_verifies_it(ca: Path, tls_server: Serve) -> None:
