@@ -250,9 +250,10 @@ class Mesh:
         """What a server of `service` must present, with our current certificate (read when a handshake failed)."""
         if self._tls is None or not self._tls_started:
             return Expectation(service)
-        ours = self._tls.current().identity
+        material = self._tls.current()
+        ours = material.identity
         expected = SpiffeId(ours.trust_domain, ours.namespace, self.config.consul.datacenter or "dc1", service)
-        return Expectation(service, expected.uri, ours.trust_domain, ours.uri)
+        return Expectation(service, expected.uri, ours.trust_domain, ours.uri, material.trust_bundle_pem)
 
     def _channel_factory(self, service: str) -> ChannelFactory:
         """Plaintext, or mTLS with our current certificate, verifying that the server is `service`."""

@@ -100,6 +100,7 @@ async def test_a_non_idempotent_call_that_failed_at_a_server_is_never_resent(
     "details",
     [
         "failed to connect to all addresses; last error: UNKNOWN: ipv4:127.0.0.1:1: Connection refused",
+        "failed to connect to all addresses; last error: UNAVAILABLE: ipv4:127.0.0.1:1: Socket closed",
         "sendmsg: Broken pipe",
     ],
 )
