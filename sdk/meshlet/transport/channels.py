@@ -147,6 +147,24 @@ class NotConnected(grpc.aio.AioRpcError):
         super().__init__(code, grpc.aio.Metadata(), grpc.aio.Metadata(), details, None)
 
 
+# A method no server has: what `why_not_connected` calls to read grpc core's words.
+CONNECTION_PROBE = "/meshlet.transport.v1.Transport/ConnectionProbe"
+
+
+async def why_not_connected(channel: grpc.aio.Channel) -> str:
+    """grpc core's own words for a channel's failed connection ("Connection refused", a TLS handshake that
+    failed...), for the message and the TLS metrics: Python reads them only from a call's status. A call to a
+    method no server has, on a channel in TRANSIENT_FAILURE, fails at once with them; should the channel have
+    connected meanwhile, the probe reaches the server and is refused UNIMPLEMENTED, and nothing runs. Only the
+    words come from here: that the attempt was not sent is known from the channel's state."""
+    try:
+        await channel.unary_unary(CONNECTION_PROBE, _registered_method=True)(b"", timeout=1.0, wait_for_ready=False)
+    except grpc.aio.AioRpcError as failed:
+        if failed.code() is grpc.StatusCode.UNAVAILABLE:
+            return failed.details() or ""
+    return ""
+
+
 async def wait_connected(
     channel: grpc.aio.Channel, authority: str, timeout_s: float | None, wait_for_ready: bool | None
 ) -> None:
@@ -165,9 +183,9 @@ async def wait_connected(
         if state is grpc.ChannelConnectivity.SHUTDOWN or (
             state is grpc.ChannelConnectivity.TRANSIENT_FAILURE and not wait_for_ready
         ):
+            why = await why_not_connected(channel) or state.name
             raise NotConnected(
-                grpc.StatusCode.UNAVAILABLE,
-                f"could not connect to {authority} ({state.name}); the request was not sent",
+                grpc.StatusCode.UNAVAILABLE, f"could not connect to {authority} ({why}); the request was not sent"
             )
         left = None if give_up is None else give_up - loop.time()
         if left is not None and left <= 0:
