@@ -37,6 +37,7 @@ from meshlet.mesh import Mesh
 from meshlet.security.certs import channel_options, colon_hex
 from meshlet.security.dev_ca import init_ca, issue
 from meshlet.security.identity import SpiffeId, identity_dns_name
+from meshlet.telemetry.metrics import tls_handshake_failed
 from meshlet_api.echo.v1 import echo_pb2, echo_pb2_grpc
 from tests.integration.conftest import EchoFleet
 from tests.support.agents import Agent, start_dev_agent
@@ -375,6 +376,7 @@ async def test_a_server_presenting_another_services_identity_is_refused_before_a
         await stub.Echo(HELLO, timeout=5)
 
     assert refused.value.code() == grpc.StatusCode.UNAVAILABLE
+    assert tls_handshake_failed(refused.value.details() or ""), refused.value.details()  # says why, in grpc's words
     assert await handled(impostor.ports["impostor"], pki, expect="other") == 0
 
 
