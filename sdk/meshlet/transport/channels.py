@@ -1,6 +1,7 @@
 """One grpc.aio channel per endpoint: created on first use, reused by every call, closed (gracefully, so calls
 in flight finish) when its endpoint leaves the set. grpcio's own retries are switched off on every channel:
-meshlet's retry stage is the one layer that owns retries."""
+meshlet's retry stage is the one layer that owns retries. A call is started only on a connected channel
+(`wait_connected`): an attempt that could not connect is the one attempt known never to have left."""
 
 from __future__ import annotations
 
@@ -183,7 +184,8 @@ async def wait_connected(
         if state is grpc.ChannelConnectivity.SHUTDOWN or (
             state is grpc.ChannelConnectivity.TRANSIENT_FAILURE and not wait_for_ready
         ):
-            why = await why_not_connected(channel) or state.name
+            failed = state is grpc.ChannelConnectivity.TRANSIENT_FAILURE
+            why = (await why_not_connected(channel) if failed else "") or state.name
             raise NotConnected(
                 grpc.StatusCode.UNAVAILABLE, f"could not connect to {authority} ({why}); the request was not sent"
             )
