@@ -6,9 +6,11 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import logging
 import random
 import signal
+import sys
 import time
 from collections.abc import Iterable, Sequence
 from pathlib import Path
@@ -24,9 +26,11 @@ from opentelemetry.trace import Tracer
 from meshlet.call import matches_any
 from meshlet.config import Config, load_config
 from meshlet.deadline import Clock
-from meshlet.discovery.consul_client import ConsulFactory, consul_factory
+from meshlet.discovery.consul_client import ConsulFactory, consul_factory, read_token_file
 from meshlet.discovery.consul_watch import ConsulWatch
-from meshlet.discovery.registration import Registration
+from meshlet.discovery.instances import InstanceReport
+from meshlet.discovery.registration import WILDCARDS, Registration, registered_address
+from meshlet.errors import ConfigError
 from meshlet.events import EventBus
 from meshlet.inbound import InboundHandler, InboundParts, build_inbound
 from meshlet.security.certs import (
@@ -36,12 +40,15 @@ from meshlet.security.certs import (
     channel_options,
     server_credentials,
 )
+from meshlet.security.handshake_failures import Expectation, HandshakeFailures
+from meshlet.security.identity import SpiffeId
 from meshlet.security.sources import make_source
 from meshlet.telemetry.access_log import AccessLog
 from meshlet.telemetry.metrics import Metrics
 from meshlet.telemetry.metrics_server import MetricsServer
 from meshlet.telemetry.tracing import Tracing, build_tracing
 from meshlet.transport.channels import SERVER_OPTIONS, ChannelFactory, EndpointChannels, insecure_channel
+from meshlet.transport.listen import add_port, join_host_port
 from meshlet.transport.mesh_channel import MeshChannel
 from meshlet.transport.server import InboundInterceptor
 from meshlet.upstream import Upstream
@@ -103,7 +110,10 @@ class Mesh:
         self._rng = rng or random.Random()
         token = config.consul.token.get_secret_value() if config.consul.token is not None else None
         cacert = str(config.consul.cacert) if config.consul.cacert is not None else None
-        self._consul: ConsulFactory = consul_factory(config.consul.address, token=token, ca_file=cacert)
+        token_file = _readable_token_file(config)
+        self._consul: ConsulFactory = consul_factory(
+            config.consul.address, token=token, token_file=token_file, ca_file=cacert
+        )
         self._upstreams: dict[str, Upstream] = {}
         self._watches: dict[str, ConsulWatch] = {}
         self._channels: dict[str, MeshChannel] = {}
@@ -120,8 +130,16 @@ class Mesh:
 
     @classmethod
     def from_env(cls, path: str | Path | None = None, **overrides: Any) -> Mesh:
-        """Config from ``MESHLET_CONFIG`` (or `path`), ``MESHLET_*`` variables and ``CONSUL_HTTP_ADDR``."""
-        return cls(load_config(path, overrides=overrides or None))
+        """Config from ``MESHLET_CONFIG`` (or `path`), ``MESHLET_*`` variables and ``CONSUL_HTTP_ADDR``.
+
+        For a process's main, as meshlet's own commands: a bad config prints one line naming the field and the fix
+        on stderr and ends the process with exit 2 (SystemExit), never a traceback. ``Mesh(load_config(...))``
+        raises the ConfigError instead, for code that handles it."""
+        try:
+            return cls(load_config(path, overrides=overrides or None))
+        except ConfigError as error:
+            print(f"meshlet: {error}", file=sys.stderr)
+            raise SystemExit(2) from None
 
     async def __aenter__(self) -> Mesh:
         await self.start()
@@ -202,6 +220,7 @@ class Mesh:
         if found is None:
             policy = self.config.upstream(service)
             channels = EndpointChannels(self._channel_factory(service))
+            handshakes = HandshakeFailures(functools.partial(self._expectation, service))
             found = self._upstreams[service] = Upstream(
                 service,
                 policy,
@@ -212,6 +231,8 @@ class Mesh:
                 tracer=self.tracer,
                 metrics=self.metrics,
                 access_log=self._access_log,
+                explain_failure=handshakes.explain,
+                instances=InstanceReport.from_consul(service, self._consul),
             )
             watch = self._watches[service] = ConsulWatch(
                 service,
@@ -224,6 +245,14 @@ class Mesh:
             self._starting.add(task)
             task.add_done_callback(self._starting.discard)
         return found
+
+    def _expectation(self, service: str) -> Expectation:
+        """What a server of `service` must present, with our current certificate (read when a handshake failed)."""
+        if self._tls is None or not self._tls_started:
+            return Expectation(service)
+        ours = self._tls.current().identity
+        expected = SpiffeId(ours.trust_domain, ours.namespace, self.config.consul.datacenter or "dc1", service)
+        return Expectation(service, expected.uri, ours.trust_domain, ours.uri)
 
     def _channel_factory(self, service: str) -> ChannelFactory:
         """Plaintext, or mTLS with our current certificate, verifying that the server is `service`."""
@@ -264,30 +293,45 @@ class Mesh:
 
         identify = caller_spiffe_id if self._tls is not None else None
         interceptor = InboundInterceptor(build, self._clock, identify)
-        server_options = [*SERVER_OPTIONS, *options]
+        server_options = [*options, *SERVER_OPTIONS]  # grpc takes the first of two equal keys: the caller's win
         server = grpc.aio.server(interceptors=[interceptor], options=server_options, **kwargs)
-        return _ServiceRecorder(server)
+        shares_port = any(key == "grpc.so_reuseport" and value for key, value in options)  # workers, on purpose
+        return _ServiceRecorder(server, shares_port=shares_port)
 
-    async def serve(self, server: grpc.aio.Server, port: int, *, host: str = "0.0.0.0") -> None:
+    async def serve(self, server: grpc.aio.Server, port: int, *, host: str | None = None) -> None:
         """Serve until SIGTERM/SIGINT (or `stop()`): register in Consul with a TTL check heart-beaten from the
         server's grpc.health.v1 status; on the signal report NOT_SERVING, deregister, stop accepting, drain
-        in-flight calls for ``service.drain_grace`` and return."""
+        in-flight calls for ``service.drain_grace`` and return.
+
+        It listens on `host` (default: ``service.address``, else 127.0.0.1; ``0.0.0.0`` for every interface) and
+        registers ``service.address`` (default: the address it listens on, 127.0.0.1 behind 0.0.0.0), so that by
+        default Consul names an address this server answers on. The port is this server's alone: when it is taken
+        (or the address is not this host's) it raises CannotListen, which uncaught exits 1 with one line."""
         name = self.config.service.name
         if not name:
             raise ValueError("serve() needs service.name: set it in the config file or MESHLET_SERVICE__NAME")
+        configured = self.config.service.address
+        host = host or configured or "127.0.0.1"
+        address = registered_address(host, configured)
         health_servicer = self.health
         health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
         names = [*_recorded_services(server), health.SERVICE_NAME, reflection.SERVICE_NAME]
         reflection.enable_server_reflection(names, server)
         await self.start()  # certificates, and the metrics port, for a mesh that was not entered
-        if self._tls is not None:
-            bound = server.add_secure_port(f"{host}:{port}", server_credentials(self._tls))
-        else:
-            bound = server.add_insecure_port(f"{host}:{port}")
+        credentials = server_credentials(self._tls) if self._tls is not None else None
+        bound = add_port(
+            server,
+            join_host_port(host.strip("[]"), port),
+            credentials,
+            what=f"serve {name}",
+            fix="choose another port (mesh.serve(server, port=...)) or stop the process that holds it",
+            shared=getattr(server, "meshlet_shares_port", False),
+        )
         await server.start()
         for service_name in ("", *_recorded_services(server)):
             await health_servicer.set(service_name, health_pb2.HealthCheckResponse.SERVING)
-        address = self.config.service.address or "127.0.0.1"
+        if host.strip("[]") not in WILDCARDS and address != host:
+            log.warning("listening on %s but registering %s (service.address): callers dial %s", host, address, address)
         registration = Registration(
             self._consul,
             name=name,
@@ -301,7 +345,15 @@ class Mesh:
             health=lambda: _overall_status(health_servicer),
         )
         await registration.register()
-        log.info("serving %s on %s:%d", name, host, bound, extra={"service": name, "port": bound})
+        log.info(
+            "serving %s on %s:%d, registered as %s:%d",
+            name,
+            host,
+            bound,
+            address,
+            bound,
+            extra={"service": name, "port": bound, "address": address},
+        )
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, self._stop.set)
@@ -352,9 +404,10 @@ class Mesh:
 class _ServiceRecorder(grpc.aio.Server):
     """A grpc.aio.Server that remembers the services added to it, for health and reflection."""
 
-    def __init__(self, server: grpc.aio.Server) -> None:
+    def __init__(self, server: grpc.aio.Server, *, shares_port: bool = False) -> None:
         self._server = server
         self.meshlet_services: list[str] = []
+        self.meshlet_shares_port = shares_port  # built with grpc.so_reuseport on: several workers share the port
 
     def add_generic_rpc_handlers(self, generic_rpc_handlers: Iterable[Any]) -> None:
         for handler in generic_rpc_handlers:
@@ -402,3 +455,16 @@ def _overall_status(servicer: health.aio.HealthServicer) -> str:
 def _recorded_services(server: grpc.aio.Server) -> list[str]:
     recorded: list[str] = getattr(server, "meshlet_services", [])
     return [name for name in recorded if name not in (health.SERVICE_NAME, reflection.SERVICE_NAME)]
+
+
+def _readable_token_file(config: Config) -> str | None:
+    """``consul.token_file``, checked once here so that a missing file is a bad config, not a failed watch."""
+    path = config.consul.token_file
+    if path is None:
+        return None
+    try:
+        read_token_file(str(path))
+    except OSError as error:
+        why = f"cannot be read ({error.strerror or error})"
+        raise ConfigError("consul.token_file", str(path), f"{why}: it holds the Consul ACL token") from None
+    return str(path)

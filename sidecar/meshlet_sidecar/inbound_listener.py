@@ -5,12 +5,14 @@ app's MethodTable knows (descriptor sets, the app's reflection service) is serve
 stream.
 
 What a caller sees is what the app answered, except for calls the mesh itself refuses: a stage's MeshError
-ends the call with its code, message and ErrorInfo. Whatever a client sends, garbage or a stream it abandons,
-ends that one call; grpc logs it, and the listener goes on serving the rest.
+ends the call with its code, message and ErrorInfo (a stream's once its requests are read, so that the caller
+reads the refusal and not grpc's INTERNAL: transport/server.py). Whatever a client sends, garbage or a stream it
+abandons, ends that one call; grpc logs it, and the listener goes on serving the rest.
 """
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator
 from contextlib import aclosing
 from typing import Any
@@ -19,19 +21,16 @@ import grpc
 
 from meshlet.call import Cardinality
 from meshlet.deadline import Clock
-from meshlet.errors import MeshError
+from meshlet.errors import CannotListen, MeshError
 from meshlet.inbound import InboundParts, build_inbound
+from meshlet.inbound.abandoned import mark_abandoned
 from meshlet.security.certs import CertificateSource, caller_spiffe_id, server_credentials
 from meshlet.transport.channels import SERVER_OPTIONS
+from meshlet.transport.listen import add_port
 from meshlet.transport.raw import Built, RawHandler, RawMethods, RawUnaryHandler, generic_handler, unary_handler
 from meshlet.transport.server import abort_refused, inbound_call
 from meshlet_sidecar.forward import ForwardToApp
 from meshlet_sidecar.method_kinds import MethodTable
-
-_SERVER_OPTIONS: tuple[tuple[str, Any], ...] = (
-    ("grpc.so_reuseport", 0),  # a second sidecar on the same port must fail to start, not share the traffic
-    *SERVER_OPTIONS,
-)
 
 
 class InboundListener:
@@ -61,25 +60,16 @@ class InboundListener:
         self._server: grpc.aio.Server | None = None
 
     async def start(self) -> int:
-        """Bind and serve; returns the port (useful with port 0)."""
-        server = grpc.aio.server(options=_SERVER_OPTIONS)
+        """Bind and serve; returns the port (useful with port 0). Raises CannotListen when the port is taken."""
+        server = grpc.aio.server(options=SERVER_OPTIONS)
         server.add_generic_rpc_handlers((RawMethods(self._handler_for),))
-        port: int
+        credentials = server_credentials(self._source) if self._source is not None else None
+        fix = "set sidecar.inbound (--inbound-addr) to a free local address"
         try:
-            if self._source is not None:
-                port = server.add_secure_port(self.address, server_credentials(self._source))
-            else:
-                port = server.add_insecure_port(self.address)
-        except RuntimeError as error:  # grpc's "Failed to bind to address"
-            port, cause = 0, f" ({error})"
-        else:
-            cause = ""
-        if not port:
+            port = add_port(server, self.address, credentials, what="listen for inbound calls", fix=fix)
+        except CannotListen:
             await server.stop(None)
-            raise OSError(
-                f"cannot listen for inbound calls on {self.address}{cause}: another process holds the port or the "
-                "address is not one of this host's; set sidecar.inbound (--inbound-addr) to a free local address"
-            )
+            raise
         await server.start()
         self._server, self.port = server, port
         return port
@@ -130,11 +120,14 @@ class InboundListener:
                 try:
                     replies = await pipeline(inbound_call(method, requests, context, clock, identify))
                 except MeshError as refused:
-                    await abort_refused(context, refused)
+                    await abort_refused(context, refused, requests)
                     return
                 async with aclosing(replies):  # a caller that leaves mid-reply closes the relay, cancelling the app
                     async for reply in replies:
                         await context.write(reply)
+            except asyncio.CancelledError:  # the caller went away: grpc.aio tells the done callbacks nothing
+                mark_abandoned(context)
+                raise
             finally:
                 self.in_flight -= 1
 

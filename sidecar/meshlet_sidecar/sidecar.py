@@ -5,7 +5,12 @@ listeners -> discovery of every configured upstream -> inbound listener -> app h
 when certificates are loaded, listeners are up, discovery has answered and the app is healthy.
 
 Stop, on SIGTERM or SIGINT: fail readiness -> deregister from Consul -> stop accepting inbound and drain the
-calls in flight -> keep outbound working while the app finishes, up to the grace period -> exit 0.
+calls in flight -> keep outbound working while the app finishes (calls in flight, the app draining, or a call
+within the last QUIET_S), all within the grace period -> exit 0.
+
+The app container stops before the sidecar (a native sidecar stops last), and may stop alone (a restart after a
+failed liveness probe): its preStop hook asks the admin port to drain (``POST /drain``), which puts the instance
+into Consul maintenance until the app is back (meshlet_sidecar.maintenance).
 """
 
 from __future__ import annotations
@@ -22,16 +27,17 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metri
 
 from meshlet.call import matches_any
 from meshlet.config import Config, split_host_port
-from meshlet.discovery.registration import Registration
+from meshlet.discovery.registration import Registration, registered_address
 from meshlet.errors import ConfigError
 from meshlet.inbound import InboundParts
 from meshlet.mesh import Mesh
 from meshlet.security.certs import TlsConfigError
 from meshlet.telemetry.metrics import Metrics
-from meshlet_sidecar.admin import Admin, describe_upstreams
+from meshlet_sidecar.admin import Admin, describe_upstreams, no_app, nothing_to_drain
 from meshlet_sidecar.app_health import AppHealth
 from meshlet_sidecar.forward import ForwardToApp
 from meshlet_sidecar.inbound_listener import InboundListener
+from meshlet_sidecar.maintenance import REASON, Maintenance
 from meshlet_sidecar.method_kinds import MethodInfo, MethodTable, methods_in_descriptor_set
 from meshlet_sidecar.outbound_listener import OutboundListener
 from meshlet_sidecar.reflection import ReflectionLearner
@@ -41,11 +47,15 @@ from meshlet_sidecar.splice import SpliceListener
 log = logging.getLogger("meshlet.sidecar")
 
 CERT_RETRY_S = 1.0
+# A stopping sidecar that has seen no outbound call for this long, with none in flight and its app not draining,
+# stops: two of the app probe's intervals, so that a probe has looked at the app since the last call.
+QUIET_S = 2.0
 
 
 class Sidecar:
     def __init__(self, config: Config) -> None:
         self.config = config
+        check_app_is_named(config)
         self._declared = _read_descriptor_sets(config)  # first: a bad file is a bad config, reported alone
         check_inbound_mode(config)
         self.metrics = Metrics()  # served on the admin port's /metrics
@@ -62,6 +72,8 @@ class Sidecar:
             clusters=self.clusters,
             config=config.redacted,
             metrics=self.metrics.render,
+            app=self.app_status,
+            drain=self.drain,
         )
         self.outbound = [self._outbound_listener(config.sidecar.outbound, None)] + [
             self._outbound_listener(f"127.0.0.1:{policy.local_port}", name)
@@ -69,6 +81,7 @@ class Sidecar:
             if policy.local_port
         ]
         self.app = AppHealth(config.sidecar.app) if config.sidecar.app else None
+        self.maintenance = Maintenance(self.app, self._maintenance_in_consul) if self.app else None
         self.forward = (
             ForwardToApp(config.sidecar.app, propagate=self.mesh.tracing is not None) if config.sidecar.app else None
         )
@@ -126,7 +139,31 @@ class Sidecar:
         waiting += [f"discovery of {name}" for name in self.config.upstreams if not self.mesh.has_answered(name)]
         if self.app is not None and not self.app.healthy:
             waiting.append(f"app health ({self.config.sidecar.app})")
+        if self.maintenance is not None and self.maintenance.active:
+            waiting.append("the app's restart: in maintenance since its preStop drain")
         return not waiting, waiting
+
+    def app_status(self) -> tuple[bool, str]:
+        if self.app is None:
+            return no_app()
+        return self.app.healthy, f"{self.app.status()} ({self.app.last_error or self.app.probe_kind})"
+
+    async def drain(self) -> tuple[int, str]:
+        """``POST /drain``: out of rotation until the app is back (or the pod goes, and the instance with it)."""
+        if self.maintenance is None:
+            return await nothing_to_drain()
+        if await self.maintenance.enter():
+            return 200, "in maintenance: callers stop picking this instance until the app is back\n"
+        return 202, "draining: not ready, and the TTL check fails at the next heartbeat (the agent did not answer)\n"
+
+    async def _maintenance_in_consul(self, enable: bool) -> bool:
+        return self.registration is not None and await self.registration.set_maintenance(enable, REASON)
+
+    def _check_output(self, status: str) -> str:
+        """The Consul check's Output: what the app's probe found, and what else the sidecar still waits for."""
+        app = self.app.describe() if self.app is not None else "no app"
+        ready, waiting = self.readiness()
+        return app if ready else f"{status}: {app}; sidecar waiting for: {', '.join(waiting)}"
 
     def clusters(self) -> list[dict[str, Any]]:
         return describe_upstreams([self.mesh.upstream(name) for name in self.mesh.upstream_names()])
@@ -168,6 +205,11 @@ class Sidecar:
                 self._method_table(name)
             if self.forward is not None and self.app is not None:
                 await self._start_inbound()
+            else:
+                log.info(
+                    "authorization: none, this sidecar has no inbound listener (no sidecar.app)",
+                    extra={"event": "authz_effective", "authz_source": "none"},
+                )
             self._listening = True
             log.info("sidecar started", extra={"service": self.service, "outbound": self.config.sidecar.outbound})
             await self._stop.wait()
@@ -197,6 +239,7 @@ class Sidecar:
         parts = InboundParts.from_config(
             self.config, consul=self.mesh.consul, clock=time.monotonic, tracer=self.mesh.tracer, metrics=self.metrics
         )
+        explain_plaintext_inbound(self.config)
         if self.config.sidecar.inbound_mode == "l4":
             assert self.mesh.tls_source is not None  # check_inbound_mode
             self.inbound = SpliceListener(
@@ -221,7 +264,7 @@ class Sidecar:
             learner.ask()
         if self.service:
             host, _ = split_host_port(self.config.sidecar.inbound)
-            address = self.config.service.address or ("127.0.0.1" if host in ("0.0.0.0", "::", "") else host)
+            address = registered_address(host, self.config.service.address)
             self.registration = Registration(
                 self.mesh.consul,
                 name=self.service,
@@ -233,25 +276,28 @@ class Sidecar:
                 check_ttl_s=self.config.service.check_ttl,
                 deregister_after_s=self.config.service.deregister_critical_after,
                 health=lambda: "SERVING" if self.readiness()[0] else "NOT_SERVING",
+                describe=self._check_output,
+                notes="meshlet-sidecar heart-beats this check from its readiness and its app's health "
+                "(grpc.health.v1, else TCP connect)",
             )
-            await self.registration.register()
+            if await self.registration.register() and not (self.maintenance and self.maintenance.active):
+                await self.registration.set_maintenance(False)  # a fresh sidecar ends what a drain left
 
     async def _shutdown(self) -> None:
         self._draining = True
         grace = self.config.service.drain_grace
+        deadline = time.monotonic() + grace
         if self.registration is not None:
             await self.registration.deregister()
         if self.inbound is not None:
             log.info("draining inbound calls for up to %.1fs", grace)
-            await self.inbound.stop(grace)
-        deadline = time.monotonic() + grace
-        while time.monotonic() < deadline:  # the app may still be finishing work that needs its upstreams
-            app_finished = self.app is None or not self.app.healthy
-            if app_finished and not sum(listener.in_flight for listener in self.outbound):
-                break
-            await asyncio.sleep(0.05)
+            await self.inbound.stop(max(0.0, deadline - time.monotonic()))  # returns once none is in flight
+        if self._listening:  # else no app was ever served (stopped at start, or waiting for certificates)
+            await self._serve_the_app_until_done(deadline)
         for listener in self.outbound:
             await listener.stop(0)
+        if self.maintenance is not None:
+            await self.maintenance.close()
         if self.app is not None:
             await self.app.stop()
         for learner in self._learners.values():
@@ -261,6 +307,26 @@ class Sidecar:
         await self.mesh.close()
         await self.admin.stop()
         log.info("sidecar stopped")
+
+    async def _serve_the_app_until_done(self, deadline: float) -> None:
+        """Keep the outbound side up while the app may still call out, until `deadline` (``service.drain_grace``):
+        while a call is in flight, while the app drains (it shuts down with us and its last handlers may call), and
+        until no call has come for QUIET_S. So a sidecar restarted under an idle app that stays up stops after the
+        quiet period, not after the whole grace; a pod stopping with its app keeps serving it to the end."""
+        if self.app is not None:
+            await self.app.probe()  # a fresh look: the app may have been told to stop at the same moment
+        seen, quiet_since = -1, 0.0
+        while (now := time.monotonic()) < deadline:
+            arrived = sum(listener.arrived for listener in self.outbound)
+            if arrived != seen or any(listener.in_flight for listener in self.outbound):
+                seen, quiet_since = arrived, now
+            elif now - quiet_since >= QUIET_S and not (self.app is not None and self.app.draining):
+                log.info("no outbound call for %.1fs and the app is not draining: stopping", QUIET_S)
+                return
+            await asyncio.sleep(0.05)
+        in_flight = sum(listener.in_flight for listener in self.outbound)
+        if in_flight:
+            log.warning("service.drain_grace is over: cancelling %d outbound calls still in flight", in_flight)
 
 
 def _read_descriptor_sets(config: Config) -> dict[str, MethodInfo]:
@@ -275,6 +341,40 @@ def _read_descriptor_sets(config: Config) -> dict[str, MethodInfo]:
         except ValueError as error:
             raise ConfigError(field, str(path), str(error)) from None
     return methods
+
+
+def explain_plaintext_inbound(config: Config) -> None:
+    """Said at start when the inbound port serves plaintext: where it listens and why (Config keeps it on loopback
+    unless ``sidecar.inbound`` is set explicitly)."""
+    if config.tls.source != "off":
+        return
+    address = config.sidecar.inbound
+    if "inbound" not in config.sidecar.model_fields_set:
+        log.warning(
+            "tls.source is off, so the inbound listener listens on %s (loopback) only: it would serve plaintext to "
+            "callers it cannot identify; set sidecar.inbound explicitly (e.g. 0.0.0.0:15006) to let other hosts "
+            "call the app, or set tls.source to consul or files for mTLS",
+            address,
+            extra={"event": "inbound_loopback_only", "inbound": address},
+        )
+    elif split_host_port(address)[0] not in ("127.0.0.1", "::1", "localhost"):
+        log.warning(
+            "tls.source is off and sidecar.inbound is %s: any host that reaches it can call the app in plaintext, "
+            "unauthenticated; set tls.source to consul or files for mTLS",
+            address,
+            extra={"event": "inbound_plaintext_exposed", "inbound": address},
+        )
+
+
+def check_app_is_named(config: Config) -> None:
+    """An app with no service name would be served and registered under nothing: no caller could find it."""
+    if config.sidecar.app and not config.service.name:
+        fix = (
+            f"is required when sidecar.app is set ({config.sidecar.app}): the app is registered under it; set "
+            "service.name (--service NAME, MESHLET_SERVICE__NAME), or leave sidecar.app unset for an outbound-only "
+            "sidecar"
+        )
+        raise ConfigError("service.name", config.service.name, fix)
 
 
 def check_inbound_mode(config: Config) -> None:

@@ -6,19 +6,38 @@ from __future__ import annotations
 import asyncio
 import collections
 import signal
+import sys
 
 import grpc
 import pytest
 
 from meshlet.errors import ErrorReason, error_info
+from meshlet.mesh import Mesh
+from meshlet.transport import channels
 from meshlet_api.echo.v1 import echo_pb2, echo_pb2_grpc
 from tests.integration.conftest import EchoFleet, MeshFactory
 from tests.support.agents import Agent
-from tests.support.processes import Processes, wait_until
+from tests.support.echo_calls import WATCH, watch_for, watch_until
+from tests.support.plain_app import plain_app
+from tests.support.processes import Processes, eventually, wait_until
 
 pytestmark = pytest.mark.slow
 
 HELLO = echo_pb2.EchoRequest(message="hello")
+
+
+async def set_health(port: int, status: str) -> None:
+    """Set one echo server's grpc.health.v1 status, which its TTL check follows, on a connection of its own."""
+    async with grpc.aio.insecure_channel(f"127.0.0.1:{port}") as direct:
+        try:
+            await echo_pb2_grpc.EchoStub(direct).Echo(HELLO, metadata=(("x-echo-set-health", status),), timeout=5)
+        except grpc.aio.AioRpcError:
+            pass  # an instance told to fail every call sets its health first, then fails this one too
+
+
+def listed(mesh: Mesh, service: str) -> int:
+    """How many instances of `service` the mesh balances over: what discovery last said is passing."""
+    return len(mesh.upstream(service).describe()["endpoints"])
 
 
 async def calls_received(port: int) -> dict[str, int]:
@@ -172,6 +191,46 @@ async def test_a_handler_deadline_flows_into_its_outbound_calls(
 
     seen_by_backend = float(reply.message)  # the backend's context.time_remaining()
     assert 0.5 < seen_by_backend < 2.0, "the backend should see what was left of the caller's 2 s, not a fresh 5 s"
+
+
+async def test_callers_with_short_deadlines_do_not_eject_a_healthy_instance(
+    fleet: EchoFleet, mesh_factory: MeshFactory
+) -> None:
+    """A caller whose own deadline is shorter than the instance's latency fails alone: the instance stays in."""
+    fleet.start("a", "--delay-ms", "50")
+    mesh = mesh_factory()
+    stub = echo_pb2_grpc.EchoStub(mesh.channel(fleet.service))
+    assert (await stub.Echo(HELLO, timeout=5)).served_by == "a"  # discovery has answered, the channel is up
+
+    for _ in range(5):
+        with pytest.raises(grpc.aio.AioRpcError) as impatient:
+            await stub.Echo(HELLO, timeout=0.02)
+        assert impatient.value.code() is grpc.StatusCode.DEADLINE_EXCEEDED
+
+    assert "breakers: 1 closed" in repr(mesh.upstream(fleet.service))
+    assert (await stub.Echo(HELLO, timeout=5)).served_by == "a"
+
+
+async def test_an_instance_slower_than_the_upstreams_timeout_is_ejected(
+    fleet: EchoFleet, mesh_factory: MeshFactory
+) -> None:
+    fleet.start("a")
+    mesh = mesh_factory(**{"upstream_defaults.timeout": "200ms"})
+    stub = echo_pb2_grpc.EchoStub(mesh.channel(fleet.service))
+    assert (await stub.Echo(HELLO)).served_by == "a"  # discovery has answered, the channel is up
+    stalled = (("x-echo-sleep-ms", "2000"),)  # the instance now takes 2 s, ten times the upstream's timeout
+
+    for _ in range(5):  # no deadline of their own: each gives the instance the upstream's whole timeout
+        with pytest.raises(grpc.aio.AioRpcError) as timed_out:
+            await stub.Echo(HELLO, metadata=stalled)
+        assert timed_out.value.code() is grpc.StatusCode.DEADLINE_EXCEEDED
+    with pytest.raises(grpc.aio.AioRpcError) as refused:
+        await stub.Echo(HELLO)
+
+    info = error_info(refused.value)
+    assert info is not None
+    assert info.reason == ErrorReason.BREAKER_OPEN
+    assert "breakers: 1 open" in repr(mesh.upstream(fleet.service))
 
 
 async def test_a_new_instance_gets_calls_soon_after_it_registers(fleet: EchoFleet, mesh_factory: MeshFactory) -> None:
@@ -346,3 +405,157 @@ def test_sigterm_deregisters_and_exits_zero(fleet: EchoFleet) -> None:
     assert server.wait(20) == 0, server.output()
     services = fleet.agent.get("/v1/agent/services")
     assert not any(s["Service"] == fleet.service for s in services.values()), "it must deregister before it exits"
+
+
+# ---------------------------------------------------------------- long-lived calls across discovery changes
+
+
+async def test_a_watch_outlives_a_flap_of_its_instance_in_consul(
+    fleet: EchoFleet, mesh_factory: MeshFactory, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """An instance that leaves the passing set for longer than the channel's grace and comes back keeps its
+    streams: its channel closes only once they have ended."""
+    monkeypatch.setattr(channels, "CLOSE_GRACE_S", 0.2)  # the grace this test outlasts, 30 s by default
+    fleet.start("a")
+    port = fleet.ports["a"]
+    mesh = mesh_factory()
+    stub = echo_pb2_grpc.EchoStub(mesh.channel(fleet.service))
+    watch = stub.ServerStream(HELLO, metadata=WATCH, timeout=60)
+    assert (await watch.read()).served_by == "a"
+
+    await set_health(port, "NOT_SERVING")
+    await watch_until(watch, lambda: listed(mesh, fleet.service) == 0, "the instance to leave the passing set")
+    await watch_for(watch, 5 * channels.CLOSE_GRACE_S)
+    await set_health(port, "SERVING")
+    await watch_until(watch, lambda: listed(mesh, fleet.service) == 1, "the instance to pass again")
+    await watch_for(watch, 0.2)
+
+    watch.cancel()
+    assert (await stub.Echo(HELLO, timeout=5)).served_by == "a"
+
+
+async def test_an_instance_that_flaps_in_consul_keeps_its_open_breaker(
+    fleet: EchoFleet, mesh_factory: MeshFactory
+) -> None:
+    fleet.start("good")
+    fleet.start("bad", "--fail-code", "UNAVAILABLE")
+    mesh = mesh_factory()
+    upstream = mesh.upstream(fleet.service)
+    stub = echo_pb2_grpc.EchoStub(mesh.channel(fleet.service))
+    for _ in range(100):
+        assert (await stub.Echo(HELLO, timeout=5)).served_by == "good"
+        if "1 open" in repr(upstream):
+            break
+    assert "breakers: 1 closed, 1 open" in repr(upstream)
+
+    await set_health(fleet.ports["bad"], "NOT_SERVING")
+    await eventually(lambda: listed(mesh, fleet.service) == 1, "the bad instance to leave the passing set")
+    await set_health(fleet.ports["bad"], "SERVING")
+    await eventually(lambda: listed(mesh, fleet.service) == 2, "the bad instance to pass again")
+    received = (await calls_received(fleet.ports["bad"])).get("Echo", 0)
+    replies = [await stub.Echo(HELLO, timeout=5) for _ in range(20)]
+
+    assert "breakers: 1 closed, 1 open" in repr(upstream)
+    assert {reply.served_by for reply in replies} == {"good"}
+    assert (await calls_received(fleet.ports["bad"])).get("Echo", 0) == received, "the flap re-admitted it"
+
+
+async def test_a_watch_the_mesh_must_end_ends_with_unavailable_saying_why(
+    fleet: EchoFleet, mesh_factory: MeshFactory
+) -> None:
+    fleet.start("a")
+    mesh = mesh_factory()
+    watch = echo_pb2_grpc.EchoStub(mesh.channel(fleet.service)).ServerStream(HELLO, metadata=WATCH, timeout=60)
+    assert (await watch.read()).served_by == "a"
+
+    await mesh.close()  # the process is shutting down under its reader
+    with pytest.raises(grpc.aio.AioRpcError) as ended:
+        await watch_until(watch, lambda: False, "the mesh to end the watch")
+
+    assert ended.value.code() is grpc.StatusCode.UNAVAILABLE
+    info = error_info(ended.value)
+    assert info is not None
+    assert info.reason == ErrorReason.CHANNEL_CLOSED
+
+
+# ------------------------------------------------------------------------------------------ ports and addresses
+
+
+def test_a_second_service_on_a_taken_port_exits_1_naming_it_and_registers_nothing(fleet: EchoFleet) -> None:
+    """grpc shares a port between servers by default (SO_REUSEPORT): the second would take half the first one's
+    calls, registered under the same instance id. meshlet's server owns its port instead."""
+    fleet.start("first")
+    port = fleet.ports["first"]
+
+    second = fleet.start("second", port=port, wait=False)
+
+    assert second.wait(20) == 1, second.output()
+    assert f"cannot serve {fleet.service} on 127.0.0.1:{port} (Address already in use" in second.output()
+    assert "Traceback" not in second.output()
+    instances = [s for s in fleet.agent.get("/v1/agent/services").values() if s["Service"] == fleet.service]
+    assert len(instances) == 1, instances
+    assert fleet.servers["first"].alive()
+
+
+async def test_a_service_on_a_plain_apps_port_exits_1_and_does_not_register_as_that_app(fleet: EchoFleet) -> None:
+    async with plain_app() as app:  # plain grpcio: SO_REUSEPORT on, as grpc sets it by default
+        child = fleet.start("squatter", port=app.port, wait=False)
+
+        assert child.wait(20) == 1, child.output()
+        assert f"127.0.0.1:{app.port} (Address already in use" in child.output()
+        assert fleet.agent.passing(fleet.service) == []
+        assert not [s for s in fleet.agent.get("/v1/agent/services").values() if s["Service"] == fleet.service]
+
+
+async def test_by_default_a_service_registers_the_address_it_listens_on(
+    fleet: EchoFleet, mesh_factory: MeshFactory
+) -> None:
+    """No service.address: the one mesh.serve(host=...) binds is registered, so callers reach it."""
+    fleet.start("elsewhere", "--host", "127.0.0.3")
+
+    [entry] = fleet.agent.passing(fleet.service)
+    assert entry["Service"]["Address"] == "127.0.0.3"
+    stub = echo_pb2_grpc.EchoStub(mesh_factory().channel(fleet.service))
+    assert (await stub.Echo(HELLO, timeout=5)).served_by == "elsewhere"
+
+
+async def test_without_a_host_a_service_listens_on_its_service_address_only(fleet: EchoFleet) -> None:
+    """mesh.serve(server, port) binds service.address (not every interface) and registers it: they agree."""
+    fleet.start("bound", "--host", "default", env={"MESHLET_SERVICE__ADDRESS": "127.0.0.2"})
+    port = fleet.ports["bound"]
+
+    [entry] = fleet.agent.passing(fleet.service)
+    assert (entry["Service"]["Address"], entry["Service"]["Port"]) == ("127.0.0.2", port)
+    assert (await calls_received_at("127.0.0.2", port)) is not None
+    with pytest.raises(grpc.aio.AioRpcError) as refused:
+        await calls_received_at("127.0.0.1", port)
+    assert refused.value.code() == grpc.StatusCode.UNAVAILABLE
+
+
+async def calls_received_at(host: str, port: int) -> dict[str, int]:
+    async with grpc.aio.insecure_channel(f"{host}:{port}") as channel:
+        reply = await echo_pb2_grpc.EchoStub(channel).Stats(echo_pb2.StatsRequest(), timeout=5)
+    return dict(reply.calls)
+
+
+CLIENT = """
+import asyncio
+from meshlet import Mesh
+
+async def main():
+    async with Mesh.from_env() as mesh:
+        mesh.channel("echo")
+
+asyncio.run(main())
+"""
+
+
+def test_a_client_without_a_service_name_under_consul_tls_exits_2_with_one_line(procs: Processes, agent: Agent) -> None:
+    """The Connect CA issues a leaf per service, a client's too: the README's client, run without a name."""
+    env = {"CONSUL_HTTP_ADDR": agent.url, "MESHLET_TLS__SOURCE": "consul", "MESHLET_SERVICE__NAME": ""}
+    client = procs.start([sys.executable, "-c", CLIENT], name="nameless-client", env=env)
+
+    assert client.wait(20) == 2, client.output()
+    [line] = client.output().strip().splitlines()
+    assert "service.name" in line
+    assert "MESHLET_SERVICE__NAME" in line

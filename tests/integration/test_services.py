@@ -444,6 +444,28 @@ async def test_sdk_service_with_missing_certificate_files_exits_2_at_once(procs:
     assert "Traceback" not in child.output()
 
 
+async def test_sdk_service_with_another_services_certificate_exits_2_naming_both(
+    procs: Processes, tmp_path: Path
+) -> None:
+    """wrongsvc serving client.crt would answer as that client to every caller: one line and exit 2, at start."""
+    init_ca(tmp_path, TRUST_DOMAIN)
+    issue(tmp_path, "client")
+    cert = tls_files(tmp_path, "client")
+    env = {
+        "CONSUL_HTTP_ADDR": "http://127.0.0.1:1",
+        "MESHLET_SERVICE__NAME": "wrongsvc",
+        **{f"MESHLET_TLS__{key.upper()}": value for key, value in cert.items()},
+    }
+    child = procs.start(service_argv("orders", free_port()), name="wrongsvc", env=env)
+    assert child.wait(START_S) == 2, child.output()
+    output = child.output()
+    assert "Traceback" not in output
+    (line,) = [line for line in output.splitlines() if "tls.cert" in line]
+    assert "holds the certificate of service 'client'" in line
+    assert "not of service.name 'wrongsvc'" in line
+    assert "meshlet certs issue <ca folder> wrongsvc" in line
+
+
 async def test_sdk_service_waiting_for_the_connect_ca_stops_cleanly_on_sigterm(procs: Processes) -> None:
     """No agent answers yet (a pod starting beside its node agent): the service waits; SIGTERM ends it with 0."""
     env = {"CONSUL_HTTP_ADDR": f"http://127.0.0.1:{free_port()}", "MESHLET_TLS__SOURCE": "consul"}
@@ -462,5 +484,5 @@ async def test_sdk_service_on_a_taken_port_exits_1_with_one_line(procs: Processe
         port = taken.getsockname()[1]
         child = procs.start(service_argv("orders", port), name="orders-taken", env={"CONSUL_HTTP_ADDR": agent.url})
         assert child.wait(START_S) == 1, child.output()
-    assert f"cannot serve on 127.0.0.1:{port}" in child.output()
+    assert f"cannot serve orders on 127.0.0.1:{port} (Address already in use" in child.output()
     assert "Traceback" not in child.output()

@@ -10,6 +10,7 @@ import asyncio
 import contextlib
 import json
 import signal
+import socket
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -20,9 +21,10 @@ import pytest
 
 from meshlet.security.dev_ca import init_ca, issue
 from meshlet_api.echo.v1 import echo_pb2, echo_pb2_grpc
+from meshlet_sidecar.sidecar import QUIET_S
 from tests.support.agents import Agent, start_dev_agent
 from tests.support.plain_app import plain_app
-from tests.support.processes import Processes, eventually, free_port, wait_until
+from tests.support.processes import REPO_ROOT, Processes, eventually, free_port, wait_until
 from tests.support.sidecars import (
     SidecarProcess,
     admin_get,
@@ -39,6 +41,7 @@ TRUST_DOMAIN = "meshlet.test"
 ECHO_SERVICE = "meshlet_api.echo.v1.Echo"
 WAIT_S = 30.0  # a bound on waiting for what must happen, never a timing assertion
 HELLO = echo_pb2.EchoRequest(message="hello")
+DEFAULT_INBOUND_PORT = 15006
 
 
 @pytest.fixture
@@ -91,8 +94,11 @@ def endpoints_seen_by(sidecar: SidecarProcess, upstream: str) -> int:
         ("service:\n  check_ttl: soon\n", (), "service.check_ttl"),
         ("sidecar:\n  inbond: 127.0.0.1:15006\n", (), "sidecar.inbond"),
         ("service:\n  name: b-svc\n", ("--upstream", "b-svc"), "--upstream b-svc"),
+        ("sidecar:\n  app: 127.0.0.1:50051\n", (), "service.name"),
+        ("tls: {source: files, cert: certs/absent.crt, key: certs/absent.key, ca: certs/ca.crt}\n", (), "tls.cert"),
+        ("sidecar:\n  descriptor_sets: [absent.bin]\n", (), "sidecar.descriptor_sets[0]"),
     ],
-    ids=["bad-value", "unknown-key", "bad-flag"],
+    ids=["bad-value", "unknown-key", "bad-flag", "app-without-name", "missing-tls-file", "missing-descriptor-set"],
 )
 def test_invalid_config_exits_2_with_one_line_naming_the_field(
     procs: Processes, tmp_path: Path, file_text: str, flags: tuple[str, ...], named: str
@@ -103,6 +109,43 @@ def test_invalid_config_exits_2_with_one_line_naming_the_field(
     assert code == 2
     assert one_line(output), output
     assert named in output
+    assert "Traceback" not in output
+
+
+def test_relative_paths_in_the_config_file_are_read_from_its_folder(
+    procs: Processes, tmp_path: Path, pki: Path
+) -> None:
+    """The sidecar runs from the repository (its working directory), its config and certificates live elsewhere."""
+    config = {
+        "service": {"name": "a-svc"},
+        "tls": {"source": "files", "cert": "certs/a-svc.crt", "key": "certs/a-svc.key", "ca": "certs/ca.crt"},
+    }
+    assert pki == tmp_path / "certs"
+    sidecar = start_sidecar(procs, tmp_path, "a", config)  # waits for /ready: certificates loaded, listening
+    assert not (REPO_ROOT / "certs/a-svc.crt").exists()  # not where the working directory would have found it
+    assert str(pki / "a-svc.crt") in admin_get(f"{sidecar.admin_url}/config")[1]
+
+
+def error_lines(output: str) -> list[str]:
+    """The output's lines that are not its JSON log lines: what the sidecar printed as an error."""
+    return [line for line in output.splitlines() if line.strip() and not line.startswith("{")]
+
+
+@pytest.mark.parametrize("listener", ["--admin-addr", "--outbound-addr"])
+def test_a_taken_port_exits_1_with_one_line_naming_it(procs: Processes, tmp_path: Path, listener: str) -> None:
+    config = tmp_path / "meshlet.yaml"
+    config.write_text("service:\n  name: a-svc\n")
+    flags = {"--admin-addr": f"127.0.0.1:{free_port()}", "--outbound-addr": f"127.0.0.1:{free_port()}"}
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        address = f"127.0.0.1:{taken.getsockname()[1]}"
+        flags[listener] = address
+        code, output = run_sidecar(procs, "--config", str(config), *(item for pair in flags.items() for item in pair))
+    assert code == 1, output
+    [line] = error_lines(output)
+    assert f"{address} (Address already in use" in line
+    assert listener in line  # the flag that chooses another port
     assert "Traceback" not in output
 
 
@@ -132,6 +175,24 @@ def test_ready_is_503_until_discovery_has_answered_and_the_app_is_healthy(
     agent = start_dev_agent(procs, port=agent_port)
     sidecar.wait_ready()
     wait_until(lambda: sidecar.inbound_port in instances(agent, "a-svc", passing=True), WAIT_S, "a-svc to register")
+
+
+async def test_the_consul_check_of_an_app_without_a_health_service_says_it_was_probed_by_tcp_connect(
+    procs: Processes, tmp_path: Path, pki: Path
+) -> None:
+    agent = start_dev_agent(procs)
+    async with plain_app() as app_b:  # grpcio alone: no grpc.health.v1 service
+        config = b_config(pki, agent.url)
+        await asyncio.to_thread(start_sidecar, procs, tmp_path, "b", config, app=f"127.0.0.1:{app_b.port}")
+
+        def check() -> dict[str, Any]:
+            checks = agent.get("/v1/health/checks/b-svc")
+            return checks[0] if checks else {}
+
+        await eventually(lambda: check().get("Status") == "passing", "b-svc's check to pass", blocking=True)
+        output = (await asyncio.to_thread(check))["Output"]
+    assert f"app at 127.0.0.1:{app_b.port}: TCP connect accepted" in output
+    assert "grpc.health.v1 status" not in output
 
 
 # ------------------------------------------------------------------------------------------ load and failover
@@ -249,8 +310,90 @@ async def test_sigterm_drains_calls_in_flight_deregisters_exits_0_and_a_restart_
             assert (await echo.Echo(HELLO, timeout=WAIT_S)).message == "hello"
 
 
+async def test_a_sidecar_with_nothing_in_flight_stops_without_waiting_out_drain_grace(
+    procs: Processes, tmp_path: Path, pki: Path
+) -> None:
+    """A sidecar restarted under an app that stays up: nothing is in flight, so the stop takes a short quiet period,
+    not drain_grace (60 s here, twice what the test waits for the exit)."""
+    agent = start_dev_agent(procs)
+    async with plain_app() as app_b:
+        config = b_config(pki, agent.url, drain_grace="60s")
+        sidecar_b = await asyncio.to_thread(start_sidecar, procs, tmp_path, "b", config, app=f"127.0.0.1:{app_b.port}")
+        port = sidecar_b.inbound_port
+        await eventually(lambda: instances(agent, "b-svc", passing=True) == {port}, "b-svc to pass", blocking=True)
+        sidecar_a = await asyncio.to_thread(start_sidecar, procs, tmp_path, "a", a_config(pki, agent.url))
+        async with echo_through(sidecar_a) as echo:
+            assert (await echo.Echo(HELLO, timeout=WAIT_S)).message == "hello"  # it served, then went quiet
+
+        sidecar_b.child.signal(signal.SIGTERM)
+
+        assert await asyncio.to_thread(sidecar_b.child.wait, WAIT_S) == 0, sidecar_b.output()
+        assert instances(agent, "b-svc") == set()
+
+
+async def test_a_stopping_sidecar_serves_an_outbound_call_in_flight_to_its_end(
+    procs: Processes, tmp_path: Path, pki: Path
+) -> None:
+    agent = start_dev_agent(procs)
+    async with plain_app() as app_b:
+        await asyncio.to_thread(
+            start_sidecar, procs, tmp_path, "b", b_config(pki, agent.url), app=f"127.0.0.1:{app_b.port}"
+        )
+        await eventually(lambda: bool(instances(agent, "b-svc", passing=True)), "b-svc to pass", blocking=True)
+        config_a = {**a_config(pki, agent.url), "service": {"name": "a-svc", "drain_grace": "60s"}}
+        sidecar_a = await asyncio.to_thread(start_sidecar, procs, tmp_path, "a", config_a)
+        async with echo_through(sidecar_a) as echo:
+            held = asyncio.ensure_future(echo.Echo(HELLO, metadata=(("x-echo-hold", "1"),), timeout=WAIT_S))
+            await eventually(lambda: len(app_b.seen) == 1, "app B to hold the call", blocking=True)
+
+            sidecar_a.child.signal(signal.SIGTERM)
+            await eventually(lambda: "draining" in sidecar_a.ready()[1], "sidecar A to drain", blocking=True)
+            await asyncio.sleep(QUIET_S + 1)  # past the quiet period: a sidecar that overlooked the call would stop
+            assert sidecar_a.child.alive(), sidecar_a.output()
+            app_b.release.set()
+
+            assert (await held).message == "hello"
+        assert await asyncio.to_thread(sidecar_a.child.wait, WAIT_S) == 0, sidecar_a.output()
+
+
 @contextlib.asynccontextmanager
 async def echo_through(sidecar: SidecarProcess) -> AsyncIterator[echo_pb2_grpc.EchoStub]:
     """App A's Echo stub on `sidecar`'s outbound port."""
     async with grpc.aio.insecure_channel(f"127.0.0.1:{sidecar.outbound_port}") as channel:
         yield echo_pb2_grpc.EchoStub(channel)
+
+
+def test_a_plaintext_sidecar_listens_inbound_on_loopback_only_unless_told_otherwise(
+    procs: Processes, tmp_path: Path
+) -> None:
+    """``tls.source: off`` and no ``sidecar.inbound`` in the config: the app must not be reachable in plaintext from
+    the network. 127.0.0.2 stands for another interface (a wildcard listener answers it, a 127.0.0.1 one does not),
+    so the test never leaves loopback."""
+    agent = start_dev_agent(procs)
+    app = start_plain_app(procs, "open-app")
+    config = {
+        "service": {"name": "open-svc", "check_ttl": "2s", "drain_grace": "1s"},
+        "consul": {"address": agent.url},
+        "sidecar": {"app": app.address},  # no inbound: the default port, 15006
+    }
+    # The default port is fixed, and other suites may hold it for a moment: wait for it rather than fail.
+    wait_until(lambda: port_is_free(DEFAULT_INBOUND_PORT), WAIT_S, f"port {DEFAULT_INBOUND_PORT} to be free")
+    sidecar = start_sidecar(procs, tmp_path, "open", config)
+    _, body = admin_get(f"{sidecar.admin_url}/config")
+    assert json.loads(body)["sidecar"]["inbound"] == "127.0.0.1:15006"
+    with socket.create_connection(("127.0.0.1", DEFAULT_INBOUND_PORT), timeout=5):
+        pass
+    with pytest.raises(ConnectionRefusedError), socket.create_connection(("127.0.0.2", DEFAULT_INBOUND_PORT), 5):
+        pass
+    output = sidecar.output()
+    assert "tls.source is off, so the inbound listener listens on 127.0.0.1:15006 (loopback) only" in output
+    assert "authorization for open-svc: source local, no rules, default allow: every caller is allowed" in output
+
+
+def port_is_free(port: int) -> bool:
+    with socket.socket() as probe:
+        try:
+            probe.bind(("0.0.0.0", port))
+        except OSError:
+            return False
+    return True

@@ -5,7 +5,8 @@ It registers in Consul (CONSUL_HTTP_ADDR) as service ``$MESHLET_SERVICE__NAME`` 
 call it receives (``Stats``), and injects faults on request: ``--fail-code UNAVAILABLE --fail-rate 1.0`` fails
 that share of calls, ``--delay-ms`` adds latency. Per call, metadata steers it: ``x-echo-fail: <CODE>`` fails
 that call (``x-echo-fail-details: <text>`` sets its details, as a handler passing a downstream's error on),
-``x-echo-sleep-ms: <n>`` delays it, ``x-echo-set-health: NOT_SERVING`` sets the process's health.
+``x-echo-sleep-ms: <n>`` delays it, ``x-echo-set-health: NOT_SERVING`` sets the process's health,
+``x-echo-stream-every-ms: <n>`` makes ``ServerStream`` a watch: a message every n ms until the caller leaves.
 With ``--upstream NAME`` its ``Echo`` forwards to that service through ``mesh.channel`` (for deadline
 propagation tests) and reports the deadline it saw in the reply's message.
 """
@@ -15,6 +16,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import collections
+import itertools
 import os
 import random
 import sys
@@ -74,6 +76,11 @@ class Echo(echo_pb2_grpc.EchoServicer):
         self, request: echo_pb2.EchoRequest, context: Any
     ) -> AsyncIterator[echo_pb2.EchoReply]:
         await self._fault("ServerStream", context)
+        every_ms = dict(context.invocation_metadata() or ()).get("x-echo-stream-every-ms")
+        if every_ms:
+            for i in itertools.count():
+                yield echo_pb2.EchoReply(message=f"{request.message}-{i}", served_by=self.args.name)
+                await asyncio.sleep(float(every_ms) / 1000)
         for i in range(3):
             yield echo_pb2.EchoReply(message=f"{request.message}-{i}", served_by=self.args.name)
 
@@ -92,6 +99,7 @@ async def main(argv: list[str]) -> int:
     parser = argparse.ArgumentParser()
     parser.add_argument("--name", default="echo-1")
     parser.add_argument("--port", type=int, default=0)
+    parser.add_argument("--host", default="127.0.0.1", help="what mesh.serve binds; 'default' leaves it to meshlet")
     parser.add_argument("--fail-code", default="")
     parser.add_argument("--fail-rate", type=float, default=1.0)
     parser.add_argument("--delay-ms", type=float, default=0.0)
@@ -101,7 +109,7 @@ async def main(argv: list[str]) -> int:
     async with Mesh.from_env() as mesh:
         server = mesh.server()
         echo_pb2_grpc.add_EchoServicer_to_server(Echo(args, mesh), server)
-        await mesh.serve(server, port=args.port, host="127.0.0.1")
+        await mesh.serve(server, port=args.port, host=None if args.host == "default" else args.host)
     return 0
 
 

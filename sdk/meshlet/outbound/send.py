@@ -17,31 +17,49 @@ those count as possibly executed too.
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 import grpc
 
 from meshlet.call import Call
+from meshlet.endpoints import Endpoint
 from meshlet.errors import ErrorReason, error_info
-from meshlet.transport.channels import EndpointChannels
-from meshlet.transport.streams import ResponseStream, settled, start_pumping
+from meshlet.transport.channels import EndpointChannels, NotConnected
+from meshlet.transport.streams import (
+    ResponseStream,
+    channel_closed,
+    closed_under_the_caller,
+    settled,
+    start_pumping,
+)
+
+# Turns a transport failure grpc reports in its own words (a failed TLS handshake) into one that says what to do,
+# or None; given the time the call has left (see meshlet.security.handshake_failures).
+ExplainFailure = Callable[[grpc.aio.AioRpcError, Endpoint, float], Awaitable[grpc.aio.AioRpcError | None]]
 
 
 class SendOnChannel:
-    __slots__ = ("_channels",)
+    __slots__ = ("_channels", "_explain")
 
-    def __init__(self, channels: EndpointChannels) -> None:
+    def __init__(self, channels: EndpointChannels, explain: ExplainFailure | None = None) -> None:
         self._channels = channels
+        self._explain = explain
 
     async def __call__(self, call: Call) -> Any:
         assert call.endpoint is not None
         assert call.deadline is not None
         channel = self._channels.get(call.endpoint)
         method = call.method
-        if not channel.is_ready():  # NotConnected from here on means: no byte of this attempt left
-            await channel.connect(call.deadline.remaining(), call.wait_for_ready)
+        if not channel.is_ready():
+            try:
+                await channel.connect(call.deadline.remaining(), call.wait_for_ready)
+            except NotConnected as refused:  # no byte of this attempt left: may_have_reached_server stays False
+                if self._explain is None:
+                    raise
+                raise await self._explained(refused, call) from None
         multicallable = channel.callable_for(method)
-        timeout = call.deadline.remaining()
+        timeout = call.attempt_timeout_s = call.deadline.remaining()
         if method.client_streaming:  # written by a task that stops when the call ends (see transport/streams.py)
             grpc_call = multicallable(
                 timeout=timeout, metadata=call.attempt_metadata(), wait_for_ready=call.wait_for_ready
@@ -62,10 +80,23 @@ class SendOnChannel:
                 error = await settled(grpc_call, error)
             if refused_before_handler(error, method.path):
                 call.may_have_reached_server = False
+            if self._explain is not None:
+                error = await self._explained(error, call)
             raise error from None
         except asyncio.CancelledError:
+            if closed_under_the_caller(grpc_call):
+                raise channel_closed() from None
             grpc_call.cancel()
             raise
+
+    async def _explained(self, error: grpc.aio.AioRpcError, call: Call) -> grpc.aio.AioRpcError:
+        assert self._explain is not None
+        assert call.endpoint is not None
+        assert call.deadline is not None
+        explained = await self._explain(error, call.endpoint, call.deadline.remaining())
+        if explained is None:
+            return error
+        return explained
 
 
 def refused_before_handler(error: grpc.aio.AioRpcError, method: str) -> bool:

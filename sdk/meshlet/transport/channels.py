@@ -1,7 +1,9 @@
-"""One grpc.aio channel per endpoint: created on first use, reused by every call, closed (gracefully, so calls
-in flight finish) when its endpoint leaves the set. grpcio's own retries are switched off on every channel:
-meshlet's retry stage is the one layer that owns retries. A call is started only on a connected channel
-(`wait_connected`): an attempt that could not connect is the one attempt known never to have left."""
+"""One grpc.aio channel per endpoint: created on first use, reused by every call. When its endpoint leaves the
+passing set the channel waits a while for it to come back (a Consul flap), then closes once the calls in flight
+on it have ended; a rotated certificate replaces every channel for new calls the same way. No call is ever cut
+short by either. grpcio's own retries are switched off on every channel: meshlet's retry stage is the one layer
+that owns retries. A call is started only on a connected channel (`wait_connected`): an attempt that could not
+connect is the one attempt known never to have left."""
 
 from __future__ import annotations
 
@@ -19,6 +21,13 @@ from meshlet.endpoints import Endpoint
 log = logging.getLogger("meshlet.transport")
 
 CLOSE_GRACE_S = 30.0
+"""How long a departed endpoint's channel (and its breaker, see meshlet.upstream) waits for the endpoint to come
+back before it closes. It closes only once no call is in flight on it, however long that takes."""
+
+DRAIN_LIMIT_S = 86_400.0
+"""How long a closing channel waits for its calls to end on their own: a day, the deadline meshlet gives a
+stream whose caller set none, so only a call its caller gave a longer deadline can be ended by the mesh
+(with UNAVAILABLE, reason CHANNEL_CLOSED)."""
 
 Options = tuple[tuple[str, Any], ...]
 
@@ -43,6 +52,7 @@ _CHANNEL_OPTIONS: Options = (
 # What every meshlet server (the SDK's and the sidecar's inbound) accepts: meshlet's channels ping every 30 s while
 # a call is open, and grpc's 5-minute default would answer a quiet long-lived stream with GOAWAY too_many_pings.
 SERVER_OPTIONS: Options = (
+    ("grpc.so_reuseport", 0),  # a port is one server's: a second one fails to start instead of sharing the calls
     ("grpc.http2.min_ping_interval_without_data_ms", 10_000),
     ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
 )
@@ -97,19 +107,39 @@ def _multicallable(channel: grpc.aio.Channel, method: Method) -> Any:
 
 
 class EndpointChannels:
-    """The channels of one upstream, keyed by endpoint."""
+    """The channels of one upstream, keyed by endpoint: those in use, those whose endpoint left a moment ago
+    (kept `close_grace_s` for its return), and those closing, which grpc closes once their calls have ended."""
 
-    def __init__(self, factory: ChannelFactory = insecure_channel, extra_options: tuple[tuple[str, Any], ...] = ()):
+    def __init__(
+        self,
+        factory: ChannelFactory = insecure_channel,
+        extra_options: tuple[tuple[str, Any], ...] = (),
+        *,
+        close_grace_s: float | None = None,
+    ):
         self._factory = factory
         self._options = _CHANNEL_OPTIONS + extra_options
+        self.close_grace_s = CLOSE_GRACE_S if close_grace_s is None else close_grace_s
         self._channels: dict[Endpoint, EndpointChannel] = {}
-        self._closing: set[asyncio.Task[None]] = set()
+        self._departed: dict[Endpoint, tuple[EndpointChannel, asyncio.TimerHandle]] = {}
+        self._closing: dict[asyncio.Task[None], grpc.aio.Channel] = {}
 
     def get(self, endpoint: Endpoint) -> EndpointChannel:
         found = self._channels.get(endpoint)
         if found is None:
-            channel = self._factory(endpoint.authority, self._options)
-            found = self._channels[endpoint] = EndpointChannel(endpoint, channel)
+            found = self._channels[endpoint] = self._returned(endpoint) or self._open(endpoint)
+        return found
+
+    def _open(self, endpoint: Endpoint) -> EndpointChannel:
+        return EndpointChannel(endpoint, self._factory(endpoint.authority, self._options))
+
+    def _returned(self, endpoint: Endpoint) -> EndpointChannel | None:
+        """The channel of an endpoint that left and came back within the grace: its connection is still good."""
+        departed = self._departed.pop(endpoint, None)
+        if departed is None:
+            return None
+        found, timer = departed
+        timer.cancel()
         return found
 
     def __len__(self) -> int:
@@ -119,25 +149,52 @@ class EndpointChannels:
         return endpoint in self._channels
 
     def refresh(self) -> None:
-        """New credentials (a rotated certificate): new calls get new channels, calls in flight finish on the old."""
-        for endpoint in list(self._channels):
-            self.retire(endpoint)
+        """New credentials (a rotated certificate): new calls get new channels, and every call in flight runs to
+        its end on the old one, which then closes."""
+        for found in self._channels.values():
+            self._close_when_idle(found.channel)
+        for found, timer in self._departed.values():
+            timer.cancel()
+            self._close_when_idle(found.channel)
+        self._channels = {}
+        self._departed = {}
 
     def retire(self, endpoint: Endpoint) -> None:
-        """The endpoint left: stop using its channel and close it once its calls have finished."""
+        """The endpoint left the passing set: new calls stop using its channel. Should the endpoint come back
+        within `close_grace_s`, it gets the channel back; otherwise the channel closes once its calls end."""
         found = self._channels.pop(endpoint, None)
         if found is not None:
-            task = asyncio.get_running_loop().create_task(found.channel.close(grace=CLOSE_GRACE_S))
-            self._closing.add(task)
-            task.add_done_callback(self._closing.discard)
+            timer = asyncio.get_running_loop().call_later(self.close_grace_s, self._forget, endpoint)
+            self._departed[endpoint] = (found, timer)
+
+    def _forget(self, endpoint: Endpoint) -> None:
+        departed = self._departed.pop(endpoint, None)
+        if departed is not None:
+            self._close_when_idle(departed[0].channel)
+
+    def _close_when_idle(self, channel: grpc.aio.Channel) -> None:
+        """Take no new calls on `channel` and close it as soon as the calls in flight on it have ended (grpc
+        waits for each to finish, up to DRAIN_LIMIT_S)."""
+        task = asyncio.get_running_loop().create_task(channel.close(grace=DRAIN_LIMIT_S))
+        self._closing[task] = channel
+        task.add_done_callback(self._closed)
+
+    def _closed(self, task: asyncio.Task[None]) -> None:
+        self._closing.pop(task, None)
 
     async def close(self) -> None:
-        """Close every channel now (in-flight calls are cancelled) and wait for retired ones."""
-        channels, self._channels = list(self._channels.values()), {}
-        await asyncio.gather(*(c.channel.close(grace=None) for c in channels), return_exceptions=True)
-        for task in list(self._closing):
-            task.cancel()
-        await asyncio.gather(*self._closing, return_exceptions=True)
+        """Close every channel now: calls still in flight end with UNAVAILABLE (CHANNEL_CLOSED)."""
+        channels = [found.channel for found in self._channels.values()]
+        for found, timer in self._departed.values():
+            timer.cancel()
+            channels.append(found.channel)
+        waiting = list(self._closing)
+        for task in waiting:
+            task.cancel()  # stops waiting for its calls; closing its channel again below ends them
+            channels.append(self._closing[task])
+        self._channels, self._departed, self._closing = {}, {}, {}
+        await asyncio.gather(*waiting, return_exceptions=True)
+        await asyncio.gather(*(channel.close(grace=None) for channel in channels), return_exceptions=True)
 
 
 class NotConnected(grpc.aio.AioRpcError):
@@ -186,8 +243,8 @@ async def wait_connected(
         ):
             failed = state is grpc.ChannelConnectivity.TRANSIENT_FAILURE
             why = (await why_not_connected(channel) if failed else "") or state.name
-            raise NotConnected(
-                grpc.StatusCode.UNAVAILABLE, f"could not connect to {authority} ({why}); the request was not sent"
+            raise NotConnected(  # grpc's words last, as grpc ends its own (meshlet.security.handshake_failures)
+                grpc.StatusCode.UNAVAILABLE, f"could not connect to {authority}, the request was not sent: {why}"
             )
         left = None if give_up is None else give_up - loop.time()
         if left is not None and left <= 0:
