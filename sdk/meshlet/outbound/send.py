@@ -109,4 +109,8 @@ def refused_before_handler(error: grpc.aio.AioRpcError, method: str) -> bool:
         return False
     if info.reason == ErrorReason.RATE_LIMITED:
         return code is grpc.StatusCode.RESOURCE_EXHAUSTED
-    return info.reason == ErrorReason.NO_HEALTHY_ENDPOINT and "app" in info.metadata
+    return (
+        code is grpc.StatusCode.UNAVAILABLE
+        and info.reason == ErrorReason.NO_HEALTHY_ENDPOINT
+        and "app" in info.metadata
+    )
