@@ -102,6 +102,19 @@ class InboundCall:
     peer_address: str = ""
 
 
+def is_canonical_method(path: str) -> bool:
+    """Whether `path` is exactly ``/<service>/<method>``: a leading ``/``, two non-empty segments, nothing after.
+
+    Everything that decides by method (per-method intentions, rate limits, routes) matches canonical paths only,
+    and some servers route a path such as ``shop.Admin/Drop`` or ``/shop.Admin/Drop/`` to ``/shop.Admin/Drop``
+    (grpc-go before 1.79.3, CVE-2026-33186): so every meshlet listener refuses any other path before its
+    stages run."""
+    if not path.startswith("/"):
+        return False
+    service, _, method = path[1:].partition("/")
+    return bool(service) and bool(method) and "/" not in method
+
+
 def method_matches(path: str, pattern: str) -> bool:
     """Whether a method path (``/pkg.Service/Method``) matches a pattern: ``*``, ``/pkg.Service/*`` or exact."""
     if pattern == "*" or pattern == path:

@@ -12,7 +12,8 @@
              ├─ BulkheadFull           RESOURCE_EXHAUSTED   too many calls in flight to this upstream
              ├─ RateLimited            RESOURCE_EXHAUSTED   the caller is over its rate limit (with pushback)
              ├─ IntentionDenied        PERMISSION_DENIED    an intention denies caller -> target
-             └─ Unauthenticated        UNAUTHENTICATED      no or an unverifiable client certificate
+             ├─ Unauthenticated        UNAUTHENTICATED      no or an unverifiable client certificate
+             └─ MethodPathInvalid      UNIMPLEMENTED        the call's path is not exactly /<service>/<method>
     ConfigError (ValueError)           a bad configuration: exit 2 with the field, the value and the fix
 
 A MeshError is an ``AioRpcError`` so callers handle it as any failed call (``e.code()``, ``e.details()``),
@@ -46,6 +47,7 @@ class ErrorReason(enum.StrEnum):
     RATE_LIMITED = "RATE_LIMITED"
     INTENTION_DENIED = "INTENTION_DENIED"
     UNAUTHENTICATED = "UNAUTHENTICATED"
+    METHOD_PATH_INVALID = "METHOD_PATH_INVALID"
 
 
 class MeshError(grpc.aio.AioRpcError):
@@ -111,6 +113,13 @@ class IntentionDenied(MeshError):
 class Unauthenticated(MeshError):
     code_ = grpc.StatusCode.UNAUTHENTICATED
     reason = ErrorReason.UNAUTHENTICATED
+
+
+class MethodPathInvalid(MeshError):
+    """UNIMPLEMENTED, as a gRPC server answers a path that names no method: a caller must not retry it."""
+
+    code_ = grpc.StatusCode.UNIMPLEMENTED
+    reason = ErrorReason.METHOD_PATH_INVALID
 
 
 def status_trailers(code: grpc.StatusCode, message: str, reason: ErrorReason, info: Mapping[str, str]) -> Metadata:

@@ -4,7 +4,8 @@ Messages stay bytes end to end (no (de)serializers, no protobuf decoding). A met
 knows is served with a handler of that kind (a unary call as unary, which costs grpc about a third less); any
 other is served as stream-stream, where a unary call is a stream of one. Metadata passes through except the
 headers that belong to one HTTP/2 hop or that the transport sets itself; status, details, and trailers
-(``grpc-status-details-bin`` included) are copied back unchanged.
+(``grpc-status-details-bin`` included) are copied back unchanged. A path that is not exactly ``/<service>/<method>``
+is refused before its listener builds anything for it (`refuse_path`), so no stage ever sees it.
 """
 
 from __future__ import annotations
@@ -13,6 +14,9 @@ from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
 from typing import Any, Protocol
 
 import grpc
+
+from meshlet.call import is_canonical_method
+from meshlet.errors import MethodPathInvalid
 
 # Set by grpc itself on every hop, or carried by other means (the deadline travels as the call's timeout).
 HOP_HEADERS = frozenset(
@@ -63,6 +67,23 @@ def unary_handler(behaviour: RawUnaryHandler) -> grpc.RpcMethodHandler:
     return grpc.unary_unary_rpc_method_handler(behaviour)
 
 
+def refuse_path(path: str) -> grpc.RpcMethodHandler:
+    """The handler for a path that is not exactly ``/<service>/<method>``: UNIMPLEMENTED (METHOD_PATH_INVALID)
+    for every call, before any stage (identity, intentions, rate limits, routes) or the app sees it."""
+    refusal = MethodPathInvalid(
+        f"{path[:256]!r} is not a gRPC method path: call /<package.Service>/<Method> exactly (a leading '/', two "
+        "non-empty segments, no trailing '/'); the mesh refuses any other path so that no per-method policy is "
+        "bypassed",
+        metadata={"method": path[:256]},
+    )
+    code, details, trailers = refusal.code(), refusal.details() or "", tuple(refusal.trailing_metadata() or ())
+
+    async def refuse(requests: AsyncIterator[bytes], context: grpc.aio.ServicerContext) -> None:
+        await context.abort(code, details, trailers)
+
+    return grpc.stream_stream_rpc_method_handler(refuse)
+
+
 def forwardable(metadata: Iterable[tuple[str, Any]] | None) -> tuple[tuple[str, Any], ...]:
     """The caller's metadata minus hop-by-hop and pseudo headers."""
     if not metadata:
@@ -73,7 +94,10 @@ def forwardable(metadata: Iterable[tuple[str, Any]] | None) -> tuple[tuple[str, 
 class RawMethods(grpc.GenericRpcHandler):
     """Serve every method path with the raw-bytes handler its listener builds for it, once per path and again
     whenever the Learning it was built from has learnt something: a method learnt unary takes the fast path, and
-    one whose kind changed (the app redeployed with that method streaming) takes the right handler again."""
+    one whose kind changed (the app redeployed with that method streaming) takes the right handler again.
+
+    A path that is not canonical never reaches the listener: it gets `refuse_path`, built per call and not kept,
+    so that callers sending odd paths cannot crowd the real methods out of the cache."""
 
     def __init__(self, make_handler: Callable[[str], Built]) -> None:
         self._make_handler = make_handler
@@ -90,6 +114,8 @@ class RawMethods(grpc.GenericRpcHandler):
                 if unknown:
                     learning.missed(method)
                 return handler
+        if not is_canonical_method(method):
+            return refuse_path(method)
         handler, learning, unknown = self._make_handler(method)
         if found is not None or len(self._handlers) < MAX_CACHED_METHODS:
             self._handlers[method] = (handler, learning, 0 if learning is None else learning.version, unknown)

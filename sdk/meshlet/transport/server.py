@@ -1,7 +1,9 @@
 """The server side of the SDK: a grpc.aio server interceptor that runs every call through the inbound pipeline
 before the servicer, whatever its RPC kind.
 
-Wrapped handlers are built once per method and cached, so per call the cost is one InboundCall and the stages.
+Wrapped handlers are built once per method and cached, so per call the cost is one InboundCall and the stages. A path
+that is not exactly ``/<service>/<method>`` is refused before any servicer or stage sees it (UNIMPLEMENTED,
+METHOD_PATH_INVALID), whatever handlers the server has.
 """
 
 from __future__ import annotations
@@ -13,9 +15,10 @@ from typing import Any
 
 import grpc
 
-from meshlet.call import InboundCall
+from meshlet.call import InboundCall, is_canonical_method
 from meshlet.deadline import Clock, Deadline
 from meshlet.errors import MeshError
+from meshlet.transport.raw import refuse_path
 
 Pipeline = Callable[[InboundCall], Awaitable[Any]]
 PipelineBuilder = Callable[[Callable[[InboundCall], Awaitable[Any]]], Pipeline]
@@ -41,6 +44,8 @@ class InboundInterceptor(grpc.aio.ServerInterceptor):
         cached = self._cache.get(method)
         if cached is not None:
             return cached
+        if not is_canonical_method(method):
+            return refuse_path(method)  # not cached: odd paths must not crowd the real methods out
         handler = await continuation(handler_call_details)
         if handler is None:
             return None

@@ -1,0 +1,242 @@
+"""What a hostile caller tries against meshlet's servers, for real on 127.0.0.1: odd method paths that a lenient
+app would route to a denied or rate-limited method, and certificates crafted under the trusted test CA (a SPIFFE ID
+outside the URI SAN, two URI SANs, another trust domain, namespace or partition, a chain longer than the root
+allows). Each is tried against both faces, an SDK server (``mesh.server()``) and a sidecar's L7 inbound listener,
+whose handler (a catch-all that would serve any path, as a Go app before grpc-go 1.79.3 does) records every call
+that reaches it."""
+
+from __future__ import annotations
+
+import contextlib
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import grpc
+import pytest
+
+from meshlet.config import load_config
+from meshlet.errors import ErrorReason, error_info
+from meshlet.inbound import InboundParts
+from meshlet.mesh import Mesh
+from meshlet.security.certs import channel_options, server_credentials
+from meshlet.security.dev_ca import init_ca, issue
+from meshlet.security.sources import FileSource
+from meshlet.transport.raw import Built, RawMethods
+from meshlet_sidecar.forward import ForwardToApp
+from meshlet_sidecar.inbound_listener import InboundListener
+from meshlet_sidecar.outbound_listener import OutboundListener
+from meshlet_sidecar.routing import Routes
+
+TRUST_DOMAIN = "meshlet.test"
+DROP = "/shop.Admin/Drop"
+CREATE = "/shop.Orders/CreateOrder"
+WAIT_S = 5.0
+NOT_CANONICAL = ["shop.Admin/Drop", "/shop.Admin/Drop/", "//shop.Admin/Drop", "/shop.Admin/Drop/x", "/shop.Admin//Drop"]
+# gateway may call anything on orders but Drop; CreateOrder once per caller (a burst of 1 that refills slowly).
+AUTHZ = {
+    "default": "deny",
+    "rules": [
+        {"from": "gateway", "to": "orders", "action": "allow"},
+        {"from": "gateway", "to": "orders", "methods": [DROP], "action": "deny"},
+    ],
+}
+RATE_LIMIT = {"per_method": {CREATE: {"rate_per_s": 0.001, "burst": 1}}}
+
+
+@dataclass
+class Handled:
+    """The method paths that reached the app or servicer, in order."""
+
+    paths: list[str] = field(default_factory=list)
+
+
+class CatchAll(grpc.GenericRpcHandler):
+    """Serves every path it is handed, echoing the request's bytes: an app that would route any path."""
+
+    def __init__(self, handled: Handled) -> None:
+        self._handled = handled
+
+    def service(self, handler_call_details: grpc.HandlerCallDetails) -> grpc.RpcMethodHandler:
+        path: str = handler_call_details.method
+        handled = self._handled
+
+        async def echo(request: bytes, context: Any) -> bytes:
+            handled.paths.append(path)
+            return request
+
+        return grpc.unary_unary_rpc_method_handler(echo)
+
+
+Face = Callable[[Path, Handled], contextlib.AbstractAsyncContextManager[int]]
+
+
+@contextlib.asynccontextmanager
+async def sdk_server(folder: Path, handled: Handled) -> AsyncIterator[int]:
+    """An SDK server for orders (intentions and rate limits as above) whose servicer is a CatchAll."""
+    tls = {"source": "files", **{part: str(folder / name) for part, name in _ORDERS_FILES.items()}}
+    config = load_config(
+        None,
+        env={},
+        overrides={"service": {"name": "orders"}, "tls": tls, "authz": AUTHZ, "rate_limit": RATE_LIMIT},
+    )
+    mesh = Mesh(config)
+    await mesh.start()
+    server = mesh.server()
+    server.add_generic_rpc_handlers((CatchAll(handled),))
+    source = mesh.tls_source
+    assert source is not None
+    port = server.add_secure_port("127.0.0.1:0", server_credentials(source))
+    await server.start()
+    try:
+        yield port
+    finally:
+        await server.stop(None)
+        await mesh.close()
+
+
+@contextlib.asynccontextmanager
+async def sidecar_inbound(folder: Path, handled: Handled) -> AsyncIterator[int]:
+    """A sidecar's L7 inbound listener for orders (the same intentions and rate limits) before a CatchAll app."""
+    config = load_config(
+        None, env={}, overrides={"service": {"name": "orders"}, "authz": AUTHZ, "rate_limit": RATE_LIMIT}
+    )
+    parts = InboundParts.from_config(config, consul=lambda: None, clock=time.monotonic)
+    parts = InboundParts(**{**parts.__dict__, "require_identity": True})
+    source = FileSource(folder / "orders.crt", folder / "orders.key", folder / "ca.crt")
+    await source.start()
+    app = grpc.aio.server()
+    app.add_generic_rpc_handlers((CatchAll(handled),))
+    app_port = app.add_insecure_port("127.0.0.1:0")
+    await app.start()
+    forward = ForwardToApp(f"127.0.0.1:{app_port}")
+    listener = InboundListener("127.0.0.1:0", source=source, parts=parts, forward=forward, clock=time.monotonic)
+    try:
+        yield await listener.start()
+    finally:
+        await listener.stop(None)
+        await forward.close()
+        await app.stop(None)
+        await source.stop()
+
+
+_ORDERS_FILES = {"cert": "orders.crt", "key": "orders.key", "ca": "ca.crt"}
+FACES = {"sdk server": sdk_server, "sidecar inbound": sidecar_inbound}
+
+
+@pytest.fixture
+def ca(tmp_path: Path) -> Path:
+    folder = tmp_path / "certs"
+    init_ca(folder, TRUST_DOMAIN)
+    for service in ("orders", "gateway"):
+        issue(folder, service)
+    return folder
+
+
+@pytest.fixture(params=list(FACES))
+async def served(request: pytest.FixtureRequest, ca: Path) -> AsyncIterator[tuple[int, Handled]]:
+    """(port, what reached the handler) of orders behind one face."""
+    handled = Handled()
+    async with FACES[request.param](ca, handled) as port:
+        yield port, handled
+
+
+Caller = Callable[[str], Awaitable[bytes]]
+
+
+@contextlib.asynccontextmanager
+async def raw_caller(
+    port: int, folder: Path, name: str = "gateway", chain: bytes | None = None
+) -> AsyncIterator[Caller]:
+    """Unary calls of raw bytes to any path, on a connection of its own presenting `name`'s certificate from
+    `folder` (or `chain`, leaf first), trusting the CA there."""
+    credentials = grpc.ssl_channel_credentials(
+        root_certificates=(folder / "ca.crt").read_bytes(),
+        private_key=(folder / f"{name}.key").read_bytes(),
+        certificate_chain=chain or (folder / f"{name}.crt").read_bytes(),
+    )
+    options = (("grpc.use_local_subchannel_pool", 1), *channel_options("orders", "default", "dc1", TRUST_DOMAIN))
+    async with grpc.aio.secure_channel(f"127.0.0.1:{port}", credentials, options=options) as channel:
+
+        async def call(path: str) -> bytes:
+            reply: bytes = await channel.unary_unary(path)(b"hello", timeout=WAIT_S)
+            return reply
+
+        yield call
+
+
+async def refusal(call: Awaitable[Any]) -> tuple[grpc.StatusCode, str, str]:
+    """The code, the ErrorInfo reason ('' without one) and the message of a call that must fail."""
+    with pytest.raises(grpc.aio.AioRpcError) as failed:
+        await call
+    info = error_info(failed.value)
+    return failed.value.code(), info.reason if info is not None else "", failed.value.details() or ""
+
+
+# ------------------------------------------------------------------------------------------ method paths
+
+
+@pytest.mark.parametrize("path", NOT_CANONICAL)
+async def test_a_path_that_is_not_service_slash_method_is_refused_before_the_deny_and_never_reaches_the_app(
+    served: tuple[int, Handled], ca: Path, path: str
+) -> None:
+    port, handled = served
+    async with raw_caller(port, ca) as call:
+        assert (await refusal(call(DROP)))[:2] == (grpc.StatusCode.PERMISSION_DENIED, ErrorReason.INTENTION_DENIED)
+        code, reason, message = await refusal(call(path))
+    assert (code, reason) == (grpc.StatusCode.UNIMPLEMENTED, ErrorReason.METHOD_PATH_INVALID)
+    assert "/<package.Service>/<Method>" in message
+    assert handled.paths == []
+
+
+async def test_an_odd_path_to_a_rate_limited_method_spends_no_token_and_is_not_served(
+    served: tuple[int, Handled], ca: Path
+) -> None:
+    port, handled = served
+    async with raw_caller(port, ca) as call:
+        for path in (f"{CREATE}/", CREATE[1:], f"/{CREATE}"):
+            assert (await refusal(call(path)))[1] == ErrorReason.METHOD_PATH_INVALID
+        assert await call(CREATE) == b"hello"  # the one token was still there
+        assert (await refusal(call(f"{CREATE}/")))[1] == ErrorReason.METHOD_PATH_INVALID
+        assert (await refusal(call(CREATE)))[1] == ErrorReason.RATE_LIMITED
+    assert handled.paths == [CREATE]
+
+
+async def test_the_outbound_listener_refuses_an_odd_path_from_the_app_before_routing_it() -> None:
+    def upstream(name: str) -> Any:
+        raise AssertionError(f"no upstream may be built for an odd path (asked for {name})")
+
+    routes = Routes(by_port={}, by_service={"shop.Admin": "admin"})
+    listener = OutboundListener(
+        "127.0.0.1:0", routes=routes, upstream=upstream, is_idempotent=lambda *_: False, replay_limit_bytes=lambda _: 0
+    )
+    port = await listener.start()
+    try:
+        async with grpc.aio.insecure_channel(f"127.0.0.1:{port}") as channel:
+            for path in NOT_CANONICAL:
+                code, reason, _ = await refusal(channel.unary_unary(path)(b"hello", timeout=WAIT_S))
+                assert (code, reason) == (grpc.StatusCode.UNIMPLEMENTED, ErrorReason.METHOD_PATH_INVALID), path
+    finally:
+        await listener.stop(None)
+    assert listener.unrouted_calls == 0
+
+
+def test_raw_methods_never_asks_its_listener_for_an_odd_path() -> None:
+    asked: list[str] = []
+
+    def make(path: str) -> Built:
+        asked.append(path)
+        return grpc.unary_unary_rpc_method_handler(lambda request, context: request), None, False
+
+    methods = RawMethods(make)
+    for path in [*NOT_CANONICAL, DROP]:
+        methods.service(_Details(path))
+    assert asked == [DROP]
+
+
+@dataclass
+class _Details:
+    method: str
+    invocation_metadata: tuple[tuple[str, str], ...] = ()
