@@ -31,11 +31,11 @@ from meshlet.events import EventBus
 from meshlet.inbound import InboundHandler, InboundParts, build_inbound
 from meshlet.security.certs import (
     CertificateSource,
-    caller_spiffe_id,
     channel_credentials,
     channel_options,
     server_credentials,
 )
+from meshlet.security.peers import CallerIdentities
 from meshlet.security.sources import make_source
 from meshlet.telemetry.access_log import AccessLog
 from meshlet.telemetry.metrics import Metrics
@@ -262,7 +262,7 @@ class Mesh:
         def build(terminal: InboundHandler) -> InboundHandler:
             return build_inbound(terminal, parts)
 
-        identify = caller_spiffe_id if self._tls is not None else None
+        identify = CallerIdentities(self._tls, parts.trusted_domains).of_call if self._tls is not None else None
         interceptor = InboundInterceptor(build, self._clock, identify)
         server_options = [*SERVER_OPTIONS, *options]
         server = grpc.aio.server(interceptors=[interceptor], options=server_options, **kwargs)

@@ -11,7 +11,7 @@ ends that one call; grpc logs it, and the listener goes on serving the rest.
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from contextlib import aclosing
 from typing import Any
 
@@ -21,7 +21,8 @@ from meshlet.call import Cardinality
 from meshlet.deadline import Clock
 from meshlet.errors import MeshError
 from meshlet.inbound import InboundParts, build_inbound
-from meshlet.security.certs import CertificateSource, caller_spiffe_id, server_credentials
+from meshlet.security.certs import CertificateSource, server_credentials
+from meshlet.security.peers import CallerIdentities, PeerVerdict
 from meshlet.transport.channels import SERVER_OPTIONS
 from meshlet.transport.raw import Built, RawHandler, RawMethods, RawUnaryHandler, generic_handler, unary_handler
 from meshlet.transport.server import abort_refused, inbound_call
@@ -59,6 +60,9 @@ class InboundListener:
         self._forward = forward
         self._clock = clock
         self._server: grpc.aio.Server | None = None
+        self._identify: Callable[[Any], PeerVerdict] | None = (
+            CallerIdentities(source, parts.trusted_domains).of_call if source is not None else None
+        )
 
     async def start(self) -> int:
         """Bind and serve; returns the port (useful with port 0)."""
@@ -102,7 +106,7 @@ class InboundListener:
     def _unary(self, method: str) -> RawUnaryHandler:
         pipeline = build_inbound(self._forward.unary, self._parts)
         clock = self._clock
-        identify = caller_spiffe_id if self._source is not None else None
+        identify = self._identify
 
         async def forward(request: bytes, context: Any) -> bytes | None:
             self.in_flight += 1
@@ -121,7 +125,7 @@ class InboundListener:
     def _generic(self, method: str) -> RawHandler:
         pipeline = build_inbound(self._forward, self._parts)
         clock = self._clock
-        identify = caller_spiffe_id if self._source is not None else None
+        identify = self._identify
 
         async def forward(requests: AsyncIterator[bytes], context: Any) -> None:
             self.in_flight += 1

@@ -29,8 +29,14 @@ from meshlet_sidecar.forward import ForwardToApp
 from meshlet_sidecar.inbound_listener import InboundListener
 from meshlet_sidecar.outbound_listener import OutboundListener
 from meshlet_sidecar.routing import Routes
+from meshlet_sidecar.splice import SpliceListener
+from tests.support import crafted_certs
+from tests.support.crafted_certs import Issuer
+from tests.support.processes import free_port
 
 TRUST_DOMAIN = "meshlet.test"
+FOREIGN_DOMAIN = "other.example"
+GATEWAY = f"spiffe://{TRUST_DOMAIN}/ns/default/dc/dc1/svc/gateway"
 DROP = "/shop.Admin/Drop"
 CREATE = "/shop.Orders/CreateOrder"
 WAIT_S = 5.0
@@ -128,10 +134,15 @@ FACES = {"sdk server": sdk_server, "sidecar inbound": sidecar_inbound}
 
 @pytest.fixture
 def ca(tmp_path: Path) -> Path:
+    """The dev CA's folder; its ``ca.crt`` (the bundle every server and client trusts) also holds a second root, of
+    trust domain other.example, written as ``foreign-ca.crt``/``.key`` too."""
     folder = tmp_path / "certs"
     init_ca(folder, TRUST_DOMAIN)
     for service in ("orders", "gateway"):
         issue(folder, service)
+    foreign = crafted_certs.root_ca("another mesh's CA", FOREIGN_DOMAIN, path_length=None)
+    (folder / "ca.crt").write_bytes((folder / "ca.crt").read_bytes() + foreign.pem)
+    crafted_certs.write(folder, "foreign-ca", foreign.pem, crafted_certs.key_pem(foreign.key))
     return folder
 
 
@@ -240,3 +251,144 @@ def test_raw_methods_never_asks_its_listener_for_an_odd_path() -> None:
 class _Details:
     method: str
     invocation_metadata: tuple[tuple[str, str], ...] = ()
+
+
+# ------------------------------------------------------------------------------------------ who the caller is
+
+
+def craft(folder: Path, name: str, **names: Any) -> str:
+    """A leaf `name` signed by the dev CA in `folder` with exactly the names given (see crafted_certs.leaf)."""
+    crafted_certs.write(folder, name, *crafted_certs.leaf(Issuer.load(folder), **names))
+    return name
+
+
+NOT_ONE_URI_SAN = {
+    "SPIFFE ID only in the common name": {"common_name": GATEWAY},
+    "SPIFFE ID only in a DNS SAN": {"dns": (GATEWAY,)},
+    "SPIFFE ID only in an e-mail SAN": {"emails": (GATEWAY,)},
+    "two URI SANs": {"uris": (GATEWAY, GATEWAY.replace("gateway", "web"))},
+}
+
+
+@pytest.mark.parametrize("names", list(NOT_ONE_URI_SAN.values()), ids=list(NOT_ONE_URI_SAN))
+async def test_a_certificate_without_exactly_one_uri_san_is_unauthenticated_and_never_served(
+    served: tuple[int, Handled], ca: Path, names: dict[str, Any]
+) -> None:
+    port, handled = served
+    async with raw_caller(port, ca, craft(ca, "crafted", **names)) as call:
+        code, reason, message = await refusal(call(CREATE))
+    assert (code, reason) == (grpc.StatusCode.UNAUTHENTICATED, ErrorReason.UNAUTHENTICATED)
+    assert "exactly one" in message
+    assert handled.paths == []
+
+
+async def test_a_caller_of_another_trust_domain_is_unauthenticated_though_its_ca_is_in_the_bundle(
+    served: tuple[int, Handled], ca: Path
+) -> None:
+    port, handled = served
+    foreign = Issuer.load_named(ca, "foreign-ca")
+    uri = f"spiffe://{FOREIGN_DOMAIN}/ns/default/dc/dc1/svc/gateway"
+    crafted_certs.write(ca, "foreign-gateway", *crafted_certs.leaf(foreign, uris=(uri,)))
+    async with raw_caller(port, ca, "foreign-gateway") as call:
+        code, reason, message = await refusal(call(CREATE))
+    assert (code, reason) == (grpc.StatusCode.UNAUTHENTICATED, ErrorReason.UNAUTHENTICATED)
+    assert "tls.trusted_domains" in message
+    assert handled.paths == []
+
+
+@pytest.mark.parametrize(
+    "uri",
+    [GATEWAY.replace("/ns/default/", "/ns/sandbox/"), GATEWAY.replace("/ns/", "/ap/evil/ns/")],
+    ids=["another namespace", "another partition"],
+)
+async def test_a_gateway_of_another_namespace_or_partition_is_not_the_gateway_the_intentions_allow(
+    served: tuple[int, Handled], ca: Path, uri: str
+) -> None:
+    port, handled = served
+    async with raw_caller(port, ca, craft(ca, "elsewhere", uris=(uri,))) as call:
+        code, reason, message = await refusal(call(CREATE))
+    assert (code, reason) == (grpc.StatusCode.PERMISSION_DENIED, ErrorReason.INTENTION_DENIED)
+    assert "/gateway" in message  # the remedy names the source as sandbox/gateway or evil/default/gateway
+    assert handled.paths == []
+    async with raw_caller(port, ca) as call:  # the real gateway still is
+        assert await call(CREATE) == b"hello"
+
+
+async def test_a_chain_through_an_intermediate_under_a_root_with_path_length_zero_is_refused(
+    served: tuple[int, Handled], ca: Path
+) -> None:
+    port, handled = served
+    chain = intermediate_chain(ca)
+    async with raw_caller(port, ca, "via-intermediate", chain=chain) as call:
+        code, reason, message = await refusal(call(CREATE))
+    assert (code, reason) == (grpc.StatusCode.UNAUTHENTICATED, ErrorReason.UNAUTHENTICATED)
+    assert "pathLenConstraint allows 0" in message
+    assert handled.paths == []
+
+
+def intermediate_chain(folder: Path) -> bytes:
+    """``via-intermediate``: gateway's identity in a leaf signed by an intermediate of the dev CA (whose
+    pathLenConstraint is 0); returns its chain, leaf first."""
+    middle = crafted_certs.intermediate(Issuer.load(folder))
+    cert, key = crafted_certs.leaf(middle, uris=(GATEWAY,))
+    crafted_certs.write(folder, "via-intermediate", cert, key)
+    return cert + middle.pem
+
+
+# ------------------------------------------------------------------------------------------ the L4 path
+
+
+@contextlib.asynccontextmanager
+async def l4_inbound(folder: Path, handled: Handled) -> AsyncIterator[int]:
+    """A sidecar's L4 inbound listener for orders (intentions by identity only) before a CatchAll app."""
+    authz = {"default": "deny", "rules": [{"from": "gateway", "to": "orders", "action": "allow"}]}
+    config = load_config(None, env={}, overrides={"service": {"name": "orders"}, "authz": authz})
+    parts = InboundParts.from_config(config, consul=lambda: None, clock=time.monotonic)
+    parts = InboundParts(**{**parts.__dict__, "require_identity": True})
+    source = FileSource(folder / "orders.crt", folder / "orders.key", folder / "ca.crt")
+    await source.start()
+    app = grpc.aio.server()
+    app.add_generic_rpc_handlers((CatchAll(handled),))
+    app_port = app.add_insecure_port("127.0.0.1:0")
+    await app.start()
+    listener = SpliceListener(
+        f"127.0.0.1:{free_port()}",
+        source=source,
+        parts=parts,
+        app_address=f"127.0.0.1:{app_port}",
+        clock=time.monotonic,
+    )
+    try:
+        yield await listener.start()
+    finally:
+        await listener.stop(None)
+        await app.stop(None)
+        await source.stop()
+
+
+async def test_the_l4_path_refuses_the_same_impostors_as_the_l7_path(ca: Path) -> None:
+    handled = Handled()
+    foreign = Issuer.load_named(ca, "foreign-ca")
+    crafted_certs.write(
+        ca, "foreign-gateway", *crafted_certs.leaf(foreign, uris=(GATEWAY.replace(TRUST_DOMAIN, FOREIGN_DOMAIN),))
+    )
+    craft(ca, "sandbox-gateway", uris=(GATEWAY.replace("/ns/default/", "/ns/sandbox/"),))
+    craft(ca, "evil-gateway", uris=(GATEWAY.replace("/ns/", "/ap/evil/ns/"),))
+    craft(ca, "dns-gateway", dns=(GATEWAY,))
+    chain = intermediate_chain(ca)
+    async with l4_inbound(ca, handled) as port:
+        async with raw_caller(port, ca) as call:
+            assert await call(CREATE) == b"hello"
+        expected = {
+            "foreign-gateway": ErrorReason.UNAUTHENTICATED,
+            "dns-gateway": ErrorReason.UNAUTHENTICATED,
+            "sandbox-gateway": ErrorReason.INTENTION_DENIED,
+            "evil-gateway": ErrorReason.INTENTION_DENIED,
+        }
+        for name, reason in expected.items():
+            async with raw_caller(port, ca, name) as call:
+                assert (await refusal(call(CREATE)))[1] == reason, name
+        async with raw_caller(port, ca, "via-intermediate", chain=chain) as call:
+            code, _, _ = await refusal(call(CREATE))  # OpenSSL fails the handshake: the connection is closed
+        assert code == grpc.StatusCode.UNAVAILABLE
+    assert handled.paths == [CREATE]

@@ -23,10 +23,15 @@ class Issuer:
 
     @classmethod
     def load(cls, folder: Path) -> Issuer:
-        """The dev CA in `folder` (``meshlet certs init``)."""
-        key = serialization.load_pem_private_key((folder / "ca.key").read_bytes(), password=None)
+        """The dev CA in `folder` (``meshlet certs init``; the first certificate of its ``ca.crt``)."""
+        return cls.load_named(folder, "ca")
+
+    @classmethod
+    def load_named(cls, folder: Path, name: str) -> Issuer:
+        """The CA written as ``<name>.crt`` and ``<name>.key`` in `folder`."""
+        key = serialization.load_pem_private_key((folder / f"{name}.key").read_bytes(), password=None)
         assert isinstance(key, ec.EllipticCurvePrivateKey)
-        return cls(x509.load_pem_x509_certificate((folder / "ca.crt").read_bytes()), key)
+        return cls(x509.load_pem_x509_certificate((folder / f"{name}.crt").read_bytes()), key)
 
     @property
     def pem(self) -> bytes:
@@ -97,10 +102,13 @@ def leaf(
     if names:
         builder = builder.add_extension(x509.SubjectAlternativeName(names), critical=False)
     cert = builder.sign(issuer.key, hashes.SHA256())
-    key_pem = key.private_bytes(
+    return cert.public_bytes(serialization.Encoding.PEM), key_pem(key)
+
+
+def key_pem(key: ec.EllipticCurvePrivateKey) -> bytes:
+    return key.private_bytes(
         serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
     )
-    return cert.public_bytes(serialization.Encoding.PEM), key_pem
 
 
 def write(folder: Path, name: str, cert_chain_pem: bytes, key_pem: bytes) -> Path:

@@ -18,6 +18,7 @@ import grpc
 from meshlet.call import InboundCall, is_canonical_method
 from meshlet.deadline import Clock, Deadline
 from meshlet.errors import MeshError
+from meshlet.security.peers import PeerVerdict
 from meshlet.transport.raw import refuse_path
 
 Pipeline = Callable[[InboundCall], Awaitable[Any]]
@@ -28,12 +29,12 @@ class InboundInterceptor(grpc.aio.ServerInterceptor):
     """Runs meshlet's inbound stages around every servicer method."""
 
     def __init__(
-        self, build: PipelineBuilder, clock: Clock, identify: Callable[[Any], str | None] | None = None
+        self, build: PipelineBuilder, clock: Clock, identify: Callable[[Any], PeerVerdict] | None = None
     ) -> None:
         self._clock = clock
         self._cache: dict[str, grpc.RpcMethodHandler] = {}
         self._build = build
-        self._identify = identify  # reads the caller's verified SPIFFE ID from the context when mTLS is on
+        self._identify = identify  # judges the caller's certificate (CallerIdentities.of_call) when mTLS is on
 
     async def intercept_service(
         self,
@@ -113,13 +114,23 @@ class InboundInterceptor(grpc.aio.ServerInterceptor):
 
 
 def inbound_call(
-    method: str, request: Any, context: Any, clock: Clock, identify: Callable[[Any], str | None] | None
+    method: str, request: Any, context: Any, clock: Clock, identify: Callable[[Any], PeerVerdict] | None
 ) -> InboundCall:
-    """The InboundCall for one server call: its metadata, deadline, the caller's verified identity and address."""
+    """The InboundCall for one server call: its metadata, deadline, the caller's verified identity (or why its
+    certificate names none we accept) and address."""
     remaining = context.time_remaining()
     deadline = Deadline(clock() + remaining, clock) if remaining is not None else None
-    peer_uri = identify(context) if identify is not None else None
-    return InboundCall(method, context.invocation_metadata(), request, context, deadline, peer_uri, context.peer())
+    peer = identify(context) if identify is not None else None
+    return InboundCall(
+        method,
+        context.invocation_metadata(),
+        request,
+        context,
+        deadline,
+        peer.uri if peer is not None else None,
+        peer.refusal if peer is not None else None,
+        context.peer(),
+    )
 
 
 async def abort_refused(context: Any, refused: MeshError) -> None:
