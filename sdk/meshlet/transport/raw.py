@@ -84,11 +84,13 @@ def refuse_path(path: str) -> grpc.RpcMethodHandler:
     return grpc.stream_stream_rpc_method_handler(refuse)
 
 
-def forwardable(metadata: Iterable[tuple[str, Any]] | None) -> tuple[tuple[str, Any], ...]:
-    """The caller's metadata minus hop-by-hop and pseudo headers."""
+def forwardable(
+    metadata: Iterable[tuple[str, Any]] | None, dropped: frozenset[str] = HOP_HEADERS
+) -> tuple[tuple[str, Any], ...]:
+    """The caller's metadata minus hop-by-hop and pseudo headers (and any other `dropped`)."""
     if not metadata:
         return ()
-    return tuple((key, value) for key, value in metadata if key not in HOP_HEADERS and not key.startswith(":"))
+    return tuple((key, value) for key, value in metadata if key not in dropped and not key.startswith(":"))
 
 
 class RawMethods(grpc.GenericRpcHandler):
