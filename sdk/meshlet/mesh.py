@@ -10,7 +10,7 @@ import logging
 import random
 import signal
 import time
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -35,8 +35,10 @@ from meshlet.security.certs import (
     channel_options,
     server_credentials,
 )
+from meshlet.security.identity import SpiffeId
 from meshlet.security.peers import CallerIdentities
 from meshlet.security.sources import make_source
+from meshlet.security.upstream_identity import VerifiedEndpoints
 from meshlet.telemetry.access_log import AccessLog
 from meshlet.telemetry.metrics import Metrics
 from meshlet.telemetry.metrics_server import MetricsServer
@@ -106,6 +108,7 @@ class Mesh:
         self._consul: ConsulFactory = consul_factory(config.consul.address, token=token, ca_file=cacert)
         self._upstreams: dict[str, Upstream] = {}
         self._watches: dict[str, ConsulWatch] = {}
+        self._verified: dict[str, VerifiedEndpoints] = {}
         self._channels: dict[str, MeshChannel] = {}
         self._stop = asyncio.Event()
         self._starting: set[asyncio.Task[None]] = set()
@@ -143,6 +146,15 @@ class Mesh:
         if self._tls is not None and not self._tls_started:
             await self._tls.start()
             self._tls_started = True
+            if self._tls.current().identity_dns_name is None:
+                log.warning(
+                    "our certificate has no identity DNS SAN (a URI-only leaf, as a real Consul issues): grpc checks "
+                    "upstream servers by their common name, which names the service only lowered and stripped to "
+                    "[a-z0-9] (led-ger and ledger share one); meshlet checks each endpoint's URI SAN once before "
+                    "using it, but a process that later takes over a checked endpoint's address is caught by the "
+                    "common name only",
+                    extra={"event": "weak_server_check"},
+                )
             self._tls.subscribe(lambda _material: self._refresh_channels())
 
     @property
@@ -213,10 +225,17 @@ class Mesh:
                 metrics=self.metrics,
                 access_log=self._access_log,
             )
+            on_update = found.update_endpoints
+            if self._tls is not None:  # each endpoint proves it is `service` by its URI SAN before it is used
+                verified = self._verified[service] = VerifiedEndpoints(
+                    self._upstream_identity(service), self._tls, found.update_endpoints
+                )
+                found.refused_endpoints = lambda: verified.refused
+                on_update = verified.update
             watch = self._watches[service] = ConsulWatch(
                 service,
                 consul=self._consul,
-                on_update=found.update_endpoints,
+                on_update=on_update,
                 events=self.events,
                 rng=self._rng,
             )
@@ -224,6 +243,17 @@ class Mesh:
             self._starting.add(task)
             task.add_done_callback(self._starting.discard)
         return found
+
+    def _upstream_identity(self, service: str) -> Callable[[], SpiffeId]:
+        """The identity an instance of `service` must present: our trust domain, partition and namespace."""
+        source = self._tls
+        assert source is not None
+
+        def expected() -> SpiffeId:
+            ours = source.current().identity
+            return SpiffeId(ours.trust_domain, ours.namespace, ours.datacenter, service, ours.partition)
+
+        return expected
 
     def _channel_factory(self, service: str) -> ChannelFactory:
         """Plaintext, or mTLS with our current certificate, verifying that the server is `service`."""
@@ -335,6 +365,8 @@ class Mesh:
         for watch in watches:
             with contextlib.suppress(Exception):
                 await watch.stop()
+        verified, self._verified = list(self._verified.values()), {}
+        await asyncio.gather(*(v.close() for v in verified), return_exceptions=True)
         upstreams, self._upstreams = list(self._upstreams.values()), {}
         await asyncio.gather(*(u.close() for u in upstreams), return_exceptions=True)
         self._channels.clear()

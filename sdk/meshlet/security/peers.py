@@ -53,7 +53,7 @@ def judge_certificate(
 ) -> SpiffeId:
     """The caller `leaf` names, or :class:`RefusedPeer`. `intermediates` are those the caller presented, None where
     the handshake has already applied every path length constraint (OpenSSL, the L4 path)."""
-    identity = _one_spiffe_id(leaf)
+    identity = one_spiffe_id(leaf)
     if identity.trust_domain not in trust_domains:
         trusted = ", ".join(sorted(trust_domains))
         raise RefusedPeer(
@@ -66,7 +66,8 @@ def judge_certificate(
     return identity
 
 
-def _one_spiffe_id(leaf: x509.Certificate) -> SpiffeId:
+def one_spiffe_id(leaf: x509.Certificate) -> SpiffeId:
+    """The service SPIFFE ID in the one URI SAN of `leaf`, or RefusedPeer saying what is wrong."""
     try:
         names: x509.SubjectAlternativeName | None = leaf.extensions.get_extension_for_class(
             x509.SubjectAlternativeName

@@ -21,7 +21,7 @@ from meshlet.config import load_config
 from meshlet.errors import ErrorReason, error_info
 from meshlet.inbound import InboundParts
 from meshlet.mesh import Mesh
-from meshlet.security.certs import channel_options, server_credentials
+from meshlet.security.certs import channel_options, consul_service_cn, server_credentials
 from meshlet.security.dev_ca import init_ca, issue
 from meshlet.security.sources import FileSource
 from meshlet.transport.raw import Built, RawMethods
@@ -31,8 +31,9 @@ from meshlet_sidecar.outbound_listener import OutboundListener
 from meshlet_sidecar.routing import Routes
 from meshlet_sidecar.splice import SpliceListener
 from tests.support import crafted_certs
+from tests.support.agents import Agent
 from tests.support.crafted_certs import Issuer
-from tests.support.processes import free_port
+from tests.support.processes import eventually, free_port
 
 TRUST_DOMAIN = "meshlet.test"
 FOREIGN_DOMAIN = "other.example"
@@ -392,3 +393,79 @@ async def test_the_l4_path_refuses_the_same_impostors_as_the_l7_path(ca: Path) -
             code, _, _ = await refusal(call(CREATE))  # OpenSSL fails the handshake: the connection is closed
         assert code == grpc.StatusCode.UNAVAILABLE
     assert handled.paths == [CREATE]
+
+
+# ------------------------------------------------------------------------------------------ who the server is
+
+
+async def test_a_client_calling_ledger_refuses_a_server_that_presents_the_colliding_led_ger_leaf(
+    tmp_path: Path, agent: Agent
+) -> None:
+    """URI-only leaves, as a real Consul issues: led-ger's common name is ledger's, so grpc's own check passes."""
+    folder = tmp_path / "certs"
+    init_ca(folder, TRUST_DOMAIN)
+    dev_ca = Issuer.load(folder)
+    for service in ("gateway", "led-ger", "ledger"):
+        cert, key = crafted_certs.leaf(
+            dev_ca,
+            common_name=consul_service_cn(service, "default", TRUST_DOMAIN),
+            uris=(f"spiffe://{TRUST_DOMAIN}/ns/default/dc/dc1/svc/{service}",),
+        )
+        crafted_certs.write(folder, service, cert, key)
+    assert consul_service_cn("led-ger", "default", TRUST_DOMAIN) == consul_service_cn("ledger", "default", TRUST_DOMAIN)
+    config = load_config(
+        None,
+        env={"CONSUL_HTTP_ADDR": agent.url},
+        overrides={"tls": {"source": "files", **_files(folder, "gateway")}},
+    )
+    impostor, real = Handled(), Handled()
+    async with Mesh(config) as mesh, registered_server(agent, folder, "led-ger", impostor) as port:
+        call = mesh.channel("ledger").unary_unary(CREATE)
+        code, _, message = await refusal(call(b"hello", timeout=WAIT_S))
+        assert code == grpc.StatusCode.UNAVAILABLE
+        assert f"127.0.0.1:{port}: it presented spiffe://{TRUST_DOMAIN}/ns/default/dc/dc1/svc/led-ger" in message
+        assert "not the identity of ledger" in message
+        async with registered_server(agent, folder, "ledger", real):
+            await eventually_served(lambda: call(b"hello", timeout=WAIT_S))
+    assert impostor.paths == []
+    assert real.paths
+
+
+def _files(folder: Path, service: str) -> dict[str, str]:
+    return {"cert": str(folder / f"{service}.crt"), "key": str(folder / f"{service}.key"), "ca": str(folder / "ca.crt")}
+
+
+@contextlib.asynccontextmanager
+async def registered_server(agent: Agent, folder: Path, presents: str, handled: Handled) -> AsyncIterator[int]:
+    """A CatchAll server presenting `presents`' leaf, registered in `agent` as ledger (passing) while the block runs."""
+    server = grpc.aio.server()
+    server.add_generic_rpc_handlers((CatchAll(handled),))
+    credentials = grpc.ssl_server_credentials(
+        [((folder / f"{presents}.key").read_bytes(), (folder / f"{presents}.crt").read_bytes())],
+        root_certificates=(folder / "ca.crt").read_bytes(),
+        require_client_auth=True,
+    )
+    port = server.add_secure_port("127.0.0.1:0", credentials)
+    await server.start()
+    client = agent.client()
+    service_id = f"ledger-{port}"
+    client.agent.service.register("ledger", service_id=service_id, address="127.0.0.1", port=port)
+    try:
+        yield port
+    finally:
+        client.agent.service.deregister(service_id)
+        await server.stop(None)
+
+
+async def eventually_served(call: Callable[[], Awaitable[bytes]]) -> None:
+    """Call until one is served (discovery and the identity check take a moment)."""
+    failures: list[str] = []
+
+    async def served() -> bool:
+        try:
+            return await call() == b"hello"
+        except grpc.aio.AioRpcError as error:
+            failures.append(error.details() or "")
+            return False
+
+    await eventually(served, "a call to be served")
