@@ -1,13 +1,16 @@
-"""What a hostile caller tries against meshlet's servers, for real on 127.0.0.1: odd method paths that a lenient
+"""What a hostile caller or server tries against meshlet, for real on 127.0.0.1: odd method paths that a lenient
 app would route to a denied or rate-limited method, and certificates crafted under the trusted test CA (a SPIFFE ID
 outside the URI SAN, two URI SANs, another trust domain, namespace or partition, a chain longer than the root
 allows). Each is tried against both faces, an SDK server (``mesh.server()``) and a sidecar's L7 inbound listener,
 whose handler (a catch-all that would serve any path, as a Go app before grpc-go 1.79.3 does) records every call
-that reaches it."""
+that reaches it. Last, a server that presents another service's leaf whose common name collides with the upstream's,
+against an SDK channel and a sidecar's outbound."""
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
+import dataclasses
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
@@ -33,7 +36,8 @@ from meshlet_sidecar.splice import SpliceListener
 from tests.support import crafted_certs
 from tests.support.agents import Agent
 from tests.support.crafted_certs import Issuer
-from tests.support.processes import eventually, free_port
+from tests.support.processes import Processes, eventually, free_port
+from tests.support.sidecars import start_sidecar
 
 TRUST_DOMAIN = "meshlet.test"
 FOREIGN_DOMAIN = "other.example"
@@ -111,7 +115,7 @@ async def sidecar_inbound(folder: Path, handled: Handled) -> AsyncIterator[int]:
         None, env={}, overrides={"service": {"name": "orders"}, "authz": AUTHZ, "rate_limit": RATE_LIMIT}
     )
     parts = InboundParts.from_config(config, consul=lambda: None, clock=time.monotonic)
-    parts = InboundParts(**{**parts.__dict__, "require_identity": True})
+    parts = dataclasses.replace(parts, require_identity=True)  # as with tls on; the source is ours, not the config's
     source = FileSource(folder / "orders.crt", folder / "orders.key", folder / "ca.crt")
     await source.start()
     app = grpc.aio.server()
@@ -345,7 +349,7 @@ async def l4_inbound(folder: Path, handled: Handled) -> AsyncIterator[int]:
     authz = {"default": "deny", "rules": [{"from": "gateway", "to": "orders", "action": "allow"}]}
     config = load_config(None, env={}, overrides={"service": {"name": "orders"}, "authz": authz})
     parts = InboundParts.from_config(config, consul=lambda: None, clock=time.monotonic)
-    parts = InboundParts(**{**parts.__dict__, "require_identity": True})
+    parts = dataclasses.replace(parts, require_identity=True)  # as with tls on; the source is ours, not the config's
     source = FileSource(folder / "orders.crt", folder / "orders.key", folder / "ca.crt")
     await source.start()
     app = grpc.aio.server()
@@ -398,8 +402,33 @@ async def test_the_l4_path_refuses_the_same_impostors_as_the_l7_path(ca: Path) -
 # ------------------------------------------------------------------------------------------ who the server is
 
 
+@contextlib.asynccontextmanager
+async def sdk_client(procs: Processes, folder: Path, agent: Agent) -> AsyncIterator[Callable[[], Awaitable[bytes]]]:
+    """Calls to ledger through an SDK channel presenting gateway's leaf."""
+    overrides = {"tls": {"source": "files", **_files(folder, "gateway")}}
+    async with Mesh(load_config(None, env={"CONSUL_HTTP_ADDR": agent.url}, overrides=overrides)) as mesh:
+        call = mesh.channel("ledger").unary_unary(CREATE)
+        yield lambda: call(b"hello", timeout=WAIT_S)
+
+
+@contextlib.asynccontextmanager
+async def sidecar_client(procs: Processes, folder: Path, agent: Agent) -> AsyncIterator[Callable[[], Awaitable[bytes]]]:
+    """Calls to ledger through an outbound-only sidecar process presenting gateway's leaf."""
+    config = {
+        "service": {"name": "gateway"},
+        "consul": {"address": agent.url},
+        "tls": {"source": "files", **_files(folder, "gateway")},
+        "sidecar": {"routes": {"shop.Orders": "ledger"}},
+    }
+    sidecar = await asyncio.to_thread(start_sidecar, procs, folder, "gateway", config)
+    async with grpc.aio.insecure_channel(f"127.0.0.1:{sidecar.outbound_port}") as channel:
+        call = channel.unary_unary(CREATE)
+        yield lambda: call(b"hello", timeout=WAIT_S)
+
+
+@pytest.mark.parametrize("client", [sdk_client, sidecar_client], ids=["sdk channel", "sidecar outbound"])
 async def test_a_client_calling_ledger_refuses_a_server_that_presents_the_colliding_led_ger_leaf(
-    tmp_path: Path, agent: Agent
+    tmp_path: Path, procs: Processes, agent: Agent, client: Any
 ) -> None:
     """URI-only leaves, as a real Consul issues: led-ger's common name is ledger's, so grpc's own check passes."""
     folder = tmp_path / "certs"
@@ -413,20 +442,14 @@ async def test_a_client_calling_ledger_refuses_a_server_that_presents_the_collid
         )
         crafted_certs.write(folder, service, cert, key)
     assert consul_service_cn("led-ger", "default", TRUST_DOMAIN) == consul_service_cn("ledger", "default", TRUST_DOMAIN)
-    config = load_config(
-        None,
-        env={"CONSUL_HTTP_ADDR": agent.url},
-        overrides={"tls": {"source": "files", **_files(folder, "gateway")}},
-    )
     impostor, real = Handled(), Handled()
-    async with Mesh(config) as mesh, registered_server(agent, folder, "led-ger", impostor) as port:
-        call = mesh.channel("ledger").unary_unary(CREATE)
-        code, _, message = await refusal(call(b"hello", timeout=WAIT_S))
+    async with registered_server(agent, folder, "led-ger", impostor) as port, client(procs, folder, agent) as call:
+        code, _, message = await refusal(call())
         assert code == grpc.StatusCode.UNAVAILABLE
         assert f"127.0.0.1:{port}: it presented spiffe://{TRUST_DOMAIN}/ns/default/dc/dc1/svc/led-ger" in message
         assert "not the identity of ledger" in message
         async with registered_server(agent, folder, "ledger", real):
-            await eventually_served(lambda: call(b"hello", timeout=WAIT_S))
+            await eventually_served(call)
     assert impostor.paths == []
     assert real.paths
 
