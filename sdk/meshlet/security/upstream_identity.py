@@ -130,8 +130,9 @@ class VerifiedEndpoints:
                 if endpoint in self._latest:
                     self._verdicts[endpoint] = verdict
             self._pass_on()
-            await asyncio.sleep(RECHECK_S)
             endpoints = [e for e in endpoints if e in self._latest and self._verdicts.get(e) == _UNREACHABLE]
+            if endpoints:
+                await asyncio.sleep(RECHECK_S)
 
     async def _verdict(self, endpoint: Endpoint) -> str | None:
         expected = self._expected()
@@ -141,8 +142,10 @@ class VerifiedEndpoints:
             )
         except RefusedPeer as refused:
             why: str | None = str(refused)
-        except (ssl.SSLError, ssl.CertificateError) as error:
-            why = f"its certificate is not trusted ({error.reason if isinstance(error, ssl.SSLError) else error})"
+        except ssl.SSLCertVerificationError as error:
+            why = f"its certificate is not trusted ({error.verify_message})"
+        except ssl.SSLError as error:
+            why = f"the TLS handshake with it failed ({error.reason or error})"
         except (OSError, TimeoutError) as error:  # not up yet, or gone: held back and checked again
             log.debug("could not check the identity of %s at %s: %s", expected.service, endpoint, error)
             return _UNREACHABLE
