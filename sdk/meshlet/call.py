@@ -99,8 +99,8 @@ class InboundCall:
     context: Any = None  # the transport's per-call context (grpc.aio.ServicerContext), for the terminal
     deadline: Deadline | None = None
     peer_uri: str | None = None  # the caller's verified SPIFFE ID, when mTLS is on
-    peer_refusal: str | None = None  # why the caller's certificate names no identity we accept (then peer_uri is None)
     peer_address: str = ""
+    peer_refusal: str | None = None  # why the caller's certificate names no identity we accept (then peer_uri is None)
 
 
 def is_canonical_method(path: str) -> bool:

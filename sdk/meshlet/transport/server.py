@@ -128,8 +128,8 @@ def inbound_call(
         context,
         deadline,
         peer.uri if peer is not None else None,
-        peer.refusal if peer is not None else None,
         context.peer(),
+        peer.refusal if peer is not None else None,
     )
 
 
