@@ -51,15 +51,18 @@ def _builder(subject: str, issuer: x509.Name, public_key: ec.EllipticCurvePublic
     )
 
 
-def root_ca(name: str, trust_domain: str, *, path_length: int | None = 0) -> Issuer:
-    """A self-signed root (the dev CA's shape: ``pathLenConstraint`` 0 unless said otherwise)."""
+def root_ca(name: str, trust_domain: str, *, path_length: int | None = 0, uri: str | None = None) -> Issuer:
+    """A self-signed root (the dev CA's shape: ``pathLenConstraint`` 0 unless said otherwise) whose URI SAN is its
+    trust domain, or `uri`."""
     key = ec.generate_private_key(ec.SECP256R1())
     subject = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, name)])
     cert = (
         _builder(name, subject, key.public_key())
         .add_extension(x509.BasicConstraints(ca=True, path_length=path_length), critical=True)
         .add_extension(_usage(ca=True), critical=True)
-        .add_extension(x509.SubjectAlternativeName([x509.UniformResourceIdentifier(f"spiffe://{trust_domain}")]), False)
+        .add_extension(
+            x509.SubjectAlternativeName([x509.UniformResourceIdentifier(uri or f"spiffe://{trust_domain}")]), False
+        )
         .sign(key, hashes.SHA256())
     )
     return Issuer(cert, key)

@@ -54,6 +54,8 @@ def judge_certificate(
     """The caller `leaf` names, or :class:`RefusedPeer`. `intermediates` are those the caller presented, None where
     the handshake has already applied every path length constraint (OpenSSL, the L4 path)."""
     identity = one_spiffe_id(leaf)
+    if _is_ca(leaf):  # the X.509-SVID standard: a leaf SVID is not a CA
+        raise RefusedPeer("the certificate is a CA's, not a service's: present the service's leaf certificate")
     if identity.trust_domain not in trust_domains:
         trusted = ", ".join(sorted(trust_domains))
         raise RefusedPeer(
@@ -104,8 +106,6 @@ def _check_chain(
 ) -> None:
     """The leaf must reach a bundle certificate through the presented intermediates, each a CA, with no CA on the
     way (the bundle's included) having more intermediates below it than its pathLenConstraint allows."""
-    if _is_ca(leaf):
-        raise RefusedPeer("the certificate is a CA's, not a service's: present the service's leaf certificate")
     below: list[x509.Certificate] = []  # the intermediates met so far, the leaf's issuer first
     current = leaf
     for _ in range(MAX_CHAIN_DEPTH):

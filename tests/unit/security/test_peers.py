@@ -68,3 +68,9 @@ def test_a_leaf_that_does_not_reach_the_bundle_through_what_it_presented_is_refu
     middle = intermediate(OPEN_ROOT)
     with pytest.raises(RefusedPeer, match="does not reach a CA of the trust bundle"):
         judged(middle, [], uris=(GATEWAY,))
+
+
+def test_a_ca_certificate_names_no_caller_even_with_a_service_uri() -> None:
+    posing = root_ca("a CA posing as gateway", DOMAIN, uri=GATEWAY)
+    with pytest.raises(RefusedPeer, match="a CA's, not a service's"):
+        judge_certificate(posing.cert, None, [posing.cert], OURS)
