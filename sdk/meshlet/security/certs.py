@@ -93,7 +93,7 @@ class TlsMaterial:
             spiffe_id=spiffe_id,
             not_after=leaf.not_valid_after_utc.timestamp(),
             serial=colon_hex(leaf.serial_number),
-            dns_names=tuple(_sans(leaf).get_values_for_type(x509.DNSName)),
+            dns_names=tuple(_sans(leaf, x509.DNSName)),
         )
 
     @property
@@ -253,7 +253,7 @@ def _check_key(key_pem: bytes, leaf: x509.Certificate, key_origin: str, cert_ori
 
 
 def _spiffe_id(leaf: x509.Certificate, cert_origin: str) -> str:
-    uris = [uri for uri in _sans(leaf).get_values_for_type(x509.UniformResourceIdentifier) if uri.startswith("spiffe:")]
+    uris = [uri for uri in _sans(leaf, x509.UniformResourceIdentifier) if uri.startswith("spiffe:")]
     if len(uris) != 1:
         problem = "has no spiffe:// URI SAN" if not uris else f"has {len(uris)} spiffe:// URI SANs, not one"
         raise TlsConfigError(
@@ -296,8 +296,10 @@ def _issued_by(cert: x509.Certificate, ca: x509.Certificate) -> bool:
     return True
 
 
-def _sans(cert: x509.Certificate) -> x509.SubjectAlternativeName:
+def _sans(cert: x509.Certificate, kind: type[x509.DNSName] | type[x509.UniformResourceIdentifier]) -> list[str]:
+    """The certificate's SANs of one kind; none without a SAN extension (cryptography cannot make an empty one)."""
     try:
-        return cert.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
+        names = cert.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
     except x509.ExtensionNotFound:
-        return x509.SubjectAlternativeName([])
+        return []
+    return list(names.get_values_for_type(kind))
