@@ -45,7 +45,15 @@ GATEWAY = f"spiffe://{TRUST_DOMAIN}/ns/default/dc/dc1/svc/gateway"
 DROP = "/shop.Admin/Drop"
 CREATE = "/shop.Orders/CreateOrder"
 WAIT_S = 5.0
-NOT_CANONICAL = ["shop.Admin/Drop", "/shop.Admin/Drop/", "//shop.Admin/Drop", "/shop.Admin/Drop/x", "/shop.Admin//Drop"]
+NOT_CANONICAL = [
+    "shop.Admin/Drop",
+    "/shop.Admin/Drop/",
+    "//shop.Admin/Drop",
+    "/shop.Admin/Drop/x",
+    "/shop.Admin//Drop",
+    "/shop.Admin/Dr%6Fp",
+    "/shop.Admin/Drop ",
+]
 # gateway may call anything on orders but Drop; CreateOrder once per caller (a burst of 1 that refills slowly).
 AUTHZ = {
     "default": "deny",

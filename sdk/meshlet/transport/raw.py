@@ -72,8 +72,8 @@ def refuse_path(path: str) -> grpc.RpcMethodHandler:
     for every call, before any stage (identity, intentions, rate limits, routes) or the app sees it."""
     refusal = MethodPathInvalid(
         f"{path[:256]!r} is not a gRPC method path: call /<package.Service>/<Method> exactly (a leading '/', two "
-        "non-empty segments, no trailing '/'); the mesh refuses any other path so that no per-method policy is "
-        "bypassed",
+        "non-empty segments of letters, digits, '_' and, in the service, '.'; nothing after); the mesh refuses any "
+        "other path so that no per-method policy is bypassed",
         metadata={"method": path[:256]},
     )
     code, details, trailers = refusal.code(), refusal.details() or "", tuple(refusal.trailing_metadata() or ())
