@@ -56,3 +56,20 @@ def field_violations(status: status_pb2.Status | None) -> list[Violation]:
             box.Unpack(detail)
             found.extend((v.field, v.description) for v in detail.field_violations)
     return found
+
+
+# What the shop's SDK services leave to the mesh when a call they make fails: a failure a repeat may cure (the
+# mesh's NoHealthyEndpoint, BreakerOpen, BudgetExhausted..., or an upstream's own UNAVAILABLE), and the caller's
+# own deadline or cancellation. Let escape from the handler, the mesh's server answers them as UPSTREAM_FAILED
+# (ABORTED, with the upstream and its code in an ErrorInfo), which no meshlet caller retries or counts against
+# this instance, or as the caller's own deadline. Any other code is an application answer the service maps.
+LEFT_TO_THE_MESH = frozenset(
+    {
+        grpc.StatusCode.UNAVAILABLE,
+        grpc.StatusCode.RESOURCE_EXHAUSTED,
+        grpc.StatusCode.UNKNOWN,
+        grpc.StatusCode.DATA_LOSS,
+        grpc.StatusCode.DEADLINE_EXCEEDED,
+        grpc.StatusCode.CANCELLED,
+    }
+)

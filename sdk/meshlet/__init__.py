@@ -8,6 +8,7 @@ from meshlet.errors import (
     BreakerOpen,
     BudgetExhausted,
     BulkheadFull,
+    ChannelClosed,
     ConfigError,
     DeadlineTooShort,
     ErrorReason,
@@ -16,6 +17,7 @@ from meshlet.errors import (
     NoHealthyEndpoint,
     RateLimited,
     Unauthenticated,
+    UpstreamFailed,
     error_info,
 )
 from meshlet.mesh import Mesh
@@ -24,6 +26,7 @@ __all__ = [
     "BreakerOpen",
     "BudgetExhausted",
     "BulkheadFull",
+    "ChannelClosed",
     "Config",
     "ConfigError",
     "DeadlineTooShort",
@@ -34,6 +37,7 @@ __all__ = [
     "NoHealthyEndpoint",
     "RateLimited",
     "Unauthenticated",
+    "UpstreamFailed",
     "error_info",
     "load_config",
 ]

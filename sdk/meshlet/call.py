@@ -82,6 +82,7 @@ class Call:
     may_have_reached_server: bool = False  # False only while the current attempt provably never left
     tried: list[Endpoint] | None = None  # endpoints of earlier attempts, allocated on the first retry
     transport_call: Any = None  # the last attempt's grpc call object, for its metadata, set by the send stage
+    attempt_timeout_s: float = 0.0  # the time the current attempt was sent with, set by the send stage
 
     def attempt_metadata(self) -> Metadata | None:
         """The caller's metadata plus ``grpc-previous-rpc-attempts`` on retries (gRPC A6)."""

@@ -1,5 +1,5 @@
-"""The ``meshlet`` command: ``demo``, ``dev-agent`` (an embedded Consul-compatible agent), ``certs`` and ``trace``
-(a trace from span files as a waterfall)."""
+"""The ``meshlet`` command: ``demo``, ``dev-agent`` (an embedded Consul-compatible agent), ``certs``, ``trace``
+(a trace from span files as a waterfall) and ``intention`` (Consul's intentions, as ``consul intention``)."""
 
 from __future__ import annotations
 
@@ -10,6 +10,8 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
+from meshlet.commands import intention as intention_command
+from meshlet.commands import trace as trace_command
 from meshlet.devagent.decode import DurationError, parse_duration
 from meshlet.devagent.server import AgentConfig, serve
 from meshlet.telemetry.logging import configure_logging
@@ -45,6 +47,13 @@ def build_parser() -> argparse.ArgumentParser:
     agent.add_argument("--datacenter", default="dc1")
     agent.add_argument("--node", default=None, help="node name (default: the hostname)")
     agent.add_argument("--data-dir", type=Path, default=None, help="persist state here (default: memory only)")
+    agent.add_argument(
+        "--allow-host",
+        action="append",
+        default=[],
+        metavar="NAME",
+        help="a Host name, besides its address, that the agent answers (e.g. a DNS name it is reached by); repeatable",
+    )
     agent.add_argument(
         "--reap-interval",
         type=_duration,
@@ -88,22 +97,8 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="URL",
         help="also send every trace there, e.g. Jaeger's http://localhost:4317 (default $OTEL_EXPORTER_OTLP_ENDPOINT)",
     )
-    trace = commands.add_parser(
-        "trace",
-        help="show a trace as a waterfall, from span files",
-        description="Show one trace from span files (telemetry.span_file) as a waterfall: spans under their "
-        "parents on one time line, retry attempts with their endpoints, retries and breaker events inline.",
-    )
-    trace.add_argument("trace_id", nargs="?", help="a trace id or its prefix (default: the most retried, slowest)")
-    trace.add_argument(
-        "--spans",
-        nargs="+",
-        type=Path,
-        default=[Path(p) for p in os.environ.get("MESHLET_TELEMETRY__SPAN_FILE", "").split(os.pathsep) if p],
-        metavar="PATH",
-        help="span files, one per process (default: $MESHLET_TELEMETRY__SPAN_FILE)",
-    )
-    trace.add_argument("--list", action="store_true", help="list the traces in the files instead, one line each")
+    trace_command.add_parser(commands)
+    intention_command.add_parser(commands)
     return parser
 
 
@@ -135,7 +130,9 @@ def main(argv: Sequence[str] | None = None) -> int:
 
         return certs_main(list(args.certs_args))
     if args.command == "trace":
-        return _trace(args.trace_id, args.spans, list_only=args.list)
+        return trace_command.run(args)
+    if args.command == "intention":
+        return intention_command.run(args)
     configure_logging()
     if args.command == "dev-agent":
         host, port = args.http_addr
@@ -147,6 +144,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             reap_interval_s=args.reap_interval,
             min_deregister_after_s=args.min_deregister_after,
             leaf_cert_ttl_s=args.leaf_cert_ttl,
+            allowed_hosts=tuple(args.allow_host),
             **({"node": args.node} if args.node else {}),
         )
         try:
@@ -170,46 +168,6 @@ def main(argv: Sequence[str] | None = None) -> int:
         )
         return run_demo(options)
     raise AssertionError(args.command)  # pragma: no cover - argparse enforces the choices
-
-
-def _trace(trace_id: str | None, paths: Sequence[Path], *, list_only: bool) -> int:
-    """``meshlet trace``: 0 shown, 1 no such trace (or no spans), 2 bad input (no or unreadable files)."""
-    from rich.console import Console
-
-    from meshlet.telemetry.span_file import SpanFileError
-    from meshlet.telemetry.waterfall import find_trace, load_spans, pick_trace, render_waterfall, trace_summary, traces
-
-    if not paths:
-        print(
-            "meshlet trace: no span files: pass --spans PATH... (the telemetry.span_file of each process)",
-            file=sys.stderr,
-        )
-        return 2
-    try:
-        grouped = traces(load_spans(paths))
-    except SpanFileError as error:
-        print(f"meshlet trace: {error}", file=sys.stderr)
-        return 2
-    if not grouped:
-        print(
-            f"meshlet trace: no spans in {', '.join(map(str, paths))}: has the process made any calls?", file=sys.stderr
-        )
-        return 1
-    console = Console()
-    if list_only:
-        for spans in sorted(grouped.values(), key=lambda spans: spans[0].start_ns):
-            console.print(trace_summary(spans), highlight=False)
-        return 0
-    chosen = find_trace(grouped, trace_id) if trace_id else pick_trace(grouped)
-    if chosen is None:
-        print(
-            f"meshlet trace: no single trace {trace_id!r} in the files ({len(grouped)} traces): "
-            "run `meshlet trace --list --spans ...` to see their ids",
-            file=sys.stderr,
-        )
-        return 1
-    console.print(render_waterfall(grouped[chosen], width=max(10, min(60, console.width - 110))))
-    return 0
 
 
 if __name__ == "__main__":

@@ -13,7 +13,12 @@
              ├─ RateLimited            RESOURCE_EXHAUSTED   the caller is over its rate limit (with pushback)
              ├─ IntentionDenied        PERMISSION_DENIED    an intention denies caller -> target
              ├─ Unauthenticated        UNAUTHENTICATED      no or an unverifiable client certificate
-             └─ MethodPathInvalid      UNIMPLEMENTED        the call's path is not exactly /<service>/<method>
+             ├─ MethodPathInvalid      UNIMPLEMENTED        the call's path is not exactly /<service>/<method>
+             ├─ ChannelClosed          UNAVAILABLE          the mesh closed the channel a call was running on
+             └─ UpstreamFailed         ABORTED or UNKNOWN   a server's handler (or app) failed because its own
+                                                            upstream call did: see `upstream_failed`
+         └─ explained_failure(...)     a transport failure meshlet explained, e.g. TLS_HANDSHAKE_FAILED
+                                       (UNAVAILABLE): not a MeshError, so it is retried as the bare one was
     ConfigError (ValueError)           a bad configuration: exit 2 with the field, the value and the fix
 
 A MeshError is an ``AioRpcError`` so callers handle it as any failed call (``e.code()``, ``e.details()``),
@@ -48,6 +53,9 @@ class ErrorReason(enum.StrEnum):
     INTENTION_DENIED = "INTENTION_DENIED"
     UNAUTHENTICATED = "UNAUTHENTICATED"
     METHOD_PATH_INVALID = "METHOD_PATH_INVALID"
+    CHANNEL_CLOSED = "CHANNEL_CLOSED"
+    UPSTREAM_FAILED = "UPSTREAM_FAILED"
+    TLS_HANDSHAKE_FAILED = "TLS_HANDSHAKE_FAILED"
 
 
 class MeshError(grpc.aio.AioRpcError):
@@ -120,6 +128,77 @@ class MethodPathInvalid(MeshError):
 
     code_ = grpc.StatusCode.UNIMPLEMENTED
     reason = ErrorReason.METHOD_PATH_INVALID
+
+
+class ChannelClosed(MeshError):
+    code_ = grpc.StatusCode.UNAVAILABLE
+    reason = ErrorReason.CHANNEL_CLOSED
+
+
+class UpstreamFailed(MeshError):
+    code_ = grpc.StatusCode.ABORTED
+    reason = ErrorReason.UPSTREAM_FAILED
+
+
+# An upstream failure that a repeat may cure: the server answers ABORTED ("retry at a higher level").
+TRANSIENT = frozenset(
+    {
+        grpc.StatusCode.UNAVAILABLE,
+        grpc.StatusCode.RESOURCE_EXHAUSTED,
+        grpc.StatusCode.UNKNOWN,
+        grpc.StatusCode.DATA_LOSS,
+    }
+)
+# The caller's own deadline or cancellation, seen through the handler's call: passed on as they are.
+CALLERS_OWN = frozenset({grpc.StatusCode.DEADLINE_EXCEEDED, grpc.StatusCode.CANCELLED})
+
+
+def upstream_failed(error: grpc.aio.AioRpcError) -> UpstreamFailed | None:
+    """What a server answers for a call whose handler failed because a call it made failed: None when the
+    failure is the caller's own deadline or cancellation (pass it on as it is).
+
+    Passed on as it is, a downstream's UNAVAILABLE (NoHealthyEndpoint, BreakerOpen, BudgetExhausted...) would
+    say "this server is down": the caller's mesh would retry a healthy instance, multiplying the retries made
+    below it, and count it against that instance's breaker. So the server answers ABORTED (gRPC: retry at a
+    higher level) for a failure a repeat may cure (UNAVAILABLE, RESOURCE_EXHAUSTED, UNKNOWN, DATA_LOSS: every
+    refusal of the mesh but an intention's), else UNKNOWN (what grpc answers for an unhandled error); a
+    meshlet caller never retries UPSTREAM_FAILED and neither code counts against a breaker. The ErrorInfo
+    keeps the upstream, its code and meshlet's reason, when there was one.
+    """
+    code = error.code()
+    if code in CALLERS_OWN:
+        return None
+    info = error_info(error)
+    relayed = info is not None and info.reason == ErrorReason.UPSTREAM_FAILED  # said by the server below
+    if relayed:
+        assert info is not None
+        metadata = dict(info.metadata)
+    else:
+        metadata = {"upstream_code": code.name}
+        if info is not None:
+            metadata["upstream_reason"] = info.reason
+            if "upstream" in info.metadata:
+                metadata["upstream"] = info.metadata["upstream"]
+    upstream = metadata.get("upstream", "an upstream")
+    said = f"{upstream} failed ({code.name}: {error.details()})"
+    if code in TRANSIENT or (relayed and code is grpc.StatusCode.ABORTED):
+        return UpstreamFailed(
+            f"{said}, after the mesh's retries: repeat the request later, if it is safe to", metadata=metadata
+        )
+    return UpstreamFailed(
+        f"the handler did not handle a failed call: {said}", metadata=metadata, code=grpc.StatusCode.UNKNOWN
+    )
+
+
+def explained_failure(
+    failed: grpc.aio.AioRpcError, message: str, reason: ErrorReason, info: Mapping[str, str]
+) -> grpc.aio.AioRpcError:
+    """`failed` (a transport failure grpc reports in its own words) with meshlet's `message` and ErrorInfo: the
+    same code, so the retry stage and the breakers treat it exactly as they would have treated `failed`."""
+    code = failed.code()
+    return grpc.aio.AioRpcError(
+        code, Metadata(), status_trailers(code, message, reason, info), message, failed.debug_error_string()
+    )
 
 
 def status_trailers(code: grpc.StatusCode, message: str, reason: ErrorReason, info: Mapping[str, str]) -> Metadata:

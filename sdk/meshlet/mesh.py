@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import logging
 import random
 import signal
@@ -24,9 +25,11 @@ from opentelemetry.trace import Tracer
 from meshlet.call import matches_any
 from meshlet.config import Config, load_config
 from meshlet.deadline import Clock
-from meshlet.discovery.consul_client import ConsulFactory, consul_factory
+from meshlet.discovery.consul_client import ConsulFactory, consul_factory, read_token_file
 from meshlet.discovery.consul_watch import ConsulWatch
+from meshlet.discovery.instances import InstanceReport
 from meshlet.discovery.registration import Registration
+from meshlet.errors import ConfigError
 from meshlet.events import EventBus
 from meshlet.inbound import InboundHandler, InboundParts, build_inbound
 from meshlet.security.certs import (
@@ -35,6 +38,7 @@ from meshlet.security.certs import (
     channel_options,
     server_credentials,
 )
+from meshlet.security.handshake_failures import Expectation, HandshakeFailures
 from meshlet.security.identity import SpiffeId
 from meshlet.security.peers import CallerIdentities
 from meshlet.security.sources import make_source
@@ -105,7 +109,10 @@ class Mesh:
         self._rng = rng or random.Random()
         token = config.consul.token.get_secret_value() if config.consul.token is not None else None
         cacert = str(config.consul.cacert) if config.consul.cacert is not None else None
-        self._consul: ConsulFactory = consul_factory(config.consul.address, token=token, ca_file=cacert)
+        token_file = _readable_token_file(config)
+        self._consul: ConsulFactory = consul_factory(
+            config.consul.address, token=token, token_file=token_file, ca_file=cacert
+        )
         self._upstreams: dict[str, Upstream] = {}
         self._watches: dict[str, ConsulWatch] = {}
         self._verified: dict[str, VerifiedEndpoints] = {}
@@ -151,7 +158,7 @@ class Mesh:
                     "our certificate has no identity DNS SAN (a URI-only leaf, as a real Consul issues): grpc checks "
                     "upstream servers by their common name, which names the service only lowered and stripped to "
                     "[a-z0-9] (led-ger and ledger share one); meshlet checks each endpoint's URI SAN once before "
-                    "using it, but a process that later takes over a checked endpoint's address is caught by the "
+                    "using it, but a process that later takes over a checked endpoint's address is checked by the "
                     "common name only",
                     extra={"event": "weak_server_check"},
                 )
@@ -214,6 +221,7 @@ class Mesh:
         if found is None:
             policy = self.config.upstream(service)
             channels = EndpointChannels(self._channel_factory(service))
+            handshakes = HandshakeFailures(functools.partial(self._expectation, service))
             found = self._upstreams[service] = Upstream(
                 service,
                 policy,
@@ -224,9 +232,14 @@ class Mesh:
                 tracer=self.tracer,
                 metrics=self.metrics,
                 access_log=self._access_log,
+                explain_failure=handshakes.explain,
+                instances=InstanceReport.from_consul(service, self._consul),
             )
             on_update = found.update_endpoints
-            if self._tls is not None:  # each endpoint proves it is `service` by its URI SAN before it is used
+            if self._tls is not None and self._tls.current().identity_dns_name is None:
+                # URI-only leaves (a real Consul): grpc can match only the common name, which services share
+                # (led-ger, ledger), so each endpoint proves it is `service` by its URI SAN before it is used.
+                # Leaves with the identity DNS SAN need no such check: grpc matches it on every connection.
                 verified = self._verified[service] = VerifiedEndpoints(
                     self._upstream_identity(service), self._tls, found.update_endpoints
                 )
@@ -254,6 +267,14 @@ class Mesh:
             return SpiffeId(ours.trust_domain, ours.namespace, ours.datacenter, service, ours.partition)
 
         return expected
+
+    def _expectation(self, service: str) -> Expectation:
+        """What a server of `service` must present, with our current certificate (read when a handshake failed)."""
+        if self._tls is None or not self._tls_started:
+            return Expectation(service)
+        ours = self._tls.current().identity
+        expected = SpiffeId(ours.trust_domain, ours.namespace, self.config.consul.datacenter or "dc1", service)
+        return Expectation(service, expected.uri, ours.trust_domain, ours.uri)
 
     def _channel_factory(self, service: str) -> ChannelFactory:
         """Plaintext, or mTLS with our current certificate, verifying that the server is `service`."""
@@ -310,10 +331,11 @@ class Mesh:
         names = [*_recorded_services(server), health.SERVICE_NAME, reflection.SERVICE_NAME]
         reflection.enable_server_reflection(names, server)
         await self.start()  # certificates, and the metrics port, for a mesh that was not entered
+        listen = f"[{host.strip('[]')}]:{port}" if ":" in host else f"{host}:{port}"  # "::": both families
         if self._tls is not None:
-            bound = server.add_secure_port(f"{host}:{port}", server_credentials(self._tls))
+            bound = server.add_secure_port(listen, server_credentials(self._tls))
         else:
-            bound = server.add_insecure_port(f"{host}:{port}")
+            bound = server.add_insecure_port(listen)
         await server.start()
         for service_name in ("", *_recorded_services(server)):
             await health_servicer.set(service_name, health_pb2.HealthCheckResponse.SERVING)
@@ -434,3 +456,16 @@ def _overall_status(servicer: health.aio.HealthServicer) -> str:
 def _recorded_services(server: grpc.aio.Server) -> list[str]:
     recorded: list[str] = getattr(server, "meshlet_services", [])
     return [name for name in recorded if name not in (health.SERVICE_NAME, reflection.SERVICE_NAME)]
+
+
+def _readable_token_file(config: Config) -> str | None:
+    """``consul.token_file``, checked once here so that a missing file is a bad config, not a failed watch."""
+    path = config.consul.token_file
+    if path is None:
+        return None
+    try:
+        read_token_file(str(path))
+    except OSError as error:
+        why = f"cannot be read ({error.strerror or error})"
+        raise ConfigError("consul.token_file", str(path), f"{why}: it holds the Consul ACL token") from None
+    return str(path)

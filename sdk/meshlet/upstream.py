@@ -18,11 +18,14 @@ from meshlet.balance.picker import LoadTracker, Picker
 from meshlet.call import Call
 from meshlet.config import UpstreamPolicy
 from meshlet.deadline import Clock
+from meshlet.discovery.instances import InstanceReport
 from meshlet.endpoints import Endpoint, EndpointSet
 from meshlet.errors import BreakerOpen, MeshError, NoHealthyEndpoint
 from meshlet.events import EndpointsChanged, Event, EventBus
 from meshlet.outbound import OutboundParts, build_outbound
+from meshlet.outbound.report import NO_VERDICT
 from meshlet.outbound.retry import Sleep
+from meshlet.outbound.send import ExplainFailure
 from meshlet.resilience.breaker import EndpointBreaker, is_infrastructure_failure
 from meshlet.resilience.budget import RetryBudget
 from meshlet.resilience.bulkhead import InFlightLimit
@@ -48,8 +51,11 @@ class Upstream:
         tracer: Tracer | None = None,
         metrics: Metrics | None = None,
         access_log: AccessLog | None = None,
+        explain_failure: ExplainFailure | None = None,
+        instances: InstanceReport | None = None,
     ) -> None:
         self.name = name
+        self.instances = instances  # what Consul knows of the instances, for the message when none passes
         self.policy = policy
         self.events = events
         self.channels = channels
@@ -69,6 +75,7 @@ class Upstream:
         self._tags = frozenset(policy.tags)
         self._endpoints: EndpointSet | None = None  # None until discovery answers
         self._breakers: dict[Endpoint, EndpointBreaker] = {}
+        self._departed: dict[Endpoint, tuple[EndpointBreaker, float]] = {}  # breakers of endpoints gone, and when
         self._picker: Picker | None = None
         self._admission: Admission | None = None
         self._answered = asyncio.Event()
@@ -91,28 +98,49 @@ class Upstream:
                 service=name,
                 metrics=metrics,
                 access_log=access_log,
+                explain_failure=explain_failure,
             )
         )
 
     # ------------------------------------------------------------------ discovery feeds endpoint sets
 
     def update_endpoints(self, endpoints: EndpointSet) -> None:
-        """A new passing set from discovery: keep breakers of endpoints that stay, retire channels of those gone."""
+        """A new passing set from discovery: keep breakers of endpoints that stay, retire channels of those gone.
+
+        An endpoint that comes back within the channels' grace (a Consul flap) gets its breaker back: a flap
+        neither re-admits a failing instance nor forgets what its breaker knew.
+        """
         endpoints = endpoints.with_tags(self._tags)
         old = self._endpoints or EndpointSet()
         diff = old.diff(endpoints)
+        now = self._clock()
         for endpoint in diff.removed:
-            self._breakers.pop(endpoint, None)
+            breaker = self._breakers.pop(endpoint, None)
+            if breaker is not None:
+                self._departed[endpoint] = (breaker, now)
             self.channels.retire(endpoint)
         for endpoint in endpoints:
             if endpoint not in self._breakers:
-                self._breakers[endpoint] = self._new_breaker(endpoint)
+                self._breakers[endpoint] = self._returned_breaker(endpoint, now) or self._new_breaker(endpoint)
+        if self._departed:
+            self._forget_departed(now)
         self.load.retain(endpoints)
         self._endpoints = endpoints
         self._rebuild()
         self._answered.set()
         if diff.added or diff.removed:
             self.events.emit(EndpointsChanged(self.name, tuple(diff.added), tuple(diff.removed), total=len(endpoints)))
+
+    def _returned_breaker(self, endpoint: Endpoint, now: float) -> EndpointBreaker | None:
+        departed = self._departed.pop(endpoint, None)
+        if departed is None or now - departed[1] > self.channels.close_grace_s:
+            return None
+        return departed[0]
+
+    def _forget_departed(self, now: float) -> None:
+        grace = self.channels.close_grace_s
+        for endpoint in [e for e, (_, left_at) in self._departed.items() if now - left_at > grace]:
+            del self._departed[endpoint]
 
     def _new_breaker(self, endpoint: Endpoint) -> EndpointBreaker:
         policy = self.policy.breaker
@@ -162,11 +190,11 @@ class Upstream:
             except TimeoutError:
                 pass
 
-    def admits(self, endpoint: Endpoint) -> bool:
+    def admits(self, endpoint: Endpoint, attempt: Call) -> bool:
         admission = self._admission
-        return admission is None or admission.admits(endpoint)
+        return admission is None or admission.admits(endpoint, attempt)
 
-    def no_endpoint_error(self, call: Call) -> MeshError:
+    async def no_endpoint_error(self, call: Call) -> MeshError:
         info = {"upstream": self.name, "attempts": str(call.attempt)}
         if call.tried:
             info["endpoints"] = ",".join(map(str, call.tried))
@@ -188,7 +216,7 @@ class Upstream:
             return NoHealthyEndpoint(
                 f"no healthy instance of {self.name}: Consul lists no passing instance"
                 + (f" with tags {sorted(self._tags)}" if self._tags else "")
-                + "; check the service's health checks",
+                + f"; {await self._where_to_look(call)}",
                 metadata=info,
             )
         return BreakerOpen(
@@ -197,20 +225,36 @@ class Upstream:
             metadata=info,
         )
 
+    async def _where_to_look(self, call: Call) -> str:
+        """The instances Consul knows and their checks' output (asked at most every few seconds), or where to read
+        them; a sidecar's /ready says why it holds its instance out."""
+        sidecar = "a sidecar's admin /ready says why it is not ready"
+        found = None
+        if self.instances is not None:
+            found = await self.instances.summary(call.deadline.remaining() if call.deadline is not None else 1.0)
+        if found is None:
+            return (
+                f"look at the instances Consul knows and their checks' output (/v1/health/service/{self.name}); "
+                f"{sidecar}"
+            )
+        return f"{found} ({sidecar})"
+
     # ------------------------------------------------------------------ the report stage calls these
 
     def attempt_started(self, endpoint: Endpoint) -> None:
         self.load.started(endpoint)
 
-    def attempt_finished(self, endpoint: Endpoint, code: str | None, may_have_reached_server: bool) -> None:
+    def attempt_finished(
+        self, endpoint: Endpoint, code: str | None, may_have_reached_server: bool, attempt: Call
+    ) -> None:
         self.load.finished(endpoint)
         breaker = self._breakers.get(endpoint)
         if breaker is None:
             return
         if code is None:
             breaker.record_success()
-        elif code == "CANCELLED":
-            breaker.record_cancelled()
+        elif code == NO_VERDICT:
+            breaker.record_cancelled(attempt)
         elif is_infrastructure_failure(code, may_have_reached_server):
             breaker.record_failure()
         else:
@@ -221,6 +265,8 @@ class Upstream:
     async def close(self) -> None:
         if self._readmit_timer is not None:
             self._readmit_timer.cancel()
+        if self.instances is not None:
+            await self.instances.close()
         await self.channels.close()
 
     def describe(self) -> dict[str, Any]:

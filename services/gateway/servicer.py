@@ -1,6 +1,6 @@
 """Checkout: one order of one sku, through orders. The gateway is a facade: orders' answers reach the client as
-orders gave them (code, message and details, such as BadRequest field violations); only a failure of orders
-itself is reported as the gateway's own (see services.upstream_errors)."""
+orders gave them (code, message and details, such as BadRequest field violations); a failure of orders itself
+is left to the mesh (services.status.LEFT_TO_THE_MESH), whose server answers it as UPSTREAM_FAILED."""
 
 from __future__ import annotations
 
@@ -12,12 +12,10 @@ from google.rpc import error_details_pb2, status_pb2
 from grpc_status import rpc_status
 
 from services.faults import FaultInjector
-from services.status import abort, with_info
-from services.upstream_errors import upstream_failure
+from services.status import LEFT_TO_THE_MESH, abort, with_info
 from shop.gateway.v1 import gateway_pb2, gateway_pb2_grpc
 from shop.orders.v1 import orders_pb2, orders_pb2_grpc
 
-NOT_DONE = "the checkout did not complete"
 _FIELDS = {"items[0].sku": "sku", "items[0].quantity": "quantity", "items": "sku"}  # CreateOrder's -> Checkout's
 
 
@@ -38,14 +36,13 @@ class Gateway(gateway_pb2_grpc.GatewayServicer):
         try:
             order = await self.orders.CreateOrder(create)
         except grpc.aio.AioRpcError as error:
+            if error.code() in LEFT_TO_THE_MESH:
+                raise
             await abort(context, _answer(error))
         return gateway_pb2.CheckoutReply(order_id=order.order_id, charge_id=order.charge_id)
 
 
 def _answer(error: grpc.aio.AioRpcError) -> grpc.Status:
-    mapped = upstream_failure(error, "orders", NOT_DONE)
-    if mapped is not None:
-        return mapped
     try:
         status = rpc_status.from_call(error)
     except ValueError:

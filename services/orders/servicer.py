@@ -19,8 +19,7 @@ from services.faults import FaultInjector
 from services.orders.filtering import FilterError, matches, parse_filter
 from services.orders.pagination import PageTokenError, PageTokens, page_size
 from services.orders.store import OrderStore
-from services.status import Violation, abort, bad_request, with_info
-from services.upstream_errors import upstream_failure
+from services.status import LEFT_TO_THE_MESH, Violation, abort, bad_request, with_info
 from shop.inventory.v1 import inventory_pb2, inventory_pb2_grpc
 from shop.orders.v1 import orders_pb2, orders_pb2_grpc
 from shop.payments.v1 import payments_pb2, payments_pb2_grpc
@@ -138,7 +137,7 @@ class Orders(orders_pb2_grpc.OrdersServicer):
         except grpc.aio.AioRpcError as error:
             if error.code() is grpc.StatusCode.ALREADY_EXISTS:
                 raise NotCreated(_request_id_reused(request.request_id, order_id)) from None
-            raise NotCreated(_mapped(error, "payments")) from None
+            raise _unexpected(error, "payments") from None
         return reply
 
     async def _release(self, reservation_ids: list[str]) -> None:
@@ -178,7 +177,7 @@ class Orders(orders_pb2_grpc.OrdersServicer):
                         {"sku": item.sku, "item": str(index)},
                     )
                 ) from None
-            raise NotCreated(_mapped(error, "inventory")) from None
+            raise _unexpected(error, "inventory") from None
 
     async def GetOrder(self, request: orders_pb2.GetOrderRequest, context: Any) -> orders_pb2.Order:  # noqa: N802
         await self.faults.apply(context, "GetOrder")
@@ -233,12 +232,18 @@ def _request_id_reused(request_id: str, order_id: str) -> grpc.Status:
     )
 
 
-def _mapped(error: grpc.aio.AioRpcError, upstream: str) -> grpc.Status:
-    """An upstream failure as this service's answer (see services.upstream_errors); an application answer the
-    code above did not expect means orders and its upstream disagree: INTERNAL, naming it."""
-    status = upstream_failure(error, upstream, NOT_CREATED)
-    if status is not None:
-        return status
+def _unexpected(error: grpc.aio.AioRpcError, upstream: str) -> Exception:
+    """What orders raises for a failed call it has no answer of its own for: a failure it leaves to the mesh
+    (services.status.LEFT_TO_THE_MESH) as it is, so that CreateOrder releases what it reserved and lets it
+    escape; an application answer the code above did not expect means orders and its upstream disagree:
+    INTERNAL, naming it."""
+    left: Exception = error
+    if error.code() in LEFT_TO_THE_MESH:
+        return left
+    return NotCreated(_rejected(error, upstream))
+
+
+def _rejected(error: grpc.aio.AioRpcError, upstream: str) -> grpc.Status:
     return with_info(
         grpc.StatusCode.INTERNAL,
         f"{NOT_CREATED}: {upstream} refused a request orders made ({error.code().name}: {error.details()})",

@@ -3,27 +3,34 @@
 Istio's port and Linkerd's and Envoy's paths: ``/ready`` (200 only once the sidecar can serve; 503 names what
 it still waits for), ``/live``, ``/clusters`` (Envoy's: upstreams, endpoints, breaker states, in-flight),
 ``/config`` (the effective configuration, secrets redacted) and ``/metrics`` (Prometheus text, rendered by
-prometheus_client from the sidecar's registry). Admin keeps no state of its own: each page is rendered from the
-callables the sidecar hands in, off the data path.
+prometheus_client from the sidecar's registry). ``/app`` is the app's health alone: the liveness probe of an app
+that listens on loopback, out of the kubelet's reach. ``POST /drain`` (the app container's preStop hook) puts the
+instance into Consul maintenance until the app restarts; it answers only callers inside the pod (loopback), since
+the admin port also listens on the pod IP for the kubelet and Prometheus. Admin keeps no state of its own: each
+page is rendered from the callables the sidecar hands in, off the data path.
 """
 
 from __future__ import annotations
 
+import ipaddress
 import json
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
 from typing import Any, Protocol
 
 from aiohttp import web
 
+from meshlet.config import listen_host
 from meshlet.resilience.breaker import CLOSED
 from meshlet.telemetry.metrics_server import CONTENT_TYPE
 
-PATHS = ("/ready", "/live", "/clusters[?format=json]", "/config", "/metrics")
+PATHS = ("/ready", "/live", "/app", "/clusters[?format=json]", "/config", "/metrics", "POST /drain")
 NOT_FOUND_HINT = "no such admin endpoint; try " + ", ".join(PATHS) + "\n"
 METRICS_CONTENT_TYPE = CONTENT_TYPE  # Prometheus text exposition 0.0.4, as the SDK's metrics port serves it
 
 Ready = Callable[[], tuple[bool, list[str]]]
 Clusters = Callable[[], Sequence[Mapping[str, Any]]]
+Drain = Callable[[], Awaitable[tuple[int, str]]]  # -> (HTTP status, text)
+AppStatus = Callable[[], tuple[bool, str]]  # -> (the app is SERVING, what the last probe found)
 
 
 class Describes(Protocol):
@@ -64,6 +71,31 @@ def clusters_text(clusters: Sequence[Mapping[str, Any]]) -> str:
     return "\n".join(lines) + "\n" if lines else "no upstreams yet\n"
 
 
+def from_inside_the_pod(remote: str | None) -> bool:
+    """Whether a peer address is loopback: only the pod's own containers may drain it."""
+    try:
+        address = ipaddress.ip_address((remote or "").split("%")[0])
+    except ValueError:
+        return False
+    if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped is not None:
+        return address.ipv4_mapped.is_loopback  # a dual-stack listener sees 127.0.0.1 as ::ffff:127.0.0.1
+    return address.is_loopback
+
+
+def app_page(healthy: bool, finding: str) -> tuple[int, str]:
+    """The app's health alone (the liveness probe of an app that listens on loopback only): not /ready, which
+    also waits for what a restart of the app cannot fix (certificates, discovery)."""
+    return (200, f"app: {finding}\n") if healthy else (503, f"app: {finding}\n")
+
+
+def no_app() -> tuple[bool, str]:
+    return False, "none: this sidecar has no app (sidecar.app)"
+
+
+async def nothing_to_drain() -> tuple[int, str]:
+    return 409, "nothing to drain: this sidecar has no app (sidecar.app)\n"
+
+
 # ---------------------------------------------------------------------------------------------- server
 
 
@@ -72,7 +104,8 @@ class Admin:
 
     `ready` returns (ready, what it waits for); `clusters` the upstreams' `describe()` dicts (see
     `describe_upstreams`); `config` the redacted configuration (``Config.redacted()``); `metrics` the /metrics
-    page in Prometheus text (``Metrics.render``).
+    page in Prometheus text (``Metrics.render``); `app` the app's health for ``/app``; `drain` serves
+    ``POST /drain``.
     """
 
     def __init__(
@@ -83,21 +116,27 @@ class Admin:
         clusters: Clusters,
         config: Callable[[], Mapping[str, Any]],
         metrics: Callable[[], bytes],
+        app: AppStatus = no_app,
+        drain: Drain = nothing_to_drain,
     ) -> None:
         self.address = address
         self._ready = ready
         self._clusters = clusters
         self._config = config
         self._metrics = metrics
+        self._app = app
+        self._drain = drain
         self._runner: web.AppRunner | None = None
 
     def build_app(self) -> web.Application:
         app = web.Application(middlewares=[_hint_on_404])
         app.router.add_get("/ready", self._ready_page)
         app.router.add_get("/live", self._live_page)
+        app.router.add_get("/app", self._app_page)
         app.router.add_get("/clusters", self._clusters_page)
         app.router.add_get("/config", self._config_page)
         app.router.add_get("/metrics", self._metrics_page)
+        app.router.add_post("/drain", self._drain_page)
         return app
 
     async def start(self) -> int:
@@ -107,7 +146,7 @@ class Admin:
         runner = web.AppRunner(self.build_app(), handle_signals=False, access_log=None, shutdown_timeout=1.0)
         await runner.setup()
         try:
-            await web.TCPSite(runner, host.strip("[]"), int(port), reuse_address=True).start()
+            await web.TCPSite(runner, listen_host(host.strip("[]")), int(port), reuse_address=True).start()
         except BaseException:
             await runner.cleanup()
             raise
@@ -128,6 +167,10 @@ class Admin:
     async def _live_page(self, request: web.Request) -> web.Response:
         return web.Response(text="live\n")  # answering at all is the proof: the event loop is turning
 
+    async def _app_page(self, request: web.Request) -> web.Response:
+        status, text = app_page(*self._app())
+        return web.Response(status=status, text=text)
+
     async def _clusters_page(self, request: web.Request) -> web.Response:
         form = request.query.get("format", "text")
         if form == "json":
@@ -141,6 +184,12 @@ class Admin:
 
     async def _metrics_page(self, request: web.Request) -> web.Response:
         return web.Response(body=self._metrics(), headers={"Content-Type": METRICS_CONTENT_TYPE})
+
+    async def _drain_page(self, request: web.Request) -> web.Response:
+        if not from_inside_the_pod(request.remote):
+            return web.Response(status=403, text="POST /drain is for the pod's own containers: use 127.0.0.1\n")
+        status, text = await self._drain()
+        return web.Response(status=status, text=text)
 
     def __repr__(self) -> str:
         return f"<Admin http://{self.address} {'serving' if self._runner is not None else 'stopped'}>"

@@ -8,6 +8,14 @@ initial metadata, messages, trailers, code and details (``grpc-status-details-bi
 unchanged. The app's call carries what is left of the caller's deadline. Cancellation crosses both ways: a
 caller that goes away cancels the app's call, and an app that ends its call early ends the caller's. A unary
 method whose kind the listener knows takes `unary`, a unary call to the app, instead of the stream relay.
+
+Two answers are the sidecar's own. A call is started only once the channel to the app has a connection; when
+none can be made, the app never saw the call, and the sidecar says so (NO_HEALTHY_ENDPOINT naming the app and
+the method), which lets a meshlet caller re-send it elsewhere whatever the method. Whatever the app answers is
+its answer, never "not reached", whatever its text says; but an app that passes on a refusal of its own
+outbound call (a status carrying meshlet's ErrorInfo) is answered as UPSTREAM_FAILED, as the SDK's server
+does (meshlet.errors.upstream_failed): the caller's mesh must neither retry this instance for it nor count
+it against its breaker.
 """
 
 from __future__ import annotations
@@ -22,11 +30,11 @@ from opentelemetry.context import get_current
 from opentelemetry.trace import get_current_span
 
 from meshlet.call import InboundCall
-from meshlet.errors import NoHealthyEndpoint
+from meshlet.errors import ErrorReason, NoHealthyEndpoint, error_info, upstream_failed
 from meshlet.telemetry.propagation import headers, trace_fields, without
-from meshlet.transport.channels import NO_GRPC_RETRIES, never_reached_server
+from meshlet.transport.channels import NO_GRPC_RETRIES, NotConnected, wait_connected
 from meshlet.transport.raw import HOP_HEADERS, MAX_CACHED_METHODS, abort_with, forwardable, relay_status
-from meshlet.transport.streams import CORE_WRITE_RACE, pump_requests, wait_settled
+from meshlet.transport.streams import pump_requests, settled
 
 log = logging.getLogger("meshlet.sidecar")
 
@@ -82,6 +90,7 @@ class ForwardToApp:
     async def _relay(self, call: InboundCall) -> AsyncGenerator[bytes, None]:
         context = call.context
         deadline = call.deadline
+        await self._connected(call)
         app_call = self._multicallable(call.method)(
             timeout=None if deadline is None else deadline.remaining(), metadata=self._metadata(call)
         )
@@ -96,9 +105,9 @@ class ForwardToApp:
             async for reply in app_call:  # not read(): it stops at CORE_WRITE_RACE and leaves the app's replies unread
                 yield reply
         except grpc.aio.AioRpcError as failed:
-            if failed.details() != CORE_WRITE_RACE:
-                await abort_with(context, self._unreachable(failed) if never_reached_server(failed) else failed)
-            await wait_settled(app_call)
+            answer = await settled(app_call, failed)  # the app's own status, not grpc's write-race placeholder
+            if answer.code() is not grpc.StatusCode.OK:
+                await abort_with(context, as_sidecars_answer(answer))
         finally:  # the caller went away, the app ended first, or the relay failed: nothing may outlive the call
             sending.cancel()
             app_call.cancel()  # a no-op once the app's call has ended, so its status below stays the app's
@@ -107,6 +116,7 @@ class ForwardToApp:
     async def unary(self, call: InboundCall) -> bytes | None:
         """A unary call: the app's reply; its metadata and status reach the caller's context on the way."""
         context = call.context
+        await self._connected(call)
         timeout = None if call.deadline is None else call.deadline.remaining()
         app_call = self._unary_multicallable(call.method)(call.request, timeout=timeout, metadata=self._metadata(call))
         try:
@@ -115,7 +125,7 @@ class ForwardToApp:
             initial = failed.initial_metadata()
             if initial:
                 await context.send_initial_metadata(forwardable(initial))
-            await abort_with(context, self._unreachable(failed) if never_reached_server(failed) else failed)
+            await abort_with(context, as_sidecars_answer(failed))
             return None  # pragma: no cover - abort raises
         initial = await app_call.initial_metadata()
         if initial:
@@ -154,14 +164,27 @@ class ForwardToApp:
             found = self._unary_calls[method] = self.channel.unary_unary(method, _registered_method=True)
         return found
 
-    def _unreachable(self, failed: grpc.aio.AioRpcError) -> NoHealthyEndpoint:
-        """The app never saw the call. grpc's own words stay in the message, so a meshlet caller recognises a
-        call that never reached a server and may re-send it elsewhere, whatever the method."""
+    async def _connected(self, call: InboundCall) -> None:
+        """Return once the channel to the app has a connection; else refuse the call as never reached."""
+        channel = self.channel
+        if channel.get_state() is grpc.ChannelConnectivity.READY:
+            return
+        timeout = None if call.deadline is None else call.deadline.remaining()
+        try:
+            await wait_connected(channel, self.app_address, timeout, wait_for_ready=False)
+        except NotConnected as failed:
+            if failed.code() is not grpc.StatusCode.UNAVAILABLE:
+                await abort_with(call.context, failed)
+            await abort_with(call.context, self._unreachable(call.method, failed))
+
+    def _unreachable(self, method: str, failed: grpc.aio.AioRpcError) -> NoHealthyEndpoint:
+        """The app never saw the call: no connection to it could be made. The ErrorInfo names the app and the
+        method, so a meshlet caller knows this very call was not executed and may re-send it elsewhere."""
         address = self.app_address
         return NoHealthyEndpoint(
             f"the app at {address} did not take the call ({failed.details()}): check that the app is running and "
             f"listening on {address} (sidecar.app, --app-addr)",
-            metadata={"app": address},
+            metadata={"app": address, "method": method},
         )
 
     async def close(self) -> None:
@@ -175,3 +198,12 @@ class ForwardToApp:
     def __repr__(self) -> str:
         state = "connected" if self._channel is not None else "not yet used"
         return f"<ForwardToApp {self.app_address} ({state}, {len(self._calls) + len(self._unary_calls)} methods)>"
+
+
+def as_sidecars_answer(failed: grpc.aio.AioRpcError) -> grpc.aio.AioRpcError:
+    """The app's failed answer as the caller gets it: as it is, unless it passes on a meshlet refusal of the
+    app's own outbound call, which becomes UPSTREAM_FAILED (or stays the caller's own deadline)."""
+    info = error_info(failed)
+    if info is None or info.reason == ErrorReason.UPSTREAM_FAILED:
+        return failed
+    return upstream_failed(failed) or failed

@@ -5,12 +5,14 @@ app's MethodTable knows (descriptor sets, the app's reflection service) is serve
 stream.
 
 What a caller sees is what the app answered, except for calls the mesh itself refuses: a stage's MeshError
-ends the call with its code, message and ErrorInfo. Whatever a client sends, garbage or a stream it abandons,
-ends that one call; grpc logs it, and the listener goes on serving the rest.
+ends the call with its code, message and ErrorInfo (a stream's once its requests are read, so that the caller
+reads the refusal and not grpc's INTERNAL: transport/server.py). Whatever a client sends, garbage or a stream it
+abandons, ends that one call; grpc logs it, and the listener goes on serving the rest.
 """
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator, Callable
 from contextlib import aclosing
 from typing import Any
@@ -21,6 +23,7 @@ from meshlet.call import Cardinality
 from meshlet.deadline import Clock
 from meshlet.errors import MeshError
 from meshlet.inbound import InboundParts, build_inbound
+from meshlet.inbound.abandoned import mark_abandoned
 from meshlet.security.certs import CertificateSource, server_credentials
 from meshlet.security.peers import CallerIdentities, PeerVerdict
 from meshlet.transport.channels import SERVER_OPTIONS
@@ -134,11 +137,14 @@ class InboundListener:
                 try:
                     replies = await pipeline(inbound_call(method, requests, context, clock, identify))
                 except MeshError as refused:
-                    await abort_refused(context, refused)
+                    await abort_refused(context, refused, requests)
                     return
                 async with aclosing(replies):  # a caller that leaves mid-reply closes the relay, cancelling the app
                     async for reply in replies:
                         await context.write(reply)
+            except asyncio.CancelledError:  # the caller went away: grpc.aio tells the done callbacks nothing
+                mark_abandoned(context)
+                raise
             finally:
                 self.in_flight -= 1
 

@@ -28,7 +28,7 @@ from meshlet.errors import MeshError
 from meshlet.inbound import InboundParts, build_inbound
 from meshlet.security.intentions import service_of
 from meshlet.transport.raw import Built, RawHandler, RawMethods, generic_handler
-from meshlet.transport.server import abort_refused, inbound_call
+from meshlet.transport.server import abort_refused, inbound_call, read_to_half_close
 
 LOOPBACK = "127.0.0.1"
 
@@ -94,7 +94,7 @@ class RefusalServer:
             try:
                 await pipeline(call)
             except MeshError as refused:
-                await abort_refused(context, refused)
+                await abort_refused(context, refused, requests)
 
         return refuse
 
@@ -106,6 +106,7 @@ class RefusalServer:
         if connection is not None:
             connection.reauthorized.set()
         caller = service_of(call.peer_uri) or call.peer_uri
+        await read_to_half_close(call.request)  # as abort_refused does: the caller reads this answer, not INTERNAL
         await call.context.abort(
             grpc.StatusCode.UNAVAILABLE,
             f"{caller} -> {self._parts.service} was denied when this connection opened and is allowed now: call "

@@ -6,6 +6,10 @@ when certificates are loaded, listeners are up, discovery has answered and the a
 
 Stop, on SIGTERM or SIGINT: fail readiness -> deregister from Consul -> stop accepting inbound and drain the
 calls in flight -> keep outbound working while the app finishes, up to the grace period -> exit 0.
+
+The app container stops before the sidecar (a native sidecar stops last), and may stop alone (a restart after a
+failed liveness probe): its preStop hook asks the admin port to drain (``POST /drain``), which puts the instance
+into Consul maintenance until the app is back (meshlet_sidecar.maintenance).
 """
 
 from __future__ import annotations
@@ -28,10 +32,11 @@ from meshlet.inbound import InboundParts
 from meshlet.mesh import Mesh
 from meshlet.security.certs import TlsConfigError
 from meshlet.telemetry.metrics import Metrics
-from meshlet_sidecar.admin import Admin, describe_upstreams
+from meshlet_sidecar.admin import Admin, describe_upstreams, no_app, nothing_to_drain
 from meshlet_sidecar.app_health import AppHealth
 from meshlet_sidecar.forward import ForwardToApp
 from meshlet_sidecar.inbound_listener import InboundListener
+from meshlet_sidecar.maintenance import REASON, Maintenance
 from meshlet_sidecar.method_kinds import MethodInfo, MethodTable, methods_in_descriptor_set
 from meshlet_sidecar.outbound_listener import OutboundListener
 from meshlet_sidecar.reflection import ReflectionLearner
@@ -62,6 +67,8 @@ class Sidecar:
             clusters=self.clusters,
             config=config.redacted,
             metrics=self.metrics.render,
+            app=self.app_status,
+            drain=self.drain,
         )
         self.outbound = [self._outbound_listener(config.sidecar.outbound, None)] + [
             self._outbound_listener(f"127.0.0.1:{policy.local_port}", name)
@@ -69,6 +76,7 @@ class Sidecar:
             if policy.local_port
         ]
         self.app = AppHealth(config.sidecar.app) if config.sidecar.app else None
+        self.maintenance = Maintenance(self.app, self._maintenance_in_consul) if self.app else None
         self.forward = (
             ForwardToApp(config.sidecar.app, propagate=self.mesh.tracing is not None) if config.sidecar.app else None
         )
@@ -126,7 +134,25 @@ class Sidecar:
         waiting += [f"discovery of {name}" for name in self.config.upstreams if not self.mesh.has_answered(name)]
         if self.app is not None and not self.app.healthy:
             waiting.append(f"app health ({self.config.sidecar.app})")
+        if self.maintenance is not None and self.maintenance.active:
+            waiting.append("the app's restart: in maintenance since its preStop drain")
         return not waiting, waiting
+
+    def app_status(self) -> tuple[bool, str]:
+        if self.app is None:
+            return no_app()
+        return self.app.healthy, f"{self.app.status()} ({self.app.last_error or self.app.probe_kind})"
+
+    async def drain(self) -> tuple[int, str]:
+        """``POST /drain``: out of rotation until the app is back (or the pod goes, and the instance with it)."""
+        if self.maintenance is None:
+            return await nothing_to_drain()
+        if await self.maintenance.enter():
+            return 200, "in maintenance: callers stop picking this instance until the app is back\n"
+        return 202, "draining: not ready, and the TTL check fails at the next heartbeat (the agent did not answer)\n"
+
+    async def _maintenance_in_consul(self, enable: bool) -> bool:
+        return self.registration is not None and await self.registration.set_maintenance(enable, REASON)
 
     def clusters(self) -> list[dict[str, Any]]:
         return describe_upstreams([self.mesh.upstream(name) for name in self.mesh.upstream_names()])
@@ -168,6 +194,11 @@ class Sidecar:
                 self._method_table(name)
             if self.forward is not None and self.app is not None:
                 await self._start_inbound()
+            else:
+                log.info(
+                    "authorization: none, this sidecar has no inbound listener (no sidecar.app)",
+                    extra={"event": "authz_effective", "authz_source": "none"},
+                )
             self._listening = True
             log.info("sidecar started", extra={"service": self.service, "outbound": self.config.sidecar.outbound})
             await self._stop.wait()
@@ -197,6 +228,7 @@ class Sidecar:
         parts = InboundParts.from_config(
             self.config, consul=self.mesh.consul, clock=time.monotonic, tracer=self.mesh.tracer, metrics=self.metrics
         )
+        explain_plaintext_inbound(self.config)
         if self.config.sidecar.inbound_mode == "l4":
             assert self.mesh.tls_source is not None  # check_inbound_mode
             self.inbound = SpliceListener(
@@ -234,7 +266,8 @@ class Sidecar:
                 deregister_after_s=self.config.service.deregister_critical_after,
                 health=lambda: "SERVING" if self.readiness()[0] else "NOT_SERVING",
             )
-            await self.registration.register()
+            if await self.registration.register() and not (self.maintenance and self.maintenance.active):
+                await self.registration.set_maintenance(False)  # a fresh sidecar ends what a drain left
 
     async def _shutdown(self) -> None:
         self._draining = True
@@ -252,6 +285,8 @@ class Sidecar:
             await asyncio.sleep(0.05)
         for listener in self.outbound:
             await listener.stop(0)
+        if self.maintenance is not None:
+            await self.maintenance.close()
         if self.app is not None:
             await self.app.stop()
         for learner in self._learners.values():
@@ -275,6 +310,29 @@ def _read_descriptor_sets(config: Config) -> dict[str, MethodInfo]:
         except ValueError as error:
             raise ConfigError(field, str(path), str(error)) from None
     return methods
+
+
+def explain_plaintext_inbound(config: Config) -> None:
+    """Said at start when the inbound port serves plaintext: where it listens and why (Config keeps it on loopback
+    unless ``sidecar.inbound`` is set explicitly)."""
+    if config.tls.source != "off":
+        return
+    address = config.sidecar.inbound
+    if "inbound" not in config.sidecar.model_fields_set:
+        log.warning(
+            "tls.source is off, so the inbound listener listens on %s (loopback) only: it would serve plaintext to "
+            "callers it cannot identify; set sidecar.inbound explicitly (e.g. 0.0.0.0:15006) to let other hosts "
+            "call the app, or set tls.source to consul or files for mTLS",
+            address,
+            extra={"event": "inbound_loopback_only", "inbound": address},
+        )
+    elif split_host_port(address)[0] not in ("127.0.0.1", "::1", "localhost"):
+        log.warning(
+            "tls.source is off and sidecar.inbound is %s: any host that reaches it can call the app in plaintext, "
+            "unauthenticated; set tls.source to consul or files for mTLS",
+            address,
+            extra={"event": "inbound_plaintext_exposed", "inbound": address},
+        )
 
 
 def check_inbound_mode(config: Config) -> None:

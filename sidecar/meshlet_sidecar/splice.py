@@ -12,6 +12,10 @@ What it gives up against the L7 listener: no per-call tracing, metrics or access
 through; a drain cannot send GOAWAY, so on stop the listener waits for its connections to go quiet (no byte for
 `QUIET_S`), up to the grace period, then closes them. What it wins: the per-call cost of grpc's server and client
 machinery on this hop.
+
+Python's ssl loads a certificate chain and its key only from files. The private key never touches a disk: it is
+written to an anonymous in-memory file (``memfd_create``) that OpenSSL opens through ``/proc/self/fd`` and that
+disappears when closed, a moment later, or with the process, however it ends.
 """
 
 from __future__ import annotations
@@ -21,13 +25,11 @@ import contextlib
 import logging
 import os
 import ssl
-import tempfile
 import time
-from collections.abc import Coroutine
-from pathlib import Path
+from collections.abc import Coroutine, Iterator
 from typing import Any
 
-from meshlet.config import split_host_port
+from meshlet.config import listen_host, split_host_port
 from meshlet.deadline import Clock
 from meshlet.inbound import InboundParts
 from meshlet.security.certs import CertificateSource, TlsMaterial
@@ -80,7 +82,6 @@ class SpliceListener:
         self._server: asyncio.Server | None = None
         self._open: dict[asyncio.Task[None], float] = {}  # connection -> when it last moved a byte
         self._context: tuple[TlsMaterial, ssl.SSLContext] | None = None
-        self._files = Path(tempfile.mkdtemp(prefix="meshlet-l4-"))
 
     @property
     def in_flight(self) -> int:
@@ -93,7 +94,7 @@ class SpliceListener:
         try:
             server = await asyncio.start_server(
                 self._accept,
-                host or None,
+                listen_host(host),
                 port,
                 ssl=context,
                 ssl_handshake_timeout=HANDSHAKE_TIMEOUT_S,
@@ -130,10 +131,6 @@ class SpliceListener:
         if refusals is not None:
             await asyncio.gather(refusals[1], return_exceptions=True)
             await refusals[0].stop()
-        for path in self._files.glob("*"):
-            path.unlink(missing_ok=True)
-        with contextlib.suppress(OSError):
-            self._files.rmdir()
 
     # ------------------------------------------------------------------ one connection
 
@@ -278,12 +275,11 @@ class SpliceListener:
         context.load_verify_locations(cadata=material.trust_bundle_pem.decode())
         context.set_alpn_protocols(["h2"])
         context.sni_callback = self._rotate
-        cert, key = self._files / "cert.pem", self._files / "key.pem"  # ssl loads a chain only from files
-        cert.write_bytes(material.cert_chain_pem)
-        fd = os.open(key, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-        with os.fdopen(fd, "wb") as out:
-            out.write(material.private_key_pem)
-        context.load_cert_chain(cert, key)
+        with (
+            in_memory_file("meshlet-l4-cert", material.cert_chain_pem) as cert,
+            in_memory_file("meshlet-l4-key", material.private_key_pem) as key,
+        ):
+            context.load_cert_chain(cert, key)
         self._context = (material, context)
         return context
 
@@ -303,6 +299,19 @@ async def _first_done(*coroutines: Coroutine[Any, Any, None]) -> None:
         for task in tasks:
             task.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
+
+
+@contextlib.contextmanager
+def in_memory_file(name: str, data: bytes) -> Iterator[str]:
+    """A path that reads `data` from memory only (Linux's ``memfd_create``), valid inside the block; nothing of
+    it is ever on a disk, and it is gone once closed, or with the process, even one killed mid-load."""
+    fd = os.memfd_create(name, os.MFD_CLOEXEC)
+    try:
+        with open(fd, "wb", closefd=False) as out:
+            out.write(data)
+        yield f"/proc/self/fd/{fd}"
+    finally:
+        os.close(fd)
 
 
 def _failed(task: asyncio.Task[Any]) -> bool:

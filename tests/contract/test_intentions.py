@@ -123,6 +123,17 @@ def test_authorize_refuses_bad_requests_with_consuls_texts(agent: Agent, body: A
     assert (response.status_code, response.text) == (status, text)
 
 
+def test_authorize_denies_a_caller_from_another_partition_as_a_decision(
+    agent: Agent, unique: Callable[[str], str]
+) -> None:
+    """Consul answers 200 with Authorized false (not a 400): the caller is denied, the agent is not failing."""
+    trust_domain = agent.client().agent.connect.ca.roots()["TrustDomain"]
+    caller = f"spiffe://{trust_domain}/ap/evil/ns/default/dc/dc1/svc/{unique('web')}"
+    response = authorize(agent, {"Target": unique("db"), "ClientCertURI": caller})
+    assert response.status_code == 200, response.text
+    assert response.json() == {"Authorized": False, "Reason": 'Mismatched partitions: "evil" != "default"'}
+
+
 def test_authorize_field_names_are_case_insensitive(agent: Agent, unique: Callable[[str], str]) -> None:
     response = authorize(agent, {"target": unique("db"), "clientcerturi": spiffe(agent, unique("web"))})
     assert response.status_code == 200

@@ -11,11 +11,15 @@ from typing import Any
 
 import pytest
 
+from meshlet.config import load_config
 from meshlet.discovery.consul_client import consul_factory, go_duration, parse_address
 from meshlet.discovery.consul_watch import ConsulWatch
 from meshlet.discovery.registration import Registration, RegistrationRefused
 from meshlet.endpoints import Endpoint, EndpointSet
+from meshlet.errors import NoHealthyEndpoint
 from meshlet.events import DiscoveryFailed, Event, EventBus
+from meshlet.mesh import Mesh
+from meshlet_api.echo.v1 import echo_pb2, echo_pb2_grpc
 from tests.support.agents import Agent, start_dev_agent
 from tests.support.processes import Processes, eventually
 
@@ -354,3 +358,25 @@ def test_a_bad_consul_address_is_refused_saying_what_is_expected(address: str) -
 
 def test_durations_are_sent_in_gos_notation() -> None:
     assert [go_duration(s) for s in (30.0, 1.5, 60)] == ["30s", "1500ms", "60s"]
+
+
+async def test_a_call_with_no_passing_instance_names_the_instances_consul_knows_and_their_check_output(
+    dev_agent: RunningAgent,
+) -> None:
+    """Not "check the service's health checks": which instances, which check, and what it said."""
+    register_instance(dev_agent, "ledger", "ledger-1", 7101, address="127.0.0.1")
+    register_instance(dev_agent, "ledger", "ledger-2", 7102, address="127.0.0.1")
+    dev_agent.client().agent.check.ttl_fail("service:ledger-1", notes="grpc.health.v1 status: NOT_SERVING")
+    config = load_config(None, env={"CONSUL_HTTP_ADDR": dev_agent.url})
+    async with Mesh(config) as mesh:
+        with pytest.raises(NoHealthyEndpoint) as refused:
+            await echo_pb2_grpc.EchoStub(mesh.channel("ledger")).Echo(echo_pb2.EchoRequest(), timeout=5)
+
+    details = refused.value.details() or ""
+    assert "no healthy instance of ledger: Consul lists no passing instance; Consul knows 2 instances of ledger" in (
+        details
+    )
+    assert "ledger-1 at 127.0.0.1:7101 critical (" in details
+    assert "grpc.health.v1 status: NOT_SERVING" in details
+    assert "ledger-2 at 127.0.0.1:7102 critical (" in details, "a TTL check never heart-beaten is critical too"
+    assert "/ready" in details

@@ -249,3 +249,60 @@ async def test_a_response_stream_that_raises_is_counted_unknown_as_its_caller_se
     finally:
         await server.stop(None)
         await mesh.close()
+
+
+class Hanging(echo_pb2_grpc.EchoServicer):
+    """Answers nothing: each call ends when its caller cancels it or its deadline passes."""
+
+    def __init__(self) -> None:
+        self.serving: asyncio.Queue[str] = asyncio.Queue()
+
+    async def Echo(self, request: echo_pb2.EchoRequest, context: Any) -> echo_pb2.EchoReply:  # noqa: N802
+        await self.serving.put("Echo")
+        await asyncio.Event().wait()
+        raise AssertionError("unreachable")
+
+    async def ServerStream(self, request: echo_pb2.EchoRequest, context: Any) -> AsyncIterator[echo_pb2.EchoReply]:  # noqa: N802
+        await self.serving.put("ServerStream")
+        await asyncio.Event().wait()
+        yield echo_pb2.EchoReply()
+
+
+async def test_an_sdk_server_counts_cancelled_and_timed_out_calls_as_their_callers_saw_them() -> None:
+    config = load_config(None, env={}, overrides={"service.name": "echo", "tls.source": "off"})
+    mesh = Mesh(config, metrics=Metrics())
+    server = mesh.server()
+    servicer = Hanging()
+    echo_pb2_grpc.add_EchoServicer_to_server(servicer, server)
+    port = server.add_insecure_port("127.0.0.1:0")
+    await server.start()
+    try:
+        async with grpc.aio.insecure_channel(f"127.0.0.1:{port}") as channel:
+            stub = echo_pb2_grpc.EchoStub(channel)
+            for _ in range(2):
+                with pytest.raises(grpc.aio.AioRpcError) as late:
+                    await stub.Echo(HELLO, timeout=0.3)
+                assert late.value.code() == grpc.StatusCode.DEADLINE_EXCEEDED
+            for make_call in (stub.Echo, stub.ServerStream):
+                servicer.serving = asyncio.Queue()  # not the calls that timed out
+                call = make_call(HELLO, timeout=30)
+                await servicer.serving.get()
+                call.cancel()
+        assert mesh.metrics is not None
+        inbound = {"direction": "inbound", "service": "echo"}
+        echo, stream = f"{ECHO_SERVICE}/Echo", f"{ECHO_SERVICE}/ServerStream"
+        expected = {(echo, "DEADLINE_EXCEEDED"): 2, (echo, "CANCELLED"): 1, (stream, "CANCELLED"): 1}
+        for _ in range(100):  # counted when grpc reports the call done, a moment after the client saw its end
+            seen = Scrape(mesh.metrics.render().decode())
+            if seen.matching("meshlet_requests_total", **inbound) >= sum(expected.values()):
+                break
+            await asyncio.sleep(0.05)
+        counted = {
+            (method, code): seen("meshlet_requests_total", **inbound, method=method, code=code)
+            for method in (echo, stream)
+            for code in ("OK", "CANCELLED", "DEADLINE_EXCEEDED")
+        }
+        assert {key: count for key, count in counted.items() if count} == expected
+    finally:
+        await server.stop(None)
+        await mesh.close()

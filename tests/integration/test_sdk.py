@@ -11,14 +11,31 @@ import grpc
 import pytest
 
 from meshlet.errors import ErrorReason, error_info
+from meshlet.mesh import Mesh
+from meshlet.transport import channels
 from meshlet_api.echo.v1 import echo_pb2, echo_pb2_grpc
 from tests.integration.conftest import EchoFleet, MeshFactory
 from tests.support.agents import Agent
-from tests.support.processes import Processes, wait_until
+from tests.support.echo_calls import WATCH, watch_for, watch_until
+from tests.support.processes import Processes, eventually, wait_until
 
 pytestmark = pytest.mark.slow
 
 HELLO = echo_pb2.EchoRequest(message="hello")
+
+
+async def set_health(port: int, status: str) -> None:
+    """Set one echo server's grpc.health.v1 status, which its TTL check follows, on a connection of its own."""
+    async with grpc.aio.insecure_channel(f"127.0.0.1:{port}") as direct:
+        try:
+            await echo_pb2_grpc.EchoStub(direct).Echo(HELLO, metadata=(("x-echo-set-health", status),), timeout=5)
+        except grpc.aio.AioRpcError:
+            pass  # an instance told to fail every call sets its health first, then fails this one too
+
+
+def listed(mesh: Mesh, service: str) -> int:
+    """How many instances of `service` the mesh balances over: what discovery last said is passing."""
+    return len(mesh.upstream(service).describe()["endpoints"])
 
 
 async def calls_received(port: int) -> dict[str, int]:
@@ -77,6 +94,60 @@ async def test_a_non_idempotent_call_that_failed_at_a_server_is_never_resent(
     assert sum(c.get("Echo", 0) for c in counts) == 3, "Echo is IDEMPOTENT: sent max_attempts (3) times"
 
 
+@pytest.mark.parametrize(
+    "details",
+    [
+        "failed to connect to all addresses; last error: UNKNOWN: ipv4:127.0.0.1:1: Connection refused",
+        "sendmsg: Broken pipe",
+    ],
+)
+async def test_a_handler_passing_a_downstream_connection_error_on_is_never_resent(
+    fleet: EchoFleet, mesh_factory: MeshFactory, details: str
+) -> None:
+    """A handler that did its work and then answers ``context.abort(e.code(), e.details())`` with a downstream's
+    connection error: the text is the server's, and proves nothing about this call."""
+    fleet.start("x")
+    fleet.start("y")
+    stub = echo_pb2_grpc.EchoStub(mesh_factory().channel(fleet.service))
+
+    metadata = (("x-echo-fail", "UNAVAILABLE"), ("x-echo-fail-details", details))
+    with pytest.raises(grpc.aio.AioRpcError) as failed:
+        await stub.EchoOnce(HELLO, metadata=metadata, timeout=5)
+
+    assert (failed.value.code(), failed.value.details()) == (grpc.StatusCode.UNAVAILABLE, details)
+    counts = [await calls_received(fleet.ports[name]) for name in ("x", "y")]
+    assert sum(c.get("EchoOnce", 0) for c in counts) == 1
+
+
+async def test_a_dead_upstream_behind_a_healthy_server_is_not_that_servers_failure(
+    procs: Processes, agent: Agent, mesh_factory: MeshFactory
+) -> None:
+    """mid's handler calls ledger, which is dead: mid answers UPSTREAM_FAILED, so the caller neither retries
+    mid (its handler runs once per call) nor counts it against mid's breaker (a Ping to mid still works)."""
+    ledger = EchoFleet(procs, agent)
+    ledger.start("ledger")
+    mid = EchoFleet(procs, agent)
+    mid.start("mid", "--upstream", ledger.service)
+    ledger.servers["ledger"].signal(signal.SIGKILL)
+    wait_until(lambda: not ledger.passing_ports(), 10, "the dead ledger to leave Consul")
+    mesh = mesh_factory()
+    stub = echo_pb2_grpc.EchoStub(mesh.channel(mid.service))
+
+    for _ in range(6):  # more than the breaker's 5 failures
+        with pytest.raises(grpc.aio.AioRpcError) as failed:
+            await stub.Echo(HELLO, timeout=5)
+        assert failed.value.code() == grpc.StatusCode.ABORTED, failed.value
+        info = error_info(failed.value)
+        assert info is not None
+        assert (info.reason, info.metadata["upstream"]) == (ErrorReason.UPSTREAM_FAILED, ledger.service)
+        assert info.metadata["upstream_reason"] in (ErrorReason.NO_HEALTHY_ENDPOINT, ErrorReason.BREAKER_OPEN)
+
+    assert (await calls_received(mid.ports["mid"]))["Echo"] == 6
+    assert [endpoint["breaker"] for endpoint in mesh.upstream(mid.service).describe()["endpoints"]] == ["closed"]
+    reply = await stub.Stats(echo_pb2.StatsRequest(), timeout=5)
+    assert reply.served_by == "mid"
+
+
 async def test_a_sigkilled_instance_costs_no_idempotent_call(fleet: EchoFleet, mesh_factory: MeshFactory) -> None:
     for name in ("a", "b", "c"):
         fleet.start(name)
@@ -118,6 +189,46 @@ async def test_a_handler_deadline_flows_into_its_outbound_calls(
 
     seen_by_backend = float(reply.message)  # the backend's context.time_remaining()
     assert 0.5 < seen_by_backend < 2.0, "the backend should see what was left of the caller's 2 s, not a fresh 5 s"
+
+
+async def test_callers_with_short_deadlines_do_not_eject_a_healthy_instance(
+    fleet: EchoFleet, mesh_factory: MeshFactory
+) -> None:
+    """A caller whose own deadline is shorter than the instance's latency fails alone: the instance stays in."""
+    fleet.start("a", "--delay-ms", "50")
+    mesh = mesh_factory()
+    stub = echo_pb2_grpc.EchoStub(mesh.channel(fleet.service))
+    assert (await stub.Echo(HELLO, timeout=5)).served_by == "a"  # discovery has answered, the channel is up
+
+    for _ in range(5):
+        with pytest.raises(grpc.aio.AioRpcError) as impatient:
+            await stub.Echo(HELLO, timeout=0.02)
+        assert impatient.value.code() is grpc.StatusCode.DEADLINE_EXCEEDED
+
+    assert "breakers: 1 closed" in repr(mesh.upstream(fleet.service))
+    assert (await stub.Echo(HELLO, timeout=5)).served_by == "a"
+
+
+async def test_an_instance_slower_than_the_upstreams_timeout_is_ejected(
+    fleet: EchoFleet, mesh_factory: MeshFactory
+) -> None:
+    fleet.start("a")
+    mesh = mesh_factory(**{"upstream_defaults.timeout": "200ms"})
+    stub = echo_pb2_grpc.EchoStub(mesh.channel(fleet.service))
+    assert (await stub.Echo(HELLO)).served_by == "a"  # discovery has answered, the channel is up
+    stalled = (("x-echo-sleep-ms", "2000"),)  # the instance now takes 2 s, ten times the upstream's timeout
+
+    for _ in range(5):  # no deadline of their own: each gives the instance the upstream's whole timeout
+        with pytest.raises(grpc.aio.AioRpcError) as timed_out:
+            await stub.Echo(HELLO, metadata=stalled)
+        assert timed_out.value.code() is grpc.StatusCode.DEADLINE_EXCEEDED
+    with pytest.raises(grpc.aio.AioRpcError) as refused:
+        await stub.Echo(HELLO)
+
+    info = error_info(refused.value)
+    assert info is not None
+    assert info.reason == ErrorReason.BREAKER_OPEN
+    assert "breakers: 1 open" in repr(mesh.upstream(fleet.service))
 
 
 async def test_a_new_instance_gets_calls_soon_after_it_registers(fleet: EchoFleet, mesh_factory: MeshFactory) -> None:
@@ -292,3 +403,74 @@ def test_sigterm_deregisters_and_exits_zero(fleet: EchoFleet) -> None:
     assert server.wait(20) == 0, server.output()
     services = fleet.agent.get("/v1/agent/services")
     assert not any(s["Service"] == fleet.service for s in services.values()), "it must deregister before it exits"
+
+
+# ---------------------------------------------------------------- long-lived calls across discovery changes
+
+
+async def test_a_watch_outlives_a_flap_of_its_instance_in_consul(
+    fleet: EchoFleet, mesh_factory: MeshFactory, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """An instance that leaves the passing set for longer than the channel's grace and comes back keeps its
+    streams: its channel closes only once they have ended."""
+    monkeypatch.setattr(channels, "CLOSE_GRACE_S", 0.2)  # the grace this test outlasts, 30 s by default
+    fleet.start("a")
+    port = fleet.ports["a"]
+    mesh = mesh_factory()
+    stub = echo_pb2_grpc.EchoStub(mesh.channel(fleet.service))
+    watch = stub.ServerStream(HELLO, metadata=WATCH, timeout=60)
+    assert (await watch.read()).served_by == "a"
+
+    await set_health(port, "NOT_SERVING")
+    await watch_until(watch, lambda: listed(mesh, fleet.service) == 0, "the instance to leave the passing set")
+    await watch_for(watch, 5 * channels.CLOSE_GRACE_S)
+    await set_health(port, "SERVING")
+    await watch_until(watch, lambda: listed(mesh, fleet.service) == 1, "the instance to pass again")
+    await watch_for(watch, 0.2)
+
+    watch.cancel()
+    assert (await stub.Echo(HELLO, timeout=5)).served_by == "a"
+
+
+async def test_an_instance_that_flaps_in_consul_keeps_its_open_breaker(
+    fleet: EchoFleet, mesh_factory: MeshFactory
+) -> None:
+    fleet.start("good")
+    fleet.start("bad", "--fail-code", "UNAVAILABLE")
+    mesh = mesh_factory()
+    upstream = mesh.upstream(fleet.service)
+    stub = echo_pb2_grpc.EchoStub(mesh.channel(fleet.service))
+    for _ in range(100):
+        assert (await stub.Echo(HELLO, timeout=5)).served_by == "good"
+        if "1 open" in repr(upstream):
+            break
+    assert "breakers: 1 closed, 1 open" in repr(upstream)
+
+    await set_health(fleet.ports["bad"], "NOT_SERVING")
+    await eventually(lambda: listed(mesh, fleet.service) == 1, "the bad instance to leave the passing set")
+    await set_health(fleet.ports["bad"], "SERVING")
+    await eventually(lambda: listed(mesh, fleet.service) == 2, "the bad instance to pass again")
+    received = (await calls_received(fleet.ports["bad"])).get("Echo", 0)
+    replies = [await stub.Echo(HELLO, timeout=5) for _ in range(20)]
+
+    assert "breakers: 1 closed, 1 open" in repr(upstream)
+    assert {reply.served_by for reply in replies} == {"good"}
+    assert (await calls_received(fleet.ports["bad"])).get("Echo", 0) == received, "the flap re-admitted it"
+
+
+async def test_a_watch_the_mesh_must_end_ends_with_unavailable_saying_why(
+    fleet: EchoFleet, mesh_factory: MeshFactory
+) -> None:
+    fleet.start("a")
+    mesh = mesh_factory()
+    watch = echo_pb2_grpc.EchoStub(mesh.channel(fleet.service)).ServerStream(HELLO, metadata=WATCH, timeout=60)
+    assert (await watch.read()).served_by == "a"
+
+    await mesh.close()  # the process is shutting down under its reader
+    with pytest.raises(grpc.aio.AioRpcError) as ended:
+        await watch_until(watch, lambda: False, "the mesh to end the watch")
+
+    assert ended.value.code() is grpc.StatusCode.UNAVAILABLE
+    info = error_info(ended.value)
+    assert info is not None
+    assert info.reason == ErrorReason.CHANNEL_CLOSED

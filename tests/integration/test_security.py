@@ -37,9 +37,12 @@ from meshlet.mesh import Mesh
 from meshlet.security.certs import channel_options, colon_hex
 from meshlet.security.dev_ca import init_ca, issue
 from meshlet.security.identity import SpiffeId, identity_dns_name
+from meshlet.telemetry.span_file import load_spans
+from meshlet.transport import channels
 from meshlet_api.echo.v1 import echo_pb2, echo_pb2_grpc
 from tests.integration.conftest import EchoFleet
 from tests.support.agents import Agent, start_dev_agent
+from tests.support.echo_calls import WATCH, watch_for, watch_until
 from tests.support.processes import Processes, eventually, processes
 
 pytestmark = pytest.mark.slow
@@ -220,9 +223,18 @@ def guarded(module_procs: Processes, module_agent: Agent, pki: DevPki) -> EchoFl
 
 @pytest.fixture(scope="module")
 def impostor(module_procs: Processes, module_agent: Agent, pki: DevPki) -> EchoFleet:
-    """An echo server registered as its fleet's service but presenting the certificate of service 'other'."""
+    """An echo server of service 'other', which Consul also lists as an instance of its fleet's service (a stale
+    registration on a reused port, say): its certificate names 'other'. (A server cannot start with a certificate
+    that names another service than its own: see test_services.py.)"""
     fleet = EchoFleet(module_procs, module_agent, service=f"payments-{uuid.uuid4().hex[:6]}")
-    fleet.start("impostor", env=pki.tls_env("other"))
+    other = EchoFleet(module_procs, module_agent, service="other")
+    pki.issue("other")
+    other.start("impostor", env=pki.tls_env("other"))
+    fleet.servers["impostor"], fleet.ports["impostor"] = other.servers["impostor"], other.ports["impostor"]
+    module_agent.client().agent.service.register(
+        fleet.service, service_id=f"{fleet.service}-stale", address="127.0.0.1", port=fleet.ports["impostor"]
+    )
+    fleet.wait_passing("impostor")
     return fleet
 
 
@@ -346,6 +358,30 @@ async def test_a_caller_no_intention_allows_gets_permission_denied_naming_caller
     assert await handled(port, pki, guarded.service) == before
 
 
+async def test_with_certificates_from_consul_a_deny_intention_is_enforced_by_a_config_without_authz(
+    module_procs: Processes, module_agent: Agent
+) -> None:
+    """Secure by default: ``tls.source: consul`` alone makes the server follow Consul's intentions."""
+    fleet = EchoFleet(module_procs, module_agent, service=f"ledger-{uuid.uuid4().hex[:6]}")
+    assert module_agent.client().connect.intentions.upsert("gateway", fleet.service, action="deny")
+    server = fleet.start("ledger", env={"MESHLET_TLS__SOURCE": "consul", **QUIET_CHECKS})
+    config = load_config(
+        None,
+        env={"CONSUL_HTTP_ADDR": module_agent.url},
+        overrides={"service": {"name": "gateway"}, "tls": {"source": "consul"}},
+    )
+    async with Mesh(config) as mesh:
+        with pytest.raises(grpc.aio.AioRpcError) as denied:
+            await echo_pb2_grpc.EchoStub(mesh.channel(fleet.service)).Echo(HELLO, timeout=5)
+
+    assert denied.value.code() == grpc.StatusCode.PERMISSION_DENIED
+    info = error_info(denied.value)
+    assert info is not None
+    assert info.reason == ErrorReason.INTENTION_DENIED
+    assert "Matched L4 intention" in (denied.value.details() or "")
+    assert server.alive()
+
+
 async def test_a_deny_intention_on_one_method_refuses_only_that_method(
     guarded: EchoFleet, pki: DevPki, mesh_as: MeshAs
 ) -> None:
@@ -367,15 +403,108 @@ async def test_a_deny_intention_on_one_method_refuses_only_that_method(
 
 
 async def test_a_server_presenting_another_services_identity_is_refused_before_any_call_reaches_it(
-    impostor: EchoFleet, pki: DevPki, mesh_as: MeshAs
+    impostor: EchoFleet, pki: DevPki, module_agent: Agent, tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
-    stub = echo_pb2_grpc.EchoStub((await mesh_as("gateway")).channel(impostor.service))
+    """The caller learns why (TLS_HANDSHAKE_FAILED: expected and presented identity) from the status, the trace and
+    the log; the call is re-sent (a handshake failure never lets a request leave, even EchoOnce's)."""
+    spans = tmp_path / "spans.jsonl"
+    overrides = {"tls": pki.tls_config("gateway"), "telemetry": {"span_file": str(spans)}}
+    config = load_config(None, env={"CONSUL_HTTP_ADDR": module_agent.url}, overrides=overrides)
+    with caplog.at_level(logging.WARNING, logger="meshlet.tls"):
+        async with Mesh(config) as mesh:
+            retries = retries_of(mesh)
+            stub = echo_pb2_grpc.EchoStub(mesh.channel(impostor.service))
+            with pytest.raises(grpc.aio.AioRpcError) as refused:
+                await stub.EchoOnce(HELLO, timeout=5)
 
-    with pytest.raises(grpc.aio.AioRpcError) as refused:
-        await stub.Echo(HELLO, timeout=5)
-
-    assert refused.value.code() == grpc.StatusCode.UNAVAILABLE
+    error = refused.value
+    assert error.code() == grpc.StatusCode.UNAVAILABLE
+    expected = SpiffeId.for_service(impostor.service, trust_domain=TRUST_DOMAIN).uri
+    presented = SpiffeId.for_service("other", trust_domain=TRUST_DOMAIN).uri
+    peer = f"127.0.0.1:{impostor.ports['impostor']}"
+    assert tls_failure(error) == {
+        "upstream": impostor.service,
+        "peer": peer,
+        "failure": "wrong_server_identity",
+        "expected_identity": expected,
+        "expected_trust_domain": TRUST_DOMAIN,
+        "presented_identity": presented,
+        "presented_trust_domain": TRUST_DOMAIN,
+    }
+    assert f"TLS handshake with {peer} ({impostor.service}) failed: it presented {presented}, not {expected}" in (
+        error.details() or ""
+    )
+    assert [type(event) for event in retries][:1] == [RetryScheduled], "a failed handshake may be re-sent"
+    assert any(f"it presented {presented}" in record.getMessage() for record in caplog.records)
+    failed_spans = [span for span in load_spans([spans]) if span.status == "ERROR"]
+    assert failed_spans
+    assert all(f"it presented {presented}" in (span.status_message or "") for span in failed_spans)
     assert await handled(impostor.ports["impostor"], pki, expect="other") == 0
+
+
+async def test_a_client_that_does_not_trust_the_servers_ca_is_told_so(
+    guarded: EchoFleet, module_agent: Agent, outsiders: dict[str, Path]
+) -> None:
+    foreign = outsiders["another CA"]  # gateway's certificate and trust bundle from another CA
+    tls = {"source": "files", "cert": foreign / "gateway.crt", "key": foreign / "gateway.key", "ca": foreign / "ca.crt"}
+    config = load_config(None, env={"CONSUL_HTTP_ADDR": module_agent.url}, overrides={"tls": tls})
+    async with Mesh(config) as mesh:
+        with pytest.raises(grpc.aio.AioRpcError) as refused:
+            await echo_pb2_grpc.EchoStub(mesh.channel(guarded.service)).Echo(HELLO, timeout=5)
+
+    error = refused.value
+    assert error.code() == grpc.StatusCode.UNAVAILABLE
+    info = tls_failure(error)
+    assert info["failure"] == "server_certificate_not_trusted"
+    assert info["peer"] == f"127.0.0.1:{guarded.ports['guarded']}"
+    assert info["expected_identity"] == SpiffeId.for_service(guarded.service, trust_domain=TRUST_DOMAIN).uri
+    assert info["presented_identity"] == info["expected_identity"], "the right server, from a CA we do not trust"
+    details = error.details() or ""
+    assert "not trusted here (unable to get local issuer certificate)" in details
+    assert "add the server's CA to tls.ca" in details
+
+
+async def test_a_client_whose_certificate_the_server_refuses_is_told_so(
+    guarded: EchoFleet, module_agent: Agent, pki: DevPki, outsiders: dict[str, Path], tmp_path: Path
+) -> None:
+    """Half a root rotation: this client trusts both CAs, but its certificate comes from the one the server lacks."""
+    foreign = outsiders["another CA"]
+    both = tmp_path / "both-cas.crt"
+    both.write_bytes((foreign / "ca.crt").read_bytes() + (pki.folder / "ca.crt").read_bytes())
+    tls = {"source": "files", "cert": foreign / "gateway.crt", "key": foreign / "gateway.key", "ca": both}
+    config = load_config(None, env={"CONSUL_HTTP_ADDR": module_agent.url}, overrides={"tls": tls})
+    async with Mesh(config) as mesh:
+        with pytest.raises(grpc.aio.AioRpcError) as refused:
+            await echo_pb2_grpc.EchoStub(mesh.channel(guarded.service)).Echo(HELLO, timeout=5)
+
+    info = tls_failure(refused.value)
+    assert info["failure"] == "client_certificate_refused"
+    assert info["presented_identity"] == SpiffeId.for_service(guarded.service, trust_domain=TRUST_DOMAIN).uri
+    assert "its tls.ca must hold the CA that issued ours" in (refused.value.details() or "")
+
+
+async def test_a_plaintext_client_calling_an_mtls_port_is_told_to_turn_tls_on(
+    guarded: EchoFleet, module_agent: Agent
+) -> None:
+    config = load_config(None, env={"CONSUL_HTTP_ADDR": module_agent.url}, overrides={"tls": {"source": "off"}})
+    async with Mesh(config) as mesh:
+        with pytest.raises(grpc.aio.AioRpcError) as refused:
+            await echo_pb2_grpc.EchoStub(mesh.channel(guarded.service)).Echo(HELLO, timeout=5)
+
+    error = refused.value
+    assert error.code() == grpc.StatusCode.UNAVAILABLE
+    info = tls_failure(error)
+    assert info["failure"] == "plaintext_client"
+    assert info["presented_identity"] == SpiffeId.for_service(guarded.service, trust_domain=TRUST_DOMAIN).uri
+    assert "requires TLS (it presented" in (error.details() or "")
+    assert "set tls.source to consul or files" in (error.details() or "")
+
+
+def tls_failure(error: grpc.aio.AioRpcError) -> dict[str, str]:
+    info = error_info(error)
+    assert info is not None, f"no ErrorInfo on {error.details()!r}"
+    assert info.reason == ErrorReason.TLS_HANDSHAKE_FAILED
+    return dict(info.metadata)
 
 
 # ------------------------------------------------------------------------------------------ rotation
@@ -415,6 +544,36 @@ async def test_rotating_the_servers_then_the_clients_certificate_under_load_lose
     assert await served_serial(port, ca, cert, key, server_name) == server_serial
     assert server.alive()
     assert await handled(port, pki, fleet.service) == load.ok  # one process counted every call: never restarted
+
+
+async def test_a_watch_outlives_a_rotation_of_its_callers_certificate(
+    module_procs: Processes,
+    module_agent: Agent,
+    pki: DevPki,
+    mesh_as: MeshAs,
+    caplog: pytest.LogCaptureFixture,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """New calls take new channels with the new certificate; a stream already open runs on, past the grace
+    after which the old channel used to be closed under it."""
+    monkeypatch.setattr(channels, "CLOSE_GRACE_S", 0.2)  # the grace this test outlasts, 30 s by default
+    caplog.set_level(logging.INFO, logger="meshlet.security.sources")
+    fleet = EchoFleet(module_procs, module_agent, service=f"inventory-{uuid.uuid4().hex[:6]}")
+    pki.issue(fleet.service)
+    pki.issue("cart")
+    fleet.start("watched", env={**pki.tls_env(fleet.service), **QUIET_CHECKS})
+    mesh = await mesh_as("cart")
+    stub = echo_pb2_grpc.EchoStub(mesh.channel(fleet.service))
+    watch = stub.ServerStream(HELLO, metadata=WATCH, timeout=60)
+    assert (await watch.read()).served_by == "watched"
+
+    client_serial = pki.issue("cart")
+    await watch_until(watch, rotation_logged(caplog, client_serial), "the client to load its new certificate")
+    await watch_for(watch, 5 * channels.CLOSE_GRACE_S)
+
+    assert (await stub.Echo(HELLO, timeout=5)).served_by == "watched"  # on a new channel, the new certificate
+    await watch_for(watch, 0.2)
+    watch.cancel()
 
 
 async def test_connect_ca_leaves_renew_under_load_without_losing_a_call(

@@ -403,7 +403,8 @@ async def test_without_inventory_a_checkout_is_aborted_naming_it_and_sigterm_sto
     procs: Processes, agent: Agent
 ) -> None:
     """No inventory at all: orders does not pass the mesh's UNAVAILABLE on as its own (the gateway would retry it
-    and count it against a healthy orders instance); it answers ABORTED saying which upstream failed and why."""
+    and count it against a healthy orders instance); the mesh's server answers for it ABORTED, saying which
+    upstream failed and why (UPSTREAM_FAILED), and the gateway passes that on."""
     env = {"CONSUL_HTTP_ADDR": agent.url, "MESHLET_SERVICE__CHECK_TTL": "1s", "MESHLET_SERVICE__DRAIN_GRACE": "1s"}
     started = [start_sdk(procs, agent, service, env) for service in ("orders", "gateway")]
     async with Mesh(load_config(None, env={"CONSUL_HTTP_ADDR": agent.url})) as mesh:
@@ -416,7 +417,7 @@ async def test_without_inventory_a_checkout_is_aborted_naming_it_and_sigterm_sto
     assert status is not None
     info = error_details_pb2.ErrorInfo()
     assert status.details[0].Unpack(info)
-    assert (info.reason, info.metadata["upstream"], info.metadata["mesh_reason"]) == (
+    assert (info.reason, info.metadata["upstream"], info.metadata["upstream_reason"]) == (
         "UPSTREAM_FAILED",
         "inventory",
         "NO_HEALTHY_ENDPOINT",
@@ -441,6 +442,28 @@ async def test_sdk_service_with_missing_certificate_files_exits_2_at_once(procs:
     assert child.wait(START_S) == 2, child.output()
     assert "tls.cert" in child.output()
     assert "Traceback" not in child.output()
+
+
+async def test_sdk_service_with_another_services_certificate_exits_2_naming_both(
+    procs: Processes, tmp_path: Path
+) -> None:
+    """wrongsvc serving client.crt would answer as that client to every caller: one line and exit 2, at start."""
+    init_ca(tmp_path, TRUST_DOMAIN)
+    issue(tmp_path, "client")
+    cert = tls_files(tmp_path, "client")
+    env = {
+        "CONSUL_HTTP_ADDR": "http://127.0.0.1:1",
+        "MESHLET_SERVICE__NAME": "wrongsvc",
+        **{f"MESHLET_TLS__{key.upper()}": value for key, value in cert.items()},
+    }
+    child = procs.start(service_argv("orders", free_port()), name="wrongsvc", env=env)
+    assert child.wait(START_S) == 2, child.output()
+    output = child.output()
+    assert "Traceback" not in output
+    (line,) = [line for line in output.splitlines() if "tls.cert" in line]
+    assert "holds the certificate of service 'client'" in line
+    assert "not of service.name 'wrongsvc'" in line
+    assert "meshlet certs issue <ca folder> wrongsvc" in line
 
 
 async def test_sdk_service_waiting_for_the_connect_ca_stops_cleanly_on_sigterm(procs: Processes) -> None:

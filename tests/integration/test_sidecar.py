@@ -80,6 +80,14 @@ async def sidecar_c(
     return await started(module_procs, folder, "c", retrying_outbound_config(pki, agent, "c-svc"))
 
 
+@pytest_asyncio.fixture(scope="module", loop_scope="module")
+async def careful_a(
+    module_procs: Processes, folder: Path, pki: Path, agent: Agent, sidecar_b: SidecarProcess
+) -> SidecarProcess:
+    """Another a-svc sidecar, whose Echo methods are only as idempotent as the proto says: EchoOnce is not."""
+    return await started(module_procs, folder, "a-careful", outbound_config(pki, agent, "a-svc"))
+
+
 @pytest.fixture(autouse=True)
 def fresh_app_records(app_b: PlainEchoApp) -> None:
     clear_records(app_b)
@@ -128,6 +136,50 @@ async def test_app_b_error_reaches_app_a_with_its_status_message_trailers_and_de
     echo: echo_pb2_grpc.EchoStub, invoke: Invoke
 ) -> None:
     await echo_calls.assert_app_error_relayed(invoke, echo)
+
+
+@pytest.mark.parametrize(
+    "details",
+    [
+        "failed to connect to all addresses; last error: UNKNOWN: ipv4:127.0.0.1:1: Connection refused",
+        "sendmsg: Broken pipe",
+    ],
+)
+async def test_app_bs_answer_that_passes_on_a_connection_error_is_its_answer_and_runs_once(
+    careful_a: SidecarProcess, app_b: PlainEchoApp, details: str
+) -> None:
+    """App B ran EchoOnce (not idempotent) and passed a downstream's connection error on: sidecar B relays it
+    as app B's answer, not as "the app did not take the call", and sidecar A does not re-send it."""
+    metadata = (("x-echo-fail", "UNAVAILABLE"), ("x-echo-fail-details", details))
+    async with dial(careful_a.outbound_port) as channel:
+        with pytest.raises(grpc.aio.AioRpcError) as failed:
+            await echo_pb2_grpc.EchoStub(channel).EchoOnce(request("once"), metadata=metadata, timeout=WAIT_S)
+
+    assert (failed.value.code(), failed.value.details()) == (grpc.StatusCode.UNAVAILABLE, details)
+    info = error_info(failed.value)
+    assert info is None or info.reason != ErrorReason.NO_HEALTHY_ENDPOINT
+    assert [seen.method for seen in app_b.seen] == ["EchoOnce"]
+
+
+async def test_app_b_passing_on_its_own_sidecars_refusal_is_answered_upstream_failed(
+    careful_a: SidecarProcess, app_b: PlainEchoApp
+) -> None:
+    """App B's own outbound call was refused (its sidecar said NO_HEALTHY_ENDPOINT) and app B passed that on:
+    sidecar B answers UPSTREAM_FAILED, so sidecar A neither re-sends the (idempotent) Echo nor blames b-svc."""
+    metadata = (("x-echo-fail", "UNAVAILABLE"), ("x-echo-fail-meshlet", "NO_HEALTHY_ENDPOINT"))
+    async with dial(careful_a.outbound_port) as channel:
+        with pytest.raises(grpc.aio.AioRpcError) as failed:
+            await echo_pb2_grpc.EchoStub(channel).Echo(request("deeper"), metadata=metadata, timeout=WAIT_S)
+
+    assert failed.value.code() == grpc.StatusCode.ABORTED
+    info = error_info(failed.value)
+    assert info is not None
+    assert (info.reason, info.metadata["upstream"], info.metadata["upstream_reason"]) == (
+        ErrorReason.UPSTREAM_FAILED,
+        "c-svc",
+        "NO_HEALTHY_ENDPOINT",
+    )
+    assert [seen.method for seen in app_b.seen] == ["Echo"]
 
 
 # ------------------------------------------------------------------------------------------ deadlines and cancellation

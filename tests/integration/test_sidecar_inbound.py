@@ -173,6 +173,7 @@ async def test_app_that_is_down_is_unavailable_naming_its_address(ca: Path, sour
     info = error_info(error)
     assert info is not None
     assert (info.reason, info.metadata["app"]) == (ErrorReason.NO_HEALTHY_ENDPOINT, nobody)
+    assert info.metadata["method"] == "/meshlet_api.echo.v1.Echo/Echo"  # this very call never reached the app
 
 
 async def test_app_that_comes_back_is_reached_again(ca: Path, source: FileSource) -> None:

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import asyncio
 import datetime
+import signal
 import ssl
 import time
 from pathlib import Path
@@ -364,6 +365,32 @@ async def test_a_rotated_certificate_is_served_to_new_connections_without_a_rest
         await asyncio.sleep(0.2)
     assert (await echo.Echo(request("after rotation"), timeout=WAIT_S)).message == "after rotation"
     assert sidecar_b.child.alive()
+
+
+async def test_the_private_key_is_never_written_to_disk_while_running_nor_left_by_a_sigkill(
+    module_procs: Processes, folder: Path, pki: Path, agent: Agent, app_b: PlainEchoApp
+) -> None:
+    """Python's ssl loads a key only from a file: the splice hands it an in-memory one. Its temporary folder (the
+    place a file would go) holds nothing of the key while the sidecar serves, after a SIGKILL, and after the next
+    start."""
+    issue(pki, "k-svc")
+    key = (pki / "k-svc.key").read_bytes()
+    temporary = folder / "k-tmp"
+    temporary.mkdir()
+
+    def key_on_disk() -> list[Path]:
+        return [path for path in temporary.rglob("*") if path.is_file() and key.strip() in path.read_bytes()]
+
+    config = inbound_config(pki, agent, "k-svc", inbound_mode="l4")
+    for attempt in ("first", "after a SIGKILL"):
+        sidecar = await started(
+            module_procs, folder, "k", config, app=f"127.0.0.1:{app_b.port}", env={"TMPDIR": str(temporary)}
+        )
+        assert key_on_disk() == [], attempt
+        assert sorted(temporary.iterdir()) == [], attempt  # nor anything else
+        sidecar.child.signal(signal.SIGKILL)
+        sidecar.child.wait(WAIT_S)
+        assert key_on_disk() == [], attempt
 
 
 async def test_l4_on_a_port_with_rate_limits_exits_2_naming_the_field(

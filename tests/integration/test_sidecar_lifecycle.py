@@ -10,6 +10,7 @@ import asyncio
 import contextlib
 import json
 import signal
+import socket
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -39,6 +40,7 @@ TRUST_DOMAIN = "meshlet.test"
 ECHO_SERVICE = "meshlet_api.echo.v1.Echo"
 WAIT_S = 30.0  # a bound on waiting for what must happen, never a timing assertion
 HELLO = echo_pb2.EchoRequest(message="hello")
+DEFAULT_INBOUND_PORT = 15006
 
 
 @pytest.fixture
@@ -254,3 +256,39 @@ async def echo_through(sidecar: SidecarProcess) -> AsyncIterator[echo_pb2_grpc.E
     """App A's Echo stub on `sidecar`'s outbound port."""
     async with grpc.aio.insecure_channel(f"127.0.0.1:{sidecar.outbound_port}") as channel:
         yield echo_pb2_grpc.EchoStub(channel)
+
+
+def test_a_plaintext_sidecar_listens_inbound_on_loopback_only_unless_told_otherwise(
+    procs: Processes, tmp_path: Path
+) -> None:
+    """``tls.source: off`` and no ``sidecar.inbound`` in the config: the app must not be reachable in plaintext from
+    the network. 127.0.0.2 stands for another interface (a wildcard listener answers it, a 127.0.0.1 one does not),
+    so the test never leaves loopback."""
+    agent = start_dev_agent(procs)
+    app = start_plain_app(procs, "open-app")
+    config = {
+        "service": {"name": "open-svc", "check_ttl": "2s", "drain_grace": "1s"},
+        "consul": {"address": agent.url},
+        "sidecar": {"app": app.address},  # no inbound: the default port, 15006
+    }
+    # The default port is fixed, and other suites may hold it for a moment: wait for it rather than fail.
+    wait_until(lambda: port_is_free(DEFAULT_INBOUND_PORT), WAIT_S, f"port {DEFAULT_INBOUND_PORT} to be free")
+    sidecar = start_sidecar(procs, tmp_path, "open", config)
+    _, body = admin_get(f"{sidecar.admin_url}/config")
+    assert json.loads(body)["sidecar"]["inbound"] == "127.0.0.1:15006"
+    with socket.create_connection(("127.0.0.1", DEFAULT_INBOUND_PORT), timeout=5):
+        pass
+    with pytest.raises(ConnectionRefusedError), socket.create_connection(("127.0.0.2", DEFAULT_INBOUND_PORT), 5):
+        pass
+    output = sidecar.output()
+    assert "tls.source is off, so the inbound listener listens on 127.0.0.1:15006 (loopback) only" in output
+    assert "authorization for open-svc: source local, no rules, default allow: every caller is allowed" in output
+
+
+def port_is_free(port: int) -> bool:
+    with socket.socket() as probe:
+        try:
+            probe.bind(("0.0.0.0", port))
+        except OSError:
+            return False
+    return True

@@ -41,22 +41,27 @@ def kubectl() -> str:
 
 
 @cache
-def _build(kubectl_path: str, overlay: str) -> tuple[Obj, ...]:
+def _build(kubectl_path: str, directory: str) -> tuple[Obj, ...]:
     result = subprocess.run(
-        [kubectl_path, "kustomize", str(K8S / "overlays" / overlay)],
+        [kubectl_path, "kustomize", str(K8S / directory)],
         capture_output=True,
         text=True,
         timeout=120,
         check=False,
     )
     if result.returncode != 0:
-        raise AssertionError(f"kubectl kustomize k8s/overlays/{overlay} failed:\n{result.stderr}")
+        raise AssertionError(f"kubectl kustomize k8s/{directory} failed:\n{result.stderr}")
     return tuple(doc for doc in yaml.safe_load_all(result.stdout) if doc)
 
 
 def render(overlay: str) -> list[Obj]:
     """The objects of `overlay`, as `kubectl kustomize` prints them (built once per test session)."""
-    return list(_build(kubectl(), overlay))
+    return list(_build(kubectl(), f"overlays/{overlay}"))
+
+
+def render_extra(directory: str) -> list[Obj]:
+    """The objects of a kustomization applied beside an overlay (``monitoring``: the ServiceMonitor)."""
+    return list(_build(kubectl(), directory))
 
 
 def named(objects: list[Obj], kind: str) -> dict[str, Obj]:

@@ -9,8 +9,10 @@ import pytest
 
 from meshlet.config import load_config, split_host_port
 from tests.k8s.manifests import (
+    FAKE_FIELDS,
     MESHLET_IMAGE,
     OVERLAYS,
+    MeshletPod,
     Obj,
     config_path,
     has_port,
@@ -20,6 +22,7 @@ from tests.k8s.manifests import (
     probe_port,
     probes,
     render,
+    render_extra,
     workload,
     workloads,
 )
@@ -28,6 +31,7 @@ from tests.support.processes import REPO_ROOT
 SHOP = ("gateway", "orders", "inventory", "payments")
 SIDECAR_MODE = ("inventory", "payments")
 MESH_PORT = 15006
+EVERY_ADDRESS = "::"  # both IP families, 127.0.0.1 included: IPv4-only, dual-stack and IPv6 clusters alike
 PRESTOP_NOTICE_S = 3  # k8s/base/shop/drain_hook.py's default wait
 
 
@@ -38,13 +42,32 @@ def project_version() -> str:
 
 @pytest.mark.parametrize("overlay", OVERLAYS)
 def test_every_probe_names_a_port_of_its_own_container(overlay: str) -> None:
+    """...or, for an app beside a native sidecar, the sidecar's (the app listens on loopback, out of the kubelet's
+    reach: test_native_sidecars_and_their_probes)."""
     for w in workloads(render(overlay)):
+        sidecars = [c for c in w.pod.get("initContainers", []) if c.get("restartPolicy") == "Always"]
         for container in w.containers():
             for kind, probe in probes(container):
                 if "exec" in probe:
                     continue
                 port = probe_port(probe)
-                assert has_port(container, port), f"{w.name}/{container['name']} {kind} port {port} not declared"
+                owners = [container, *sidecars] if container in w.pod["containers"] else [container]
+                assert any(has_port(c, port) for c in owners), f"{w.name}/{container['name']} {kind} port {port}"
+
+
+@pytest.mark.parametrize("overlay", OVERLAYS)
+def test_no_service_targets_a_native_sidecars_port_by_name(overlay: str) -> None:
+    """Before Kubernetes 1.32 a Service whose targetPort names a port of an init container (a native sidecar)
+    gets no endpoints (kubernetes#127958), and this page promises 1.29: such ports are targeted by number."""
+    objects = render(overlay)
+    for name, service in named(objects, "Service").items():
+        for w in workloads(objects):
+            if not w.selected_by(service["spec"]["selector"]):
+                continue
+            sidecar_port_names = {p.get("name") for c in w.pod.get("initContainers", []) for p in c.get("ports", [])}
+            for port in service["spec"]["ports"]:
+                target = port.get("targetPort", port["port"])
+                assert target not in sidecar_port_names, f"Service {name} targets {w.name}'s sidecar port {target!r}"
 
 
 @pytest.mark.parametrize("overlay", OVERLAYS)
@@ -70,6 +93,8 @@ def test_every_network_policy_port_is_open_on_the_pods_it_guards(overlay: str) -
         assert guarded, f"NetworkPolicy {name} guards no pod"
         for rule in policy["spec"].get("ingress", []):
             for peer in rule.get("from", []):
+                if "namespaceSelector" in peer:
+                    continue  # pods of another namespace (Prometheus): not made here
                 assert any(w.selected_by(peer["podSelector"]) for w in workloads(objects)), f"{name}: {peer}"
             for port in rule.get("ports", []):
                 for w in guarded:
@@ -164,6 +189,24 @@ def test_meshlet_configs_load_with_the_pods_environment(overlay: str, tmp_path: 
 
 
 @pytest.mark.parametrize("overlay", OVERLAYS)
+def test_meshlet_configs_load_on_an_ipv6_node(overlay: str, tmp_path: Path) -> None:
+    """On an IPv6 (or IPv6-primary dual-stack) cluster the downward API gives IPv6 addresses, and
+    ``http://$(HOST_IP):8500`` comes out unbracketed: every config still loads, pointing at the node's agent."""
+    fields = {**FAKE_FIELDS, "status.hostIP": "fd00:1::2", "status.podIP": "fd00:10:244::7"}
+    for pod in meshlet_pods(render(overlay)).values():
+        env = pod_env(pod.meshlet_container, fields)
+        assert env["CONSUL_HTTP_ADDR"] == "http://fd00:1::2:8500", "what the kubelet expands"
+        config = load_config(config_path(pod, tmp_path), env=env)
+        assert config.consul.address == "http://[fd00:1::2]:8500", pod.service
+        assert config.service.address == "fd00:10:244::7", pod.service
+        if pod.sidecar_mode:
+            assert split_host_port(config.sidecar.inbound)[0] == EVERY_ADDRESS, pod.service
+        else:
+            assert config.telemetry.metrics_host == EVERY_ADDRESS, pod.service
+            assert pod_env(pod.app_container, fields)["SHOP_HOST"] == EVERY_ADDRESS, pod.service
+
+
+@pytest.mark.parametrize("overlay", OVERLAYS)
 def test_the_mesh_port_is_15006_in_every_shop_pod(overlay: str, tmp_path: Path) -> None:
     objects = render(overlay)
     for pod in meshlet_pods(objects).values():
@@ -171,7 +214,7 @@ def test_the_mesh_port_is_15006_in_every_shop_pod(overlay: str, tmp_path: Path) 
         assert has_port(container, MESH_PORT), pod.service
         config = load_config(config_path(pod, tmp_path), env=pod_env(container))
         if pod.sidecar_mode:
-            assert split_host_port(config.sidecar.inbound) == ("0.0.0.0", MESH_PORT)
+            assert split_host_port(config.sidecar.inbound) == (EVERY_ADDRESS, MESH_PORT)
         else:
             assert pod_env(container)["SHOP_PORT"] == str(MESH_PORT)
 
@@ -179,7 +222,9 @@ def test_the_mesh_port_is_15006_in_every_shop_pod(overlay: str, tmp_path: Path) 
 @pytest.mark.parametrize("overlay", OVERLAYS)
 def test_native_sidecars_and_their_probes(overlay: str, tmp_path: Path) -> None:
     """The sidecar is an init container with restartPolicy Always; the kubelet probes its admin /ready and
-    /live on the pod IP (so the admin listens on 0.0.0.0), and the app through its own gRPC health."""
+    /live on the pod IP (so the admin listens on every address). The app listens on loopback only, so the
+    kubelet probes it through the sidecar: the sidecar's /ready includes its health, and its liveness probe is
+    the sidecar's /app."""
     objects = render(overlay)
     pods = meshlet_pods(objects)
     for service in SIDECAR_MODE:
@@ -189,18 +234,20 @@ def test_native_sidecars_and_their_probes(overlay: str, tmp_path: Path) -> None:
         assert sidecar["restartPolicy"] == "Always"
         config = load_config(config_path(pod, tmp_path), env=pod_env(sidecar))
         admin_host, admin_port = split_host_port(config.sidecar.admin)
-        assert admin_host == "0.0.0.0"
+        assert admin_host == EVERY_ADDRESS
         assert has_port(sidecar, admin_port)
         assert sidecar["readinessProbe"]["httpGet"]["path"] == "/ready"
         assert sidecar["livenessProbe"]["httpGet"]["path"] == "/live"
         assert sidecar["startupProbe"]["httpGet"]["path"] == "/live", "/ready waits for the app: it cannot gate it"
         probed = sidecar["readinessProbe"]["httpGet"]["port"]
         assert any(p["containerPort"] == admin_port and probed in (admin_port, p.get("name")) for p in sidecar["ports"])
-        _, app_port = split_host_port(config.sidecar.app or "")
+        app_host, app_port = split_host_port(config.sidecar.app or "")
         app = pod.app_container
-        assert app["readinessProbe"]["grpc"]["port"] == app_port
-        assert app["livenessProbe"]["grpc"]["port"] == app_port
+        assert (app_host, pod_env(app)["SHOP_HOST"]) == ("127.0.0.1", "127.0.0.1"), "the plain app on loopback"
         assert pod_env(app)["SHOP_PORT"] == str(app_port)
+        assert "ports" not in app, "a loopback port is no port of the pod"
+        assert "readinessProbe" not in app, "the sidecar's /ready includes the app's health"
+        assert app["livenessProbe"]["httpGet"] == {"path": "/app", "port": admin_port}, "the app's health alone"
 
 
 @pytest.mark.parametrize("overlay", OVERLAYS)
@@ -208,14 +255,78 @@ def test_termination_grace_covers_the_drain(overlay: str, tmp_path: Path) -> Non
     """SDK pods drain for service.drain_grace after SIGTERM. Sidecar pods: the app's preStop waits, the app
     drains, then the sidecar (stopped last) drains inbound and keeps outbound up to drain_grace each."""
     for pod in meshlet_pods(render(overlay)).values():
-        grace = load_config(config_path(pod, tmp_path), env=pod_env(pod.meshlet_container)).service.drain_grace
+        config = load_config(config_path(pod, tmp_path), env=pod_env(pod.meshlet_container))
+        grace = config.service.drain_grace
         period = pod.workload.pod["terminationGracePeriodSeconds"]
         if pod.sidecar_mode:
             pre_stop = pod.app_container["lifecycle"]["preStop"]["exec"]["command"]
-            assert pre_stop[1:] == ["/etc/meshlet-hooks/drain_hook.py", pod.service, str(MESH_PORT)]
+            _, admin_port = split_host_port(config.sidecar.admin)
+            assert pre_stop[1:] == ["/etc/meshlet-hooks/drain_hook.py", str(admin_port)], "POST /drain, in the pod"
             assert period >= PRESTOP_NOTICE_S + grace + 2 * grace, pod.service
         else:
             assert period >= grace + 5, pod.service
+
+
+PROMETHEUS = {"namespace": "monitoring", "app.kubernetes.io/name": "prometheus"}  # base's shop-metrics peer
+
+
+def metrics_port(pod: MeshletPod, tmp_path: Path) -> int:
+    """Where `pod` serves /metrics: a sidecar on its admin port, an SDK service on telemetry.metrics_port."""
+    config = load_config(config_path(pod, tmp_path), env=pod_env(pod.meshlet_container))
+    if pod.sidecar_mode:
+        return split_host_port(config.sidecar.admin)[1]
+    assert config.telemetry.metrics_port is not None, pod.service
+    return config.telemetry.metrics_port
+
+
+def admits_prometheus(peer: Obj) -> bool:
+    namespace: dict[str, str] = peer.get("namespaceSelector", {}).get("matchLabels", {})
+    pods: dict[str, str] = peer.get("podSelector", {}).get("matchLabels", {})
+    return namespace == {"kubernetes.io/metadata.name": PROMETHEUS["namespace"]} and pods.items() <= {
+        ("app.kubernetes.io/name", PROMETHEUS["app.kubernetes.io/name"])
+    }
+
+
+@pytest.mark.parametrize("overlay", OVERLAYS)
+def test_prometheus_finds_and_may_scrape_every_shop_pod(overlay: str, tmp_path: Path) -> None:
+    """Each shop pod says where its /metrics is (prometheus.io/* annotations, for kubernetes_sd), declares that
+    port, and a NetworkPolicy admits Prometheus to it (a pod that any policy selects takes nothing else)."""
+    objects = render(overlay)
+    policies = named(objects, "NetworkPolicy").values()
+    for pod in meshlet_pods(objects).values():
+        port = metrics_port(pod, tmp_path)
+        annotations = pod.workload.obj["spec"]["template"]["metadata"].get("annotations", {})
+        expected = {"prometheus.io/scrape": "true", "prometheus.io/port": str(port), "prometheus.io/path": "/metrics"}
+        assert expected.items() <= annotations.items(), pod.service
+        assert has_port(pod.meshlet_container, port), pod.service
+        admitted = {
+            declared["port"]
+            for policy in policies
+            if pod.workload.selected_by(policy["spec"]["podSelector"])
+            for rule in policy["spec"].get("ingress", [])
+            if any(admits_prometheus(peer) for peer in rule.get("from", []))
+            for declared in rule.get("ports", [])
+        }
+        assert port in admitted, f"{pod.service}: no NetworkPolicy admits Prometheus to {port}"
+
+
+@pytest.mark.parametrize("overlay", OVERLAYS)
+def test_the_service_monitor_scrapes_every_shop_pods_metrics_port(overlay: str, tmp_path: Path) -> None:
+    """k8s/monitoring's ServiceMonitor picks every shop Service, and one of its endpoints names the Service port
+    that leads to the pod's /metrics."""
+    [monitor] = [o for o in render_extra("monitoring") if o["kind"] == "ServiceMonitor"]
+    assert monitor["metadata"]["namespace"] == "meshlet"
+    wanted = monitor["spec"]["selector"]["matchLabels"]
+    endpoint_ports = {e["port"]: e["path"] for e in monitor["spec"]["endpoints"]}
+    objects = render(overlay)
+    services = named(objects, "Service")
+    for pod in meshlet_pods(objects).values():
+        service = services[pod.service]
+        assert wanted.items() <= service["metadata"]["labels"].items(), pod.service
+        port = metrics_port(pod, tmp_path)
+        scraped = [p for p in service["spec"]["ports"] if p.get("name") in endpoint_ports]
+        assert [p.get("targetPort") for p in scraped] == [port], pod.service
+        assert endpoint_ports[scraped[0]["name"]] == "/metrics"
 
 
 def test_dev_runs_one_replica_of_everything() -> None:

@@ -1,5 +1,6 @@
 """The sidecar pods' preStop hook (k8s/base/shop/drain_hook.py), run as the kubelet runs it, against a stand-in
-agent that records what it is asked: Consul's maintenance call for the instance id the sidecar registers."""
+for the sidecar's admin port that records what it is asked: ``POST /drain`` on loopback. What the sidecar then
+does (maintenance, and its end once the app restarts) is replayed with real pods in test_topology.py."""
 
 from __future__ import annotations
 
@@ -8,7 +9,6 @@ import sys
 import threading
 from collections.abc import Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from urllib.parse import parse_qs, urlsplit
 
 import pytest
 
@@ -21,48 +21,46 @@ HOOK = K8S / "base" / "shop" / "drain_hook.py"
 class Recorder(BaseHTTPRequestHandler):
     requests: list[tuple[str, str]] = []
 
-    def do_PUT(self) -> None:
-        self.requests.append(("PUT", self.path))
+    def do_POST(self) -> None:
+        self.requests.append(("POST", self.path))
+        body = b"in maintenance: callers stop picking this instance until the app is back\n"
         self.send_response(200)
+        self.send_header("Content-Length", str(len(body)))
         self.end_headers()
+        self.wfile.write(body)
 
     def log_message(self, format: str, *args: object) -> None:
         pass
 
 
 @pytest.fixture
-def agent() -> Iterator[str]:
+def admin_port() -> Iterator[int]:
     Recorder.requests = []
     server = ThreadingHTTPServer(("127.0.0.1", 0), Recorder)
     thread = threading.Thread(target=server.serve_forever, daemon=True)
     thread.start()
     try:
-        yield f"http://127.0.0.1:{server.server_address[1]}"
+        yield int(server.server_address[1])
     finally:
         server.shutdown()
         server.server_close()
 
 
-def run_hook(consul: str, *args: str) -> subprocess.CompletedProcess[str]:
-    env = {"CONSUL_HTTP_ADDR": consul, "POD_IP": "10.244.1.7", "DRAIN_NOTICE_S": "0"}
+def run_hook(*args: str) -> subprocess.CompletedProcess[str]:
+    env = {"DRAIN_NOTICE_S": "0"}  # no CONSUL_HTTP_ADDR, POD_IP or token: the sidecar owns the instance
     return subprocess.run(
         [sys.executable, str(HOOK), *args], env=env, capture_output=True, text=True, timeout=30, check=False
     )
 
 
-def test_it_puts_the_sidecars_instance_into_maintenance(agent: str) -> None:
-    done = run_hook(agent, "inventory", "15006")
+def test_it_asks_the_sidecar_in_its_pod_to_drain(admin_port: int) -> None:
+    done = run_hook(str(admin_port))
     assert done.returncode == 0, done.stderr
-    [(method, path)] = Recorder.requests
-    url = urlsplit(path)
-    assert method == "PUT"
-    # The id the sidecar registers: <service>-<address>-<port> (meshlet_sidecar/sidecar.py).
-    assert url.path == "/v1/agent/service/maintenance/inventory-10.244.1.7-15006"
-    assert parse_qs(url.query)["enable"] == ["true"]
+    assert Recorder.requests == [("POST", "/drain")]
     assert "in maintenance" in done.stderr
 
 
-def test_an_unreachable_agent_never_fails_the_hook() -> None:
-    done = run_hook(f"127.0.0.1:{free_port()}", "payments")
+def test_a_sidecar_that_does_not_answer_never_fails_the_hook() -> None:
+    done = run_hook(str(free_port()))
     assert done.returncode == 0
     assert "stopping anyway" in done.stderr

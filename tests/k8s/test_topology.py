@@ -6,7 +6,8 @@ rendered ConfigMaps. Only addresses change: the pod and host IPs come from this 
 the host IP, and files mounted in a pod live in the test's folder. Then the manifests' own probes run against the
 pod IPs, as the kubelet would; a checkout crosses every pod over mTLS from the agent's Connect CA, in one trace;
 and docs/kubernetes.md's breaker walk-through plays out: a second inventory pod, a faults file that breaks the
-first, orders ejecting it while the checkouts go on."""
+first, orders ejecting it while the checkouts go on. And the kubelet's restart of an app container after a failed
+liveness probe (preStop hook, SIGTERM, the container again) brings its instance back into rotation."""
 
 from __future__ import annotations
 
@@ -35,7 +36,7 @@ from tests.k8s import netns
 from tests.k8s.manifests import Obj, Workload, pod_env, probe_port, render, workload
 from tests.support.agents import Agent
 from tests.support.otlp_receiver import Receiver
-from tests.support.processes import REPO_ROOT, Processes, eventually, http_answers, meshlet_argv, wait_until
+from tests.support.processes import REPO_ROOT, Child, Processes, eventually, http_answers, meshlet_argv, wait_until
 
 pytestmark = pytest.mark.slow
 
@@ -114,6 +115,7 @@ class PodRunner:
             "spec.nodeName": "node-1",
         }
         self.mounts = self._materialise_volumes()
+        self.running: dict[str, Child] = {}  # by container name
 
     def _materialise_volumes(self) -> dict[str, Path]:
         """Each mounted volume as a folder: ConfigMaps written out, emptyDirs empty."""
@@ -157,7 +159,8 @@ class PodRunner:
 
     def start(self, container: Obj) -> None:
         name = f"{self.pod.name}-{container['name']}"
-        self.procs.start(self.pod.argv(self.command(container["command"])), name=name, env=self.environment(container))
+        argv = self.pod.argv(self.command(container["command"]))
+        self.running[container["name"]] = self.procs.start(argv, name=name, env=self.environment(container))
 
     async def exec(self, container: Obj, argv: list[str], stdin: str) -> tuple[int, str]:
         """``kubectl exec -i POD -c CONTAINER -- ARGV < stdin``: its exit code and output."""
@@ -369,3 +372,43 @@ async def test_the_dev_overlay_as_pods_a_checkout_across_them_and_a_breaker_that
             )
         except AssertionError:
             raise AssertionError(f"orders' span events: {orders_events()}") from None
+
+
+async def test_an_app_restarted_after_a_failed_liveness_probe_comes_back_into_rotation(
+    network: netns.PodNetwork, pod_procs: Processes, jaeger: Receiver, tmp_path: Path
+) -> None:
+    """The kubelet restarts a container whose liveness probe fails as it stops one: preStop hook, SIGTERM, then
+    the container again, beside the sidecar that keeps running. The instance leaves the passing set at the hook,
+    the sidecar's /ready with it, and both come back once the restarted app is healthy."""
+    agent = start_node_agent(pod_procs, network)
+    inventory = await start_pod(pod_procs, network, agent, "inventory", "inventory", tmp_path)
+    app = inventory.workload.container("inventory")
+    sidecar = inventory.workload.container("meshlet-sidecar")
+    in_rotation = registered_at(agent, "inventory", inventory.pod)
+    # The plain app listens on loopback: its port is out of reach from the node, and the kubelet's liveness
+    # probe reaches its health through the sidecar.
+    app_port = int(pod_env(app)["SHOP_PORT"])
+    with pytest.raises(OSError):
+        socket.create_connection((inventory.pod.ip, app_port), timeout=2).close()
+    assert inventory.probe(app, "livenessProbe")
+
+    hook = ["env", "DRAIN_NOTICE_S=0", *app["lifecycle"]["preStop"]["exec"]["command"]]
+    code, output = await inventory.exec(app, hook, "")
+    assert code == 0, output
+    assert not in_rotation(), "callers still pick the instance after the preStop hook"
+    assert not inventory.probe(sidecar, "readinessProbe"), "the pod shows Ready while out of rotation"
+
+    stopped = inventory.running["inventory"]
+    stopped.signal(signal.SIGTERM)
+    await asyncio.to_thread(stopped.wait, START_S)
+    assert not in_rotation()
+    await eventually(lambda: not inventory.probe(app, "livenessProbe"), "the stopped app's liveness to fail", START_S)
+
+    inventory.start(app)  # the kubelet starts the container again
+    try:
+        await eventually(in_rotation, "the restarted app's instance back in the passing set", START_S)
+    except AssertionError:
+        logs = "\n".join(child.output()[-3000:] for child in pod_procs.children)
+        raise AssertionError(f"Consul has {agent.get('/v1/health/service/inventory')}; logs:\n{logs}") from None
+    await inventory.wait(sidecar, "readinessProbe")
+    await inventory.wait(app, "livenessProbe")

@@ -1,9 +1,11 @@
 """A scripted transport: EndpointChannels whose attempts never leave the process.
 
-The send stage asks it for an endpoint's multicallable exactly as it asks grpc.aio; each invocation is recorded
+The send stage asks it whether an endpoint's channel is connected, then for its multicallable, exactly as it
+asks grpc.aio; each invocation is recorded
 as an `Attempt` (endpoint, method, metadata, timeout, the messages of a client stream) and answered from a
 script: a reply, a failure raised as grpc.aio raises it (with chosen trailers such as grpc-retry-pushback-ms),
-a `Stream` of reply messages, or a Future the test resolves when it wants the attempt to end. Everything above
+a `Stream` of reply messages, a Future the test resolves when it wants the attempt to end, or `refused()`: no
+connection could be made, so the attempt ends before any call is started. Everything above
 it is the real pipeline (httpx's MockTransport, Linkerd's mock_http).
 """
 
@@ -20,7 +22,7 @@ from grpc.aio import Metadata
 
 from meshlet.call import Method
 from meshlet.endpoints import Endpoint
-from meshlet.transport.channels import EndpointChannels
+from meshlet.transport.channels import EndpointChannels, NotConnected
 
 EOF = grpc.aio.EOF
 PUSHBACK = "grpc-retry-pushback-ms"
@@ -38,9 +40,14 @@ def unavailable(details: str = "Socket closed", *, pushback_ms: str | None = Non
     return failure(grpc.StatusCode.UNAVAILABLE, details, trailers=trailers)
 
 
-def refused(endpoint: Endpoint) -> Exception:
-    """UNAVAILABLE from a connection that was never made: the request provably never left."""
-    return unavailable(f"failed to connect to all addresses; last error: UNKNOWN: ipv4:{endpoint}: Connection refused")
+@dataclass(frozen=True)
+class Refused:
+    endpoint: Endpoint
+
+
+def refused(endpoint: Endpoint) -> Refused:
+    """No connection to `endpoint` could be made: the attempt ends before its call starts, provably unsent."""
+    return Refused(endpoint)
 
 
 def reply_from(endpoint: Endpoint) -> bytes:
@@ -163,6 +170,15 @@ class _Channel:
         self._transport = transport
         self.endpoint = endpoint
 
+    def is_ready(self) -> bool:
+        return not isinstance(self._transport.peek(self.endpoint), Refused)
+
+    async def connect(self, timeout_s: float, wait_for_ready: bool | None) -> None:
+        if isinstance(self._transport.peek(self.endpoint), Refused):
+            self._transport.answer(self.endpoint)
+            self._transport.refusals.append(Refused(self.endpoint))
+            raise NotConnected(grpc.StatusCode.UNAVAILABLE, f"could not connect to {self.endpoint}")
+
     def callable_for(self, method: Method) -> _Multicallable:
         return _Multicallable(self._transport, self.endpoint, method)
 
@@ -177,6 +193,7 @@ class ScriptedChannels(EndpointChannels):
     def __init__(self) -> None:
         super().__init__(factory=_no_network)
         self.attempts: list[Attempt] = []
+        self.refusals: list[Refused] = []  # attempts that ended before their call: no connection
         self.retired: list[Endpoint] = []
         self._next: deque[Any] = deque()
         self._queued: defaultdict[Endpoint, deque[Any]] = defaultdict(deque)
@@ -191,6 +208,14 @@ class ScriptedChannels(EndpointChannels):
 
     def always(self, endpoint: Endpoint, answer: Any) -> None:
         self._always[endpoint] = answer
+
+    def peek(self, endpoint: Endpoint) -> Any:
+        """The answer the next attempt to `endpoint` will take, left in place."""
+        if self._next:
+            return self._next[0]
+        if self._queued[endpoint]:
+            return self._queued[endpoint][0]
+        return self._always.get(endpoint)
 
     def answer(self, endpoint: Endpoint) -> Any:
         if self._next:

@@ -12,8 +12,8 @@ import pytest
 from meshlet.endpoints import Endpoint
 from meshlet.errors import ErrorReason
 from meshlet.events import BreakerClosed, BreakerHalfOpened, BreakerOpened
-from tests.pipeline.conftest import GET, RESERVE, SERVICE, A, B, C, MakeRig, Rig, info_of, until
-from tests.pipeline.scripted import failure, reply_from, unavailable
+from tests.pipeline.conftest import GET, RESERVE, SERVICE, WATCH, A, B, C, MakeRig, Rig, info_of, until
+from tests.pipeline.scripted import Stream, failure, reply_from, unavailable
 
 
 async def open_breaker_of(rig: Rig, endpoint: Endpoint) -> BreakerOpened:
@@ -147,3 +147,93 @@ async def test_a_retry_while_a_probe_is_in_flight_goes_back_to_the_healthy_endpo
     reply = await rig.unary(GET)
 
     assert reply == reply_from(B)
+
+
+async def test_cancelling_calls_sent_before_the_breaker_opened_lets_no_second_probe_out(make_rig: MakeRig) -> None:
+    """Half-open admits one probe at a time, however many older attempts to the endpoint end cancelled."""
+    rig = make_rig(balancer="round_robin")
+    rig.serve(A, B, C)
+    loop = asyncio.get_running_loop()
+    rig.transport.script(A, *(loop.create_future() for _ in range(3)))  # A hangs on these three
+    early = [asyncio.ensure_future(rig.unary(GET)) for _ in range(9)]
+    await until(lambda: len(rig.transport.to(A)) == 3, "three calls hang on A")
+    opened = await open_breaker_of(rig, A)
+    hanging = loop.create_future()
+    rig.transport.always(A, hanging)  # every probe hangs too, so each one sent stays in flight
+    rig.clock.advance(opened.reopen_after_s)
+    rig.upstream._rebuild()
+    sent_before = len(rig.transport.to(A))
+
+    later = [asyncio.ensure_future(rig.unary(GET)) for _ in range(10)]
+    await until(lambda: sum(call.done() for call in later) == 9, "every call but the probe answered")
+    for call in early:
+        call.cancel()  # the three still on A end cancelled: none of them was the probe
+    await until(lambda: all(call.done() for call in early), "the early calls ended")
+    more = [asyncio.ensure_future(rig.unary(GET)) for _ in range(10)]
+    await until(
+        lambda: sum(call.done() for call in more) + len(rig.transport.to(A)) - sent_before - 1 == len(more),
+        "every later call answered or hangs on A",
+    )
+
+    assert len(rig.transport.to(A)) == sent_before + 1  # the one probe, still in flight
+    hanging.set_result(b"A is back")
+    await asyncio.gather(*later, *more)
+
+
+async def test_streams_that_run_into_their_callers_deadline_do_not_count_against_their_endpoint(
+    make_rig: MakeRig,
+) -> None:
+    """A watch that streams until its caller's deadline ends it was answered all along."""
+    rig = make_rig()
+    rig.serve(A)
+    ended = failure(grpc.StatusCode.DEADLINE_EXCEEDED, "Deadline Exceeded")
+    rig.transport.always(A, Stream([b"10", b"9"], error=ended))
+
+    for _ in range(6):
+        stream = rig.channel.unary_stream(WATCH)(b"sku-1", timeout=60.0)
+        with pytest.raises(grpc.aio.AioRpcError) as caught:
+            _ = [message async for message in stream]
+        assert caught.value.code() is grpc.StatusCode.DEADLINE_EXCEEDED
+
+    assert rig.events_of(BreakerOpened) == []
+    assert "breakers: 1 closed" in repr(rig.upstream)
+
+
+async def test_attempts_cut_short_by_the_callers_own_deadline_do_not_count_against_their_endpoint(
+    make_rig: MakeRig,
+) -> None:
+    rig = make_rig()
+    rig.serve(A)
+    rig.transport.always(A, failure(grpc.StatusCode.DEADLINE_EXCEEDED, "Deadline Exceeded"))
+
+    for _ in range(6):
+        await rig.failing(GET, timeout=0.02)  # 20 ms of the upstream's 5 s timeout
+    assert rig.events_of(BreakerOpened) == []
+
+    for _ in range(5):
+        await rig.failing(GET)  # the upstream's whole timeout, unanswered
+    assert [event.endpoint for event in rig.events_of(BreakerOpened)] == [A]
+
+
+async def test_an_endpoint_back_from_a_short_absence_keeps_its_open_breaker(make_rig: MakeRig) -> None:
+    """A Consul flap neither re-admits a failing instance nor forgets what its breaker knew; an instance gone
+    for longer than the channels' grace comes back as new."""
+    rig = make_rig(balancer="round_robin")
+    rig.serve(A, B, C)
+    await open_breaker_of(rig, A)
+
+    rig.serve(B, C)
+    rig.clock.advance(1.0)
+    rig.serve(A, B, C)
+
+    assert "breakers: 2 closed, 1 open" in repr(rig.upstream)
+    sent = len(rig.transport.to(A))
+    for _ in range(9):
+        await rig.unary(GET)
+    assert len(rig.transport.to(A)) == sent
+
+    rig.serve(B, C)
+    rig.clock.advance(rig.transport.close_grace_s + 1.0)
+    rig.serve(A, B, C)
+
+    assert "breakers: 3 closed" in repr(rig.upstream)

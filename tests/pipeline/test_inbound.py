@@ -28,7 +28,11 @@ CREATE = "/shop.orders.v1.Orders/Create"
 LIST = "/shop.orders.v1.Orders/List"
 GATEWAY = "spiffe://meshlet.local/ns/default/dc/dc1/svc/gateway"
 BILLING = "spiffe://meshlet.local/ns/default/dc/dc1/svc/billing"
-GATEWAY_MAY_CALL_ORDERS = {"default": "deny", "rules": [{"from": "gateway", "to": "orders", "action": "allow"}]}
+GATEWAY_MAY_CALL_ORDERS = {
+    "source": "local",
+    "default": "deny",
+    "rules": [{"from": "gateway", "to": "orders", "action": "allow"}],
+}
 
 
 class FakeClock:
@@ -131,6 +135,28 @@ async def test_consul_intentions_build_an_authorizer_that_asks_the_agent_only_wh
     )
     assert isinstance(parts.authorizer, ConsulAuthorizer)
     await parts.close()
+
+
+def test_certificates_from_consul_make_consul_intentions_the_authorization_and_the_start_log_says_so(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    caplog.set_level(logging.INFO, logger="meshlet.inbound")
+    parts = InboundParts.from_config(
+        load_config(env={}, overrides={"service.name": "orders", "tls.source": "consul"}),
+        consul=no_consul,
+        clock=FakeClock(),
+    )
+    assert isinstance(parts.authorizer, ConsulAuthorizer)
+    [said] = [r for r in caplog.records if getattr(r, "event", None) == "authz_effective"]
+    assert said.getMessage().startswith("authorization for orders: source consul (not set: the default with tls")
+    assert (said.__dict__["authz_source"], said.__dict__["authz_default"]) == ("consul", "allow")
+
+
+def test_a_server_that_allows_everyone_says_so_at_start(caplog: pytest.LogCaptureFixture) -> None:
+    caplog.set_level(logging.INFO, logger="meshlet.inbound")
+    InboundParts.from_config(load_config(env={}), consul=no_consul, clock=FakeClock())
+    [said] = [r for r in caplog.records if getattr(r, "event", None) == "authz_effective"]
+    assert "source local, no rules, default allow: every caller is allowed" in said.getMessage()
 
 
 # ---------------------------------------------------------------- identity
@@ -254,6 +280,23 @@ async def test_a_caller_over_its_limit_gets_resource_exhausted_with_the_time_to_
     assert "retry after 334 ms" in (error.details() or "")
     server.clock.advance(0.334)
     await server.call(GATEWAY)
+
+
+async def test_a_pushback_longer_than_the_callers_deadline_says_so_instead_of_promising_a_wait() -> None:
+    server = Server(**{"rate_limit.per_caller": {"rate_per_s": 0.1, "burst": 1}})
+    await server.call(GATEWAY)
+    error = await server.refused(GATEWAY)
+    assert pushback_ms(error) == 10_000
+    details = error.details() or ""
+    assert "retry after 10000 ms (longer than the 2000 ms left before the call's deadline" in details
+    assert "wait for this pushback by themselves" not in details
+
+
+async def test_a_pushback_within_the_callers_deadline_says_meshlet_clients_wait_it_out() -> None:
+    server = Server(**{"rate_limit.per_caller": {"rate_per_s": 1, "burst": 1}})
+    await server.call(GATEWAY)
+    error = await server.refused(GATEWAY)
+    assert "meshlet clients wait for this pushback by themselves" in (error.details() or "")
 
 
 async def test_one_callers_excess_does_not_limit_another_caller() -> None:

@@ -340,6 +340,7 @@ class Server:
 CREATE_LABEL = CREATE[1:]
 DENY_BILLING = {
     "tls.source": "consul",
+    "authz.source": "local",
     "authz.default": "deny",
     "authz.rules": [{"from": "gateway", "to": "orders", "action": "allow"}],
 }
@@ -431,7 +432,7 @@ async def test_a_streaming_inbound_call_is_in_flight_until_grpc_ends_it() -> Non
 
 
 async def test_an_inbound_access_log_line_names_the_peer(access_lines: list[dict[str, Any]]) -> None:
-    server = Server(**{"tls.source": "consul", "telemetry.access_log": True})
+    server = Server(**{"tls.source": "consul", "authz.source": "local", "telemetry.access_log": True})
 
     await server.call(GATEWAY, context=FakeContext())
     await asyncio.sleep(0)

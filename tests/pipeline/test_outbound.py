@@ -182,6 +182,27 @@ async def test_the_first_call_waits_for_discoverys_first_answer(make_rig: MakeRi
     assert await call == reply_from(A)
 
 
+async def test_a_first_call_that_discovery_left_below_the_floor_is_refused_without_an_attempt(
+    make_rig: MakeRig,
+) -> None:
+    """Waiting for discovery's first answer can use up the deadline: the floor applies after the wait too."""
+    rig = make_rig()
+    call = asyncio.ensure_future(rig.unary(GET, timeout=1.0))
+    for _ in range(10):
+        await asyncio.sleep(0)
+    assert not call.done()
+
+    rig.clock.advance(0.999)  # discovery answers with 1 ms of the call's second left
+    rig.serve(A)
+
+    with pytest.raises(grpc.aio.AioRpcError) as caught:
+        await call
+    assert caught.value.code() is grpc.StatusCode.DEADLINE_EXCEEDED
+    assert info_of(caught.value).reason == ErrorReason.DEADLINE_TOO_SHORT
+    assert rig.attempts == []
+    assert rig.upstream.bulkhead.in_flight == 0
+
+
 async def test_discovery_changes_are_announced_and_a_removed_instance_gets_no_more_calls(
     make_rig: MakeRig,
 ) -> None:

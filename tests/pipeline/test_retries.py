@@ -7,10 +7,15 @@ import grpc
 import pytest
 
 from meshlet.endpoints import Endpoint
-from meshlet.errors import ErrorReason, error_info
+from meshlet.errors import ErrorReason, MeshError, NoHealthyEndpoint, UpstreamFailed, error_info
 from meshlet.events import RetryNotAttempted, RetryScheduled
 from tests.pipeline.conftest import GET, RESERVE, SERVICE, A, B, C, D, E, MakeRig, Rig, info_of, policy
 from tests.pipeline.scripted import failure, refused, reply_from, unavailable
+
+
+def mesh_status(error: MeshError) -> Exception:
+    """A meshlet server's answer as the caller's grpc reports it: a status off the wire, not a MeshError."""
+    return failure(error.code(), error.details() or "", trailers=tuple(error.trailing_metadata()))
 
 
 def always_unavailable(rig: Rig, *endpoints: Endpoint) -> None:
@@ -110,10 +115,11 @@ async def test_a_non_idempotent_call_whose_attempt_never_left_is_resent_elsewher
 
     reply = await rig.unary(RESERVE)
 
-    first, second = rig.attempts
-    assert second.endpoint != first.endpoint
-    assert reply == reply_from(second.endpoint)
-    assert second.header("grpc-previous-rpc-attempts") == "1"
+    (refusal,) = rig.transport.refusals
+    (sent,) = rig.attempts
+    assert sent.endpoint != refusal.endpoint
+    assert reply == reply_from(sent.endpoint)
+    assert sent.header("grpc-previous-rpc-attempts") == "1"
 
 
 async def test_a_resent_non_idempotent_call_stops_once_an_attempt_may_have_reached_a_server(rig: Rig) -> None:
@@ -121,8 +127,68 @@ async def test_a_resent_non_idempotent_call_stops_once_an_attempt_may_have_reach
 
     error = await rig.failing(RESERVE)
 
-    assert len(rig.attempts) == 2
+    assert len(rig.transport.refusals) == len(rig.attempts) == 1
     assert error.details() == "Socket closed"
+
+
+@pytest.mark.parametrize(
+    "details",
+    [
+        "failed to connect to all addresses; last error: UNKNOWN: ipv4:10.0.0.9:443: Connection refused",
+        "sendmsg: Broken pipe (32)",
+        "Received RST_STREAM with error code 7",
+    ],
+)
+async def test_a_status_whose_text_says_never_sent_is_not_proof_that_it_was_not(rig: Rig, details: str) -> None:
+    """A server writes its own details: a handler that passes a downstream's connection error on, or a
+    connection whose write error grpc puts on a stream the server already ran, says nothing about this call."""
+    rig.transport.then(unavailable(details))
+
+    error = await rig.failing(RESERVE)
+
+    assert len(rig.attempts) == 1
+    assert error.details() == details
+    assert rig.events_of(RetryNotAttempted) == [RetryNotAttempted(SERVICE, RESERVE, 1, "UNAVAILABLE", "not_idempotent")]
+
+
+async def test_a_sidecar_that_could_not_reach_its_app_with_this_call_lets_it_be_resent_elsewhere(rig: Rig) -> None:
+    info = {"app": "127.0.0.1:50051", "method": RESERVE}
+    rig.transport.then(mesh_status(NoHealthyEndpoint("the app did not take the call", metadata=info)))
+
+    reply = await rig.unary(RESERVE)
+
+    first, second = rig.attempts
+    assert second.endpoint != first.endpoint
+    assert reply == reply_from(second.endpoint)
+
+
+async def test_an_app_refusal_passed_on_by_a_handler_of_another_method_is_not_resent(rig: Rig) -> None:
+    info = {"app": "127.0.0.1:50051", "method": "/shop.payments.v1.Payments/Charge"}
+    rig.transport.then(mesh_status(NoHealthyEndpoint("the app did not take the call", metadata=info)))
+
+    await rig.failing(RESERVE)
+
+    assert len(rig.attempts) == 1
+
+
+@pytest.mark.parametrize("code", [grpc.StatusCode.ABORTED, grpc.StatusCode.UNKNOWN])
+async def test_an_upstream_failed_answer_is_never_retried_and_never_counts_against_the_breaker(
+    make_rig: MakeRig, code: grpc.StatusCode
+) -> None:
+    """The server's handler failed because its own upstream did: the mesh below retried already, and the
+    server itself is healthy."""
+    rig = make_rig(retry={"on": ["UNAVAILABLE", "ABORTED", "UNKNOWN"]}, breaker={"failures": 2})
+    rig.serve(A)
+    failed = UpstreamFailed("ledger failed", metadata={"upstream": "ledger"}, code=code)
+    rig.transport.always(A, mesh_status(failed))
+
+    for _ in range(5):
+        error = await rig.failing(GET)
+        assert error.code() is code
+
+    assert len(rig.attempts) == 5
+    assert rig.events_of(RetryNotAttempted)[0].why == "upstream_failed"
+    assert "breakers: 1 closed" in repr(rig.upstream)
 
 
 # ---------------------------------------------------------------- how long a retry waits

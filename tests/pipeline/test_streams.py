@@ -10,7 +10,7 @@ import pytest
 from meshlet.errors import ErrorReason
 from meshlet.events import RetryNotAttempted
 from tests.pipeline.conftest import GET, SERVICE, UPLOAD, WATCH, A, MakeRig, Rig, info_of
-from tests.pipeline.scripted import EOF, Stream, refused, reply_from, unavailable
+from tests.pipeline.scripted import EOF, Stream, reply_from, unavailable
 
 ITEMS = [b"sku-1:10", b"sku-2:4", b"sku-3:0"]
 
@@ -95,7 +95,7 @@ async def test_a_client_stream_larger_than_the_replay_buffer_is_not_resent(make_
 async def test_a_client_stream_larger_than_the_replay_buffer_is_never_resent_truncated(make_rig: MakeRig) -> None:
     rig = make_rig(retry={"replay_buffer_bytes": 10})
     rig.serve(A)
-    rig.transport.then(refused(A))
+    rig.transport.then(unavailable())
 
     with pytest.raises(grpc.aio.AioRpcError):
         await rig.channel.stream_unary(UPLOAD)(iter(ITEMS))

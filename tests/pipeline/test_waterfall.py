@@ -73,6 +73,7 @@ async def test_meshlet_trace_shows_the_retried_trace_by_default(
     assert "retry.scheduled" in out
     assert "UNAVAILABLE" in out
     assert "1 retries" in out
+    assert out.count("✗ UNAVAILABLE: Socket closed") == 1, "why attempt 1 failed, under it and only there"
 
 
 async def test_meshlet_trace_finds_a_trace_by_its_id_prefix_and_lists_them(
@@ -124,3 +125,56 @@ async def test_the_waterfall_renders_in_a_narrow_terminal(tmp_path: Path) -> Non
     text = console.export_text()
     assert "attempt 2 → 127.0.0.1:500" in text
     assert "UNAVAILABLE" in text
+
+
+async def test_meshlet_trace_takes_the_trace_id_after_the_span_files(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """`--spans a.jsonl b.jsonl 32bd`: argparse hands the id to --spans; it is still the id."""
+    path, other = tmp_path / "a.jsonl", tmp_path / "b.jsonl"
+    await write_spans(path)
+    other.write_text("")
+    grouped = traces(load_spans([path]))
+    quiet = next(trace_id for trace_id, spans in grouped.items() if len(spans) == 2)
+
+    code = main(["trace", "--spans", str(path), str(other), quiet[:6]])
+
+    out = capsys.readouterr().out
+    assert code == 0
+    assert f"trace {quiet}" in out
+
+
+async def test_meshlet_trace_names_the_argument_that_is_neither_a_file_nor_an_id(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    path = tmp_path / "spans.jsonl"
+    await write_spans(path)
+
+    code = main(["trace", "--spans", str(path), str(tmp_path / "gone.jsonl")])
+    assert code == 2
+    assert f"{tmp_path / 'gone.jsonl'}: no such span file" in capsys.readouterr().err
+
+    code = main(["trace", "not-an-id", "--spans", str(path)])
+    assert code == 2
+    assert "'not-an-id' is neither a trace id (hex digits) nor a span file" in capsys.readouterr().err
+
+    code = main(["trace", "--spans", str(path), "32bd", "77aa"])
+    assert code == 2
+    assert "2 trace ids given (32bd, 77aa)" in capsys.readouterr().err
+
+
+async def test_meshlet_trace_in_a_pipe_prints_whole_rows_not_80_columns(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.delenv("COLUMNS")
+    path = tmp_path / "spans.jsonl"
+    rig = await write_spans(path)
+
+    code, out, _ = rendered(path, capsys=capsys)
+
+    assert code == 0
+    lines = out.splitlines()
+    assert 80 < max(map(len, lines)) < 300, "the rows' own width: not cut at 80, not padded to the console's"
+    second = rig.attempts[2].endpoint
+    assert f"attempt 2 → {second.address}:{second.port} after" in out
+    assert "…" not in out

@@ -3,6 +3,7 @@ caller must see when such a call crosses sidecars to the plain app (tests.suppor
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
@@ -18,6 +19,28 @@ WAIT_S = 10.0  # how long to wait for something that must happen: a bound on fai
 ECHO_METADATA = (("x-echo-metadata", "1"), ("x-tenant", "acme"), ("x-blob-bin", b"\x00\xffbytes"))
 
 Invoke = Callable[[echo_pb2_grpc.EchoStub, Any], Awaitable[Any]]
+
+WATCH = (("x-echo-stream-every-ms", "20"),)
+"""Metadata that makes the echo server's ServerStream a watch: a message every 20 ms until the caller leaves."""
+
+
+async def watch_until(watch: Any, done: Callable[[], bool | Awaitable[bool]], what: str) -> int:
+    """Read a watch (a ServerStream called with WATCH) until `done()`; every read must bring a message, so the
+    watch is alive throughout. Returns how many messages were read; gives up after WAIT_S worth of them."""
+    for count in range(1, int(WAIT_S / 0.02) + 1):
+        reply = await watch.read()
+        assert reply is not grpc.aio.EOF, f"the watch ended while waiting for {what}"
+        result = done()
+        if await result if isinstance(result, Awaitable) else result:
+            return count
+    raise AssertionError(f"the watch streamed on, but {what} never happened")
+
+
+async def watch_for(watch: Any, seconds: float) -> int:
+    """Keep reading a watch for `seconds` of the loop's time; every read must bring a message."""
+    loop = asyncio.get_running_loop()
+    until = loop.time() + seconds
+    return await watch_until(watch, lambda: loop.time() >= until, f"{seconds} s of messages")
 
 
 def request(message: str) -> echo_pb2.EchoRequest:

@@ -4,7 +4,9 @@ and benchmarks: ``python -m tests.support.echo_server --name echo-1 --port 0``.
 It registers in Consul (CONSUL_HTTP_ADDR) as service ``$MESHLET_SERVICE__NAME`` (default ``echo``), counts every
 call it receives (``Stats``), and injects faults on request: ``--fail-code UNAVAILABLE --fail-rate 1.0`` fails
 that share of calls, ``--delay-ms`` adds latency. Per call, metadata steers it: ``x-echo-fail: <CODE>`` fails
-that call, ``x-echo-sleep-ms: <n>`` delays it, ``x-echo-set-health: NOT_SERVING`` sets the process's health.
+that call (``x-echo-fail-details: <text>`` sets its details, as a handler passing a downstream's error on),
+``x-echo-sleep-ms: <n>`` delays it, ``x-echo-set-health: NOT_SERVING`` sets the process's health,
+``x-echo-stream-every-ms: <n>`` makes ``ServerStream`` a watch: a message every n ms until the caller leaves.
 With ``--upstream NAME`` its ``Echo`` forwards to that service through ``mesh.channel`` (for deadline
 propagation tests) and reports the deadline it saw in the reply's message.
 """
@@ -14,6 +16,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import collections
+import itertools
 import os
 import random
 import sys
@@ -47,7 +50,8 @@ class Echo(echo_pb2_grpc.EchoServicer):
         if code is None and self.args.fail_code and self.rng.random() < self.args.fail_rate:
             code = self.args.fail_code
         if code:
-            await context.abort(grpc.StatusCode[str(code)], f"{self.args.name}: injected {code}")
+            details = metadata.get("x-echo-fail-details", f"{self.args.name}: injected {code}")
+            await context.abort(grpc.StatusCode[str(code)], str(details))
 
     async def Stats(self, request: echo_pb2.StatsRequest, context: Any) -> echo_pb2.StatsReply:  # noqa: N802
         return echo_pb2.StatsReply(calls=dict(self.calls), served_by=self.args.name)
@@ -72,6 +76,11 @@ class Echo(echo_pb2_grpc.EchoServicer):
         self, request: echo_pb2.EchoRequest, context: Any
     ) -> AsyncIterator[echo_pb2.EchoReply]:
         await self._fault("ServerStream", context)
+        every_ms = dict(context.invocation_metadata() or ()).get("x-echo-stream-every-ms")
+        if every_ms:
+            for i in itertools.count():
+                yield echo_pb2.EchoReply(message=f"{request.message}-{i}", served_by=self.args.name)
+                await asyncio.sleep(float(every_ms) / 1000)
         for i in range(3):
             yield echo_pb2.EchoReply(message=f"{request.message}-{i}", served_by=self.args.name)
 

@@ -6,6 +6,8 @@ Every call is recorded in ``app.seen`` (method, request metadata, remaining dead
 
 - ``x-echo-fail: CODE`` fails the call with CODE, a message, a trailer ``x-app-trailer: failed`` and rich
   error details (a google.rpc.Status holding an ErrorInfo with reason ``ECHO_FAILED``, domain ``echo.test``);
+  ``x-echo-fail-details: TEXT`` makes TEXT the message, and ``x-echo-fail-meshlet: REASON`` makes the ErrorInfo
+  meshlet's own (domain ``meshlet.dev``), as an app that passes on its sidecar's refusal of its own call;
 - ``x-echo-metadata: 1`` echoes every ``x-`` request header back, as initial metadata (``initial-<key>``)
   and as trailing metadata (``trailing-<key>``); ``-bin`` keys keep their suffix and bytes;
 - ``x-echo-hang: 1`` never answers: the call waits until it is cancelled (recorded in ``app.cancelled``);
@@ -68,7 +70,8 @@ class PlainEchoApp(echo_pb2_grpc.EchoServicer):
             await self.release.wait()
         code = metadata.get("x-echo-fail")
         if code:
-            await _fail(context, grpc.StatusCode[code], f"{method} failed as asked ({code})")
+            message = metadata.get("x-echo-fail-details", f"{method} failed as asked ({code})")
+            await _fail(context, grpc.StatusCode[code], message, metadata.get("x-echo-fail-meshlet"))
         return metadata
 
     async def Echo(self, request: echo_pb2.EchoRequest, context: Any) -> echo_pb2.EchoReply:  # noqa: N802
@@ -102,9 +105,13 @@ class PlainEchoApp(echo_pb2_grpc.EchoServicer):
                 return
 
 
-async def _fail(context: Any, code: grpc.StatusCode, message: str) -> None:
+async def _fail(context: Any, code: grpc.StatusCode, message: str, meshlet_reason: str | None = None) -> None:
     detail = any_pb2.Any()
-    detail.Pack(error_details_pb2.ErrorInfo(reason=ERROR_REASON, domain=ERROR_DOMAIN, metadata={"by": "plain-app"}))
+    if meshlet_reason:  # what the app's own sidecar said about a call the app made (meshlet.errors.DOMAIN)
+        info = error_details_pb2.ErrorInfo(reason=meshlet_reason, domain="meshlet.dev", metadata={"upstream": "c-svc"})
+    else:
+        info = error_details_pb2.ErrorInfo(reason=ERROR_REASON, domain=ERROR_DOMAIN, metadata={"by": "plain-app"})
+    detail.Pack(info)
     status = rpc_status.to_status(status_pb2.Status(code=code.value[0], message=message, details=[detail]))
     await context.abort(status.code, status.details, (*status.trailing_metadata, ("x-app-trailer", "failed")))
 

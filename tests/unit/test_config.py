@@ -18,7 +18,9 @@ from meshlet.config import (
     parse_duration,
     split_host_port,
 )
+from meshlet.discovery.consul_client import consul_client
 from meshlet.errors import ConfigError
+from meshlet.mesh import Mesh
 
 DESIGN_EXAMPLE = """
 service:
@@ -80,7 +82,7 @@ def test_an_empty_config_is_valid_with_the_documented_defaults() -> None:
     assert config.consul.address == "http://127.0.0.1:8500"
     assert config.tls.source == "off"
     assert (config.sidecar.inbound, config.sidecar.outbound, config.sidecar.admin) == (
-        "0.0.0.0:15006",
+        "127.0.0.1:15006",  # plaintext (tls.source off): loopback only unless sidecar.inbound says otherwise
         "127.0.0.1:15001",
         "127.0.0.1:15000",
     )
@@ -212,6 +214,37 @@ def test_consul_cli_variables_set_address_token_and_cacert() -> None:
     assert consul.cacert == Path("/etc/ca.pem")
 
 
+def test_consul_http_token_file_names_the_token_file(tmp_path: Path) -> None:
+    token_file = tmp_path / "acl-token"
+    consul = load_config(env={"CONSUL_HTTP_TOKEN_FILE": str(token_file)}).consul
+    assert consul.token_file == token_file
+
+
+async def test_a_token_file_wins_over_the_token_as_in_consuls_own_client(tmp_path: Path) -> None:
+    """Consul's api client: "If the TokenFile is set, always use that, even if a Token is configured"; an empty
+    file leaves the token in force. The file is read when a client is built, so a new login is picked up."""
+    token_file = tmp_path / "acl-token"
+    token_file.write_text("from-login\n")
+    client = consul_client("http://127.0.0.1:8500", token="from-env", token_file=str(token_file))
+    try:
+        assert client.token == "from-login"
+    finally:
+        await client.close()
+    token_file.write_text("")
+    client = consul_client("http://127.0.0.1:8500", token="from-env", token_file=str(token_file))
+    try:
+        assert client.token == "from-env"
+    finally:
+        await client.close()
+
+
+async def test_a_token_file_that_cannot_be_read_is_a_config_error(tmp_path: Path) -> None:
+    missing = tmp_path / "not-logged-in-yet"
+    config = load_config(env={"CONSUL_HTTP_TOKEN_FILE": str(missing), "MESHLET_SERVICE__NAME": "orders"})
+    with pytest.raises(ConfigError, match=r"consul\.token_file .*cannot be read"):
+        Mesh(config)
+
+
 def test_meshlet_consul_variables_win_over_the_consul_cli_ones() -> None:
     env = {"CONSUL_HTTP_ADDR": "a:8500", "MESHLET_CONSUL__ADDRESS": "b:8500", "CONSUL_HTTP_TOKEN": "x"}
     env["MESHLET_CONSUL__TOKEN"] = "y"
@@ -239,10 +272,21 @@ def test_consul_http_ssl_makes_a_bare_address_https() -> None:
         ("HTTPS://consul:8501", "https://consul:8501"),
         ("[::1]:8500", "http://[::1]:8500"),
         ("consul.service", "http://consul.service"),
+        # http://$(HOST_IP):8500 on an IPv6 node: the last :N is the port, and the host gets its brackets
+        ("http://fd00:1::2:8500", "http://[fd00:1::2]:8500"),
+        ("fd00:1::2:8500", "http://[fd00:1::2]:8500"),
+        ("https://2001:db8::1:8501", "https://[2001:db8::1]:8501"),
+        ("http://fd00::1", "http://[fd00::1]"),  # no port: the whole is the address
     ],
 )
 def test_consul_address_accepts_host_port_or_a_url(written: str, normalised: str) -> None:
     assert normalise_consul_address(written) == normalised
+
+
+@pytest.mark.parametrize("written", ["http://fd00::zz:8500", "http://a:b:c", "http://fd00:1::2:port"])
+def test_a_consul_address_with_colons_that_is_no_ipv6_address_is_refused(written: str) -> None:
+    with pytest.raises(ValueError, match="host:port"):
+        normalise_consul_address(written)
 
 
 def test_otel_variables_give_the_telemetry_defaults() -> None:
@@ -402,6 +446,49 @@ def test_an_authz_rule_without_an_action_says_it_is_required(write: Write) -> No
     assert error.allowed == "is required"
 
 
+@pytest.mark.parametrize(
+    ("written", "source"),
+    [
+        ("tls: {source: consul}\n", "consul"),  # secure by default: certificates from Consul, intentions from Consul
+        ("tls: {source: consul}\nauthz: {default: deny}\n", "consul"),
+        ("tls: {source: consul}\nauthz: {source: local}\n", "local"),  # said otherwise, explicitly
+        ("tls: {source: off}\n", "local"),
+        ("tls: {source: files, cert: a.crt, key: a.key, ca: ca.crt}\n", "local"),
+    ],
+)
+def test_authorization_follows_consuls_intentions_when_certificates_come_from_consul(
+    write: Write, written: str, source: str
+) -> None:
+    assert load_config(write(written), env={}).authz.source == source
+
+
+@pytest.mark.parametrize(
+    ("written", "inbound"),
+    [
+        ("", "127.0.0.1:15006"),  # plaintext, unidentified callers: loopback unless said otherwise
+        ("sidecar: {app: 127.0.0.1:50051}\n", "127.0.0.1:15006"),
+        ("sidecar: {inbound: 0.0.0.0:15006}\n", "0.0.0.0:15006"),  # said explicitly: kept
+        ("tls: {source: consul}\n", "0.0.0.0:15006"),  # mTLS: the network may call it
+        ("tls: {source: files, cert: a.crt, key: a.key, ca: ca.crt}\n", "0.0.0.0:15006"),
+    ],
+)
+def test_a_plaintext_sidecar_inbound_listens_on_loopback_unless_set_explicitly(
+    write: Write, written: str, inbound: str
+) -> None:
+    assert load_config(write(written), env={}).sidecar.inbound == inbound
+    assert load_config(write(written), env={"MESHLET_SIDECAR__INBOUND": "0.0.0.0:7000"}).sidecar.inbound == (
+        "0.0.0.0:7000"
+    )
+
+
+def test_local_rules_under_consul_certificates_must_name_their_source(write: Write) -> None:
+    path = write("tls: {source: consul}\nauthz:\n  rules:\n    - {from: gateway, to: orders, action: allow}\n")
+    error = error_from(path)
+    assert (error.path, error.source) == ("authz.source", str(path))
+    assert "'local' enforces these rules" in error.allowed
+    assert load_config(path, env={"MESHLET_AUTHZ__SOURCE": "local"}).authz.rules[0].from_ == "gateway"
+
+
 def test_an_unknown_key_is_an_error_with_a_suggestion(write: Write) -> None:
     path = write("upstreams:\n  inventory:\n    retyr: {max_attempts: 3}\n")
     error = error_from(path)
@@ -512,6 +599,20 @@ def test_redacted_hides_the_token_and_the_key_path(write: Write) -> None:
     assert "s3cret" not in str(shown)
 
 
+@pytest.mark.parametrize(
+    ("endpoint", "shown"),
+    [
+        ("http://alice:s3cret@collector:4317", f"http://{REDACTED}@collector:4317"),
+        ("https://s3cret@collector:4318/v1/traces", f"https://{REDACTED}@collector:4318/v1/traces"),
+        ("alice:s3cret@collector:4317", f"{REDACTED}@collector:4317"),
+        ("http://collector:4317", "http://collector:4317"),
+    ],
+)
+def test_redacted_hides_credentials_in_the_otlp_endpoint(endpoint: str, shown: str) -> None:
+    config = load_config(env={"OTEL_EXPORTER_OTLP_ENDPOINT": endpoint})
+    assert config.redacted()["telemetry"]["otlp_endpoint"] == shown
+
+
 def test_redacted_shows_the_effective_config_in_yaml_key_names(write: Write) -> None:
     shown = load_config(write(DESIGN_EXAMPLE), env={}).redacted()
     assert shown["consul"]["token"] is None
@@ -555,3 +656,12 @@ def test_an_intention_source_that_is_not_partition_namespace_service_names_the_f
     error = error_from(overrides={"authz": {"rules": [{"from": source, "to": "orders", "action": "allow"}]}})
     assert error.path == "authz.rules[0].from"
     assert "[<partition>/][<namespace>/]<service>" in str(error)
+
+
+async def test_the_consul_client_brackets_an_ipv6_agent_in_its_urls() -> None:
+    """py-consul pastes host and port into its base URL: the brackets must survive the trip."""
+    client = consul_client("http://[fd00:1::2]:8500")
+    try:
+        assert client.http.base_uri == "http://[fd00:1::2]:8500"
+    finally:
+        await client.close()

@@ -5,6 +5,7 @@ of keys and defaults, and so that the parsers can be used on their own (the side
 
 from __future__ import annotations
 
+import ipaddress
 import math
 import re
 from collections.abc import Callable
@@ -63,11 +64,35 @@ def split_host_port(text: str) -> tuple[str, int]:
     return host, int(port)
 
 
+def listen_host(host: str) -> str | None:
+    """The host to hand asyncio's servers: ``::`` (and an empty host) mean every address of both families, as
+    gRPC's ``[::]`` does; asyncio would bind ``::`` to IPv6 alone (IPV6_V6ONLY), missing 127.0.0.1."""
+    return None if host in ("::", "") else host
+
+
+def bracket_ipv6(authority: str) -> str:
+    """``fd00::1:8500`` -> ``[fd00::1]:8500``: an IPv6 host written without brackets, as
+    ``http://$(HOST_IP):8500`` makes on an IPv6 node. The last ``:N`` is the port when what precedes it is an
+    IPv6 address; else the whole is the address. Anything else is returned as it is, for the caller to check."""
+    if authority.startswith("[") or authority.count(":") < 2:
+        return authority
+    host, _, port = authority.rpartition(":")
+    for address, suffix in ((host, f":{port}"), (authority, "")):
+        try:
+            ipaddress.IPv6Address(address)
+        except ValueError:
+            continue
+        if not suffix or port.isdigit():
+            return f"[{address}]{suffix}"
+    return authority
+
+
 def normalise_consul_address(text: str) -> str:
     """``"host:port"`` or a URL -> ``"http://host:port"`` (``https`` kept), as the Consul CLI reads
-    $CONSUL_HTTP_ADDR. Without a port the scheme's own applies, as there."""
+    $CONSUL_HTTP_ADDR. Without a port the scheme's own applies, as there. An IPv6 host gets its brackets."""
     scheme, sep, rest = text.strip().rstrip("/").partition("://")
     scheme, rest = (scheme.lower(), rest) if sep else ("http", scheme)
+    rest = bracket_ipv6(rest)
     if scheme not in ("http", "https") or not rest or any(c in rest for c in "/@?# "):
         raise ValueError("must be host:port or http(s)://host:port, e.g. http://127.0.0.1:8500")
     if ":" in rest.rpartition("]")[2]:

@@ -125,6 +125,7 @@ def _ambient_defaults(layers: _Layers, env: Mapping[str, str]) -> None:
         layers.set(("consul", "address"), address, "CONSUL_HTTP_ADDR")
     for var, keys in (
         ("CONSUL_HTTP_TOKEN", ("consul", "token")),
+        ("CONSUL_HTTP_TOKEN_FILE", ("consul", "token_file")),
         ("CONSUL_CACERT", ("consul", "cacert")),
         ("OTEL_SERVICE_NAME", ("telemetry", "service_name")),
         ("OTEL_EXPORTER_OTLP_ENDPOINT", ("telemetry", "otlp_endpoint")),

@@ -34,7 +34,10 @@ from meshlet.config.fields import (
     method_pattern,
     normalise_consul_address,
     parsed,
+    split_host_port,
 )
+
+LOOPBACK = "127.0.0.1"
 
 
 class _Section(BaseModel):
@@ -70,6 +73,9 @@ class ServiceConfig(_Section):
 class ConsulConfig(_Section):
     address: Annotated[str, parsed(normalise_consul_address)] = DEFAULT_CONSUL_ADDRESS
     token: SecretStr | None = None
+    # A file holding the token ($CONSUL_HTTP_TOKEN_FILE), e.g. the sink of `consul login`. As in Consul's own
+    # client, a non-empty file wins over `token`; it is read again whenever a Consul client is built.
+    token_file: Path | None = None
     cacert: Path | None = None
     datacenter: str | None = None
 
@@ -178,6 +184,7 @@ class AuthzConfig(_Section):
     default: Literal["allow", "deny"] = "allow"
     source: Literal["consul", "local"] = "local"
     fail_open: bool = False  # when intentions cannot be read: allow (True) or deny (False)
+    refresh_interval: PositiveDuration = 10.0  # consul: decisions asked again at least this often (a safety net)
     rules: tuple[AuthzRule, ...] = ()
 
 
@@ -246,6 +253,37 @@ class Config(_Section):
                 raise invalid(allowed, field=("upstreams", name, "local_port"), value=port)
         return self
 
+    @_model_validator(mode="after")
+    def _authz_follows_the_ca(self) -> Config:
+        """Secure by default: with certificates from Consul, authorization follows Consul's intentions unless
+        ``authz.source`` says otherwise. Local rules written without a source would leave it unclear which
+        of the two is meant (and a deny intention unenforced), so they must name it."""
+        authz = self.authz
+        if self.tls.source != "consul" or "source" in authz.model_fields_set:
+            return self
+        if authz.rules:
+            allowed = (
+                "must be set when tls.source is consul and authz.rules are given: 'local' enforces these rules, "
+                "'consul' follows Consul's intentions (the default with tls.source consul) and ignores them"
+            )
+            raise invalid(allowed, field=("authz", "source"), value="(not set)")
+        # Frozen: set once, here; source stays out of the fields set, so the start log can say it was the default.
+        chosen = AuthzConfig.model_construct(authz.model_fields_set, **{**dict(authz), "source": "consul"})
+        object.__setattr__(self, "authz", chosen)
+        return self
+
+    @_model_validator(mode="after")
+    def _plaintext_inbound_stays_local(self) -> Config:
+        """With ``tls.source: off`` the sidecar's inbound port serves plaintext to callers it cannot identify:
+        unless ``sidecar.inbound`` is set explicitly, it listens on loopback only (the sidecar says so at start)."""
+        sidecar = self.sidecar
+        if self.tls.source != "off" or "inbound" in sidecar.model_fields_set:
+            return self
+        _, port = split_host_port(sidecar.inbound)
+        local = {**dict(sidecar), "inbound": f"{LOOPBACK}:{port}"}
+        object.__setattr__(self, "sidecar", SidecarConfig.model_construct(sidecar.model_fields_set, **local))
+        return self
+
     def upstream(self, name: str) -> UpstreamPolicy:
         """The merged policy for `name` (computed once, at load); an upstream not listed gets the defaults."""
         return self.upstreams.get(name, self.upstream_defaults)
@@ -256,7 +294,19 @@ class Config(_Section):
         for section, key in (("consul", "token"), ("tls", "key")):
             if data[section][key] is not None:
                 data[section][key] = REDACTED
+        if data["telemetry"]["otlp_endpoint"] is not None:
+            data["telemetry"]["otlp_endpoint"] = _without_credentials(data["telemetry"]["otlp_endpoint"])
         return data
+
+
+def _without_credentials(url: str) -> str:
+    """`url` with any ``user:password@`` replaced, so that /config shows where traces go but not how to log in."""
+    scheme, sep, rest = url.partition("://")
+    authority, slash, path = (rest if sep else scheme).partition("/")
+    if "@" not in authority:
+        return url
+    shown = f"{REDACTED}@{authority.rpartition('@')[2]}{slash}{path}"
+    return f"{scheme}{sep}{shown}" if sep else shown
 
 
 def _raw(value: Any) -> Any:

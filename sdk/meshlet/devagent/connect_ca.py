@@ -34,6 +34,7 @@ ROOT_TTL_S = 87600 * 3600.0  # Consul's default RootCertTTL, ten years
 CLOCK_DRIFT_S = 60.0  # Consul signs "valid from one minute ago" to absorb clock drift
 NAMESPACE = "default"
 _NOT_DNS = re.compile(r"[^a-z0-9]")
+_SERVICE_NAME = re.compile(r"[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?")  # a DNS label (RFC 1123)
 
 
 def identity_dns_name(service: str, namespace: str, datacenter: str, trust_domain: str) -> str:
@@ -44,6 +45,12 @@ def identity_dns_name(service: str, namespace: str, datacenter: str, trust_domai
     The SDK relies on this exact format; change it in both places or not at all.
     """
     return f"{service}.svc.{namespace}.ns.{datacenter}.dc.{trust_domain}".lower()
+
+
+def valid_service_name(name: str) -> bool:
+    """A name a leaf may be issued for: a DNS label, as Consul wants service names to be (it warns about others).
+    Never ``*`` or a dotted name, which would put a wildcard or another name's suffix in the leaf's DNS SAN."""
+    return _SERVICE_NAME.fullmatch(name) is not None
 
 
 def spiffe_service_uri(trust_domain: str, datacenter: str, service: str, namespace: str = NAMESPACE) -> str:

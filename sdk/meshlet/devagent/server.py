@@ -15,6 +15,7 @@ from pathlib import Path
 from aiohttp import web
 
 from meshlet.devagent.api import agent, catalog, common, connect, health, kv, status
+from meshlet.devagent.api.guard import AllowedHosts, guard
 from meshlet.devagent.checks import CheckRunner
 from meshlet.devagent.persist import load_snapshot, save_snapshot
 from meshlet.devagent.state import AgentState
@@ -36,6 +37,7 @@ class AgentConfig:
     reap_interval_s: float = 30.0  # Consul's reaper period
     min_deregister_after_s: float = 60.0  # Consul's CheckDeregisterIntervalMin
     leaf_cert_ttl_s: float = 72 * 3600.0  # Consul's DefaultLeafCertTTL
+    allowed_hosts: tuple[str, ...] = ()  # Host names besides its address that the agent answers (api/guard.py)
 
 
 class DevAgent:
@@ -65,7 +67,8 @@ class DevAgent:
     # --------------------------------------------------------------------- lifecycle
 
     def build_app(self) -> web.Application:
-        app = web.Application(middlewares=[common.consul_errors], client_max_size=1024**2)
+        allowed = AllowedHosts(self.config.http_host, self.config.allowed_hosts)
+        app = web.Application(middlewares=[guard(allowed), common.consul_errors], client_max_size=1024**2)
         app[common.AGENT] = self
         for section in (agent, health, catalog, kv, status, connect):
             section.add_routes(app)

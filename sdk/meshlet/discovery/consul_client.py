@@ -21,29 +21,48 @@ ConsulFactory = Callable[[], ConsulClient]
 
 
 def consul_client(
-    address: str = DEFAULT_ADDRESS, *, token: str | None = None, ca_file: str | None = None
+    address: str = DEFAULT_ADDRESS,
+    *,
+    token: str | None = None,
+    token_file: str | None = None,
+    ca_file: str | None = None,
 ) -> ConsulClient:
     """A py-consul asyncio client for `address` (``http://host:port``, ``https://host:port`` or ``host:port``,
     the forms ``CONSUL_HTTP_ADDR`` takes). Call it inside a running loop; close it with ``await client.close()``.
 
     An explicit `token` wins over ``CONSUL_HTTP_TOKEN``, which py-consul would otherwise prefer: the config
-    loader has already applied the environment, so what arrives here is the final word.
+    loader has already applied the environment, so what arrives here is the final word. A non-empty
+    `token_file` wins over `token`, as in Consul's own client; it is read now, so a client built after a new
+    ``consul login`` uses the new token. OSError if it cannot be read.
     """
+    token = (read_token_file(token_file) or token) if token_file else token
     scheme, host, port = parse_address(address)
     with warnings.catch_warnings():
         # py-consul hands aiohttp an ssl_context argument that aiohttp deprecates; harmless, and fatal under -W error
         warnings.filterwarnings("ignore", message="ssl_context is deprecated", category=DeprecationWarning)
-        client = consul.aio.Consul(host=host, port=port, scheme=scheme, token=token, verify=ca_file or True)
+        # py-consul pastes host and port into its base URL: an IPv6 host needs its brackets there.
+        url_host = f"[{host}]" if ":" in host else host
+        client = consul.aio.Consul(host=url_host, port=port, scheme=scheme, token=token, verify=ca_file or True)
     if token is not None:
         client.token = token
     return client
 
 
 def consul_factory(
-    address: str = DEFAULT_ADDRESS, *, token: str | None = None, ca_file: str | None = None
+    address: str = DEFAULT_ADDRESS,
+    *,
+    token: str | None = None,
+    token_file: str | None = None,
+    ca_file: str | None = None,
 ) -> ConsulFactory:
     """A zero-argument callable that builds a client with `consul_client` when a watcher or registration starts."""
-    return functools.partial(consul_client, address, token=token, ca_file=ca_file)
+    return functools.partial(consul_client, address, token=token, token_file=token_file, ca_file=ca_file)
+
+
+def read_token_file(path: str) -> str | None:
+    """The token in `path` (surrounding whitespace dropped), or None if it is empty."""
+    with open(path, encoding="utf-8") as file:
+        return file.read().strip() or None
 
 
 def parse_address(address: str) -> tuple[str, str, int]:

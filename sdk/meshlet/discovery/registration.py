@@ -109,6 +109,15 @@ class Registration:
                 await client.close()
         return done
 
+    async def set_maintenance(self, enable: bool, reason: str = "") -> bool:
+        """Switch Consul's maintenance mode for this instance (a critical check that heartbeats do not clear).
+        True if the agent took it; never raises."""
+        client = self._client
+        if client is None:
+            return False
+        word = "true" if enable else "false"
+        return await self._attempt(lambda: client.agent.service.maintenance(self.service_id, word, reason or None))
+
     async def _register(self) -> bool:
         assert self._client is not None
         check = {

@@ -4,11 +4,13 @@
 (SDK) or the local app (sidecar). `InboundParts` holds what the stages share (the authorizer, the rate limiters,
 the tracer, the metrics), built
 once per server; the transport calls `build_inbound` once per method with that method's terminal. Absent
-features are absent from the list rather than checked per call.
+features are absent from the list rather than checked per call. One module is no stage: abandoned.py, the status
+of a call whose caller went away, which span, observe and the server adapters agree on.
 """
 
 from __future__ import annotations
 
+import logging
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
@@ -32,6 +34,8 @@ from meshlet.security.consul_authz import ConsulAuthorizer, ConsulFactory
 from meshlet.security.intentions import Authorizer, Intentions, IntentionsAuthorizer
 from meshlet.telemetry.access_log import AccessLog
 from meshlet.telemetry.metrics import Metrics
+
+log = logging.getLogger("meshlet.inbound")
 
 InboundHandler = Callable[[InboundCall], Awaitable[Any]]
 
@@ -68,13 +72,23 @@ class InboundParts:
         authorizer: Authorizer | None = None
         if authz.source == "consul":
             authorizer = ConsulAuthorizer(
-                consul, fail_open=authz.fail_open, allow_unidentified=authz.default == "allow", clock=clock
+                consul,
+                ttl_s=authz.refresh_interval,
+                fail_open=authz.fail_open,
+                allow_unidentified=authz.default == "allow",
+                clock=clock,
             )
         elif authz.rules or authz.default == "deny":
             authorizer = IntentionsAuthorizer(Intentions.from_config(authz))
         service = config.service.name or ""
         if authorizer is not None and not service:
             raise ConfigError("service.name", None, "is required with authz: intentions name it as their destination")
+        log.info(
+            "authorization for %s: %s",
+            service or "this server",
+            describe_authorization(config),
+            extra={"event": "authz_effective", "authz_source": authz.source, "authz_default": authz.default},
+        )
 
         def limiter(rate_per_s: float, burst: int | None) -> RateLimiter:
             return RateLimiter(rate_per_s, burst or default_burst(rate_per_s), clock)
@@ -104,6 +118,25 @@ class InboundParts:
 
 
 NO_PARTS = InboundParts()
+
+
+def describe_authorization(config: Config) -> str:
+    """The effective authorization in one sentence, said at the start of every server (SDK and sidecar), so
+    that nobody has to work out from defaults whether a deny intention is enforced."""
+    authz = config.authz
+    if authz.source == "consul":
+        chosen = "set" if "source" in authz.model_fields_set else "not set: the default with tls.source consul"
+        on_outage = "allowed" if authz.fail_open else "denied"
+        return (
+            f"source consul ({chosen}): Consul's intentions, asked of the agent at {config.consul.address}; "
+            "default: Consul's default intention policy for a caller no intention matches (allow while its ACLs "
+            f"are off); changes apply when the intentions' index moves, and every {authz.refresh_interval:g}s at "
+            f"the latest; a caller not seen before is {on_outage} while Consul cannot be asked (authz.fail_open)"
+        )
+    identified = "" if config.tls.source != "off" else "; callers are not identified (tls.source off)"
+    if not authz.rules and authz.default == "allow":
+        return f"source local, no rules, default allow: every caller is allowed{identified}"
+    return f"source local ({len(authz.rules)} rules in authz.rules), default {authz.default}{identified}"
 
 
 def inbound_stages(parts: InboundParts = NO_PARTS) -> list[Stage[InboundCall]]:

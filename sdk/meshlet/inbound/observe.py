@@ -6,8 +6,9 @@ sits right below the server span, so its access log line carries the trace id; i
 the handler, by the status the handler ended them with, when the reply (a stream: the call) is over. Between
 them every inbound call is counted once. Both are in the list only when metrics or the access log are on.
 
-A servicer whose response stream raises (not an abort) ends its call UNKNOWN; grpc.aio would tell the call's
-done callback nothing about it, so the server adapter (transport/server.py) sets that code on the context first.
+A servicer whose response stream raises (not an abort) ends its call UNKNOWN, and one whose caller goes away
+CANCELLED or DEADLINE_EXCEEDED; grpc.aio would tell the call's done callback nothing about either, so the server
+adapters (transport/server.py, the sidecar's inbound listener) set that code on the context first (abandoned.py).
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ import grpc
 from meshlet.call import InboundCall
 from meshlet.deadline import Clock
 from meshlet.errors import IntentionDenied, RateLimited, Unauthenticated
+from meshlet.inbound.abandoned import abandoned_code
 from meshlet.security.intentions import service_of
 from meshlet.telemetry.access_log import AccessLog, current_trace_id
 from meshlet.telemetry.metrics import CallMetrics, Metrics, caller_label, method_label
@@ -37,7 +39,7 @@ def handler_status(error: BaseException | None, context: Any) -> str:
     if isinstance(error, grpc.aio.AioRpcError):
         return _name(error.code())
     if isinstance(error, asyncio.CancelledError):
-        return "CANCELLED"
+        return _name(abandoned_code(context))
     return "UNKNOWN"
 
 

@@ -39,11 +39,22 @@ def _limited(call: InboundCall, caller: str, wait_s: float, limiter: RateLimiter
     pushback_ms = math.ceil(wait_s * 1000)
     return RateLimited(
         f"caller {caller} is over its rate limit for {scope} ({limiter.rate_per_s:g} calls/s, burst "
-        f"{limiter.burst}): retry after {pushback_ms} ms (meshlet clients wait for this pushback by themselves) "
+        f"{limiter.burst}): retry after {pushback_ms} ms ({_who_waits(call, wait_s)}) "
         f"or have {key} raised on the server",
         metadata={"caller": caller, "method": call.method, "rate_per_s": f"{limiter.rate_per_s:g}"},
         pushback_ms=pushback_ms,
     )
+
+
+def _who_waits(call: InboundCall, wait_s: float) -> str:
+    """Whether the caller can wait the pushback out: a meshlet client does, unless its deadline is nearer."""
+    deadline = call.deadline
+    if deadline is not None and (remaining_s := deadline.remaining()) < wait_s:
+        return (
+            f"longer than the {math.floor(remaining_s * 1000)} ms left before the call's deadline, so no client "
+            "waits it out: give the call a longer deadline, or make fewer calls"
+        )
+    return "meshlet clients wait for this pushback by themselves"
 
 
 def caller_address(peer_address: str) -> str:

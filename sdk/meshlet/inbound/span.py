@@ -10,6 +10,7 @@ reports the call done.
 
 from __future__ import annotations
 
+import asyncio
 import inspect
 from collections.abc import Awaitable, Callable
 from typing import Any
@@ -19,6 +20,7 @@ from opentelemetry.context import Context, attach, detach
 from opentelemetry.trace import Span, Tracer, get_current_span, set_span_in_context
 
 from meshlet.call import InboundCall
+from meshlet.inbound.abandoned import abandoned_code
 from meshlet.telemetry.propagation import carries_context, extract, trace_fields
 from meshlet.telemetry.tracing import SERVER, SpanStarts, Unrecorded, end_span, rpc_attributes, status_of
 
@@ -104,6 +106,8 @@ def _end(span: Span, context: Any, error: BaseException | None) -> None:
         code = _BY_VALUE.get(code)
     if code is None and error is None and context is not None and _cancelled(context):
         code, details = grpc.StatusCode.CANCELLED, "cancelled by the caller"
+    if code is None and isinstance(error, asyncio.CancelledError):
+        code, details = abandoned_code(context), "the caller went away"
     if code is None:
         code, details = status_of(error)
     end_span(span, code, details if isinstance(details, str) else None, server=True)

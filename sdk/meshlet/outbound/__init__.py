@@ -25,7 +25,7 @@ from meshlet.outbound.observe import CountAttempt, ObserveCall
 from meshlet.outbound.pick import Balancer, PickEndpoint
 from meshlet.outbound.report import OutcomeSink, ReportOutcome
 from meshlet.outbound.retry import RetryWithinBudget, Sleep
-from meshlet.outbound.send import SendOnChannel
+from meshlet.outbound.send import ExplainFailure, SendOnChannel
 from meshlet.outbound.span import CallSpan
 from meshlet.pipeline import Handler, Stage, compose
 from meshlet.resilience.budget import RetryBudget
@@ -53,21 +53,22 @@ class OutboundParts:
     service: str = ""  # the upstream's name, as metrics and the access log label its calls
     metrics: Metrics | None = None  # None (and no access log): the observe stages left out
     access_log: AccessLog | None = None
+    explain_failure: ExplainFailure | None = None  # says why a handshake failed (None: grpc's words as they are)
 
 
 def build_outbound(parts: OutboundParts) -> Callable[[Call], Awaitable[Any]]:
     tracer = parts.tracer
     attempt_stages: list[Stage[Call]] = [AttemptSpan(tracer)] if tracer else []  # first: a failed pick shows too
+    policy = parts.policy
     per_attempt: Handler[Call] = compose(
         [
             *attempt_stages,
-            PickEndpoint(parts.balancer),  # per attempt, so a retry can avoid the endpoint that just failed
+            PickEndpoint(parts.balancer, policy.deadline_floor),  # per attempt: a retry avoids the last one
             *([CountAttempt(parts.service, parts.metrics)] if parts.metrics else []),  # attempts that got an endpoint
-            ReportOutcome(parts.outcomes),  # wraps send: sees the final status and whether the request left
+            ReportOutcome(parts.outcomes, policy.timeout),  # wraps send: sees the final status, whether it left
         ],
-        terminal=SendOnChannel(parts.channels),
+        terminal=SendOnChannel(parts.channels, parts.explain_failure),
     )
-    policy = parts.policy
     call_stages: list[Stage[Call]] = [CallSpan(tracer)] if tracer else []  # outermost: sees every refusal below
     observed = parts.metrics is not None or parts.access_log is not None
     observe_stages: list[Stage[Call]] = (

@@ -40,9 +40,15 @@ class ApplyDeadline:
         call.deadline = deadline
         remaining = deadline.remaining()
         if remaining < self._floor_s:
-            raise DeadlineTooShort(
-                f"{call.method.path} to {call.upstream} has {remaining * 1000:.1f} ms left, below the "
-                f"{self._floor_s * 1000:.1f} ms floor: give the call (or the request it serves) a longer deadline",
-                metadata={"upstream": call.upstream, "remaining_ms": f"{remaining * 1000:.1f}", "attempts": "0"},
-            )
+            raise too_short(call, remaining, self._floor_s)
         return await next(call)
+
+
+def too_short(call: Call, remaining_s: float, floor_s: float) -> DeadlineTooShort:
+    """The refusal of a call with less than the floor left, before any attempt (here, or after discovery's
+    first answer took the rest)."""
+    return DeadlineTooShort(
+        f"{call.method.path} to {call.upstream} has {remaining_s * 1000:.1f} ms left, below the "
+        f"{floor_s * 1000:.1f} ms floor: give the call (or the request it serves) a longer deadline",
+        metadata={"upstream": call.upstream, "remaining_ms": f"{remaining_s * 1000:.1f}", "attempts": "0"},
+    )

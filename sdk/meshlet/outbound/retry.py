@@ -21,7 +21,7 @@ from tenacity import AsyncRetrying, RetryCallState, retry_if_exception, stop_aft
 
 from meshlet.call import Call
 from meshlet.config import RetryPolicy
-from meshlet.errors import BudgetExhausted, MeshError
+from meshlet.errors import BudgetExhausted, ErrorReason, MeshError, error_info
 from meshlet.events import EventBus, RetryNotAttempted, RetryScheduled
 from meshlet.resilience.backoff import parse_pushback
 from meshlet.resilience.budget import RetryBudget
@@ -48,6 +48,15 @@ def code_of(error: BaseException) -> str | None:
         name: str = code.name
         return name
     return None
+
+
+def upstream_failed(error: BaseException) -> bool:
+    """The server's handler failed because its own upstream call did (UPSTREAM_FAILED): the mesh below it has
+    retried already, and retrying here too would multiply the load on a failing upstream."""
+    if not isinstance(error, grpc.aio.AioRpcError) or isinstance(error, MeshError):
+        return False
+    info = error_info(error)
+    return info is not None and info.reason == ErrorReason.UPSTREAM_FAILED
 
 
 def invited_by_pushback(error: BaseException) -> bool:
@@ -103,6 +112,8 @@ class RetryWithinBudget:
                     code, on, call.method.idempotent, call.may_have_reached_server, self._max_attempts
                 )
             )
+            if why is None and upstream_failed(error):
+                why = "upstream_failed"
             if why is not None:
                 if why != "not_retryable_code":
                     self._events.emit(RetryNotAttempted(call.upstream, call.method.path, 1, code, why))
@@ -136,6 +147,7 @@ class RetryWithinBudget:
             ),
             retry=retry_unless_pushback_refuses(pushback_of)
             & retry_if_exception(lambda _error: self._can_replay(call))
+            & retry_if_exception(lambda error: not upstream_failed(error))
             & (
                 (retry_if_status(self._on, code_of) | retry_if_exception(invited_by_pushback))
                 & retry_if_safe_to_resend(lambda: call.method.idempotent, reached_server)
@@ -184,6 +196,8 @@ class RetryWithinBudget:
             return "replay_buffer_overflowed"
         if pushback_of(error).do_not_retry:
             return "pushback"
+        if upstream_failed(error):
+            return "upstream_failed"
         code = error.code().name
         retryable = code in self._on or invited_by_pushback(error)
         if not retryable and not (code == "UNAVAILABLE" and not call.may_have_reached_server):

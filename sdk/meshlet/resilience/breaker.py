@@ -36,15 +36,29 @@ HALF_OPEN = "half_open"
 
 INFRASTRUCTURE_FAILURES = frozenset({"UNAVAILABLE", "INTERNAL", "DEADLINE_EXCEEDED", "DATA_LOSS"})
 
+FAIR_SHARE = 0.5
+"""The share of the upstream's `timeout` an attempt must have been given for its DEADLINE_EXCEEDED to count."""
+
+
+def had_fair_share(attempt_timeout_s: float, upstream_timeout_s: float) -> bool:
+    """Whether an attempt that ran out of time had long enough for that to say something about its endpoint.
+
+    A caller's own short deadline running out (20 ms to a healthy 50 ms instance) is the caller's business; an
+    instance that leaves half the upstream's timeout unanswered is failing. Half, not all: a deadline inherited
+    along a chain of calls is always a little shorter than the timeout the next hop is configured with.
+    """
+    return attempt_timeout_s >= FAIR_SHARE * upstream_timeout_s
+
 
 def is_infrastructure_failure(code_name: str, reached_server: bool) -> bool:
     """Whether a failed attempt says the endpoint is unwell, and so counts against its breaker.
 
-    UNAVAILABLE, INTERNAL, DATA_LOSS and DEADLINE_EXCEEDED (report it only for the attempt's own timeout, not
-    when the caller gave up) count; UNKNOWN counts only when the transport made it up (`reached_server` False),
-    since a server that answers UNKNOWN is reporting an application's unhandled exception. Application codes
-    never count: the endpoint answered correctly that the request was wrong, and RESOURCE_EXHAUSTED is a load
-    signal for the balancer, not a fault (Linkerd and Envoy count only server faults).
+    UNAVAILABLE, INTERNAL, DATA_LOSS and DEADLINE_EXCEEDED (report it only when the attempt `had_fair_share`
+    of time, not when the caller's own deadline ran out first) count; UNKNOWN counts only when the transport
+    made it up (`reached_server` False), since a server that answers UNKNOWN is reporting an application's
+    unhandled exception. Application codes never count: the endpoint answered correctly that the request was
+    wrong, and RESOURCE_EXHAUSTED is a load signal for the balancer, not a fault (Linkerd and Envoy count only
+    server faults).
     """
     if code_name in INFRASTRUCTURE_FAILURES:
         return True
@@ -99,10 +113,12 @@ class _EmitEvents(pybreaker.CircuitBreakerListener):
 class EndpointBreaker:
     """Whether one endpoint may receive attempts, from the outcomes of the attempts it received.
 
-    The pick stage asks `admits()` (through meshlet.resilience.ejection.Admission) and the report stage calls
-    `record_success()`, `record_failure()` (only for `is_infrastructure_failure` codes) or `record_cancelled()`
-    (the attempt ended without a verdict, e.g. the caller cancelled). A probe that reports nothing within one
-    reset timeout is presumed lost, and the next caller may probe instead.
+    The pick stage asks `admits(attempt)` (through meshlet.resilience.ejection.Admission) and the report stage
+    calls `record_success()`, `record_failure()` (only for `is_infrastructure_failure` codes) or
+    `record_cancelled(attempt)` (the attempt ended without a verdict, e.g. the caller cancelled). `attempt` is
+    any object that identifies one attempt (the pipeline passes its Call): the breaker remembers which attempt
+    is its half-open probe. A probe that reports nothing within one reset timeout is presumed lost, and the
+    next caller may probe instead.
     """
 
     __slots__ = (
@@ -114,6 +130,7 @@ class EndpointBreaker:
         "_open_for_s",
         "_opens",
         "_pending",
+        "_probe",
         "_probe_since",
         "_rng",
         "_state",
@@ -157,6 +174,7 @@ class EndpointBreaker:
         self._opens = 0  # consecutive openings without a close: the backoff exponent
         self._open_for_s = 0.0
         self._probe_since: float | None = None
+        self._probe: object = None  # the attempt that holds the half-open probe slot
         self._pending: Event | None = None
         self.reopen_at: float | None = None
         """When an open circuit lets its next probe through, on the injected clock; None unless open."""
@@ -178,8 +196,8 @@ class EndpointBreaker:
         """Consecutive infrastructure failures so far (a success resets the count)."""
         return self._cb.fail_counter
 
-    def admits(self) -> bool:
-        """Whether an attempt may go to this endpoint now. Half-open, a True is the one probe: report its outcome."""
+    def admits(self, attempt: object = None) -> bool:
+        """Whether `attempt` may go to this endpoint now. Half-open, a True makes it the one probe."""
         state = self._state
         if state == CLOSED:
             return True
@@ -188,12 +206,14 @@ class EndpointBreaker:
             if self.reopen_at is not None and now < self.reopen_at:
                 return False
             self._probe_since = now
+            self._probe = attempt
             self._cb.half_open()
             self._emit_pending()
             return True
         if self._probe_since is not None and now - self._probe_since < self._open_for_s:
             return False
         self._probe_since = now
+        self._probe = attempt
         return True
 
     def is_refusing(self) -> bool:
@@ -218,13 +238,12 @@ class EndpointBreaker:
             pass
         self._emit_pending()
 
-    def record_cancelled(self) -> None:
-        """The attempt ended without a verdict on the endpoint (the caller cancelled): free the probe slot.
-
-        Outcomes are not tied to attempts, so in half-open the first outcome reported decides, usually the
-        probe's; a cancelled attempt that was not the probe lets a second probe out at worst.
-        """
-        self._probe_since = None
+    def record_cancelled(self, attempt: object = None) -> None:
+        """`attempt` ended without a verdict on the endpoint (the caller cancelled): if it was the probe, another
+        attempt may probe. Attempts sent before the circuit opened free nothing, so one probe is out at a time."""
+        if attempt is self._probe:
+            self._probe_since = None
+            self._probe = None
 
     def _emit_pending(self) -> None:
         event = self._pending
@@ -236,6 +255,7 @@ class EndpointBreaker:
         self._state = OPEN
         self._opens += 1
         self._probe_since = None
+        self._probe = None
         doublings = min(self._opens - 1, 32)
         timeout = min(self._max_s, self.reset_timeout_s * (1 << doublings))
         timeout = min(self._max_s, timeout * (1.0 + self._jitter * (2.0 * self._rng.random() - 1.0)))
@@ -247,6 +267,7 @@ class EndpointBreaker:
         self._state = CLOSED
         self._opens = 0
         self._probe_since = None
+        self._probe = None
         self.reopen_at = None
 
     def __repr__(self) -> str:

@@ -17,7 +17,7 @@ BreakerOpen "circuit open for <service>" (Linkerd: with every endpoint failing, 
 succeeds). A single endpoint whose breaker is open is the common case of this.
 
 How the Admission and the breakers' `admits()` work together: the picker chooses among `endpoints`, then
-asks ``admission.admits(endpoint)``. That is True at once for an endpoint with a closed breaker (or one kept
+asks ``admission.admits(endpoint, attempt)``. That is True at once for an endpoint with a closed breaker (or one kept
 by the cap, or any endpoint in panic), and for an endpoint in `probing` (half-open, or open with its reset
 timeout passed) it is that breaker's `admits()`, which lets exactly one probe through and turns an open
 breaker half-open. A False means "pick another". Recompute the Admission on every breaker event, on a
@@ -45,10 +45,10 @@ class Admission:
     all_open: bool = False
     review_at: float | None = None
 
-    def admits(self, endpoint: Endpoint) -> bool:
-        """Whether an attempt may go to `endpoint`, chosen from `endpoints`. O(1); may take a breaker's probe."""
+    def admits(self, endpoint: Endpoint, attempt: object = None) -> bool:
+        """Whether `attempt` may go to `endpoint`, chosen from `endpoints`. O(1); may make it a breaker's probe."""
         breaker = self.probing.get(endpoint)
-        return breaker is None or breaker.admits()
+        return breaker is None or breaker.admits(attempt)
 
     def __repr__(self) -> str:
         if self.all_open:

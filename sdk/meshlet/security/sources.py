@@ -86,11 +86,13 @@ class FileSource(_Publisher):
         poll_interval_s: float = 1.0,
         *,
         trust_domain: str | None = None,
+        service: str | None = None,
     ) -> None:
         super().__init__()
         self.cert, self.key, self.ca = Path(cert), Path(key), Path(ca)
         self.poll_interval_s = poll_interval_s
         self.trust_domain = trust_domain
+        self.service = service  # service.name: a certificate must name it, or we would serve as another service
         self._stamp: _Stamp = ()
         self._problem: str | None = None
         self._task: asyncio.Task[None] | None = None
@@ -98,7 +100,16 @@ class FileSource(_Publisher):
     async def start(self) -> None:
         if self._material is None:
             self._stamp = self._stat()
-            self._material = self._load()
+            material = self._load()
+            mismatch = self._other_service(material)
+            if mismatch is not None:
+                raise ConfigError(
+                    "tls.cert",
+                    str(self.cert),
+                    f"{mismatch}: issue a certificate for {self.service} "
+                    f"(meshlet certs issue <ca folder> {self.service}), or correct service.name",
+                )
+            self._material = material
             _warn_if_expired(self._material, str(self.cert))
             log.info("TLS material loaded from %s: %r", self.cert, self._material)
         if self._task is None:
@@ -120,6 +131,9 @@ class FileSource(_Publisher):
         self._stamp = stamp
         try:
             material = self._load()
+            mismatch = self._other_service(material)
+            if mismatch is not None:
+                raise TlsConfigError(f"{self.cert} {mismatch}")
         except TlsConfigError as exc:
             if self._problem is None:
                 log.warning(
@@ -174,6 +188,16 @@ class FileSource(_Publisher):
                 f"tls.trust_domain {self.trust_domain!r}: issue it from this mesh's CA, or correct tls.trust_domain"
             )
         return material
+
+    def _other_service(self, material: TlsMaterial) -> str | None:
+        """Why `material` is another service's certificate, or None when it names service.name (or none is set):
+        served, it would make every caller reach this process as that other service (wrongsvc with client.crt)."""
+        named = material.identity.service
+        if self.service is None or named == self.service:
+            return None
+        return (
+            f"holds the certificate of service {named!r} ({material.spiffe_id}), not of service.name {self.service!r}"
+        )
 
     def __repr__(self) -> str:
         state = "not started" if self._material is None else f"serial {self._material.serial}"
@@ -378,7 +402,7 @@ def make_source(
         assert tls.cert is not None, "config validation requires cert, key and ca for files"
         assert tls.key is not None
         assert tls.ca is not None
-        return FileSource(tls.cert, tls.key, tls.ca, trust_domain=tls.trust_domain)
+        return FileSource(tls.cert, tls.key, tls.ca, trust_domain=tls.trust_domain, service=service or None)
     if not service:
         raise ConfigError("service.name", service, "is required when tls.source is 'consul' (the leaf is per service)")
     return ConsulConnectSource(consul_factory, service, rng=rng or random.Random())

@@ -1,9 +1,12 @@
-"""Outbound: an upstream's endpoint is used only once it has shown the upstream's SPIFFE ID in its URI SAN.
+"""Outbound, with URI-only leaves: an upstream's endpoint is used only once it has shown the upstream's SPIFFE ID in
+its URI SAN.
 
 grpcio's client matches a server only against DNS SANs, or the common name when there is none
-(``grpc.ssl_target_name_override``; see certs.channel_options). A real Consul's leaves carry only the URI SAN, and its
-common names collide (``led-ger``, ``LEDGER`` and ``ledger`` share one), so grpcio alone would accept another
-service's leaf. So before discovery hands an endpoint to the balancer, `VerifiedEndpoints` opens one TLS connection to
+(``grpc.ssl_target_name_override``; see certs.channel_options). Leaves that meshlet's CAs issue carry the identity
+DNS SAN, which grpc matches on every connection (and handshake_failures explains). A real Consul's leaves carry only
+the URI SAN, and its common names collide (``led-ger``, ``LEDGER`` and ``ledger`` share one), so grpcio alone would
+accept another service's leaf. So there, before discovery hands an endpoint to the balancer, `VerifiedEndpoints`
+opens one TLS connection to
 it with Python's ssl (our certificate, our trust bundle), reads the leaf it presents and checks its one URI SAN names
 the upstream's service, namespace, partition and trust domain (any datacenter: Consul fails over across them). An
 endpoint that fails is left out and its reason is kept for the NO_HEALTHY_ENDPOINT message.

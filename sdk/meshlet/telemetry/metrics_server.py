@@ -10,6 +10,8 @@ from collections.abc import Callable
 
 from aiohttp import web
 
+from meshlet.config import listen_host
+
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"  # Prometheus text exposition 0.0.4
 
 
@@ -34,7 +36,7 @@ class MetricsServer:
         runner = web.AppRunner(app, handle_signals=False, access_log=None, shutdown_timeout=1.0)
         await runner.setup()
         try:
-            await web.TCPSite(runner, self.host, self.port, reuse_address=True).start()
+            await web.TCPSite(runner, listen_host(self.host.strip("[]")), self.port, reuse_address=True).start()
         except OSError as error:
             await runner.cleanup()
             raise OSError(

@@ -114,6 +114,7 @@ def render_waterfall(spans: Sequence[SpanRecord], *, width: int = BAR_WIDTH) -> 
     table.add_column("status", no_wrap=True, min_width=max(len(_status(span)) for span in spans))
     table.add_column("timeline", no_wrap=True, min_width=width)
     table.add_column("ms", justify="right", no_wrap=True, min_width=8)
+    said_below = _messages_of_failed_children(spans)
     for depth, span in ordered(spans):
         failed = span.status == "ERROR"
         table.add_row(
@@ -123,6 +124,9 @@ def render_waterfall(spans: Sequence[SpanRecord], *, width: int = BAR_WIDTH) -> 
             _bar(span.start_ns - start, span.duration_ns, total, width, "red" if failed else _colour(span)),
             f"{span.duration_ns / 1e6:.2f}",
         )
+        if failed and span.status_message and span.status_message not in said_below.get(span.span_id, ()):
+            # why it failed, where it failed: not repeated on the parents that failed with the same words
+            table.add_row(_cut("  " * (depth + 1) + f"✗ {span.status_message}", "red"), "", "", "", "")
         for event in span.events:
             table.add_row(
                 _cut("  " * (depth + 1) + f"{_EVENT_MARKS.get(event.name, '·')} {_event_text(event)}", "yellow"),
@@ -132,6 +136,14 @@ def render_waterfall(spans: Sequence[SpanRecord], *, width: int = BAR_WIDTH) -> 
                 "",
             )
     return Group(Text(trace_summary(spans), style="bold"), table)
+
+
+def _messages_of_failed_children(spans: Sequence[SpanRecord]) -> dict[str, set[str]]:
+    said: dict[str, set[str]] = defaultdict(set)
+    for span in spans:
+        if span.parent_id is not None and span.status == "ERROR" and span.status_message:
+            said[span.parent_id].add(span.status_message)
+    return said
 
 
 def _label(depth: int, span: SpanRecord) -> Text:

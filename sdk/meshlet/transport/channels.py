@@ -1,6 +1,8 @@
-"""One grpc.aio channel per endpoint: created on first use, reused by every call, closed (gracefully, so calls
-in flight finish) when its endpoint leaves the set. grpcio's own retries are switched off on every channel:
-meshlet's retry stage is the one layer that owns retries."""
+"""One grpc.aio channel per endpoint: created on first use, reused by every call. When its endpoint leaves the
+passing set the channel waits a while for it to come back (a Consul flap), then closes once the calls in flight
+on it have ended; a rotated certificate replaces every channel for new calls the same way. No call is ever cut
+short by either. grpcio's own retries are switched off on every channel: meshlet's retry stage is the one layer
+that owns retries."""
 
 from __future__ import annotations
 
@@ -18,6 +20,13 @@ from meshlet.endpoints import Endpoint
 log = logging.getLogger("meshlet.transport")
 
 CLOSE_GRACE_S = 30.0
+"""How long a departed endpoint's channel (and its breaker, see meshlet.upstream) waits for the endpoint to come
+back before it closes. It closes only once no call is in flight on it, however long that takes."""
+
+DRAIN_LIMIT_S = 86_400.0
+"""How long a closing channel waits for its calls to end on their own: a day, the deadline meshlet gives a
+stream whose caller set none, so only a call its caller gave a longer deadline can be ended by the mesh
+(with UNAVAILABLE, reason CHANNEL_CLOSED)."""
 
 Options = tuple[tuple[str, Any], ...]
 
@@ -63,6 +72,14 @@ class EndpointChannel:
         self.channel = channel
         self._callables: dict[Method, Any] = {}
 
+    def is_ready(self) -> bool:
+        """Whether the channel has a connection now: a call started on it may reach the server."""
+        return self.channel.get_state() is grpc.ChannelConnectivity.READY
+
+    async def connect(self, timeout_s: float, wait_for_ready: bool | None) -> None:
+        """Wait until the channel has a connection; raise NotConnected if it cannot get one in time."""
+        await wait_connected(self.channel, self.endpoint.authority, timeout_s, wait_for_ready)
+
     def callable_for(self, method: Method) -> Any:
         """The grpc multicallable for `method` on this channel (built once, then one dict lookup)."""
         found = self._callables.get(method)
@@ -88,19 +105,39 @@ def _multicallable(channel: grpc.aio.Channel, method: Method) -> Any:
 
 
 class EndpointChannels:
-    """The channels of one upstream, keyed by endpoint."""
+    """The channels of one upstream, keyed by endpoint: those in use, those whose endpoint left a moment ago
+    (kept `close_grace_s` for its return), and those closing, which grpc closes once their calls have ended."""
 
-    def __init__(self, factory: ChannelFactory = insecure_channel, extra_options: tuple[tuple[str, Any], ...] = ()):
+    def __init__(
+        self,
+        factory: ChannelFactory = insecure_channel,
+        extra_options: tuple[tuple[str, Any], ...] = (),
+        *,
+        close_grace_s: float | None = None,
+    ):
         self._factory = factory
         self._options = _CHANNEL_OPTIONS + extra_options
+        self.close_grace_s = CLOSE_GRACE_S if close_grace_s is None else close_grace_s
         self._channels: dict[Endpoint, EndpointChannel] = {}
-        self._closing: set[asyncio.Task[None]] = set()
+        self._departed: dict[Endpoint, tuple[EndpointChannel, asyncio.TimerHandle]] = {}
+        self._closing: dict[asyncio.Task[None], grpc.aio.Channel] = {}
 
     def get(self, endpoint: Endpoint) -> EndpointChannel:
         found = self._channels.get(endpoint)
         if found is None:
-            channel = self._factory(endpoint.authority, self._options)
-            found = self._channels[endpoint] = EndpointChannel(endpoint, channel)
+            found = self._channels[endpoint] = self._returned(endpoint) or self._open(endpoint)
+        return found
+
+    def _open(self, endpoint: Endpoint) -> EndpointChannel:
+        return EndpointChannel(endpoint, self._factory(endpoint.authority, self._options))
+
+    def _returned(self, endpoint: Endpoint) -> EndpointChannel | None:
+        """The channel of an endpoint that left and came back within the grace: its connection is still good."""
+        departed = self._departed.pop(endpoint, None)
+        if departed is None:
+            return None
+        found, timer = departed
+        timer.cancel()
         return found
 
     def __len__(self) -> int:
@@ -110,43 +147,92 @@ class EndpointChannels:
         return endpoint in self._channels
 
     def refresh(self) -> None:
-        """New credentials (a rotated certificate): new calls get new channels, calls in flight finish on the old."""
-        for endpoint in list(self._channels):
-            self.retire(endpoint)
+        """New credentials (a rotated certificate): new calls get new channels, and every call in flight runs to
+        its end on the old one, which then closes."""
+        for found in self._channels.values():
+            self._close_when_idle(found.channel)
+        for found, timer in self._departed.values():
+            timer.cancel()
+            self._close_when_idle(found.channel)
+        self._channels = {}
+        self._departed = {}
 
     def retire(self, endpoint: Endpoint) -> None:
-        """The endpoint left: stop using its channel and close it once its calls have finished."""
+        """The endpoint left the passing set: new calls stop using its channel. Should the endpoint come back
+        within `close_grace_s`, it gets the channel back; otherwise the channel closes once its calls end."""
         found = self._channels.pop(endpoint, None)
         if found is not None:
-            task = asyncio.get_running_loop().create_task(found.channel.close(grace=CLOSE_GRACE_S))
-            self._closing.add(task)
-            task.add_done_callback(self._closing.discard)
+            timer = asyncio.get_running_loop().call_later(self.close_grace_s, self._forget, endpoint)
+            self._departed[endpoint] = (found, timer)
+
+    def _forget(self, endpoint: Endpoint) -> None:
+        departed = self._departed.pop(endpoint, None)
+        if departed is not None:
+            self._close_when_idle(departed[0].channel)
+
+    def _close_when_idle(self, channel: grpc.aio.Channel) -> None:
+        """Take no new calls on `channel` and close it as soon as the calls in flight on it have ended (grpc
+        waits for each to finish, up to DRAIN_LIMIT_S)."""
+        task = asyncio.get_running_loop().create_task(channel.close(grace=DRAIN_LIMIT_S))
+        self._closing[task] = channel
+        task.add_done_callback(self._closed)
+
+    def _closed(self, task: asyncio.Task[None]) -> None:
+        self._closing.pop(task, None)
 
     async def close(self) -> None:
-        """Close every channel now (in-flight calls are cancelled) and wait for retired ones."""
-        channels, self._channels = list(self._channels.values()), {}
-        await asyncio.gather(*(c.channel.close(grace=None) for c in channels), return_exceptions=True)
-        for task in list(self._closing):
-            task.cancel()
-        await asyncio.gather(*self._closing, return_exceptions=True)
+        """Close every channel now: calls still in flight end with UNAVAILABLE (CHANNEL_CLOSED)."""
+        channels = [found.channel for found in self._channels.values()]
+        for found, timer in self._departed.values():
+            timer.cancel()
+            channels.append(found.channel)
+        waiting = list(self._closing)
+        for task in waiting:
+            task.cancel()  # stops waiting for its calls; closing its channel again below ends them
+            channels.append(self._closing[task])
+        self._channels, self._departed, self._closing = {}, {}, {}
+        await asyncio.gather(*waiting, return_exceptions=True)
+        await asyncio.gather(*(channel.close(grace=None) for channel in channels), return_exceptions=True)
 
 
-# What grpc core says when a request provably never left this process: the connection could not be made, the
-# write of the request failed on a dead socket, or the server refused the stream before reading it.
-_NEVER_LEFT = (
-    "failed to connect to all addresses",
-    "Failed to connect to remote host",
-    "connections to all backends failing",
-    "Connection refused",
-    "sendmsg",
-    "RST_STREAM with error code 7",  # REFUSED_STREAM
-    "DNS resolution failed",
-)
+class NotConnected(grpc.aio.AioRpcError):
+    """An attempt that ended before its call was started: no connection to the endpoint could be made, so no
+    byte of the request left this process, and re-sending it elsewhere is always safe (gRPC A6)."""
+
+    def __init__(self, code: grpc.StatusCode, details: str) -> None:
+        super().__init__(code, grpc.aio.Metadata(), grpc.aio.Metadata(), details, None)
 
 
-def never_reached_server(error: grpc.aio.AioRpcError) -> bool:
-    """True when an attempt failed before its request could reach a server, so re-sending it is always safe."""
-    if error.code() is not grpc.StatusCode.UNAVAILABLE:
-        return False
-    details = error.details() or ""
-    return any(marker in details for marker in _NEVER_LEFT)
+async def wait_connected(
+    channel: grpc.aio.Channel, authority: str, timeout_s: float | None, wait_for_ready: bool | None
+) -> None:
+    """Return once `channel` is READY; raise NotConnected when it cannot be (a failed connection, unless the
+    caller asked to wait for one, or the deadline passing first).
+
+    Why not just start the call: grpcio tells Python nothing about where a failed call's bytes went, and the
+    text of a status proves nothing (a server writes its own). A call started only on a READY channel, and one
+    refused before it was started, are the only facts Python has. A connection that breaks under a call is
+    then "possibly executed", which is what it is.
+    """
+    loop = asyncio.get_running_loop()
+    give_up = None if timeout_s is None else loop.time() + timeout_s
+    state = channel.get_state(try_to_connect=True)
+    while state is not grpc.ChannelConnectivity.READY:
+        if state is grpc.ChannelConnectivity.SHUTDOWN or (
+            state is grpc.ChannelConnectivity.TRANSIENT_FAILURE and not wait_for_ready
+        ):
+            raise NotConnected(
+                grpc.StatusCode.UNAVAILABLE,
+                f"could not connect to {authority} ({state.name}); the request was not sent",
+            )
+        left = None if give_up is None else give_up - loop.time()
+        if left is not None and left <= 0:
+            raise NotConnected(
+                grpc.StatusCode.DEADLINE_EXCEEDED,
+                f"the deadline passed while connecting to {authority}; the request was not sent",
+            )
+        try:
+            await asyncio.wait_for(channel.wait_for_state_change(state), left)
+        except TimeoutError:
+            pass
+        state = channel.get_state(try_to_connect=True)

@@ -15,6 +15,7 @@ from typing import Any
 
 import grpc
 
+from meshlet.errors import ChannelClosed
 from meshlet.pipeline import ReplyStream
 from meshlet.resilience.replay import ReplayBuffer
 
@@ -131,15 +132,30 @@ async def settled(grpc_call: Any, error: grpc.aio.AioRpcError) -> grpc.aio.AioRp
     )
 
 
+def closed_under_the_caller(grpc_call: Any) -> bool:
+    """Whether a CancelledError out of `grpc_call` means the mesh closed its channel (mesh shutdown, or a drain
+    limit passed) rather than the caller's own task being cancelled: the caller then gets a status, not that."""
+    task = asyncio.current_task()
+    return task is not None and task.cancelling() == 0 and bool(grpc_call.cancelled())
+
+
+def channel_closed() -> ChannelClosed:
+    return ChannelClosed(
+        "the mesh closed the connection this call was running on (the mesh or its upstream is shutting down, "
+        "or the call outlived its channel's drain limit): make the call again on a running mesh"
+    )
+
+
 class ResponseStream(ReplyStream):
     """A committed response stream: the first message already read, the rest read on demand."""
 
-    __slots__ = ("_call", "_ending", "_first")
+    __slots__ = ("_call", "_cancelled", "_ending", "_first")
 
     def __init__(self, call: Any, first: Any) -> None:
         super().__init__()
         self._call = call
         self._first = first
+        self._cancelled = False  # by its reader, with cancel(): reads after that raise CancelledError as grpc's do
         self._ending: asyncio.Task[None] | None = None
         if first is EOF:
             self._finish_from_call()
@@ -169,13 +185,21 @@ class ResponseStream(ReplyStream):
             error = await settled(self._call, error)
             self.finish(error)
             raise error from None
-        except BaseException as error:  # the reader was cancelled: so is the call it was reading
-            self._call.cancel()
+        except BaseException as error:
+            if self._closed_under_the_reader(error):
+                closed = channel_closed()
+                self.finish(closed)
+                raise closed from None
+            self._call.cancel()  # the reader was cancelled: so is the call it was reading
             self.finish(error)
             raise
         if message is EOF:
             self._finish_from_call()
         return message
+
+    def _closed_under_the_reader(self, error: BaseException) -> bool:
+        """A CancelledError that neither the reader's task nor its cancel() asked for: the mesh closed the call."""
+        return isinstance(error, asyncio.CancelledError) and not self._cancelled and closed_under_the_caller(self._call)
 
     def _finish_from_call(self) -> None:
         self.finish(None)
@@ -190,6 +214,7 @@ class ResponseStream(ReplyStream):
                 self.cancel()
 
     def cancel(self) -> bool:
+        self._cancelled = True
         cancelled = bool(self._call.cancel())
         self.finish(grpc.aio.AioRpcError(grpc.StatusCode.CANCELLED, None, None, "cancelled by the caller"))
         return cancelled

@@ -134,10 +134,29 @@ def test_cancelled_probe_frees_the_slot_for_another() -> None:
     breaker, _ = make(clock)
     trip(breaker)
     clock.advance(12.0)
-    assert breaker.admits()
-    assert not breaker.admits()
-    breaker.record_cancelled()
-    assert breaker.admits()
+    probe = object()
+    assert breaker.admits(probe)
+    assert not breaker.admits(object())
+    breaker.record_cancelled(probe)
+    assert breaker.admits(object())
+    assert breaker.state == "half_open"
+
+
+def test_only_the_probes_own_cancellation_frees_the_half_open_slot() -> None:
+    clock = FakeClock()
+    breaker, _ = make(clock)
+    before_opening = object()
+    assert breaker.admits(before_opening)  # an attempt sent while closed, still in flight
+    trip(breaker)
+    clock.advance(12.0)
+    probe = object()
+    assert breaker.admits(probe)
+
+    breaker.record_cancelled(before_opening)
+    assert not breaker.admits(object())  # the probe is still out: nobody else goes
+
+    breaker.record_cancelled(probe)
+    assert breaker.admits(object())
     assert breaker.state == "half_open"
 
 

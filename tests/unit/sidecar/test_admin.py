@@ -6,8 +6,10 @@ from typing import Any
 
 from meshlet_sidecar.admin import (
     NOT_FOUND_HINT,
+    app_page,
     clusters_text,
     describe_upstreams,
+    from_inside_the_pod,
     ready_page,
 )
 
@@ -67,5 +69,22 @@ def test_describe_upstreams_puts_each_repr_beside_its_description() -> None:
 
 
 def test_not_found_hint_lists_every_admin_endpoint() -> None:
-    for path in ("/ready", "/live", "/clusters", "/config", "/metrics"):
+    for path in ("/ready", "/live", "/app", "/clusters", "/config", "/metrics", "/drain"):
         assert path in NOT_FOUND_HINT
+
+
+def test_only_the_pods_own_containers_may_drain() -> None:
+    """POST /drain answers loopback peers only: the admin port also listens on the pod IP for probes and scrapes."""
+    assert from_inside_the_pod("127.0.0.1")
+    assert from_inside_the_pod("::1")
+    assert from_inside_the_pod("::ffff:127.0.0.1")  # 127.0.0.1 as a dual-stack listener reports it
+    assert not from_inside_the_pod("10.244.1.7")
+    assert not from_inside_the_pod("fd00::7")
+    assert not from_inside_the_pod(None)
+    assert not from_inside_the_pod("not-an-address")
+
+
+def test_app_page_is_the_apps_health_alone_with_what_the_probe_found() -> None:
+    assert app_page(True, "SERVING (grpc.health.v1)") == (200, "app: SERVING (grpc.health.v1)\n")
+    refused = "NOT_SERVING (app at 127.0.0.1:50052 is unreachable: Connection refused)"
+    assert app_page(False, refused) == (503, f"app: {refused}\n")

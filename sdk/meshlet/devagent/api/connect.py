@@ -17,7 +17,13 @@ from typing import Any, TypedDict
 from aiohttp import web
 
 from meshlet.devagent.api import common
-from meshlet.devagent.connect_ca import Leaf, NotConnectIdentity, NotServiceIdentity, parse_service_identity
+from meshlet.devagent.connect_ca import (
+    Leaf,
+    NotConnectIdentity,
+    NotServiceIdentity,
+    parse_service_identity,
+    valid_service_name,
+)
 from meshlet.devagent.decode import DecodeError, Field
 from meshlet.devagent.intentions import IntentionError, MatchBy, parse_name
 
@@ -103,6 +109,11 @@ async def leaf(request: web.Request) -> web.StreamResponse:
     options = common.query_options(request, agent.config.datacenter)
     if not service:
         raise common.ConsulError(500, "URI must be either service, agent, server, or kind")
+    if not valid_service_name(service):
+        raise common.bad_request(
+            f"Invalid service name {service!r}: the dev agent issues leaves only for valid service names (letters, "
+            "digits and dashes, 1 to 63 characters, starting and ending with a letter or digit)"
+        )
     issued = agent.state.ca.leaf(service)
     if issued.modify_index <= options.index:
         issued = await _renewed_leaf(request, service, options)
@@ -143,8 +154,9 @@ async def authorize(request: web.Request) -> web.StreamResponse:
         raise common.bad_request("ClientCertURI not a valid Service identifier") from None
     except NotConnectIdentity:
         raise common.bad_request("ClientCertURI not a valid Connect identifier") from None
-    if client.partition not in ("", "default"):
-        raise common.bad_request(f'Mismatched partitions: "{client.partition}" != "default"')
+    if client.partition not in ("", "default"):  # Consul's answer: a decision (deny), not a bad request
+        reason = f'Mismatched partitions: "{client.partition}" != "default"'
+        return common.json_response({"Authorized": False, "Reason": reason})
     decision = agent.state.intentions.decide(client.service, target, source_namespace=client.namespace)
     return common.json_response({"Authorized": decision.allowed, "Reason": decision.reason})
 

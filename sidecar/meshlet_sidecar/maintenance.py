@@ -1,0 +1,92 @@
+"""Maintenance: this instance's Consul maintenance mode, owned by the sidecar that registered the instance.
+
+The app container's preStop hook asks for it (``POST /drain`` on the admin port, from inside the pod), so that
+callers' blocking queries drop the instance before the app stops. Kubernetes runs preStop before every stop of
+the container, a restart after a failed liveness probe too, so the sidecar ends the maintenance itself once the
+app has gone down and answers healthy again. It learns that the app went down from a gRPC connection it holds
+open to the app meanwhile: a restart faster than the health probe's interval would slip between two probes,
+never a closed connection. A pod that is being deleted never gets there: its sidecar, stopped
+last, deregisters the instance and its maintenance with it. The sidecar's /ready is false throughout.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import Awaitable, Callable
+
+import grpc
+
+from meshlet_sidecar.app_health import SERVING, AppHealth
+
+log = logging.getLogger("meshlet.sidecar")
+
+REASON = "app container stopping (meshlet preStop drain)"
+
+SetInConsul = Callable[[bool], Awaitable[bool]]  # enable -> whether the agent took it
+CONNECT_TIMEOUT_S = 2.0  # an app that accepts no connection in this long has gone down already
+# Its own connection (not shared with the forwarding channel's pool), never closed for being idle.
+_CHANNEL_OPTIONS = (("grpc.use_local_subchannel_pool", 1), ("grpc.client_idle_timeout_ms", 2**31 - 1))
+
+
+class Maintenance:
+    """Enter with `enter()`; it ends by itself once `app` has gone down and a probe finds it SERVING again (asked
+    every `poll_s`). `set_in_consul(enable)` switches the instance's maintenance in the agent."""
+
+    def __init__(self, app: AppHealth, set_in_consul: SetInConsul, *, poll_s: float = 0.5) -> None:
+        self.app = app
+        self.poll_s = poll_s
+        self._set_in_consul = set_in_consul
+        self._task: asyncio.Task[None] | None = None
+
+    @property
+    def active(self) -> bool:
+        return self._task is not None
+
+    async def enter(self) -> bool:
+        """Put the instance into maintenance until the app comes back; True if the agent took it now (else the
+        failing readiness still fails its TTL check at the next heartbeat)."""
+        if self._task is None:
+            log.warning("entering maintenance: %s; it ends once the app restarts and is healthy", REASON)
+            self._task = asyncio.create_task(self._end_when_the_app_is_back(), name="maintenance")
+        return await self._set_in_consul(True)
+
+    async def close(self) -> None:
+        """Stop watching, leaving the agent as it is: the sidecar is stopping and deregisters the instance."""
+        task, self._task = self._task, None
+        if task is not None:
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+
+    async def _end_when_the_app_is_back(self) -> None:
+        await self._app_goes_down()
+        while True:
+            if await self.app.probe() == SERVING:  # a fresh answer: the last one may predate the stop
+                break
+            await asyncio.sleep(self.poll_s)
+        self._task = None
+        log.info("the app is healthy again after its restart: leaving maintenance")
+        while self._task is None:  # until a new drain begins
+            if await self._set_in_consul(False):
+                break
+            await asyncio.sleep(self.poll_s)  # the agent is unreachable: keep asking, callers need it back
+
+    async def _app_goes_down(self) -> None:
+        """Returns once the app's process has closed a connection it had accepted, or at once if it accepts none
+        (already down: a hung app that failed its liveness probe, say)."""
+        address = self.app.app_address
+        async with grpc.aio.insecure_channel(address, options=_CHANNEL_OPTIONS) as channel:
+            try:
+                await asyncio.wait_for(channel.channel_ready(), CONNECT_TIMEOUT_S)
+            except TimeoutError:
+                return
+            state = channel.get_state()
+            while state == grpc.ChannelConnectivity.READY:
+                await channel.wait_for_state_change(state)
+                state = channel.get_state()
+        log.info("the app at %s went down: waiting for it to be healthy again", address)
+
+    def __repr__(self) -> str:
+        return f"<Maintenance {'on, waiting for the app to restart' if self.active else 'off'}>"
