@@ -27,8 +27,8 @@ from meshlet.deadline import Clock
 from meshlet.errors import MeshError
 from meshlet.inbound import InboundParts, build_inbound
 from meshlet.security.intentions import service_of
-from meshlet.transport.raw import Built, RawHandler, RawMethods, generic_handler
-from meshlet.transport.server import abort_refused, inbound_call, read_to_half_close
+from meshlet.transport.raw import Built, RawHandler, RawMethods, generic_handler, read_to_half_close
+from meshlet.transport.server import abort_refused, inbound_call
 
 LOOPBACK = "127.0.0.1"
 

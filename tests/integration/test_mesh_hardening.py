@@ -228,6 +228,32 @@ async def test_an_odd_path_to_a_rate_limited_method_spends_no_token_and_is_not_s
     assert handled.paths == [CREATE]
 
 
+async def test_a_large_client_stream_to_an_odd_path_reads_the_refusal_not_a_transport_error(
+    served: tuple[int, Handled], ca: Path
+) -> None:
+    port, handled = served
+    chunk = bytes(64 * 1024)
+
+    async def upload() -> AsyncIterator[bytes]:  # under REFUSAL_READ_BYTES, which a refusal reads to the end
+        for _ in range(56):  # 3.5 MiB in many writes: some are pending when a refusal that does not read ends it
+            yield chunk
+
+    credentials = grpc.ssl_channel_credentials(
+        (ca / "ca.crt").read_bytes(), (ca / "gateway.key").read_bytes(), (ca / "gateway.crt").read_bytes()
+    )
+    options = (("grpc.use_local_subchannel_pool", 1), *channel_options("orders", "default", "dc1", TRUST_DOMAIN))
+    async with grpc.aio.secure_channel(f"127.0.0.1:{port}", credentials, options=options) as channel:
+        call = channel.stream_stream(f"{DROP}/")(upload(), timeout=WAIT_S)
+        code, reason, _ = await refusal(_drain(call))
+    assert (code, reason) == (grpc.StatusCode.UNIMPLEMENTED, ErrorReason.METHOD_PATH_INVALID)
+    assert handled.paths == []
+
+
+async def _drain(call: Any) -> None:
+    async for _ in call:
+        pass
+
+
 async def test_the_outbound_listener_refuses_an_odd_path_from_the_app_before_routing_it() -> None:
     def upstream(name: str) -> Any:
         raise AssertionError(f"no upstream may be built for an odd path (asked for {name})")

@@ -10,6 +10,7 @@ is refused before its listener builds anything for it (`refuse_path`), so no sta
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
 from typing import Any, Protocol
 
@@ -40,6 +41,16 @@ RawHandler = Callable[[AsyncIterator[bytes], grpc.aio.ServicerContext], AsyncIte
 # A unary method's handler: the request's bytes in, the reply's bytes out.
 RawUnaryHandler = Callable[[bytes, grpc.aio.ServicerContext], Awaitable[bytes | None]]
 MAX_CACHED_METHODS = 4096  # method paths come from callers: past this many, new paths get a handler per call
+
+# Trap: a server that ends a call while its client is still writing the request stream makes that client's
+# pending write fail, and grpc.aio then reports grpc's own INTERNAL "Internal error from Core" instead of the
+# server's status (transport/streams.py; measured: most refused bidi streams with large messages). So a refused
+# call's request stream is read, and dropped, up to its half-close before the refusal is sent: once the client
+# has half-closed, none of its writes is pending. Bounded, so that a refused caller cannot make the server read
+# without end: past REFUSAL_READ_BYTES or REFUSAL_READ_S (a client that waits for a reply before it writes on)
+# the refusal goes out as it is.
+REFUSAL_READ_BYTES = 4 * 1024 * 1024
+REFUSAL_READ_S = 1.0
 
 
 class Learning(Protocol):
@@ -79,9 +90,35 @@ def refuse_path(path: str) -> grpc.RpcMethodHandler:
     code, details, trailers = refusal.code(), refusal.details() or "", tuple(refusal.trailing_metadata() or ())
 
     async def refuse(requests: AsyncIterator[bytes], context: grpc.aio.ServicerContext) -> None:
+        await read_to_half_close(requests)  # so the caller reads this answer, not INTERNAL (see REFUSAL_READ_BYTES)
         await context.abort(code, details, trailers)
 
     return grpc.stream_stream_rpc_method_handler(refuse)
+
+
+async def read_to_half_close(requests: AsyncIterator[Any]) -> bool:
+    """Read and drop a refused call's request messages until the client half-closes (True) or a bound is
+    reached (False): REFUSAL_READ_BYTES read, or REFUSAL_READ_S gone by."""
+    read = 0
+    try:
+        async with asyncio.timeout(REFUSAL_READ_S):
+            async for message in requests:
+                read += _size(message)
+                if read > REFUSAL_READ_BYTES:
+                    return False
+    except TimeoutError:
+        return False
+    except grpc.RpcError:  # the stream broke: none of the caller's writes is pending
+        return False
+    return True
+
+
+def _size(message: Any) -> int:
+    """A request message's size on the wire: raw bytes as they are, a protobuf message by its ByteSize()."""
+    if isinstance(message, bytes):
+        return len(message)
+    byte_size = getattr(message, "ByteSize", None)
+    return byte_size() if byte_size is not None else 0  # another codec's message: only the time bound holds
 
 
 def forwardable(

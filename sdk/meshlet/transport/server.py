@@ -25,17 +25,7 @@ from meshlet.deadline import Clock, Deadline
 from meshlet.errors import MeshError, upstream_failed
 from meshlet.inbound.abandoned import mark_abandoned
 from meshlet.security.peers import PeerVerdict
-from meshlet.transport.raw import refuse_path
-
-# Trap: a server that ends a call while its client is still writing the request stream makes that client's
-# pending write fail, and grpc.aio then reports grpc's own INTERNAL "Internal error from Core" instead of the
-# server's status (transport/streams.py; measured: most refused bidi streams with large messages). So a refused
-# call's request stream is read, and dropped, up to its half-close before the refusal is sent: once the client
-# has half-closed, none of its writes is pending. Bounded, so that a refused caller cannot make the server read
-# without end: past REFUSAL_READ_BYTES or REFUSAL_READ_S (a client that waits for a reply before it writes on)
-# the refusal goes out as it is.
-REFUSAL_READ_BYTES = 4 * 1024 * 1024
-REFUSAL_READ_S = 1.0
+from meshlet.transport.raw import read_to_half_close, refuse_path
 
 Pipeline = Callable[[InboundCall], Awaitable[Any]]
 PipelineBuilder = Callable[[Callable[[InboundCall], Awaitable[Any]]], Pipeline]
@@ -174,28 +164,3 @@ async def abort_refused(context: Any, refused: MeshError, requests: AsyncIterato
     if requests is not None:
         await read_to_half_close(requests)
     await context.abort(refused.code(), refused.details() or "", tuple(refused.trailing_metadata() or ()))
-
-
-async def read_to_half_close(requests: AsyncIterator[Any]) -> bool:
-    """Read and drop a refused call's request messages until the client half-closes (True) or a bound is
-    reached (False): REFUSAL_READ_BYTES read, or REFUSAL_READ_S gone by."""
-    read = 0
-    try:
-        async with asyncio.timeout(REFUSAL_READ_S):
-            async for message in requests:
-                read += _size(message)
-                if read > REFUSAL_READ_BYTES:
-                    return False
-    except TimeoutError:
-        return False
-    except grpc.RpcError:  # the stream broke: none of the caller's writes is pending
-        return False
-    return True
-
-
-def _size(message: Any) -> int:
-    """A request message's size on the wire: raw bytes as they are, a protobuf message by its ByteSize()."""
-    if isinstance(message, bytes):
-        return len(message)
-    byte_size = getattr(message, "ByteSize", None)
-    return byte_size() if byte_size is not None else 0  # another codec's message: only the time bound holds
