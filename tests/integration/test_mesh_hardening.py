@@ -21,12 +21,15 @@ import grpc
 import pytest
 
 from meshlet.config import load_config
+from meshlet.endpoints import Endpoint, EndpointSet
 from meshlet.errors import ErrorReason, error_info
 from meshlet.inbound import InboundParts
 from meshlet.mesh import Mesh
 from meshlet.security.certs import channel_options, consul_service_cn, server_credentials
 from meshlet.security.dev_ca import init_ca, issue
+from meshlet.security.identity import SpiffeId
 from meshlet.security.sources import FileSource
+from meshlet.security.upstream_identity import VerifiedEndpoints
 from meshlet.transport.raw import Built, RawMethods
 from meshlet_sidecar.forward import ForwardToApp
 from meshlet_sidecar.inbound_listener import InboundListener
@@ -526,3 +529,47 @@ async def eventually_served(call: Callable[[], Awaitable[bytes]]) -> None:
             return False
 
     await eventually(served, "a call to be served")
+
+
+async def test_an_endpoint_not_up_yet_is_held_back_and_used_once_it_proves_its_identity(tmp_path: Path) -> None:
+    folder = tmp_path / "certs"
+    init_ca(folder, TRUST_DOMAIN)
+    dev_ca = Issuer.load(folder)
+    for service in ("gateway", "ledger"):
+        uri = f"spiffe://{TRUST_DOMAIN}/ns/default/dc/dc1/svc/{service}"
+        crafted_certs.write(folder, service, *crafted_certs.leaf(dev_ca, uris=(uri,)))
+    source = FileSource(folder / "gateway.crt", folder / "gateway.key", folder / "ca.crt")
+    await source.start()
+    delivered: list[EndpointSet] = []
+    expected = SpiffeId(TRUST_DOMAIN, "default", "dc1", "ledger")
+    verified = VerifiedEndpoints(lambda: expected, source, delivered.append)
+    port = free_port()
+    endpoint = Endpoint("127.0.0.1", port)
+    try:
+        verified.update(EndpointSet([endpoint]))
+        await eventually(lambda: bool(delivered), "a first delivery")
+        assert endpoint not in delivered[-1]
+        assert "could not be reached" in verified.refused[endpoint]
+        async with registered_at(folder, "ledger", port):
+            await eventually(lambda: endpoint in delivered[-1], "the endpoint to be delivered once it is up")
+        assert endpoint not in verified.refused
+    finally:
+        await verified.close()
+        await source.stop()
+
+
+@contextlib.asynccontextmanager
+async def registered_at(folder: Path, presents: str, port: int) -> AsyncIterator[None]:
+    """A server presenting `presents`' leaf on `port` while the block runs."""
+    server = grpc.aio.server()
+    credentials = grpc.ssl_server_credentials(
+        [((folder / f"{presents}.key").read_bytes(), (folder / f"{presents}.crt").read_bytes())],
+        root_certificates=(folder / "ca.crt").read_bytes(),
+        require_client_auth=True,
+    )
+    server.add_secure_port(f"127.0.0.1:{port}", credentials)
+    await server.start()
+    try:
+        yield
+    finally:
+        await server.stop(None)
