@@ -15,6 +15,7 @@ from collections.abc import Callable
 import grpc
 
 from meshlet import ConfigError, Mesh
+from meshlet.errors import CannotListen
 from meshlet.security.certs import TlsConfigError
 from meshlet.telemetry.logging import configure_logging
 from services.faults import FaultInjector
@@ -52,16 +53,8 @@ async def serve_sdk(options: Options, register: Register) -> int:
     except (ConfigError, TlsConfigError) as error:
         print(f"python -m services.{options.name}: {error}", file=sys.stderr)
         return 2
-    except (OSError, RuntimeError) as error:
-        # The port is taken or the address is not ours: grpc says so with a RuntimeError ("Failed to bind"),
-        # the OS with an OSError. Any other RuntimeError is a bug and keeps its traceback.
-        if isinstance(error, RuntimeError) and "bind" not in str(error).lower():
-            raise
-        print(
-            f"python -m services.{options.name}: cannot serve on {options.host}:{options.port} ({error}): "
-            "choose another --port or --host",
-            file=sys.stderr,
-        )
+    except CannotListen as error:  # the port is taken or the address is not ours: meshlet's one line names it
+        print(f"python -m services.{options.name}: {error}", file=sys.stderr)
         return 1
     return 0
 

@@ -10,6 +10,7 @@ import functools
 import logging
 import random
 import signal
+import sys
 import time
 from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
@@ -28,7 +29,7 @@ from meshlet.deadline import Clock
 from meshlet.discovery.consul_client import ConsulFactory, consul_factory, read_token_file
 from meshlet.discovery.consul_watch import ConsulWatch
 from meshlet.discovery.instances import InstanceReport
-from meshlet.discovery.registration import Registration
+from meshlet.discovery.registration import WILDCARDS, Registration, registered_address
 from meshlet.errors import ConfigError
 from meshlet.events import EventBus
 from meshlet.inbound import InboundHandler, InboundParts, build_inbound
@@ -48,6 +49,7 @@ from meshlet.telemetry.metrics import Metrics
 from meshlet.telemetry.metrics_server import MetricsServer
 from meshlet.telemetry.tracing import Tracing, build_tracing
 from meshlet.transport.channels import SERVER_OPTIONS, ChannelFactory, EndpointChannels, insecure_channel
+from meshlet.transport.listen import add_port, join_host_port
 from meshlet.transport.mesh_channel import MeshChannel
 from meshlet.transport.server import InboundInterceptor
 from meshlet.upstream import Upstream
@@ -130,8 +132,16 @@ class Mesh:
 
     @classmethod
     def from_env(cls, path: str | Path | None = None, **overrides: Any) -> Mesh:
-        """Config from ``MESHLET_CONFIG`` (or `path`), ``MESHLET_*`` variables and ``CONSUL_HTTP_ADDR``."""
-        return cls(load_config(path, overrides=overrides or None))
+        """Config from ``MESHLET_CONFIG`` (or `path`), ``MESHLET_*`` variables and ``CONSUL_HTTP_ADDR``.
+
+        For a process's main, as meshlet's own commands: a bad config prints one line naming the field and the fix
+        on stderr and ends the process with exit 2 (SystemExit), never a traceback. ``Mesh(load_config(...))``
+        raises the ConfigError instead, for code that handles it."""
+        try:
+            return cls(load_config(path, overrides=overrides or None))
+        except ConfigError as error:
+            print(f"meshlet: {error}", file=sys.stderr)
+            raise SystemExit(2) from None
 
     async def __aenter__(self) -> Mesh:
         await self.start()
@@ -272,9 +282,10 @@ class Mesh:
         """What a server of `service` must present, with our current certificate (read when a handshake failed)."""
         if self._tls is None or not self._tls_started:
             return Expectation(service)
-        ours = self._tls.current().identity
+        material = self._tls.current()
+        ours = material.identity
         expected = SpiffeId(ours.trust_domain, ours.namespace, self.config.consul.datacenter or "dc1", service)
-        return Expectation(service, expected.uri, ours.trust_domain, ours.uri)
+        return Expectation(service, expected.uri, ours.trust_domain, ours.uri, material.trust_bundle_pem)
 
     def _channel_factory(self, service: str) -> ChannelFactory:
         """Plaintext, or mTLS with our current certificate, verifying that the server is `service`."""
@@ -315,31 +326,45 @@ class Mesh:
 
         identify = CallerIdentities(self._tls, parts.trusted_domains).of_call if self._tls is not None else None
         interceptor = InboundInterceptor(build, self._clock, identify)
-        server_options = [*SERVER_OPTIONS, *options]
+        server_options = [*options, *SERVER_OPTIONS]  # grpc takes the first of two equal keys: the caller's win
         server = grpc.aio.server(interceptors=[interceptor], options=server_options, **kwargs)
-        return _ServiceRecorder(server)
+        shares_port = any(key == "grpc.so_reuseport" and value for key, value in options)  # workers, on purpose
+        return _ServiceRecorder(server, shares_port=shares_port)
 
-    async def serve(self, server: grpc.aio.Server, port: int, *, host: str = "0.0.0.0") -> None:
+    async def serve(self, server: grpc.aio.Server, port: int, *, host: str | None = None) -> None:
         """Serve until SIGTERM/SIGINT (or `stop()`): register in Consul with a TTL check heart-beaten from the
         server's grpc.health.v1 status; on the signal report NOT_SERVING, deregister, stop accepting, drain
-        in-flight calls for ``service.drain_grace`` and return."""
+        in-flight calls for ``service.drain_grace`` and return.
+
+        It listens on `host` (default: ``service.address``, else 127.0.0.1; ``0.0.0.0`` for every interface) and
+        registers ``service.address`` (default: the address it listens on, 127.0.0.1 behind 0.0.0.0), so that by
+        default Consul names an address this server answers on. The port is this server's alone: when it is taken
+        (or the address is not this host's) it raises CannotListen, which uncaught exits 1 with one line."""
         name = self.config.service.name
         if not name:
             raise ValueError("serve() needs service.name: set it in the config file or MESHLET_SERVICE__NAME")
+        configured = self.config.service.address
+        host = host or configured or "127.0.0.1"
+        address = registered_address(host, configured)
         health_servicer = self.health
         health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
         names = [*_recorded_services(server), health.SERVICE_NAME, reflection.SERVICE_NAME]
         reflection.enable_server_reflection(names, server)
         await self.start()  # certificates, and the metrics port, for a mesh that was not entered
-        listen = f"[{host.strip('[]')}]:{port}" if ":" in host else f"{host}:{port}"  # "::": both families
-        if self._tls is not None:
-            bound = server.add_secure_port(listen, server_credentials(self._tls))
-        else:
-            bound = server.add_insecure_port(listen)
+        credentials = server_credentials(self._tls) if self._tls is not None else None
+        bound = add_port(
+            server,
+            join_host_port(host.strip("[]"), port),
+            credentials,
+            what=f"serve {name}",
+            fix="choose another port (mesh.serve(server, port=...)) or stop the process that holds it",
+            shared=getattr(server, "meshlet_shares_port", False),
+        )
         await server.start()
         for service_name in ("", *_recorded_services(server)):
             await health_servicer.set(service_name, health_pb2.HealthCheckResponse.SERVING)
-        address = self.config.service.address or "127.0.0.1"
+        if host.strip("[]") not in WILDCARDS and address != host:
+            log.warning("listening on %s but registering %s (service.address): callers dial %s", host, address, address)
         registration = Registration(
             self._consul,
             name=name,
@@ -353,7 +378,15 @@ class Mesh:
             health=lambda: _overall_status(health_servicer),
         )
         await registration.register()
-        log.info("serving %s on %s:%d", name, host, bound, extra={"service": name, "port": bound})
+        log.info(
+            "serving %s on %s:%d, registered as %s:%d",
+            name,
+            host,
+            bound,
+            address,
+            bound,
+            extra={"service": name, "port": bound, "address": address},
+        )
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, self._stop.set)
@@ -406,9 +439,10 @@ class Mesh:
 class _ServiceRecorder(grpc.aio.Server):
     """A grpc.aio.Server that remembers the services added to it, for health and reflection."""
 
-    def __init__(self, server: grpc.aio.Server) -> None:
+    def __init__(self, server: grpc.aio.Server, *, shares_port: bool = False) -> None:
         self._server = server
         self.meshlet_services: list[str] = []
+        self.meshlet_shares_port = shares_port  # built with grpc.so_reuseport on: several workers share the port
 
     def add_generic_rpc_handlers(self, generic_rpc_handlers: Iterable[Any]) -> None:
         for handler in generic_rpc_handlers:

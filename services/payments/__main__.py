@@ -50,9 +50,13 @@ async def serve(options: Options) -> int:
         payments_pb2_grpc.add_PaymentsServicer_to_server(Payments(ledger, injector), server)
         return [payments_pb2.DESCRIPTOR.services_by_name["Payments"].full_name]
 
+    retention = asyncio.create_task(ledger.sweep_forever(), name="ledger retention")
     try:
         return await serve_plain(options, injector, register)
     finally:
+        retention.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await retention
         await ledger.close()
 
 

@@ -22,6 +22,7 @@ class Charge:
     order_id: str
     amount_cents: int
     currency: str
+    created_at: float = 0.0  # unix seconds, for the ledger's retention; 0: unknown (a record kept for good)
 
     def to_json(self) -> str:
         return json.dumps(asdict(self), sort_keys=True)
@@ -36,6 +37,7 @@ class Charge:
             order_id=str(data["order_id"]),
             amount_cents=int(data["amount_cents"]),
             currency=str(data["currency"]),
+            created_at=float(data.get("created_at", 0.0)),
         )
 
 

@@ -20,6 +20,7 @@ from typing import Any, Protocol
 from aiohttp import web
 
 from meshlet.config import listen_host
+from meshlet.errors import CannotListen, describe_os_error
 from meshlet.resilience.breaker import CLOSED
 from meshlet.telemetry.metrics_server import CONTENT_TYPE
 
@@ -140,13 +141,20 @@ class Admin:
         return app
 
     async def start(self) -> int:
-        """Serve; returns the bound port."""
+        """Serve; returns the bound port. Raises CannotListen when the port is taken."""
         host, _, port = self.address.rpartition(":")
         # No access log (kubelet probes every few seconds), and a stop that never waits long on a scraper.
         runner = web.AppRunner(self.build_app(), handle_signals=False, access_log=None, shutdown_timeout=1.0)
         await runner.setup()
         try:
             await web.TCPSite(runner, listen_host(host.strip("[]")), int(port), reuse_address=True).start()
+        except OSError as error:
+            await runner.cleanup()
+            fix = "set sidecar.admin (--admin-addr) to a free port"
+            raise CannotListen(
+                f"cannot serve the admin page on {self.address} ({describe_os_error(error)}): {fix}",
+                address=self.address,
+            ) from None
         except BaseException:
             await runner.cleanup()
             raise

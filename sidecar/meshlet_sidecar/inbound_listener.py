@@ -21,21 +21,17 @@ import grpc
 
 from meshlet.call import Cardinality
 from meshlet.deadline import Clock
-from meshlet.errors import MeshError
+from meshlet.errors import CannotListen, MeshError
 from meshlet.inbound import InboundParts, build_inbound
 from meshlet.inbound.abandoned import mark_abandoned
 from meshlet.security.certs import CertificateSource, server_credentials
 from meshlet.security.peers import CallerIdentities, PeerVerdict
 from meshlet.transport.channels import SERVER_OPTIONS
+from meshlet.transport.listen import add_port
 from meshlet.transport.raw import Built, RawHandler, RawMethods, RawUnaryHandler, generic_handler, unary_handler
 from meshlet.transport.server import abort_refused, inbound_call
 from meshlet_sidecar.forward import ForwardToApp
 from meshlet_sidecar.method_kinds import MethodTable
-
-_SERVER_OPTIONS: tuple[tuple[str, Any], ...] = (
-    ("grpc.so_reuseport", 0),  # a second sidecar on the same port must fail to start, not share the traffic
-    *SERVER_OPTIONS,
-)
 
 
 class InboundListener:
@@ -68,25 +64,16 @@ class InboundListener:
         )
 
     async def start(self) -> int:
-        """Bind and serve; returns the port (useful with port 0)."""
-        server = grpc.aio.server(options=_SERVER_OPTIONS)
+        """Bind and serve; returns the port (useful with port 0). Raises CannotListen when the port is taken."""
+        server = grpc.aio.server(options=SERVER_OPTIONS)
         server.add_generic_rpc_handlers((RawMethods(self._handler_for),))
-        port: int
+        credentials = server_credentials(self._source) if self._source is not None else None
+        fix = "set sidecar.inbound (--inbound-addr) to a free local address"
         try:
-            if self._source is not None:
-                port = server.add_secure_port(self.address, server_credentials(self._source))
-            else:
-                port = server.add_insecure_port(self.address)
-        except RuntimeError as error:  # grpc's "Failed to bind to address"
-            port, cause = 0, f" ({error})"
-        else:
-            cause = ""
-        if not port:
+            port = add_port(server, self.address, credentials, what="listen for inbound calls", fix=fix)
+        except CannotListen:
             await server.stop(None)
-            raise OSError(
-                f"cannot listen for inbound calls on {self.address}{cause}: another process holds the port or the "
-                "address is not one of this host's; set sidecar.inbound (--inbound-addr) to a free local address"
-            )
+            raise
         await server.start()
         self._server, self.port = server, port
         return port

@@ -31,6 +31,7 @@ from typing import Any
 
 from meshlet.config import listen_host, split_host_port
 from meshlet.deadline import Clock
+from meshlet.errors import CannotListen, describe_os_error
 from meshlet.inbound import InboundParts
 from meshlet.security.certs import CertificateSource, TlsMaterial
 from meshlet.security.intentions import service_of
@@ -102,10 +103,10 @@ class SpliceListener:
                 reuse_address=True,
             )
         except OSError as error:
-            raise OSError(
-                f"cannot listen for inbound calls on {self.address} ({error.strerror or error}): another process "
-                "holds the port or the address is not one of this host's; set sidecar.inbound to a free local address"
-            ) from None
+            fix = "set sidecar.inbound (--inbound-addr) to a free local address"
+            problem = describe_os_error(error)
+            message = f"cannot listen for inbound calls on {self.address} ({problem}): {fix}"
+            raise CannotListen(message, address=self.address) from None
         self._server = server
         self.port = server.sockets[0].getsockname()[1]
         return self.port

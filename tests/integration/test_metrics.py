@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import socket
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
@@ -16,6 +17,7 @@ from grpc_health.v1 import health_pb2
 from prometheus_client.parser import text_string_to_metric_families
 
 from meshlet.config import load_config
+from meshlet.errors import CannotListen
 from meshlet.mesh import Mesh
 from meshlet.security.dev_ca import init_ca, issue
 from meshlet.telemetry.metrics import Metrics
@@ -306,3 +308,19 @@ async def test_an_sdk_server_counts_cancelled_and_timed_out_calls_as_their_calle
     finally:
         await server.stop(None)
         await mesh.close()
+
+
+async def test_a_taken_metrics_port_ends_the_start_with_one_line_naming_it() -> None:
+    """CannotListen is a SystemExit: a service whose metrics port another process holds exits 1 with this line."""
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        mesh = Mesh(load_config(None, env={}, overrides={"telemetry.metrics_port": port}))
+        try:
+            with pytest.raises(CannotListen) as refused:
+                await mesh.start()
+        finally:
+            await mesh.close()
+    assert f"127.0.0.1:{port} (Address already in use" in str(refused.value)
+    assert "telemetry.metrics_port" in str(refused.value)

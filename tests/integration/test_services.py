@@ -484,5 +484,5 @@ async def test_sdk_service_on_a_taken_port_exits_1_with_one_line(procs: Processe
         port = taken.getsockname()[1]
         child = procs.start(service_argv("orders", port), name="orders-taken", env={"CONSUL_HTTP_ADDR": agent.url})
         assert child.wait(START_S) == 1, child.output()
-    assert f"cannot serve on 127.0.0.1:{port}" in child.output()
+    assert f"cannot serve orders on 127.0.0.1:{port} (Address already in use" in child.output()
     assert "Traceback" not in child.output()

@@ -85,15 +85,19 @@ async def test_app_health_follows_the_apps_health_service_until_the_app_is_gone(
     await app_health.start()
     assert (app_health.status(), app_health.healthy, app_health.last_error) == (SERVING, True, None)
     assert app_health.probe_kind == GRPC_PROBE
+    draining = [app_health.draining]  # while the app drains, a stopping sidecar keeps serving its calls out
 
     await app.set(health_pb2.HealthCheckResponse.NOT_SERVING)
     assert await app_health.probe() == NOT_SERVING
     assert not app_health.healthy
     assert "answers NOT_SERVING" in (app_health.last_error or "")
+    draining.append(app_health.draining)
 
     await app.stop()
     assert await app_health.probe() == NOT_SERVING
     assert "unreachable: Connection refused" in (app_health.last_error or "")
+    draining.append(app_health.draining)
+    assert draining == [False, True, False]  # only while it answers NOT_SERVING: once gone, it calls nothing
     assert app.address in repr(app_health)
 
 
@@ -105,10 +109,12 @@ async def test_app_without_a_health_service_is_healthy_while_its_port_accepts_co
 
     assert await app_health.probe() == SERVING
     assert app_health.probe_kind == TCP_PROBE
+    assert "TCP connect accepted" in app_health.describe()
 
     await app.stop()
     assert await app_health.probe() == NOT_SERVING
     assert "unreachable" in (app_health.last_error or "")
+    assert app_health.describe() == app_health.last_error
 
 
 async def test_app_restarted_with_a_health_service_is_judged_by_it_again(
@@ -260,6 +266,8 @@ async def test_clusters_lists_upstreams_and_endpoints_as_text_or_json(admin: tup
 
 async def test_config_shows_the_effective_config_without_token_or_key_path(tmp_path: Path) -> None:
     key_path = tmp_path / "very-secret-orders.key"
+    for file in (key_path, tmp_path / "orders.crt", tmp_path / "ca.crt"):
+        file.write_text("PEM")  # read only when a listener needs them
     (tmp_path / "meshlet.yaml").write_text(
         f"service: {{name: orders}}\n"
         f"tls: {{source: files, cert: {tmp_path}/orders.crt, key: {key_path}, ca: {tmp_path}/ca.crt}}\n"

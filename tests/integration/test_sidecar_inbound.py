@@ -16,7 +16,7 @@ from pathlib import Path
 import grpc
 import pytest
 
-from meshlet.errors import ErrorReason, error_info
+from meshlet.errors import CannotListen, ErrorReason, error_info
 from meshlet.inbound import InboundParts
 from meshlet.security.certs import channel_options
 from meshlet.security.dev_ca import init_ca, issue
@@ -391,7 +391,7 @@ async def test_second_listener_on_a_taken_port_fails_to_start_naming_it(
     taken = f"127.0.0.1:{inbound.port}"
     forward = ForwardToApp("127.0.0.1:1")
     second = InboundListener(taken, source=source, parts=MESH, forward=forward, clock=time.monotonic)
-    with pytest.raises(OSError, match=taken):
+    with pytest.raises(CannotListen, match=rf"{taken} \(Address already in use"):
         await second.start()
     await forward.close()
 

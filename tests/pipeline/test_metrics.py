@@ -21,13 +21,14 @@ from meshlet.errors import MeshError
 from meshlet.events import EventBus
 from meshlet.inbound import InboundParts, build_inbound
 from meshlet.outbound.observe import ObserveCall
+from meshlet.outbound.send import ExplainFailure
 from meshlet.telemetry.access_log import ACCESS_LOGGER, AccessLog
 from meshlet.telemetry.logging import JsonFormatter
 from meshlet.telemetry.metrics import MAX_METHODS, OTHER_METHOD, Metrics
 from meshlet.transport.mesh_channel import MeshChannel
 from meshlet.upstream import Upstream
 from tests.pipeline.conftest import GET, RESERVE, SERVICE, WATCH, A, B, C, FakeClock, Rig, policy
-from tests.pipeline.scripted import Stream, failure, refused, unavailable
+from tests.pipeline.scripted import HandshakesFail, Stream, failure, refused, unavailable
 
 OUT = {"direction": "outbound", "service": SERVICE}
 GET_LABEL = GET[1:]
@@ -37,7 +38,13 @@ WATCH_LABEL = WATCH[1:]
 class MeteredRig(Rig):
     """The pipeline rig with metrics (and, when asked, the access log) on, as Mesh builds them."""
 
-    def __init__(self, seed: int = 7, access_log: AccessLog | None = None, **settings: Any) -> None:
+    def __init__(
+        self,
+        seed: int = 7,
+        access_log: AccessLog | None = None,
+        explain_failure: ExplainFailure | None = None,
+        **settings: Any,
+    ) -> None:
         super().__init__(policy(**settings), seed)
         self.metrics = Metrics()
         bus = EventBus()
@@ -54,6 +61,7 @@ class MeteredRig(Rig):
             sleep=self._sleep,
             metrics=self.metrics,
             access_log=access_log,
+            explain_failure=explain_failure,
         )
         self.metrics.track_upstreams(lambda: [self.upstream])
         patterns = self.upstream.policy.retry.idempotent
@@ -185,18 +193,32 @@ async def test_a_response_stream_is_counted_when_it_ends_and_in_flight_until_the
     assert metered.value("meshlet_in_flight", **OUT) == 0
 
 
-async def test_an_attempt_that_failed_its_tls_handshake_is_counted(metered: MeteredRig) -> None:
+async def test_an_attempt_that_failed_its_tls_handshake_is_counted(rigs: list[MeteredRig]) -> None:
+    rig = MeteredRig(explain_failure=HandshakesFail())
+    rigs.append(rig)
+    rig.serve(A, B, C)
+    rig.transport.then(refused(A))
+
+    await rig.unary(GET)
+
+    assert rig.value("meshlet_tls_handshake_failures_total", direction="outbound", service=SERVICE) == 1
+
+
+async def test_a_started_call_whose_status_reads_like_a_handshake_failure_is_not_counted_as_one(
+    metered: MeteredRig,
+) -> None:
+    """Its status is a server's, or a broken connection's: a server may pass on a downstream's words."""
     metered.transport.then(
         unavailable(
             "failed to connect to all addresses; last error: UNKNOWN: ipv4:127.0.0.1:5001: Tls handshake failed "
             "(TSI_PROTOCOL_FAILURE): SSL_ERROR_SSL: error:1000007d:SSL routines:CERTIFICATE_VERIFY_FAILED"
-        ),
-        refused(A),
+        )
     )
 
     await metered.unary(GET)
 
-    assert metered.value("meshlet_tls_handshake_failures_total", direction="outbound", service=SERVICE) == 1
+    assert metered.value("meshlet_attempts_total", service=SERVICE, method=GET_LABEL, code="UNAVAILABLE") == 1
+    assert metered.value("meshlet_tls_handshake_failures_total", direction="outbound", service=SERVICE) == 0
 
 
 async def test_method_labels_stop_growing_past_the_cap(metered: MeteredRig) -> None:

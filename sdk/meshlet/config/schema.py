@@ -6,9 +6,9 @@ Apart from loading, which only gathers raw values and explains the errors these 
 from __future__ import annotations
 
 import difflib
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from pathlib import Path
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, Literal, get_args
 
 from pydantic import BaseModel, ConfigDict, Field, SecretStr
 from pydantic import model_validator as _model_validator
@@ -62,7 +62,9 @@ class _Section(BaseModel):
 
 class ServiceConfig(_Section):
     name: str | None = None
-    address: str | None = "127.0.0.1"  # registered in Consul; None lets the registrar choose
+    # Registered in Consul, and what mesh.serve binds unless told: None means the address the listener serves (its
+    # host; 127.0.0.1 behind 0.0.0.0). Set it to what callers dial (the pod IP) when that differs.
+    address: str | None = None
     tags: tuple[str, ...] = ()
     meta: dict[str, str] = Field(default_factory=dict)
     check_ttl: PositiveDuration = 10.0
@@ -81,7 +83,8 @@ class ConsulConfig(_Section):
 
 
 class TlsConfig(_Section):
-    """``files``: PEM paths relative to the working directory; ``consul``: the Connect CA's leaf and roots."""
+    """``files``: PEM paths (a relative one in the config file is read from the file's folder, one in a variable or
+    flag from the working directory); ``consul``: the Connect CA's leaf and roots."""
 
     source: Literal["consul", "files", "off"] = "off"
     cert: Path | None = None
@@ -307,6 +310,23 @@ def _without_credentials(url: str) -> str:
         return url
     shown = f"{REDACTED}@{authority.rpartition('@')[2]}{slash}{path}"
     return f"{scheme}{sep}{shown}" if sep else shown
+
+
+def path_fields(model: type[BaseModel] = Config, prefix: tuple[str, ...] = ()) -> Iterator[tuple[str, ...]]:
+    """The YAML key paths of every field that holds a file path (or a list of them), in every section."""
+    for name, field in model.model_fields.items():
+        key = (*prefix, field.alias or name)
+        annotation = field.annotation
+        if isinstance(annotation, type) and issubclass(annotation, BaseModel):
+            yield from path_fields(annotation, key)
+        elif Path in _leaf_types(annotation):
+            yield key
+
+
+def _leaf_types(annotation: Any) -> set[Any]:
+    """``Path | None`` -> {Path, NoneType}; ``tuple[Path, ...]`` -> {Path, Ellipsis}; a plain type -> itself."""
+    args = get_args(annotation)
+    return set().union(*map(_leaf_types, args)) if args else {annotation}
 
 
 def _raw(value: Any) -> Any:

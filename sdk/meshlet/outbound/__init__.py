@@ -53,7 +53,7 @@ class OutboundParts:
     service: str = ""  # the upstream's name, as metrics and the access log label its calls
     metrics: Metrics | None = None  # None (and no access log): the observe stages left out
     access_log: AccessLog | None = None
-    explain_failure: ExplainFailure | None = None  # says why a handshake failed (None: grpc's words as they are)
+    explain_failure: ExplainFailure | None = None  # says why an attempt could not connect (None: NotConnected as is)
 
 
 def build_outbound(parts: OutboundParts) -> Callable[[Call], Awaitable[Any]]:

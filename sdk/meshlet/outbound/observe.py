@@ -3,8 +3,9 @@
 ObserveCall runs once per call, right below the call span, so the access log line is written while the call's
 span is current and carries its trace id. It counts the call by its final status (a refusal by a stage below
 included), its duration, and for a response stream does both when the stream ends. CountAttempt runs per
-attempt, after the pick: attempts by status, and TLS handshake failures read from an attempt's UNAVAILABLE
-details. Both are in the lists only when metrics or the access log are on.
+attempt, after the pick: attempts by status, and the attempts that never started because their TLS handshake
+failed (as the send stage's explainer found: TLS_HANDSHAKE_FAILED; never read from a status's text). Both are
+in the lists only when metrics or the access log are on.
 """
 
 from __future__ import annotations
@@ -17,9 +18,10 @@ import grpc
 
 from meshlet.call import Call
 from meshlet.deadline import Clock
+from meshlet.errors import ErrorReason, error_info
 from meshlet.pipeline import ReplyStream
 from meshlet.telemetry.access_log import AccessLog, current_trace_id
-from meshlet.telemetry.metrics import CallMetrics, Metrics, method_label, tls_handshake_failed
+from meshlet.telemetry.metrics import CallMetrics, Metrics, method_label
 
 
 def status_name(error: BaseException | None) -> str:
@@ -91,7 +93,7 @@ class CountAttempt:
         except grpc.aio.AioRpcError as error:
             code: grpc.StatusCode = error.code()
             self._calls.method(call.method.path).attempt(code.name)
-            if code is grpc.StatusCode.UNAVAILABLE and tls_handshake_failed(error.details() or ""):
+            if code is grpc.StatusCode.UNAVAILABLE and failed_its_handshake(call, error):
                 self._tls_failures.inc()
             raise
         except BaseException as error:
@@ -103,3 +105,11 @@ class CountAttempt:
         else:
             method.attempt("OK")
         return reply
+
+
+def failed_its_handshake(attempt: Call, error: grpc.aio.AioRpcError) -> bool:
+    """`attempt` could not connect, and the explainer found its endpoint failing the TLS handshake."""
+    if attempt.may_have_reached_server:  # a started call: its status is a server's (or a broken connection's)
+        return False
+    info = error_info(error)
+    return info is not None and info.reason == ErrorReason.TLS_HANDSHAKE_FAILED

@@ -313,13 +313,3 @@ class _FunctionCollector(Collector):
 
     def collect(self) -> Iterator[Metric]:
         yield from self._collect()
-
-
-# What grpc core writes in an attempt's UNAVAILABLE details when the TLS handshake or the peer's certificate
-# check failed (measured with grpcio 1.85: a wrong CA, a name mismatch), as opposed to a refused connection.
-_TLS_MARKERS = ("handshake failed", "custom verification check failed", "ssl_error", "certificate_verify_failed")
-
-
-def tls_handshake_failed(details: str) -> bool:
-    lowered = details.lower()
-    return any(marker in lowered for marker in _TLS_MARKERS)

@@ -11,6 +11,7 @@ from collections.abc import Callable
 from aiohttp import web
 
 from meshlet.config import listen_host
+from meshlet.errors import CannotListen, describe_os_error
 
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"  # Prometheus text exposition 0.0.4
 
@@ -39,10 +40,10 @@ class MetricsServer:
             await web.TCPSite(runner, listen_host(self.host.strip("[]")), self.port, reuse_address=True).start()
         except OSError as error:
             await runner.cleanup()
-            raise OSError(
-                f"cannot serve metrics on {self.host}:{self.port} ({error.strerror or error}): another process holds "
-                "the port; set telemetry.metrics_port (MESHLET_TELEMETRY__METRICS_PORT) to a free one"
-            ) from error
+            address = f"{self.host}:{self.port}"
+            fix = "set telemetry.metrics_port (MESHLET_TELEMETRY__METRICS_PORT) to a free one"
+            problem = describe_os_error(error)
+            raise CannotListen(f"cannot serve metrics on {address} ({problem}): {fix}", address=address) from None
         self._runner = runner
         self.port = int(runner.addresses[0][1])
         return self.port

@@ -10,7 +10,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from meshlet.endpoints import Endpoint
 from meshlet.events import BreakerOpened, EndpointsChanged, EventBus, RetryNotAttempted, RetryScheduled
-from meshlet.telemetry.metrics import MAX_METHODS, OTHER_METHOD, Metrics, tls_handshake_failed
+from meshlet.telemetry.metrics import MAX_METHODS, OTHER_METHOD, Metrics
 
 
 def samples(metrics: Metrics) -> dict[tuple[str, frozenset[tuple[str, str]]], float]:
@@ -111,28 +111,6 @@ def test_two_meshes_in_one_process_keep_separate_registries() -> None:
     first.calls("outbound", "inventory").method("/a.B/C").request("OK", 0.001)
 
     assert not any(name == "meshlet_requests_total" for name, _ in samples(second))
-
-
-@pytest.mark.parametrize(
-    ("details", "failed"),
-    [
-        (
-            "failed to connect to all addresses; last error: UNKNOWN: ipv4:127.0.0.1:35981: Tls handshake failed "
-            "(TSI_PROTOCOL_FAILURE): SSL_ERROR_SSL: error:1000007d:SSL routines:OPENSSL_internal:"
-            "CERTIFICATE_VERIFY_FAILED: unable to get local issuer certificate: OK",
-            True,
-        ),
-        (
-            "failed to connect to all addresses; last error: UNKNOWN: ipv4:127.0.0.1:35981: Custom verification "
-            "check failed with error: UNAUTHENTICATED: Hostname Verification Check failed.",
-            True,
-        ),
-        ("failed to connect to all addresses; last error: UNAVAILABLE: ipv4:127.0.0.1:35981: Socket closed", False),
-        ("failed to connect to all addresses; last error: UNKNOWN: ipv4:127.0.0.1:1: Connection refused", False),
-    ],
-)
-def test_only_handshake_and_certificate_failures_count_as_tls_failures(details: str, failed: bool) -> None:
-    assert tls_handshake_failed(details) is failed
 
 
 def test_label_values_stay_bounded_when_callers_invent_methods_and_pods_come_and_go() -> None:
