@@ -53,7 +53,7 @@ def judge_certificate(
 ) -> SpiffeId:
     """The caller `leaf` names, or :class:`RefusedPeer`. `intermediates` are those the caller presented, None where
     the handshake has already applied every path length constraint (OpenSSL, the L4 path)."""
-    identity = one_spiffe_id(leaf)
+    identity = _one_spiffe_id(leaf)
     if _is_ca(leaf):  # the X.509-SVID standard: a leaf SVID is not a CA
         raise RefusedPeer("the certificate is a CA's, not a service's: present the service's leaf certificate")
     if identity.trust_domain not in trust_domains:
@@ -68,7 +68,7 @@ def judge_certificate(
     return identity
 
 
-def one_spiffe_id(leaf: x509.Certificate) -> SpiffeId:
+def _one_spiffe_id(leaf: x509.Certificate) -> SpiffeId:
     """The service SPIFFE ID in the one URI SAN of `leaf`, or RefusedPeer saying what is wrong."""
     try:
         names: x509.SubjectAlternativeName | None = leaf.extensions.get_extension_for_class(

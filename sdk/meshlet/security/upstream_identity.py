@@ -6,38 +6,48 @@ grpcio's client matches a server only against DNS SANs, or the common name when 
 DNS SAN, which grpc matches on every connection (and handshake_failures explains). A real Consul's leaves carry only
 the URI SAN, and its common names collide (``led-ger``, ``LEDGER`` and ``ledger`` share one), so grpcio alone would
 accept another service's leaf. So there, before discovery hands an endpoint to the balancer, `VerifiedEndpoints`
-opens one TLS connection to
-it with Python's ssl (our certificate, our trust bundle), reads the leaf it presents and checks its one URI SAN names
-the upstream's service, namespace, partition and trust domain (any datacenter: Consul fails over across them). An
-endpoint that fails is left out and its reason is kept for the NO_HEALTHY_ENDPOINT message.
+connects to it with Python's ssl (handshake_failures.probe, verifying with our trust bundle), reads the leaf it
+presents and checks that its SPIFFE ID names the upstream's service, namespace, partition and trust domain (any
+datacenter: Consul fails over across them). An endpoint that fails is left out and its reason is kept for the
+NO_HEALTHY_ENDPOINT message.
 
 What it does not cover: grpc makes its own connections after the check; a process that later takes over a verified
 endpoint's address and port is caught only by grpc's name check (above) until the endpoint leaves discovery and
-comes back. Each endpoint costs one extra handshake, once.
+comes back. Each endpoint costs one probe (two handshakes without a client certificate), once.
 """
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
-import os
-import ssl
-from collections.abc import Callable, Iterator, Mapping
-from pathlib import Path
-
-from cryptography import x509
+from collections.abc import Callable, Mapping
 
 from meshlet.endpoints import Endpoint, EndpointSet
-from meshlet.security.certs import CertificateSource, TlsMaterial
-from meshlet.security.identity import SpiffeId
-from meshlet.security.peers import RefusedPeer, one_spiffe_id
+from meshlet.security.certs import CertificateSource
+from meshlet.security.handshake_failures import Probed, probe
+from meshlet.security.identity import InvalidSpiffeId, SpiffeId
 
 log = logging.getLogger(__name__)
 
 HANDSHAKE_TIMEOUT_S = 5.0
 RECHECK_S = 1.0  # an endpoint that could not be reached is checked again this often while discovery lists it
 _UNREACHABLE = "it could not be reached to check its identity"
+
+
+def _refusal(expected: SpiffeId, probed: Probed) -> str | None:
+    """Why the endpoint `probed` is not an instance of `expected`'s service, or None when it is."""
+    if not probed.speaks_tls:
+        return "it does not speak TLS"
+    if probed.untrusted is not None:
+        return f"its certificate is not trusted here ({probed.untrusted})"
+    identity = probed.presented.identity if probed.presented is not None else None
+    if identity is None:
+        return "it presented no readable certificate"
+    try:
+        presented = SpiffeId.parse(identity)
+    except InvalidSpiffeId:
+        return f"it presented {identity}, which is not one service's SPIFFE ID"
+    return identity_mismatch(expected, presented)
 
 
 def identity_mismatch(expected: SpiffeId, presented: SpiffeId) -> str | None:
@@ -47,46 +57,6 @@ def identity_mismatch(expected: SpiffeId, presented: SpiffeId) -> str | None:
     if ours == theirs:
         return None
     return f"it presented {presented}, not the identity of {expected.service} ({expected})"
-
-
-async def presented_identity(host: str, port: int, material: TlsMaterial, timeout_s: float) -> SpiffeId:
-    """The SPIFFE ID in the leaf the server at `host`:`port` presents to a client holding `material`. Raises
-    RefusedPeer (no single service URI SAN), ssl.SSLError (its chain is not trusted) or OSError."""
-    context = _client_context(material)
-    _, writer = await asyncio.wait_for(
-        asyncio.open_connection(host, port, ssl=context, server_hostname=None), timeout_s
-    )
-    try:
-        ssl_object = writer.get_extra_info("ssl_object")
-        der = ssl_object.getpeercert(binary_form=True) if ssl_object is not None else None
-    finally:
-        writer.transport.abort()  # no TLS close_notify exchange: grpc servers do not answer one
-    if not der:
-        raise RefusedPeer("it presented no certificate")
-    return one_spiffe_id(x509.load_der_x509_certificate(der))
-
-
-def _client_context(material: TlsMaterial) -> ssl.SSLContext:
-    context = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
-    context.minimum_version = ssl.TLSVersion.TLSv1_2
-    context.check_hostname = False  # the identity is the URI SAN, checked by the caller; the chain is verified here
-    context.verify_mode = ssl.CERT_REQUIRED
-    context.load_verify_locations(cadata=material.trust_bundle_pem.decode())
-    context.set_alpn_protocols(["h2"])
-    with _in_memory(material.cert_chain_pem) as cert, _in_memory(material.private_key_pem) as key:
-        context.load_cert_chain(cert, key)
-    return context
-
-
-@contextlib.contextmanager
-def _in_memory(data: bytes) -> Iterator[str]:
-    """A path to `data` that never touches a disk (an anonymous memory file; ssl loads a chain only by path)."""
-    fd = os.memfd_create("meshlet-tls", os.MFD_CLOEXEC)
-    try:
-        os.write(fd, data)
-        yield str(Path("/proc/self/fd") / str(fd))
-    finally:
-        os.close(fd)
 
 
 class VerifiedEndpoints:
@@ -139,21 +109,10 @@ class VerifiedEndpoints:
 
     async def _verdict(self, endpoint: Endpoint) -> str | None:
         expected = self._expected()
-        try:
-            presented = await presented_identity(
-                endpoint.address, endpoint.port, self._source.current(), self._timeout_s
-            )
-        except RefusedPeer as refused:
-            why: str | None = str(refused)
-        except ssl.SSLCertVerificationError as error:
-            why = f"its certificate is not trusted ({error.verify_message})"
-        except ssl.SSLError as error:
-            why = f"the TLS handshake with it failed ({error.reason or error})"
-        except (OSError, TimeoutError) as error:  # not up yet, or gone: held back and checked again
-            log.debug("could not check the identity of %s at %s: %s", expected.service, endpoint, error)
+        probed = await probe(endpoint, self._source.current().trust_bundle_pem, self._timeout_s)
+        if probed is None:  # no connection, or closed mid-handshake: not up yet, or gone; held back, checked again
             return _UNREACHABLE
-        else:
-            why = identity_mismatch(expected, presented)
+        why = _refusal(expected, probed)
         if why is not None:
             log.warning(
                 "refusing %s as an instance of %s: %s", endpoint, expected.service, why, extra={"event": "impostor"}
