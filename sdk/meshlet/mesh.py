@@ -12,7 +12,7 @@ import random
 import signal
 import sys
 import time
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -35,14 +35,15 @@ from meshlet.events import EventBus
 from meshlet.inbound import InboundHandler, InboundParts, build_inbound
 from meshlet.security.certs import (
     CertificateSource,
-    caller_spiffe_id,
     channel_credentials,
     channel_options,
     server_credentials,
 )
 from meshlet.security.handshake_failures import Expectation, HandshakeFailures
 from meshlet.security.identity import SpiffeId
+from meshlet.security.peers import CallerIdentities
 from meshlet.security.sources import make_source
+from meshlet.security.upstream_identity import VerifiedEndpoints
 from meshlet.telemetry.access_log import AccessLog
 from meshlet.telemetry.metrics import Metrics
 from meshlet.telemetry.metrics_server import MetricsServer
@@ -116,6 +117,7 @@ class Mesh:
         )
         self._upstreams: dict[str, Upstream] = {}
         self._watches: dict[str, ConsulWatch] = {}
+        self._verified: dict[str, VerifiedEndpoints] = {}
         self._channels: dict[str, MeshChannel] = {}
         self._stop = asyncio.Event()
         self._starting: set[asyncio.Task[None]] = set()
@@ -161,6 +163,15 @@ class Mesh:
         if self._tls is not None and not self._tls_started:
             await self._tls.start()
             self._tls_started = True
+            if self._tls.current().identity_dns_name is None:
+                log.warning(
+                    "our certificate has no identity DNS SAN (a URI-only leaf, as a real Consul issues): grpc checks "
+                    "upstream servers by their common name, which names the service only lowered and stripped to "
+                    "[a-z0-9] (led-ger and ledger share one); meshlet checks each endpoint's URI SAN once before "
+                    "using it, but a process that later takes over a checked endpoint's address is checked by the "
+                    "common name only",
+                    extra={"event": "weak_server_check"},
+                )
             self._tls.subscribe(lambda _material: self._refresh_channels())
 
     @property
@@ -234,10 +245,20 @@ class Mesh:
                 explain_failure=handshakes.explain,
                 instances=InstanceReport.from_consul(service, self._consul),
             )
+            on_update = found.update_endpoints
+            if self._tls is not None and self._tls.current().identity_dns_name is None:
+                # URI-only leaves (a real Consul): grpc can match only the common name, which services share
+                # (led-ger, ledger), so each endpoint proves it is `service` by its URI SAN before it is used.
+                # Leaves with the identity DNS SAN need no such check: grpc matches it on every connection.
+                verified = self._verified[service] = VerifiedEndpoints(
+                    self._upstream_identity(service), self._tls, found.update_endpoints
+                )
+                found.refused_endpoints = lambda: verified.refused
+                on_update = verified.update
             watch = self._watches[service] = ConsulWatch(
                 service,
                 consul=self._consul,
-                on_update=found.update_endpoints,
+                on_update=on_update,
                 events=self.events,
                 rng=self._rng,
             )
@@ -245,6 +266,17 @@ class Mesh:
             self._starting.add(task)
             task.add_done_callback(self._starting.discard)
         return found
+
+    def _upstream_identity(self, service: str) -> Callable[[], SpiffeId]:
+        """The identity an instance of `service` must present: our trust domain, partition and namespace."""
+        source = self._tls
+        assert source is not None
+
+        def expected() -> SpiffeId:
+            ours = source.current().identity
+            return SpiffeId(ours.trust_domain, ours.namespace, ours.datacenter, service, ours.partition)
+
+        return expected
 
     def _expectation(self, service: str) -> Expectation:
         """What a server of `service` must present, with our current certificate (read when a handshake failed)."""
@@ -292,7 +324,7 @@ class Mesh:
         def build(terminal: InboundHandler) -> InboundHandler:
             return build_inbound(terminal, parts)
 
-        identify = caller_spiffe_id if self._tls is not None else None
+        identify = CallerIdentities(self._tls, parts.trusted_domains).of_call if self._tls is not None else None
         interceptor = InboundInterceptor(build, self._clock, identify)
         server_options = [*options, *SERVER_OPTIONS]  # grpc takes the first of two equal keys: the caller's win
         server = grpc.aio.server(interceptors=[interceptor], options=server_options, **kwargs)
@@ -388,6 +420,8 @@ class Mesh:
         for watch in watches:
             with contextlib.suppress(Exception):
                 await watch.stop()
+        verified, self._verified = list(self._verified.values()), {}
+        await asyncio.gather(*(v.close() for v in verified), return_exceptions=True)
         upstreams, self._upstreams = list(self._upstreams.values()), {}
         await asyncio.gather(*(u.close() for u in upstreams), return_exceptions=True)
         self._channels.clear()

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import random
+from collections.abc import Callable, Mapping
 from typing import Any
 
 from opentelemetry.trace import Tracer
@@ -78,6 +79,8 @@ class Upstream:
         self._picker: Picker | None = None
         self._admission: Admission | None = None
         self._answered = asyncio.Event()
+        # Endpoints discovery listed that were left out because they did not prove to be this service (mTLS), and why.
+        self.refused_endpoints: Callable[[], Mapping[Endpoint, str]] = dict
         self._readmit_timer: asyncio.TimerHandle | None = None
         self.handler = build_outbound(
             OutboundParts(
@@ -200,6 +203,14 @@ class Upstream:
                 f"discovery has not answered for {self.name} yet: check that Consul is reachable "
                 f"and that the service is registered",
                 metadata=info,
+            )
+        refused = self.refused_endpoints()
+        if not self._endpoints and refused:
+            reasons = "; ".join(f"{endpoint}: {why}" for endpoint, why in sorted(refused.items(), key=str))
+            return NoHealthyEndpoint(
+                f"no instance of {self.name} that Consul lists proved to be {self.name} ({reasons}): check that "
+                f"the instances registered as {self.name} present its certificate",
+                metadata={**info, "refused": ",".join(map(str, refused))},
             )
         if not self._endpoints:
             return NoHealthyEndpoint(

@@ -47,6 +47,7 @@ class InboundParts:
 
     service: str = ""  # our service name: the destination intentions are asked about
     require_identity: bool = False  # mTLS on: a call without a verified SPIFFE ID is refused
+    trusted_domains: tuple[str, ...] = ()  # federated trust domains accepted beside our own (tls.trusted_domains)
     authorizer: Authorizer | None = None
     per_caller: RateLimiter | None = None
     per_method: MethodRateLimits | None = None
@@ -100,6 +101,7 @@ class InboundParts:
         return cls(
             service=service,
             require_identity=config.tls.source != "off",
+            trusted_domains=config.tls.trusted_domains,
             authorizer=authorizer,
             per_caller=limiter(per_caller.rate_per_s, per_caller.burst) if per_caller.rate_per_s is not None else None,
             per_method=MethodRateLimits(per_method) if any(v is not None for v in per_method.values()) else None,

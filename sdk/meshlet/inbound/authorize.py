@@ -13,7 +13,7 @@ from typing import Any
 
 from meshlet.call import InboundCall
 from meshlet.errors import IntentionDenied
-from meshlet.security.intentions import Authorizer, Decision, service_of
+from meshlet.security.intentions import Authorizer, Decision, identity_of, service_of, source_name
 
 log = logging.getLogger(__name__)
 
@@ -40,7 +40,8 @@ class Authorize:
             if source
             else f"without an identity at {call.peer_address or 'an unknown address'}"
         )
-        remedy = self._authorizer.remedy(source or "*", self._service, call.method)
+        identity = identity_of(call.peer_uri)
+        remedy = self._authorizer.remedy(source_name(identity) if identity else "*", self._service, call.method)
         log.warning(
             "denied %s -> %s %s: %s",
             source or call.peer_address,
