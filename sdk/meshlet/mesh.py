@@ -102,6 +102,9 @@ class Mesh:
             if self.tracing is not None:
                 doc = "Spans dropped because the exporter's queue was full (the collector was away or slow)"
                 metrics.counter_from("meshlet_spans_dropped", doc, self.tracing.dropped_spans)
+                doc = "Spans an exporter failed to deliver, by reason (export_failed: the collector unreachable, "
+                doc += "refusing or too slow; exporter_error: the exporter raised)"
+                metrics.counters_from("meshlet_spans_export_failed", doc, "reason", self.tracing.failed_exports)
         self._access_log = AccessLog() if config.telemetry.access_log else None
         self._metrics_server: MetricsServer | None = None
         self._clock = clock

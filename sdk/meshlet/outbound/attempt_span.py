@@ -1,5 +1,6 @@
-"""Stage (per attempt, first): a child CLIENT span for each attempt of a sampled call, so every retry is
-visible in the trace: attempt number, endpoint, status, and the backoff slept before it.
+"""Stage (per attempt, first): a CLIENT span for each attempt of a sampled call, child of the call's INTERNAL
+span, so every retry is visible in the trace: attempt number, endpoint, status, and the backoff slept before it.
+The attempts are the only CLIENT spans: what went on the wire, once each.
 
 First in the per-attempt list, so an attempt that found no endpoint is recorded too. The attempt's span is
 current while it runs (a breaker that its outcome opens adds its event there), and its context replaces the

@@ -1,4 +1,7 @@
-"""Stage 1: one CLIENT span per call, named ``pkg.Service/Method`` with the RPC conventions' attributes.
+"""Stage 1: one INTERNAL span per call, named ``pkg.Service/Method`` with the RPC conventions' attributes, above
+the CLIENT span of each attempt (outbound/attempt_span.py), as OpenTelemetry's conventions for retried calls want:
+span-derived RED numbers (spanmetrics, Jaeger's monitor tab) count the attempts that went on the wire once each,
+and the logical call, retries and refusals included, is the INTERNAL span above them.
 
 Outermost, so the span sees every outcome, refusals made before any attempt included (a full bulkhead, a
 deadline too short). Its parent is the caller's current span (SDK: the handler's server span, via contextvars),
@@ -24,7 +27,7 @@ from opentelemetry.trace import Tracer, get_current_span, set_span_in_context
 from meshlet.call import Call
 from meshlet.pipeline import ReplyStream
 from meshlet.telemetry.propagation import carries_context, extract, headers, trace_fields, without
-from meshlet.telemetry.tracing import CLIENT, SpanStarts, Unrecorded, end_span_with, rpc_attributes, unsampled_root
+from meshlet.telemetry.tracing import INTERNAL, SpanStarts, Unrecorded, end_span_with, rpc_attributes, unsampled_root
 
 
 class CallSpan:
@@ -56,7 +59,7 @@ class CallSpan:
         call.metadata = metadata
         path = call.method.path
         name, attributes = self._starts((path, call.upstream), path)
-        span = self._tracer.start_span(name, context=parent, kind=CLIENT, attributes=attributes)
+        span = self._tracer.start_span(name, context=parent, kind=INTERNAL, attributes=attributes)
         context = set_span_in_context(span, parent)
         recording = span.is_recording()
         if not recording:  # another sampler said no: the attempts send nothing of their own, so it travels from here

@@ -208,6 +208,17 @@ class Metrics:
         """Publish a count kept elsewhere (the spans an exporter dropped), read at scrape time."""
         self.collect_with(lambda: [CounterMetricFamily(name, documentation, value=read())])
 
+    def counters_from(self, name: str, documentation: str, label: str, read: Callable[[], dict[str, int]]) -> None:
+        """Publish counts kept elsewhere by one `label` (export failures by reason), read at scrape time."""
+
+        def collect() -> list[Metric]:
+            family = CounterMetricFamily(name, documentation, labels=[label])
+            for value, count in read().items():
+                family.add_metric([value], count)
+            return [family]
+
+        self.collect_with(collect)
+
     def render(self) -> bytes:
         """The registry in Prometheus text format (0.0.4)."""
         return generate_latest(self.registry)
