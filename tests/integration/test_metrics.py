@@ -22,7 +22,7 @@ from meshlet.telemetry.metrics import Metrics
 from meshlet_api.echo.v1 import echo_pb2, echo_pb2_grpc
 from tests.integration.conftest import EchoFleet, MeshFactory
 from tests.support.agents import Agent, start_dev_agent
-from tests.support.processes import Processes, free_port, wait_until
+from tests.support.processes import Processes, eventually, free_port, wait_until
 from tests.support.sidecars import start_plain_app, start_sidecar, tls_files
 
 pytestmark = pytest.mark.slow
@@ -112,6 +112,48 @@ async def test_the_sdk_metrics_port_counts_calls_retries_and_the_open_breaker(
     async with aiohttp.ClientSession() as session:
         with pytest.raises(aiohttp.ClientConnectionError):
             await session.get(url)
+
+
+async def test_a_breaker_opening_stays_counted_after_its_endpoint_leaves_consul(
+    fleet: EchoFleet, mesh_factory: MeshFactory
+) -> None:
+    """The endpoint whose breaker opened leaves Consul right after: its per-endpoint series go, the upstream's
+    total of openings stays (a counter never goes backwards), and it was there at 0 before the first opening."""
+    for name in ("good-1", "good-2"):
+        fleet.start(name)
+    bad = fleet.start("bad", "--fail-code", "UNAVAILABLE")
+    port = free_port()
+    slow_reset = {"failures": 2, "reset_timeout": "120s", "reset_timeout_max": "120s"}  # one opening, no half-open
+    mesh = mesh_factory(
+        **{"telemetry.metrics_port": port, "telemetry.metrics_host": "127.0.0.1"},
+        upstreams={fleet.service: {"breaker": slow_reset}},
+    )
+    await mesh.start()
+    stub = echo_pb2_grpc.EchoStub(mesh.channel(fleet.service))
+    url = f"http://127.0.0.1:{port}/metrics"
+    bad_endpoint = f"127.0.0.1:{fleet.ports['bad']}"
+
+    before = await scrape(url)
+    assert ("meshlet_breaker_openings_total", frozenset({("service", fleet.service)})) in before.samples
+    assert before("meshlet_breaker_openings_total", service=fleet.service) == 0  # increase() sees the first
+
+    async def bad_is_open() -> bool:
+        await stub.Echo(HELLO, timeout=5)  # the bad instance's failures are retried on the good ones
+        return (await scrape(url))("meshlet_breaker_state", service=fleet.service, endpoint=bad_endpoint) == 2
+
+    await eventually(bad_is_open, "the bad instance's breaker to open")
+    bad.stop()  # it leaves Consul: its check fails, the mesh's discovery drops it
+
+    async def bad_is_gone() -> bool:
+        seen = await scrape(url)
+        return seen.matching("meshlet_breaker_transitions_total", endpoint=bad_endpoint) == 0 and (
+            seen.matching("meshlet_endpoints", service=fleet.service) == 2
+        )
+
+    await eventually(bad_is_gone, "the departed endpoint's series to go")
+    after = await scrape(url)
+    assert after("meshlet_breaker_openings_total", service=fleet.service) == 1
+    assert after("meshlet_retry_budget_refusals_total", service=fleet.service) == 0
 
 
 async def test_a_served_sdk_process_counts_its_inbound_calls_by_the_status_its_handler_ended_them_with(

@@ -123,8 +123,15 @@ class Metrics:
         )
         self.breaker_transitions = Counter(
             "meshlet_breaker_transitions",
-            "Endpoint circuit breaker transitions, by the state entered",
+            "Endpoint circuit breaker transitions, by the state entered (an endpoint's series go when it leaves "
+            "discovery; meshlet_breaker_openings counts every opening of the upstream)",
             ["service", "endpoint", "state"],
+            registry=registry,
+        )
+        self.breaker_openings = Counter(
+            "meshlet_breaker_openings",
+            "Endpoint circuit breakers opened, per upstream: kept while the process lives, whatever endpoints leave",
+            ["service"],
             registry=registry,
         )
         self.authz_denials = Counter(
@@ -164,7 +171,16 @@ class Metrics:
         found = self._calls.get(key)
         if found is None:
             found = self._calls[key] = CallMetrics(direction, service)
+            if direction == "outbound":
+                self._upstream_known(service)
         return found
+
+    def _upstream_known(self, service: str) -> None:
+        """The upstream's counters at 0 from the moment its pipeline exists, not from its first event: a series
+        that appears with the value 1 hides that first burst from ``increase()`` and ``rate()``."""
+        self.budget_refusals.labels(service)
+        self.breaker_openings.labels(service)
+        self.tls_handshake_failures.labels("outbound", service)
 
     def all_calls(self) -> list[CallMetrics]:
         return list(self._calls.values())
@@ -189,12 +205,14 @@ class Metrics:
         elif isinstance(event, BudgetRefused):
             self.budget_refusals.labels(event.upstream).inc()
         elif isinstance(event, BreakerOpened):
+            self.breaker_openings.labels(event.upstream).inc()
             self.breaker_transitions.labels(event.upstream, str(event.endpoint), "open").inc()
         elif isinstance(event, BreakerHalfOpened):
             self.breaker_transitions.labels(event.upstream, str(event.endpoint), "half_open").inc()
         elif isinstance(event, BreakerClosed):
             self.breaker_transitions.labels(event.upstream, str(event.endpoint), "closed").inc()
         elif isinstance(event, EndpointsChanged):  # pods come and go: a departed endpoint's series go with it
+            # (its openings stay counted in breaker_openings: a total never goes backwards)
             for endpoint in event.removed:
                 for state in ("open", "half_open", "closed"):
                     with contextlib.suppress(KeyError):
