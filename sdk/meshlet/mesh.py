@@ -118,6 +118,7 @@ class Mesh:
         self._upstreams: dict[str, Upstream] = {}
         self._watches: dict[str, ConsulWatch] = {}
         self._channels: dict[str, MeshChannel] = {}
+        self._own_channels: dict[str, MeshChannel] = {}
         self._stop = asyncio.Event()
         self._starting: set[asyncio.Task[None]] = set()
         self._tls: CertificateSource | None = make_source(
@@ -203,6 +204,21 @@ class Mesh:
                 service,
                 upstream.handler,
                 is_idempotent=is_idempotent,
+                replay_limit_bytes=upstream.policy.retry.replay_buffer_bytes,
+            )
+        return found
+
+    def own_channel(self, service: str) -> MeshChannel:
+        """A channel for the mesh's own calls to `service` (a sidecar asking its reflection service): the same
+        endpoints, balancing and breakers, but no spans, metrics or access log lines, and each call must carry
+        ``MESH_OWN_METADATA`` so that the other side keeps it out of its numbers too."""
+        found = self._own_channels.get(service)
+        if found is None:
+            upstream = self.upstream(service)
+            found = self._own_channels[service] = MeshChannel(
+                service,
+                upstream.own_handler,
+                is_idempotent=lambda path: True,  # reflection only reads
                 replay_limit_bytes=upstream.policy.retry.replay_buffer_bytes,
             )
         return found

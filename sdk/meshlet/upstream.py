@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import asyncio
 import random
+from collections.abc import Awaitable, Callable
+from dataclasses import replace
 from typing import Any
 
 from opentelemetry.trace import Tracer
@@ -79,25 +81,34 @@ class Upstream:
         self._admission: Admission | None = None
         self._answered = asyncio.Event()
         self._readmit_timer: asyncio.TimerHandle | None = None
-        self.handler = build_outbound(
-            OutboundParts(
-                policy=policy,
-                balancer=self,
-                outcomes=self,
-                channels=channels,
-                budget=self.budget,
-                bulkhead=self.bulkhead,
-                events=events,
-                clock=clock,
-                rng=rng,
-                sleep=sleep,
-                tracer=tracer,
-                service=name,
-                metrics=metrics,
-                access_log=access_log,
-                explain_failure=explain_failure,
-            )
+        self._parts = OutboundParts(
+            policy=policy,
+            balancer=self,
+            outcomes=self,
+            channels=channels,
+            budget=self.budget,
+            bulkhead=self.bulkhead,
+            events=events,
+            clock=clock,
+            rng=rng,
+            sleep=sleep,
+            tracer=tracer,
+            service=name,
+            metrics=metrics,
+            access_log=access_log,
+            explain_failure=explain_failure,
         )
+        self.handler = build_outbound(self._parts)
+        self._own_handler: Callable[[Call], Awaitable[Any]] | None = None
+
+    @property
+    def own_handler(self) -> Callable[[Call], Awaitable[Any]]:
+        """The pipeline of the mesh's own calls to this upstream (asking its reflection service): balanced, retried
+        and guarded by the same breakers as the users' calls, but without spans, metrics or access log lines;
+        built on first use."""
+        if self._own_handler is None:
+            self._own_handler = build_outbound(replace(self._parts, tracer=None, metrics=None, access_log=None))
+        return self._own_handler
 
     # ------------------------------------------------------------------ discovery feeds endpoint sets
 

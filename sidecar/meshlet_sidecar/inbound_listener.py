@@ -103,7 +103,7 @@ class InboundListener:
         return generic_handler(self._generic(method)), methods, known is None
 
     def _unary(self, method: str) -> RawUnaryHandler:
-        pipeline = build_inbound(self._forward.unary, self._parts)
+        pipeline = build_inbound(self._forward.unary, self._parts, method)
         clock = self._clock
         identify = caller_spiffe_id if self._source is not None else None
 
@@ -122,7 +122,7 @@ class InboundListener:
         return forward
 
     def _generic(self, method: str) -> RawHandler:
-        pipeline = build_inbound(self._forward, self._parts)
+        pipeline = build_inbound(self._forward, self._parts, method)
         clock = self._clock
         identify = caller_spiffe_id if self._source is not None else None
 

@@ -109,7 +109,7 @@ class Sidecar:
             found = self._upstream_methods[upstream] = MethodTable(self._declared)
             if self.config.sidecar.reflection:
                 if upstream:
-                    name, channel = f"upstream {upstream}", lambda: self.mesh.channel(upstream)
+                    name, channel = f"upstream {upstream}", lambda: self.mesh.own_channel(upstream)
                 else:
                     assert self.forward is not None
                     forward = self.forward

@@ -383,3 +383,55 @@ async def test_spans_a_dead_collector_never_took_are_counted_as_export_failures_
 
 async def _at_least(read: Callable[[], Any], count: float) -> bool:
     return bool(await read() >= count)
+
+
+async def test_the_mesh_asking_an_upstreams_reflection_is_in_no_users_metrics_trace_or_access_log(
+    procs: Processes, tmp_path: Path, pki: Path, agent: Agent
+) -> None:
+    """Sidecar A asks b-svc's reflection service through the mesh (b-svc's app has none: UNIMPLEMENTED) and
+    the app behind A makes 3 calls: both sidecars count 3 calls, export the spans of 3 calls, log 3 lines."""
+    from tests.integration.test_metrics import scrape
+
+    calls = 3
+    async with otlp_receiver() as receiver, plain_app() as app_a, plain_app() as app_b:  # no reflection service
+        otlp = receiver.endpoint
+        b_config = sidecar_config(pki, agent, "b-svc", otlp, tmp_path / "b.spans.jsonl")
+        b_config["telemetry"]["access_log"] = True
+        sidecar_b = await started(procs, tmp_path, "b", b_config, app=f"127.0.0.1:{app_b.port}")
+        await asyncio.to_thread(wait_until, passing(agent, "b-svc"), 30, "b-svc to pass its check")
+        a_config = sidecar_config(pki, agent, "a-svc", otlp, tmp_path / "a.spans.jsonl", upstreams={"b-svc": {}})
+        a_config["telemetry"]["access_log"] = True
+        local_port = free_port()
+        sidecar_a = await started(  # with an app: it asks about its configured upstreams as it starts
+            procs, tmp_path, "a", a_config, app=f"127.0.0.1:{app_a.port}", flags=local_port_flag("b-svc", local_port)
+        )
+
+        def asked() -> bool:
+            return "cannot learn upstream b-svc's methods from its reflection service (UNIMPLEMENTED" in (
+                sidecar_a.output()
+            )
+
+        await asyncio.to_thread(wait_until, asked, 30, "sidecar A to ask b-svc's reflection service")
+        async with grpc.aio.insecure_channel(f"127.0.0.1:{local_port}") as channel:
+            stub = echo_pb2_grpc.EchoStub(channel)
+            for n in range(calls):
+                assert (await stub.Echo(echo_pb2.EchoRequest(message=f"hi {n}"), timeout=10)).message == f"hi {n}"
+        await eventually(lambda: len(receiver.spans) >= 3 * calls, "the calls' spans")  # A: call+attempt, B: server
+        near = await scrape(f"{sidecar_a.admin_url}/metrics")
+        far = await scrape(f"{sidecar_b.admin_url}/metrics")
+        spans = list(receiver.spans)
+
+    assert near.matching("meshlet_requests_total", direction="outbound") == calls
+    assert near("meshlet_requests_total", direction="outbound", service="b-svc", method=ECHO[1:], code="OK") == calls
+    assert near.matching("meshlet_attempts_total") == calls
+    assert far.matching("meshlet_requests_total", direction="inbound") == calls
+    assert far("meshlet_requests_total", direction="inbound", service="b-svc", method=ECHO[1:], code="OK") == calls
+    assert sorted((s.service, s.kind) for s in spans) == sorted(
+        [("a-svc", "INTERNAL"), ("a-svc", "CLIENT"), ("b-svc", "SERVER")] * calls
+    )
+    assert {s.name for s in spans} == {SPAN_NAME}
+    assert [s for s in spans if s.status == "ERROR"] == []
+    for sidecar in (sidecar_a, sidecar_b):
+        access = [line for line in sidecar.output().splitlines() if '"logger": "meshlet.access"' in line]
+        assert len(access) == calls, access
+        assert all(ECHO[1:] in line for line in access)

@@ -13,12 +13,12 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 from opentelemetry.trace import Tracer
 
-from meshlet.call import InboundCall
+from meshlet.call import InboundCall, is_mesh_own, may_be_mesh_own
 from meshlet.config import Config
 from meshlet.deadline import Clock
 from meshlet.errors import ConfigError
@@ -159,6 +159,16 @@ def inbound_stages(parts: InboundParts = NO_PARTS) -> list[Stage[InboundCall]]:
     return stages
 
 
-def build_inbound(terminal: InboundHandler, parts: InboundParts = NO_PARTS) -> InboundHandler:
-    """One method's inbound pipeline over its `terminal` (the servicer method, or ForwardToApp)."""
-    return compose(inbound_stages(parts), terminal=terminal)
+def build_inbound(terminal: InboundHandler, parts: InboundParts = NO_PARTS, method: str = "") -> InboundHandler:
+    """One method's inbound pipeline over its `terminal` (the servicer method, or ForwardToApp). For a `method`
+    the mesh itself calls (reflection), a second pipeline without spans, metrics or access log takes the calls
+    that carry the mesh's mark: they are checked, authorized and rate limited like any, but are not the app's."""
+    users = compose(inbound_stages(parts), terminal=terminal)
+    if not may_be_mesh_own(method):
+        return users
+    own = compose(inbound_stages(replace(parts, tracer=None, metrics=None, access_log=None)), terminal=terminal)
+
+    async def either(call: InboundCall) -> Any:
+        return await (own if is_mesh_own(call.metadata) else users)(call)
+
+    return either
