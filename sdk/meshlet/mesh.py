@@ -11,7 +11,7 @@ import logging
 import random
 import signal
 import time
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -43,6 +43,7 @@ from meshlet.security.handshake_failures import Expectation, HandshakeFailures
 from meshlet.security.identity import SpiffeId
 from meshlet.security.sources import make_source
 from meshlet.telemetry.access_log import AccessLog
+from meshlet.telemetry.method_names import MethodNames
 from meshlet.telemetry.metrics import Metrics
 from meshlet.telemetry.metrics_server import MetricsServer
 from meshlet.telemetry.tracing import Tracing, build_tracing
@@ -119,6 +120,10 @@ class Mesh:
         self._watches: dict[str, ConsulWatch] = {}
         self._channels: dict[str, MeshChannel] = {}
         self._own_channels: dict[str, MeshChannel] = {}
+        self.declared_methods: Callable[[str, str], bool] = _every_method
+        """(upstream, method path) -> whether the upstream is known to have the method: metrics and span names call
+        those by name, others only once they have been answered. The SDK: all (its stubs'); the sidecar narrows it
+        to its descriptor sets and reflection answers, its apps' calls being anyone's paths."""
         self._stop = asyncio.Event()
         self._starting: set[asyncio.Task[None]] = set()
         self._tls: CertificateSource | None = make_source(
@@ -208,6 +213,9 @@ class Mesh:
             )
         return found
 
+    def _declared_outbound(self, service: str, path: str) -> bool:
+        return self.declared_methods(service, path)
+
     def own_channel(self, service: str) -> MeshChannel:
         """A channel for the mesh's own calls to `service` (a sidecar asking its reflection service): the same
         endpoints, balancing and breakers, but no spans, metrics or access log lines, and each call must carry
@@ -242,6 +250,7 @@ class Mesh:
                 access_log=self._access_log,
                 explain_failure=handshakes.explain,
                 instances=InstanceReport.from_consul(service, self._consul),
+                names=MethodNames(functools.partial(self._declared_outbound, service)),
             )
             watch = self._watches[service] = ConsulWatch(
                 service,
@@ -293,7 +302,12 @@ class Mesh:
         limits, deadline, as configured); serve it with `serve()`."""
         if self._inbound is None:
             self._inbound = InboundParts.from_config(
-                self.config, consul=self._consul, clock=self._clock, tracer=self.tracer, metrics=self.metrics
+                self.config,
+                consul=self._consul,
+                clock=self._clock,
+                tracer=self.tracer,
+                metrics=self.metrics,
+                names=MethodNames(),  # every method: grpc answers unknown ones before the stages
             )
         parts = self._inbound
 
@@ -454,3 +468,8 @@ def _readable_token_file(config: Config) -> str | None:
         why = f"cannot be read ({error.strerror or error})"
         raise ConfigError("consul.token_file", str(path), f"{why}: it holds the Consul ACL token") from None
     return str(path)
+
+
+def _every_method(service: str, path: str) -> bool:
+    """The SDK's calls come from its stubs, the app's own code: every method it calls exists (see every_method)."""
+    return True

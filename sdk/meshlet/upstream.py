@@ -32,6 +32,7 @@ from meshlet.resilience.budget import RetryBudget
 from meshlet.resilience.bulkhead import InFlightLimit
 from meshlet.resilience.ejection import Admission, OutlierEjection
 from meshlet.telemetry.access_log import AccessLog
+from meshlet.telemetry.method_names import MethodNames
 from meshlet.telemetry.metrics import Metrics
 from meshlet.transport.channels import EndpointChannels
 
@@ -54,6 +55,7 @@ class Upstream:
         access_log: AccessLog | None = None,
         explain_failure: ExplainFailure | None = None,
         instances: InstanceReport | None = None,
+        names: MethodNames | None = None,
     ) -> None:
         self.name = name
         self.instances = instances  # what Consul knows of the instances, for the message when none passes
@@ -97,6 +99,7 @@ class Upstream:
             metrics=metrics,
             access_log=access_log,
             explain_failure=explain_failure,
+            names=names if names is not None else MethodNames(),
         )
         self.handler = build_outbound(self._parts)
         self._own_handler: Callable[[Call], Awaitable[Any]] | None = None

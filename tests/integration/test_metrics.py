@@ -196,7 +196,7 @@ async def test_sidecar_admin_metrics_count_denials_and_rate_limits_by_caller(pro
     init_ca(tmp_path, trust_domain=TRUST_DOMAIN)
     issue(tmp_path, "vault")
     issue(tmp_path, "web")
-    app = start_plain_app(procs, "vault-app")
+    app = start_plain_app(procs, "vault-app", with_reflection=True)  # methods known: refused ones keep their names
     common = {"consul": {"address": agent.url}, "service": {"check_ttl": "2s", "drain_grace": "1s"}}
     reflection = ["/grpc.reflection.v1alpha.ServerReflection/*", "/grpc.reflection.v1.ServerReflection/*"]
     vault = start_sidecar(
@@ -211,6 +211,7 @@ async def test_sidecar_admin_metrics_count_denials_and_rate_limits_by_caller(pro
         app=app.address,
     )  # fmt: skip
     wait_until(lambda: bool(agent.passing("vault")), 30, "vault's sidecar to register and pass its check")
+    wait_until(lambda: "methods of the app at" in vault.output(), 30, "vault's sidecar to learn its app's methods")
     web = start_sidecar(
         procs,
         tmp_path,

@@ -34,7 +34,7 @@ from tests.support.agents import Agent, start_dev_agent
 from tests.support.otlp_receiver import ReceivedSpan, otlp_receiver
 from tests.support.plain_app import plain_app
 from tests.support.processes import Processes, eventually, free_port, wait_until
-from tests.support.sidecars import SidecarProcess, local_port_flag, start_sidecar, tls_files
+from tests.support.sidecars import SidecarProcess, admin_get, local_port_flag, start_sidecar, tls_files
 
 pytestmark = [pytest.mark.slow]
 
@@ -435,3 +435,63 @@ async def test_the_mesh_asking_an_upstreams_reflection_is_in_no_users_metrics_tr
         access = [line for line in sidecar.output().splitlines() if '"logger": "meshlet.access"' in line]
         assert len(access) == calls, access
         assert all(ECHO[1:] in line for line in access)
+
+
+async def test_invented_method_paths_are_unknown_in_metrics_and_span_names_and_crowd_out_no_real_method(
+    procs: Processes, tmp_path: Path, pki: Path, agent: Agent
+) -> None:
+    """An app sends 600 invented method paths through sidecar A to sidecar B (whose app answers UNIMPLEMENTED),
+    then 3 real calls: on both sidecars the junk is one ``(unknown)`` series and the real method is counted
+    under its name; every span of a junk call is named ``(unknown)``. Neither app serves reflection, so Echo is
+    named because it answered."""
+    from tests.integration.test_metrics import scrape
+
+    junk, calls = 600, 3
+    async with otlp_receiver() as receiver, plain_app() as app_a, plain_app() as app_b:
+        otlp = receiver.endpoint
+        sidecar_b = await started(
+            procs, tmp_path, "b", sidecar_config(pki, agent, "b-svc", otlp, tmp_path / "b.spans.jsonl"),
+            app=f"127.0.0.1:{app_b.port}",
+        )  # fmt: skip
+        await asyncio.to_thread(wait_until, passing(agent, "b-svc"), 30, "b-svc to pass its check")
+        local_port = free_port()
+        a_config = sidecar_config(pki, agent, "a-svc", otlp, tmp_path / "a.spans.jsonl", upstreams={"b-svc": {}})
+        sidecar_a = await started(
+            procs, tmp_path, "a", a_config, app=f"127.0.0.1:{app_a.port}", flags=local_port_flag("b-svc", local_port)
+        )
+        async with grpc.aio.insecure_channel(f"127.0.0.1:{local_port}") as channel:
+
+            async def invented(n: int) -> grpc.StatusCode:
+                try:
+                    await channel.unary_unary(f"/junk.v{n}.Made{n}/Up{n}")(b"", timeout=10)
+                except grpc.aio.AioRpcError as error:
+                    return error.code()
+                return grpc.StatusCode.OK
+
+            for first in range(0, junk, 50):
+                codes = await asyncio.gather(*(invented(n) for n in range(first, first + 50)))
+                assert set(codes) == {grpc.StatusCode.UNIMPLEMENTED}
+            stub = echo_pb2_grpc.EchoStub(channel)
+            for n in range(calls):
+                assert (await stub.Echo(echo_pb2.EchoRequest(message=f"hi {n}"), timeout=10)).message == f"hi {n}"
+        await eventually(lambda: len(receiver.spans) >= 3 * (junk + calls), "every call's spans", timeout_s=60)
+        pages = {
+            name: await scrape(f"{sidecar.admin_url}/metrics") for name, sidecar in (("a", sidecar_a), ("b", sidecar_b))
+        }
+        texts = {
+            name: admin_get(f"{sidecar.admin_url}/metrics")[1] for name, sidecar in (("a", sidecar_a), ("b", sidecar_b))
+        }
+        spans = list(receiver.spans)
+
+    for name, direction in (("a", "outbound"), ("b", "inbound")):
+        seen = pages[name]
+        mine = {"direction": direction, "service": "b-svc"}
+        assert seen("meshlet_requests_total", **mine, method="(unknown)", code="UNIMPLEMENTED") == junk
+        assert seen("meshlet_requests_total", **mine, method=ECHO[1:], code="OK") == calls
+        assert seen.matching("meshlet_requests_total", direction=direction) == junk + calls
+        assert "junk." not in texts[name], f"an invented path is a label value on sidecar {name}"
+    named = sorted((s.name, s.service, s.kind) for s in spans)
+    assert named == sorted(
+        [("(unknown)", "a-svc", "INTERNAL"), ("(unknown)", "a-svc", "CLIENT"), ("(unknown)", "b-svc", "SERVER")] * junk
+        + [(SPAN_NAME, "a-svc", "INTERNAL"), (SPAN_NAME, "a-svc", "CLIENT"), (SPAN_NAME, "b-svc", "SERVER")] * calls
+    )

@@ -36,6 +36,7 @@ from meshlet.events import (
     RetryNotAttempted,
     RetryScheduled,
 )
+from meshlet.telemetry.method_names import UNKNOWN_METHOD, MethodNames
 
 # RPC latency from a loopback hop (sub-millisecond) to a slow upstream near the default 5 s timeout.
 BUCKETS_S = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
@@ -82,21 +83,29 @@ class MethodMetrics:
 
 class CallMetrics:
     """One direction and service: its methods' children, and (inbound) the calls in flight, a plain int that the
-    observe stage counts and the state collector reads at scrape time."""
+    observe stage counts and the state collector reads at scrape time. Only methods that exist get a child of
+    their own (`names`, see method_names.py); invented paths share ``(unknown)``."""
 
-    __slots__ = ("_methods", "_other", "direction", "in_flight", "service")
+    __slots__ = ("_methods", "_other", "_unknown", "direction", "in_flight", "names", "service")
 
-    def __init__(self, direction: str, service: str) -> None:
+    def __init__(self, direction: str, service: str, names: MethodNames | None = None) -> None:
         self.direction = direction
         self.service = service
+        self.names = names if names is not None else MethodNames()
         self.in_flight = 0
         self._methods: dict[str, MethodMetrics] = {}
         self._other: MethodMetrics | None = None
+        self._unknown: MethodMetrics | None = None
 
-    def method(self, path: str) -> MethodMetrics:
+    def method(self, path: str, answered: bool = True) -> MethodMetrics:
+        """`path`'s child; `answered`: the call (or attempt) ended with an answer that proves the method exists."""
         found = self._methods.get(path)
         if found is None:
-            if len(self._methods) >= MAX_METHODS:  # a caller inventing paths must not grow the registry forever
+            if not self.names.named(path, answered):
+                if self._unknown is None:
+                    self._unknown = MethodMetrics(UNKNOWN_METHOD)
+                return self._unknown
+            if len(self._methods) >= MAX_METHODS:  # a backstop: the registry never grows without end
                 if self._other is None:
                     self._other = MethodMetrics(OTHER_METHOD)
                 return self._other
@@ -104,7 +113,7 @@ class CallMetrics:
         return found
 
     def methods(self) -> list[MethodMetrics]:
-        return [*self._methods.values(), *([self._other] if self._other is not None else [])]
+        return [*self._methods.values(), *(shared for shared in (self._other, self._unknown) if shared is not None)]
 
 
 class Metrics:
@@ -165,14 +174,17 @@ class Metrics:
         registry.register(CallsCollector(self))
         registry.register(StateCollector(self))
 
-    def calls(self, direction: str, service: str) -> CallMetrics:
-        """The per-call handle of one direction and service; built once, kept by the stage that uses it."""
+    def calls(self, direction: str, service: str, names: MethodNames | None = None) -> CallMetrics:
+        """The per-call handle of one direction and service; built once, kept by the stage that uses it. `names`
+        (the pipeline's, shared with its span stages) says which methods go by their name."""
         key = (direction, service)
         found = self._calls.get(key)
         if found is None:
-            found = self._calls[key] = CallMetrics(direction, service)
+            found = self._calls[key] = CallMetrics(direction, service, names)
             if direction == "outbound":
                 self._upstream_known(service)
+        elif names is not None:
+            found.names = names
         return found
 
     def _upstream_known(self, service: str) -> None:
@@ -198,7 +210,8 @@ class Metrics:
 
     def _on_event(self, event: Event) -> None:
         if isinstance(event, RetryScheduled):  # the method through the call metrics' cap: paths come from callers
-            self.retries.labels(event.upstream, self.calls("outbound", event.upstream).method(event.method).label).inc()
+            method = self.calls("outbound", event.upstream).method(event.method, answered=False)
+            self.retries.labels(event.upstream, method.label).inc()
         elif isinstance(event, RetryNotAttempted):
             if event.why == "budget":
                 self.budget_refusals.labels(event.upstream).inc()

@@ -43,6 +43,7 @@ from meshlet.events import (
     RetryNotAttempted,
     RetryScheduled,
 )
+from meshlet.telemetry.method_names import UNKNOWN_METHOD, MethodNames
 from meshlet.telemetry.span_file import JsonLinesSpanExporter
 
 log = logging.getLogger("meshlet.telemetry")
@@ -74,22 +75,34 @@ class SpanStarts(Generic[K]):
     """What a span of one kind starts with, per key (the method path, with whatever else the stage fixes per
     call site): its name and its attributes, built once per key instead of once per call (bounded, so a sidecar
     fed random paths by a misbehaving app does not grow without end). The attributes are shared between spans:
-    the SDK copies them into each span, so nobody may change them."""
+    the SDK copies them into each span, so nobody may change them.
 
-    __slots__ = ("_cache", "_make")
+    With `names`, a method not known to exist starts as ``(unknown)`` (see method_names.py), uncached: the
+    stage renames its span when the answer proves the method (`rename_if_answered`)."""
 
-    def __init__(self, make: Callable[[K], dict[str, Any]]) -> None:
+    __slots__ = ("_cache", "_make", "_names")
+
+    def __init__(self, make: Callable[[K], dict[str, Any]], names: MethodNames | None = None) -> None:
         self._cache: dict[K, tuple[str, dict[str, Any]]] = {}
         self._make = make
+        self._names = names
 
     def __call__(self, key: K, path: str) -> tuple[str, dict[str, Any]]:
         """(span name, start attributes) for `key`, whose method is `path`."""
         found = self._cache.get(key)
         if found is None:
+            names = self._names
+            if names is not None and not names.named(path):
+                return UNKNOWN_METHOD, self._make(key)
             found = span_name(path), self._make(key)
             if len(self._cache) < _MAX_CACHED_STARTS:
                 self._cache[key] = found
         return found
+
+    def rename_if_answered(self, span: Span, name: str, path: str, answered: bool) -> None:
+        """A span started as ``(unknown)`` takes its method's name once an answer proves the method exists."""
+        if name is UNKNOWN_METHOD and self._names is not None and self._names.named(path, answered):
+            span.update_name(span_name(path))
 
 
 def rpc_attributes(path: str) -> dict[str, Any]:
