@@ -311,8 +311,8 @@ class Mesh:
             )
         parts = self._inbound
 
-        def build(terminal: InboundHandler) -> InboundHandler:
-            return build_inbound(terminal, parts)
+        def build(terminal: InboundHandler, method: str) -> InboundHandler:
+            return build_inbound(terminal, parts, method)  # a sidecar's reflection questions: not the app's calls
 
         identify = caller_spiffe_id if self._tls is not None else None
         interceptor = InboundInterceptor(build, self._clock, identify)

@@ -156,6 +156,41 @@ async def test_a_breaker_opening_stays_counted_after_its_endpoint_leaves_consul(
     assert after("meshlet_retry_budget_refusals_total", service=fleet.service) == 0
 
 
+async def test_an_sdk_server_keeps_the_meshs_reflection_questions_out_of_its_metrics_and_traces(
+    fleet: EchoFleet, mesh_factory: MeshFactory
+) -> None:
+    """A sidecar asks an SDK service's reflection service (mesh.server() serves one) with the mesh's mark, then
+    the app makes 2 calls: the SDK process counts 2 calls and exports the spans of 2."""
+    from meshlet_sidecar.reflection import ask_methods
+    from tests.support.otlp_receiver import otlp_receiver
+
+    port, calls = free_port(), 2
+    async with otlp_receiver() as receiver:
+        fleet.start(
+            "sdk-server",
+            env={
+                "MESHLET_TELEMETRY__METRICS_PORT": str(port),
+                "MESHLET_TELEMETRY__METRICS_HOST": "127.0.0.1",
+                "MESHLET_TELEMETRY__OTLP_ENDPOINT": receiver.endpoint,
+                "OTEL_BSP_SCHEDULE_DELAY": "100",
+            },
+        )
+        mesh = mesh_factory()
+        await mesh.start()
+        learnt = await ask_methods(mesh.own_channel(fleet.service))  # what a sidecar's reflection learner does
+        assert f"/{ECHO}" in learnt
+        stub = echo_pb2_grpc.EchoStub(mesh.channel(fleet.service))
+        for _ in range(calls):
+            await stub.Echo(HELLO, timeout=5)
+        await eventually(lambda: len(receiver.spans) >= calls, "the server's spans")
+        seen = await scrape(f"http://127.0.0.1:{port}/metrics")
+        spans = list(receiver.spans)
+
+    assert seen.matching("meshlet_requests_total", direction="inbound") == calls
+    assert seen("meshlet_requests_total", direction="inbound", service=fleet.service, method=ECHO, code="OK") == calls
+    assert [(s.name, s.kind) for s in spans] == [(ECHO, "SERVER")] * calls
+
+
 async def test_a_served_sdk_process_counts_its_inbound_calls_by_the_status_its_handler_ended_them_with(
     fleet: EchoFleet, mesh_factory: MeshFactory
 ) -> None:

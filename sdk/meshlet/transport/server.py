@@ -34,7 +34,7 @@ REFUSAL_READ_BYTES = 4 * 1024 * 1024
 REFUSAL_READ_S = 1.0
 
 Pipeline = Callable[[InboundCall], Awaitable[Any]]
-PipelineBuilder = Callable[[Callable[[InboundCall], Awaitable[Any]]], Pipeline]
+PipelineBuilder = Callable[[Callable[[InboundCall], Awaitable[Any]], str], Pipeline]  # (terminal, method path)
 
 
 class InboundInterceptor(grpc.aio.ServerInterceptor):
@@ -77,7 +77,7 @@ class InboundInterceptor(grpc.aio.ServerInterceptor):
                 except grpc.aio.AioRpcError as failed:  # a call the handler made: never a status of this server's
                     await abort_upstream_failed(call.context, failed)
 
-            pipeline = self._build(terminal_unary)
+            pipeline = self._build(terminal_unary, method)
 
             async def unary_response(request: Any, context: Any) -> Any:
                 try:
@@ -98,7 +98,7 @@ class InboundInterceptor(grpc.aio.ServerInterceptor):
         async def terminal_stream(call: InboundCall) -> Any:
             return original(call.request, call.context)
 
-        pipeline = self._build(terminal_stream)
+        pipeline = self._build(terminal_stream, method)
 
         async def stream_response(request: Any, context: Any) -> AsyncIterator[Any]:
             try:
