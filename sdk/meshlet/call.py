@@ -129,3 +129,22 @@ def method_matches(path: str, pattern: str) -> bool:
 
 def matches_any(path: str, patterns: Sequence[str]) -> bool:
     return any(method_matches(path, pattern) for pattern in patterns)
+
+
+# The mesh's own calls (a sidecar asking an upstream's reflection service which methods it has) carry this
+# key: the sidecars keep them out of the users' RED numbers, traces and access logs, so a reflection service
+# that is absent (UNIMPLEMENTED) every few minutes is no error of the app's. Only these paths may be the mesh's
+# own: a caller cannot hide its other calls by setting the key.
+MESH_OWN_KEY = "x-meshlet-own"
+MESH_OWN_METADATA: tuple[tuple[str, str], ...] = ((MESH_OWN_KEY, "reflection"),)
+MESH_OWN_PATHS = ("/grpc.reflection.v1alpha.ServerReflection/", "/grpc.reflection.v1.ServerReflection/")
+
+
+def may_be_mesh_own(path: str) -> bool:
+    """Whether calls to `path` may be the mesh's own (decided once per method, where pipelines are built)."""
+    return path.startswith(MESH_OWN_PATHS)
+
+
+def is_mesh_own(metadata: Metadata | None) -> bool:
+    """Whether a call's metadata marks it as the mesh's own."""
+    return bool(metadata) and any(key == MESH_OWN_KEY for key, _ in metadata or ())

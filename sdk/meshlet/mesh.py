@@ -45,6 +45,7 @@ from meshlet.security.peers import CallerIdentities
 from meshlet.security.sources import make_source
 from meshlet.security.upstream_identity import VerifiedEndpoints
 from meshlet.telemetry.access_log import AccessLog
+from meshlet.telemetry.method_names import MethodNames
 from meshlet.telemetry.metrics import Metrics
 from meshlet.telemetry.metrics_server import MetricsServer
 from meshlet.telemetry.tracing import Tracing, build_tracing
@@ -105,6 +106,9 @@ class Mesh:
             if self.tracing is not None:
                 doc = "Spans dropped because the exporter's queue was full (the collector was away or slow)"
                 metrics.counter_from("meshlet_spans_dropped", doc, self.tracing.dropped_spans)
+                doc = "Spans an exporter failed to deliver, by reason (export_failed: the collector unreachable, "
+                doc += "refusing or too slow; exporter_error: the exporter raised)"
+                metrics.counters_from("meshlet_spans_export_failed", doc, "reason", self.tracing.failed_exports)
         self._access_log = AccessLog() if config.telemetry.access_log else None
         self._metrics_server: MetricsServer | None = None
         self._clock = clock
@@ -119,6 +123,11 @@ class Mesh:
         self._watches: dict[str, ConsulWatch] = {}
         self._verified: dict[str, VerifiedEndpoints] = {}
         self._channels: dict[str, MeshChannel] = {}
+        self._own_channels: dict[str, MeshChannel] = {}
+        self.declared_methods: Callable[[str, str], bool] = _every_method
+        """(upstream, method path) -> whether the upstream is known to have the method: metrics and span names call
+        those by name, others only once they have been answered. The SDK: all (its stubs'); the sidecar narrows it
+        to its descriptor sets and reflection answers, its apps' calls being anyone's paths."""
         self._stop = asyncio.Event()
         self._starting: set[asyncio.Task[None]] = set()
         self._tls: CertificateSource | None = make_source(
@@ -225,6 +234,24 @@ class Mesh:
             )
         return found
 
+    def _declared_outbound(self, service: str, path: str) -> bool:
+        return self.declared_methods(service, path)
+
+    def own_channel(self, service: str) -> MeshChannel:
+        """A channel for the mesh's own calls to `service` (a sidecar asking its reflection service): the same
+        endpoints, balancing and breakers, but no spans, metrics or access log lines, and each call must carry
+        ``MESH_OWN_METADATA`` so that the other side keeps it out of its numbers too."""
+        found = self._own_channels.get(service)
+        if found is None:
+            upstream = self.upstream(service)
+            found = self._own_channels[service] = MeshChannel(
+                service,
+                upstream.own_handler,
+                is_idempotent=lambda path: True,  # reflection only reads
+                replay_limit_bytes=upstream.policy.retry.replay_buffer_bytes,
+            )
+        return found
+
     def upstream(self, service: str) -> Upstream:
         """The per-destination state for `service`, created (and its discovery started) on first use."""
         found = self._upstreams.get(service)
@@ -244,6 +271,7 @@ class Mesh:
                 access_log=self._access_log,
                 explain_failure=handshakes.explain,
                 instances=InstanceReport.from_consul(service, self._consul),
+                names=MethodNames(functools.partial(self._declared_outbound, service)),
             )
             on_update = found.update_endpoints
             if self._tls is not None and self._tls.current().identity_dns_name is None:
@@ -317,12 +345,17 @@ class Mesh:
         limits, deadline, as configured); serve it with `serve()`."""
         if self._inbound is None:
             self._inbound = InboundParts.from_config(
-                self.config, consul=self._consul, clock=self._clock, tracer=self.tracer, metrics=self.metrics
+                self.config,
+                consul=self._consul,
+                clock=self._clock,
+                tracer=self.tracer,
+                metrics=self.metrics,
+                names=MethodNames(),  # every method: grpc answers unknown ones before the stages
             )
         parts = self._inbound
 
-        def build(terminal: InboundHandler) -> InboundHandler:
-            return build_inbound(terminal, parts)
+        def build(terminal: InboundHandler, method: str) -> InboundHandler:
+            return build_inbound(terminal, parts, method)  # a sidecar's reflection questions: not the app's calls
 
         identify = CallerIdentities(self._tls, parts.trusted_domains).of_call if self._tls is not None else None
         interceptor = InboundInterceptor(build, self._clock, identify)
@@ -503,3 +536,8 @@ def _readable_token_file(config: Config) -> str | None:
         why = f"cannot be read ({error.strerror or error})"
         raise ConfigError("consul.token_file", str(path), f"{why}: it holds the Consul ACL token") from None
     return str(path)
+
+
+def _every_method(service: str, path: str) -> bool:
+    """The SDK's calls come from its stubs, the app's own code: every method it calls exists (see every_method)."""
+    return True

@@ -9,7 +9,8 @@ from __future__ import annotations
 
 import asyncio
 import random
-from collections.abc import Callable, Mapping
+from collections.abc import Awaitable, Callable, Mapping
+from dataclasses import replace
 from typing import Any
 
 from opentelemetry.trace import Tracer
@@ -31,6 +32,7 @@ from meshlet.resilience.budget import RetryBudget
 from meshlet.resilience.bulkhead import InFlightLimit
 from meshlet.resilience.ejection import Admission, OutlierEjection
 from meshlet.telemetry.access_log import AccessLog
+from meshlet.telemetry.method_names import MethodNames
 from meshlet.telemetry.metrics import Metrics
 from meshlet.transport.channels import EndpointChannels
 
@@ -53,6 +55,7 @@ class Upstream:
         access_log: AccessLog | None = None,
         explain_failure: ExplainFailure | None = None,
         instances: InstanceReport | None = None,
+        names: MethodNames | None = None,
     ) -> None:
         self.name = name
         self.instances = instances  # what Consul knows of the instances, for the message when none passes
@@ -82,25 +85,35 @@ class Upstream:
         # Endpoints discovery listed that were left out because they did not prove to be this service (mTLS), and why.
         self.refused_endpoints: Callable[[], Mapping[Endpoint, str]] = dict
         self._readmit_timer: asyncio.TimerHandle | None = None
-        self.handler = build_outbound(
-            OutboundParts(
-                policy=policy,
-                balancer=self,
-                outcomes=self,
-                channels=channels,
-                budget=self.budget,
-                bulkhead=self.bulkhead,
-                events=events,
-                clock=clock,
-                rng=rng,
-                sleep=sleep,
-                tracer=tracer,
-                service=name,
-                metrics=metrics,
-                access_log=access_log,
-                explain_failure=explain_failure,
-            )
+        self._parts = OutboundParts(
+            policy=policy,
+            balancer=self,
+            outcomes=self,
+            channels=channels,
+            budget=self.budget,
+            bulkhead=self.bulkhead,
+            events=events,
+            clock=clock,
+            rng=rng,
+            sleep=sleep,
+            tracer=tracer,
+            service=name,
+            metrics=metrics,
+            access_log=access_log,
+            explain_failure=explain_failure,
+            names=names if names is not None else MethodNames(),
         )
+        self.handler = build_outbound(self._parts)
+        self._own_handler: Callable[[Call], Awaitable[Any]] | None = None
+
+    @property
+    def own_handler(self) -> Callable[[Call], Awaitable[Any]]:
+        """The pipeline of the mesh's own calls to this upstream (asking its reflection service): balanced, retried
+        and guarded by the same breakers as the users' calls, but without spans, metrics or access log lines;
+        built on first use."""
+        if self._own_handler is None:
+            self._own_handler = build_outbound(replace(self._parts, tracer=None, metrics=None, access_log=None))
+        return self._own_handler
 
     # ------------------------------------------------------------------ discovery feeds endpoint sets
 

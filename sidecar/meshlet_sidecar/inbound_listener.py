@@ -94,7 +94,7 @@ class InboundListener:
         return generic_handler(self._generic(method)), methods, known is None
 
     def _unary(self, method: str) -> RawUnaryHandler:
-        pipeline = build_inbound(self._forward.unary, self._parts)
+        pipeline = build_inbound(self._forward.unary, self._parts, method)
         clock = self._clock
         identify = self._identify
 
@@ -113,7 +113,7 @@ class InboundListener:
         return forward
 
     def _generic(self, method: str) -> RawHandler:
-        pipeline = build_inbound(self._forward, self._parts)
+        pipeline = build_inbound(self._forward, self._parts, method)
         clock = self._clock
         identify = self._identify
 

@@ -82,7 +82,7 @@ class RefusalServer:
         return generic_handler(self._refuse(method)), None, False
 
     def _refuse(self, method: str) -> RawHandler:
-        pipeline = build_inbound(self._passed, self._parts)
+        pipeline = build_inbound(self._passed, self._parts, method)
         clock = self._clock
 
         async def refuse(requests: AsyncIterator[bytes], context: Any) -> None:

@@ -26,6 +26,7 @@ from meshlet.errors import IntentionDenied, RateLimited, Unauthenticated
 from meshlet.inbound.abandoned import abandoned_code
 from meshlet.security.intentions import service_of
 from meshlet.telemetry.access_log import AccessLog, current_trace_id
+from meshlet.telemetry.method_names import MethodNames, proves_method
 from meshlet.telemetry.metrics import CallMetrics, Metrics, caller_label, method_label
 
 _STREAMED = (types.AsyncGeneratorType, types.CoroutineType)  # what a streaming terminal hands back
@@ -58,19 +59,32 @@ def _name(code: Any) -> str:
 class _Observer:
     __slots__ = ("_access", "_calls", "_clock", "_service")
 
-    def __init__(self, service: str, metrics: Metrics | None, access_log: AccessLog | None, clock: Clock) -> None:
+    def __init__(
+        self,
+        service: str,
+        metrics: Metrics | None,
+        access_log: AccessLog | None,
+        clock: Clock,
+        names: MethodNames | None = None,
+    ) -> None:
         self._service = service
-        self._calls: CallMetrics | None = metrics.calls("inbound", service) if metrics is not None else None
+        self._calls: CallMetrics | None = metrics.calls("inbound", service, names) if metrics is not None else None
         self._access = access_log
         self._clock = clock
 
     def _record(
-        self, call: InboundCall, code: str, start: float, trace_id: str | None = None, in_span: bool = True
+        self,
+        call: InboundCall,
+        code: str,
+        start: float,
+        trace_id: str | None = None,
+        in_span: bool = True,
+        answered: bool = False,
     ) -> None:
         duration_s = self._clock() - start
         calls = self._calls
         if calls is not None:
-            calls.method(call.method).request(code, duration_s)
+            calls.method(call.method, answered).request(code, duration_s)
         access = self._access
         if access is not None and access.enabled():
             access.inbound(
@@ -87,8 +101,15 @@ class _Observer:
 class CountRefusals(_Observer):
     __slots__ = ("_denials", "_limited")
 
-    def __init__(self, service: str, metrics: Metrics | None, access_log: AccessLog | None, clock: Clock) -> None:
-        super().__init__(service, metrics, access_log, clock)
+    def __init__(
+        self,
+        service: str,
+        metrics: Metrics | None,
+        access_log: AccessLog | None,
+        clock: Clock,
+        names: MethodNames | None = None,
+    ) -> None:
+        super().__init__(service, metrics, access_log, clock, names)
         self._denials = metrics.authz_denials if metrics is not None else None
         self._limited = metrics.rate_limited if metrics is not None else None
 
@@ -107,7 +128,7 @@ class CountRefusals(_Observer):
             self._denials.labels(self._service, caller_label(service_of(call.peer_uri))).inc()
         elif isinstance(refused, RateLimited) and self._limited is not None:
             self._limited.labels(self._service, caller_label(service_of(call.peer_uri))).inc()
-        self._record(call, _name(refused.code()), start)  # no span of its own: the mesh refused it before
+        self._record(call, _name(refused.code()), start)  # no span of its own; a refusal proves no method exists
 
 
 class ObserveInbound(_Observer):
@@ -139,4 +160,4 @@ class ObserveInbound(_Observer):
         calls = self._calls
         if calls is not None:
             calls.in_flight -= 1
-        self._record(call, code, start, trace_id, in_span)
+        self._record(call, code, start, trace_id, in_span, answered=proves_method(code))

@@ -21,6 +21,7 @@ from meshlet.deadline import Clock
 from meshlet.errors import ErrorReason, error_info
 from meshlet.pipeline import ReplyStream
 from meshlet.telemetry.access_log import AccessLog, current_trace_id
+from meshlet.telemetry.method_names import MethodNames, answered
 from meshlet.telemetry.metrics import CallMetrics, Metrics, method_label
 
 
@@ -39,9 +40,16 @@ def status_name(error: BaseException | None) -> str:
 class ObserveCall:
     __slots__ = ("_access", "_calls", "_clock", "_service")
 
-    def __init__(self, service: str, metrics: Metrics | None, access_log: AccessLog | None, clock: Clock) -> None:
+    def __init__(
+        self,
+        service: str,
+        metrics: Metrics | None,
+        access_log: AccessLog | None,
+        clock: Clock,
+        names: MethodNames | None = None,
+    ) -> None:
         self._service = service
-        self._calls: CallMetrics | None = metrics.calls("outbound", service) if metrics is not None else None
+        self._calls: CallMetrics | None = metrics.calls("outbound", service, names) if metrics is not None else None
         self._access = access_log
         self._clock = clock
 
@@ -50,28 +58,31 @@ class ObserveCall:
         try:
             reply = await next(call)
         except BaseException as error:
-            self._finish(call, status_name(error), start)
+            self._finish(call, error, start)
             raise
         if isinstance(reply, ReplyStream):
             # The stream ends after the call's span has stopped being current: its trace id is taken now.
             access = self._access
             trace_id = current_trace_id() if access is not None and access.enabled() else None
-            reply.add_done_callback(lambda error: self._finish(call, status_name(error), start, trace_id, False))
+            reply.add_done_callback(lambda error: self._finish(call, error, start, trace_id, False))
         else:
-            self._finish(call, "OK", start)
+            self._finish(call, None, start)
         return reply
 
-    def _finish(self, call: Call, code: str, start: float, trace_id: str | None = None, in_span: bool = True) -> None:
+    def _finish(
+        self, call: Call, error: BaseException | None, start: float, trace_id: str | None = None, in_span: bool = True
+    ) -> None:
         duration_s = self._clock() - start
+        code = status_name(error)
         calls = self._calls
         if calls is not None:
-            calls.method(call.method.path).request(code, duration_s)
+            calls.method(call.method.path, answered(error)).request(code, duration_s)
         access = self._access
         if access is not None and access.enabled():
             endpoint = call.endpoint
             access.outbound(
                 self._service,
-                method_label(call.method.path),
+                method_label(call.method.path),  # the path as it came: a line per call, no label to bound
                 code,
                 duration_s,
                 attempts=call.attempt,
@@ -83,8 +94,8 @@ class ObserveCall:
 class CountAttempt:
     __slots__ = ("_calls", "_tls_failures")
 
-    def __init__(self, service: str, metrics: Metrics) -> None:
-        self._calls = metrics.calls("outbound", service)
+    def __init__(self, service: str, metrics: Metrics, names: MethodNames | None = None) -> None:
+        self._calls = metrics.calls("outbound", service, names)
         self._tls_failures = metrics.tls_handshake_failures.labels("outbound", service)
 
     async def __call__(self, call: Call, next: Callable[[Call], Awaitable[Any]]) -> Any:
@@ -92,18 +103,18 @@ class CountAttempt:
             reply = await next(call)
         except grpc.aio.AioRpcError as error:
             code: grpc.StatusCode = error.code()
-            self._calls.method(call.method.path).attempt(code.name)
+            self._calls.method(call.method.path, answered(error)).attempt(code.name)
             if code is grpc.StatusCode.UNAVAILABLE and failed_its_handshake(call, error):
                 self._tls_failures.inc()
             raise
         except BaseException as error:
-            self._calls.method(call.method.path).attempt(status_name(error))
+            self._calls.method(call.method.path, answered=False).attempt(status_name(error))
             raise
-        method = self._calls.method(call.method.path)
         if isinstance(reply, ReplyStream):
-            reply.add_done_callback(lambda error: method.attempt(status_name(error)))
+            calls, path = self._calls, call.method.path
+            reply.add_done_callback(lambda error: calls.method(path, answered(error)).attempt(status_name(error)))
         else:
-            method.attempt("OK")
+            self._calls.method(call.method.path).attempt("OK")
         return reply
 
 

@@ -36,6 +36,7 @@ from meshlet.events import (
     RetryNotAttempted,
     RetryScheduled,
 )
+from meshlet.telemetry.method_names import UNKNOWN_METHOD, MethodNames
 
 # RPC latency from a loopback hop (sub-millisecond) to a slow upstream near the default 5 s timeout.
 BUCKETS_S = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
@@ -82,21 +83,29 @@ class MethodMetrics:
 
 class CallMetrics:
     """One direction and service: its methods' children, and (inbound) the calls in flight, a plain int that the
-    observe stage counts and the state collector reads at scrape time."""
+    observe stage counts and the state collector reads at scrape time. Only methods that exist get a child of
+    their own (`names`, see method_names.py); invented paths share ``(unknown)``."""
 
-    __slots__ = ("_methods", "_other", "direction", "in_flight", "service")
+    __slots__ = ("_methods", "_other", "_unknown", "direction", "in_flight", "names", "service")
 
-    def __init__(self, direction: str, service: str) -> None:
+    def __init__(self, direction: str, service: str, names: MethodNames | None = None) -> None:
         self.direction = direction
         self.service = service
+        self.names = names if names is not None else MethodNames()
         self.in_flight = 0
         self._methods: dict[str, MethodMetrics] = {}
         self._other: MethodMetrics | None = None
+        self._unknown: MethodMetrics | None = None
 
-    def method(self, path: str) -> MethodMetrics:
+    def method(self, path: str, answered: bool = True) -> MethodMetrics:
+        """`path`'s child; `answered`: the call (or attempt) ended with an answer that proves the method exists."""
         found = self._methods.get(path)
         if found is None:
-            if len(self._methods) >= MAX_METHODS:  # a caller inventing paths must not grow the registry forever
+            if not self.names.named(path, answered):
+                if self._unknown is None:
+                    self._unknown = MethodMetrics(UNKNOWN_METHOD)
+                return self._unknown
+            if len(self._methods) >= MAX_METHODS:  # a backstop: the registry never grows without end
                 if self._other is None:
                     self._other = MethodMetrics(OTHER_METHOD)
                 return self._other
@@ -104,7 +113,7 @@ class CallMetrics:
         return found
 
     def methods(self) -> list[MethodMetrics]:
-        return [*self._methods.values(), *([self._other] if self._other is not None else [])]
+        return [*self._methods.values(), *(shared for shared in (self._other, self._unknown) if shared is not None)]
 
 
 class Metrics:
@@ -123,8 +132,15 @@ class Metrics:
         )
         self.breaker_transitions = Counter(
             "meshlet_breaker_transitions",
-            "Endpoint circuit breaker transitions, by the state entered",
+            "Endpoint circuit breaker transitions, by the state entered (an endpoint's series go when it leaves "
+            "discovery; meshlet_breaker_openings counts every opening of the upstream)",
             ["service", "endpoint", "state"],
+            registry=registry,
+        )
+        self.breaker_openings = Counter(
+            "meshlet_breaker_openings",
+            "Endpoint circuit breakers opened, per upstream: kept while the process lives, whatever endpoints leave",
+            ["service"],
             registry=registry,
         )
         self.authz_denials = Counter(
@@ -158,13 +174,25 @@ class Metrics:
         registry.register(CallsCollector(self))
         registry.register(StateCollector(self))
 
-    def calls(self, direction: str, service: str) -> CallMetrics:
-        """The per-call handle of one direction and service; built once, kept by the stage that uses it."""
+    def calls(self, direction: str, service: str, names: MethodNames | None = None) -> CallMetrics:
+        """The per-call handle of one direction and service; built once, kept by the stage that uses it. `names`
+        (the pipeline's, shared with its span stages) says which methods go by their name."""
         key = (direction, service)
         found = self._calls.get(key)
         if found is None:
-            found = self._calls[key] = CallMetrics(direction, service)
+            found = self._calls[key] = CallMetrics(direction, service, names)
+            if direction == "outbound":
+                self._upstream_known(service)
+        elif names is not None:
+            found.names = names
         return found
+
+    def _upstream_known(self, service: str) -> None:
+        """The upstream's counters at 0 from the moment its pipeline exists, not from its first event: a series
+        that appears with the value 1 hides that first burst from ``increase()`` and ``rate()``."""
+        self.budget_refusals.labels(service)
+        self.breaker_openings.labels(service)
+        self.tls_handshake_failures.labels("outbound", service)
 
     def all_calls(self) -> list[CallMetrics]:
         return list(self._calls.values())
@@ -182,19 +210,22 @@ class Metrics:
 
     def _on_event(self, event: Event) -> None:
         if isinstance(event, RetryScheduled):  # the method through the call metrics' cap: paths come from callers
-            self.retries.labels(event.upstream, self.calls("outbound", event.upstream).method(event.method).label).inc()
+            method = self.calls("outbound", event.upstream).method(event.method, answered=False)
+            self.retries.labels(event.upstream, method.label).inc()
         elif isinstance(event, RetryNotAttempted):
             if event.why == "budget":
                 self.budget_refusals.labels(event.upstream).inc()
         elif isinstance(event, BudgetRefused):
             self.budget_refusals.labels(event.upstream).inc()
         elif isinstance(event, BreakerOpened):
+            self.breaker_openings.labels(event.upstream).inc()
             self.breaker_transitions.labels(event.upstream, str(event.endpoint), "open").inc()
         elif isinstance(event, BreakerHalfOpened):
             self.breaker_transitions.labels(event.upstream, str(event.endpoint), "half_open").inc()
         elif isinstance(event, BreakerClosed):
             self.breaker_transitions.labels(event.upstream, str(event.endpoint), "closed").inc()
         elif isinstance(event, EndpointsChanged):  # pods come and go: a departed endpoint's series go with it
+            # (its openings stay counted in breaker_openings: a total never goes backwards)
             for endpoint in event.removed:
                 for state in ("open", "half_open", "closed"):
                     with contextlib.suppress(KeyError):
@@ -207,6 +238,17 @@ class Metrics:
     def counter_from(self, name: str, documentation: str, read: Callable[[], float]) -> None:
         """Publish a count kept elsewhere (the spans an exporter dropped), read at scrape time."""
         self.collect_with(lambda: [CounterMetricFamily(name, documentation, value=read())])
+
+    def counters_from(self, name: str, documentation: str, label: str, read: Callable[[], dict[str, int]]) -> None:
+        """Publish counts kept elsewhere by one `label` (export failures by reason), read at scrape time."""
+
+        def collect() -> list[Metric]:
+            family = CounterMetricFamily(name, documentation, labels=[label])
+            for value, count in read().items():
+                family.add_metric([value], count)
+            return [family]
+
+        self.collect_with(collect)
 
     def render(self) -> bytes:
         """The registry in Prometheus text format (0.0.4)."""

@@ -28,7 +28,7 @@ from meshlet.security.peers import PeerVerdict
 from meshlet.transport.raw import read_to_half_close, refuse_path
 
 Pipeline = Callable[[InboundCall], Awaitable[Any]]
-PipelineBuilder = Callable[[Callable[[InboundCall], Awaitable[Any]]], Pipeline]
+PipelineBuilder = Callable[[Callable[[InboundCall], Awaitable[Any]], str], Pipeline]  # (terminal, method path)
 
 
 class InboundInterceptor(grpc.aio.ServerInterceptor):
@@ -73,7 +73,7 @@ class InboundInterceptor(grpc.aio.ServerInterceptor):
                 except grpc.aio.AioRpcError as failed:  # a call the handler made: never a status of this server's
                     await abort_upstream_failed(call.context, failed)
 
-            pipeline = self._build(terminal_unary)
+            pipeline = self._build(terminal_unary, method)
 
             async def unary_response(request: Any, context: Any) -> Any:
                 try:
@@ -94,7 +94,7 @@ class InboundInterceptor(grpc.aio.ServerInterceptor):
         async def terminal_stream(call: InboundCall) -> Any:
             return original(call.request, call.context)
 
-        pipeline = self._build(terminal_stream)
+        pipeline = self._build(terminal_stream, method)
 
         async def stream_response(request: Any, context: Any) -> AsyncIterator[Any]:
             try:
