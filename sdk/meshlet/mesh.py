@@ -141,7 +141,7 @@ class Mesh:
         port = self.config.telemetry.metrics_port
         if port is not None and self.metrics is not None and self._metrics_server is None:
             server = MetricsServer(
-                self.metrics.render,
+                self.metrics.exposition,
                 self.config.telemetry.metrics_host,
                 port,
                 health=lambda: _overall_status(self.health),

@@ -275,7 +275,9 @@ class Upstream:
             ],
             "panic": self._admission is not None and self._admission.panic,
             "in_flight": self.bulkhead.in_flight,
+            "max_in_flight": self.bulkhead.max_in_flight,
             "budget": repr(self.budget),
+            "budget_remaining": self.budget.remaining,
         }
 
     def __repr__(self) -> str:

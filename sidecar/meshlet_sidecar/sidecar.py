@@ -66,7 +66,7 @@ class Sidecar:
             ready=self.readiness,
             clusters=self.clusters,
             config=config.redacted,
-            metrics=self.metrics.render,
+            metrics=self.metrics.exposition,
             app=self.app_status,
             drain=self.drain,
         )
