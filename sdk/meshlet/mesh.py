@@ -45,6 +45,7 @@ from meshlet.security.sources import make_source
 from meshlet.telemetry.access_log import AccessLog
 from meshlet.telemetry.metrics import Metrics
 from meshlet.telemetry.metrics_server import MetricsServer
+from meshlet.telemetry.state_log import StateLog
 from meshlet.telemetry.tracing import Tracing, build_tracing
 from meshlet.transport.channels import SERVER_OPTIONS, ChannelFactory, EndpointChannels, insecure_channel
 from meshlet.transport.mesh_channel import MeshChannel
@@ -91,6 +92,9 @@ class Mesh:
         """The tracer provider and its exporters; None when tracing is off (no OTLP endpoint, no span file)."""
         if self.tracing is not None:
             self.events.subscribe(self.tracing.on_event)
+        self.state_log = StateLog()
+        """Breakers, ejections and retry budgets changing state, one log line each (sampled trace or not)."""
+        self.state_log.watch(self.events)
         if metrics is None and config.telemetry.metrics_port is not None:
             metrics = Metrics()
         self.metrics = metrics
@@ -361,6 +365,7 @@ class Mesh:
         metrics_server, self._metrics_server = self._metrics_server, None
         if metrics_server is not None:
             await metrics_server.stop()
+        self.state_log.flush()
         tracing, self.tracing = self.tracing, None
         if tracing is not None:  # hands over what is queued, for a few seconds at most
             await tracing.aclose()

@@ -1,17 +1,25 @@
 """The dev agent's own ``/metrics``: the HTTP requests it answered by route and status, the blocking queries it
 holds, its index, and the process's own numbers, on a registry of its own (one process may run several agents,
-as tests do). Counted by a middleware, off the handlers."""
+as tests do). Counted by a middleware, off the handlers. Like the rest of the dev agent it uses nothing of
+meshlet's (test_layering: an island), so the few lines telemetry/metrics.py has for the same are here again."""
 
 from __future__ import annotations
 
 from collections.abc import Awaitable, Callable, Iterator
 
 from aiohttp import web
-from prometheus_client import CollectorRegistry, Counter
+from prometheus_client import (
+    CollectorRegistry,
+    Counter,
+    GCCollector,
+    PlatformCollector,
+    ProcessCollector,
+    disable_created_metrics,
+    generate_latest,
+)
 from prometheus_client.core import GaugeMetricFamily, Metric
+from prometheus_client.exposition import choose_encoder
 from prometheus_client.registry import Collector
-
-from meshlet.telemetry.metrics import add_process_collectors, exposition
 
 UNMATCHED = "(unmatched)"  # a path no route serves: never the path itself, which any client can invent
 
@@ -31,7 +39,10 @@ class AgentMetrics:
             registry=registry,
         )
         registry.register(_AgentState(blocking, index))
-        add_process_collectors(registry)
+        disable_created_metrics()  # type: ignore[no-untyped-call]
+        ProcessCollector(registry=registry)
+        PlatformCollector(registry=registry)
+        GCCollector(registry=registry)
 
     @web.middleware
     async def middleware(self, request: web.Request, handler: Handler) -> web.StreamResponse:
@@ -49,8 +60,12 @@ class AgentMetrics:
         return response
 
     async def page(self, request: web.Request) -> web.Response:
-        body, content_type = exposition(self.registry, request.headers.get("Accept"))
-        return web.Response(body=body, headers={"Content-Type": content_type})
+        accept = request.headers.get("Accept", "")
+        if "application/openmetrics-text" in accept:
+            encode, content_type = choose_encoder(accept)
+            return web.Response(body=encode(self.registry), headers={"Content-Type": content_type})
+        body = generate_latest(self.registry)
+        return web.Response(body=body, headers={"Content-Type": "text/plain; version=0.0.4; charset=utf-8"})
 
 
 class _AgentState(Collector):
