@@ -28,7 +28,7 @@ from meshlet.errors import IntentionDenied, RateLimited, Unauthenticated
 from meshlet.inbound.abandoned import abandoned_code
 from meshlet.security.intentions import service_of
 from meshlet.telemetry.access_log import AccessLog, current_span, sampled_trace_id
-from meshlet.telemetry.metrics import CallMetrics, Metrics, caller_label, method_label
+from meshlet.telemetry.metrics import MAX_CALLERS, OTHER_CALLERS, CallMetrics, Metrics, caller_label, method_label
 
 _STREAMED = (types.AsyncGeneratorType, types.CoroutineType)  # what a streaming terminal hands back
 
@@ -58,19 +58,21 @@ def _name(code: Any) -> str:
 
 
 class _Observer:
-    __slots__ = ("_access", "_calls", "_clock", "_service")
+    __slots__ = ("_access", "_callers", "_calls", "_clock", "_service")
 
     def __init__(self, service: str, metrics: Metrics | None, access_log: AccessLog | None, clock: Clock) -> None:
         self._service = service
         self._calls: CallMetrics | None = metrics.calls("inbound", service) if metrics is not None else None
         self._access = access_log
         self._clock = clock
+        self._callers: dict[str | None, str] = {}  # peer SPIFFE ID -> caller label, parsed once per caller
 
     def _record(self, call: InboundCall, code: str, start: float, span: SpanContext | None) -> None:
         duration_s = self._clock() - start
         calls = self._calls
         if calls is not None:
-            calls.method(call.method).request(code, duration_s, sampled_trace_id(span))
+            caller = self._callers.get(call.peer_uri) or self._caller(call.peer_uri)
+            calls.method(call.method).request(code, duration_s, sampled_trace_id(span), caller)
         access = self._access
         if access is not None and access.enabled():
             access.inbound(
@@ -82,6 +84,13 @@ class _Observer:
                 peer_address=call.peer_address,
                 span=span,
             )
+
+    def _caller(self, peer_uri: str | None) -> str:
+        """The caller's service from its SPIFFE ID (never its address: one label per service, not per pod)."""
+        if len(self._callers) >= MAX_CALLERS:
+            return OTHER_CALLERS
+        label = self._callers[peer_uri] = caller_label(service_of(peer_uri))
+        return label
 
 
 class CountRefusals(_Observer):

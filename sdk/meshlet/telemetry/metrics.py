@@ -39,7 +39,7 @@ from prometheus_client import (
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily, Metric
 from prometheus_client.exposition import choose_encoder
 from prometheus_client.registry import Collector
-from prometheus_client.samples import Exemplar
+from prometheus_client.samples import Exemplar, Sample
 
 from meshlet.errors import ErrorReason
 from meshlet.events import (
@@ -59,9 +59,11 @@ from meshlet.telemetry.build import build_labels
 BUCKETS_S = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
 BUCKET_LABELS = (*(repr(float(bound)) for bound in BUCKETS_S), "+Inf")  # the le label values, as Prometheus writes them
 BREAKER_STATES = {"closed": 0, "half_open": 1, "open": 2}
+MAX_CALLERS = 256  # per service: callers are the services in the mesh, but a cap keeps a label bounded anyway
 MAX_METHODS = 512  # per direction and service: method paths come from callers, so their label values are capped
 OTHER_METHOD = "(other)"
 UNIDENTIFIED = "(unidentified)"
+OTHER_CALLERS = "(other)"
 # The reasons each direction's stages refuse a call with (ErrorInfo.reason): their counters start at 0.
 REFUSAL_REASONS = {
     "outbound": (
@@ -109,21 +111,25 @@ def method_label(path: str) -> str:
 
 
 class MethodMetrics:
-    """One (direction, service, method)'s numbers: calls and attempts by status, and the duration histogram,
-    whose buckets each keep the last sampled call's trace id as their exemplar."""
+    """One (direction, service, method)'s numbers: calls (inbound: by caller too) and attempts by status, and the
+    duration histogram, whose buckets each keep the last sampled call's trace id as their exemplar."""
 
-    __slots__ = ("attempts", "buckets", "exemplars", "label", "requests", "sum_s")
+    __slots__ = ("attempts", "buckets", "by_caller", "exemplars", "label", "requests", "sum_s")
 
     def __init__(self, label: str) -> None:
         self.label = label
-        self.requests: dict[str, int] = {}  # status name -> calls
+        self.requests: dict[str, int] = {}  # status name -> calls (outbound, or inbound without a caller given)
+        self.by_caller: dict[str, dict[str, int]] = {}  # caller label -> status name -> calls (inbound)
         self.attempts: dict[str, int] = {}  # status name -> attempts (outbound)
         self.buckets = [0] * (len(BUCKETS_S) + 1)  # per bucket, not cumulative; the last is +Inf
         self.exemplars: list[Exemplar | None] = [None] * (len(BUCKETS_S) + 1)
         self.sum_s = 0.0
 
-    def request(self, code: str, duration_s: float, trace_id: str | None = None) -> None:
-        requests = self.requests
+    def request(self, code: str, duration_s: float, trace_id: str | None = None, caller: str | None = None) -> None:
+        if caller is None:
+            requests = self.requests
+        else:
+            requests = self.by_caller.get(caller) or self.by_caller.setdefault(caller, {})
         requests[code] = requests.get(code, 0) + 1
         bucket = bisect_left(BUCKETS_S, duration_s)  # the first bound >= the duration: Prometheus' le
         self.buckets[bucket] += 1
@@ -302,7 +308,8 @@ class CallsCollector(Collector):
     def collect(self) -> Iterator[Metric]:
         requests = CounterMetricFamily(
             "meshlet_requests",
-            "Calls by direction, service, method and final gRPC status (outbound: one per call, not per attempt)",
+            "Calls by direction, service, method and final gRPC status (outbound: one per call, not per attempt; "
+            "inbound: also by caller, the service its certificate names, or (unidentified))",
             labels=["direction", "service", "method", "code"],
         )
         duration = HistogramMetricFamily(
@@ -320,6 +327,9 @@ class CallsCollector(Collector):
                 labels = [calls.direction, calls.service, method.label]
                 for code, count in list(method.requests.items()):
                     requests.add_metric([*labels, code], count)
+                for caller, codes in list(method.by_caller.items()):
+                    for code, count in list(codes.items()):
+                        requests.samples.append(_sample(labels, code, caller, count))
                 for code, count in list(method.attempts.items()):
                     attempts.add_metric([calls.service, method.label, code], count)
                 cumulative, buckets = 0, []
@@ -328,6 +338,13 @@ class CallsCollector(Collector):
                     buckets.append((le, cumulative) if exemplar is None else (le, cumulative, exemplar))
                 duration.add_metric(labels, buckets, method.sum_s)
         yield from (requests, duration, attempts)
+
+
+def _sample(labels: list[str], code: str, caller: str, count: int) -> Sample:
+    """An inbound request sample with its caller: CounterMetricFamily.add_metric takes only the family's labels."""
+    direction, service, method = labels
+    names = {"direction": direction, "service": service, "method": method, "code": code, "caller": caller}
+    return Sample("meshlet_requests_total", names, count)
 
 
 class StateCollector(Collector):
