@@ -85,6 +85,7 @@ class Sidecar:
         l7_inbound = self.forward is not None and config.sidecar.inbound_mode == "l7"  # l4 never asks a method's kind
         self.app_methods = self._method_table("") if l7_inbound else None
         self.inbound: InboundListener | SpliceListener | None = None
+        self._inbound_parts: InboundParts | None = None
         self.registration: Registration | None = None
         self._certificates_loaded = False
         self._listening = False
@@ -225,7 +226,7 @@ class Sidecar:
     async def _start_inbound(self) -> None:
         assert self.forward is not None
         assert self.app is not None
-        parts = InboundParts.from_config(
+        parts = self._inbound_parts = InboundParts.from_config(
             self.config, consul=self.mesh.consul, clock=time.monotonic, tracer=self.mesh.tracer, metrics=self.metrics
         )
         explain_plaintext_inbound(self.config)
@@ -277,6 +278,8 @@ class Sidecar:
         if self.inbound is not None:
             log.info("draining inbound calls for up to %.1fs", grace)
             await self.inbound.stop(grace)
+        if self._inbound_parts is not None:  # the Consul authorizer's refreshes; the denial lines held back
+            await self._inbound_parts.close()
         deadline = time.monotonic() + grace
         while time.monotonic() < deadline:  # the app may still be finishing work that needs its upstreams
             app_finished = self.app is None or not self.app.healthy

@@ -22,13 +22,18 @@ log = logging.getLogger(__name__)
 DENIAL_WINDOW_S = 10.0  # one line per caller and method per window, after the first
 
 
+def denial_log() -> WindowedLog:
+    """Where denials are logged: shared by a server's pipelines (one per method), flushed when it stops."""
+    return WindowedLog(log, logging.WARNING, window_s=DENIAL_WINDOW_S)
+
+
 class Authorize:
     __slots__ = ("_authorizer", "_denials", "_service")
 
     def __init__(self, authorizer: Authorizer, service: str, *, denials: WindowedLog | None = None) -> None:
         self._authorizer = authorizer
         self._service = service  # our own service name: the destination every intention is asked about
-        self._denials = denials or WindowedLog(log, logging.WARNING, window_s=DENIAL_WINDOW_S)
+        self._denials = denials or denial_log()
 
     async def __call__(self, call: InboundCall, next: Callable[[InboundCall], Awaitable[Any]]) -> Any:
         decision = self._authorizer.decide_now(call.peer_uri, self._service, call.method)
