@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import logging
 import platform
 import sys
 from pathlib import Path
@@ -23,6 +24,7 @@ from prometheus_client.openmetrics.parser import text_string_to_metric_families 
 
 from meshlet.security.dev_ca import init_ca, issue
 from meshlet_api.echo.v1 import echo_pb2, echo_pb2_grpc
+from tests.integration.conftest import EchoFleet, MeshFactory
 from tests.integration.test_metrics import ECHO, ECHO_ONCE, ECHO_SERVICE, TRUST_DOMAIN, Scrape
 from tests.support.agents import Agent, start_dev_agent
 from tests.support.processes import Processes, eventually, free_port
@@ -357,3 +359,48 @@ def test_a_meshlet_process_writes_no_grpc_core_line_when_a_server_goes_away(proc
     child = procs.start(["env", "-u", "GRPC_VERBOSITY", sys.executable, "-c", GOAWAY_SCRIPT], name="goaway")
     assert child.wait(WAIT_S) == 0, child.output()
     assert child.output() == ""
+
+
+async def test_a_breaker_opening_an_ejection_and_a_dry_retry_budget_are_each_logged_once(
+    fleet: EchoFleet, mesh_factory: MeshFactory, caplog: pytest.LogCaptureFixture
+) -> None:
+    fleet.start("good-1")
+    fleet.start("good-2")
+    fleet.start("bad", "--fail-code", "UNAVAILABLE")
+    port = free_port()
+    mesh = mesh_factory(
+        **{
+            "telemetry.metrics_port": port,
+            "upstream_defaults.breaker.failures": 2,
+            "upstream_defaults.breaker.reset_timeout": 60,  # no probe within the test
+            "upstream_defaults.breaker.reset_timeout_max": 60,
+            # one retry per 10 s window: the bad instance's first failure is retried, its second is not
+            "upstream_defaults.retry.budget_ratio": 0,
+            "upstream_defaults.retry.budget_min_per_s": 0.1,
+        }
+    )
+    await mesh.start()
+    stub = echo_pb2_grpc.EchoStub(mesh.channel(fleet.service))
+    bad = f"127.0.0.1:{fleet.ports['bad']}"
+    url = f"http://127.0.0.1:{port}/metrics"
+    with caplog.at_level(logging.INFO, logger="meshlet.state"):
+        codes = []
+        while (await scrape(url))("meshlet_breaker_state", service=fleet.service, endpoint=bad) != 2:
+            codes.append(await code_of(stub.Echo(HELLO, timeout=5)))
+            assert len(codes) < 1000, "the bad instance's breaker never opened"
+        seen = await scrape(url)
+        await mesh.close()  # writes what the log windows held back
+    lines = [record for record in caplog.records if record.name == "meshlet.state"]
+    events = [(record.event, getattr(record, "endpoint", None)) for record in lines]  # type: ignore[attr-defined]
+    assert events == [
+        ("breaker_opened", bad),
+        ("endpoint_ejected", bad),
+        ("retry_budget_exhausted", None),
+    ] or events == [("retry_budget_exhausted", None), ("breaker_opened", bad), ("endpoint_ejected", bad)]
+    assert seen("meshlet_breaker_transitions_total", service=fleet.service, endpoint=bad, state="open") == 1
+    assert seen("meshlet_retry_budget_refusals_total", service=fleet.service) == 1
+    assert codes.count("UNAVAILABLE") == 1  # the failure the budget refused to retry; the other was retried
+    for record in lines:
+        assert record.service == fleet.service  # type: ignore[attr-defined]
+        assert record.reason  # type: ignore[attr-defined]
+        assert record.count == 1  # type: ignore[attr-defined]
