@@ -468,3 +468,23 @@ async def test_access_log_false_writes_no_line(access_lines: list[dict[str, Any]
 
     assert access_lines == []
     assert server.value("meshlet_requests_total", **IN, caller="gateway", method=CREATE_LABEL, code="OK") == 1
+
+
+async def test_a_streams_access_log_line_carries_the_trace_and_span_ids_of_its_span(
+    access_lines: list[dict[str, Any]],
+) -> None:
+    async def replies() -> AsyncIterator[bytes]:
+        yield b"one"
+
+    async def handler(call: InboundCall) -> Any:
+        return replies()
+
+    server = Server(handler, **{"telemetry.access_log": True})
+    context = FakeContext()
+    with TracerProvider().get_tracer("test").start_as_current_span("server") as span:
+        await server.call(context=context)
+    context.finish()  # grpc ends the call after its span stopped being current: the line is written now
+
+    (line,) = access_lines
+    ids = span.get_span_context()
+    assert (line["code"], line["trace_id"], line["span_id"]) == ("OK", f"{ids.trace_id:032x}", f"{ids.span_id:016x}")
