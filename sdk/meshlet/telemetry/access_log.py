@@ -27,9 +27,9 @@ def span_id_of(span: SpanContext | None) -> str | None:
     return format(span.span_id, "016x") if span is not None else None
 
 
-def sampled_trace_id(span: SpanContext | None) -> str | None:
+def sampled_trace_id(span: SpanContext | None) -> int | None:
     """The trace id of a span that is exported (sampled): only such a trace is there to open from an exemplar."""
-    return format(span.trace_id, "032x") if span is not None and span.trace_flags.sampled else None
+    return span.trace_id if span is not None and span.trace_flags.sampled else None
 
 
 class AccessLog:

@@ -21,7 +21,6 @@ bucket it fell in.
 from __future__ import annotations
 
 import contextlib
-import time
 from bisect import bisect_left
 from collections.abc import Callable, Iterable, Iterator
 from typing import Any, Protocol
@@ -122,10 +121,10 @@ class MethodMetrics:
         self.by_caller: dict[str, dict[str, int]] = {}  # caller label -> status name -> calls (inbound)
         self.attempts: dict[str, int] = {}  # status name -> attempts (outbound)
         self.buckets = [0] * (len(BUCKETS_S) + 1)  # per bucket, not cumulative; the last is +Inf
-        self.exemplars: list[Exemplar | None] = [None] * (len(BUCKETS_S) + 1)
+        self.exemplars: list[tuple[int, float] | None] = [None] * (len(BUCKETS_S) + 1)  # (trace id, duration)
         self.sum_s = 0.0
 
-    def request(self, code: str, duration_s: float, trace_id: str | None = None, caller: str | None = None) -> None:
+    def request(self, code: str, duration_s: float, trace_id: int | None = None, caller: str | None = None) -> None:
         if caller is None:
             requests = self.requests
         else:
@@ -135,7 +134,7 @@ class MethodMetrics:
         self.buckets[bucket] += 1
         self.sum_s += duration_s
         if trace_id is not None:  # a sampled call: its trace is there to open from the latency panel
-            self.exemplars[bucket] = Exemplar({"trace_id": trace_id}, duration_s, time.time())
+            self.exemplars[bucket] = (trace_id, duration_s)  # formatted only when scraped
 
     def attempt(self, code: str) -> None:
         attempts = self.attempts
@@ -332,10 +331,14 @@ class CallsCollector(Collector):
                         requests.samples.append(_sample(labels, code, caller, count))
                 for code, count in list(method.attempts.items()):
                     attempts.add_metric([calls.service, method.label, code], count)
-                cumulative, buckets = 0, []
+                cumulative = 0
+                buckets: list[tuple[str, float] | tuple[str, float, Exemplar]] = []
                 for le, count, exemplar in zip(BUCKET_LABELS, method.buckets, method.exemplars, strict=True):
                     cumulative += count
-                    buckets.append((le, cumulative) if exemplar is None else (le, cumulative, exemplar))
+                    if exemplar is None:
+                        buckets.append((le, cumulative))
+                    else:
+                        buckets.append((le, cumulative, Exemplar({"trace_id": f"{exemplar[0]:032x}"}, exemplar[1])))
                 duration.add_metric(labels, buckets, method.sum_s)
         yield from (requests, duration, attempts)
 
