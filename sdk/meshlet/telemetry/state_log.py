@@ -16,6 +16,7 @@ from meshlet.events import (
     BudgetRefused,
     EndpointEjected,
     EndpointReadmitted,
+    EndpointsChanged,
     Event,
     EventBus,
     RetryNotAttempted,
@@ -100,6 +101,9 @@ class StateLog:
                         "refused": refused,
                     },
                 )
+            case EndpointsChanged(upstream=upstream, removed=removed):  # pods come and go: forget the departed
+                for endpoint in removed:
+                    self._breakers.pop((upstream, endpoint), None)
             case _:
                 pass
 
