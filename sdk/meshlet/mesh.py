@@ -48,6 +48,7 @@ from meshlet.telemetry.access_log import AccessLog
 from meshlet.telemetry.method_names import MethodNames
 from meshlet.telemetry.metrics import Metrics
 from meshlet.telemetry.metrics_server import MetricsServer
+from meshlet.telemetry.state_log import StateLog
 from meshlet.telemetry.tracing import Tracing, build_tracing
 from meshlet.transport.channels import SERVER_OPTIONS, ChannelFactory, EndpointChannels, insecure_channel
 from meshlet.transport.listen import add_port, join_host_port
@@ -95,6 +96,9 @@ class Mesh:
         """The tracer provider and its exporters; None when tracing is off (no OTLP endpoint, no span file)."""
         if self.tracing is not None:
             self.events.subscribe(self.tracing.on_event)
+        self.state_log = StateLog()
+        """Breakers, ejections and retry budgets changing state, one log line each (sampled trace or not)."""
+        self.state_log.watch(self.events)
         if metrics is None and config.telemetry.metrics_port is not None:
             metrics = Metrics()
         self.metrics = metrics
@@ -162,7 +166,7 @@ class Mesh:
         port = self.config.telemetry.metrics_port
         if port is not None and self.metrics is not None and self._metrics_server is None:
             server = MetricsServer(
-                self.metrics.render,
+                self.metrics.exposition,
                 self.config.telemetry.metrics_host,
                 port,
                 health=lambda: _overall_status(self.health),
@@ -461,6 +465,7 @@ class Mesh:
         metrics_server, self._metrics_server = self._metrics_server, None
         if metrics_server is not None:
             await metrics_server.stop()
+        self.state_log.flush()
         tracing, self.tracing = self.tracing, None
         if tracing is not None:  # hands over what is queued, for a few seconds at most
             await tracing.aclose()

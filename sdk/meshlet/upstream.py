@@ -22,7 +22,7 @@ from meshlet.deadline import Clock
 from meshlet.discovery.instances import InstanceReport
 from meshlet.endpoints import Endpoint, EndpointSet
 from meshlet.errors import BreakerOpen, MeshError, NoHealthyEndpoint
-from meshlet.events import EndpointsChanged, Event, EventBus
+from meshlet.events import EndpointEjected, EndpointReadmitted, EndpointsChanged, Event, EventBus
 from meshlet.outbound import OutboundParts, build_outbound
 from meshlet.outbound.report import NO_VERDICT
 from meshlet.outbound.retry import Sleep
@@ -177,7 +177,10 @@ class Upstream:
         endpoints = self._endpoints
         if endpoints is None:
             return
+        before = self._admission.ejected if self._admission is not None else ()
         admission = self._admission = self.ejection.admitted(endpoints.endpoints, self._breakers)
+        if admission.ejected != before:
+            self._ejections_changed(before, admission.ejected, endpoints)
         self._picker = Picker(admission.endpoints, load=self.load, rng=self._rng, strategy=self.policy.balancer)
         if self._readmit_timer is not None:
             self._readmit_timer.cancel()
@@ -189,6 +192,16 @@ class Upstream:
                 return
             delay = max(0.0, admission.review_at - self._clock()) + 0.001
             self._readmit_timer = loop.call_later(delay, self._rebuild)
+
+    def _ejections_changed(
+        self, before: tuple[Endpoint, ...], now: tuple[Endpoint, ...], endpoints: EndpointSet
+    ) -> None:
+        for endpoint in now:
+            if endpoint not in before:
+                self.events.emit(EndpointEjected(self.name, endpoint))
+        for endpoint in before:
+            if endpoint not in now and endpoint in endpoints:  # one that left Consul is gone, not readmitted
+                self.events.emit(EndpointReadmitted(self.name, endpoint))
 
     # ------------------------------------------------------------------ the pick stage reads these
 
@@ -299,7 +312,9 @@ class Upstream:
             ],
             "panic": self._admission is not None and self._admission.panic,
             "in_flight": self.bulkhead.in_flight,
+            "max_in_flight": self.bulkhead.max_in_flight,
             "budget": repr(self.budget),
+            "budget_remaining": self.budget.remaining,
         }
 
     def __repr__(self) -> str:

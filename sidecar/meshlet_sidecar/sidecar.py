@@ -73,7 +73,7 @@ class Sidecar:
             ready=self.readiness,
             clusters=self.clusters,
             config=config.redacted,
-            metrics=self.metrics.render,
+            metrics=self.metrics.exposition,
             app=self.app_status,
             drain=self.drain,
         )
@@ -95,6 +95,7 @@ class Sidecar:
         # answered; any other path is "(unknown)", so invented paths cannot crowd out the real ones.
         self.mesh.declared_methods = self._declares
         self.inbound: InboundListener | SpliceListener | None = None
+        self._inbound_parts: InboundParts | None = None
         self.registration: Registration | None = None
         self._certificates_loaded = False
         self._listening = False
@@ -246,7 +247,7 @@ class Sidecar:
     async def _start_inbound(self) -> None:
         assert self.forward is not None
         assert self.app is not None
-        parts = InboundParts.from_config(
+        parts = self._inbound_parts = InboundParts.from_config(
             self.config,
             consul=self.mesh.consul,
             clock=time.monotonic,
@@ -307,6 +308,8 @@ class Sidecar:
         if self.inbound is not None:
             log.info("draining inbound calls for up to %.1fs", grace)
             await self.inbound.stop(max(0.0, deadline - time.monotonic()))  # returns once none is in flight
+        if self._inbound_parts is not None:  # the Consul authorizer's refreshes; the denial lines held back
+            await self._inbound_parts.close()
         if self._listening:  # else no app was ever served (stopped at start, or waiting for certificates)
             await self._serve_the_app_until_done(deadline)
         for listener in self.outbound:

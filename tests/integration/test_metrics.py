@@ -218,13 +218,31 @@ async def test_a_served_sdk_process_counts_its_inbound_calls_by_the_status_its_h
     url = f"http://127.0.0.1:{port}/metrics"
     seen = await scrape(url)
     for _ in range(100):  # a stream is counted when grpc reports its call done, a moment after the client's end
-        if seen("meshlet_requests_total", **inbound, method=f"{ECHO_SERVICE}/ServerStream", code="OK") == 3:
+        if (
+            seen(
+                "meshlet_requests_total",
+                **inbound,
+                caller="(unidentified)",
+                method=f"{ECHO_SERVICE}/ServerStream",
+                code="OK",
+            )
+            == 3
+        ):
             break
         await asyncio.sleep(0.05)
         seen = await scrape(url)
-    assert seen("meshlet_requests_total", **inbound, method=ECHO, code="OK") == 5
-    assert seen("meshlet_requests_total", **inbound, method=ECHO_ONCE, code="NOT_FOUND") == 2
-    assert seen("meshlet_requests_total", **inbound, method=f"{ECHO_SERVICE}/ServerStream", code="OK") == 3
+    assert seen("meshlet_requests_total", **inbound, caller="(unidentified)", method=ECHO, code="OK") == 5
+    assert seen("meshlet_requests_total", **inbound, caller="(unidentified)", method=ECHO_ONCE, code="NOT_FOUND") == 2
+    assert (
+        seen(
+            "meshlet_requests_total",
+            **inbound,
+            caller="(unidentified)",
+            method=f"{ECHO_SERVICE}/ServerStream",
+            code="OK",
+        )
+        == 3
+    )
     assert seen("meshlet_in_flight", **inbound) == 0
 
 
@@ -272,9 +290,9 @@ async def test_sidecar_admin_metrics_count_denials_and_rate_limits_by_caller(pro
     inbound = {"direction": "inbound", "service": "vault"}
     assert far("meshlet_authz_denials_total", service="vault", caller="web") == 2
     assert far("meshlet_rate_limited_total", service="vault", caller="web") == 2
-    assert far("meshlet_requests_total", **inbound, method=ECHO, code="OK") == 3
-    assert far("meshlet_requests_total", **inbound, method=ECHO, code="RESOURCE_EXHAUSTED") == 2
-    assert far("meshlet_requests_total", **inbound, method=ECHO_ONCE, code="PERMISSION_DENIED") == 2
+    assert far("meshlet_requests_total", **inbound, caller="web", method=ECHO, code="OK") == 3
+    assert far("meshlet_requests_total", **inbound, caller="web", method=ECHO, code="RESOURCE_EXHAUSTED") == 2
+    assert far("meshlet_requests_total", **inbound, caller="web", method=ECHO_ONCE, code="PERMISSION_DENIED") == 2
     assert far("meshlet_sidecar_ready") == 1
     assert far("meshlet_in_flight", **inbound) == 0
 
@@ -324,8 +342,8 @@ async def test_a_response_stream_that_raises_is_counted_unknown_as_its_caller_se
             if seen.matching("meshlet_requests_total", **inbound):
                 break
             await asyncio.sleep(0.05)
-        assert seen("meshlet_requests_total", **inbound, code="UNKNOWN") == 1
-        assert seen("meshlet_requests_total", **inbound, code="OK") == 0
+        assert seen("meshlet_requests_total", **inbound, caller="(unidentified)", code="UNKNOWN") == 1
+        assert seen("meshlet_requests_total", **inbound, caller="(unidentified)", code="OK") == 0
     finally:
         await server.stop(None)
         await mesh.close()
@@ -378,7 +396,7 @@ async def test_an_sdk_server_counts_cancelled_and_timed_out_calls_as_their_calle
                 break
             await asyncio.sleep(0.05)
         counted = {
-            (method, code): seen("meshlet_requests_total", **inbound, method=method, code=code)
+            (method, code): seen("meshlet_requests_total", **inbound, caller="(unidentified)", method=method, code=code)
             for method in (echo, stream)
             for code in ("OK", "CANCELLED", "DEADLINE_EXCEEDED")
         }

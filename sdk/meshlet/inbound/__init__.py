@@ -22,7 +22,7 @@ from meshlet.call import InboundCall, is_mesh_own, may_be_mesh_own
 from meshlet.config import Config
 from meshlet.deadline import Clock
 from meshlet.errors import ConfigError
-from meshlet.inbound.authorize import Authorize
+from meshlet.inbound.authorize import Authorize, denial_log
 from meshlet.inbound.deadline import ExposeDeadline
 from meshlet.inbound.identify import IdentifyPeer
 from meshlet.inbound.observe import CountRefusals, ObserveInbound
@@ -33,6 +33,7 @@ from meshlet.resilience.rate_limit import MethodRateLimits, RateLimiter, default
 from meshlet.security.consul_authz import ConsulAuthorizer, ConsulFactory
 from meshlet.security.intentions import Authorizer, Intentions, IntentionsAuthorizer
 from meshlet.telemetry.access_log import AccessLog
+from meshlet.telemetry.log_window import WindowedLog
 from meshlet.telemetry.method_names import MethodNames
 from meshlet.telemetry.metrics import Metrics
 
@@ -57,6 +58,7 @@ class InboundParts:
     access_log: AccessLog | None = None
     clock: Clock = time.monotonic  # what call durations are measured with
     names: MethodNames = field(default_factory=MethodNames)  # which methods metrics and span names call by name
+    denial_log: WindowedLog = field(default_factory=denial_log)  # one per server, shared by its methods' pipelines
 
     @classmethod
     def from_config(
@@ -116,7 +118,8 @@ class InboundParts:
         )
 
     async def close(self) -> None:
-        """Stop what runs in the background (the Consul authorizer's refreshes)."""
+        """Stop what runs in the background (the Consul authorizer's refreshes); write the denial lines held."""
+        self.denial_log.flush()
         if isinstance(self.authorizer, ConsulAuthorizer):
             await self.authorizer.close()
 
@@ -154,7 +157,9 @@ def inbound_stages(parts: InboundParts = NO_PARTS) -> list[Stage[InboundCall]]:
     if parts.require_identity:
         stages.append(IdentifyPeer())  # first: nothing below may trust a caller that has not shown a certificate
     if parts.authorizer is not None:
-        stages.append(Authorize(parts.authorizer, parts.service))  # before rate limits: a denied call spends no token
+        stages.append(
+            Authorize(parts.authorizer, parts.service, denials=parts.denial_log)
+        )  # before rate limits: a denied call spends no token
     if parts.per_caller is not None or parts.per_method is not None:
         stages.append(RateLimitCaller(parts.per_caller, parts.per_method))  # per verified caller, before any work
     if parts.tracer is not None:

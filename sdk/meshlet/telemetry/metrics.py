@@ -12,6 +12,10 @@ Three kinds of numbers, kept three ways:
   `describe()` by `StateCollector`, so the data path maintains nothing for it;
 - what the pipelines decide rarely (retries, budget refusals, breaker transitions, refusals) is counted with
   prometheus_client's Counter, from the EventBus or the stage that refused.
+
+Every registry also carries the process's own numbers (``process_*``, ``python_*``) and ``meshlet_build_info``;
+a scraper that asks for OpenMetrics gets it, with the trace id of a sampled call as the exemplar of the latency
+bucket it fell in.
 """
 
 from __future__ import annotations
@@ -21,10 +25,22 @@ from bisect import bisect_left
 from collections.abc import Callable, Iterable, Iterator
 from typing import Any, Protocol
 
-from prometheus_client import CollectorRegistry, Counter, generate_latest
+from prometheus_client import (
+    CollectorRegistry,
+    Counter,
+    GCCollector,
+    Info,
+    PlatformCollector,
+    ProcessCollector,
+    disable_created_metrics,
+    generate_latest,
+)
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily, Metric
+from prometheus_client.exposition import choose_encoder
 from prometheus_client.registry import Collector
+from prometheus_client.samples import Exemplar, Sample
 
+from meshlet.errors import ErrorReason
 from meshlet.events import (
     BreakerClosed,
     BreakerHalfOpened,
@@ -36,15 +52,51 @@ from meshlet.events import (
     RetryNotAttempted,
     RetryScheduled,
 )
+from meshlet.telemetry.build import build_labels
 from meshlet.telemetry.method_names import UNKNOWN_METHOD, MethodNames
 
 # RPC latency from a loopback hop (sub-millisecond) to a slow upstream near the default 5 s timeout.
 BUCKETS_S = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
 BUCKET_LABELS = (*(repr(float(bound)) for bound in BUCKETS_S), "+Inf")  # the le label values, as Prometheus writes them
 BREAKER_STATES = {"closed": 0, "half_open": 1, "open": 2}
+MAX_CALLERS = 256  # per service: callers are the services in the mesh, but a cap keeps a label bounded anyway
 MAX_METHODS = 512  # per direction and service: method paths come from callers, so their label values are capped
 OTHER_METHOD = "(other)"
 UNIDENTIFIED = "(unidentified)"
+OTHER_CALLERS = "(other)"
+# The reasons each direction's stages refuse a call with (ErrorInfo.reason): their counters start at 0.
+REFUSAL_REASONS = {
+    "outbound": (
+        ErrorReason.NO_HEALTHY_ENDPOINT,
+        ErrorReason.BREAKER_OPEN,
+        ErrorReason.BUDGET_EXHAUSTED,
+        ErrorReason.DEADLINE_TOO_SHORT,
+        ErrorReason.BULKHEAD_FULL,
+        ErrorReason.CHANNEL_CLOSED,
+    ),
+    "inbound": (ErrorReason.UNAUTHENTICATED, ErrorReason.INTENTION_DENIED, ErrorReason.RATE_LIMITED),
+}
+TEXT_CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"  # Prometheus text exposition 0.0.4
+
+
+def add_process_collectors(registry: CollectorRegistry) -> None:
+    """``process_*`` (CPU, memory, open files), ``python_*`` (version, GC) and ``meshlet_build_info`` on a
+    registry of meshlet's own, as on the global one; counters without ``*_created`` series (the scrape time of
+    a counter's first sample is no use to a rate, and doubles the series)."""
+    disable_created_metrics()  # type: ignore[no-untyped-call]
+    ProcessCollector(registry=registry)
+    PlatformCollector(registry=registry)
+    GCCollector(registry=registry)
+    Info("meshlet_build", "The meshlet build this process runs", registry=registry).info(build_labels())
+
+
+def exposition(registry: CollectorRegistry, accept: str | None) -> tuple[bytes, str]:
+    """The registry in the format the scraper's Accept header asks for: OpenMetrics (with exemplars) when it
+    names ``application/openmetrics-text``, else Prometheus text 0.0.4; and the content type to send."""
+    if accept and "application/openmetrics-text" in accept:
+        encode, content_type = choose_encoder(accept)
+        return encode(registry), content_type
+    return generate_latest(registry), TEXT_CONTENT_TYPE
 
 
 class Describes(Protocol):
@@ -59,22 +111,31 @@ def method_label(path: str) -> str:
 
 
 class MethodMetrics:
-    """One (direction, service, method)'s numbers: calls and attempts by status, and the duration histogram."""
+    """One (direction, service, method)'s numbers: calls (inbound: by caller too) and attempts by status, and the
+    duration histogram, whose buckets each keep the last sampled call's trace id as their exemplar."""
 
-    __slots__ = ("attempts", "buckets", "label", "requests", "sum_s")
+    __slots__ = ("attempts", "buckets", "by_caller", "exemplars", "label", "requests", "sum_s")
 
     def __init__(self, label: str) -> None:
         self.label = label
-        self.requests: dict[str, int] = {}  # status name -> calls
+        self.requests: dict[str, int] = {}  # status name -> calls (outbound, or inbound without a caller given)
+        self.by_caller: dict[str, dict[str, int]] = {}  # caller label -> status name -> calls (inbound)
         self.attempts: dict[str, int] = {}  # status name -> attempts (outbound)
         self.buckets = [0] * (len(BUCKETS_S) + 1)  # per bucket, not cumulative; the last is +Inf
+        self.exemplars: list[tuple[int, float] | None] = [None] * (len(BUCKETS_S) + 1)  # (trace id, duration)
         self.sum_s = 0.0
 
-    def request(self, code: str, duration_s: float) -> None:
-        requests = self.requests
+    def request(self, code: str, duration_s: float, trace_id: int | None = None, caller: str | None = None) -> None:
+        if caller is None:
+            requests = self.requests
+        else:
+            requests = self.by_caller.get(caller) or self.by_caller.setdefault(caller, {})
         requests[code] = requests.get(code, 0) + 1
-        self.buckets[bisect_left(BUCKETS_S, duration_s)] += 1  # the first bound >= the duration: Prometheus' le
+        bucket = bisect_left(BUCKETS_S, duration_s)  # the first bound >= the duration: Prometheus' le
+        self.buckets[bucket] += 1
         self.sum_s += duration_s
+        if trace_id is not None:  # a sampled call: its trace is there to open from the latency panel
+            self.exemplars[bucket] = (trace_id, duration_s)  # formatted only when scraped
 
     def attempt(self, code: str) -> None:
         attempts = self.attempts
@@ -162,6 +223,13 @@ class Metrics:
             ["service", "caller", "outcome"],
             registry=registry,
         )
+        self.refusals = Counter(
+            "meshlet_refusals",
+            "Calls the mesh itself refused or gave up on, by direction, service (outbound: the upstream) and "
+            "meshlet reason (the ErrorInfo reason the caller reads)",
+            ["direction", "service", "reason"],
+            registry=registry,
+        )
         self.tls_handshake_failures = Counter(
             "meshlet_tls_handshake_failures",
             "Attempts that failed in the TLS handshake (outbound only: grpcio does not show a server's failed "
@@ -173,6 +241,7 @@ class Metrics:
         self._upstreams: Callable[[], Iterable[Describes]] = tuple
         registry.register(CallsCollector(self))
         registry.register(StateCollector(self))
+        add_process_collectors(registry)
 
     def calls(self, direction: str, service: str, names: MethodNames | None = None) -> CallMetrics:
         """The per-call handle of one direction and service; built once, kept by the stage that uses it. `names`
@@ -193,6 +262,11 @@ class Metrics:
         self.budget_refusals.labels(service)
         self.breaker_openings.labels(service)
         self.tls_handshake_failures.labels("outbound", service)
+
+    def refusals_of(self, direction: str, service: str) -> dict[str, Any]:
+        """One direction and service's refusal counters by reason, each at 0 from now on: `increase()` sees the
+        first refusal. Built once, kept by the stage that refuses or observes."""
+        return {reason: self.refusals.labels(direction, service, reason) for reason in REFUSAL_REASONS[direction]}
 
     def all_calls(self) -> list[CallMetrics]:
         return list(self._calls.values())
@@ -254,6 +328,10 @@ class Metrics:
         """The registry in Prometheus text format (0.0.4)."""
         return generate_latest(self.registry)
 
+    def exposition(self, accept: str | None) -> tuple[bytes, str]:
+        """The /metrics page in the format `accept` asks for, and its content type (see `exposition`)."""
+        return exposition(self.registry, accept)
+
 
 def caller_label(caller_service: str | None) -> str:
     return caller_service or UNIDENTIFIED
@@ -271,7 +349,8 @@ class CallsCollector(Collector):
     def collect(self) -> Iterator[Metric]:
         requests = CounterMetricFamily(
             "meshlet_requests",
-            "Calls by direction, service, method and final gRPC status (outbound: one per call, not per attempt)",
+            "Calls by direction, service, method and final gRPC status (outbound: one per call, not per attempt; "
+            "inbound: also by caller, the service its certificate names, or (unidentified))",
             labels=["direction", "service", "method", "code"],
         )
         duration = HistogramMetricFamily(
@@ -289,14 +368,28 @@ class CallsCollector(Collector):
                 labels = [calls.direction, calls.service, method.label]
                 for code, count in list(method.requests.items()):
                     requests.add_metric([*labels, code], count)
+                for caller, codes in list(method.by_caller.items()):
+                    for code, count in list(codes.items()):
+                        requests.samples.append(_sample(labels, code, caller, count))
                 for code, count in list(method.attempts.items()):
                     attempts.add_metric([calls.service, method.label, code], count)
-                cumulative, buckets = 0, []
-                for le, count in zip(BUCKET_LABELS, method.buckets, strict=True):
+                cumulative = 0
+                buckets: list[tuple[str, float] | tuple[str, float, Exemplar]] = []
+                for le, count, exemplar in zip(BUCKET_LABELS, method.buckets, method.exemplars, strict=True):
                     cumulative += count
-                    buckets.append((le, cumulative))
+                    if exemplar is None:
+                        buckets.append((le, cumulative))
+                    else:
+                        buckets.append((le, cumulative, Exemplar({"trace_id": f"{exemplar[0]:032x}"}, exemplar[1])))
                 duration.add_metric(labels, buckets, method.sum_s)
         yield from (requests, duration, attempts)
+
+
+def _sample(labels: list[str], code: str, caller: str, count: int) -> Sample:
+    """An inbound request sample with its caller: CounterMetricFamily.add_metric takes only the family's labels."""
+    direction, service, method = labels
+    names = {"direction": direction, "service": service, "method": method, "code": code, "caller": caller}
+    return Sample("meshlet_requests_total", names, count)
 
 
 class StateCollector(Collector):
@@ -327,6 +420,17 @@ class StateCollector(Collector):
             "1 while too few endpoints are healthy to balance over them, so the balancer uses all",
             labels=["service"],
         )
+        bulkhead = GaugeMetricFamily(
+            "meshlet_bulkhead_limit",
+            "The most calls an upstream may have in flight (upstreams.NAME.max_in_flight); beyond it the mesh "
+            'refuses with BULKHEAD_FULL: compare meshlet_in_flight{direction="outbound"}',
+            labels=["service"],
+        )
+        budget = GaugeMetricFamily(
+            "meshlet_retry_budget_remaining",
+            "Retries an upstream's retry budget still allows in its window; at 0 failed attempts are not retried",
+            labels=["service"],
+        )
         for upstream in self._metrics.upstreams():
             described = upstream.describe()
             service = str(described["name"])
@@ -340,10 +444,14 @@ class StateCollector(Collector):
             endpoints.add_metric([service, "ejected"], ejected)
             in_flight.add_metric(["outbound", service], float(described.get("in_flight", 0)))
             panic.add_metric([service], float(bool(described.get("panic"))))
+            if "max_in_flight" in described:
+                bulkhead.add_metric([service], float(described["max_in_flight"]))
+            if "budget_remaining" in described:
+                budget.add_metric([service], float(described["budget_remaining"]))
         for calls in self._metrics.all_calls():
             if calls.direction == "inbound":
                 in_flight.add_metric(["inbound", calls.service], calls.in_flight)
-        yield from (state, endpoints, in_flight, panic)
+        yield from (state, endpoints, in_flight, panic, bulkhead, budget)
 
 
 class _FunctionCollector(Collector):

@@ -26,7 +26,7 @@ from typing import Any, Generic, TypeVar
 import grpc
 from opentelemetry import trace
 from opentelemetry.context import Context
-from opentelemetry.sdk.resources import SERVICE_INSTANCE_ID, SERVICE_NAME, Resource
+from opentelemetry.sdk.resources import SERVICE_INSTANCE_ID, SERVICE_NAME, SERVICE_VERSION, Resource
 from opentelemetry.sdk.trace import ReadableSpan, TracerProvider
 from opentelemetry.sdk.trace.export import BatchSpanProcessor, SpanExporter, SpanExportResult
 from opentelemetry.sdk.trace.id_generator import RandomIdGenerator
@@ -43,6 +43,7 @@ from meshlet.events import (
     RetryNotAttempted,
     RetryScheduled,
 )
+from meshlet.telemetry.build import build_labels
 from meshlet.telemetry.method_names import UNKNOWN_METHOD, MethodNames
 from meshlet.telemetry.span_file import JsonLinesSpanExporter
 
@@ -336,9 +337,10 @@ def build_tracing(
     if not all_exporters and not file_exporters:
         return None
     name = telemetry.service_name or service or "unknown_service"
-    resource = Resource.create(
-        {SERVICE_NAME: name, SERVICE_INSTANCE_ID: f"{name}-{socket.gethostname()}-{os.getpid()}", "meshlet.face": face}
-    )
+    attributes = {SERVICE_NAME: name, SERVICE_INSTANCE_ID: f"{name}-{socket.gethostname()}-{os.getpid()}"}
+    resource = Resource.create({**attributes, "meshlet.face": face, "meshlet.version": build_labels()["version"]})
+    if SERVICE_VERSION not in resource.attributes:  # the app's own, when OTEL_RESOURCE_ATTRIBUTES names it
+        resource = resource.merge(Resource({SERVICE_VERSION: build_labels()["version"]}))
     provider = TracerProvider(resource=resource, sampler=_sampler(telemetry.sample_ratio, env))
     queue = _queue_size(env)
     processors = [CountingBatchSpanProcessor(exporter, max_queue_size=queue) for exporter in all_exporters]
