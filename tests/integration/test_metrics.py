@@ -189,7 +189,10 @@ async def test_an_sdk_server_keeps_the_meshs_reflection_questions_out_of_its_met
         spans = list(receiver.spans)
 
     assert seen.matching("meshlet_requests_total", direction="inbound") == calls
-    assert seen("meshlet_requests_total", direction="inbound", service=fleet.service, method=ECHO, code="OK") == calls
+    assert (
+        seen.matching("meshlet_requests_total", direction="inbound", service=fleet.service, method=ECHO, code="OK")
+        == calls
+    )
     assert [(s.name, s.kind) for s in spans] == [(ECHO, "SERVER")] * calls
 
 
