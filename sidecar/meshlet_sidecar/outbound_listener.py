@@ -29,6 +29,7 @@ from meshlet.transport.raw import (
     abort_with,
     forwardable,
     generic_handler,
+    read_to_half_close,
     relay_status,
     unary_handler,
 )
@@ -165,10 +166,11 @@ class OutboundListener:
             self.in_flight += 1
             self.generic_calls += 1
             try:
+                requests = ReplayableRequests(request_iterator, replay_limit)
                 call = Call(
                     upstream_name,
                     described,
-                    ReplayableRequests(request_iterator, replay_limit),
+                    requests,
                     forwardable(context.invocation_metadata()),
                     _timeout_or(context.time_remaining(), default_timeout_s),
                 )
@@ -181,8 +183,12 @@ class OutboundListener:
                         async for message in messages:
                             yield message
                 except grpc.aio.AioRpcError as error:
+                    # The upstream answered (or the mesh gave up) while the caller may still be writing: answering
+                    # at once would make a grpc.aio caller read INTERNAL "Internal error from Core" instead.
+                    await read_to_half_close(requests.rest())
                     await abort_with(context, error)
                     return
+                await read_to_half_close(requests.rest())
                 await relay_status(context, stream)
             finally:
                 self.in_flight -= 1

@@ -24,7 +24,7 @@ from meshlet.security.dev_ca import init_ca, issue
 from meshlet_api.echo.v1 import echo_pb2_grpc
 from tests.support.agents import Agent, start_dev_agent
 from tests.support.plain_app import PlainEchoApp, plain_app
-from tests.support.processes import Processes, processes
+from tests.support.processes import Processes, eventually, processes
 from tests.support.sidecars import SidecarProcess, start_sidecar, tls_files
 
 TRUST_DOMAIN = "meshlet.test"
@@ -64,7 +64,11 @@ async def sidecar_b(
 ) -> SidecarProcess:
     """b-svc's sidecar in front of app B: mTLS inbound (L7), intentions that let a-svc in and nobody else."""
     config = inbound_config(pki, agent, "b-svc")
-    return await started(module_procs, folder, "b", config, app=f"127.0.0.1:{app_b.port}")
+    sidecar = await started(module_procs, folder, "b", config, app=f"127.0.0.1:{app_b.port}")
+    # Ready is not yet passing in Consul: that waits for the next heartbeat, and a caller asking before it would be
+    # told no instance passes.
+    await eventually(lambda: bool(agent.passing("b-svc")), "b-svc to pass its check in Consul", blocking=True)
+    return sidecar
 
 
 @pytest_asyncio.fixture(loop_scope="module")

@@ -75,6 +75,22 @@ class ReplayableRequests:
             self._buffer.keep(message)
             yield message
 
+    async def rest(self) -> AsyncIterator[Any]:
+        """What the caller has not sent to any attempt yet, read on from the source and kept nowhere: what a server
+        reads and drops before it answers, so that a caller still writing reads the answer (transport/raw.py)."""
+        while not self._exhausted:
+            if self._pending is None:
+                self._pending = asyncio.ensure_future(anext(self._source))
+            try:
+                message = await asyncio.shield(self._pending)
+            except StopAsyncIteration:
+                self._exhausted = True
+                return
+            finally:
+                if self._pending is not None and self._pending.done():
+                    self._pending = None
+            yield message
+
     def __repr__(self) -> str:
         return f"<ReplayableRequests {self._buffer!r}{', source exhausted' if self._exhausted else ''}>"
 
