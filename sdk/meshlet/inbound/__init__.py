@@ -13,12 +13,12 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from opentelemetry.trace import Tracer
 
-from meshlet.call import InboundCall
+from meshlet.call import InboundCall, ServedInstance
 from meshlet.config import Config
 from meshlet.deadline import Clock
 from meshlet.errors import ConfigError
@@ -54,6 +54,7 @@ class InboundParts:
     metrics: Metrics | None = None
     access_log: AccessLog | None = None
     clock: Clock = time.monotonic  # what call durations are measured with
+    instance: ServedInstance = field(default_factory=ServedInstance)  # named by the refusals, once registered
 
     @classmethod
     def from_config(
@@ -64,6 +65,7 @@ class InboundParts:
         clock: Clock,
         tracer: Tracer | None = None,
         metrics: Metrics | None = None,
+        instance: ServedInstance | None = None,
     ) -> InboundParts:
         """The parts `config` asks for. With ``authz.source: consul`` the authorizer talks to the agent that
         `consul` builds a client for: call `close()` when the server stops."""
@@ -107,6 +109,7 @@ class InboundParts:
             metrics=metrics,
             access_log=AccessLog() if config.telemetry.access_log else None,
             clock=clock,
+            instance=instance or ServedInstance(),
         )
 
     async def close(self) -> None:
@@ -150,7 +153,8 @@ def inbound_stages(parts: InboundParts = NO_PARTS) -> list[Stage[InboundCall]]:
     if parts.authorizer is not None:
         stages.append(Authorize(parts.authorizer, parts.service))  # before rate limits: a denied call spends no token
     if parts.per_caller is not None or parts.per_method is not None:
-        stages.append(RateLimitCaller(parts.per_caller, parts.per_method))  # per verified caller, before any work
+        # per verified caller, before any work
+        stages.append(RateLimitCaller(parts.per_caller, parts.per_method, parts.instance))
     if parts.tracer is not None:
         stages.append(ContinueTrace(parts.tracer))  # after the refusals: a call the mesh turns away costs no span
     if observed:  # inside the span: the access log line carries its trace id
