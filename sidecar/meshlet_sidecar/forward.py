@@ -85,7 +85,7 @@ class ForwardToApp:
         except grpc.aio.AioRpcError as failed:
             answer = await settled(app_call, failed)  # the app's own status, not grpc's write-race placeholder
             if answer.code() is not grpc.StatusCode.OK:
-                await abort_with(context, as_sidecars_answer(answer))
+                await abort_with(context, as_sidecars_answer(answer, call))
         finally:  # the caller went away, the app ended first, or the relay failed: nothing may outlive the call
             sending.cancel()
             app_call.cancel()  # a no-op once the app's call has ended, so its status below stays the app's
@@ -103,7 +103,7 @@ class ForwardToApp:
             initial = failed.initial_metadata()
             if initial:
                 await context.send_initial_metadata(forwardable(initial))
-            await abort_with(context, as_sidecars_answer(failed))
+            await abort_with(context, as_sidecars_answer(failed, call))
             return None  # pragma: no cover - abort raises
         initial = await app_call.initial_metadata()
         if initial:
@@ -182,10 +182,11 @@ class ForwardToApp:
         return f"<ForwardToApp {self.app_address} ({state}, {len(self._calls) + len(self._unary_calls)} methods)>"
 
 
-def as_sidecars_answer(failed: grpc.aio.AioRpcError) -> grpc.aio.AioRpcError:
+def as_sidecars_answer(failed: grpc.aio.AioRpcError, call: InboundCall) -> grpc.aio.AioRpcError:
     """The app's failed answer as the caller gets it: as it is, unless it passes on a meshlet refusal of the
     app's own outbound call, which becomes UPSTREAM_FAILED (or stays the caller's own deadline)."""
     info = error_info(failed)
     if info is None or info.reason == ErrorReason.UPSTREAM_FAILED:
         return failed
-    return upstream_failed(failed) or failed
+    time_left_s = None if call.deadline is None else call.deadline.remaining()
+    return upstream_failed(failed, time_left_s) or failed

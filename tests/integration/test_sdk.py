@@ -151,6 +151,31 @@ async def test_a_dead_upstream_behind_a_healthy_server_is_not_that_servers_failu
     assert reply.served_by == "mid"
 
 
+async def test_a_slow_upstream_behind_a_healthy_server_is_not_that_servers_failure(
+    procs: Processes, agent: Agent, mesh_factory: MeshFactory
+) -> None:
+    """mid's call to a hung ledger runs out of the time mid's handler gives it (200 ms), not of the caller's 5 s:
+    mid's answer says ledger timed out, and the caller does not count it against mid's breaker (a Stats call to
+    mid still works)."""
+    ledger = EchoFleet(procs, agent)
+    ledger.start("ledger", "--delay-ms", "3000")
+    mid = EchoFleet(procs, agent)
+    mid.start("mid", "--upstream", ledger.service, "--upstream-timeout-ms", "200")
+    mesh = mesh_factory()
+    stub = echo_pb2_grpc.EchoStub(mesh.channel(mid.service))
+
+    for _ in range(6):  # more than the breaker's 5 failures
+        with pytest.raises(grpc.aio.AioRpcError) as failed:
+            await stub.Echo(HELLO, timeout=5)
+        info = error_info(failed.value)
+        assert info is not None, failed.value
+        assert (info.reason, info.metadata["upstream_code"]) == (ErrorReason.UPSTREAM_FAILED, "DEADLINE_EXCEEDED")
+
+    assert [endpoint["breaker"] for endpoint in mesh.upstream(mid.service).describe()["endpoints"]] == ["closed"]
+    reply = await stub.Stats(echo_pb2.StatsRequest(), timeout=5)
+    assert reply.served_by == "mid"
+
+
 async def test_a_sigkilled_instance_costs_no_idempotent_call(fleet: EchoFleet, mesh_factory: MeshFactory) -> None:
     for name in ("a", "b", "c"):
         fleet.start(name)
