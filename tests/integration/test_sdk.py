@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import collections
 import signal
+import socket
 import sys
 
 import grpc
@@ -530,6 +531,27 @@ async def test_a_service_on_a_plain_apps_port_exits_1_and_does_not_register_as_t
         assert child.wait(20) == 1, child.output()
         assert f"127.0.0.1:{app.port} (Address already in use" in child.output()
         assert fleet.agent.passing(fleet.service) == []
+        assert not [s for s in fleet.agent.get("/v1/agent/services").values() if s["Service"] == fleet.service]
+
+
+def test_a_service_on_every_interface_whose_port_another_process_holds_on_ipv6_alone_exits_1(fleet: EchoFleet) -> None:
+    """grpc serves a wildcard (0.0.0.0) on both families, and when the IPv6 side is taken it falls back to IPv4
+    without a word: IPv6 callers of that port (a pod's IPv6 address registered as service.address) then reach the
+    other process. meshlet's server owns its port on both families, or does not start."""
+    try:
+        holder = socket.socket(socket.AF_INET6, socket.SOCK_STREAM)
+    except OSError:
+        pytest.skip("no IPv6 on this host")
+    with holder:
+        holder.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
+        holder.bind(("::", 0))
+        holder.listen()
+        port = holder.getsockname()[1]
+
+        child = fleet.start("half", "--host", "0.0.0.0", port=port, wait=False)
+
+        assert child.wait(20) == 1, child.output()
+        assert f"0.0.0.0:{port} (Address already in use" in child.output()
         assert not [s for s in fleet.agent.get("/v1/agent/services").values() if s["Service"] == fleet.service]
 
 
