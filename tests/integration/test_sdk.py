@@ -5,9 +5,11 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import contextlib
 import signal
 import socket
 import sys
+from collections.abc import AsyncIterator
 
 import grpc
 import pytest
@@ -175,6 +177,68 @@ async def test_a_slow_upstream_behind_a_healthy_server_is_not_that_servers_failu
     assert [endpoint["breaker"] for endpoint in mesh.upstream(mid.service).describe()["endpoints"]] == ["closed"]
     reply = await stub.Stats(echo_pb2.StatsRequest(), timeout=5)
     assert reply.served_by == "mid"
+
+
+@contextlib.asynccontextmanager
+async def slow_to_connect(target_port: int, delay_s: float) -> AsyncIterator[int]:
+    """A TCP relay on a free loopback port to `target_port` that lets a connection through only `delay_s` after it
+    was accepted: grpc's channel is READY once the server's first bytes arrive, so connecting takes that long."""
+    relays: set[asyncio.Task[None]] = set()
+
+    async def pipe(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        with contextlib.suppress(OSError):
+            while data := await reader.read(65536):
+                writer.write(data)
+                await writer.drain()
+        writer.close()
+
+    async def relay(client_reader: asyncio.StreamReader, client_writer: asyncio.StreamWriter) -> None:
+        writers = [client_writer]
+        try:
+            await asyncio.sleep(delay_s)
+            server_reader, server_writer = await asyncio.open_connection("127.0.0.1", target_port)
+            writers.append(server_writer)
+            await asyncio.gather(pipe(client_reader, server_writer), pipe(server_reader, client_writer))
+        finally:
+            for writer in writers:
+                writer.close()
+                with contextlib.suppress(OSError, asyncio.CancelledError):
+                    await writer.wait_closed()
+
+    def accepted(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        task = asyncio.create_task(relay(reader, writer))
+        relays.add(task)
+        task.add_done_callback(relays.discard)
+
+    server = await asyncio.start_server(accepted, "127.0.0.1", 0)
+    try:
+        yield server.sockets[0].getsockname()[1]
+    finally:
+        server.close()
+        for task in list(relays):
+            task.cancel()
+        await asyncio.gather(*relays, return_exceptions=True)
+
+
+async def test_a_first_call_whose_connection_took_its_time_is_not_sent_below_the_deadline_floor(
+    fleet: EchoFleet, mesh_factory: MeshFactory
+) -> None:
+    """Connecting is a wait before the attempt, as discovery's first answer is: an attempt left with less than the
+    floor once connected is refused DEADLINE_TOO_SHORT, never sent (the server would get 0.3 s of a 0.6 s floor)."""
+    fleet.start("far")
+    far = f"far-{fleet.service}"
+    async with slow_to_connect(fleet.ports["far"], delay_s=0.7) as relay_port:
+        fleet.agent.client().agent.service.register(far, service_id=far, address="127.0.0.1", port=relay_port)
+        mesh = mesh_factory(upstreams={far: {"deadline_floor": "600ms"}})
+        stub = echo_pb2_grpc.EchoStub(mesh.channel(far))
+
+        with pytest.raises(grpc.aio.AioRpcError) as refused:
+            await stub.Echo(echo_pb2.EchoRequest(message="deadline?"), timeout=1.0)
+
+    info = error_info(refused.value)
+    assert info is not None, refused.value
+    assert info.reason == ErrorReason.DEADLINE_TOO_SHORT
+    assert (await calls_received(fleet.ports["far"])).get("Echo", 0) == 0
 
 
 async def test_a_sigkilled_instance_costs_no_idempotent_call(fleet: EchoFleet, mesh_factory: MeshFactory) -> None:

@@ -67,7 +67,7 @@ def build_outbound(parts: OutboundParts) -> Callable[[Call], Awaitable[Any]]:
             *([CountAttempt(parts.service, parts.metrics)] if parts.metrics else []),  # attempts that got an endpoint
             ReportOutcome(parts.outcomes, policy.timeout),  # wraps send: sees the final status, whether it left
         ],
-        terminal=SendOnChannel(parts.channels, parts.explain_failure),
+        terminal=SendOnChannel(parts.channels, parts.explain_failure, policy.deadline_floor),
     )
     call_stages: list[Stage[Call]] = [CallSpan(tracer)] if tracer else []  # outermost: sees every refusal below
     observed = parts.metrics is not None or parts.access_log is not None

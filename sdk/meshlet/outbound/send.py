@@ -25,6 +25,7 @@ import grpc
 from meshlet.call import Call
 from meshlet.endpoints import Endpoint
 from meshlet.errors import ErrorReason, error_info
+from meshlet.outbound.deadline import too_short
 from meshlet.transport.channels import EndpointChannels, NotConnected
 from meshlet.transport.streams import (
     ResponseStream,
@@ -41,11 +42,12 @@ ExplainFailure = Callable[[NotConnected, Endpoint, float], Awaitable[grpc.aio.Ai
 
 
 class SendOnChannel:
-    __slots__ = ("_channels", "_explain")
+    __slots__ = ("_channels", "_explain", "_floor_s")
 
-    def __init__(self, channels: EndpointChannels, explain: ExplainFailure | None = None) -> None:
+    def __init__(self, channels: EndpointChannels, explain: ExplainFailure | None = None, floor_s: float = 0.0) -> None:
         self._channels = channels
         self._explain = explain
+        self._floor_s = floor_s  # the deadline floor: connecting is a wait before the attempt, as discovery is
 
     async def __call__(self, call: Call) -> Any:
         assert call.endpoint is not None
@@ -57,6 +59,8 @@ class SendOnChannel:
                 await channel.connect(call.deadline.remaining(), call.wait_for_ready)
             except NotConnected as failed:  # no byte of this attempt left: explained, and still unsent
                 raise await self._explained(failed, call) from None
+            if (remaining := call.deadline.remaining()) < self._floor_s:  # the wait took it: still unsent
+                raise too_short(call, remaining, self._floor_s, attempts=max(0, call.attempt - 1))
         multicallable = channel.callable_for(method)
         timeout = call.attempt_timeout_s = call.deadline.remaining()
         if method.client_streaming:  # written by a task that stops when the call ends (see transport/streams.py)
