@@ -91,6 +91,17 @@ class Call:
         return (*(self.metadata or ()), ("grpc-previous-rpc-attempts", str(self.attempt - 1)))
 
 
+class ServedInstance:
+    """Which registered instance a server is (its Consul service ID), known once it has registered. A refusal the
+    server gives before any handler runs names it (ErrorInfo ``instance``), so that a caller can tell the refusal
+    of the very instance it sent to from one a handler passes on from a deeper server (outbound/send.py)."""
+
+    __slots__ = ("id",)
+
+    def __init__(self, id: str = "") -> None:
+        self.id = id
+
+
 @dataclass(slots=True, eq=False)
 class InboundCall:
     """One inbound call, as the server side sees it before the handler runs."""

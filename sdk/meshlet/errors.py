@@ -143,33 +143,41 @@ class UpstreamFailed(MeshError):
     reason = ErrorReason.UPSTREAM_FAILED
 
 
-# An upstream failure that a repeat may cure: the server answers ABORTED ("retry at a higher level").
+# An upstream failure that a repeat may cure: the server answers ABORTED ("retry at a higher level"). A
+# DEADLINE_EXCEEDED gets here only when it was not the caller's deadline that ran out (see CALLERS_DEADLINE_S).
 TRANSIENT = frozenset(
     {
         grpc.StatusCode.UNAVAILABLE,
         grpc.StatusCode.RESOURCE_EXHAUSTED,
         grpc.StatusCode.UNKNOWN,
         grpc.StatusCode.DATA_LOSS,
+        grpc.StatusCode.DEADLINE_EXCEEDED,
     }
 )
-# The caller's own deadline or cancellation, seen through the handler's call: passed on as they are.
-CALLERS_OWN = frozenset({grpc.StatusCode.DEADLINE_EXCEEDED, grpc.StatusCode.CANCELLED})
+CALLERS_DEADLINE_S = 0.05
+"""A handler's call that ran out of time while the caller's own call had no more than this left ran out of the
+caller's deadline (its outbound calls inherit it): passed on as DEADLINE_EXCEEDED. With more left, the time that
+ran out was one the handler chose (a timeout of its own for that call), and the server answers UPSTREAM_FAILED:
+a bare DEADLINE_EXCEEDED, with the caller's deadline far off, would count against this healthy server."""
 
 
-def upstream_failed(error: grpc.aio.AioRpcError) -> UpstreamFailed | None:
+def upstream_failed(error: grpc.aio.AioRpcError, time_left_s: float | None = 0.0) -> UpstreamFailed | None:
     """What a server answers for a call whose handler failed because a call it made failed: None when the
-    failure is the caller's own deadline or cancellation (pass it on as it is).
+    failure is the caller's own deadline or cancellation (pass it on as it is). `time_left_s` is what is left of
+    the caller's deadline (None: it set none), which says whose a DEADLINE_EXCEEDED is (CALLERS_DEADLINE_S).
 
     Passed on as it is, a downstream's UNAVAILABLE (NoHealthyEndpoint, BreakerOpen, BudgetExhausted...) would
     say "this server is down": the caller's mesh would retry a healthy instance, multiplying the retries made
     below it, and count it against that instance's breaker. So the server answers ABORTED (gRPC: retry at a
     higher level) for a failure a repeat may cure (UNAVAILABLE, RESOURCE_EXHAUSTED, UNKNOWN, DATA_LOSS: every
-    refusal of the mesh but an intention's), else UNKNOWN (what grpc answers for an unhandled error); a
-    meshlet caller never retries UPSTREAM_FAILED and neither code counts against a breaker. The ErrorInfo
-    keeps the upstream, its code and meshlet's reason, when there was one.
+    refusal of the mesh but an intention's; a DEADLINE_EXCEEDED not the caller's), else UNKNOWN (what grpc
+    answers for an unhandled error); a meshlet caller never retries UPSTREAM_FAILED and neither code counts
+    against a breaker. The ErrorInfo keeps the upstream, its code and meshlet's reason, when there was one.
     """
     code = error.code()
-    if code in CALLERS_OWN:
+    if code is grpc.StatusCode.CANCELLED:
+        return None
+    if code is grpc.StatusCode.DEADLINE_EXCEEDED and time_left_s is not None and time_left_s <= CALLERS_DEADLINE_S:
         return None
     info = error_info(error)
     relayed = info is not None and info.reason == ErrorReason.UPSTREAM_FAILED  # said by the server below

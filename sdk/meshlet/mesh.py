@@ -23,7 +23,7 @@ from grpc_reflection.v1alpha import reflection
 from opentelemetry.sdk.trace.export import SpanExporter
 from opentelemetry.trace import Tracer
 
-from meshlet.call import matches_any
+from meshlet.call import ServedInstance, matches_any
 from meshlet.config import Config, load_config
 from meshlet.deadline import Clock
 from meshlet.discovery.consul_client import ConsulFactory, consul_factory, read_token_file
@@ -139,6 +139,7 @@ class Mesh:
         )
         self._tls_started = False
         self._inbound: InboundParts | None = None
+        self.instance = ServedInstance()  # its Consul service ID once serve() registered it: its refusals name it
         self.health = health.aio.HealthServicer()
         """This process's grpc.health.v1 status: ``await mesh.health.set("", NOT_SERVING)`` marks it unhealthy, and
         the TTL check in Consul follows at the next heartbeat."""
@@ -355,6 +356,7 @@ class Mesh:
                 tracer=self.tracer,
                 metrics=self.metrics,
                 names=MethodNames(),  # every method: grpc answers unknown ones before the stages
+                instance=self.instance,
             )
         parts = self._inbound
 
@@ -402,10 +404,11 @@ class Mesh:
             await health_servicer.set(service_name, health_pb2.HealthCheckResponse.SERVING)
         if host.strip("[]") not in WILDCARDS and address != host:
             log.warning("listening on %s but registering %s (service.address): callers dial %s", host, address, address)
+        self.instance.id = f"{name}-{address}-{bound}"  # named by this server's refusals (meshlet.call.ServedInstance)
         registration = Registration(
             self._consul,
             name=name,
-            service_id=f"{name}-{address}-{bound}",
+            service_id=self.instance.id,
             address=address,
             port=bound,
             tags=tuple(self.config.service.tags),

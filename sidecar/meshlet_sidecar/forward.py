@@ -10,12 +10,12 @@ caller that goes away cancels the app's call, and an app that ends its call earl
 method whose kind the listener knows takes `unary`, a unary call to the app, instead of the stream relay.
 
 Two answers are the sidecar's own. A call is started only once the channel to the app has a connection; when
-none can be made, the app never saw the call, and the sidecar says so (NO_HEALTHY_ENDPOINT naming the app and
-the method), which lets a meshlet caller re-send it elsewhere whatever the method. Whatever the app answers is
-its answer, never "not reached", whatever its text says; but an app that passes on a refusal of its own
-outbound call (a status carrying meshlet's ErrorInfo) is answered as UPSTREAM_FAILED, as the SDK's server
-does (meshlet.errors.upstream_failed): the caller's mesh must neither retry this instance for it nor count
-it against its breaker.
+none can be made, the app never saw the call, and the sidecar says so (NO_HEALTHY_ENDPOINT naming the app, the
+method and the sidecar's instance), which lets a meshlet caller re-send it elsewhere whatever the method.
+Whatever the app answers is its answer, never "not reached", whatever its text says; but an app that passes on
+a refusal of its own outbound call (a status carrying meshlet's ErrorInfo) is answered as UPSTREAM_FAILED, as
+the SDK's server does (meshlet.errors.upstream_failed): the caller's mesh must neither retry this instance for
+it nor count it against its breaker.
 """
 
 from __future__ import annotations
@@ -29,7 +29,7 @@ import grpc
 from opentelemetry.context import get_current
 from opentelemetry.trace import get_current_span
 
-from meshlet.call import InboundCall
+from meshlet.call import InboundCall, ServedInstance
 from meshlet.errors import ErrorReason, NoHealthyEndpoint, error_info, upstream_failed
 from meshlet.telemetry.propagation import headers, trace_fields, without
 from meshlet.transport.channels import NO_GRPC_RETRIES, NotConnected, wait_connected
@@ -74,11 +74,13 @@ class ForwardToApp:
     """``await forward(call)`` gives the app's reply stream for one inbound call; the caller's context receives
     the app's metadata and status as a side effect of iterating it. Close it after the listener has stopped."""
 
-    __slots__ = ("_calls", "_channel", "_trace_fields", "_unary_calls", "app_address")
+    __slots__ = ("_calls", "_channel", "_instance", "_trace_fields", "_unary_calls", "app_address")
 
-    def __init__(self, app_address: str, *, propagate: bool = False) -> None:
-        """With `propagate` (tracing on), the app receives the trace context of the sidecar's server span."""
+    def __init__(self, app_address: str, *, propagate: bool = False, instance: ServedInstance | None = None) -> None:
+        """With `propagate` (tracing on), the app receives the trace context of the sidecar's server span.
+        `instance` is the sidecar's registered instance, which its "app not reached" refusal names."""
         self.app_address = app_address
+        self._instance = instance or ServedInstance()
         self._trace_fields = trace_fields() if propagate else frozenset()
         self._channel: grpc.aio.Channel | None = None  # opened on first use, inside the event loop
         self._calls: dict[str, Any] = {}  # method path -> raw stream-stream multicallable
@@ -107,7 +109,7 @@ class ForwardToApp:
         except grpc.aio.AioRpcError as failed:
             answer = await settled(app_call, failed)  # the app's own status, not grpc's write-race placeholder
             if answer.code() is not grpc.StatusCode.OK:
-                await abort_with(context, as_sidecars_answer(answer))
+                await abort_with(context, as_sidecars_answer(answer, call))
         finally:  # the caller went away, the app ended first, or the relay failed: nothing may outlive the call
             sending.cancel()
             app_call.cancel()  # a no-op once the app's call has ended, so its status below stays the app's
@@ -125,7 +127,7 @@ class ForwardToApp:
             initial = failed.initial_metadata()
             if initial:
                 await context.send_initial_metadata(forwardable(initial))
-            await abort_with(context, as_sidecars_answer(failed))
+            await abort_with(context, as_sidecars_answer(failed, call))
             return None  # pragma: no cover - abort raises
         initial = await app_call.initial_metadata()
         if initial:
@@ -178,13 +180,17 @@ class ForwardToApp:
             await abort_with(call.context, self._unreachable(call.method, failed))
 
     def _unreachable(self, method: str, failed: grpc.aio.AioRpcError) -> NoHealthyEndpoint:
-        """The app never saw the call: no connection to it could be made. The ErrorInfo names the app and the
-        method, so a meshlet caller knows this very call was not executed and may re-send it elsewhere."""
+        """The app never saw the call: no connection to it could be made. The ErrorInfo names the app, the
+        method and this instance, so a meshlet caller knows this very call was not executed and may re-send it
+        elsewhere."""
         address = self.app_address
+        info = {"app": address, "method": method}
+        if self._instance.id:
+            info["instance"] = self._instance.id
         return NoHealthyEndpoint(
             f"the app at {address} did not take the call ({failed.details()}): check that the app is running and "
             f"listening on {address} (sidecar.app, --app-addr)",
-            metadata={"app": address, "method": method},
+            metadata=info,
         )
 
     async def close(self) -> None:
@@ -200,10 +206,11 @@ class ForwardToApp:
         return f"<ForwardToApp {self.app_address} ({state}, {len(self._calls) + len(self._unary_calls)} methods)>"
 
 
-def as_sidecars_answer(failed: grpc.aio.AioRpcError) -> grpc.aio.AioRpcError:
+def as_sidecars_answer(failed: grpc.aio.AioRpcError, call: InboundCall) -> grpc.aio.AioRpcError:
     """The app's failed answer as the caller gets it: as it is, unless it passes on a meshlet refusal of the
     app's own outbound call, which becomes UPSTREAM_FAILED (or stays the caller's own deadline)."""
     info = error_info(failed)
     if info is None or info.reason == ErrorReason.UPSTREAM_FAILED:
         return failed
-    return upstream_failed(failed) or failed
+    time_left_s = None if call.deadline is None else call.deadline.remaining()
+    return upstream_failed(failed, time_left_s) or failed

@@ -26,7 +26,7 @@ from typing import Any
 
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 
-from meshlet.call import matches_any
+from meshlet.call import ServedInstance, matches_any
 from meshlet.config import Config, split_host_port
 from meshlet.discovery.registration import Registration, registered_address
 from meshlet.errors import ConfigError
@@ -64,6 +64,7 @@ class Sidecar:
         self.metrics.collect_with(self._collect_metrics)
         self.mesh = Mesh(config, face="sidecar", metrics=self.metrics)
         self.service = config.service.name or ""
+        self.instance = ServedInstance()  # its Consul service ID once registered: its refusals name it
         self.routes = Routes(
             by_port={policy.local_port: name for name, policy in config.upstreams.items() if policy.local_port},
             by_service=dict(config.sidecar.routes),
@@ -85,7 +86,9 @@ class Sidecar:
         self.app = AppHealth(config.sidecar.app) if config.sidecar.app else None
         self.maintenance = Maintenance(self.app, self._maintenance_in_consul) if self.app else None
         self.forward = (
-            ForwardToApp(config.sidecar.app, propagate=self.mesh.tracing is not None) if config.sidecar.app else None
+            ForwardToApp(config.sidecar.app, propagate=self.mesh.tracing is not None, instance=self.instance)
+            if config.sidecar.app
+            else None
         )
         self._learners: dict[str, ReflectionLearner] = {}  # "" for the app, else the upstream's name
         self._upstream_methods: dict[str, MethodTable] = {}
@@ -254,6 +257,7 @@ class Sidecar:
             tracer=self.mesh.tracer,
             metrics=self.metrics,
             names=MethodNames(functools.partial(self._declares, "")),
+            instance=self.instance,
         )
         explain_plaintext_inbound(self.config)
         if self.config.sidecar.inbound_mode == "l4":
@@ -281,10 +285,11 @@ class Sidecar:
         if self.service:
             host, _ = split_host_port(self.config.sidecar.inbound)
             address = registered_address(host, self.config.service.address)
+            self.instance.id = f"{self.service}-{address}-{port}"
             self.registration = Registration(
                 self.mesh.consul,
                 name=self.service,
-                service_id=f"{self.service}-{address}-{port}",
+                service_id=self.instance.id,
                 address=address,
                 port=port,
                 tags=tuple(self.config.service.tags),

@@ -75,6 +75,20 @@ def test_create_list_check_refuse_replace_and_delete_as_consuls_cli_does(agent: 
     assert "no intention client => plain" in again.stderr
 
 
+@pytest.mark.parametrize("verb", ["check", "create", "delete"])
+def test_an_empty_service_name_is_a_usage_error_not_an_answer(agent: Agent, verb: str) -> None:
+    """``meshlet intention check "$SOURCE" db`` with $SOURCE unset asked Consul about "" and printed Allowed (exit
+    0): a typo read as a verdict. An empty name is no service: exit 2 with one line, Consul never asked."""
+    before = agent.client().connect.intentions.list()
+
+    result = intention(agent.url, verb, "", "db")
+
+    assert (result.returncode, result.stdout) == (2, "")
+    assert result.stderr.count("\n") == 1, result.stderr
+    assert "SOURCE is empty: give a service name or '*'" in result.stderr
+    assert agent.client().connect.intentions.list() == before
+
+
 def test_an_unreachable_consul_is_one_line_naming_its_address(tmp_path: Path) -> None:
     for verb, expected in ((["list"], 1), (["check", "client", "plain"], 2)):
         result = intention("http://127.0.0.1:1", *verb)

@@ -29,16 +29,19 @@ FLOOD_MESSAGE = b"f" * 65536
 
 
 class Charges:
-    """Instance A (weight 1000, dies after every execution and comes back at once) and instance B (weight 1,
-    never dies), registered in the agent without checks, both writing their executions into one log."""
+    """Instance A (weight 1000, dies after every execution and comes back at once, or as `a_behaves`) and
+    instance B (weight 1, never dies), registered in the agent without checks, both writing their executions into
+    one log."""
 
-    def __init__(self, procs: Processes, agent: Agent, log: Path) -> None:
+    def __init__(
+        self, procs: Processes, agent: Agent, log: Path, a_behaves: tuple[str, ...] = ("--die-after-execution",)
+    ) -> None:
         self.log = log
         self.ports = {"a": free_port(), "b": free_port()}
         log.touch()
         self.servers: dict[str, Child] = {}
         for name, weight in (("a", 1000), ("b", 1)):
-            extra = ["--die-after-execution"] if name == "a" else []
+            extra = list(a_behaves) if name == "a" else []
             argv = [sys.executable, "-m", "tests.support.charge_server", "--name", name, "--log", str(log)]
             self.servers[name] = procs.start([*argv, "--port", str(self.ports[name]), *extra], name=f"charges-{name}")
             register(agent, name, self.ports[name], weight)
@@ -77,6 +80,25 @@ async def charges(procs: Processes, agent: Agent, tmp_path: Path) -> Charges:
     found = Charges(procs, agent, tmp_path / "executions.log")
     await eventually(lambda: found.ready("a") == found.ready("b") == 1, "both charge servers to serve", WAIT_S)
     return found
+
+
+@pytest.mark.parametrize("reason", ["RATE_LIMITED", "NO_HEALTHY_ENDPOINT"])
+async def test_a_refusal_a_handler_passes_on_from_a_deeper_server_of_the_same_method_is_never_resent(
+    procs: Processes, agent: Agent, mesh_factory: MeshFactory, tmp_path: Path, reason: str
+) -> None:
+    """A's handler executes Charge, then passes on word for word (code, details, trailers) a meshlet refusal that a
+    deeper server of the same method (instance legacy-1, a version it shims to, say) gave it. That refusal names
+    this method, but not the instance the caller sent to: it proves nothing about this call, which must not be
+    re-sent to B."""
+    charges = Charges(procs, agent, tmp_path / "executions.log", a_behaves=("--relay-refusal", reason))
+    await eventually(lambda: charges.ready("a") == charges.ready("b") == 1, "both charge servers to serve", WAIT_S)
+    mesh = crash_tolerant_mesh(mesh_factory)
+
+    with pytest.raises(grpc.aio.AioRpcError) as failed:
+        await mesh.channel(SERVICE).unary_unary(CHARGE)(b"relayed", timeout=WAIT_S)
+
+    assert charges.executions("Charge", "relayed") == ["a"]
+    assert failed.value.code() in (grpc.StatusCode.RESOURCE_EXHAUSTED, grpc.StatusCode.UNAVAILABLE)
 
 
 def crash_tolerant_mesh(mesh_factory: MeshFactory, *idempotent: str) -> Mesh:

@@ -5,8 +5,11 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import contextlib
 import signal
+import socket
 import sys
+from collections.abc import AsyncIterator
 
 import grpc
 import pytest
@@ -149,6 +152,93 @@ async def test_a_dead_upstream_behind_a_healthy_server_is_not_that_servers_failu
     assert [endpoint["breaker"] for endpoint in mesh.upstream(mid.service).describe()["endpoints"]] == ["closed"]
     reply = await stub.Stats(echo_pb2.StatsRequest(), timeout=5)
     assert reply.served_by == "mid"
+
+
+async def test_a_slow_upstream_behind_a_healthy_server_is_not_that_servers_failure(
+    procs: Processes, agent: Agent, mesh_factory: MeshFactory
+) -> None:
+    """mid's call to a hung ledger runs out of the time mid's handler gives it (200 ms), not of the caller's 5 s:
+    mid's answer says ledger timed out, and the caller does not count it against mid's breaker (a Stats call to
+    mid still works)."""
+    ledger = EchoFleet(procs, agent)
+    ledger.start("ledger", "--delay-ms", "3000")
+    mid = EchoFleet(procs, agent)
+    mid.start("mid", "--upstream", ledger.service, "--upstream-timeout-ms", "200")
+    mesh = mesh_factory()
+    stub = echo_pb2_grpc.EchoStub(mesh.channel(mid.service))
+
+    for _ in range(6):  # more than the breaker's 5 failures
+        with pytest.raises(grpc.aio.AioRpcError) as failed:
+            await stub.Echo(HELLO, timeout=5)
+        info = error_info(failed.value)
+        assert info is not None, failed.value
+        assert (info.reason, info.metadata["upstream_code"]) == (ErrorReason.UPSTREAM_FAILED, "DEADLINE_EXCEEDED")
+
+    assert [endpoint["breaker"] for endpoint in mesh.upstream(mid.service).describe()["endpoints"]] == ["closed"]
+    reply = await stub.Stats(echo_pb2.StatsRequest(), timeout=5)
+    assert reply.served_by == "mid"
+
+
+@contextlib.asynccontextmanager
+async def slow_to_connect(target_port: int, delay_s: float) -> AsyncIterator[int]:
+    """A TCP relay on a free loopback port to `target_port` that lets a connection through only `delay_s` after it
+    was accepted: grpc's channel is READY once the server's first bytes arrive, so connecting takes that long."""
+    relays: set[asyncio.Task[None]] = set()
+
+    async def pipe(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        with contextlib.suppress(OSError):
+            while data := await reader.read(65536):
+                writer.write(data)
+                await writer.drain()
+        writer.close()
+
+    async def relay(client_reader: asyncio.StreamReader, client_writer: asyncio.StreamWriter) -> None:
+        writers = [client_writer]
+        try:
+            await asyncio.sleep(delay_s)
+            server_reader, server_writer = await asyncio.open_connection("127.0.0.1", target_port)
+            writers.append(server_writer)
+            await asyncio.gather(pipe(client_reader, server_writer), pipe(server_reader, client_writer))
+        finally:
+            for writer in writers:
+                writer.close()
+                with contextlib.suppress(OSError, asyncio.CancelledError):
+                    await writer.wait_closed()
+
+    def accepted(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        task = asyncio.create_task(relay(reader, writer))
+        relays.add(task)
+        task.add_done_callback(relays.discard)
+
+    server = await asyncio.start_server(accepted, "127.0.0.1", 0)
+    try:
+        yield server.sockets[0].getsockname()[1]
+    finally:
+        server.close()
+        for task in list(relays):
+            task.cancel()
+        await asyncio.gather(*relays, return_exceptions=True)
+
+
+async def test_a_first_call_whose_connection_took_its_time_is_not_sent_below_the_deadline_floor(
+    fleet: EchoFleet, mesh_factory: MeshFactory
+) -> None:
+    """Connecting is a wait before the attempt, as discovery's first answer is: an attempt left with less than the
+    floor once connected is refused DEADLINE_TOO_SHORT, never sent (the server would get 0.3 s of a 0.6 s floor)."""
+    fleet.start("far")
+    far = f"far-{fleet.service}"
+    async with slow_to_connect(fleet.ports["far"], delay_s=0.7) as relay_port:
+        fleet.agent.client().agent.service.register(far, service_id=far, address="127.0.0.1", port=relay_port)
+        mesh = mesh_factory(upstreams={far: {"deadline_floor": "600ms"}})
+        stub = echo_pb2_grpc.EchoStub(mesh.channel(far))
+
+        with pytest.raises(grpc.aio.AioRpcError) as refused:
+            await stub.Echo(echo_pb2.EchoRequest(message="deadline?"), timeout=1.0)
+
+    info = error_info(refused.value)
+    assert info is not None, refused.value
+    assert info.reason == ErrorReason.DEADLINE_TOO_SHORT
+    assert (await calls_received(fleet.ports["far"])).get("Echo", 0) == 0
 
 
 async def test_a_sigkilled_instance_costs_no_idempotent_call(fleet: EchoFleet, mesh_factory: MeshFactory) -> None:
@@ -505,6 +595,27 @@ async def test_a_service_on_a_plain_apps_port_exits_1_and_does_not_register_as_t
         assert child.wait(20) == 1, child.output()
         assert f"127.0.0.1:{app.port} (Address already in use" in child.output()
         assert fleet.agent.passing(fleet.service) == []
+        assert not [s for s in fleet.agent.get("/v1/agent/services").values() if s["Service"] == fleet.service]
+
+
+def test_a_service_on_every_interface_whose_port_another_process_holds_on_ipv6_alone_exits_1(fleet: EchoFleet) -> None:
+    """grpc serves a wildcard (0.0.0.0) on both families, and when the IPv6 side is taken it falls back to IPv4
+    without a word: IPv6 callers of that port (a pod's IPv6 address registered as service.address) then reach the
+    other process. meshlet's server owns its port on both families, or does not start."""
+    try:
+        holder = socket.socket(socket.AF_INET6, socket.SOCK_STREAM)
+    except OSError:
+        pytest.skip("no IPv6 on this host")
+    with holder:
+        holder.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
+        holder.bind(("::", 0))
+        holder.listen()
+        port = holder.getsockname()[1]
+
+        child = fleet.start("half", "--host", "0.0.0.0", port=port, wait=False)
+
+        assert child.wait(20) == 1, child.output()
+        assert f"0.0.0.0:{port} (Address already in use" in child.output()
         assert not [s for s in fleet.agent.get("/v1/agent/services").values() if s["Service"] == fleet.service]
 
 

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import contextlib
 import itertools
 import sys
 from collections.abc import AsyncIterator
@@ -224,3 +225,23 @@ async def test_a_refused_stream_that_waits_for_a_reply_or_never_ends_is_refused_
                 pass
         # Refused while the client still writes: grpc may report its own INTERNAL then, but never a deadline.
         assert ended.value.code() in (grpc.StatusCode.PERMISSION_DENIED, grpc.StatusCode.INTERNAL)
+
+
+async def test_a_rate_limit_refusal_names_the_instance_that_refused_as_consul_knows_it(
+    sidecar_a: SidecarProcess, sdk_server: int, agent: Agent
+) -> None:
+    """A caller takes a refusal as proof that its call was never executed only from the instance it sent it to:
+    the sidecar's and the SDK server's refusals name their Consul service ID."""
+    for target, service in ((f"127.0.0.1:{sidecar_a.outbound_port}", "b-svc"), (f"127.0.0.1:{sdk_server}", "sdk-svc")):
+        async with grpc.aio.insecure_channel(target) as channel:
+            stub = echo_pb2_grpc.EchoStub(channel)
+            for _ in range(2):  # the first may spend the one call every 1,000 s
+                with contextlib.suppress(grpc.aio.AioRpcError):
+                    await stub.EchoOnce(echo_request(0), timeout=WAIT_S)
+            with pytest.raises(grpc.aio.AioRpcError) as refused:
+                await stub.EchoOnce(echo_request(0), timeout=WAIT_S)
+        info = error_info(refused.value)
+        assert info is not None
+        assert info.reason == ErrorReason.RATE_LIMITED
+        [registered] = agent.passing(service)
+        assert info.metadata["instance"] == registered["Service"]["ID"]

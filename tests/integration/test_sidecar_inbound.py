@@ -16,6 +16,7 @@ from pathlib import Path
 import grpc
 import pytest
 
+from meshlet.call import ServedInstance
 from meshlet.errors import CannotListen, ErrorReason, error_info
 from meshlet.inbound import InboundParts
 from meshlet.security.certs import channel_options
@@ -64,9 +65,11 @@ async def app() -> AsyncIterator[PlainEchoApp]:
 
 
 @contextlib.asynccontextmanager
-async def sidecar(source: FileSource, app_address: str, parts: InboundParts = MESH) -> AsyncIterator[InboundListener]:
-    """An inbound listener on a free port, forwarding to the app at `app_address`."""
-    forward = ForwardToApp(app_address)
+async def sidecar(
+    source: FileSource, app_address: str, parts: InboundParts = MESH, instance: ServedInstance | None = None
+) -> AsyncIterator[InboundListener]:
+    """An inbound listener on a free port, forwarding to the app at `app_address`, as registered `instance`."""
+    forward = ForwardToApp(app_address, instance=instance)
     listener = InboundListener("127.0.0.1:0", source=source, parts=parts, forward=forward, clock=time.monotonic)
     await listener.start()
     try:
@@ -163,7 +166,11 @@ async def test_initial_metadata_sent_before_an_error_still_reaches_the_caller(
 
 async def test_app_that_is_down_is_unavailable_naming_its_address(ca: Path, source: FileSource) -> None:
     nobody = f"127.0.0.1:{free_port()}"
-    async with sidecar(source, nobody) as listener, client(listener.port, credentials(ca, "gateway")) as stub:
+    registered = ServedInstance("orders-127.0.0.1-15006")
+    async with (
+        sidecar(source, nobody, instance=registered) as listener,
+        client(listener.port, credentials(ca, "gateway")) as stub,
+    ):
         with pytest.raises(grpc.aio.AioRpcError) as failed:
             await stub.Echo(request("anyone?"), timeout=WAIT_S)
     error = failed.value
@@ -174,6 +181,7 @@ async def test_app_that_is_down_is_unavailable_naming_its_address(ca: Path, sour
     assert info is not None
     assert (info.reason, info.metadata["app"]) == (ErrorReason.NO_HEALTHY_ENDPOINT, nobody)
     assert info.metadata["method"] == "/meshlet_api.echo.v1.Echo/Echo"  # this very call never reached the app
+    assert info.metadata["instance"] == registered.id  # said by the very instance the caller sent it to
 
 
 async def test_app_that_comes_back_is_reached_again(ca: Path, source: FileSource) -> None:

@@ -32,7 +32,7 @@ WATCH = "/shop.inventory.v1.Inventory/WatchStock"  # idempotent response stream
 UPLOAD = "/shop.inventory.v1.Inventory/Restock"  # idempotent client stream
 IDEMPOTENT = (GET, WATCH, UPLOAD)
 
-A, B, C, D, E = (Endpoint("127.0.0.1", port) for port in range(5001, 5006))
+A, B, C, D, E = (Endpoint("127.0.0.1", port, instance_id=f"{SERVICE}-127.0.0.1-{port}") for port in range(5001, 5006))
 
 E_ = TypeVar("E_", bound=Event)
 

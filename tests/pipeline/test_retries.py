@@ -202,20 +202,36 @@ async def test_a_status_whose_text_says_never_sent_is_not_proof_that_it_was_not(
     assert rig.events_of(RetryNotAttempted) == [RetryNotAttempted(SERVICE, RESERVE, 1, "UNAVAILABLE", "not_idempotent")]
 
 
+def app_not_reached(said_by: Endpoint, method: str = RESERVE) -> Exception:
+    """A sidecar's answer for a call it could not hand to its app, the sidecar being instance `said_by`."""
+    info = {"app": "127.0.0.1:50051", "method": method, "instance": said_by.instance_id}
+    return mesh_status(NoHealthyEndpoint("the app did not take the call", metadata=info))
+
+
 async def test_a_sidecar_that_could_not_reach_its_app_with_this_call_lets_it_be_resent_elsewhere(rig: Rig) -> None:
-    info = {"app": "127.0.0.1:50051", "method": RESERVE}
-    rig.transport.then(mesh_status(NoHealthyEndpoint("the app did not take the call", metadata=info)))
+    for endpoint in (A, B, C):
+        rig.transport.script(endpoint, app_not_reached(endpoint))
 
-    reply = await rig.unary(RESERVE)
+    error = await rig.failing(RESERVE)
 
-    first, second = rig.attempts
-    assert second.endpoint != first.endpoint
-    assert reply == reply_from(second.endpoint)
+    assert len({attempt.endpoint for attempt in rig.attempts}) == len(rig.attempts) == 3, "re-sent each time"
+    assert error.details() == "the app did not take the call"
+
+
+async def test_an_app_refusal_passed_on_from_another_instance_of_the_same_method_is_not_resent(rig: Rig) -> None:
+    """A handler (or an app behind an l4 sidecar) that ran passes on word for word what a deeper server of the
+    same method said: that refusal names the deeper instance, not the one this call was sent to."""
+    for endpoint, deeper in ((A, D), (B, D), (C, E)):
+        rig.transport.script(endpoint, app_not_reached(deeper))
+
+    await rig.failing(RESERVE)
+
+    assert len(rig.attempts) == 1
 
 
 async def test_an_app_refusal_passed_on_by_a_handler_of_another_method_is_not_resent(rig: Rig) -> None:
-    info = {"app": "127.0.0.1:50051", "method": "/shop.payments.v1.Payments/Charge"}
-    rig.transport.then(mesh_status(NoHealthyEndpoint("the app did not take the call", metadata=info)))
+    for endpoint in (A, B, C):
+        rig.transport.script(endpoint, app_not_reached(endpoint, method="/shop.payments.v1.Payments/Charge"))
 
     await rig.failing(RESERVE)
 

@@ -8,6 +8,10 @@ Methods (raw bytes, none declared idempotent anywhere, so the mesh treats them a
 - ``Flood`` (client stream): reads and drops messages until the caller stops, records nothing (a busy writer
   sharing the connection).
 
+With ``--relay-refusal REASON``, a Charge, once recorded, fails with a meshlet refusal of this very method as a
+handler passes on the one a deeper server of the same method gave it (``context.abort`` with its code, details
+and trailers): RATE_LIMITED or NO_HEALTHY_ENDPOINT naming an app, said by instance ``legacy-1``.
+
 With ``--die-after-execution``, the process SIGKILLs itself right after recording a Charge or an Upload: the
 server executed the call, and the caller never gets its answer. A supervisor (this module's parent process,
 which imports grpc but never starts it, so forking is safe) then forks a fresh server on the same port at once,
@@ -45,6 +49,9 @@ async def serve(args: argparse.Namespace, log_fd: int) -> None:
 
     async def charge(request: bytes, context: Any) -> bytes:
         executed(f"{args.name} Charge {request.decode()}")
+        if args.relay_refusal:
+            refusal = relayed_refusal(args.relay_refusal)
+            await context.abort(refusal.code(), refusal.details(), tuple(refusal.trailing_metadata()))
         return request
 
     async def upload(requests: AsyncIterator[bytes], context: Any) -> bytes:
@@ -69,6 +76,16 @@ async def serve(args: argparse.Namespace, log_fd: int) -> None:
     await server.start()
     record(log_fd, f"ready {args.name}")
     await server.wait_for_termination()
+
+
+def relayed_refusal(reason: str) -> Any:
+    """The refusal a deeper meshlet server of the same method (instance ``legacy-1``) answered."""
+    from meshlet.errors import NoHealthyEndpoint, RateLimited
+
+    said_by = {"method": CHARGE, "instance": "legacy-1"}
+    if reason == "RATE_LIMITED":
+        return RateLimited("caller is over its rate limit", metadata={"caller": "spiffe://x", **said_by}, pushback_ms=0)
+    return NoHealthyEndpoint("the app did not take the call", metadata={"app": "127.0.0.1:1", **said_by})
 
 
 def supervise(args: argparse.Namespace, log_fd: int) -> int:
@@ -98,6 +115,7 @@ def main(argv: list[str]) -> int:
     parser.add_argument("--port", type=int, required=True)
     parser.add_argument("--log", required=True, help="the file every execution is appended to")
     parser.add_argument("--die-after-execution", action="store_true")
+    parser.add_argument("--relay-refusal", choices=["RATE_LIMITED", "NO_HEALTHY_ENDPOINT"])
     args = parser.parse_args(argv)
     log_fd = os.open(args.log, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
     return supervise(args, log_fd)

@@ -8,7 +8,8 @@ that call (``x-echo-fail-details: <text>`` sets its details, as a handler passin
 ``x-echo-sleep-ms: <n>`` delays it, ``x-echo-set-health: NOT_SERVING`` sets the process's health,
 ``x-echo-stream-every-ms: <n>`` makes ``ServerStream`` a watch: a message every n ms until the caller leaves.
 With ``--upstream NAME`` its ``Echo`` forwards to that service through ``mesh.channel`` (for deadline
-propagation tests) and reports the deadline it saw in the reply's message.
+propagation tests) and reports the deadline it saw in the reply's message; ``--upstream-timeout-ms`` gives that
+call a timeout of its own (the tighter of it and the caller's deadline applies).
 """
 
 from __future__ import annotations
@@ -60,7 +61,8 @@ class Echo(echo_pb2_grpc.EchoServicer):
         await self._fault("Echo", context)
         if self.args.upstream:
             stub = echo_pb2_grpc.EchoStub(self.mesh.channel(self.args.upstream))
-            inner = await stub.Echo(request)
+            timeout = self.args.upstream_timeout_ms / 1000 if self.args.upstream_timeout_ms else None
+            inner = await stub.Echo(request, timeout=timeout)
             return echo_pb2.EchoReply(message=inner.message, payload=inner.payload, served_by=self.args.name)
         message = request.message
         if message == "deadline?":
@@ -104,6 +106,7 @@ async def main(argv: list[str]) -> int:
     parser.add_argument("--fail-rate", type=float, default=1.0)
     parser.add_argument("--delay-ms", type=float, default=0.0)
     parser.add_argument("--upstream", default="")
+    parser.add_argument("--upstream-timeout-ms", type=float, default=0.0)
     args = parser.parse_args(argv)
     os.environ.setdefault("MESHLET_SERVICE__NAME", "echo")
     async with Mesh.from_env() as mesh:

@@ -448,6 +448,24 @@ def test_relative_paths_in_a_config_file_are_read_from_its_folder(
     assert config.telemetry.span_file == folder / "spans/a.jsonl"
 
 
+def test_a_path_in_a_config_file_that_starts_with_a_tilde_is_in_the_home_folder(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """No shell expands a config file's ``~``: meshlet does, as ssh and kubectl do for theirs. It was read from a
+    folder named ``~`` beside the config file, which nobody has."""
+    home = tmp_path / "home"
+    (home / "certs").mkdir(parents=True)
+    (home / "certs" / "consul-ca.pem").write_text("PEM")
+    monkeypatch.setenv("HOME", str(home))
+    config_file = tmp_path / "deploy" / "meshlet.yaml"
+    config_file.parent.mkdir()
+    config_file.write_text("consul: {cacert: ~/certs/consul-ca.pem}\n")
+
+    config = load_config(config_file, env={})
+
+    assert config.consul.cacert == home / "certs" / "consul-ca.pem"
+
+
 def test_paths_in_variables_are_read_from_the_working_directory_and_absolute_ones_stay(write: Write) -> None:
     path = write("telemetry: {span_file: /tmp/spans.jsonl}\n")
     config = load_config(path, env={"MESHLET_TLS__CERT": "certs/a.crt"})  # tls.source off: not read

@@ -42,7 +42,23 @@ def test_a_refusal_of_the_mesh_is_aborted_keeping_its_reason_and_upstream(refusa
 
 def test_the_callers_own_deadline_passes_on_as_it_is() -> None:
     assert upstream_failed(DeadlineTooShort("too late", metadata={"upstream": "ledger"})) is None
+    assert upstream_failed(wire(grpc.StatusCode.DEADLINE_EXCEEDED), time_left_s=0.001) is None
     assert upstream_failed(wire(grpc.StatusCode.CANCELLED)) is None
+
+
+@pytest.mark.parametrize("time_left_s", [4.8, None])
+def test_a_timeout_the_handler_chose_is_the_upstreams_failure_not_the_callers_deadline(
+    time_left_s: float | None,
+) -> None:
+    """The handler gave its call 200 ms of the caller's 5 s (or the caller set no deadline at all): passed on as
+    DEADLINE_EXCEEDED, it would count against this healthy server's breaker."""
+    answer = upstream_failed(wire(grpc.StatusCode.DEADLINE_EXCEEDED), time_left_s)
+
+    assert answer is not None
+    assert answer.code() is grpc.StatusCode.ABORTED
+    info = error_info(answer)
+    assert info is not None
+    assert (info.reason, info.metadata["upstream_code"]) == (ErrorReason.UPSTREAM_FAILED, "DEADLINE_EXCEEDED")
 
 
 def test_a_failure_a_repeat_will_not_cure_is_unknown_not_a_server_fault() -> None:

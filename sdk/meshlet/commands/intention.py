@@ -64,6 +64,12 @@ def run(args: argparse.Namespace) -> int:
     from meshlet.config import load_config
     from meshlet.errors import ConfigError
 
+    for word in ("source", "destination"):
+        if not getattr(args, word, "x").strip():  # "$SOURCE" unset: asked of Consul, "" reads as a verdict
+            print(
+                f"meshlet intention {args.verb}: {word.upper()} is empty: give a service name or '*'", file=sys.stderr
+            )
+            return EXIT_ERROR
     try:
         consul = load_config(None).consul
     except ConfigError as error:

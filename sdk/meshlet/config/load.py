@@ -163,7 +163,8 @@ def _read_file(path: Path, source: str | None) -> dict[Any, Any]:
 
 def _anchored(data: dict[Any, Any], folder: Path) -> dict[Any, Any]:
     """The file's relative paths made relative to its own folder, not to the working directory: a config file and
-    the certificates beside it then work from wherever the process starts. Values that are not text are left to
+    the certificates beside it then work from wherever the process starts. No shell expands a file's ``~``, so
+    this does (the home folder, as ssh and kubectl read theirs). Values that are not text are left to
     validation."""
     for keys in path_fields():
         *sections, key = keys
@@ -174,9 +175,9 @@ def _anchored(data: dict[Any, Any], folder: Path) -> dict[Any, Any]:
             continue
         value = node[key]
         if isinstance(value, str):
-            node[key] = str(folder / value)  # an absolute value stays as it is
+            node[key] = str(folder / os.path.expanduser(value))  # an absolute value stays as it is
         elif isinstance(value, list):
-            node[key] = [str(folder / item) if isinstance(item, str) else item for item in value]
+            node[key] = [str(folder / os.path.expanduser(item)) if isinstance(item, str) else item for item in value]
     return data
 
 

@@ -18,7 +18,7 @@ from typing import Any
 
 from opentelemetry.trace import Tracer
 
-from meshlet.call import InboundCall, is_mesh_own, may_be_mesh_own
+from meshlet.call import InboundCall, ServedInstance, is_mesh_own, may_be_mesh_own
 from meshlet.config import Config
 from meshlet.deadline import Clock
 from meshlet.errors import ConfigError
@@ -59,6 +59,7 @@ class InboundParts:
     clock: Clock = time.monotonic  # what call durations are measured with
     names: MethodNames = field(default_factory=MethodNames)  # which methods metrics and span names call by name
     denial_log: WindowedLog = field(default_factory=denial_log)  # one per server, shared by its methods' pipelines
+    instance: ServedInstance = field(default_factory=ServedInstance)  # named by the refusals, once registered
 
     @classmethod
     def from_config(
@@ -70,6 +71,7 @@ class InboundParts:
         tracer: Tracer | None = None,
         metrics: Metrics | None = None,
         names: MethodNames | None = None,
+        instance: ServedInstance | None = None,
     ) -> InboundParts:
         """The parts `config` asks for. With ``authz.source: consul`` the authorizer talks to the agent that
         `consul` builds a client for: call `close()` when the server stops."""
@@ -115,6 +117,7 @@ class InboundParts:
             access_log=AccessLog() if config.telemetry.access_log else None,
             clock=clock,
             names=names if names is not None else MethodNames(),
+            instance=instance or ServedInstance(),
         )
 
     async def close(self) -> None:
@@ -161,7 +164,8 @@ def inbound_stages(parts: InboundParts = NO_PARTS) -> list[Stage[InboundCall]]:
             Authorize(parts.authorizer, parts.service, denials=parts.denial_log)
         )  # before rate limits: a denied call spends no token
     if parts.per_caller is not None or parts.per_method is not None:
-        stages.append(RateLimitCaller(parts.per_caller, parts.per_method))  # per verified caller, before any work
+        # per verified caller, before any work
+        stages.append(RateLimitCaller(parts.per_caller, parts.per_method, parts.instance))
     if parts.tracer is not None:
         stages.append(ContinueTrace(parts.tracer, parts.names))  # after the refusals: a refused call costs no span
     if observed:  # inside the span: the access log line carries its trace id

@@ -2,7 +2,8 @@
 
 Below Authorize, so only calls that would be served spend tokens. The caller is its verified SPIFFE ID, or
 without mTLS its address (the host, not the port, so reconnecting does not reset a limit). The refusal
-carries ``grpc-retry-pushback-ms`` (gRPC A6): meshlet's client waits that long before it retries.
+carries ``grpc-retry-pushback-ms`` (gRPC A6): meshlet's client waits that long before it retries. It names
+the method and this instance: to a meshlet caller, proof that this very call was not executed.
 """
 
 from __future__ import annotations
@@ -11,17 +12,23 @@ import math
 from collections.abc import Awaitable, Callable
 from typing import Any
 
-from meshlet.call import InboundCall
+from meshlet.call import InboundCall, ServedInstance
 from meshlet.errors import RateLimited
 from meshlet.resilience.rate_limit import MethodRateLimits, RateLimiter
 
 
 class RateLimitCaller:
-    __slots__ = ("_per_caller", "_per_method")
+    __slots__ = ("_instance", "_per_caller", "_per_method")
 
-    def __init__(self, per_caller: RateLimiter | None, per_method: MethodRateLimits | None = None) -> None:
+    def __init__(
+        self,
+        per_caller: RateLimiter | None,
+        per_method: MethodRateLimits | None = None,
+        instance: ServedInstance | None = None,
+    ) -> None:
         self._per_caller = per_caller
         self._per_method = per_method
+        self._instance = instance or ServedInstance()
 
     async def __call__(self, call: InboundCall, next: Callable[[InboundCall], Awaitable[Any]]) -> Any:
         caller = call.peer_uri or caller_address(call.peer_address)
@@ -29,21 +36,25 @@ class RateLimitCaller:
             limiter = self._per_method.for_method(call.method)
             # Checked first: a call it refuses spends none of the caller's overall tokens.
             if limiter is not None and (wait_s := limiter.check((caller, call.method))) is not None:
-                raise _limited(call, caller, wait_s, limiter, call.method, "rate_limit.per_method")
+                raise self._limited(call, caller, wait_s, limiter, call.method, "rate_limit.per_method")
         if self._per_caller is not None and (wait_s := self._per_caller.check(caller)) is not None:
-            raise _limited(call, caller, wait_s, self._per_caller, "all methods", "rate_limit.per_caller")
+            raise self._limited(call, caller, wait_s, self._per_caller, "all methods", "rate_limit.per_caller")
         return await next(call)
 
-
-def _limited(call: InboundCall, caller: str, wait_s: float, limiter: RateLimiter, scope: str, key: str) -> RateLimited:
-    pushback_ms = math.ceil(wait_s * 1000)
-    return RateLimited(
-        f"caller {caller} is over its rate limit for {scope} ({limiter.rate_per_s:g} calls/s, burst "
-        f"{limiter.burst}): retry after {pushback_ms} ms ({_who_waits(call, wait_s)}) "
-        f"or have {key} raised on the server",
-        metadata={"caller": caller, "method": call.method, "rate_per_s": f"{limiter.rate_per_s:g}"},
-        pushback_ms=pushback_ms,
-    )
+    def _limited(
+        self, call: InboundCall, caller: str, wait_s: float, limiter: RateLimiter, scope: str, key: str
+    ) -> RateLimited:
+        pushback_ms = math.ceil(wait_s * 1000)
+        info = {"caller": caller, "method": call.method, "rate_per_s": f"{limiter.rate_per_s:g}"}
+        if self._instance.id:
+            info["instance"] = self._instance.id
+        return RateLimited(
+            f"caller {caller} is over its rate limit for {scope} ({limiter.rate_per_s:g} calls/s, burst "
+            f"{limiter.burst}): retry after {pushback_ms} ms ({_who_waits(call, wait_s)}) "
+            f"or have {key} raised on the server",
+            metadata=info,
+            pushback_ms=pushback_ms,
+        )
 
 
 def _who_waits(call: InboundCall, wait_s: float) -> str:

@@ -69,7 +69,7 @@ def build_outbound(parts: OutboundParts) -> Callable[[Call], Awaitable[Any]]:
             *([CountAttempt(parts.service, metrics, names)] if metrics else []),  # attempts that got an endpoint
             ReportOutcome(parts.outcomes, policy.timeout),  # wraps send: sees the final status, whether it left
         ],
-        terminal=SendOnChannel(parts.channels, parts.explain_failure),
+        terminal=SendOnChannel(parts.channels, parts.explain_failure, policy.deadline_floor),
     )
     call_stages: list[Stage[Call]] = [CallSpan(tracer, names)] if tracer else []  # outermost: sees every refusal below
     observed = metrics is not None or parts.access_log is not None

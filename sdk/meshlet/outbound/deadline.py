@@ -44,11 +44,11 @@ class ApplyDeadline:
         return await next(call)
 
 
-def too_short(call: Call, remaining_s: float, floor_s: float) -> DeadlineTooShort:
-    """The refusal of a call with less than the floor left, before any attempt (here, or after discovery's
-    first answer took the rest)."""
+def too_short(call: Call, remaining_s: float, floor_s: float, *, attempts: int = 0) -> DeadlineTooShort:
+    """The refusal of a call with less than the floor left before an attempt is sent (here, after discovery's
+    first answer, or after connecting took the rest); `attempts` sent before it."""
     return DeadlineTooShort(
         f"{call.method.path} to {call.upstream} has {remaining_s * 1000:.1f} ms left, below the "
         f"{floor_s * 1000:.1f} ms floor: give the call (or the request it serves) a longer deadline",
-        metadata={"upstream": call.upstream, "remaining_ms": f"{remaining_s * 1000:.1f}", "attempts": "0"},
+        metadata={"upstream": call.upstream, "remaining_ms": f"{remaining_s * 1000:.1f}", "attempts": str(attempts)},
     )

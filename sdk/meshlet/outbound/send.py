@@ -8,10 +8,10 @@ replay buffer, so a retried attempt re-sends what the failed one sent.
 Whether an attempt may have reached a server is decided from facts, never from a status's text (a server
 writes its own, and may pass a downstream's "Connection refused" on): a call is started only once its
 endpoint's channel has a connection, and an attempt that could not get one was never sent. Once started, a
-failed call counts as possibly executed, whatever it says, unless a meshlet server refused this very call
-before its handler or app saw it (`refused_before_handler`). gRPC A6 also retries transparently a stream the
-server refused (REFUSED_STREAM, or a GOAWAY that excludes it); grpcio does not tell Python about either, so
-those count as possibly executed too.
+failed call counts as possibly executed, whatever it says, unless the meshlet server it was sent to refused
+this very call before its handler or app saw it (`refused_before_handler`). gRPC A6 also retries
+transparently a stream the server refused (REFUSED_STREAM, or a GOAWAY that excludes it); grpcio does not
+tell Python about either, so those count as possibly executed too.
 """
 
 from __future__ import annotations
@@ -25,6 +25,7 @@ import grpc
 from meshlet.call import Call
 from meshlet.endpoints import Endpoint
 from meshlet.errors import ErrorReason, error_info
+from meshlet.outbound.deadline import too_short
 from meshlet.transport.channels import EndpointChannels, NotConnected
 from meshlet.transport.streams import (
     ResponseStream,
@@ -41,11 +42,12 @@ ExplainFailure = Callable[[NotConnected, Endpoint, float], Awaitable[grpc.aio.Ai
 
 
 class SendOnChannel:
-    __slots__ = ("_channels", "_explain")
+    __slots__ = ("_channels", "_explain", "_floor_s")
 
-    def __init__(self, channels: EndpointChannels, explain: ExplainFailure | None = None) -> None:
+    def __init__(self, channels: EndpointChannels, explain: ExplainFailure | None = None, floor_s: float = 0.0) -> None:
         self._channels = channels
         self._explain = explain
+        self._floor_s = floor_s  # the deadline floor: connecting is a wait before the attempt, as discovery is
 
     async def __call__(self, call: Call) -> Any:
         assert call.endpoint is not None
@@ -57,6 +59,8 @@ class SendOnChannel:
                 await channel.connect(call.deadline.remaining(), call.wait_for_ready)
             except NotConnected as failed:  # no byte of this attempt left: explained, and still unsent
                 raise await self._explained(failed, call) from None
+            if (remaining := call.deadline.remaining()) < self._floor_s:  # the wait took it: still unsent
+                raise too_short(call, remaining, self._floor_s, attempts=max(0, call.attempt - 1))
         multicallable = channel.callable_for(method)
         timeout = call.attempt_timeout_s = call.deadline.remaining()
         if method.client_streaming:  # written by a task that stops when the call ends (see transport/streams.py)
@@ -77,7 +81,7 @@ class SendOnChannel:
         except grpc.aio.AioRpcError as error:
             if method.client_streaming:
                 error = await settled(grpc_call, error)
-            if refused_before_handler(error, method.path):
+            if refused_before_handler(error, method.path, call.endpoint.instance_id):
                 call.may_have_reached_server = False
             raise error from None
         except asyncio.CancelledError:
@@ -95,17 +99,20 @@ class SendOnChannel:
         return await self._explain(failed, call.endpoint, call.deadline.remaining()) or failed
 
 
-def refused_before_handler(error: grpc.aio.AioRpcError, method: str) -> bool:
-    """A meshlet server refused this very call before its handler or app saw it, so re-sending it cannot
-    execute anything twice, whatever the method: its rate limit (RATE_LIMITED), or a sidecar that could not
-    connect to its app (NO_HEALTHY_ENDPOINT naming the app). The method must match: a handler that ran and
-    passes on a refusal from a deeper hop (its own outbound call) must not make this call look unsent; and a
-    meshlet server never relays such a refusal from its handler or app as its own (it answers UPSTREAM_FAILED)."""
+def refused_before_handler(error: grpc.aio.AioRpcError, method: str, instance_id: str) -> bool:
+    """The meshlet server this call was sent to (Consul's `instance_id` for it) refused this very call before
+    its handler or app saw it, so re-sending it cannot execute anything twice, whatever the method: its rate
+    limit (RATE_LIMITED), or a sidecar that could not connect to its app (NO_HEALTHY_ENDPOINT naming the app).
+    Method and instance must both match: a handler (or an app behind an l4 sidecar, whose answers nobody reads)
+    that ran and passes on, word for word, a refusal from a deeper server of the same method must not make this
+    call look unsent; that refusal names the deeper instance."""
     code = error.code()
     if code is not grpc.StatusCode.RESOURCE_EXHAUSTED and code is not grpc.StatusCode.UNAVAILABLE:
         return False
     info = error_info(error)
     if info is None or info.metadata.get("method") != method:
+        return False
+    if not instance_id or info.metadata.get("instance") != instance_id:
         return False
     if info.reason == ErrorReason.RATE_LIMITED:
         return code is grpc.StatusCode.RESOURCE_EXHAUSTED

@@ -4,11 +4,14 @@ grpc sets SO_REUSEPORT on its listeners by default, so two servers on one port s
 word: a second instance registered under the first one's id, an SDK server on a plain app's port registered as
 that app. Every meshlet server turns it off (``grpc.so_reuseport`` 0 in SERVER_OPTIONS), and binds through
 `add_port`, which asks the kernel first: grpc's own failure is a log line from C plus "Failed to bind", where the
-kernel says which ("Address already in use", "Cannot assign requested address").
+kernel says which ("Address already in use", "Cannot assign requested address"). A wildcard host (``0.0.0.0``,
+``[::]``) is both families to grpc, which falls back to IPv4 alone without a word when the IPv6 side of the port
+is taken: so both are asked.
 """
 
 from __future__ import annotations
 
+import errno
 import socket
 
 import grpc
@@ -58,14 +61,28 @@ def bind_problem(address: str) -> str | None:
         return f"not a local address: {error}"
     if port == 0:
         return None
-    for family, kind, proto, _, sockaddr in infos:
-        with socket.socket(family, kind, proto) as probe:
+    probes = [(family, sockaddr) for family, _, _, _, sockaddr in infos]
+    if host in WILDCARD_HOSTS:  # grpc serves both families
+        probes = [(socket.AF_INET, ("0.0.0.0", port)), (socket.AF_INET6, ("::", port))]
+    for family, sockaddr in probes:
+        try:
+            probe = socket.socket(family, socket.SOCK_STREAM)
+        except OSError:  # a host without IPv6: grpc serves IPv4 alone, as asked
+            continue
+        with probe:
             probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as grpc does: TIME_WAIT is no owner
+            if family == socket.AF_INET6:  # each family asked on its own: the IPv4 probe covers IPv4
+                probe.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
             try:
                 probe.bind(sockaddr)
             except OSError as error:
+                if error.errno == errno.EADDRNOTAVAIL and host in WILDCARD_HOSTS:
+                    continue  # IPv6 present but not configured: grpc serves IPv4 alone
                 return describe_os_error(error)
     return None
+
+
+WILDCARD_HOSTS = frozenset({"", "0.0.0.0", "::"})
 
 
 def join_host_port(host: str, port: int) -> str:

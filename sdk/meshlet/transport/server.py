@@ -151,7 +151,7 @@ def inbound_call(
 async def abort_upstream_failed(context: Any, failed: grpc.aio.AioRpcError) -> None:
     """Answer for a handler that let a failed call of its own escape: UPSTREAM_FAILED, or the caller's own
     deadline or cancellation as it is."""
-    answer = upstream_failed(failed)
+    answer = upstream_failed(failed, context.time_remaining())
     if answer is None:
         await context.abort(failed.code(), failed.details() or "")
     else:
