@@ -1,5 +1,6 @@
 """The L4 inbound hop (``sidecar.inbound_mode: l4``): terminate mTLS, authorize the caller's service identity
-once per connection, then splice the bytes to the app without parsing gRPC, as Consul's L4 intentions do.
+once per connection, then splice the bytes to the app without parsing gRPC, as Consul's L4 intentions do. A
+connection ends when its caller's certificate expires (the handshake checked it only at the start).
 
 Only for a port whose authorization is by identity alone: no per-method intention and no rate limit (the config
 refuses l4 otherwise), since neither can be decided without reading the calls. A refused connection (an intention
@@ -187,6 +188,7 @@ class SpliceListener:
             await _first_done(
                 self._pipe(reader, app_writer, task),
                 self._pipe(app_reader, writer, task),
+                _until_expired(verdict.expires_at, peer),
             )
         finally:
             app_writer.close()
@@ -313,6 +315,13 @@ def in_memory_file(name: str, data: bytes) -> Iterator[str]:
         yield f"/proc/self/fd/{fd}"
     finally:
         os.close(fd)
+
+
+async def _until_expired(expires_at: float, peer: str) -> None:
+    """Return (ending the connection) when the caller's certificate expires: the handshake checked it once, and a
+    connection may outlive it; the caller's next handshake is refused until it presents a renewed one."""
+    await asyncio.sleep(max(0.0, expires_at - time.time()))  # a certificate's dates are wall-clock time
+    log.warning("closing the inbound connection from %s: its client certificate has expired", peer)
 
 
 def _failed(task: asyncio.Task[Any]) -> bool:

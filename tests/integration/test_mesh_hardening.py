@@ -14,6 +14,7 @@ import dataclasses
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
+from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
@@ -573,3 +574,51 @@ async def registered_at(folder: Path, presents: str, port: int) -> AsyncIterator
         yield
     finally:
         await server.stop(None)
+
+
+# ------------------------------------------------------------------------------------------ a leaf that expires
+
+GET = "/shop.Orders/GetOrder"
+SHORT_LIVED = timedelta(seconds=4)  # long enough to connect and be served once, short enough to wait out
+
+
+def short_lived_gateway(folder: Path) -> str:
+    """``short-gateway``: gateway's identity in a leaf of the dev CA that expires SHORT_LIVED from now."""
+    crafted_certs.write(
+        folder, "short-gateway", *crafted_certs.leaf(Issuer.load(folder), uris=(GATEWAY,), valid_for=SHORT_LIVED)
+    )
+    return "short-gateway"
+
+
+async def _refused_now(call: Caller) -> bool:
+    try:
+        await call(GET)
+    except grpc.aio.AioRpcError:
+        return True
+    return False
+
+
+async def test_a_connection_whose_client_leaf_expires_is_refused_from_then_on(
+    served: tuple[int, Handled], ca: Path
+) -> None:
+    """Short-lived leaves stand in for revocation only if an expired one stops working: a grpc connection lives
+    for hours, and the handshake that checked the leaf's validity happened once, at its start."""
+    port, handled = served
+    async with raw_caller(port, ca, short_lived_gateway(ca)) as call:
+        assert await call(GET) == b"hello"
+        await eventually(lambda: _refused_now(call), "a call on the connection refused once its client leaf expired")
+        served_before_expiry = len(handled.paths)
+        code, reason, message = await refusal(call(GET))
+    assert (code, reason) == (grpc.StatusCode.UNAUTHENTICATED, ErrorReason.UNAUTHENTICATED)
+    assert "expired" in message
+    assert len(handled.paths) == served_before_expiry
+
+
+async def test_an_l4_connection_whose_client_leaf_expires_is_ended(ca: Path) -> None:
+    handled = Handled()
+    async with l4_inbound(ca, handled) as port, raw_caller(port, ca, short_lived_gateway(ca)) as call:
+        assert await call(GET) == b"hello"
+        await eventually(lambda: _refused_now(call), "a call refused once the client leaf expired")
+        served_before_expiry = len(handled.paths)
+        await refusal(call(GET))  # the caller's grpc dials again and the handshake refuses the expired leaf
+    assert len(handled.paths) == served_before_expiry
