@@ -690,6 +690,11 @@ def test_redacted_hides_the_token_and_the_key_path(write: Write, tmp_path: Path)
         ("https://s3cret@collector:4318/v1/traces", f"https://{REDACTED}@collector:4318/v1/traces"),
         ("alice:s3cret@collector:4317", f"{REDACTED}@collector:4317"),
         ("http://collector:4317", "http://collector:4317"),
+        # a token with a '/' (base64 has them) that the operator did not percent-encode: still the userinfo
+        ("https://alice:s3/cret@collector:4318/v1/traces", f"https://{REDACTED}@collector:4318/v1/traces"),
+        ("https://alice:s3cret?@collector:4318", f"https://{REDACTED}@collector:4318"),
+        # a key in the query string, as some collectors take it
+        ("https://collector:4318/v1/traces?api_key=s3cret", f"https://collector:4318/v1/traces?{REDACTED}"),
     ],
 )
 def test_redacted_hides_credentials_in_the_otlp_endpoint(endpoint: str, shown: str) -> None:

@@ -303,13 +303,16 @@ class Config(_Section):
 
 
 def _without_credentials(url: str) -> str:
-    """`url` with any ``user:password@`` replaced, so that /config shows where traces go but not how to log in."""
+    """`url` with any ``user:password@`` and any query string replaced, so that /config shows where traces go but not
+    how to log in. The userinfo is all before the last ``@``, since a token that was not percent-encoded may hold
+    ``/``, ``?`` or ``#`` (base64 does); some collectors take an API key in the query."""
     scheme, sep, rest = url.partition("://")
-    authority, slash, path = (rest if sep else scheme).partition("/")
-    if "@" not in authority:
-        return url
-    shown = f"{REDACTED}@{authority.rpartition('@')[2]}{slash}{path}"
-    return f"{scheme}{sep}{shown}" if sep else shown
+    if not sep:
+        scheme, rest = "", scheme
+    if "@" in rest:
+        rest = f"{REDACTED}@{rest.rpartition('@')[2]}"
+    where, query, _ = rest.partition("?")
+    return f"{scheme}{sep}{where}?{REDACTED}" if query else f"{scheme}{sep}{rest}"
 
 
 def path_fields(model: type[BaseModel] = Config, prefix: tuple[str, ...] = ()) -> Iterator[tuple[str, ...]]:
