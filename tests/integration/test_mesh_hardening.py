@@ -622,3 +622,43 @@ async def test_an_l4_connection_whose_client_leaf_expires_is_ended(ca: Path) -> 
         served_before_expiry = len(handled.paths)
         await refusal(call(GET))  # the caller's grpc dials again and the handshake refuses the expired leaf
     assert len(handled.paths) == served_before_expiry
+
+
+async def test_an_l4_connection_whose_ca_leaves_the_trust_bundle_is_ended(ca: Path) -> None:
+    """A rotation that drops a CA from the bundle (a compromised one, say) ends the L4 connections of its leaves, as
+    L7 refuses their next call: otherwise a caller holding such a leaf keeps its connection for as long as it likes."""
+    handled = Handled()
+    bundle = (ca / "ca.crt").read_bytes()
+    second = crafted_certs.root_ca("a second root of this mesh", TRUST_DOMAIN)
+    crafted_certs.write(ca, "second-gateway", *crafted_certs.leaf(second, uris=(GATEWAY,)))
+    (ca / "ca.crt").write_bytes(bundle + second.pem)
+    async with l4_inbound(ca, handled) as port, raw_caller(port, ca, "second-gateway") as call:
+        assert await call(GET) == b"hello"
+        (ca / "ca.crt").write_bytes(bundle)  # the second root is dropped; the sidecar's source picks it up
+        await eventually(lambda: _refused_now(call), "a call refused once its CA left the trust bundle")
+        served_before = len(handled.paths)
+        await refusal(call(GET))  # the caller's grpc dials again and the handshake refuses the leaf
+    assert len(handled.paths) == served_before
+
+
+async def test_a_caller_whose_ca_leaves_the_trust_bundle_is_refused_on_its_open_connection(
+    served: tuple[int, Handled], ca: Path
+) -> None:
+    """The L7 faces judge each call under the current bundle: the next call after the drop is refused."""
+    port, handled = served
+    bundle = (ca / "ca.crt").read_bytes()
+    second = crafted_certs.root_ca("a second root of this mesh", TRUST_DOMAIN)
+    crafted_certs.write(ca, "second-gateway", *crafted_certs.leaf(second, uris=(GATEWAY,)))
+    (ca / "ca.crt").write_bytes(bundle + second.pem)  # the server's source picks the second root up
+
+    async def served_now(call: Caller) -> bool:
+        return not await _refused_now(call)
+
+    async with raw_caller(port, ca, "second-gateway") as call:
+        await eventually(lambda: served_now(call), "the second root's leaf served once the bundle holds it")
+        (ca / "ca.crt").write_bytes(bundle)
+        await eventually(lambda: _refused_now(call), "a call refused once its CA left the trust bundle")
+        served_before = len(handled.paths)
+        code, _, _ = await refusal(call(GET))
+    assert code in (grpc.StatusCode.UNAUTHENTICATED, grpc.StatusCode.UNAVAILABLE)  # refused, or the handshake
+    assert len(handled.paths) == served_before

@@ -165,12 +165,26 @@ def _issued_by(cert: x509.Certificate, ca: x509.Certificate) -> bool:
     return True
 
 
+def bundle_certificates(material: TlsMaterial) -> list[x509.Certificate]:
+    """The certificates of `material`'s trust bundle."""
+    return x509.load_pem_x509_certificates(material.trust_bundle_pem)
+
+
+def left_the_bundle(leaf_der: bytes, before: Sequence[x509.Certificate], now: Sequence[x509.Certificate]) -> bool:
+    """Whether the CA that signed `leaf_der` was in the bundle `before` and is not `now`: its connections, verified
+    under the old bundle, are no longer vouched for. (A leaf signed by an intermediate the caller presented cannot be
+    told this way on the L4 path, where Python's ssl shows only the leaf: False.)"""
+    leaf = x509.load_der_x509_certificate(leaf_der)
+    return any(_issued_by(leaf, ca) for ca in before) and not any(_issued_by(leaf, ca) for ca in now)
+
+
 class _Judge:
     """The verdicts under one trust bundle, one per certificate."""
 
-    __slots__ = ("_domains", "_roots", "_verdicts")
+    __slots__ = ("_domains", "_roots", "_verdicts", "material")
 
     def __init__(self, material: TlsMaterial, trusted_domains: Iterable[str]) -> None:
+        self.material = material
         self._roots = x509.load_pem_x509_certificates(material.trust_bundle_pem)
         self._domains = frozenset({material.identity.trust_domain, *trusted_domains})
         self._verdicts: dict[tuple[bytes, bytes | None], PeerVerdict] = {}
@@ -249,11 +263,15 @@ class CallerIdentities:
         judge = self._judge
         if judge is None:
             judge = self._judge = _Judge(self._source.current(), self._trusted)
-            self._source.subscribe(self._rotated)
+            self._source.subscribe(self.rotated)
         return judge
 
-    def _rotated(self, material: TlsMaterial) -> None:
-        self._judge = _Judge(material, self._trusted)
+    def rotated(self, material: TlsMaterial) -> None:
+        """Judge under `material`'s trust bundle from now on. The source calls it on rotation; a subscriber that
+        judges again on rotation calls it first, since the source's order of calls is not said (idempotent)."""
+        judge = self._judge
+        if judge is None or judge.material is not material:
+            self._judge = _Judge(material, self._trusted)
 
     def __repr__(self) -> str:
         return f"<CallerIdentities trusting {', '.join(self._trusted) or 'our trust domain only'}>"
