@@ -48,6 +48,7 @@ FOREIGN_DOMAIN = "other.example"
 GATEWAY = f"spiffe://{TRUST_DOMAIN}/ns/default/dc/dc1/svc/gateway"
 DROP = "/shop.Admin/Drop"
 CREATE = "/shop.Orders/CreateOrder"
+GET = "/shop.Orders/GetOrder"
 WAIT_S = 5.0
 NOT_CANONICAL = [
     "shop.Admin/Drop",
@@ -217,6 +218,20 @@ async def test_a_path_that_is_not_service_slash_method_is_refused_before_the_den
     assert (code, reason) == (grpc.StatusCode.UNIMPLEMENTED, ErrorReason.METHOD_PATH_INVALID)
     assert "/<package.Service>/<Method>" in message
     assert handled.paths == []
+
+
+@pytest.mark.parametrize("path", ["/shop.Admin/drop", "/shop.admin/Drop", "/SHOP.ADMIN/DROP"])
+async def test_a_denied_method_spelt_in_another_case_is_denied_too(
+    served: tuple[int, Handled], ca: Path, path: str
+) -> None:
+    """gRPC paths are case-sensitive, but an app that routes methods case-insensitively (Dubbo's triple protocol
+    does, for one) would serve Drop for this spelling: a deny holds whatever the case."""
+    port, handled = served
+    async with raw_caller(port, ca) as call:
+        code, reason, _ = await refusal(call(path))
+        assert await call(GET) == b"hello"  # the allow still matches its exact spelling
+    assert (code, reason) == (grpc.StatusCode.PERMISSION_DENIED, ErrorReason.INTENTION_DENIED)
+    assert handled.paths == [GET]
 
 
 async def test_an_odd_path_to_a_rate_limited_method_spends_no_token_and_is_not_served(
@@ -578,7 +593,6 @@ async def registered_at(folder: Path, presents: str, port: int) -> AsyncIterator
 
 # ------------------------------------------------------------------------------------------ a leaf that expires
 
-GET = "/shop.Orders/GetOrder"
 SHORT_LIVED = timedelta(seconds=4)  # long enough to connect and be served once, short enough to wait out
 
 

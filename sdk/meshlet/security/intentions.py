@@ -9,6 +9,11 @@ Consul's intentions. Order of evaluation, most specific first; the first rule th
 2. within one pair, the method pattern: an exact method, then ``/pkg.Service/*``, then ``*``;
 3. within one pair and one pattern, deny before allow, so two conflicting rules can only deny.
 
+A deny rule's methods match whatever the case of the path (``/shop.admin/drop`` is denied by a deny on
+``/shop.Admin/Drop``): gRPC paths are case-sensitive, but some servers route a method case-insensitively (Dubbo's
+triple protocol, for one), so a caller could otherwise reach a denied method by another spelling. An allow matches
+the exact case only.
+
 No rule matching means `default`. Trap: unlike one Consul L7 intention, which governs its pair for every
 method, a pair's rules here govern only the methods they name: another method of the same pair falls
 through to the less specific pairs and then to the default. A caller without an identity (mTLS off) matches
@@ -80,7 +85,11 @@ class Intentions:
         self.default = default
         # One (rule, pattern) entry per pattern, so a rule naming an exact method and a whole service ranks each.
         entries = [(rule, pattern, source_key(rule.source)) for rule in self.rules for pattern in rule.methods]
-        self._ordered: Sequence[tuple[Intention, str, SourceKey]] = sorted(entries, key=_rank)
+        # A deny's pattern is kept lower-cased and matched against the lower-cased path (see the module docstring).
+        self._ordered: Sequence[tuple[Intention, str, SourceKey]] = [
+            (rule, pattern.lower() if rule.action == "deny" else pattern, key)
+            for rule, pattern, key in sorted(entries, key=_rank)
+        ]
 
     @classmethod
     def from_config(cls, authz: AuthzConfig) -> Intentions:
@@ -98,11 +107,12 @@ class Intentions:
             caller = (source.partition or DEFAULT_PARTITION, source.namespace, source.service)
         else:
             caller = (DEFAULT_PARTITION, DEFAULT_NAMESPACE, source)
+        folded = method.lower()
         for rule, pattern, key in self._ordered:
             if (
                 (key == _ANYONE if caller is None else key[:2] == caller[:2] and key[2] in (WILDCARD, caller[2]))
                 and rule.destination in (WILDCARD, destination)
-                and method_matches(method, pattern)
+                and method_matches(folded if rule.action == "deny" else method, pattern)
             ):
                 return Decision(rule.action == "allow", f"matched intention {rule}")
         if source is None:
