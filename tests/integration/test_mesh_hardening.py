@@ -676,3 +676,32 @@ async def test_a_caller_whose_ca_leaves_the_trust_bundle_is_refused_on_its_open_
         code, _, _ = await refusal(call(GET))
     assert code in (grpc.StatusCode.UNAUTHENTICATED, grpc.StatusCode.UNAVAILABLE)  # refused, or the handshake
     assert len(handled.paths) == served_before
+
+
+@pytest.mark.parametrize("client", [sdk_client, sidecar_client], ids=["sdk channel", "sidecar outbound"])
+async def test_a_client_refuses_a_server_whose_leaf_has_another_uri_san_beside_the_upstreams(
+    tmp_path: Path, procs: Processes, agent: Agent, client: Any
+) -> None:
+    """A SPIFFE certificate carries exactly one URI SAN, on the server side as on the caller's (where such a leaf is
+    UNAUTHENTICATED): one naming ledger and something else besides is not ledger's."""
+    folder = tmp_path / "certs"
+    init_ca(folder, TRUST_DOMAIN)
+    dev_ca = Issuer.load(folder)
+    ledger = f"spiffe://{TRUST_DOMAIN}/ns/default/dc/dc1/svc/ledger"
+    leaves = {
+        "gateway": (GATEWAY,),
+        "ledger": (ledger,),
+        "two-uris": (ledger, f"https://{TRUST_DOMAIN}/svc/ledger"),
+    }
+    for name, uris in leaves.items():
+        cn = consul_service_cn("ledger" if name == "two-uris" else name, "default", TRUST_DOMAIN)
+        crafted_certs.write(folder, name, *crafted_certs.leaf(dev_ca, common_name=cn, uris=uris))
+    impostor, real = Handled(), Handled()
+    async with registered_server(agent, folder, "two-uris", impostor), client(procs, folder, agent) as call:
+        code, _, message = await refusal(call())
+        assert code == grpc.StatusCode.UNAVAILABLE
+        assert "which is not one service's SPIFFE ID" in message
+        async with registered_server(agent, folder, "ledger", real):
+            await eventually_served(call)
+    assert impostor.paths == []
+    assert real.paths
