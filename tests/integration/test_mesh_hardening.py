@@ -705,3 +705,56 @@ async def test_a_client_refuses_a_server_whose_leaf_has_another_uri_san_beside_t
             await eventually_served(call)
     assert impostor.paths == []
     assert real.paths
+
+
+# ------------------------------------------------------------------------------------------ federation
+
+
+@contextlib.asynccontextmanager
+async def federated_sidecar_inbound(folder: Path, handled: Handled, authz: dict[str, Any]) -> AsyncIterator[int]:
+    """A sidecar's L7 inbound listener for orders that federates other.example (tls.trusted_domains)."""
+    overrides = {"service": {"name": "orders"}, "authz": authz, "tls": {"trusted_domains": [FOREIGN_DOMAIN]}}
+    config = load_config(None, env={}, overrides=overrides)
+    parts = InboundParts.from_config(config, consul=lambda: None, clock=time.monotonic)
+    parts = dataclasses.replace(parts, require_identity=True)
+    source = FileSource(folder / "orders.crt", folder / "orders.key", folder / "ca.crt")
+    await source.start()
+    app = grpc.aio.server()
+    app.add_generic_rpc_handlers((CatchAll(handled),))
+    app_port = app.add_insecure_port("127.0.0.1:0")
+    await app.start()
+    forward = ForwardToApp(f"127.0.0.1:{app_port}")
+    listener = InboundListener("127.0.0.1:0", source=source, parts=parts, forward=forward, clock=time.monotonic)
+    try:
+        yield await listener.start()
+    finally:
+        await listener.stop(None)
+        await forward.close()
+        await app.stop(None)
+        await source.stop()
+
+
+async def test_a_federated_domains_ca_cannot_mint_our_services_for_the_intentions(ca: Path) -> None:
+    """Federating other.example lets its CA vouch for other.example's services, not for ours: its leaf naming
+    `gateway` is not our gateway, which the rules allow; a rule naming the trust domain allows it."""
+    foreign = Issuer.load_named(ca, "foreign-ca")
+    uri = f"spiffe://{FOREIGN_DOMAIN}/ns/default/dc/dc1/svc/gateway"
+    crafted_certs.write(ca, "foreign-gateway", *crafted_certs.leaf(foreign, uris=(uri,)))
+    handled = Handled()
+    async with federated_sidecar_inbound(ca, handled, AUTHZ) as port:
+        async with raw_caller(port, ca) as call:
+            assert await call(GET) == b"hello"  # our gateway
+        async with raw_caller(port, ca, "foreign-gateway") as call:
+            code, reason, message = await refusal(call(GET))
+    assert (code, reason) == (grpc.StatusCode.PERMISSION_DENIED, ErrorReason.INTENTION_DENIED)
+    assert FOREIGN_DOMAIN in message
+    assert handled.paths == [GET]
+    federated = {
+        "default": "deny",
+        "rules": [{"from": "gateway", "trust_domain": FOREIGN_DOMAIN, "to": "orders", "action": "allow"}],
+    }
+    async with federated_sidecar_inbound(ca, handled, federated) as port:
+        async with raw_caller(port, ca, "foreign-gateway") as call:
+            assert await call(GET) == b"hello"
+        async with raw_caller(port, ca) as call:  # and that rule is not about our gateway
+            assert (await refusal(call(GET)))[1] == ErrorReason.INTENTION_DENIED

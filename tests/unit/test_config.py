@@ -754,3 +754,13 @@ async def test_the_consul_client_brackets_an_ipv6_agent_in_its_urls() -> None:
         assert client.http.base_uri == "http://[fd00:1::2]:8500"
     finally:
         await client.close()
+
+
+def test_a_rule_naming_a_trust_domain_that_is_not_federated_is_refused_with_its_path() -> None:
+    rules = [{"from": "gateway", "trust_domain": "other.example", "to": "orders", "action": "allow"}]
+    with pytest.raises(ConfigError) as refused:
+        load_config(env={}, overrides={"authz": {"rules": rules}})
+    assert "authz.rules.0.trust_domain" in str(refused.value)
+    assert "tls.trusted_domains" in str(refused.value)
+    config = load_config(env={}, overrides={"authz": {"rules": rules}, "tls": {"trusted_domains": ["other.example"]}})
+    assert config.authz.rules[0].trust_domain == "other.example"

@@ -181,6 +181,8 @@ class AuthzRule(_Section):
     to: str
     methods: tuple[Annotated[str, method_pattern(allow_any=True)], ...] = ("*",)
     action: Literal["allow", "deny"]
+    # A source of a federated trust domain (one of tls.trusted_domains); unset: our own trust domain
+    trust_domain: Annotated[str, checked(is_trust_domain, TRUST_DOMAIN_RULE)] | None = None
 
 
 class AuthzConfig(_Section):
@@ -254,6 +256,19 @@ class Config(_Section):
             if (port := policy.local_port) is not None and owners.setdefault(port, name) != name:
                 allowed = f"already used by upstreams.{owners[port]}.local_port"
                 raise invalid(allowed, field=("upstreams", name, "local_port"), value=port)
+        return self
+
+    @_model_validator(mode="after")
+    def _rules_name_federated_domains(self) -> Config:
+        """A rule's trust_domain must be one tls.trusted_domains federates: callers of any other are refused before
+        authorization, so the rule could never match."""
+        for index, rule in enumerate(self.authz.rules):
+            if rule.trust_domain is not None and rule.trust_domain not in self.tls.trusted_domains:
+                allowed = (
+                    f"must be one of tls.trusted_domains ({', '.join(self.tls.trusted_domains) or 'none'}): add "
+                    f"{rule.trust_domain!r} there to federate it, or leave trust_domain out for our own"
+                )
+                raise invalid(allowed, field=("authz", "rules", str(index), "trust_domain"), value=rule.trust_domain)
         return self
 
     @_model_validator(mode="after")

@@ -22,7 +22,12 @@ only rules whose source is ``*``.
 A source names a service of one namespace and admin partition, as Consul's intention sources carry a SourceNS and
 a SourcePartition, spelt as Consul's CLI does: ``[<partition>/][<namespace>/]<service>``, each left out meaning
 ``default``. So ``gateway`` and ``*`` never match a caller of namespace ``sandbox`` or partition ``evil``, whose
-SPIFFE IDs differ only there; ``sandbox/gateway`` or ``sandbox/*`` does. Pure: no I/O.
+SPIFFE IDs differ only there; ``sandbox/gateway`` or ``sandbox/*`` does.
+
+A source names a service of our own trust domain unless its rule names a `trust_domain`: federating a trust domain
+(``tls.trusted_domains``) lets its CA vouch for its own services, never for ours, so ``gateway`` does not match
+``spiffe://other.example/.../svc/gateway``; a rule with ``trust_domain: other.example`` does (and only it). Pure:
+no I/O.
 """
 
 from __future__ import annotations
@@ -60,6 +65,7 @@ class Intention:
     destination: str
     methods: tuple[str, ...]
     action: Action
+    trust_domain: str | None = None  # the source's federated trust domain; None: our own
 
     def __post_init__(self) -> None:
         source_key(self.source)  # raises ValueError for a malformed source
@@ -70,19 +76,23 @@ class Intention:
 
     def __str__(self) -> str:
         methods = "" if self.methods == (WILDCARD,) else f" [{', '.join(self.methods)}]"
-        return f"{self.source} -> {self.destination}{methods} ({self.action})"
+        source = f"{self.source} of {self.trust_domain}" if self.trust_domain else self.source
+        return f"{source} -> {self.destination}{methods} ({self.action})"
 
 
 class Intentions:
     """A rule set and its default, sorted once into evaluation order (see the module docstring)."""
 
-    __slots__ = ("_ordered", "default", "rules")
+    __slots__ = ("_ordered", "default", "federated", "rules")
 
-    def __init__(self, rules: Iterable[Intention], default: Action = "allow") -> None:
+    def __init__(self, rules: Iterable[Intention], default: Action = "allow", federated: Iterable[str] = ()) -> None:
+        """`federated`: the trust domains accepted beside our own (``tls.trusted_domains``), whose callers match
+        only the rules that name their trust domain."""
         if default not in ("allow", "deny"):
             raise ValueError(f"the default must be 'allow' or 'deny', got {default!r}")
         self.rules = tuple(rules)
         self.default = default
+        self.federated = frozenset(federated)
         # One (rule, pattern) entry per pattern, so a rule naming an exact method and a whole service ranks each.
         entries = [(rule, pattern, source_key(rule.source)) for rule in self.rules for pattern in rule.methods]
         # A deny's pattern is kept lower-cased and matched against the lower-cased path (see the module docstring).
@@ -92,25 +102,33 @@ class Intentions:
         ]
 
     @classmethod
-    def from_config(cls, authz: AuthzConfig) -> Intentions:
+    def from_config(cls, authz: AuthzConfig, federated: Iterable[str] = ()) -> Intentions:
         return cls(
-            (Intention(rule.from_, rule.to, tuple(rule.methods), rule.action) for rule in authz.rules),
+            (
+                Intention(rule.from_, rule.to, tuple(rule.methods), rule.action, rule.trust_domain)
+                for rule in authz.rules
+            ),
             default=authz.default,
+            federated=federated,
         )
 
     def decide(self, source: SpiffeId | str | None, destination: str, method: str) -> Decision:
         """Whether `source` (a caller's identity, or the name of a service of the default namespace and partition;
         None for a caller without an identity) may call `method` (``/pkg.Service/Method``) on `destination`."""
+        domain: str | None = None  # the caller's trust domain when federated; None: ours (or no identity)
         if source is None:
             caller: SourceKey | None = None
         elif isinstance(source, SpiffeId):
             caller = (source.partition or DEFAULT_PARTITION, source.namespace, source.service)
+            if source.trust_domain in self.federated:
+                domain = source.trust_domain
         else:
             caller = (DEFAULT_PARTITION, DEFAULT_NAMESPACE, source)
         folded = method.lower()
         for rule, pattern, key in self._ordered:
             if (
-                (key == _ANYONE if caller is None else key[:2] == caller[:2] and key[2] in (WILDCARD, caller[2]))
+                rule.trust_domain == domain
+                and (key == _ANYONE if caller is None else key[:2] == caller[:2] and key[2] in (WILDCARD, caller[2]))
                 and rule.destination in (WILDCARD, destination)
                 and method_matches(folded if rule.action == "deny" else method, pattern)
             ):
