@@ -135,6 +135,12 @@ class Intentions:
                 return Decision(rule.action == "allow", f"matched intention {rule}")
         if source is None:
             return Decision(self.default == "allow", f"the caller has no identity and authz.default is {self.default}")
+        if domain is not None:
+            return Decision(
+                self.default == "allow",
+                f"no intention matches and authz.default is {self.default} (a caller of the federated trust domain "
+                f"{domain} matches only rules with trust_domain: {domain})",
+            )
         return Decision(self.default == "allow", f"no intention matches and authz.default is {self.default}")
 
     def __repr__(self) -> str:
