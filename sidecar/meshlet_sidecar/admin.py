@@ -3,11 +3,13 @@
 Istio's port and Linkerd's and Envoy's paths: ``/ready`` (200 only once the sidecar can serve; 503 names what
 it still waits for), ``/live``, ``/clusters`` (Envoy's: upstreams, endpoints, breaker states, in-flight),
 ``/config`` (the effective configuration, secrets redacted) and ``/metrics`` (Prometheus text, or OpenMetrics
-with exemplars when the scraper asks for it, rendered by prometheus_client from the sidecar's registry).
-``/app`` is the app's health alone: the liveness probe of an app that listens on loopback, out of the kubelet's
-reach. ``POST /drain`` (the app container's preStop hook) puts the instance into Consul maintenance until the app
+with exemplars when the scraper asks for it, rendered by prometheus_client from the sidecar's registry). ``/app``
+is the app's health alone: the liveness probe of an app that listens on loopback, out of the kubelet's reach.
+``POST /drain`` (the app container's preStop hook) puts the instance into Consul maintenance until the app
 restarts; it answers only callers inside the pod (loopback), since the admin port also listens on the pod IP for
-the kubelet and Prometheus. Admin keeps no state of its own: each
+the kubelet and Prometheus, and never a browser's page: on a developer's machine any site can POST to
+127.0.0.1:15000 (a text/plain POST needs no CORS preflight), and its request comes from loopback too; the hook's
+curl sends no ``Origin``. Admin keeps no state of its own: each
 page is rendered from the callables the sidecar hands in, off the data path.
 """
 
@@ -91,6 +93,12 @@ def app_page(healthy: bool, finding: str) -> tuple[int, str]:
 
 def no_app() -> tuple[bool, str]:
     return False, "none: this sidecar has no app (sidecar.app)"
+
+
+def from_a_browser_page(headers: Mapping[str, str]) -> bool:
+    """Whether a request carries what a browser adds to a page's request: ``Origin`` (any POST from a page has it,
+    ``null`` from a sandboxed one), or ``Sec-Fetch-Site`` other than ``none`` (a user typing the address)."""
+    return "Origin" in headers or headers.get("Sec-Fetch-Site", "none").lower() != "none"
 
 
 async def nothing_to_drain() -> tuple[int, str]:
@@ -197,6 +205,9 @@ class Admin:
     async def _drain_page(self, request: web.Request) -> web.Response:
         if not from_inside_the_pod(request.remote):
             return web.Response(status=403, text="POST /drain is for the pod's own containers: use 127.0.0.1\n")
+        if from_a_browser_page(request.headers):
+            text = "POST /drain does not take a browser page's request (it sent Origin or Sec-Fetch-Site): use curl\n"
+            return web.Response(status=403, text=text)
         status, text = await self._drain()
         return web.Response(status=status, text=text)
 

@@ -1,5 +1,8 @@
 """The L4 inbound hop (``sidecar.inbound_mode: l4``): terminate mTLS, authorize the caller's service identity
-once per connection, then splice the bytes to the app without parsing gRPC, as Consul's L4 intentions do.
+once per connection, then splice the bytes to the app without parsing gRPC, as Consul's L4 intentions do. A
+connection ends when its caller's certificate expires (the handshake checked it only at the start), or when a
+trust bundle rotation leaves its certificate no longer accepted (its CA dropped), as L7 refuses such a caller's
+next call.
 
 Only for a port whose authorization is by identity alone: no per-method intention and no rate limit (the config
 refuses l4 otherwise), since neither can be decided without reading the calls. A refused connection (an intention
@@ -26,8 +29,10 @@ import logging
 import os
 import ssl
 import time
-from collections.abc import Coroutine, Iterator
+from collections.abc import Callable, Coroutine, Iterator
 from typing import Any
+
+from cryptography import x509
 
 from meshlet.config import listen_host, split_host_port
 from meshlet.deadline import Clock
@@ -35,7 +40,7 @@ from meshlet.errors import CannotListen, describe_os_error
 from meshlet.inbound import InboundParts
 from meshlet.security.certs import CertificateSource, TlsMaterial
 from meshlet.security.intentions import service_of
-from meshlet.security.peers import CallerIdentities
+from meshlet.security.peers import CallerIdentities, bundle_certificates, left_the_bundle
 from meshlet.telemetry.metrics import caller_label
 from meshlet_sidecar.refusal import LOOPBACK, RefusalServer, RefusedConnection
 
@@ -82,6 +87,9 @@ class SpliceListener:
         self._stopping = False
         self._server: asyncio.Server | None = None
         self._open: dict[asyncio.Task[None], float] = {}  # connection -> when it last moved a byte
+        self._spliced: dict[asyncio.Task[None], tuple[bytes, str]] = {}  # to the app: (caller's leaf, its address)
+        self._unsubscribe: Callable[[], None] | None = None
+        self._bundle: list[x509.Certificate] = []  # the trust bundle's certificates, to tell which CA left it
         self._context: tuple[TlsMaterial, ssl.SSLContext] | None = None
 
     @property
@@ -109,12 +117,16 @@ class SpliceListener:
             raise CannotListen(message, address=self.address) from None
         self._server = server
         self.port = server.sockets[0].getsockname()[1]
+        self._bundle = bundle_certificates(self._source.current())
+        self._unsubscribe = self._source.subscribe(self._rotated)
         return self.port
 
     async def stop(self, grace_s: float | None) -> None:
         """Refuse new connections at once; wait (up to `grace_s`) until the open ones have gone quiet, then close
         them."""
         self._stopping = True  # a handshake still under way completes after close(): its connection is refused
+        if self._unsubscribe is not None:
+            self._unsubscribe()
         server, self._server = self._server, None
         if server is not None:
             server.close()
@@ -160,7 +172,8 @@ class SpliceListener:
     ) -> None:
         """Called once the handshake has verified the client's chain (a failed handshake never gets here)."""
         ssl_object = writer.get_extra_info("ssl_object")
-        verdict = self._identities.of_der(ssl_object.getpeercert(binary_form=True) if ssl_object else None)
+        leaf = ssl_object.getpeercert(binary_form=True) if ssl_object else None
+        verdict = self._identities.of_der(leaf)
         caller = verdict.uri
         if caller is None:
             log.warning("refused an inbound connection from %s: %s", peer, verdict.refusal or "no certificate")
@@ -183,13 +196,30 @@ class SpliceListener:
             log.warning("the app at %s did not take a connection (%s): closing the caller's", self.app_address, error)
             return
         self.connections += 1
+        assert leaf is not None  # a caller with an identity presented a certificate
+        self._spliced[task] = (leaf, peer)
         try:
             await _first_done(
                 self._pipe(reader, app_writer, task),
                 self._pipe(app_reader, writer, task),
+                _until_expired(verdict.expires_at, peer),
             )
         finally:
+            self._spliced.pop(task, None)
             app_writer.close()
+
+    def _rotated(self, material: TlsMaterial) -> None:
+        """The trust bundle or our certificate rotated: end the spliced connections whose caller is no longer
+        accepted (its CA left the bundle), each judged once per certificate as a new connection would be."""
+        self._identities.rotated(material)
+        before, self._bundle = self._bundle, bundle_certificates(material)
+        for task, (leaf, peer) in list(self._spliced.items()):
+            refusal = self._identities.of_der(leaf).refusal
+            if refusal is None and left_the_bundle(leaf, before, self._bundle):
+                refusal = "the CA that signed its certificate has left the trust bundle"
+            if refusal is not None:
+                log.warning("closing the inbound connection from %s after a trust bundle rotation: %s", peer, refusal)
+                task.cancel()
 
     def _count(self, caller: str | None, outcome: str) -> None:
         if self._counted is not None:
@@ -313,6 +343,13 @@ def in_memory_file(name: str, data: bytes) -> Iterator[str]:
         yield f"/proc/self/fd/{fd}"
     finally:
         os.close(fd)
+
+
+async def _until_expired(expires_at: float, peer: str) -> None:
+    """Return (ending the connection) when the caller's certificate expires: the handshake checked it once, and a
+    connection may outlive it; the caller's next handshake is refused until it presents a renewed one."""
+    await asyncio.sleep(max(0.0, expires_at - time.time()))  # a certificate's dates are wall-clock time
+    log.warning("closing the inbound connection from %s: its client certificate has expired", peer)
 
 
 def _failed(task: asyncio.Task[Any]) -> bool:

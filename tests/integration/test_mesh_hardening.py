@@ -14,6 +14,7 @@ import dataclasses
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
+from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
@@ -47,6 +48,7 @@ FOREIGN_DOMAIN = "other.example"
 GATEWAY = f"spiffe://{TRUST_DOMAIN}/ns/default/dc/dc1/svc/gateway"
 DROP = "/shop.Admin/Drop"
 CREATE = "/shop.Orders/CreateOrder"
+GET = "/shop.Orders/GetOrder"
 WAIT_S = 5.0
 NOT_CANONICAL = [
     "shop.Admin/Drop",
@@ -216,6 +218,20 @@ async def test_a_path_that_is_not_service_slash_method_is_refused_before_the_den
     assert (code, reason) == (grpc.StatusCode.UNIMPLEMENTED, ErrorReason.METHOD_PATH_INVALID)
     assert "/<package.Service>/<Method>" in message
     assert handled.paths == []
+
+
+@pytest.mark.parametrize("path", ["/shop.Admin/drop", "/shop.admin/Drop", "/SHOP.ADMIN/DROP"])
+async def test_a_denied_method_spelt_in_another_case_is_denied_too(
+    served: tuple[int, Handled], ca: Path, path: str
+) -> None:
+    """gRPC paths are case-sensitive, but an app that routes methods case-insensitively (Dubbo's triple protocol
+    does, for one) would serve Drop for this spelling: a deny holds whatever the case."""
+    port, handled = served
+    async with raw_caller(port, ca) as call:
+        code, reason, _ = await refusal(call(path))
+        assert await call(GET) == b"hello"  # the allow still matches its exact spelling
+    assert (code, reason) == (grpc.StatusCode.PERMISSION_DENIED, ErrorReason.INTENTION_DENIED)
+    assert handled.paths == [GET]
 
 
 async def test_an_odd_path_to_a_rate_limited_method_spends_no_token_and_is_not_served(
@@ -573,3 +589,172 @@ async def registered_at(folder: Path, presents: str, port: int) -> AsyncIterator
         yield
     finally:
         await server.stop(None)
+
+
+# ------------------------------------------------------------------------------------------ a leaf that expires
+
+SHORT_LIVED = timedelta(seconds=4)  # long enough to connect and be served once, short enough to wait out
+
+
+def short_lived_gateway(folder: Path) -> str:
+    """``short-gateway``: gateway's identity in a leaf of the dev CA that expires SHORT_LIVED from now."""
+    crafted_certs.write(
+        folder, "short-gateway", *crafted_certs.leaf(Issuer.load(folder), uris=(GATEWAY,), valid_for=SHORT_LIVED)
+    )
+    return "short-gateway"
+
+
+async def _refused_now(call: Caller) -> bool:
+    try:
+        await call(GET)
+    except grpc.aio.AioRpcError:
+        return True
+    return False
+
+
+async def test_a_connection_whose_client_leaf_expires_is_refused_from_then_on(
+    served: tuple[int, Handled], ca: Path
+) -> None:
+    """Short-lived leaves stand in for revocation only if an expired one stops working: a grpc connection lives
+    for hours, and the handshake that checked the leaf's validity happened once, at its start."""
+    port, handled = served
+    async with raw_caller(port, ca, short_lived_gateway(ca)) as call:
+        assert await call(GET) == b"hello"
+        await eventually(lambda: _refused_now(call), "a call on the connection refused once its client leaf expired")
+        served_before_expiry = len(handled.paths)
+        code, reason, message = await refusal(call(GET))
+    assert (code, reason) == (grpc.StatusCode.UNAUTHENTICATED, ErrorReason.UNAUTHENTICATED)
+    assert "expired" in message
+    assert len(handled.paths) == served_before_expiry
+
+
+async def test_an_l4_connection_whose_client_leaf_expires_is_ended(ca: Path) -> None:
+    handled = Handled()
+    async with l4_inbound(ca, handled) as port, raw_caller(port, ca, short_lived_gateway(ca)) as call:
+        assert await call(GET) == b"hello"
+        await eventually(lambda: _refused_now(call), "a call refused once the client leaf expired")
+        served_before_expiry = len(handled.paths)
+        await refusal(call(GET))  # the caller's grpc dials again and the handshake refuses the expired leaf
+    assert len(handled.paths) == served_before_expiry
+
+
+async def test_an_l4_connection_whose_ca_leaves_the_trust_bundle_is_ended(ca: Path) -> None:
+    """A rotation that drops a CA from the bundle (a compromised one, say) ends the L4 connections of its leaves, as
+    L7 refuses their next call: otherwise a caller holding such a leaf keeps its connection for as long as it likes."""
+    handled = Handled()
+    bundle = (ca / "ca.crt").read_bytes()
+    second = crafted_certs.root_ca("a second root of this mesh", TRUST_DOMAIN)
+    crafted_certs.write(ca, "second-gateway", *crafted_certs.leaf(second, uris=(GATEWAY,)))
+    (ca / "ca.crt").write_bytes(bundle + second.pem)
+    async with l4_inbound(ca, handled) as port, raw_caller(port, ca, "second-gateway") as call:
+        assert await call(GET) == b"hello"
+        (ca / "ca.crt").write_bytes(bundle)  # the second root is dropped; the sidecar's source picks it up
+        await eventually(lambda: _refused_now(call), "a call refused once its CA left the trust bundle")
+        served_before = len(handled.paths)
+        await refusal(call(GET))  # the caller's grpc dials again and the handshake refuses the leaf
+    assert len(handled.paths) == served_before
+
+
+async def test_a_caller_whose_ca_leaves_the_trust_bundle_is_refused_on_its_open_connection(
+    served: tuple[int, Handled], ca: Path
+) -> None:
+    """The L7 faces judge each call under the current bundle: the next call after the drop is refused."""
+    port, handled = served
+    bundle = (ca / "ca.crt").read_bytes()
+    second = crafted_certs.root_ca("a second root of this mesh", TRUST_DOMAIN)
+    crafted_certs.write(ca, "second-gateway", *crafted_certs.leaf(second, uris=(GATEWAY,)))
+    (ca / "ca.crt").write_bytes(bundle + second.pem)  # the server's source picks the second root up
+
+    async def served_now(call: Caller) -> bool:
+        return not await _refused_now(call)
+
+    async with raw_caller(port, ca, "second-gateway") as call:
+        await eventually(lambda: served_now(call), "the second root's leaf served once the bundle holds it")
+        (ca / "ca.crt").write_bytes(bundle)
+        await eventually(lambda: _refused_now(call), "a call refused once its CA left the trust bundle")
+        served_before = len(handled.paths)
+        code, _, _ = await refusal(call(GET))
+    assert code in (grpc.StatusCode.UNAUTHENTICATED, grpc.StatusCode.UNAVAILABLE)  # refused, or the handshake
+    assert len(handled.paths) == served_before
+
+
+@pytest.mark.parametrize("client", [sdk_client, sidecar_client], ids=["sdk channel", "sidecar outbound"])
+async def test_a_client_refuses_a_server_whose_leaf_has_another_uri_san_beside_the_upstreams(
+    tmp_path: Path, procs: Processes, agent: Agent, client: Any
+) -> None:
+    """A SPIFFE certificate carries exactly one URI SAN, on the server side as on the caller's (where such a leaf is
+    UNAUTHENTICATED): one naming ledger and something else besides is not ledger's."""
+    folder = tmp_path / "certs"
+    init_ca(folder, TRUST_DOMAIN)
+    dev_ca = Issuer.load(folder)
+    ledger = f"spiffe://{TRUST_DOMAIN}/ns/default/dc/dc1/svc/ledger"
+    leaves = {
+        "gateway": (GATEWAY,),
+        "ledger": (ledger,),
+        "two-uris": (ledger, f"https://{TRUST_DOMAIN}/svc/ledger"),
+    }
+    for name, uris in leaves.items():
+        cn = consul_service_cn("ledger" if name == "two-uris" else name, "default", TRUST_DOMAIN)
+        crafted_certs.write(folder, name, *crafted_certs.leaf(dev_ca, common_name=cn, uris=uris))
+    impostor, real = Handled(), Handled()
+    async with registered_server(agent, folder, "two-uris", impostor), client(procs, folder, agent) as call:
+        code, _, message = await refusal(call())
+        assert code == grpc.StatusCode.UNAVAILABLE
+        assert "which is not one service's SPIFFE ID" in message
+        async with registered_server(agent, folder, "ledger", real):
+            await eventually_served(call)
+    assert impostor.paths == []
+    assert real.paths
+
+
+# ------------------------------------------------------------------------------------------ federation
+
+
+@contextlib.asynccontextmanager
+async def federated_sidecar_inbound(folder: Path, handled: Handled, authz: dict[str, Any]) -> AsyncIterator[int]:
+    """A sidecar's L7 inbound listener for orders that federates other.example (tls.trusted_domains)."""
+    overrides = {"service": {"name": "orders"}, "authz": authz, "tls": {"trusted_domains": [FOREIGN_DOMAIN]}}
+    config = load_config(None, env={}, overrides=overrides)
+    parts = InboundParts.from_config(config, consul=lambda: None, clock=time.monotonic)
+    parts = dataclasses.replace(parts, require_identity=True)
+    source = FileSource(folder / "orders.crt", folder / "orders.key", folder / "ca.crt")
+    await source.start()
+    app = grpc.aio.server()
+    app.add_generic_rpc_handlers((CatchAll(handled),))
+    app_port = app.add_insecure_port("127.0.0.1:0")
+    await app.start()
+    forward = ForwardToApp(f"127.0.0.1:{app_port}")
+    listener = InboundListener("127.0.0.1:0", source=source, parts=parts, forward=forward, clock=time.monotonic)
+    try:
+        yield await listener.start()
+    finally:
+        await listener.stop(None)
+        await forward.close()
+        await app.stop(None)
+        await source.stop()
+
+
+async def test_a_federated_domains_ca_cannot_mint_our_services_for_the_intentions(ca: Path) -> None:
+    """Federating other.example lets its CA vouch for other.example's services, not for ours: its leaf naming
+    `gateway` is not our gateway, which the rules allow; a rule naming the trust domain allows it."""
+    foreign = Issuer.load_named(ca, "foreign-ca")
+    uri = f"spiffe://{FOREIGN_DOMAIN}/ns/default/dc/dc1/svc/gateway"
+    crafted_certs.write(ca, "foreign-gateway", *crafted_certs.leaf(foreign, uris=(uri,)))
+    handled = Handled()
+    async with federated_sidecar_inbound(ca, handled, AUTHZ) as port:
+        async with raw_caller(port, ca) as call:
+            assert await call(GET) == b"hello"  # our gateway
+        async with raw_caller(port, ca, "foreign-gateway") as call:
+            code, reason, message = await refusal(call(GET))
+    assert (code, reason) == (grpc.StatusCode.PERMISSION_DENIED, ErrorReason.INTENTION_DENIED)
+    assert FOREIGN_DOMAIN in message
+    assert handled.paths == [GET]
+    federated = {
+        "default": "deny",
+        "rules": [{"from": "gateway", "trust_domain": FOREIGN_DOMAIN, "to": "orders", "action": "allow"}],
+    }
+    async with federated_sidecar_inbound(ca, handled, federated) as port:
+        async with raw_caller(port, ca, "foreign-gateway") as call:
+            assert await call(GET) == b"hello"
+        async with raw_caller(port, ca) as call:  # and that rule is not about our gateway
+            assert (await refusal(call(GET)))[1] == ErrorReason.INTENTION_DENIED

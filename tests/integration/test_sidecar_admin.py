@@ -321,3 +321,37 @@ async def test_admin_stops_listening_when_stopped() -> None:
     with pytest.raises(aiohttp.ClientConnectionError):
         await get(f"http://127.0.0.1:{port}/live")
     assert "stopped" in repr(server)
+
+
+@pytest.mark.parametrize(
+    "headers",
+    [
+        {"Origin": "https://evil.example", "Content-Type": "text/plain"},
+        {"Origin": "null"},
+        {"Sec-Fetch-Site": "cross-site"},
+    ],
+    ids=["another site's page", "a sandboxed page", "a cross-site fetch"],
+)
+async def test_a_browser_page_cannot_drain_the_sidecar(headers: dict[str, str]) -> None:
+    """A page open in a developer's browser can POST text/plain to 127.0.0.1:15000 without a CORS preflight, from
+    loopback: /drain refuses what a browser sends, and serves the preStop hook's curl, which sends no Origin."""
+    drained: list[bool] = []
+
+    async def drain() -> tuple[int, str]:
+        drained.append(True)
+        return 200, "drained\n"
+
+    server = Admin("127.0.0.1:0", ready=lambda: (True, []), clusters=list, config=dict, metrics=bytes, drain=drain)
+    port = await server.start()
+    try:
+        async with aiohttp.ClientSession() as session:
+            async with session.post(f"http://127.0.0.1:{port}/drain", data="x", headers=headers) as response:
+                refused, text = response.status, await response.text()
+            assert drained == []
+            async with session.post(f"http://127.0.0.1:{port}/drain") as response:
+                assert response.status == 200
+    finally:
+        await server.stop()
+    assert refused == 403
+    assert "browser" in text
+    assert drained == [True]

@@ -38,7 +38,9 @@ class Issuer:
         return self.cert.public_bytes(serialization.Encoding.PEM)
 
 
-def _builder(subject: str, issuer: x509.Name, public_key: ec.EllipticCurvePublicKey) -> x509.CertificateBuilder:
+def _builder(
+    subject: str, issuer: x509.Name, public_key: ec.EllipticCurvePublicKey, valid_for: timedelta = timedelta(hours=1)
+) -> x509.CertificateBuilder:
     now = datetime.now(UTC)
     return (
         x509.CertificateBuilder()
@@ -47,7 +49,7 @@ def _builder(subject: str, issuer: x509.Name, public_key: ec.EllipticCurvePublic
         .public_key(public_key)
         .serial_number(x509.random_serial_number())
         .not_valid_before(now - timedelta(minutes=1))
-        .not_valid_after(now + timedelta(hours=1))
+        .not_valid_after(now + valid_for)
     )
 
 
@@ -86,8 +88,10 @@ def leaf(
     uris: tuple[str, ...] = (),
     dns: tuple[str, ...] = (),
     emails: tuple[str, ...] = (),
+    valid_for: timedelta = timedelta(hours=1),
 ) -> tuple[bytes, bytes]:
-    """A client-and-server leaf signed by `issuer` with exactly these names: (certificate PEM, key PEM)."""
+    """A client-and-server leaf signed by `issuer` with exactly these names, valid from a minute ago for
+    `valid_for` from now: (certificate PEM, key PEM)."""
     key = ec.generate_private_key(ec.SECP256R1())
     names: list[x509.GeneralName] = [
         *(x509.UniformResourceIdentifier(uri) for uri in uris),
@@ -95,7 +99,7 @@ def leaf(
         *(x509.RFC822Name(email) for email in emails),
     ]
     builder = (
-        _builder(common_name, issuer.cert.subject, key.public_key())
+        _builder(common_name, issuer.cert.subject, key.public_key(), valid_for)
         .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
         .add_extension(_usage(ca=False), critical=True)
         .add_extension(

@@ -708,6 +708,11 @@ def test_redacted_hides_the_token_and_the_key_path(write: Write, tmp_path: Path)
         ("https://s3cret@collector:4318/v1/traces", f"https://{REDACTED}@collector:4318/v1/traces"),
         ("alice:s3cret@collector:4317", f"{REDACTED}@collector:4317"),
         ("http://collector:4317", "http://collector:4317"),
+        # a token with a '/' (base64 has them) that the operator did not percent-encode: still the userinfo
+        ("https://alice:s3/cret@collector:4318/v1/traces", f"https://{REDACTED}@collector:4318/v1/traces"),
+        ("https://alice:s3cret?@collector:4318", f"https://{REDACTED}@collector:4318"),
+        # a key in the query string, as some collectors take it
+        ("https://collector:4318/v1/traces?api_key=s3cret", f"https://collector:4318/v1/traces?{REDACTED}"),
     ],
 )
 def test_redacted_hides_credentials_in_the_otlp_endpoint(endpoint: str, shown: str) -> None:
@@ -767,3 +772,13 @@ async def test_the_consul_client_brackets_an_ipv6_agent_in_its_urls() -> None:
         assert client.http.base_uri == "http://[fd00:1::2]:8500"
     finally:
         await client.close()
+
+
+def test_a_rule_naming_a_trust_domain_that_is_not_federated_is_refused_with_its_path() -> None:
+    rules = [{"from": "gateway", "trust_domain": "other.example", "to": "orders", "action": "allow"}]
+    with pytest.raises(ConfigError) as refused:
+        load_config(env={}, overrides={"authz": {"rules": rules}})
+    assert "authz.rules.0.trust_domain" in str(refused.value)
+    assert "tls.trusted_domains" in str(refused.value)
+    config = load_config(env={}, overrides={"authz": {"rules": rules}, "tls": {"trusted_domains": ["other.example"]}})
+    assert config.authz.rules[0].trust_domain == "other.example"

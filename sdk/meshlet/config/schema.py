@@ -181,6 +181,8 @@ class AuthzRule(_Section):
     to: str
     methods: tuple[Annotated[str, method_pattern(allow_any=True)], ...] = ("*",)
     action: Literal["allow", "deny"]
+    # A source of a federated trust domain (one of tls.trusted_domains); unset: our own trust domain
+    trust_domain: Annotated[str, checked(is_trust_domain, TRUST_DOMAIN_RULE)] | None = None
 
 
 class AuthzConfig(_Section):
@@ -257,6 +259,19 @@ class Config(_Section):
         return self
 
     @_model_validator(mode="after")
+    def _rules_name_federated_domains(self) -> Config:
+        """A rule's trust_domain must be one tls.trusted_domains federates: callers of any other are refused before
+        authorization, so the rule could never match."""
+        for index, rule in enumerate(self.authz.rules):
+            if rule.trust_domain is not None and rule.trust_domain not in self.tls.trusted_domains:
+                allowed = (
+                    f"must be one of tls.trusted_domains ({', '.join(self.tls.trusted_domains) or 'none'}): add "
+                    f"{rule.trust_domain!r} there to federate it, or leave trust_domain out for our own"
+                )
+                raise invalid(allowed, field=("authz", "rules", str(index), "trust_domain"), value=rule.trust_domain)
+        return self
+
+    @_model_validator(mode="after")
     def _authz_follows_the_ca(self) -> Config:
         """Secure by default: with certificates from Consul, authorization follows Consul's intentions unless
         ``authz.source`` says otherwise. Local rules written without a source would leave it unclear which
@@ -303,13 +318,16 @@ class Config(_Section):
 
 
 def _without_credentials(url: str) -> str:
-    """`url` with any ``user:password@`` replaced, so that /config shows where traces go but not how to log in."""
+    """`url` with any ``user:password@`` and any query string replaced, so that /config shows where traces go but not
+    how to log in. The userinfo is all before the last ``@``, since a token that was not percent-encoded may hold
+    ``/``, ``?`` or ``#`` (base64 does); some collectors take an API key in the query."""
     scheme, sep, rest = url.partition("://")
-    authority, slash, path = (rest if sep else scheme).partition("/")
-    if "@" not in authority:
-        return url
-    shown = f"{REDACTED}@{authority.rpartition('@')[2]}{slash}{path}"
-    return f"{scheme}{sep}{shown}" if sep else shown
+    if not sep:
+        scheme, rest = "", scheme
+    if "@" in rest:
+        rest = f"{REDACTED}@{rest.rpartition('@')[2]}"
+    where, query, _ = rest.partition("?")
+    return f"{scheme}{sep}{where}?{REDACTED}" if query else f"{scheme}{sep}{rest}"
 
 
 def path_fields(model: type[BaseModel] = Config, prefix: tuple[str, ...] = ()) -> Iterator[tuple[str, ...]]:

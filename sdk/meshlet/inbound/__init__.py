@@ -86,7 +86,7 @@ class InboundParts:
                 clock=clock,
             )
         elif authz.rules or authz.default == "deny":
-            authorizer = IntentionsAuthorizer(Intentions.from_config(authz))
+            authorizer = IntentionsAuthorizer(Intentions.from_config(authz, config.tls.trusted_domains))
         service = config.service.name or ""
         if authorizer is not None and not service:
             raise ConfigError("service.name", None, "is required with authz: intentions name it as their destination")

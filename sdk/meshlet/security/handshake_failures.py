@@ -82,11 +82,11 @@ class Presented:
         certificate = x509.load_der_x509_certificate(der)
         try:
             sans = certificate.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
-            uris = [
-                uri for uri in sans.get_values_for_type(x509.UniformResourceIdentifier) if uri.startswith("spiffe:")
-            ]
+            uris = sans.get_values_for_type(x509.UniformResourceIdentifier)
         except x509.ExtensionNotFound:
             uris = []
+        # The X.509-SVID standard: exactly one URI SAN, the SPIFFE ID (as callers are judged, security/peers.py); a
+        # leaf with another URI SAN beside it is shown by its subject, which names no service.
         identity = uris[0] if len(uris) == 1 else certificate.subject.rfc4514_string() or None
         return cls(identity, certificate.issuer.rfc4514_string())
 

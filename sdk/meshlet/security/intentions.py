@@ -9,6 +9,11 @@ Consul's intentions. Order of evaluation, most specific first; the first rule th
 2. within one pair, the method pattern: an exact method, then ``/pkg.Service/*``, then ``*``;
 3. within one pair and one pattern, deny before allow, so two conflicting rules can only deny.
 
+A deny rule's methods match whatever the case of the path (``/shop.admin/drop`` is denied by a deny on
+``/shop.Admin/Drop``): gRPC paths are case-sensitive, but some servers route a method case-insensitively (Dubbo's
+triple protocol, for one), so a caller could otherwise reach a denied method by another spelling. An allow matches
+the exact case only.
+
 No rule matching means `default`. Trap: unlike one Consul L7 intention, which governs its pair for every
 method, a pair's rules here govern only the methods they name: another method of the same pair falls
 through to the less specific pairs and then to the default. A caller without an identity (mTLS off) matches
@@ -17,7 +22,12 @@ only rules whose source is ``*``.
 A source names a service of one namespace and admin partition, as Consul's intention sources carry a SourceNS and
 a SourcePartition, spelt as Consul's CLI does: ``[<partition>/][<namespace>/]<service>``, each left out meaning
 ``default``. So ``gateway`` and ``*`` never match a caller of namespace ``sandbox`` or partition ``evil``, whose
-SPIFFE IDs differ only there; ``sandbox/gateway`` or ``sandbox/*`` does. Pure: no I/O.
+SPIFFE IDs differ only there; ``sandbox/gateway`` or ``sandbox/*`` does.
+
+A source names a service of our own trust domain unless its rule names a `trust_domain`: federating a trust domain
+(``tls.trusted_domains``) lets its CA vouch for its own services, never for ours, so ``gateway`` does not match
+``spiffe://other.example/.../svc/gateway``; a rule with ``trust_domain: other.example`` does (and only it). Pure:
+no I/O.
 """
 
 from __future__ import annotations
@@ -55,6 +65,7 @@ class Intention:
     destination: str
     methods: tuple[str, ...]
     action: Action
+    trust_domain: str | None = None  # the source's federated trust domain; None: our own
 
     def __post_init__(self) -> None:
         source_key(self.source)  # raises ValueError for a malformed source
@@ -65,48 +76,71 @@ class Intention:
 
     def __str__(self) -> str:
         methods = "" if self.methods == (WILDCARD,) else f" [{', '.join(self.methods)}]"
-        return f"{self.source} -> {self.destination}{methods} ({self.action})"
+        source = f"{self.source} of {self.trust_domain}" if self.trust_domain else self.source
+        return f"{source} -> {self.destination}{methods} ({self.action})"
 
 
 class Intentions:
     """A rule set and its default, sorted once into evaluation order (see the module docstring)."""
 
-    __slots__ = ("_ordered", "default", "rules")
+    __slots__ = ("_ordered", "default", "federated", "rules")
 
-    def __init__(self, rules: Iterable[Intention], default: Action = "allow") -> None:
+    def __init__(self, rules: Iterable[Intention], default: Action = "allow", federated: Iterable[str] = ()) -> None:
+        """`federated`: the trust domains accepted beside our own (``tls.trusted_domains``), whose callers match
+        only the rules that name their trust domain."""
         if default not in ("allow", "deny"):
             raise ValueError(f"the default must be 'allow' or 'deny', got {default!r}")
         self.rules = tuple(rules)
         self.default = default
+        self.federated = frozenset(federated)
         # One (rule, pattern) entry per pattern, so a rule naming an exact method and a whole service ranks each.
         entries = [(rule, pattern, source_key(rule.source)) for rule in self.rules for pattern in rule.methods]
-        self._ordered: Sequence[tuple[Intention, str, SourceKey]] = sorted(entries, key=_rank)
+        # A deny's pattern is kept lower-cased and matched against the lower-cased path (see the module docstring).
+        self._ordered: Sequence[tuple[Intention, str, SourceKey]] = [
+            (rule, pattern.lower() if rule.action == "deny" else pattern, key)
+            for rule, pattern, key in sorted(entries, key=_rank)
+        ]
 
     @classmethod
-    def from_config(cls, authz: AuthzConfig) -> Intentions:
+    def from_config(cls, authz: AuthzConfig, federated: Iterable[str] = ()) -> Intentions:
         return cls(
-            (Intention(rule.from_, rule.to, tuple(rule.methods), rule.action) for rule in authz.rules),
+            (
+                Intention(rule.from_, rule.to, tuple(rule.methods), rule.action, rule.trust_domain)
+                for rule in authz.rules
+            ),
             default=authz.default,
+            federated=federated,
         )
 
     def decide(self, source: SpiffeId | str | None, destination: str, method: str) -> Decision:
         """Whether `source` (a caller's identity, or the name of a service of the default namespace and partition;
         None for a caller without an identity) may call `method` (``/pkg.Service/Method``) on `destination`."""
+        domain: str | None = None  # the caller's trust domain when federated; None: ours (or no identity)
         if source is None:
             caller: SourceKey | None = None
         elif isinstance(source, SpiffeId):
             caller = (source.partition or DEFAULT_PARTITION, source.namespace, source.service)
+            if source.trust_domain in self.federated:
+                domain = source.trust_domain
         else:
             caller = (DEFAULT_PARTITION, DEFAULT_NAMESPACE, source)
+        folded = method.lower()
         for rule, pattern, key in self._ordered:
             if (
-                (key == _ANYONE if caller is None else key[:2] == caller[:2] and key[2] in (WILDCARD, caller[2]))
+                rule.trust_domain == domain
+                and (key == _ANYONE if caller is None else key[:2] == caller[:2] and key[2] in (WILDCARD, caller[2]))
                 and rule.destination in (WILDCARD, destination)
-                and method_matches(method, pattern)
+                and method_matches(folded if rule.action == "deny" else method, pattern)
             ):
                 return Decision(rule.action == "allow", f"matched intention {rule}")
         if source is None:
             return Decision(self.default == "allow", f"the caller has no identity and authz.default is {self.default}")
+        if domain is not None:
+            return Decision(
+                self.default == "allow",
+                f"no intention matches and authz.default is {self.default} (a caller of the federated trust domain "
+                f"{domain} matches only rules with trust_domain: {domain})",
+            )
         return Decision(self.default == "allow", f"no intention matches and authz.default is {self.default}")
 
     def __repr__(self) -> str:

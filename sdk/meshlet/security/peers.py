@@ -8,7 +8,10 @@ adds what the TLS stacks do not check or do not agree on:
 - the trust domain is ours (our own certificate's) or one that ``tls.trusted_domains`` federates explicitly: a
   second CA in the bundle cannot vouch for identities of another trust domain;
 - the chain honours every CA's path length constraint, the trust anchor's included: BoringSSL (grpc, the L7 path)
-  ignores the anchor's, OpenSSL (Python's ssl, the L4 path) applies it; both paths now refuse the same chains.
+  ignores the anchor's, OpenSSL (Python's ssl, the L4 path) applies it; both paths now refuse the same chains;
+- the certificate is still valid: the handshake checked its dates once, but a connection lives for hours, so a
+  verdict keeps when the leaf (or an intermediate it presented) expires and is refused from then on. Short-lived
+  leaves stand in for revocation only if an expired one stops working on the connections it opened.
 
 Judged once per certificate and remembered (`CallerIdentities`), so a call costs one dict lookup beside reading
 the auth context grpc already holds. Pure apart from reading grpc's context.
@@ -16,8 +19,11 @@ the auth context grpc already holds. Pure apart from reading grpc's context.
 
 from __future__ import annotations
 
+import math
+import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from typing import Any
 
 from cryptography import x509
@@ -32,10 +38,12 @@ MAX_REMEMBERED = 4096  # certificates judged and kept; the first in is the first
 @dataclass(frozen=True, slots=True)
 class PeerVerdict:
     """A caller's identity (`uri`, canonical) or why its certificate names none we accept (`refusal`); both None
-    for a caller that presented no certificate."""
+    for a caller that presented no certificate. `expires_at` (seconds since the epoch) is when the certificate or an
+    intermediate it presented stops being valid: the L4 path ends its connection then."""
 
     uri: str | None
     refusal: str | None = None
+    expires_at: float = math.inf
 
 
 NO_CERTIFICATE = PeerVerdict(None)
@@ -157,24 +165,42 @@ def _issued_by(cert: x509.Certificate, ca: x509.Certificate) -> bool:
     return True
 
 
+def bundle_certificates(material: TlsMaterial) -> list[x509.Certificate]:
+    """The certificates of `material`'s trust bundle."""
+    return x509.load_pem_x509_certificates(material.trust_bundle_pem)
+
+
+def left_the_bundle(leaf_der: bytes, before: Sequence[x509.Certificate], now: Sequence[x509.Certificate]) -> bool:
+    """Whether the CA that signed `leaf_der` was in the bundle `before` and is not `now`: its connections, verified
+    under the old bundle, are no longer vouched for. (A leaf signed by an intermediate the caller presented cannot be
+    told this way on the L4 path, where Python's ssl shows only the leaf: False.)"""
+    leaf = x509.load_der_x509_certificate(leaf_der)
+    return any(_issued_by(leaf, ca) for ca in before) and not any(_issued_by(leaf, ca) for ca in now)
+
+
 class _Judge:
     """The verdicts under one trust bundle, one per certificate."""
 
-    __slots__ = ("_domains", "_roots", "_verdicts")
+    __slots__ = ("_domains", "_roots", "_verdicts", "material")
 
     def __init__(self, material: TlsMaterial, trusted_domains: Iterable[str]) -> None:
+        self.material = material
         self._roots = x509.load_pem_x509_certificates(material.trust_bundle_pem)
         self._domains = frozenset({material.identity.trust_domain, *trusted_domains})
         self._verdicts: dict[tuple[bytes, bytes | None], PeerVerdict] = {}
 
-    def verdict(self, leaf: bytes, chain: bytes | None, load: Callable[[bytes], x509.Certificate]) -> PeerVerdict:
+    def verdict(
+        self, leaf: bytes, chain: bytes | None, load: Callable[[bytes], x509.Certificate], now: float
+    ) -> PeerVerdict:
         key = (leaf, chain)
         found = self._verdicts.get(key)
         if found is None:
             try:
                 intermediates = None if chain is None else x509.load_pem_x509_certificates(chain) if chain else []
-                identity = judge_certificate(load(leaf), intermediates, self._roots, self._domains)
-                found = PeerVerdict(identity.uri)
+                certificate = load(leaf)
+                identity = judge_certificate(certificate, intermediates, self._roots, self._domains)
+                expires_at = min(cert.not_valid_after_utc.timestamp() for cert in (certificate, *(intermediates or ())))
+                found = PeerVerdict(identity.uri, expires_at=expires_at)
             except RefusedPeer as refused:
                 found = PeerVerdict(None, str(refused))
             except ValueError:
@@ -182,19 +208,38 @@ class _Judge:
             if len(self._verdicts) >= MAX_REMEMBERED:
                 del self._verdicts[next(iter(self._verdicts))]
             self._verdicts[key] = found
+        if now >= found.expires_at:
+            return _expired(found.expires_at)
         return found
+
+
+def _expired(expires_at: float) -> PeerVerdict:
+    when = datetime.fromtimestamp(expires_at, UTC).isoformat(timespec="seconds")
+    return PeerVerdict(
+        None,
+        f"the certificate expired at {when} (it was valid when the connection was made): renew it (Consul's Connect "
+        "CA and meshlet's sources rotate leaves before they expire) and connect again",
+        expires_at,
+    )
 
 
 class CallerIdentities:
     """Callers' identities on a server whose certificates come from `source`: `of_call` on the L7 paths (a grpc
     servicer context), `of_der` on the L4 path (the leaf Python's ssl verified). The verdicts are kept per
-    certificate and start afresh when the trust bundle rotates."""
+    certificate and start afresh when the trust bundle rotates; a certificate past its expiry is refused (`wall_clock`
+    is seconds since the epoch, as certificates' dates are)."""
 
-    __slots__ = ("_judge", "_source", "_trusted")
+    __slots__ = ("_judge", "_source", "_trusted", "_wall_clock")
 
-    def __init__(self, source: CertificateSource, trusted_domains: Iterable[str] = ()) -> None:
+    def __init__(
+        self,
+        source: CertificateSource,
+        trusted_domains: Iterable[str] = (),
+        wall_clock: Callable[[], float] = time.time,
+    ) -> None:
         self._source = source
         self._trusted = tuple(trusted_domains)
+        self._wall_clock = wall_clock
         self._judge: _Judge | None = None  # built on first use: the source may start after the server is made
 
     def of_call(self, context: Any) -> PeerVerdict:
@@ -204,23 +249,29 @@ class CallerIdentities:
         if not leaf:
             return NO_CERTIFICATE
         chain = auth.get("x509_pem_cert_chain")
-        return self._current().verdict(leaf[0], chain[0] if chain else b"", x509.load_pem_x509_certificate)
+        return self._current().verdict(
+            leaf[0], chain[0] if chain else b"", x509.load_pem_x509_certificate, self._wall_clock()
+        )
 
     def of_der(self, leaf_der: bytes | None) -> PeerVerdict:
         """The caller of an L4 connection, from the leaf OpenSSL verified (path lengths included)."""
         if not leaf_der:
             return NO_CERTIFICATE
-        return self._current().verdict(leaf_der, None, x509.load_der_x509_certificate)
+        return self._current().verdict(leaf_der, None, x509.load_der_x509_certificate, self._wall_clock())
 
     def _current(self) -> _Judge:
         judge = self._judge
         if judge is None:
             judge = self._judge = _Judge(self._source.current(), self._trusted)
-            self._source.subscribe(self._rotated)
+            self._source.subscribe(self.rotated)
         return judge
 
-    def _rotated(self, material: TlsMaterial) -> None:
-        self._judge = _Judge(material, self._trusted)
+    def rotated(self, material: TlsMaterial) -> None:
+        """Judge under `material`'s trust bundle from now on. The source calls it on rotation; a subscriber that
+        judges again on rotation calls it first, since the source's order of calls is not said (idempotent)."""
+        judge = self._judge
+        if judge is None or judge.material is not material:
+            self._judge = _Judge(material, self._trusted)
 
     def __repr__(self) -> str:
         return f"<CallerIdentities trusting {', '.join(self._trusted) or 'our trust domain only'}>"

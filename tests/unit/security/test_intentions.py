@@ -164,3 +164,12 @@ def test_a_wildcard_source_covers_its_own_namespace_only() -> None:
 def test_a_malformed_source_is_refused(source: str) -> None:
     with pytest.raises(ValueError, match="partition"):
         rule(source, "orders", "allow")
+
+
+def test_a_denied_federated_caller_is_told_which_rules_it_can_match() -> None:
+    foreign = SpiffeId.parse(GATEWAY_URI.replace("meshlet.local", "other.example"))
+    intentions = Intentions([rule("gateway", "orders", "allow")], default="deny", federated=["other.example"])
+    decision = intentions.decide(foreign, "orders", CREATE)
+    assert not decision.allowed
+    assert "trust_domain: other.example" in decision.reason
+    assert intentions.decide(SpiffeId.parse(GATEWAY_URI), "orders", CREATE).allowed
