@@ -9,6 +9,7 @@ Errors carry Consul's wording so the HTTP layer can answer ``400 Request decode 
 
 from __future__ import annotations
 
+import math
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -84,7 +85,7 @@ def _convert(value: Any, spec: Field, path: str) -> Any:
             raise _type_error(value, "bool", path)
         return value
     if kind == "int":
-        if isinstance(value, bool) or not isinstance(value, int | float) or value != int(value):
+        if isinstance(value, bool) or not isinstance(value, int | float) or not _whole(value):
             raise _type_error(value, "int", path)
         return int(value)
     if kind == "float":
@@ -122,6 +123,11 @@ def _json_type(value: Any) -> str:
     if isinstance(value, list):
         return "array"
     return "object" if isinstance(value, dict) else "null"
+
+
+def _whole(value: int | float) -> bool:
+    """An integer, or a float that is one: JSON's ``1e999999`` reads as inf, which no int() takes."""
+    return isinstance(value, int) or (math.isfinite(value) and value == int(value))
 
 
 def _type_error(value: Any, go_type: str, path: str) -> DecodeError:

@@ -19,6 +19,7 @@ from meshlet.devagent.api.guard import AllowedHosts, guard
 from meshlet.devagent.checks import CheckRunner
 from meshlet.devagent.persist import load_snapshot, save_snapshot
 from meshlet.devagent.state import AgentState
+from meshlet.http_limits import MAX_BODY_BYTES, RUNNER_LIMITS
 
 log = logging.getLogger("meshlet.devagent")
 
@@ -68,7 +69,7 @@ class DevAgent:
 
     def build_app(self) -> web.Application:
         allowed = AllowedHosts(self.config.http_host, self.config.allowed_hosts)
-        app = web.Application(middlewares=[guard(allowed), common.consul_errors], client_max_size=1024**2)
+        app = web.Application(middlewares=[guard(allowed), common.consul_errors], client_max_size=MAX_BODY_BYTES)
         app[common.AGENT] = self
         for section in (agent, health, catalog, kv, status, connect):
             section.add_routes(app)
@@ -86,7 +87,7 @@ class DevAgent:
         if self.config.data_dir is not None:
             self.state.index.subscribe(self._schedule_persist)
         await self.checks.start()
-        self._runner = web.AppRunner(self.build_app(), handle_signals=False, access_log=None)
+        self._runner = web.AppRunner(self.build_app(), handle_signals=False, access_log=None, **RUNNER_LIMITS)
         await self._runner.setup()
         site = web.TCPSite(self._runner, self.config.http_host, self.config.http_port, reuse_address=True)
         await site.start()

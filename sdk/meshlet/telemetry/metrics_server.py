@@ -11,6 +11,7 @@ from collections.abc import Callable
 from aiohttp import web
 
 from meshlet.config import listen_host
+from meshlet.http_limits import MAX_BODY_BYTES, RUNNER_LIMITS
 
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"  # Prometheus text exposition 0.0.4
 
@@ -28,12 +29,12 @@ class MetricsServer:
         self._runner: web.AppRunner | None = None
 
     async def start(self) -> int:
-        app = web.Application()
+        app = web.Application(client_max_size=MAX_BODY_BYTES)
         app.router.add_get("/metrics", self._metrics)
         app.router.add_get("/ready", self._ready)
         app.router.add_get("/live", self._live)
         # No access log (a scraper every few seconds), and a stop that never waits long on one.
-        runner = web.AppRunner(app, handle_signals=False, access_log=None, shutdown_timeout=1.0)
+        runner = web.AppRunner(app, handle_signals=False, access_log=None, shutdown_timeout=1.0, **RUNNER_LIMITS)
         await runner.setup()
         try:
             await web.TCPSite(runner, listen_host(self.host.strip("[]")), self.port, reuse_address=True).start()
