@@ -1,25 +1,36 @@
 # syntax=docker/dockerfile:1
-# One image for every meshlet process in k8s/: `meshlet`, `meshlet-sidecar` and `python -m services.<name>`.
-# The builder turns the project and its dependencies into wheels; the final stage installs only those wheels,
-# so it carries no compilers, no pip cache and no source tree, and runs as an unprivileged numeric user
-# (runAsNonRoot can check a number, not a name).
+# One image for every meshlet process in k8s/: `meshlet`, `meshlet-sidecar` and `python -m meshlet_shop.<name>`.
+# The builder turns the dependencies pinned in requirements.lock (every version with its hashes: pip refuses any
+# other file) and then the project into wheels; the final stage installs only those wheels, so it carries no
+# compilers, no pip cache and no source tree, and runs as an unprivileged numeric user (runAsNonRoot can check a
+# number, not a name). Two builds of one commit install the same files.
 #
-#   docker build -t meshlet:0.1.0 .          the tag k8s/base/kustomization.yaml names (the project's version)
+#   make image        docker build tagged meshlet:<version>-g<commit>, labelled with both (docs/kubernetes.md)
+#   make lock         requirements.lock again, after changing [project] dependencies in pyproject.toml
 
 ARG PYTHON_IMAGE=python:3.11-slim-bookworm
 
 FROM ${PYTHON_IMAGE} AS build
 ENV PIP_DISABLE_PIP_VERSION_CHECK=1 PIP_NO_CACHE_DIR=1
 WORKDIR /src
-COPY pyproject.toml README.md ./
+COPY requirements.lock ./
+# --require-hashes: a file whose hash the lock does not list (another version, a tampered mirror) fails the build.
+RUN pip wheel --require-hashes --wheel-dir /wheels -r requirements.lock
+COPY pyproject.toml README.md LICENSE ./
 COPY sdk/ sdk/
 COPY sidecar/ sidecar/
 COPY protos/ protos/
 COPY services/ services/
-# grpcio, cryptography and pydantic-core publish manylinux wheels, so no compiler is needed even here.
-RUN pip wheel --wheel-dir /wheels .
+# The project alone: its dependencies are the locked wheels above. grpcio, cryptography and pydantic-core publish
+# manylinux wheels, so no compiler is needed even here.
+RUN pip wheel --no-deps --wheel-dir /wheels .
 
 FROM ${PYTHON_IMAGE} AS runtime
+ARG MESHLET_VERSION=unknown
+ARG MESHLET_REVISION=unknown
+LABEL org.opencontainers.image.title=meshlet \
+      org.opencontainers.image.version=${MESHLET_VERSION} \
+      org.opencontainers.image.revision=${MESHLET_REVISION}
 ENV PIP_DISABLE_PIP_VERSION_CHECK=1 PIP_NO_CACHE_DIR=1 \
     PYTHONDONTWRITEBYTECODE=1 PYTHONUNBUFFERED=1 \
     HOME=/tmp

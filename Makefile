@@ -4,7 +4,7 @@ VENV   := .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed-stamp
 
-.PHONY: demo test lint typecheck unit protos bench dev-agent fmt clean screenshot
+.PHONY: demo test lint typecheck unit protos bench dev-agent fmt clean screenshot lock image
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -c 'import sys; sys.exit("meshlet needs Python 3.11 or newer") if sys.version_info < (3, 11) else None'
@@ -50,5 +50,22 @@ fmt: $(STAMP)
 	$(PY) -m ruff format .
 	$(PY) -m ruff check --fix .
 
+## requirements.lock: every runtime dependency of the image pinned with its hashes (pip-tools' pip-compile, run
+## on Python 3.11 as the image is, against PyPI alone). Rerun after changing [project] dependencies; commit it.
+LOCK_VENV := .lock-venv
+lock:
+	test -x $(LOCK_VENV)/bin/pip-compile || (python3.11 -m venv $(LOCK_VENV) && $(LOCK_VENV)/bin/pip install --quiet pip-tools)
+	env -u PIP_FIND_LINKS -u PIP_CONSTRAINT PIP_CONFIG_FILE=/dev/null $(LOCK_VENV)/bin/pip-compile --quiet \
+	    --generate-hashes --strip-extras --no-emit-index-url --no-emit-find-links --index-url https://pypi.org/simple \
+	    --output-file requirements.lock pyproject.toml
+
+## The image, tagged with the project's version and the commit it is built from (docs/kubernetes.md: releases).
+VERSION  = $(shell $(PYTHON) -c 'import tomllib; print(tomllib.load(open("pyproject.toml", "rb"))["project"]["version"])')
+REVISION = $(shell git rev-parse HEAD)
+IMAGE   ?= meshlet
+image:
+	docker build --build-arg MESHLET_VERSION=$(VERSION) --build-arg MESHLET_REVISION=$(REVISION) \
+	    -t $(IMAGE):$(VERSION)-g$(shell git rev-parse --short=12 HEAD) .
+
 clean:
-	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache
+	rm -rf $(VENV) $(LOCK_VENV) .pytest_cache .mypy_cache .ruff_cache

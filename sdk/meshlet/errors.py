@@ -13,12 +13,14 @@
              ├─ RateLimited            RESOURCE_EXHAUSTED   the caller is over its rate limit (with pushback)
              ├─ IntentionDenied        PERMISSION_DENIED    an intention denies caller -> target
              ├─ Unauthenticated        UNAUTHENTICATED      no or an unverifiable client certificate
+             ├─ MethodPathInvalid      UNIMPLEMENTED        the call's path is not exactly /<service>/<method>
              ├─ ChannelClosed          UNAVAILABLE          the mesh closed the channel a call was running on
              └─ UpstreamFailed         ABORTED or UNKNOWN   a server's handler (or app) failed because its own
                                                             upstream call did: see `upstream_failed`
          └─ explained_failure(...)     a transport failure meshlet explained, e.g. TLS_HANDSHAKE_FAILED
                                        (UNAVAILABLE): not a MeshError, so it is retried as the bare one was
     ConfigError (ValueError)           a bad configuration: exit 2 with the field, the value and the fix
+    CannotListen (SystemExit)          a listener cannot bind its port: exit 1 with one line naming it
 
 A MeshError is an ``AioRpcError`` so callers handle it as any failed call (``e.code()``, ``e.details()``),
 and its trailing metadata holds ``grpc-status-details-bin``, so ``grpc_status.rpc_status.from_call(e)``
@@ -28,6 +30,8 @@ yields the ErrorInfo (domain ``meshlet.dev``) whose reason and metadata say why.
 from __future__ import annotations
 
 import enum
+import errno
+import os
 from collections.abc import Mapping
 
 import grpc
@@ -51,6 +55,7 @@ class ErrorReason(enum.StrEnum):
     RATE_LIMITED = "RATE_LIMITED"
     INTENTION_DENIED = "INTENTION_DENIED"
     UNAUTHENTICATED = "UNAUTHENTICATED"
+    METHOD_PATH_INVALID = "METHOD_PATH_INVALID"
     CHANNEL_CLOSED = "CHANNEL_CLOSED"
     UPSTREAM_FAILED = "UPSTREAM_FAILED"
     TLS_HANDSHAKE_FAILED = "TLS_HANDSHAKE_FAILED"
@@ -119,6 +124,13 @@ class IntentionDenied(MeshError):
 class Unauthenticated(MeshError):
     code_ = grpc.StatusCode.UNAUTHENTICATED
     reason = ErrorReason.UNAUTHENTICATED
+
+
+class MethodPathInvalid(MeshError):
+    """UNIMPLEMENTED, as a gRPC server answers a path that names no method: a caller must not retry it."""
+
+    code_ = grpc.StatusCode.UNIMPLEMENTED
+    reason = ErrorReason.METHOD_PATH_INVALID
 
 
 class ChannelClosed(MeshError):
@@ -222,3 +234,19 @@ class ConfigError(ValueError):
         self.source = source  # the file, environment variable or flag the value came from
         origin = f" (from {source})" if source else ""
         super().__init__(f"invalid config: {path} = {value!r}{origin}: {allowed}")
+
+
+class CannotListen(SystemExit):
+    """A meshlet listener cannot bind its address: the port is taken (meshlet never shares one, SO_REUSEPORT is
+    off) or the address is not this host's. A SystemExit, so that uncaught it ends the process with exit 1 and
+    this one line, never a traceback, as the CLIs do; catch it to do otherwise."""
+
+    def __init__(self, message: str, *, address: str) -> None:
+        super().__init__(message)
+        self.address = address
+
+
+def describe_os_error(error: OSError) -> str:
+    """A bind's OSError in the kernel's words, saying who is at fault when the port is taken."""
+    reason = os.strerror(error.errno) if error.errno else str(error)  # asyncio words its own strerror
+    return f"{reason}: another process holds the port" if error.errno == errno.EADDRINUSE else reason

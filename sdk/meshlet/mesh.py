@@ -10,8 +10,9 @@ import functools
 import logging
 import random
 import signal
+import sys
 import time
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -28,25 +29,29 @@ from meshlet.deadline import Clock
 from meshlet.discovery.consul_client import ConsulFactory, consul_factory, read_token_file
 from meshlet.discovery.consul_watch import ConsulWatch
 from meshlet.discovery.instances import InstanceReport
-from meshlet.discovery.registration import Registration
+from meshlet.discovery.registration import WILDCARDS, Registration, registered_address
 from meshlet.errors import ConfigError
 from meshlet.events import EventBus
 from meshlet.inbound import InboundHandler, InboundParts, build_inbound
 from meshlet.security.certs import (
     CertificateSource,
-    caller_spiffe_id,
     channel_credentials,
     channel_options,
     server_credentials,
 )
 from meshlet.security.handshake_failures import Expectation, HandshakeFailures
 from meshlet.security.identity import SpiffeId
+from meshlet.security.peers import CallerIdentities
 from meshlet.security.sources import make_source
+from meshlet.security.upstream_identity import VerifiedEndpoints
 from meshlet.telemetry.access_log import AccessLog
+from meshlet.telemetry.method_names import MethodNames
 from meshlet.telemetry.metrics import Metrics
 from meshlet.telemetry.metrics_server import MetricsServer
+from meshlet.telemetry.state_log import StateLog
 from meshlet.telemetry.tracing import Tracing, build_tracing
 from meshlet.transport.channels import SERVER_OPTIONS, ChannelFactory, EndpointChannels, insecure_channel
+from meshlet.transport.listen import add_port, join_host_port
 from meshlet.transport.mesh_channel import MeshChannel
 from meshlet.transport.server import InboundInterceptor
 from meshlet.upstream import Upstream
@@ -91,6 +96,9 @@ class Mesh:
         """The tracer provider and its exporters; None when tracing is off (no OTLP endpoint, no span file)."""
         if self.tracing is not None:
             self.events.subscribe(self.tracing.on_event)
+        self.state_log = StateLog()
+        """Breakers, ejections and retry budgets changing state, one log line each (sampled trace or not)."""
+        self.state_log.watch(self.events)
         if metrics is None and config.telemetry.metrics_port is not None:
             metrics = Metrics()
         self.metrics = metrics
@@ -102,6 +110,9 @@ class Mesh:
             if self.tracing is not None:
                 doc = "Spans dropped because the exporter's queue was full (the collector was away or slow)"
                 metrics.counter_from("meshlet_spans_dropped", doc, self.tracing.dropped_spans)
+                doc = "Spans an exporter failed to deliver, by reason (export_failed: the collector unreachable, "
+                doc += "refusing or too slow; exporter_error: the exporter raised)"
+                metrics.counters_from("meshlet_spans_export_failed", doc, "reason", self.tracing.failed_exports)
         self._access_log = AccessLog() if config.telemetry.access_log else None
         self._metrics_server: MetricsServer | None = None
         self._clock = clock
@@ -114,7 +125,13 @@ class Mesh:
         )
         self._upstreams: dict[str, Upstream] = {}
         self._watches: dict[str, ConsulWatch] = {}
+        self._verified: dict[str, VerifiedEndpoints] = {}
         self._channels: dict[str, MeshChannel] = {}
+        self._own_channels: dict[str, MeshChannel] = {}
+        self.declared_methods: Callable[[str, str], bool] = _every_method
+        """(upstream, method path) -> whether the upstream is known to have the method: metrics and span names call
+        those by name, others only once they have been answered. The SDK: all (its stubs'); the sidecar narrows it
+        to its descriptor sets and reflection answers, its apps' calls being anyone's paths."""
         self._stop = asyncio.Event()
         self._starting: set[asyncio.Task[None]] = set()
         self._tls: CertificateSource | None = make_source(
@@ -128,8 +145,16 @@ class Mesh:
 
     @classmethod
     def from_env(cls, path: str | Path | None = None, **overrides: Any) -> Mesh:
-        """Config from ``MESHLET_CONFIG`` (or `path`), ``MESHLET_*`` variables and ``CONSUL_HTTP_ADDR``."""
-        return cls(load_config(path, overrides=overrides or None))
+        """Config from ``MESHLET_CONFIG`` (or `path`), ``MESHLET_*`` variables and ``CONSUL_HTTP_ADDR``.
+
+        For a process's main, as meshlet's own commands: a bad config prints one line naming the field and the fix
+        on stderr and ends the process with exit 2 (SystemExit), never a traceback. ``Mesh(load_config(...))``
+        raises the ConfigError instead, for code that handles it."""
+        try:
+            return cls(load_config(path, overrides=overrides or None))
+        except ConfigError as error:
+            print(f"meshlet: {error}", file=sys.stderr)
+            raise SystemExit(2) from None
 
     async def __aenter__(self) -> Mesh:
         await self.start()
@@ -141,7 +166,7 @@ class Mesh:
         port = self.config.telemetry.metrics_port
         if port is not None and self.metrics is not None and self._metrics_server is None:
             server = MetricsServer(
-                self.metrics.render,
+                self.metrics.exposition,
                 self.config.telemetry.metrics_host,
                 port,
                 health=lambda: _overall_status(self.health),
@@ -151,6 +176,15 @@ class Mesh:
         if self._tls is not None and not self._tls_started:
             await self._tls.start()
             self._tls_started = True
+            if self._tls.current().identity_dns_name is None:
+                log.warning(
+                    "our certificate has no identity DNS SAN (a URI-only leaf, as a real Consul issues): grpc checks "
+                    "upstream servers by their common name, which names the service only lowered and stripped to "
+                    "[a-z0-9] (led-ger and ledger share one); meshlet checks each endpoint's URI SAN once before "
+                    "using it, but a process that later takes over a checked endpoint's address is checked by the "
+                    "common name only",
+                    extra={"event": "weak_server_check"},
+                )
             self._tls.subscribe(lambda _material: self._refresh_channels())
 
     @property
@@ -204,6 +238,24 @@ class Mesh:
             )
         return found
 
+    def _declared_outbound(self, service: str, path: str) -> bool:
+        return self.declared_methods(service, path)
+
+    def own_channel(self, service: str) -> MeshChannel:
+        """A channel for the mesh's own calls to `service` (a sidecar asking its reflection service): the same
+        endpoints, balancing and breakers, but no spans, metrics or access log lines, and each call must carry
+        ``MESH_OWN_METADATA`` so that the other side keeps it out of its numbers too."""
+        found = self._own_channels.get(service)
+        if found is None:
+            upstream = self.upstream(service)
+            found = self._own_channels[service] = MeshChannel(
+                service,
+                upstream.own_handler,
+                is_idempotent=lambda path: True,  # reflection only reads
+                replay_limit_bytes=upstream.policy.retry.replay_buffer_bytes,
+            )
+        return found
+
     def upstream(self, service: str) -> Upstream:
         """The per-destination state for `service`, created (and its discovery started) on first use."""
         found = self._upstreams.get(service)
@@ -223,11 +275,22 @@ class Mesh:
                 access_log=self._access_log,
                 explain_failure=handshakes.explain,
                 instances=InstanceReport.from_consul(service, self._consul),
+                names=MethodNames(functools.partial(self._declared_outbound, service)),
             )
+            on_update = found.update_endpoints
+            if self._tls is not None and self._tls.current().identity_dns_name is None:
+                # URI-only leaves (a real Consul): grpc can match only the common name, which services share
+                # (led-ger, ledger), so each endpoint proves it is `service` by its URI SAN before it is used.
+                # Leaves with the identity DNS SAN need no such check: grpc matches it on every connection.
+                verified = self._verified[service] = VerifiedEndpoints(
+                    self._upstream_identity(service), self._tls, found.update_endpoints
+                )
+                found.refused_endpoints = lambda: verified.refused
+                on_update = verified.update
             watch = self._watches[service] = ConsulWatch(
                 service,
                 consul=self._consul,
-                on_update=found.update_endpoints,
+                on_update=on_update,
                 events=self.events,
                 rng=self._rng,
             )
@@ -236,13 +299,25 @@ class Mesh:
             task.add_done_callback(self._starting.discard)
         return found
 
+    def _upstream_identity(self, service: str) -> Callable[[], SpiffeId]:
+        """The identity an instance of `service` must present: our trust domain, partition and namespace."""
+        source = self._tls
+        assert source is not None
+
+        def expected() -> SpiffeId:
+            ours = source.current().identity
+            return SpiffeId(ours.trust_domain, ours.namespace, ours.datacenter, service, ours.partition)
+
+        return expected
+
     def _expectation(self, service: str) -> Expectation:
         """What a server of `service` must present, with our current certificate (read when a handshake failed)."""
         if self._tls is None or not self._tls_started:
             return Expectation(service)
-        ours = self._tls.current().identity
+        material = self._tls.current()
+        ours = material.identity
         expected = SpiffeId(ours.trust_domain, ours.namespace, self.config.consul.datacenter or "dc1", service)
-        return Expectation(service, expected.uri, ours.trust_domain, ours.uri)
+        return Expectation(service, expected.uri, ours.trust_domain, ours.uri, material.trust_bundle_pem)
 
     def _channel_factory(self, service: str) -> ChannelFactory:
         """Plaintext, or mTLS with our current certificate, verifying that the server is `service`."""
@@ -274,40 +349,59 @@ class Mesh:
         limits, deadline, as configured); serve it with `serve()`."""
         if self._inbound is None:
             self._inbound = InboundParts.from_config(
-                self.config, consul=self._consul, clock=self._clock, tracer=self.tracer, metrics=self.metrics
+                self.config,
+                consul=self._consul,
+                clock=self._clock,
+                tracer=self.tracer,
+                metrics=self.metrics,
+                names=MethodNames(),  # every method: grpc answers unknown ones before the stages
             )
         parts = self._inbound
 
-        def build(terminal: InboundHandler) -> InboundHandler:
-            return build_inbound(terminal, parts)
+        def build(terminal: InboundHandler, method: str) -> InboundHandler:
+            return build_inbound(terminal, parts, method)  # a sidecar's reflection questions: not the app's calls
 
-        identify = caller_spiffe_id if self._tls is not None else None
+        identify = CallerIdentities(self._tls, parts.trusted_domains).of_call if self._tls is not None else None
         interceptor = InboundInterceptor(build, self._clock, identify)
-        server_options = [*SERVER_OPTIONS, *options]
+        server_options = [*options, *SERVER_OPTIONS]  # grpc takes the first of two equal keys: the caller's win
         server = grpc.aio.server(interceptors=[interceptor], options=server_options, **kwargs)
-        return _ServiceRecorder(server)
+        shares_port = any(key == "grpc.so_reuseport" and value for key, value in options)  # workers, on purpose
+        return _ServiceRecorder(server, shares_port=shares_port)
 
-    async def serve(self, server: grpc.aio.Server, port: int, *, host: str = "0.0.0.0") -> None:
+    async def serve(self, server: grpc.aio.Server, port: int, *, host: str | None = None) -> None:
         """Serve until SIGTERM/SIGINT (or `stop()`): register in Consul with a TTL check heart-beaten from the
         server's grpc.health.v1 status; on the signal report NOT_SERVING, deregister, stop accepting, drain
-        in-flight calls for ``service.drain_grace`` and return."""
+        in-flight calls for ``service.drain_grace`` and return.
+
+        It listens on `host` (default: ``service.address``, else 127.0.0.1; ``0.0.0.0`` for every interface) and
+        registers ``service.address`` (default: the address it listens on, 127.0.0.1 behind 0.0.0.0), so that by
+        default Consul names an address this server answers on. The port is this server's alone: when it is taken
+        (or the address is not this host's) it raises CannotListen, which uncaught exits 1 with one line."""
         name = self.config.service.name
         if not name:
             raise ValueError("serve() needs service.name: set it in the config file or MESHLET_SERVICE__NAME")
+        configured = self.config.service.address
+        host = host or configured or "127.0.0.1"
+        address = registered_address(host, configured)
         health_servicer = self.health
         health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
         names = [*_recorded_services(server), health.SERVICE_NAME, reflection.SERVICE_NAME]
         reflection.enable_server_reflection(names, server)
         await self.start()  # certificates, and the metrics port, for a mesh that was not entered
-        listen = f"[{host.strip('[]')}]:{port}" if ":" in host else f"{host}:{port}"  # "::": both families
-        if self._tls is not None:
-            bound = server.add_secure_port(listen, server_credentials(self._tls))
-        else:
-            bound = server.add_insecure_port(listen)
+        credentials = server_credentials(self._tls) if self._tls is not None else None
+        bound = add_port(
+            server,
+            join_host_port(host.strip("[]"), port),
+            credentials,
+            what=f"serve {name}",
+            fix="choose another port (mesh.serve(server, port=...)) or stop the process that holds it",
+            shared=getattr(server, "meshlet_shares_port", False),
+        )
         await server.start()
         for service_name in ("", *_recorded_services(server)):
             await health_servicer.set(service_name, health_pb2.HealthCheckResponse.SERVING)
-        address = self.config.service.address or "127.0.0.1"
+        if host.strip("[]") not in WILDCARDS and address != host:
+            log.warning("listening on %s but registering %s (service.address): callers dial %s", host, address, address)
         registration = Registration(
             self._consul,
             name=name,
@@ -321,7 +415,15 @@ class Mesh:
             health=lambda: _overall_status(health_servicer),
         )
         await registration.register()
-        log.info("serving %s on %s:%d", name, host, bound, extra={"service": name, "port": bound})
+        log.info(
+            "serving %s on %s:%d, registered as %s:%d",
+            name,
+            host,
+            bound,
+            address,
+            bound,
+            extra={"service": name, "port": bound, "address": address},
+        )
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, self._stop.set)
@@ -355,12 +457,15 @@ class Mesh:
         for watch in watches:
             with contextlib.suppress(Exception):
                 await watch.stop()
+        verified, self._verified = list(self._verified.values()), {}
+        await asyncio.gather(*(v.close() for v in verified), return_exceptions=True)
         upstreams, self._upstreams = list(self._upstreams.values()), {}
         await asyncio.gather(*(u.close() for u in upstreams), return_exceptions=True)
         self._channels.clear()
         metrics_server, self._metrics_server = self._metrics_server, None
         if metrics_server is not None:
             await metrics_server.stop()
+        self.state_log.flush()
         tracing, self.tracing = self.tracing, None
         if tracing is not None:  # hands over what is queued, for a few seconds at most
             await tracing.aclose()
@@ -372,9 +477,10 @@ class Mesh:
 class _ServiceRecorder(grpc.aio.Server):
     """A grpc.aio.Server that remembers the services added to it, for health and reflection."""
 
-    def __init__(self, server: grpc.aio.Server) -> None:
+    def __init__(self, server: grpc.aio.Server, *, shares_port: bool = False) -> None:
         self._server = server
         self.meshlet_services: list[str] = []
+        self.meshlet_shares_port = shares_port  # built with grpc.so_reuseport on: several workers share the port
 
     def add_generic_rpc_handlers(self, generic_rpc_handlers: Iterable[Any]) -> None:
         for handler in generic_rpc_handlers:
@@ -435,3 +541,8 @@ def _readable_token_file(config: Config) -> str | None:
         why = f"cannot be read ({error.strerror or error})"
         raise ConfigError("consul.token_file", str(path), f"{why}: it holds the Consul ACL token") from None
     return str(path)
+
+
+def _every_method(service: str, path: str) -> bool:
+    """The SDK's calls come from its stubs, the app's own code: every method it calls exists (see every_method)."""
+    return True

@@ -1,7 +1,8 @@
 """``meshlet-sidecar``: the meshlet pipelines as a process beside any app.
 
 Flags override the environment (``MESHLET_<SECTION>__<FIELD>``), which overrides the file. An invalid
-configuration exits 2 with one line naming the field, the value and what is allowed.
+configuration exits 2 with one line naming the field, the value and what is allowed; a port that another
+process holds exits 1 with one line naming it.
 """
 
 from __future__ import annotations
@@ -13,7 +14,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from meshlet.config import load_config
-from meshlet.errors import ConfigError
+from meshlet.errors import CannotListen, ConfigError
 from meshlet.telemetry.logging import configure_logging
 
 
@@ -70,6 +71,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     except ConfigError as error:
         print(f"meshlet-sidecar: {error}", file=sys.stderr)
         return 2
+    except CannotListen as error:  # a port taken: one line naming it, as for a bad config
+        print(f"meshlet-sidecar: {error}", file=sys.stderr)
+        return 1
 
 
 if __name__ == "__main__":

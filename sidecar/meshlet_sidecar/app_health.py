@@ -48,6 +48,7 @@ class AppHealth:
         self.probe_kind = GRPC_PROBE
         self.last_error: str | None = None
         self._status = UNKNOWN
+        self._health_answered = False  # the app's health service answered the last probe, whatever it said
         self._serving = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
 
@@ -57,6 +58,12 @@ class AppHealth:
     @property
     def healthy(self) -> bool:
         return self._status == SERVING
+
+    @property
+    def draining(self) -> bool:
+        """The app is up but says it is not serving: it is shutting down (a graceful server's health service turns
+        NOT_SERVING while its last calls finish), and those calls may still need the sidecar's outbound side."""
+        return self._health_answered and self._status != SERVING
 
     async def start(self) -> None:
         """Probe once, then keep probing in the background; returns once the first answer is known."""
@@ -94,6 +101,7 @@ class AppHealth:
             await self.probe()
 
     async def _probe(self) -> tuple[str, str | None]:
+        self._health_answered = False
         if self.probe_kind == GRPC_PROBE:
             answer = await self._check_grpc()
             if answer is not None:
@@ -116,6 +124,7 @@ class AppHealth:
                 if exc.code() == grpc.StatusCode.UNIMPLEMENTED:
                     return None
                 return NOT_SERVING, await self._explain(exc)
+        self._health_answered = True
         name = health_pb2.HealthCheckResponse.ServingStatus.Name(response.status)
         if name == SERVING:
             return SERVING, None
@@ -160,6 +169,14 @@ class AppHealth:
             self._serving.set()
         else:
             self._serving.clear()
+
+    def describe(self) -> str:
+        """What the last probe asked and what it found, in the words a Consul check's Output needs."""
+        if self._status == SERVING and self.probe_kind == TCP_PROBE:
+            return f"app at {self.app_address}: TCP connect accepted (it serves no grpc.health.v1)"
+        if self._status == SERVING:
+            return f"app at {self.app_address}: grpc.health.v1 status SERVING"
+        return self.last_error or f"app at {self.app_address}: {self._status} (not probed yet)"
 
     def __repr__(self) -> str:
         why = f" ({self.last_error})" if self.last_error else ""

@@ -13,7 +13,7 @@ abandons, ends that one call; grpc logs it, and the listener goes on serving the
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from contextlib import aclosing
 from typing import Any
 
@@ -21,20 +21,17 @@ import grpc
 
 from meshlet.call import Cardinality
 from meshlet.deadline import Clock
-from meshlet.errors import MeshError
+from meshlet.errors import CannotListen, MeshError
 from meshlet.inbound import InboundParts, build_inbound
 from meshlet.inbound.abandoned import mark_abandoned
-from meshlet.security.certs import CertificateSource, caller_spiffe_id, server_credentials
+from meshlet.security.certs import CertificateSource, server_credentials
+from meshlet.security.peers import CallerIdentities, PeerVerdict
 from meshlet.transport.channels import SERVER_OPTIONS
+from meshlet.transport.listen import add_port
 from meshlet.transport.raw import Built, RawHandler, RawMethods, RawUnaryHandler, generic_handler, unary_handler
 from meshlet.transport.server import abort_refused, inbound_call
 from meshlet_sidecar.forward import ForwardToApp
 from meshlet_sidecar.method_kinds import MethodTable
-
-_SERVER_OPTIONS: tuple[tuple[str, Any], ...] = (
-    ("grpc.so_reuseport", 0),  # a second sidecar on the same port must fail to start, not share the traffic
-    *SERVER_OPTIONS,
-)
 
 
 class InboundListener:
@@ -62,27 +59,21 @@ class InboundListener:
         self._forward = forward
         self._clock = clock
         self._server: grpc.aio.Server | None = None
+        self._identify: Callable[[Any], PeerVerdict] | None = (
+            CallerIdentities(source, parts.trusted_domains).of_call if source is not None else None
+        )
 
     async def start(self) -> int:
-        """Bind and serve; returns the port (useful with port 0)."""
-        server = grpc.aio.server(options=_SERVER_OPTIONS)
+        """Bind and serve; returns the port (useful with port 0). Raises CannotListen when the port is taken."""
+        server = grpc.aio.server(options=SERVER_OPTIONS)
         server.add_generic_rpc_handlers((RawMethods(self._handler_for),))
-        port: int
+        credentials = server_credentials(self._source) if self._source is not None else None
+        fix = "set sidecar.inbound (--inbound-addr) to a free local address"
         try:
-            if self._source is not None:
-                port = server.add_secure_port(self.address, server_credentials(self._source))
-            else:
-                port = server.add_insecure_port(self.address)
-        except RuntimeError as error:  # grpc's "Failed to bind to address"
-            port, cause = 0, f" ({error})"
-        else:
-            cause = ""
-        if not port:
+            port = add_port(server, self.address, credentials, what="listen for inbound calls", fix=fix)
+        except CannotListen:
             await server.stop(None)
-            raise OSError(
-                f"cannot listen for inbound calls on {self.address}{cause}: another process holds the port or the "
-                "address is not one of this host's; set sidecar.inbound (--inbound-addr) to a free local address"
-            )
+            raise
         await server.start()
         self._server, self.port = server, port
         return port
@@ -103,9 +94,9 @@ class InboundListener:
         return generic_handler(self._generic(method)), methods, known is None
 
     def _unary(self, method: str) -> RawUnaryHandler:
-        pipeline = build_inbound(self._forward.unary, self._parts)
+        pipeline = build_inbound(self._forward.unary, self._parts, method)
         clock = self._clock
-        identify = caller_spiffe_id if self._source is not None else None
+        identify = self._identify
 
         async def forward(request: bytes, context: Any) -> bytes | None:
             self.in_flight += 1
@@ -122,9 +113,9 @@ class InboundListener:
         return forward
 
     def _generic(self, method: str) -> RawHandler:
-        pipeline = build_inbound(self._forward, self._parts)
+        pipeline = build_inbound(self._forward, self._parts, method)
         clock = self._clock
-        identify = caller_spiffe_id if self._source is not None else None
+        identify = self._identify
 
         async def forward(requests: AsyncIterator[bytes], context: Any) -> None:
             self.in_flight += 1

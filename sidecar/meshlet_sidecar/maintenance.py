@@ -38,22 +38,30 @@ class Maintenance:
         self.app = app
         self.poll_s = poll_s
         self._set_in_consul = set_in_consul
+        self._active = False
         self._task: asyncio.Task[None] | None = None
 
     @property
     def active(self) -> bool:
-        return self._task is not None
+        return self._active
 
     async def enter(self) -> bool:
         """Put the instance into maintenance until the app comes back; True if the agent took it now (else the
         failing readiness still fails its TTL check at the next heartbeat)."""
-        if self._task is None:
-            log.warning("entering maintenance: %s; it ends once the app restarts and is healthy", REASON)
-            self._task = asyncio.create_task(self._end_when_the_app_is_back(), name="maintenance")
-        return await self._set_in_consul(True)
+        if self._active:
+            return await self._set_in_consul(True)
+        log.warning("entering maintenance: %s; it ends once the app restarts and is healthy", REASON)
+        self._active = True
+        await self._stop_watching()  # a previous maintenance still telling the agent it ended
+        taken = await self._set_in_consul(True)  # before the watch begins, which may end it at once
+        self._task = asyncio.create_task(self._end_when_the_app_is_back(), name="maintenance")
+        return taken
 
     async def close(self) -> None:
         """Stop watching, leaving the agent as it is: the sidecar is stopping and deregisters the instance."""
+        await self._stop_watching()
+
+    async def _stop_watching(self) -> None:
         task, self._task = self._task, None
         if task is not None:
             task.cancel()
@@ -66,9 +74,9 @@ class Maintenance:
             if await self.app.probe() == SERVING:  # a fresh answer: the last one may predate the stop
                 break
             await asyncio.sleep(self.poll_s)
-        self._task = None
+        self._active = False
         log.info("the app is healthy again after its restart: leaving maintenance")
-        while self._task is None:  # until a new drain begins
+        while True:
             if await self._set_in_consul(False):
                 break
             await asyncio.sleep(self.poll_s)  # the agent is unreachable: keep asking, callers need it back

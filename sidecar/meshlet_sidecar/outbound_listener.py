@@ -18,7 +18,9 @@ from typing import Any
 import grpc
 
 from meshlet.call import Call, Cardinality, Method
+from meshlet.errors import CannotListen
 from meshlet.transport.channels import SERVER_OPTIONS
+from meshlet.transport.listen import add_port
 from meshlet.transport.raw import (
     Built,
     RawHandler,
@@ -66,14 +68,28 @@ class OutboundListener:
         self.generic_calls = 0  # ... and by the generic stream-stream one
         self.unrouted_calls = 0  # calls for no known upstream, answered UNAVAILABLE here (outside every pipeline)
 
+    @property
+    def arrived(self) -> int:
+        """Every call that came in so far: a drain that sees it unchanged knows that no new call came."""
+        return self.unary_calls + self.generic_calls + self.unrouted_calls
+
     async def start(self) -> int:
         # The same options as every meshlet server (an app's big messages and keepalive pings are its business).
-        self._server = grpc.aio.server(options=[("grpc.so_reuseport", 0), *SERVER_OPTIONS])
-        self._server.add_generic_rpc_handlers((RawMethods(self._handler_for),))
-        self.port = self._server.add_insecure_port(self.address)
-        if not self.port:
-            raise OSError(f"cannot listen on {self.address}")
-        await self._server.start()
+        server = grpc.aio.server(options=SERVER_OPTIONS)
+        server.add_generic_rpc_handlers((RawMethods(self._handler_for),))
+        if self.fixed_upstream is None:
+            what, fix = "listen for the app's outbound calls", "set sidecar.outbound (--outbound-addr) to a free port"
+        else:
+            name = self.fixed_upstream
+            what = f"listen for calls to {name}"
+            fix = f"set upstreams.{name}.local_port (--upstream {name}=PORT) to a free one"
+        try:
+            self.port = add_port(server, self.address, None, what=what, fix=fix)
+        except CannotListen:
+            await server.stop(None)
+            raise
+        self._server = server
+        await server.start()
         return self.port
 
     async def stop(self, grace_s: float | None) -> None:

@@ -5,7 +5,8 @@ listeners -> discovery of every configured upstream -> inbound listener -> app h
 when certificates are loaded, listeners are up, discovery has answered and the app is healthy.
 
 Stop, on SIGTERM or SIGINT: fail readiness -> deregister from Consul -> stop accepting inbound and drain the
-calls in flight -> keep outbound working while the app finishes, up to the grace period -> exit 0.
+calls in flight -> keep outbound working while the app finishes (calls in flight, the app draining, or a call
+within the last QUIET_S), all within the grace period -> exit 0.
 
 The app container stops before the sidecar (a native sidecar stops last), and may stop alone (a restart after a
 failed liveness probe): its preStop hook asks the admin port to drain (``POST /drain``), which puts the instance
@@ -16,6 +17,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import logging
 import signal
 import time
@@ -26,11 +28,12 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metri
 
 from meshlet.call import matches_any
 from meshlet.config import Config, split_host_port
-from meshlet.discovery.registration import Registration
+from meshlet.discovery.registration import Registration, registered_address
 from meshlet.errors import ConfigError
 from meshlet.inbound import InboundParts
 from meshlet.mesh import Mesh
 from meshlet.security.certs import TlsConfigError
+from meshlet.telemetry.method_names import MethodNames
 from meshlet.telemetry.metrics import Metrics
 from meshlet_sidecar.admin import Admin, describe_upstreams, no_app, nothing_to_drain
 from meshlet_sidecar.app_health import AppHealth
@@ -46,11 +49,15 @@ from meshlet_sidecar.splice import SpliceListener
 log = logging.getLogger("meshlet.sidecar")
 
 CERT_RETRY_S = 1.0
+# A stopping sidecar that has seen no outbound call for this long, with none in flight and its app not draining,
+# stops: two of the app probe's intervals, so that a probe has looked at the app since the last call.
+QUIET_S = 2.0
 
 
 class Sidecar:
     def __init__(self, config: Config) -> None:
         self.config = config
+        check_app_is_named(config)
         self._declared = _read_descriptor_sets(config)  # first: a bad file is a bad config, reported alone
         check_inbound_mode(config)
         self.metrics = Metrics()  # served on the admin port's /metrics
@@ -66,7 +73,7 @@ class Sidecar:
             ready=self.readiness,
             clusters=self.clusters,
             config=config.redacted,
-            metrics=self.metrics.render,
+            metrics=self.metrics.exposition,
             app=self.app_status,
             drain=self.drain,
         )
@@ -84,7 +91,11 @@ class Sidecar:
         self._upstream_methods: dict[str, MethodTable] = {}
         l7_inbound = self.forward is not None and config.sidecar.inbound_mode == "l7"  # l4 never asks a method's kind
         self.app_methods = self._method_table("") if l7_inbound else None
+        # Metrics and span names call a method by its name when it is known (descriptor sets, reflection) or has
+        # answered; any other path is "(unknown)", so invented paths cannot crowd out the real ones.
+        self.mesh.declared_methods = self._declares
         self.inbound: InboundListener | SpliceListener | None = None
+        self._inbound_parts: InboundParts | None = None
         self.registration: Registration | None = None
         self._certificates_loaded = False
         self._listening = False
@@ -109,13 +120,18 @@ class Sidecar:
             found = self._upstream_methods[upstream] = MethodTable(self._declared)
             if self.config.sidecar.reflection:
                 if upstream:
-                    name, channel = f"upstream {upstream}", lambda: self.mesh.channel(upstream)
+                    name, channel = f"upstream {upstream}", lambda: self.mesh.own_channel(upstream)
                 else:
                     assert self.forward is not None
                     forward = self.forward
                     name, channel = f"the app at {forward.app_address}", lambda: forward.channel
                 self._learners[upstream] = ReflectionLearner(name, found, channel)
         return found
+
+    def _declares(self, upstream: str, path: str) -> bool:
+        """Whether `upstream` ("": the app) is known to have the method at `path`."""
+        table = self._method_table(upstream) if upstream else self.app_methods
+        return table is not None and table.get(path) is not None
 
     def _is_idempotent(self, upstream: str, method: str) -> bool:
         """Without the app's protos, only the upstream's ``retry.idempotent`` patterns say a method is safe."""
@@ -153,6 +169,12 @@ class Sidecar:
 
     async def _maintenance_in_consul(self, enable: bool) -> bool:
         return self.registration is not None and await self.registration.set_maintenance(enable, REASON)
+
+    def _check_output(self, status: str) -> str:
+        """The Consul check's Output: what the app's probe found, and what else the sidecar still waits for."""
+        app = self.app.describe() if self.app is not None else "no app"
+        ready, waiting = self.readiness()
+        return app if ready else f"{status}: {app}; sidecar waiting for: {', '.join(waiting)}"
 
     def clusters(self) -> list[dict[str, Any]]:
         return describe_upstreams([self.mesh.upstream(name) for name in self.mesh.upstream_names()])
@@ -225,8 +247,13 @@ class Sidecar:
     async def _start_inbound(self) -> None:
         assert self.forward is not None
         assert self.app is not None
-        parts = InboundParts.from_config(
-            self.config, consul=self.mesh.consul, clock=time.monotonic, tracer=self.mesh.tracer, metrics=self.metrics
+        parts = self._inbound_parts = InboundParts.from_config(
+            self.config,
+            consul=self.mesh.consul,
+            clock=time.monotonic,
+            tracer=self.mesh.tracer,
+            metrics=self.metrics,
+            names=MethodNames(functools.partial(self._declares, "")),
         )
         explain_plaintext_inbound(self.config)
         if self.config.sidecar.inbound_mode == "l4":
@@ -253,7 +280,7 @@ class Sidecar:
             learner.ask()
         if self.service:
             host, _ = split_host_port(self.config.sidecar.inbound)
-            address = self.config.service.address or ("127.0.0.1" if host in ("0.0.0.0", "::", "") else host)
+            address = registered_address(host, self.config.service.address)
             self.registration = Registration(
                 self.mesh.consul,
                 name=self.service,
@@ -265,6 +292,9 @@ class Sidecar:
                 check_ttl_s=self.config.service.check_ttl,
                 deregister_after_s=self.config.service.deregister_critical_after,
                 health=lambda: "SERVING" if self.readiness()[0] else "NOT_SERVING",
+                describe=self._check_output,
+                notes="meshlet-sidecar heart-beats this check from its readiness and its app's health "
+                "(grpc.health.v1, else TCP connect)",
             )
             if await self.registration.register() and not (self.maintenance and self.maintenance.active):
                 await self.registration.set_maintenance(False)  # a fresh sidecar ends what a drain left
@@ -272,17 +302,16 @@ class Sidecar:
     async def _shutdown(self) -> None:
         self._draining = True
         grace = self.config.service.drain_grace
+        deadline = time.monotonic() + grace
         if self.registration is not None:
             await self.registration.deregister()
         if self.inbound is not None:
             log.info("draining inbound calls for up to %.1fs", grace)
-            await self.inbound.stop(grace)
-        deadline = time.monotonic() + grace
-        while time.monotonic() < deadline:  # the app may still be finishing work that needs its upstreams
-            app_finished = self.app is None or not self.app.healthy
-            if app_finished and not sum(listener.in_flight for listener in self.outbound):
-                break
-            await asyncio.sleep(0.05)
+            await self.inbound.stop(max(0.0, deadline - time.monotonic()))  # returns once none is in flight
+        if self._inbound_parts is not None:  # the Consul authorizer's refreshes; the denial lines held back
+            await self._inbound_parts.close()
+        if self._listening:  # else no app was ever served (stopped at start, or waiting for certificates)
+            await self._serve_the_app_until_done(deadline)
         for listener in self.outbound:
             await listener.stop(0)
         if self.maintenance is not None:
@@ -296,6 +325,26 @@ class Sidecar:
         await self.mesh.close()
         await self.admin.stop()
         log.info("sidecar stopped")
+
+    async def _serve_the_app_until_done(self, deadline: float) -> None:
+        """Keep the outbound side up while the app may still call out, until `deadline` (``service.drain_grace``):
+        while a call is in flight, while the app drains (it shuts down with us and its last handlers may call), and
+        until no call has come for QUIET_S. So a sidecar restarted under an idle app that stays up stops after the
+        quiet period, not after the whole grace; a pod stopping with its app keeps serving it to the end."""
+        if self.app is not None:
+            await self.app.probe()  # a fresh look: the app may have been told to stop at the same moment
+        seen, quiet_since = -1, 0.0
+        while (now := time.monotonic()) < deadline:
+            arrived = sum(listener.arrived for listener in self.outbound)
+            if arrived != seen or any(listener.in_flight for listener in self.outbound):
+                seen, quiet_since = arrived, now
+            elif now - quiet_since >= QUIET_S and not (self.app is not None and self.app.draining):
+                log.info("no outbound call for %.1fs and the app is not draining: stopping", QUIET_S)
+                return
+            await asyncio.sleep(0.05)
+        in_flight = sum(listener.in_flight for listener in self.outbound)
+        if in_flight:
+            log.warning("service.drain_grace is over: cancelling %d outbound calls still in flight", in_flight)
 
 
 def _read_descriptor_sets(config: Config) -> dict[str, MethodInfo]:
@@ -333,6 +382,17 @@ def explain_plaintext_inbound(config: Config) -> None:
             address,
             extra={"event": "inbound_plaintext_exposed", "inbound": address},
         )
+
+
+def check_app_is_named(config: Config) -> None:
+    """An app with no service name would be served and registered under nothing: no caller could find it."""
+    if config.sidecar.app and not config.service.name:
+        fix = (
+            f"is required when sidecar.app is set ({config.sidecar.app}): the app is registered under it; set "
+            "service.name (--service NAME, MESHLET_SERVICE__NAME), or leave sidecar.app unset for an outbound-only "
+            "sidecar"
+        )
+        raise ConfigError("service.name", config.service.name, fix)
 
 
 def check_inbound_mode(config: Config) -> None:

@@ -24,6 +24,7 @@ from tests.support.processes import Child, Processes, eventually, free_port
 SERVICE = "charges"
 WAIT_S = 10.0
 CRASH_TRIALS = 100  # per kind: unary and client stream, 200 crashes in all
+IDEMPOTENT_TRIALS = 30
 FLOOD_MESSAGE = b"f" * 65536
 
 
@@ -78,14 +79,17 @@ async def charges(procs: Processes, agent: Agent, tmp_path: Path) -> Charges:
     return found
 
 
-def crash_tolerant_mesh(mesh_factory: MeshFactory) -> Mesh:
+def crash_tolerant_mesh(mesh_factory: MeshFactory, *idempotent: str) -> Mesh:
     """A caller that sends nearly every call to A (weighted round robin: P2C would prefer idle B), whose breaker
-    never ejects A and whose budget always has a retry: only retry safety may stop a second execution."""
-    policy = {
-        "balancer": "round_robin",
-        "breaker": {"failures": 100_000},
-        "retry": {"budget_ratio": 1.0, "budget_min_per_s": 1000, "replay_buffer_bytes": 2 * 1024 * 1024},
+    never ejects A and whose budget always has a retry: only retry safety may stop a second execution.
+    `idempotent` methods are declared safe to re-send."""
+    retry = {
+        "budget_ratio": 1.0,
+        "budget_min_per_s": 1000,
+        "replay_buffer_bytes": 2 * 1024 * 1024,
+        "idempotent": list(idempotent),
     }
+    policy = {"balancer": "round_robin", "breaker": {"failures": 100_000}, "retry": retry}
     return mesh_factory(upstreams={SERVICE: policy})
 
 
@@ -151,3 +155,18 @@ async def test_a_call_a_server_executed_before_crashing_mid_write_is_never_execu
     print(f"{kind}: {seen}")
     assert seen["a_executed"] >= CRASH_TRIALS * 0.9, seen  # the trials did crash A mid-call
     assert seen["twice"] == 0, seen
+
+
+@pytest.mark.slow
+async def test_an_idempotent_call_survives_its_servers_crash_mid_write(
+    charges: Charges, mesh_factory: MeshFactory
+) -> None:
+    """The same crash, with Charge declared idempotent: every call is re-sent to B, and the caller sees no
+    failure (A ran it too: that is what declaring it idempotent allows)."""
+    mesh = crash_tolerant_mesh(mesh_factory, CHARGE)
+
+    seen = await crash_trials(mesh, charges, "Charge", IDEMPOTENT_TRIALS)
+
+    print(f"idempotent Charge: {seen}")
+    assert seen["a_executed"] >= IDEMPOTENT_TRIALS * 0.9, seen
+    assert seen["caller_ok"] == IDEMPOTENT_TRIALS, seen

@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import collections
 import signal
+import sys
 
 import grpc
 import pytest
@@ -17,6 +18,7 @@ from meshlet_api.echo.v1 import echo_pb2, echo_pb2_grpc
 from tests.integration.conftest import EchoFleet, MeshFactory
 from tests.support.agents import Agent
 from tests.support.echo_calls import WATCH, watch_for, watch_until
+from tests.support.plain_app import plain_app
 from tests.support.processes import Processes, eventually, wait_until
 
 pytestmark = pytest.mark.slow
@@ -98,6 +100,7 @@ async def test_a_non_idempotent_call_that_failed_at_a_server_is_never_resent(
     "details",
     [
         "failed to connect to all addresses; last error: UNKNOWN: ipv4:127.0.0.1:1: Connection refused",
+        "failed to connect to all addresses; last error: UNAVAILABLE: ipv4:127.0.0.1:1: Socket closed",
         "sendmsg: Broken pipe",
     ],
 )
@@ -474,3 +477,86 @@ async def test_a_watch_the_mesh_must_end_ends_with_unavailable_saying_why(
     info = error_info(ended.value)
     assert info is not None
     assert info.reason == ErrorReason.CHANNEL_CLOSED
+
+
+# ------------------------------------------------------------------------------------------ ports and addresses
+
+
+def test_a_second_service_on_a_taken_port_exits_1_naming_it_and_registers_nothing(fleet: EchoFleet) -> None:
+    """grpc shares a port between servers by default (SO_REUSEPORT): the second would take half the first one's
+    calls, registered under the same instance id. meshlet's server owns its port instead."""
+    fleet.start("first")
+    port = fleet.ports["first"]
+
+    second = fleet.start("second", port=port, wait=False)
+
+    assert second.wait(20) == 1, second.output()
+    assert f"cannot serve {fleet.service} on 127.0.0.1:{port} (Address already in use" in second.output()
+    assert "Traceback" not in second.output()
+    instances = [s for s in fleet.agent.get("/v1/agent/services").values() if s["Service"] == fleet.service]
+    assert len(instances) == 1, instances
+    assert fleet.servers["first"].alive()
+
+
+async def test_a_service_on_a_plain_apps_port_exits_1_and_does_not_register_as_that_app(fleet: EchoFleet) -> None:
+    async with plain_app() as app:  # plain grpcio: SO_REUSEPORT on, as grpc sets it by default
+        child = fleet.start("squatter", port=app.port, wait=False)
+
+        assert child.wait(20) == 1, child.output()
+        assert f"127.0.0.1:{app.port} (Address already in use" in child.output()
+        assert fleet.agent.passing(fleet.service) == []
+        assert not [s for s in fleet.agent.get("/v1/agent/services").values() if s["Service"] == fleet.service]
+
+
+async def test_by_default_a_service_registers_the_address_it_listens_on(
+    fleet: EchoFleet, mesh_factory: MeshFactory
+) -> None:
+    """No service.address: the one mesh.serve(host=...) binds is registered, so callers reach it."""
+    fleet.start("elsewhere", "--host", "127.0.0.3")
+
+    [entry] = fleet.agent.passing(fleet.service)
+    assert entry["Service"]["Address"] == "127.0.0.3"
+    stub = echo_pb2_grpc.EchoStub(mesh_factory().channel(fleet.service))
+    assert (await stub.Echo(HELLO, timeout=5)).served_by == "elsewhere"
+
+
+async def test_without_a_host_a_service_listens_on_its_service_address_only(fleet: EchoFleet) -> None:
+    """mesh.serve(server, port) binds service.address (not every interface) and registers it: they agree."""
+    fleet.start("bound", "--host", "default", env={"MESHLET_SERVICE__ADDRESS": "127.0.0.2"})
+    port = fleet.ports["bound"]
+
+    [entry] = fleet.agent.passing(fleet.service)
+    assert (entry["Service"]["Address"], entry["Service"]["Port"]) == ("127.0.0.2", port)
+    assert (await calls_received_at("127.0.0.2", port)) is not None
+    with pytest.raises(grpc.aio.AioRpcError) as refused:
+        await calls_received_at("127.0.0.1", port)
+    assert refused.value.code() == grpc.StatusCode.UNAVAILABLE
+
+
+async def calls_received_at(host: str, port: int) -> dict[str, int]:
+    async with grpc.aio.insecure_channel(f"{host}:{port}") as channel:
+        reply = await echo_pb2_grpc.EchoStub(channel).Stats(echo_pb2.StatsRequest(), timeout=5)
+    return dict(reply.calls)
+
+
+CLIENT = """
+import asyncio
+from meshlet import Mesh
+
+async def main():
+    async with Mesh.from_env() as mesh:
+        mesh.channel("echo")
+
+asyncio.run(main())
+"""
+
+
+def test_a_client_without_a_service_name_under_consul_tls_exits_2_with_one_line(procs: Processes, agent: Agent) -> None:
+    """The Connect CA issues a leaf per service, a client's too: the README's client, run without a name."""
+    env = {"CONSUL_HTTP_ADDR": agent.url, "MESHLET_TLS__SOURCE": "consul", "MESHLET_SERVICE__NAME": ""}
+    client = procs.start([sys.executable, "-c", CLIENT], name="nameless-client", env=env)
+
+    assert client.wait(20) == 2, client.output()
+    [line] = client.output().strip().splitlines()
+    assert "service.name" in line
+    assert "MESHLET_SERVICE__NAME" in line

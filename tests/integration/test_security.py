@@ -37,6 +37,7 @@ from meshlet.mesh import Mesh
 from meshlet.security.certs import channel_options, colon_hex
 from meshlet.security.dev_ca import init_ca, issue
 from meshlet.security.identity import SpiffeId, identity_dns_name
+from meshlet.telemetry.metrics import Metrics
 from meshlet.telemetry.span_file import load_spans
 from meshlet.transport import channels
 from meshlet_api.echo.v1 import echo_pb2, echo_pb2_grpc
@@ -410,8 +411,9 @@ async def test_a_server_presenting_another_services_identity_is_refused_before_a
     spans = tmp_path / "spans.jsonl"
     overrides = {"tls": pki.tls_config("gateway"), "telemetry": {"span_file": str(spans)}}
     config = load_config(None, env={"CONSUL_HTTP_ADDR": module_agent.url}, overrides=overrides)
+    metrics = Metrics()
     with caplog.at_level(logging.WARNING, logger="meshlet.tls"):
-        async with Mesh(config) as mesh:
+        async with Mesh(config, metrics=metrics) as mesh:
             retries = retries_of(mesh)
             stub = echo_pb2_grpc.EchoStub(mesh.channel(impostor.service))
             with pytest.raises(grpc.aio.AioRpcError) as refused:
@@ -439,6 +441,9 @@ async def test_a_server_presenting_another_services_identity_is_refused_before_a
     failed_spans = [span for span in load_spans([spans]) if span.status == "ERROR"]
     assert failed_spans
     assert all(f"it presented {presented}" in (span.status_message or "") for span in failed_spans)
+    handshakes = {"direction": "outbound", "service": impostor.service}
+    attempts = len(retries)  # each retry event is an attempt that failed
+    assert metrics.registry.get_sample_value("meshlet_tls_handshake_failures_total", handshakes) == attempts
     assert await handled(impostor.ports["impostor"], pki, expect="other") == 0
 
 
@@ -498,6 +503,28 @@ async def test_a_plaintext_client_calling_an_mtls_port_is_told_to_turn_tls_on(
     assert info["presented_identity"] == SpiffeId.for_service(guarded.service, trust_domain=TRUST_DOMAIN).uri
     assert "requires TLS (it presented" in (error.details() or "")
     assert "set tls.source to consul or files" in (error.details() or "")
+
+
+async def test_a_client_calling_a_plaintext_port_is_told_the_server_does_not_speak_tls(
+    module_procs: Processes, module_agent: Agent, mesh_as: MeshAs
+) -> None:
+    fleet = EchoFleet(module_procs, module_agent, service=f"legacy-{uuid.uuid4().hex[:6]}")
+    fleet.start("plaintext")
+    mesh = await mesh_as("gateway")
+
+    with pytest.raises(grpc.aio.AioRpcError) as refused:
+        await echo_pb2_grpc.EchoStub(mesh.channel(fleet.service)).Echo(HELLO, timeout=5)
+
+    error = refused.value
+    assert error.code() == grpc.StatusCode.UNAVAILABLE
+    info = tls_failure(error)
+    assert info["failure"] == "server_not_tls"
+    assert info["peer"] == f"127.0.0.1:{fleet.ports['plaintext']}"
+    assert info["expected_identity"] == SpiffeId.for_service(fleet.service, trust_domain=TRUST_DOMAIN).uri
+    assert "presented_identity" not in info
+    assert f"it does not speak TLS (a plaintext port, or tls.source off there); turn mTLS on at {fleet.service}" in (
+        error.details() or ""
+    )
 
 
 def tls_failure(error: grpc.aio.AioRpcError) -> dict[str, str]:

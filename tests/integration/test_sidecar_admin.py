@@ -15,7 +15,8 @@ import pytest
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 
 from meshlet.config import load_config
-from meshlet_sidecar.admin import METRICS_CONTENT_TYPE, Admin
+from meshlet.telemetry.metrics import TEXT_CONTENT_TYPE
+from meshlet_sidecar.admin import Admin
 from meshlet_sidecar.app_health import GRPC_PROBE, NOT_SERVING, SERVING, TCP_PROBE, AppHealth
 from tests.support.processes import free_port
 
@@ -85,15 +86,19 @@ async def test_app_health_follows_the_apps_health_service_until_the_app_is_gone(
     await app_health.start()
     assert (app_health.status(), app_health.healthy, app_health.last_error) == (SERVING, True, None)
     assert app_health.probe_kind == GRPC_PROBE
+    draining = [app_health.draining]  # while the app drains, a stopping sidecar keeps serving its calls out
 
     await app.set(health_pb2.HealthCheckResponse.NOT_SERVING)
     assert await app_health.probe() == NOT_SERVING
     assert not app_health.healthy
     assert "answers NOT_SERVING" in (app_health.last_error or "")
+    draining.append(app_health.draining)
 
     await app.stop()
     assert await app_health.probe() == NOT_SERVING
     assert "unreachable: Connection refused" in (app_health.last_error or "")
+    draining.append(app_health.draining)
+    assert draining == [False, True, False]  # only while it answers NOT_SERVING: once gone, it calls nothing
     assert app.address in repr(app_health)
 
 
@@ -105,10 +110,12 @@ async def test_app_without_a_health_service_is_healthy_while_its_port_accepts_co
 
     assert await app_health.probe() == SERVING
     assert app_health.probe_kind == TCP_PROBE
+    assert "TCP connect accepted" in app_health.describe()
 
     await app.stop()
     assert await app_health.probe() == NOT_SERVING
     assert "unreachable" in (app_health.last_error or "")
+    assert app_health.describe() == app_health.last_error
 
 
 async def test_app_restarted_with_a_health_service_is_judged_by_it_again(
@@ -199,8 +206,12 @@ class SidecarState:
     def effective_config(self) -> dict[str, Any]:
         return self.config
 
-    def metrics(self) -> bytes:
-        return b"# TYPE meshlet_sidecar_ready gauge\nmeshlet_sidecar_ready 1.0\n"
+    def metrics(self, accept: str | None) -> tuple[bytes, str]:
+        return b"# TYPE meshlet_sidecar_ready gauge\nmeshlet_sidecar_ready 1.0\n", TEXT_CONTENT_TYPE
+
+
+def no_metrics(accept: str | None) -> tuple[bytes, str]:
+    return b"", TEXT_CONTENT_TYPE
 
 
 @pytest.fixture
@@ -260,12 +271,14 @@ async def test_clusters_lists_upstreams_and_endpoints_as_text_or_json(admin: tup
 
 async def test_config_shows_the_effective_config_without_token_or_key_path(tmp_path: Path) -> None:
     key_path = tmp_path / "very-secret-orders.key"
+    for file in (key_path, tmp_path / "orders.crt", tmp_path / "ca.crt"):
+        file.write_text("PEM")  # read only when a listener needs them
     (tmp_path / "meshlet.yaml").write_text(
         f"service: {{name: orders}}\n"
         f"tls: {{source: files, cert: {tmp_path}/orders.crt, key: {key_path}, ca: {tmp_path}/ca.crt}}\n"
     )
     config = load_config(tmp_path / "meshlet.yaml", env={"CONSUL_HTTP_TOKEN": "s3cr3t-token-value"})
-    server = Admin("127.0.0.1:0", ready=lambda: (True, []), clusters=list, config=config.redacted, metrics=bytes)
+    server = Admin("127.0.0.1:0", ready=lambda: (True, []), clusters=list, config=config.redacted, metrics=no_metrics)
     port = await server.start()
     try:
         status, content_type, body = await get(f"http://127.0.0.1:{port}/config")
@@ -285,7 +298,7 @@ async def test_metrics_serves_the_registry_text_as_prometheus_0_0_4(admin: tuple
 
     status, content_type, text = await get(f"{base}/metrics")
 
-    assert (status, content_type) == (200, METRICS_CONTENT_TYPE)
+    assert (status, content_type) == (200, TEXT_CONTENT_TYPE)
     assert text == "# TYPE meshlet_sidecar_ready gauge\nmeshlet_sidecar_ready 1.0\n"
 
 
@@ -300,7 +313,7 @@ async def test_unknown_path_is_404_with_a_hint_listing_the_endpoints(admin: tupl
 
 
 async def test_admin_stops_listening_when_stopped() -> None:
-    server = Admin("127.0.0.1:0", ready=lambda: (True, []), clusters=list, config=dict, metrics=bytes)
+    server = Admin("127.0.0.1:0", ready=lambda: (True, []), clusters=list, config=dict, metrics=no_metrics)
     port = await server.start()
     assert "serving" in repr(server)
     await server.stop()

@@ -16,7 +16,7 @@ from pathlib import Path
 import grpc
 import pytest
 
-from meshlet.errors import ErrorReason, error_info
+from meshlet.errors import CannotListen, ErrorReason, error_info
 from meshlet.inbound import InboundParts
 from meshlet.security.certs import channel_options
 from meshlet.security.dev_ca import init_ca, issue
@@ -291,6 +291,22 @@ async def test_caller_an_intention_denies_gets_permission_denied_and_never_reach
     assert [seen.method for seen in app.seen] == ["Echo"]
 
 
+async def test_headers_that_claim_a_client_identity_never_reach_the_app(
+    gateway: echo_pb2_grpc.EchoStub, app: PlainEchoApp
+) -> None:
+    forged = [
+        ("x-forwarded-client-cert", "By=spiffe://meshlet.test/ns/default/dc/dc1/svc/orders;URI=spiffe://x/svc/admin"),
+        ("client-cert", ":MIIB:"),
+        ("x-ssl-client-verify", "SUCCESS"),
+        ("x-ssl-client-s-dn", "CN=admin"),
+        ("x-spiffe-id", "spiffe://meshlet.test/ns/default/dc/dc1/svc/admin"),
+    ]
+    await gateway.Echo(request("who am I"), metadata=[*forged, ("x-kept", "yes")], timeout=WAIT_S)
+    (seen,) = app.seen
+    assert seen.metadata["x-kept"] == "yes"
+    assert not {key for key, _ in forged} & set(seen.metadata)
+
+
 async def test_plaintext_client_is_refused(inbound: InboundListener, app: PlainEchoApp) -> None:
     async with client(inbound.port, None) as plaintext:
         with pytest.raises(grpc.aio.AioRpcError) as failed:
@@ -375,7 +391,7 @@ async def test_second_listener_on_a_taken_port_fails_to_start_naming_it(
     taken = f"127.0.0.1:{inbound.port}"
     forward = ForwardToApp("127.0.0.1:1")
     second = InboundListener(taken, source=source, parts=MESH, forward=forward, clock=time.monotonic)
-    with pytest.raises(OSError, match=taken):
+    with pytest.raises(CannotListen, match=rf"{taken} \(Address already in use"):
         await second.start()
     await forward.close()
 

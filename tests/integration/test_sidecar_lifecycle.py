@@ -11,6 +11,8 @@ import contextlib
 import json
 import signal
 import socket
+import urllib.error
+import urllib.request
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -21,9 +23,10 @@ import pytest
 
 from meshlet.security.dev_ca import init_ca, issue
 from meshlet_api.echo.v1 import echo_pb2, echo_pb2_grpc
+from meshlet_sidecar.sidecar import QUIET_S
 from tests.support.agents import Agent, start_dev_agent
 from tests.support.plain_app import plain_app
-from tests.support.processes import Processes, eventually, free_port, wait_until
+from tests.support.processes import REPO_ROOT, Processes, eventually, free_port, wait_until
 from tests.support.sidecars import (
     SidecarProcess,
     admin_get,
@@ -93,8 +96,11 @@ def endpoints_seen_by(sidecar: SidecarProcess, upstream: str) -> int:
         ("service:\n  check_ttl: soon\n", (), "service.check_ttl"),
         ("sidecar:\n  inbond: 127.0.0.1:15006\n", (), "sidecar.inbond"),
         ("service:\n  name: b-svc\n", ("--upstream", "b-svc"), "--upstream b-svc"),
+        ("sidecar:\n  app: 127.0.0.1:50051\n", (), "service.name"),
+        ("tls: {source: files, cert: certs/absent.crt, key: certs/absent.key, ca: certs/ca.crt}\n", (), "tls.cert"),
+        ("sidecar:\n  descriptor_sets: [absent.bin]\n", (), "sidecar.descriptor_sets[0]"),
     ],
-    ids=["bad-value", "unknown-key", "bad-flag"],
+    ids=["bad-value", "unknown-key", "bad-flag", "app-without-name", "missing-tls-file", "missing-descriptor-set"],
 )
 def test_invalid_config_exits_2_with_one_line_naming_the_field(
     procs: Processes, tmp_path: Path, file_text: str, flags: tuple[str, ...], named: str
@@ -105,6 +111,43 @@ def test_invalid_config_exits_2_with_one_line_naming_the_field(
     assert code == 2
     assert one_line(output), output
     assert named in output
+    assert "Traceback" not in output
+
+
+def test_relative_paths_in_the_config_file_are_read_from_its_folder(
+    procs: Processes, tmp_path: Path, pki: Path
+) -> None:
+    """The sidecar runs from the repository (its working directory), its config and certificates live elsewhere."""
+    config = {
+        "service": {"name": "a-svc"},
+        "tls": {"source": "files", "cert": "certs/a-svc.crt", "key": "certs/a-svc.key", "ca": "certs/ca.crt"},
+    }
+    assert pki == tmp_path / "certs"
+    sidecar = start_sidecar(procs, tmp_path, "a", config)  # waits for /ready: certificates loaded, listening
+    assert not (REPO_ROOT / "certs/a-svc.crt").exists()  # not where the working directory would have found it
+    assert str(pki / "a-svc.crt") in admin_get(f"{sidecar.admin_url}/config")[1]
+
+
+def error_lines(output: str) -> list[str]:
+    """The output's lines that are not its JSON log lines: what the sidecar printed as an error."""
+    return [line for line in output.splitlines() if line.strip() and not line.startswith("{")]
+
+
+@pytest.mark.parametrize("listener", ["--admin-addr", "--outbound-addr"])
+def test_a_taken_port_exits_1_with_one_line_naming_it(procs: Processes, tmp_path: Path, listener: str) -> None:
+    config = tmp_path / "meshlet.yaml"
+    config.write_text("service:\n  name: a-svc\n")
+    flags = {"--admin-addr": f"127.0.0.1:{free_port()}", "--outbound-addr": f"127.0.0.1:{free_port()}"}
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        address = f"127.0.0.1:{taken.getsockname()[1]}"
+        flags[listener] = address
+        code, output = run_sidecar(procs, "--config", str(config), *(item for pair in flags.items() for item in pair))
+    assert code == 1, output
+    [line] = error_lines(output)
+    assert f"{address} (Address already in use" in line
+    assert listener in line  # the flag that chooses another port
     assert "Traceback" not in output
 
 
@@ -134,6 +177,24 @@ def test_ready_is_503_until_discovery_has_answered_and_the_app_is_healthy(
     agent = start_dev_agent(procs, port=agent_port)
     sidecar.wait_ready()
     wait_until(lambda: sidecar.inbound_port in instances(agent, "a-svc", passing=True), WAIT_S, "a-svc to register")
+
+
+async def test_the_consul_check_of_an_app_without_a_health_service_says_it_was_probed_by_tcp_connect(
+    procs: Processes, tmp_path: Path, pki: Path
+) -> None:
+    agent = start_dev_agent(procs)
+    async with plain_app() as app_b:  # grpcio alone: no grpc.health.v1 service
+        config = b_config(pki, agent.url)
+        await asyncio.to_thread(start_sidecar, procs, tmp_path, "b", config, app=f"127.0.0.1:{app_b.port}")
+
+        def check() -> dict[str, Any]:
+            checks = agent.get("/v1/health/checks/b-svc")
+            return checks[0] if checks else {}
+
+        await eventually(lambda: check().get("Status") == "passing", "b-svc's check to pass", blocking=True)
+        output = (await asyncio.to_thread(check))["Output"]
+    assert f"app at 127.0.0.1:{app_b.port}: TCP connect accepted" in output
+    assert "grpc.health.v1 status" not in output
 
 
 # ------------------------------------------------------------------------------------------ load and failover
@@ -249,6 +310,87 @@ async def test_sigterm_drains_calls_in_flight_deregisters_exits_0_and_a_restart_
                 lambda: endpoints_seen_by(sidecar_a, "b-svc") == 1, "sidecar A to find it again", blocking=True
             )
             assert (await echo.Echo(HELLO, timeout=WAIT_S)).message == "hello"
+
+
+async def test_a_sidecar_with_nothing_in_flight_stops_without_waiting_out_drain_grace(
+    procs: Processes, tmp_path: Path, pki: Path
+) -> None:
+    """A sidecar restarted under an app that stays up: nothing is in flight, so the stop takes a short quiet period,
+    not drain_grace (60 s here, twice what the test waits for the exit)."""
+    agent = start_dev_agent(procs)
+    async with plain_app() as app_b:
+        config = b_config(pki, agent.url, drain_grace="60s")
+        sidecar_b = await asyncio.to_thread(start_sidecar, procs, tmp_path, "b", config, app=f"127.0.0.1:{app_b.port}")
+        port = sidecar_b.inbound_port
+        await eventually(lambda: instances(agent, "b-svc", passing=True) == {port}, "b-svc to pass", blocking=True)
+        sidecar_a = await asyncio.to_thread(start_sidecar, procs, tmp_path, "a", a_config(pki, agent.url))
+        async with echo_through(sidecar_a) as echo:
+            assert (await echo.Echo(HELLO, timeout=WAIT_S)).message == "hello"  # it served, then went quiet
+
+        sidecar_b.child.signal(signal.SIGTERM)
+
+        assert await asyncio.to_thread(sidecar_b.child.wait, WAIT_S) == 0, sidecar_b.output()
+        assert instances(agent, "b-svc") == set()
+
+
+async def test_a_stopping_sidecar_serves_an_outbound_call_in_flight_to_its_end(
+    procs: Processes, tmp_path: Path, pki: Path
+) -> None:
+    agent = start_dev_agent(procs)
+    async with plain_app() as app_b:
+        await asyncio.to_thread(
+            start_sidecar, procs, tmp_path, "b", b_config(pki, agent.url), app=f"127.0.0.1:{app_b.port}"
+        )
+        await eventually(lambda: bool(instances(agent, "b-svc", passing=True)), "b-svc to pass", blocking=True)
+        config_a = {**a_config(pki, agent.url), "service": {"name": "a-svc", "drain_grace": "60s"}}
+        sidecar_a = await asyncio.to_thread(start_sidecar, procs, tmp_path, "a", config_a)
+        async with echo_through(sidecar_a) as echo:
+            held = asyncio.ensure_future(echo.Echo(HELLO, metadata=(("x-echo-hold", "1"),), timeout=WAIT_S))
+            await eventually(lambda: len(app_b.seen) == 1, "app B to hold the call", blocking=True)
+
+            sidecar_a.child.signal(signal.SIGTERM)
+            await eventually(lambda: "draining" in sidecar_a.ready()[1], "sidecar A to drain", blocking=True)
+            await asyncio.sleep(QUIET_S + 1)  # past the quiet period: a sidecar that overlooked the call would stop
+            assert sidecar_a.child.alive(), sidecar_a.output()
+            app_b.release.set()
+
+            assert (await held).message == "hello"
+        assert await asyncio.to_thread(sidecar_a.child.wait, WAIT_S) == 0, sidecar_a.output()
+
+
+async def test_a_drained_instance_whose_app_restarts_comes_back_into_rotation(
+    procs: Processes, tmp_path: Path, pki: Path
+) -> None:
+    """The preStop hook's POST /drain takes the instance out of Consul's passing set and /ready; an app restarted
+    in its place (Kubernetes' restart after a failed liveness probe) brings both back, with no sidecar restart."""
+    agent = start_dev_agent(procs)
+    app = start_plain_app(procs, "app-b")
+    sidecar = await asyncio.to_thread(start_sidecar, procs, tmp_path, "b", b_config(pki, agent.url), app=app.address)
+    port = sidecar.inbound_port
+    await eventually(lambda: instances(agent, "b-svc", passing=True) == {port}, "b-svc to pass", blocking=True)
+
+    status, answer = await asyncio.to_thread(admin_post, f"{sidecar.admin_url}/drain")
+    assert status == 200, answer
+    assert instances(agent, "b-svc", passing=True) == set()
+    status, waiting = await asyncio.to_thread(sidecar.ready)
+    assert status == 503
+    assert "maintenance" in waiting
+
+    app.child.signal(signal.SIGTERM)
+    await asyncio.to_thread(app.child.wait, WAIT_S)
+    start_plain_app(procs, "app-b-restarted", app.port)
+    await eventually(
+        lambda: instances(agent, "b-svc", passing=True) == {port}, "b-svc back in the passing set", blocking=True
+    )
+    await eventually(sidecar.is_ready, "the sidecar ready again", blocking=True)
+
+
+def admin_post(url: str) -> tuple[int, str]:
+    try:
+        with urllib.request.urlopen(urllib.request.Request(url, method="POST"), timeout=5) as response:
+            return int(response.status), response.read().decode()
+    except urllib.error.HTTPError as error:
+        return int(error.code), error.read().decode()
 
 
 @contextlib.asynccontextmanager

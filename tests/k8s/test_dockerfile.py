@@ -10,12 +10,16 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import pytest
+from packaging.requirements import Requirement
+from packaging.utils import canonicalize_name
+from packaging.version import Version
 from setuptools import find_namespace_packages, find_packages  # type: ignore[import-untyped]
 
 from tests.k8s.manifests import OVERLAYS, render, workloads
 from tests.support.processes import REPO_ROOT
 
 DOCKERFILE = REPO_ROOT / "Dockerfile"
+LOCK = REPO_ROOT / "requirements.lock"
 COMPILERS = re.compile(r"\b(gcc|g\+\+|clang|cc|build-essential|make|python3?-dev|libc6-dev)\b")
 
 
@@ -69,6 +73,15 @@ def scripts() -> set[str]:
     return set(project["scripts"])
 
 
+def source_roots() -> list[str]:
+    """The folders the packages are found in (tool.setuptools.packages.find.where)."""
+    tool = pyproject()["tool"]
+    assert isinstance(tool, dict)
+    listed = tool["setuptools"].get("packages")
+    find = listed.get("find", {}) if isinstance(listed, dict) else {}
+    return list(find.get("where", ["."]))
+
+
 def packaged_modules() -> set[str]:
     """The packages setuptools puts into the wheel, found as it finds them (tool.setuptools.packages.find)."""
     tool = pyproject()["tool"]
@@ -91,10 +104,47 @@ def packaged_modules() -> set[str]:
     return found
 
 
+def locked() -> dict[str, tuple[Version, list[str]]]:
+    """requirements.lock as {name: (version, sha256 hashes)}; every requirement must be an exact pin."""
+    text = re.sub(r"\\\n", " ", LOCK.read_text())
+    pins: dict[str, tuple[Version, list[str]]] = {}
+    for line in text.splitlines():
+        line = line.split("#", 1)[0].strip()
+        if not line:
+            continue
+        pin, *options = line.split(" --")
+        requirement = Requirement(pin)
+        [specifier] = list(requirement.specifier)
+        assert specifier.operator == "==", f"requirements.lock: {pin} is not an exact pin"
+        options = [option.strip() for option in options]
+        hashes = [option.removeprefix("hash=sha256:") for option in options if option.startswith("hash=sha256:")]
+        pins[canonicalize_name(requirement.name)] = (Version(specifier.version), hashes)
+    return pins
+
+
+def test_the_lock_pins_every_dependency_with_its_hashes() -> None:
+    """What the image installs is decided by requirements.lock (make lock), not by the day of the build."""
+    pins = locked()
+    for name, (version, hashes) in pins.items():
+        assert hashes, f"requirements.lock: {name}=={version} has no --hash (pip-compile --generate-hashes)"
+        assert all(re.fullmatch(r"[0-9a-f]{64}", h) for h in hashes), name
+    project = pyproject()["project"]
+    assert isinstance(project, dict)
+    for dependency in project["dependencies"]:
+        requirement = Requirement(dependency)
+        name = canonicalize_name(requirement.name)
+        assert name in pins, f"{name} is a dependency in pyproject.toml but not in requirements.lock: run make lock"
+        assert pins[name][0] in requirement.specifier, f"requirements.lock pins {name} outside {requirement}"
+
+
 def test_a_builder_makes_wheels_and_the_final_stage_installs_only_those() -> None:
     build, final = stages(DOCKERFILE)
     assert build.name, "the builder is a named stage"
-    assert any("pip wheel" in run for run in build.args("RUN"))
+    wheels = [run for run in build.args("RUN") if "pip wheel" in run]
+    assert any("--require-hashes" in run and "-r requirements.lock" in run for run in wheels), wheels
+    project = [run for run in wheels if run.rstrip().endswith(" .")]
+    assert project, "the builder makes the project's own wheel"
+    assert all("--no-deps" in run for run in project), "the project's dependencies come from the lock alone"
     installs = [run for run in final.args("RUN") if "pip install" in run]
     assert installs, "the final stage installs the wheels"
     assert all("--no-index" in run and f"from={build.name}" in run for run in installs), installs
@@ -144,14 +194,17 @@ def test_the_commands_the_image_and_the_manifests_run_are_installed() -> None:
             assert module.rpartition(".")[0] in packages or module in packages, (
                 f"{module} is not in the wheel: add its package to [tool.setuptools.packages] in pyproject.toml"
             )
-            assert (REPO_ROOT / module.replace(".", "/") / "__main__.py").exists(), module
+            mains = (REPO_ROOT / root / module.replace(".", "/") / "__main__.py" for root in source_roots())
+            assert any(main.exists() for main in mains), module
         elif command[0] != "meshlet" or command[1:] != ["--help"]:
             assert command[0] in scripts(), f"{command[0]} is not a console script in pyproject.toml"
         else:
             assert "meshlet" in scripts()
 
 
-@pytest.mark.parametrize("source", ["sdk", "sidecar", "protos", "services", "pyproject.toml", "README.md"])
+@pytest.mark.parametrize(
+    "source", ["requirements.lock", "sdk", "sidecar", "protos", "services", "pyproject.toml", "README.md", "LICENSE"]
+)
 def test_what_the_builder_copies_exists_and_is_not_ignored(source: str) -> None:
     build = stages(DOCKERFILE)[0]
     copied = {word.rstrip("/") for args in build.args("COPY") for word in args.split()[:-1]}
@@ -160,3 +213,15 @@ def test_what_the_builder_copies_exists_and_is_not_ignored(source: str) -> None:
     ignored = {line.strip().rstrip("/") for line in (REPO_ROOT / ".dockerignore").read_text().splitlines()}
     assert source not in ignored
     assert {".git", ".venv", "tests"} <= ignored
+
+
+def test_images_are_labelled_and_tagged_with_the_version_and_the_commit() -> None:
+    """Every build of `make image` has its own tag, so a node never keeps a stale image under a reused one."""
+    *_, final = stages(DOCKERFILE)
+    labels = " ".join(final.args("LABEL"))
+    assert "org.opencontainers.image.version=${MESHLET_VERSION}" in labels
+    assert "org.opencontainers.image.revision=${MESHLET_REVISION}" in labels
+    makefile = (REPO_ROOT / "Makefile").read_text()
+    image = makefile.split("\nimage:", 1)[1].split("\n\n", 1)[0]
+    assert "-t $(IMAGE):$(VERSION)-g$(shell git rev-parse --short=12 HEAD)" in image, image
+    assert "--build-arg MESHLET_REVISION=$(REVISION)" in image

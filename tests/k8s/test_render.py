@@ -41,10 +41,17 @@ def test_the_validator_rejects_what_kubernetes_would() -> None:
         kubernetes_validate.validate(wrong_type, KUBERNETES_VERSION, strict=True)
 
 
+# prod's binding of Consul's auth method reviewer to system:auth-delegator; the Consul agents' priority class
+CLUSTER_SCOPED = ("ClusterRoleBinding", "PriorityClass")
+
+
 @pytest.mark.parametrize("overlay", OVERLAYS)
 def test_everything_lives_in_the_meshlet_namespace(overlay: str) -> None:
     for obj in render(overlay):
-        if obj["kind"] == "Namespace":
+        if obj["kind"] in CLUSTER_SCOPED:
+            for subject in obj.get("subjects", []):
+                assert subject.get("namespace") == "meshlet", f"{obj['metadata']['name']}: {subject}"
+        elif obj["kind"] == "Namespace":
             assert obj["metadata"]["name"] == "meshlet"
         else:
             assert obj["metadata"].get("namespace") == "meshlet", f"{obj['kind']}/{obj['metadata']['name']}"

@@ -31,7 +31,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from meshlet.config import load_config
 from meshlet.mesh import Mesh
-from shop.gateway.v1 import gateway_pb2, gateway_pb2_grpc
+from meshlet_shop_api.gateway.v1 import gateway_pb2, gateway_pb2_grpc
 from tests.k8s import netns
 from tests.k8s.manifests import Obj, Workload, pod_env, probe_port, render, workload
 from tests.support.agents import Agent

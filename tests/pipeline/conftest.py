@@ -20,6 +20,7 @@ from meshlet.deadline import HANDLER_DEADLINE, Deadline
 from meshlet.endpoints import Endpoint, EndpointSet
 from meshlet.errors import error_info
 from meshlet.events import Event, EventBus
+from meshlet.outbound.send import ExplainFailure
 from meshlet.transport.mesh_channel import MeshChannel
 from meshlet.upstream import Upstream
 from tests.pipeline.scripted import Attempt, ScriptedChannels
@@ -56,7 +57,9 @@ def policy(**settings: Any) -> UpstreamPolicy:
 
 
 class Rig:
-    def __init__(self, upstream_policy: UpstreamPolicy, seed: int) -> None:
+    def __init__(
+        self, upstream_policy: UpstreamPolicy, seed: int, explain_failure: ExplainFailure | None = None
+    ) -> None:
         self.clock = FakeClock()
         self.sleeps: list[float] = []
         self.events: list[Event] = []
@@ -71,6 +74,7 @@ class Rig:
             clock=self.clock,
             rng=random.Random(seed),
             sleep=self._sleep,
+            explain_failure=explain_failure,
         )
         patterns = upstream_policy.retry.idempotent
         self.channel = MeshChannel(
@@ -115,11 +119,17 @@ MakeRig = Callable[..., Rig]
 
 @pytest.fixture
 async def make_rig() -> AsyncIterator[MakeRig]:
-    """``make_rig(seed=7, upstream_policy=None, **settings)``: a Rig; closed (timers cancelled) after the test."""
+    """``make_rig(seed=7, upstream_policy=None, explain_failure=None, **settings)``: a Rig; closed (timers
+    cancelled) after the test."""
     rigs: list[Rig] = []
 
-    def make(seed: int = 7, upstream_policy: UpstreamPolicy | None = None, **settings: Any) -> Rig:
-        rig = Rig(upstream_policy or policy(**settings), seed)
+    def make(
+        seed: int = 7,
+        upstream_policy: UpstreamPolicy | None = None,
+        explain_failure: ExplainFailure | None = None,
+        **settings: Any,
+    ) -> Rig:
+        rig = Rig(upstream_policy or policy(**settings), seed, explain_failure)
         rigs.append(rig)
         return rig
 

@@ -22,6 +22,7 @@ from grpc.aio import Metadata
 
 from meshlet.call import Method
 from meshlet.endpoints import Endpoint
+from meshlet.errors import ErrorReason, explained_failure
 from meshlet.transport.channels import EndpointChannels, NotConnected
 
 EOF = grpc.aio.EOF
@@ -53,6 +54,21 @@ def refused(endpoint: Endpoint) -> Refused:
 def reply_from(endpoint: Endpoint) -> bytes:
     """The reply an endpoint gives when its script says nothing else."""
     return f"reply from {endpoint}".encode()
+
+
+class HandshakesFail:
+    """An explainer (meshlet.security.handshake_failures in the mesh) that finds every endpoint it is asked about
+    failing its TLS handshake."""
+
+    def __init__(self) -> None:
+        self.asked: list[Endpoint] = []
+
+    async def __call__(self, failed: NotConnected, endpoint: Endpoint, timeout_s: float) -> grpc.aio.AioRpcError:
+        self.asked.append(endpoint)
+        info = {"peer": str(endpoint), "failure": "server_certificate_not_trusted"}
+        return explained_failure(
+            failed, f"TLS handshake with {endpoint} failed", ErrorReason.TLS_HANDSHAKE_FAILED, info
+        )
 
 
 @dataclass

@@ -21,13 +21,14 @@ from meshlet.errors import MeshError
 from meshlet.events import EventBus
 from meshlet.inbound import InboundParts, build_inbound
 from meshlet.outbound.observe import ObserveCall
+from meshlet.outbound.send import ExplainFailure
 from meshlet.telemetry.access_log import ACCESS_LOGGER, AccessLog
 from meshlet.telemetry.logging import JsonFormatter
 from meshlet.telemetry.metrics import MAX_METHODS, OTHER_METHOD, Metrics
 from meshlet.transport.mesh_channel import MeshChannel
 from meshlet.upstream import Upstream
 from tests.pipeline.conftest import GET, RESERVE, SERVICE, WATCH, A, B, C, FakeClock, Rig, policy
-from tests.pipeline.scripted import Stream, failure, refused, unavailable
+from tests.pipeline.scripted import HandshakesFail, Stream, failure, refused, unavailable
 
 OUT = {"direction": "outbound", "service": SERVICE}
 GET_LABEL = GET[1:]
@@ -37,7 +38,13 @@ WATCH_LABEL = WATCH[1:]
 class MeteredRig(Rig):
     """The pipeline rig with metrics (and, when asked, the access log) on, as Mesh builds them."""
 
-    def __init__(self, seed: int = 7, access_log: AccessLog | None = None, **settings: Any) -> None:
+    def __init__(
+        self,
+        seed: int = 7,
+        access_log: AccessLog | None = None,
+        explain_failure: ExplainFailure | None = None,
+        **settings: Any,
+    ) -> None:
         super().__init__(policy(**settings), seed)
         self.metrics = Metrics()
         bus = EventBus()
@@ -54,6 +61,7 @@ class MeteredRig(Rig):
             sleep=self._sleep,
             metrics=self.metrics,
             access_log=access_log,
+            explain_failure=explain_failure,
         )
         self.metrics.track_upstreams(lambda: [self.upstream])
         patterns = self.upstream.policy.retry.idempotent
@@ -185,18 +193,32 @@ async def test_a_response_stream_is_counted_when_it_ends_and_in_flight_until_the
     assert metered.value("meshlet_in_flight", **OUT) == 0
 
 
-async def test_an_attempt_that_failed_its_tls_handshake_is_counted(metered: MeteredRig) -> None:
+async def test_an_attempt_that_failed_its_tls_handshake_is_counted(rigs: list[MeteredRig]) -> None:
+    rig = MeteredRig(explain_failure=HandshakesFail())
+    rigs.append(rig)
+    rig.serve(A, B, C)
+    rig.transport.then(refused(A))
+
+    await rig.unary(GET)
+
+    assert rig.value("meshlet_tls_handshake_failures_total", direction="outbound", service=SERVICE) == 1
+
+
+async def test_a_started_call_whose_status_reads_like_a_handshake_failure_is_not_counted_as_one(
+    metered: MeteredRig,
+) -> None:
+    """Its status is a server's, or a broken connection's: a server may pass on a downstream's words."""
     metered.transport.then(
         unavailable(
             "failed to connect to all addresses; last error: UNKNOWN: ipv4:127.0.0.1:5001: Tls handshake failed "
             "(TSI_PROTOCOL_FAILURE): SSL_ERROR_SSL: error:1000007d:SSL routines:CERTIFICATE_VERIFY_FAILED"
-        ),
-        refused(A),
+        )
     )
 
     await metered.unary(GET)
 
-    assert metered.value("meshlet_tls_handshake_failures_total", direction="outbound", service=SERVICE) == 1
+    assert metered.value("meshlet_attempts_total", service=SERVICE, method=GET_LABEL, code="UNAVAILABLE") == 1
+    assert metered.value("meshlet_tls_handshake_failures_total", direction="outbound", service=SERVICE) == 0
 
 
 async def test_method_labels_stop_growing_past_the_cap(metered: MeteredRig) -> None:
@@ -355,8 +377,11 @@ async def test_intention_denials_are_counted_by_caller_and_as_requests() -> None
             await server.call(BILLING)
 
     assert server.value("meshlet_authz_denials_total", service="orders", caller="billing") == 3
-    assert server.value("meshlet_requests_total", **IN, method=CREATE_LABEL, code="PERMISSION_DENIED") == 3
-    assert server.value("meshlet_requests_total", **IN, method=CREATE_LABEL, code="OK") == 1
+    assert (
+        server.value("meshlet_requests_total", **IN, caller="billing", method=CREATE_LABEL, code="PERMISSION_DENIED")
+        == 3
+    )
+    assert server.value("meshlet_requests_total", **IN, caller="gateway", method=CREATE_LABEL, code="OK") == 1
     assert server.value("meshlet_request_duration_seconds_count", **IN, method=CREATE_LABEL) == 4
 
 
@@ -373,7 +398,10 @@ async def test_rate_limited_calls_are_counted_by_caller() -> None:
 
     assert outcomes == ["OK", "OK", "RESOURCE_EXHAUSTED", "RESOURCE_EXHAUSTED", "RESOURCE_EXHAUSTED"]
     assert server.value("meshlet_rate_limited_total", service="orders", caller="gateway") == 3
-    assert server.value("meshlet_requests_total", **IN, method=CREATE_LABEL, code="RESOURCE_EXHAUSTED") == 3
+    assert (
+        server.value("meshlet_requests_total", **IN, caller="gateway", method=CREATE_LABEL, code="RESOURCE_EXHAUSTED")
+        == 3
+    )
 
 
 async def test_a_call_without_a_certificate_is_counted_unauthenticated_not_as_a_handshake_failure() -> None:
@@ -382,7 +410,12 @@ async def test_a_call_without_a_certificate_is_counted_unauthenticated_not_as_a_
     with pytest.raises(MeshError):
         await server.call(None)
 
-    assert server.value("meshlet_requests_total", **IN, method=CREATE_LABEL, code="UNAUTHENTICATED") == 1
+    assert (
+        server.value(
+            "meshlet_requests_total", **IN, caller="(unidentified)", method=CREATE_LABEL, code="UNAUTHENTICATED"
+        )
+        == 1
+    )
     assert server.value("meshlet_tls_handshake_failures_total", direction="inbound", service="orders") == 0
 
 
@@ -395,7 +428,9 @@ async def test_an_inbound_call_is_counted_by_the_status_its_handler_set() -> Non
 
     await server.call(context=FakeContext())
 
-    assert server.value("meshlet_requests_total", **IN, method=CREATE_LABEL, code="ALREADY_EXISTS") == 1
+    assert (
+        server.value("meshlet_requests_total", **IN, caller="gateway", method=CREATE_LABEL, code="ALREADY_EXISTS") == 1
+    )
 
 
 async def test_a_handler_that_raises_is_counted_unknown() -> None:
@@ -407,7 +442,7 @@ async def test_a_handler_that_raises_is_counted_unknown() -> None:
     with pytest.raises(RuntimeError):
         await server.call(context=FakeContext())
 
-    assert server.value("meshlet_requests_total", **IN, method=CREATE_LABEL, code="UNKNOWN") == 1
+    assert server.value("meshlet_requests_total", **IN, caller="gateway", method=CREATE_LABEL, code="UNKNOWN") == 1
 
 
 async def test_a_streaming_inbound_call_is_in_flight_until_grpc_ends_it() -> None:
@@ -422,13 +457,13 @@ async def test_a_streaming_inbound_call_is_in_flight_until_grpc_ends_it() -> Non
 
     stream = await server.call(context=context)
     assert server.value("meshlet_in_flight", **IN) == 1
-    assert server.value("meshlet_requests_total", **IN, method=CREATE_LABEL, code="OK") == 0
+    assert server.value("meshlet_requests_total", **IN, caller="gateway", method=CREATE_LABEL, code="OK") == 0
     assert [reply async for reply in stream] == [b"one"]
     context.set_code(grpc.StatusCode.INTERNAL)
     context.finish()
 
     assert server.value("meshlet_in_flight", **IN) == 0
-    assert server.value("meshlet_requests_total", **IN, method=CREATE_LABEL, code="INTERNAL") == 1
+    assert server.value("meshlet_requests_total", **IN, caller="gateway", method=CREATE_LABEL, code="INTERNAL") == 1
 
 
 async def test_an_inbound_access_log_line_names_the_peer(access_lines: list[dict[str, Any]]) -> None:
@@ -454,4 +489,24 @@ async def test_access_log_false_writes_no_line(access_lines: list[dict[str, Any]
     await server.call(context=FakeContext())
 
     assert access_lines == []
-    assert server.value("meshlet_requests_total", **IN, method=CREATE_LABEL, code="OK") == 1
+    assert server.value("meshlet_requests_total", **IN, caller="gateway", method=CREATE_LABEL, code="OK") == 1
+
+
+async def test_a_streams_access_log_line_carries_the_trace_and_span_ids_of_its_span(
+    access_lines: list[dict[str, Any]],
+) -> None:
+    async def replies() -> AsyncIterator[bytes]:
+        yield b"one"
+
+    async def handler(call: InboundCall) -> Any:
+        return replies()
+
+    server = Server(handler, **{"telemetry.access_log": True})
+    context = FakeContext()
+    with TracerProvider().get_tracer("test").start_as_current_span("server") as span:
+        await server.call(context=context)
+    context.finish()  # grpc ends the call after its span stopped being current: the line is written now
+
+    (line,) = access_lines
+    ids = span.get_span_context()
+    assert (line["code"], line["trace_id"], line["span_id"]) == ("OK", f"{ids.trace_id:032x}", f"{ids.span_id:016x}")

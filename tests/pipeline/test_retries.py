@@ -10,7 +10,7 @@ from meshlet.endpoints import Endpoint
 from meshlet.errors import ErrorReason, MeshError, NoHealthyEndpoint, UpstreamFailed, error_info
 from meshlet.events import RetryNotAttempted, RetryScheduled
 from tests.pipeline.conftest import GET, RESERVE, SERVICE, A, B, C, D, E, MakeRig, Rig, info_of, policy
-from tests.pipeline.scripted import failure, refused, reply_from, unavailable
+from tests.pipeline.scripted import HandshakesFail, failure, refused, reply_from, unavailable
 
 
 def mesh_status(error: MeshError) -> Exception:
@@ -129,6 +129,57 @@ async def test_a_resent_non_idempotent_call_stops_once_an_attempt_may_have_reach
 
     assert len(rig.transport.refusals) == len(rig.attempts) == 1
     assert error.details() == "Socket closed"
+
+
+async def test_a_non_idempotent_call_whose_handshake_failed_is_resent_elsewhere(make_rig: MakeRig) -> None:
+    handshakes = HandshakesFail()
+    rig = make_rig(explain_failure=handshakes)
+    rig.serve(A, B, C)
+    rig.transport.then(refused(A))
+
+    reply = await rig.unary(RESERVE)
+
+    (refusal,) = rig.transport.refusals
+    (sent,) = rig.attempts
+    assert handshakes.asked == [refusal.endpoint]
+    assert sent.endpoint != refusal.endpoint
+    assert reply == reply_from(sent.endpoint)
+
+
+async def test_a_caller_whose_every_handshake_failed_reads_why_and_nothing_was_sent(make_rig: MakeRig) -> None:
+    handshakes = HandshakesFail()
+    rig = make_rig(explain_failure=handshakes)
+    rig.serve(A, B, C)
+    for endpoint in (A, B, C):
+        rig.transport.always(endpoint, refused(endpoint))
+
+    error = await rig.failing(RESERVE)
+
+    assert error.code() == grpc.StatusCode.UNAVAILABLE
+    assert info_of(error).reason == ErrorReason.TLS_HANDSHAKE_FAILED
+    assert error.details() == f"TLS handshake with {rig.transport.refusals[-1].endpoint} failed"
+    assert len(handshakes.asked) == len(rig.transport.refusals) == 3
+    assert rig.attempts == []
+
+
+async def test_a_started_call_is_never_explained_as_a_handshake_whatever_its_text(make_rig: MakeRig) -> None:
+    """Only an attempt that could not connect is explained: a started call's failure was answered by a server or
+    a broken connection, and its words (a server writes its own) must not make it look unsent."""
+    handshakes = HandshakesFail()
+    rig = make_rig(explain_failure=handshakes)
+    rig.serve(A, B, C)
+    details = (
+        "failed to connect to all addresses; last error: UNKNOWN: ipv4:127.0.0.1:5001: Tls handshake failed "
+        "(TSI_PROTOCOL_FAILURE): SSL_ERROR_SSL: error:1000007d:SSL routines:CERTIFICATE_VERIFY_FAILED"
+    )
+    rig.transport.then(unavailable(details))
+
+    error = await rig.failing(RESERVE)
+
+    assert handshakes.asked == []
+    assert (error.details(), error_info(error)) == (details, None)
+    assert len(rig.attempts) == 1
+    assert rig.events_of(RetryNotAttempted) == [RetryNotAttempted(SERVICE, RESERVE, 1, "UNAVAILABLE", "not_idempotent")]
 
 
 @pytest.mark.parametrize(

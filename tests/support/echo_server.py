@@ -99,6 +99,7 @@ async def main(argv: list[str]) -> int:
     parser = argparse.ArgumentParser()
     parser.add_argument("--name", default="echo-1")
     parser.add_argument("--port", type=int, default=0)
+    parser.add_argument("--host", default="127.0.0.1", help="what mesh.serve binds; 'default' leaves it to meshlet")
     parser.add_argument("--fail-code", default="")
     parser.add_argument("--fail-rate", type=float, default=1.0)
     parser.add_argument("--delay-ms", type=float, default=0.0)
@@ -108,7 +109,7 @@ async def main(argv: list[str]) -> int:
     async with Mesh.from_env() as mesh:
         server = mesh.server()
         echo_pb2_grpc.add_EchoServicer_to_server(Echo(args, mesh), server)
-        await mesh.serve(server, port=args.port, host="127.0.0.1")
+        await mesh.serve(server, port=args.port, host=None if args.host == "default" else args.host)
     return 0
 
 

@@ -77,7 +77,7 @@ def error_from(
 
 def test_an_empty_config_is_valid_with_the_documented_defaults() -> None:
     config = load_config(env={})
-    assert config.service.address == "127.0.0.1"
+    assert config.service.address is None  # the address the listener serves
     assert (config.service.check_ttl, config.service.deregister_critical_after) == (10.0, 60.0)
     assert config.consul.address == "http://127.0.0.1:8500"
     assert config.tls.source == "off"
@@ -99,13 +99,13 @@ def test_an_empty_config_is_valid_with_the_documented_defaults() -> None:
     assert (config.telemetry.sample_ratio, config.telemetry.access_log) == (1.0, False)
 
 
-def test_the_example_in_design_md_loads_as_written(write: Write) -> None:
+def test_the_example_in_design_md_loads_as_written(write: Write, tmp_path: Path) -> None:
     config = load_config(write(DESIGN_EXAMPLE), env={})
     inventory = config.upstream("inventory")
     assert (inventory.local_port, inventory.timeout) == (9001, 1.0)
     assert inventory.retry.idempotent == ("/shop.inventory.v1.Inventory/*",)
     assert config.authz.rules[0].from_ == "gateway"
-    assert config.tls.cert == Path("certs/orders.crt")
+    assert config.tls.cert == tmp_path / "certs/orders.crt"  # beside the file (tls.source consul: not read)
 
 
 def test_the_configuration_reference_in_the_readme_loads_as_written(write: Write) -> None:
@@ -205,13 +205,15 @@ def test_overrides_take_dotted_keys_and_nested_mappings() -> None:
 # ---------------------------------------------------------------- Consul CLI and OpenTelemetry variables
 
 
-def test_consul_cli_variables_set_address_token_and_cacert() -> None:
-    env = {"CONSUL_HTTP_ADDR": "consul.local:8500", "CONSUL_HTTP_TOKEN": "secret", "CONSUL_CACERT": "/etc/ca.pem"}
+def test_consul_cli_variables_set_address_token_and_cacert(tmp_path: Path) -> None:
+    cacert = tmp_path / "ca.pem"
+    cacert.write_text("a PEM bundle")
+    env = {"CONSUL_HTTP_ADDR": "consul.local:8500", "CONSUL_HTTP_TOKEN": "secret", "CONSUL_CACERT": str(cacert)}
     consul = load_config(env=env).consul
     assert consul.address == "http://consul.local:8500"
     assert consul.token is not None
     assert consul.token.get_secret_value() == "secret"
-    assert consul.cacert == Path("/etc/ca.pem")
+    assert consul.cacert == cacert
 
 
 def test_consul_http_token_file_names_the_token_file(tmp_path: Path) -> None:
@@ -414,6 +416,86 @@ def test_a_missing_tls_file_is_named_and_blamed_on_the_source_setting(write: Wri
     assert "missing: key" in error.allowed
 
 
+# ---------------------------------------------------------------- file paths
+
+
+def test_relative_paths_in_a_config_file_are_read_from_its_folder(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    folder = tmp_path / "deploy"
+    for name in ("certs/a.crt", "certs/a.key", "certs/ca.crt", "consul-ca.pem", "protos.bin"):
+        (folder / name).parent.mkdir(parents=True, exist_ok=True)
+        (folder / name).write_text("content")
+    (folder / "spans").mkdir()
+    config_file = folder / "meshlet.yaml"
+    config_file.write_text(
+        "tls: {source: files, cert: certs/a.crt, key: certs/a.key, ca: certs/ca.crt}\n"
+        "consul: {cacert: consul-ca.pem}\n"
+        "sidecar: {descriptor_sets: [protos.bin]}\n"
+        "telemetry: {span_file: spans/a.jsonl}\n"
+    )
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    monkeypatch.chdir(elsewhere)
+
+    config = load_config(Path("../deploy/meshlet.yaml"), env={})
+
+    assert (config.tls.cert, config.tls.key, config.tls.ca) == tuple(
+        folder / "certs" / name for name in ("a.crt", "a.key", "ca.crt")
+    )
+    assert config.consul.cacert == folder / "consul-ca.pem"
+    assert config.sidecar.descriptor_sets == (folder / "protos.bin",)
+    assert config.telemetry.span_file == folder / "spans/a.jsonl"
+
+
+def test_paths_in_variables_are_read_from_the_working_directory_and_absolute_ones_stay(write: Write) -> None:
+    path = write("telemetry: {span_file: /tmp/spans.jsonl}\n")
+    config = load_config(path, env={"MESHLET_TLS__CERT": "certs/a.crt"})  # tls.source off: not read
+    assert config.tls.cert == Path("certs/a.crt")
+    assert config.telemetry.span_file == Path("/tmp/spans.jsonl")
+
+
+@pytest.mark.parametrize(
+    ("text", "field"),
+    [
+        ("tls: {source: files, cert: a.crt, key: absent.key, ca: ca.crt}\n", "tls.key"),
+        ("consul: {cacert: absent.pem}\n", "consul.cacert"),
+        ("sidecar: {descriptor_sets: [a.crt, absent.bin]}\n", "sidecar.descriptor_sets[1]"),
+        ("tls: {source: files, cert: a.crt, key: a.crt, ca: a-folder}\n", "tls.ca"),
+    ],
+    ids=["tls-file", "consul-ca", "descriptor-set", "a-folder"],
+)
+def test_a_file_that_cannot_be_read_is_one_config_error_naming_its_field(
+    write: Write, tmp_path: Path, text: str, field: str
+) -> None:
+    (tmp_path / "a.crt").write_text("PEM")
+    (tmp_path / "ca.crt").write_text("PEM")
+    (tmp_path / "a-folder").mkdir()
+    path = write(text)
+    error = error_from(path)
+    assert (error.path, error.source) == (field, str(path))
+    assert str(error.value).startswith(str(tmp_path))  # the path as it was looked for
+    assert "cannot be read" in error.allowed
+    assert "config file's folder" in error.allowed
+
+
+def test_a_span_file_in_a_folder_that_does_not_exist_is_a_config_error(write: Write, tmp_path: Path) -> None:
+    error = error_from(write("telemetry: {span_file: traces/a.jsonl}\n"))
+    assert (error.path, error.value) == ("telemetry.span_file", str(tmp_path / "traces/a.jsonl"))
+    assert "does not exist" in error.allowed
+
+
+def test_a_config_for_another_machine_loads_without_its_files(write: Write, tmp_path: Path) -> None:
+    path = write("tls: {source: files, cert: a.crt, key: a.key, ca: ca.crt}\n")
+    config = load_config(path, env={}, check_files=False)  # e.g. a pod's, whose secret is mounted there
+    assert config.tls.cert == tmp_path / "a.crt"
+
+
+def test_tls_files_are_not_read_when_tls_source_does_not_use_them(write: Write) -> None:
+    config = load_config(write("tls: {source: consul, cert: absent.crt}\nservice: {name: orders}\n"), env={})
+    assert config.tls.source == "consul"
+
+
 def test_backoff_max_below_backoff_base_is_judged_on_the_merged_policy(write: Write) -> None:
     path = write("upstream_defaults: {retry: {backoff_base: 2s}}\nupstreams:\n  inventory: {timeout: 1s}\n")
     error = error_from(path, overrides={"upstream_defaults.retry.backoff_base": "3s"})
@@ -459,7 +541,7 @@ def test_an_authz_rule_without_an_action_says_it_is_required(write: Write) -> No
 def test_authorization_follows_consuls_intentions_when_certificates_come_from_consul(
     write: Write, written: str, source: str
 ) -> None:
-    assert load_config(write(written), env={}).authz.source == source
+    assert load_config(write(written), env={}, check_files=False).authz.source == source
 
 
 @pytest.mark.parametrize(
@@ -475,10 +557,10 @@ def test_authorization_follows_consuls_intentions_when_certificates_come_from_co
 def test_a_plaintext_sidecar_inbound_listens_on_loopback_unless_set_explicitly(
     write: Write, written: str, inbound: str
 ) -> None:
-    assert load_config(write(written), env={}).sidecar.inbound == inbound
-    assert load_config(write(written), env={"MESHLET_SIDECAR__INBOUND": "0.0.0.0:7000"}).sidecar.inbound == (
-        "0.0.0.0:7000"
-    )
+    assert load_config(write(written), env={}, check_files=False).sidecar.inbound == inbound
+    assert load_config(
+        write(written), env={"MESHLET_SIDECAR__INBOUND": "0.0.0.0:7000"}, check_files=False
+    ).sidecar.inbound == ("0.0.0.0:7000")
 
 
 def test_local_rules_under_consul_certificates_must_name_their_source(write: Write) -> None:
@@ -588,13 +670,15 @@ def test_host_port_refuses_what_is_not_one(written: str) -> None:
 # ---------------------------------------------------------------- /config
 
 
-def test_redacted_hides_the_token_and_the_key_path(write: Write) -> None:
+def test_redacted_hides_the_token_and_the_key_path(write: Write, tmp_path: Path) -> None:
+    for name in ("a.crt", "a.key", "ca.crt"):
+        (tmp_path / name).write_text("PEM")
     path = write("tls: {source: files, cert: a.crt, key: a.key, ca: ca.crt}\n")
     config = load_config(path, env={"CONSUL_HTTP_TOKEN": "s3cret"})
     shown = config.redacted()
     assert shown["consul"]["token"] == REDACTED
     assert shown["tls"]["key"] == REDACTED
-    assert shown["tls"]["cert"] == "a.crt"
+    assert shown["tls"]["cert"] == str(tmp_path / "a.crt")
     assert "s3cret" not in repr(config)
     assert "s3cret" not in str(shown)
 
@@ -643,6 +727,19 @@ def test_a_per_method_rate_limit_keyed_by_a_bare_name_says_what_a_pattern_is(wri
     assert error.path.startswith("rate_limit.per_method.Create")
     assert error.value == "Create"
     assert '"/pkg.Service/*"' in error.allowed
+
+
+def test_a_trusted_domain_that_is_not_a_dns_name_names_the_field() -> None:
+    error = error_from(overrides={"tls": {"trusted_domains": ["spiffe://other.example"]}})
+    assert error.path == "tls.trusted_domains[0]"
+    assert "lower-case DNS name" in str(error)
+
+
+@pytest.mark.parametrize("source", ["a/b/c/d", "sandbox/", "/gateway"])
+def test_an_intention_source_that_is_not_partition_namespace_service_names_the_field(source: str) -> None:
+    error = error_from(overrides={"authz": {"rules": [{"from": source, "to": "orders", "action": "allow"}]}})
+    assert error.path == "authz.rules[0].from"
+    assert "[<partition>/][<namespace>/]<service>" in str(error)
 
 
 async def test_the_consul_client_brackets_an_ipv6_agent_in_its_urls() -> None:

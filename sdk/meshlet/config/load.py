@@ -14,7 +14,7 @@ from typing import Any
 import yaml
 from pydantic import ValidationError
 
-from meshlet.config.schema import Config, deep_merge
+from meshlet.config.schema import Config, deep_merge, path_fields
 from meshlet.errors import ConfigError
 
 TOO_DEEP = "is nested too deeply: a configuration needs a few levels of lists and mappings, not hundreds"
@@ -87,7 +87,11 @@ class _Layers:
 
 
 def load_config(
-    path: str | Path | None = None, *, env: Mapping[str, str] | None = None, overrides: Mapping[str, Any] | None = None
+    path: str | Path | None = None,
+    *,
+    env: Mapping[str, str] | None = None,
+    overrides: Mapping[str, Any] | None = None,
+    check_files: bool = True,
 ) -> Config:
     """Defaults < $CONSUL_* and $OTEL_* < the YAML file < $MESHLET_<SECTION>__<FIELD> < `overrides` (flags).
 
@@ -96,7 +100,9 @@ def load_config(
     are case-insensitive and lowercased, so mixed-case map keys (gRPC service names in ``sidecar.routes``)
     belong in the file or in a flow mapping value. `overrides` takes nested mappings or dotted keys
     (``{"sidecar.app": "127.0.0.1:5000"}``), string values read as environment values are.
-    Raises ConfigError, and nothing else, for any bad input.
+    A relative file path in the file is read from the file's folder (one in a variable or a flag from the working
+    directory); a file the config reads must be readable, unless `check_files` is False (a config read on another
+    machine than the one it runs on). Raises ConfigError, and nothing else, for any bad input.
     """
     env = os.environ if env is None else env
     layers = _Layers()
@@ -105,7 +111,9 @@ def load_config(
     if path is None and env.get("MESHLET_CONFIG"):
         path, file_source = env["MESHLET_CONFIG"], "MESHLET_CONFIG"
     if path is not None:
-        layers.set((), _read_file(Path(path), file_source), str(path))
+        file = Path(path)
+        folder = Path(os.path.normpath(file.absolute().parent))  # as the user sees it: "..", not symlinks, resolved
+        layers.set((), _anchored(_read_file(file, file_source), folder), str(path))
     for name in sorted(env):
         if name.upper().startswith("MESHLET_") and "__" in name:
             keys = tuple(name[len("MESHLET_") :].lower().split("__"))
@@ -114,11 +122,14 @@ def load_config(
         keys, source = tuple(str(key).split(".")), f"flag {key}"
         layers.set(keys, _parse_text(value, keys, source) if isinstance(value, str) else value, source)
     try:
-        return Config.model_validate(layers.tree)
+        config = Config.model_validate(layers.tree)
     except ValidationError as exc:
         raise _config_error(exc, layers) from None
     except RecursionError:  # a deep value that YAML could read but validation cannot walk
         raise ConfigError("config", "(nested)", TOO_DEEP) from None
+    if check_files:
+        _check_files(config, layers)
+    return config
 
 
 def _ambient_defaults(layers: _Layers, env: Mapping[str, str]) -> None:
@@ -154,6 +165,53 @@ def _read_file(path: Path, source: str | None) -> dict[Any, Any]:
         allowed = "must be a YAML mapping of sections: " + ", ".join(Config.model_fields)
         raise ConfigError("config file", str(path), allowed, source=source)
     return data or {}
+
+
+def _anchored(data: dict[Any, Any], folder: Path) -> dict[Any, Any]:
+    """The file's relative paths made relative to its own folder, not to the working directory: a config file and
+    the certificates beside it then work from wherever the process starts. Values that are not text are left to
+    validation."""
+    for keys in path_fields():
+        *sections, key = keys
+        node: Any = data
+        for section in sections:
+            node = node.get(section) if isinstance(node, dict) else None
+        if not isinstance(node, dict) or node.get(key) is None:
+            continue
+        value = node[key]
+        if isinstance(value, str):
+            node[key] = str(folder / value)  # an absolute value stays as it is
+        elif isinstance(value, list):
+            node[key] = [str(folder / item) if isinstance(item, str) else item for item in value]
+    return data
+
+
+def _check_files(config: Config, layers: _Layers) -> None:
+    """Each file the config will read can be read, and the folder of the one it writes exists: a wrong path is the
+    usual one-line error naming its field now, not a traceback when the file is first needed."""
+    reads: list[tuple[tuple[Any, ...], Path]] = []
+    if config.consul.cacert is not None:
+        reads.append((("consul", "cacert"), config.consul.cacert))
+    if config.tls.source == "files":  # the model checks that all three are set
+        reads += [(("tls", name), file) for name in ("cert", "key", "ca") if (file := getattr(config.tls, name))]
+    reads += [(("sidecar", "descriptor_sets", i), file) for i, file in enumerate(config.sidecar.descriptor_sets)]
+    hint = "fix the path (a relative one in a config file is read from the config file's folder)"
+    for loc, file in reads:
+        try:
+            with file.open("rb"):
+                pass
+        except OSError as exc:
+            problem = f"cannot be read ({exc.strerror or exc}): {hint}"
+            raise ConfigError(_dotted(loc), str(file), problem, source=layers.source_of(loc, None)) from None
+    span_file = config.telemetry.span_file
+    if span_file is not None and not span_file.parent.is_dir():
+        loc = ("telemetry", "span_file")
+        problem = f"its folder {span_file.parent} does not exist: create it, or {hint}"
+        raise ConfigError(_dotted(loc), str(span_file), problem, source=layers.source_of(loc, None))
+
+
+def _dotted(loc: tuple[Any, ...]) -> str:
+    return "".join(f"[{part}]" if isinstance(part, int) else f".{part}" for part in loc).lstrip(".")
 
 
 def _parse_text(text: str, keys: tuple[str, ...], source: str) -> Any:
@@ -204,5 +262,4 @@ def _config_error(exc: ValidationError, layers: _Layers) -> ConfigError:
     else:
         allowed = re.sub(r"^Input should be", "must be", error["msg"])
     blame = (*loc[:-1], context["blame"]) if context.get("blame") else None
-    path = "".join(f"[{part}]" if isinstance(part, int) else f".{part}" for part in loc).lstrip(".")
-    return ConfigError(path, value, allowed, source=layers.source_of(loc, blame))
+    return ConfigError(_dotted(loc), value, allowed, source=layers.source_of(loc, blame))

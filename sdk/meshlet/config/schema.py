@@ -6,9 +6,9 @@ Apart from loading, which only gathers raw values and explains the errors these 
 from __future__ import annotations
 
 import difflib
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from pathlib import Path
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, Literal, get_args
 
 from pydantic import BaseModel, ConfigDict, Field, SecretStr
 from pydantic import model_validator as _model_validator
@@ -16,6 +16,7 @@ from pydantic import model_validator as _model_validator
 from meshlet.config.fields import (
     DEFAULT_CONSUL_ADDRESS,
     REDACTED,
+    TRUST_DOMAIN_RULE,
     AtLeastOne,
     BudgetTtl,
     DeregisterAfter,
@@ -29,6 +30,7 @@ from meshlet.config.fields import (
     StatusName,
     checked,
     invalid,
+    is_trust_domain,
     method_pattern,
     normalise_consul_address,
     parsed,
@@ -60,7 +62,9 @@ class _Section(BaseModel):
 
 class ServiceConfig(_Section):
     name: str | None = None
-    address: str | None = "127.0.0.1"  # registered in Consul; None lets the registrar choose
+    # Registered in Consul, and what mesh.serve binds unless told: None means the address the listener serves (its
+    # host; 127.0.0.1 behind 0.0.0.0). Set it to what callers dial (the pod IP) when that differs.
+    address: str | None = None
     tags: tuple[str, ...] = ()
     meta: dict[str, str] = Field(default_factory=dict)
     check_ttl: PositiveDuration = 10.0
@@ -79,13 +83,17 @@ class ConsulConfig(_Section):
 
 
 class TlsConfig(_Section):
-    """``files``: PEM paths relative to the working directory; ``consul``: the Connect CA's leaf and roots."""
+    """``files``: PEM paths (a relative one in the config file is read from the file's folder, one in a variable or
+    flag from the working directory); ``consul``: the Connect CA's leaf and roots."""
 
     source: Literal["consul", "files", "off"] = "off"
     cert: Path | None = None
     key: Path | None = None
     ca: Path | None = None
     trust_domain: str | None = None
+    # Federation: callers from these trust domains are accepted too (their CAs must be in the bundle); by default a
+    # server accepts only callers of its own certificate's trust domain.
+    trusted_domains: tuple[Annotated[str, checked(is_trust_domain, TRUST_DOMAIN_RULE)], ...] = ()
 
     @_model_validator(mode="after")
     def _files_are_named(self) -> TlsConfig:
@@ -160,8 +168,16 @@ class UpstreamPolicy(_Section):
     breaker: BreakerPolicy = BreakerPolicy()
 
 
+def _is_source(source: str) -> bool:
+    parts = source.split("/")
+    return len(parts) <= 3 and all(parts)
+
+
 class AuthzRule(_Section):
-    from_: str = Field(alias="from")  # a source service name, or "*"
+    # [<partition>/][<namespace>/]<service> (Consul's CLI spelling; each left out is "default"); service may be "*"
+    from_: Annotated[str, checked(_is_source, "must be [<partition>/][<namespace>/]<service>, service or '*'")] = Field(
+        alias="from"
+    )
     to: str
     methods: tuple[Annotated[str, method_pattern(allow_any=True)], ...] = ("*",)
     action: Literal["allow", "deny"]
@@ -294,6 +310,23 @@ def _without_credentials(url: str) -> str:
         return url
     shown = f"{REDACTED}@{authority.rpartition('@')[2]}{slash}{path}"
     return f"{scheme}{sep}{shown}" if sep else shown
+
+
+def path_fields(model: type[BaseModel] = Config, prefix: tuple[str, ...] = ()) -> Iterator[tuple[str, ...]]:
+    """The YAML key paths of every field that holds a file path (or a list of them), in every section."""
+    for name, field in model.model_fields.items():
+        key = (*prefix, field.alias or name)
+        annotation = field.annotation
+        if isinstance(annotation, type) and issubclass(annotation, BaseModel):
+            yield from path_fields(annotation, key)
+        elif Path in _leaf_types(annotation):
+            yield key
+
+
+def _leaf_types(annotation: Any) -> set[Any]:
+    """``Path | None`` -> {Path, NoneType}; ``tuple[Path, ...]`` -> {Path, Ellipsis}; a plain type -> itself."""
+    args = get_args(annotation)
+    return set().union(*map(_leaf_types, args)) if args else {annotation}
 
 
 def _raw(value: Any) -> Any:

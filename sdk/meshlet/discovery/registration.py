@@ -24,6 +24,19 @@ SERVING = "SERVING"
 REQUEST_TIMEOUT_S = 5.0
 
 
+WILDCARDS = ("0.0.0.0", "::", "")
+
+
+def registered_address(bind_host: str, configured: str | None) -> str:
+    """The address to register for a listener on `bind_host`: ``service.address`` when set (a pod IP; or a NAT's
+    address that reaches this port), else the one the listener serves: its own host, or 127.0.0.1 behind a
+    wildcard (Consul refuses 0.0.0.0, and loopback is the one address a wildcard surely serves)."""
+    if configured:
+        return configured
+    host = bind_host.strip("[]")
+    return "127.0.0.1" if host in WILDCARDS else host
+
+
 class RegistrationRefused(Exception):
     """The agent answered and said no (bad definition, ACL token without service:write): fix the config."""
 
@@ -31,7 +44,8 @@ class RegistrationRefused(Exception):
 class Registration:
     """One service instance registered with the local Consul agent and its TTL heartbeat task.
 
-    `health` returns the grpc.health.v1 status name of the service (``"SERVING"``, ``"NOT_SERVING"``, ...).
+    `health` returns the grpc.health.v1 status name of the service (``"SERVING"``, ``"NOT_SERVING"``, ...);
+    `describe` turns it into the check's Output, which operators read in Consul: it says what was probed.
     Nothing here raises once registered: an unreachable agent is logged once and retried on the next beat.
     """
 
@@ -49,6 +63,8 @@ class Registration:
         check_ttl_s: float = 10.0,
         deregister_after_s: float = 60.0,
         health: Callable[[], str],
+        describe: Callable[[str], str] = lambda status: f"grpc.health.v1 status: {status}",
+        notes: str = "meshlet heart-beats this check from the service's grpc.health.v1 status",
     ) -> None:
         self.name = name
         self.service_id = service_id
@@ -62,6 +78,8 @@ class Registration:
         self.deregister_after_s = deregister_after_s
         self.last_status: str | None = None  # the status the agent last accepted
         self._health = health
+        self._describe = describe  # the check's Output for a status: what was probed, and what it answered
+        self._notes = notes
         self._source = consul
         self._client: ConsulClient | None = None
         self._owns_client = False
@@ -123,7 +141,7 @@ class Registration:
         check = {
             "CheckID": self.check_id,
             "Name": f"Service '{self.name}' TTL heartbeat",
-            "Notes": "meshlet heart-beats this check from the service's grpc.health.v1 status",
+            "Notes": self._notes,
             "TTL": go_duration(self.check_ttl_s),
             "Status": "critical",
             "DeregisterCriticalServiceAfter": go_duration(self.deregister_after_s),
@@ -157,7 +175,11 @@ class Registration:
 
     async def _report(self, status: str) -> bool:
         assert self._client is not None
-        note = f"grpc.health.v1 status: {status}"
+        try:
+            note = self._describe(status)
+        except Exception:
+            log.exception("describing the health of %s failed; reporting the bare status", self.service_id)
+            note = status
         if status == SERVING:
             accepted: bool = await self._client.agent.check.ttl_pass(self.check_id, notes=note)
         else:

@@ -25,7 +25,7 @@ import grpc
 from meshlet.call import Call
 from meshlet.endpoints import Endpoint
 from meshlet.errors import ErrorReason, error_info
-from meshlet.transport.channels import EndpointChannels
+from meshlet.transport.channels import EndpointChannels, NotConnected
 from meshlet.transport.streams import (
     ResponseStream,
     channel_closed,
@@ -34,9 +34,10 @@ from meshlet.transport.streams import (
     start_pumping,
 )
 
-# Turns a transport failure grpc reports in its own words (a failed TLS handshake) into one that says what to do,
-# or None; given the time the call has left (see meshlet.security.handshake_failures).
-ExplainFailure = Callable[[grpc.aio.AioRpcError, Endpoint, float], Awaitable[grpc.aio.AioRpcError | None]]
+# Says why an attempt could not connect to its endpoint (a failed TLS handshake, say) with the same code, or
+# returns None; given the time the call has left (see meshlet.security.handshake_failures). Asked only before a
+# call was started, so whatever it answers, the attempt stays unsent; a started call's failure is never retold.
+ExplainFailure = Callable[[NotConnected, Endpoint, float], Awaitable[grpc.aio.AioRpcError | None]]
 
 
 class SendOnChannel:
@@ -51,8 +52,11 @@ class SendOnChannel:
         assert call.deadline is not None
         channel = self._channels.get(call.endpoint)
         method = call.method
-        if not channel.is_ready():  # NotConnected from here on means: no byte of this attempt left
-            await channel.connect(call.deadline.remaining(), call.wait_for_ready)
+        if not channel.is_ready():
+            try:
+                await channel.connect(call.deadline.remaining(), call.wait_for_ready)
+            except NotConnected as failed:  # no byte of this attempt left: explained, and still unsent
+                raise await self._explained(failed, call) from None
         multicallable = channel.callable_for(method)
         timeout = call.attempt_timeout_s = call.deadline.remaining()
         if method.client_streaming:  # written by a task that stops when the call ends (see transport/streams.py)
@@ -75,8 +79,6 @@ class SendOnChannel:
                 error = await settled(grpc_call, error)
             if refused_before_handler(error, method.path):
                 call.may_have_reached_server = False
-            if self._explain is not None:
-                error = await self._explained(error, call)
             raise error from None
         except asyncio.CancelledError:
             if closed_under_the_caller(grpc_call):
@@ -84,14 +86,13 @@ class SendOnChannel:
             grpc_call.cancel()
             raise
 
-    async def _explained(self, error: grpc.aio.AioRpcError, call: Call) -> grpc.aio.AioRpcError:
-        assert self._explain is not None
+    async def _explained(self, failed: NotConnected, call: Call) -> grpc.aio.AioRpcError:
+        """`failed` as the explainer tells it (why a handshake failed, say), or as it is."""
+        if self._explain is None:
+            return failed
         assert call.endpoint is not None
         assert call.deadline is not None
-        explained = await self._explain(error, call.endpoint, call.deadline.remaining())
-        if explained is None:
-            return error
-        return explained
+        return await self._explain(failed, call.endpoint, call.deadline.remaining()) or failed
 
 
 def refused_before_handler(error: grpc.aio.AioRpcError, method: str) -> bool:
@@ -108,4 +109,8 @@ def refused_before_handler(error: grpc.aio.AioRpcError, method: str) -> bool:
         return False
     if info.reason == ErrorReason.RATE_LIMITED:
         return code is grpc.StatusCode.RESOURCE_EXHAUSTED
-    return info.reason == ErrorReason.NO_HEALTHY_ENDPOINT and "app" in info.metadata
+    return (
+        code is grpc.StatusCode.UNAVAILABLE
+        and info.reason == ErrorReason.NO_HEALTHY_ENDPOINT
+        and "app" in info.metadata
+    )

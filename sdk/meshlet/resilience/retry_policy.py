@@ -30,7 +30,8 @@ MAX_ATTEMPTS = 5
 """gRPC A6: "maxAttempts values greater than 5 are treated as 5". One attempt means retries are off."""
 
 TRANSPARENT_CODE = "UNAVAILABLE"
-"""The code of a failure that never left the client (refused connection, refused stream)."""
+"""The code of a failure that never left the client (no connection could be made) or that a meshlet server
+refused before its handler or app saw it."""
 
 CodeOf = Callable[[BaseException], str | None]
 PushbackOf = Callable[[BaseException], Pushback]

@@ -1,21 +1,23 @@
-"""Why a connection to an endpoint failed its TLS handshake, said in the mesh's words.
+"""Why a connection to an endpoint failed its TLS handshake, said in the mesh's words, from facts meshlet gathers.
 
-grpc reports every handshake failure as a bare UNAVAILABLE in its own words (measured, grpcio 1.85)::
+The send stage starts a call only on a connected channel, so a failed handshake reaches it as NotConnected
+("could not connect"): never sent, by construction, and retried as such. `HandshakeFailures.explain` turns that
+into TLS_HANDSHAKE_FAILED (the same code) with the peer, the identity expected and the one presented, and the
+trust domains. grpc's own words are never read: meshlet connects to the endpoint itself, with Python's ssl, and
+judges from what it finds (`judge`)::
 
-    server's CA unknown to us   "...: Tls handshake failed (TSI_PROTOCOL_FAILURE): ... CERTIFICATE_VERIFY_FAILED:
-                                 unable to get local issuer certificate: OK"
-    server is another service   "...: Custom verification check failed with error: UNAUTHENTICATED: Hostname
-                                 Verification Check failed."
-    server does not speak TLS   "...: Tls handshake failed (TSI_PROTOCOL_FAILURE): ... WRONG_VERSION_NUMBER ..."
-    server refused our cert,    "failed to connect to all addresses; last error: UNAVAILABLE: ipv4:...: Socket closed"
-    or we are plaintext and it
-    requires TLS
+    no TCP connection (refused, timed out)          not a TLS failure: NotConnected is left as it is
+    TCP, and what comes back is no TLS               server_not_tls (for a plaintext client: no TLS failure)
+    a certificate our trust bundle does not verify   server_certificate_not_trusted
+    a verified certificate of another identity       wrong_server_identity
+    the verified certificate we expect               client_certificate_refused: a grpc server refuses a client
+                                                     certificate by closing the connection mid-handshake
+    any certificate, and this client is plaintext    plaintext_client
 
-all of them prefixed "failed to connect to all addresses": the request never left, so re-sending it elsewhere is
-safe, and the explained error keeps that code. `HandshakeFailures.explain` turns them into TLS_HANDSHAKE_FAILED
-with the peer, the identity expected and the one presented, and the trust domains. grpc does not say what the
-server presented, so on the first failure of an endpoint (then at most every PROBE_EVERY_S) it connects once
-more with Python's ssl to read the server's certificate, and logs the explanation.
+A probe reads the certificate without sending one of ours (TLS 1.3 ends the client's handshake before the server
+judges the client's), and verifies it with our trust bundle in a second handshake only when the first shows a
+certificate. It runs only on a failed connection, at most every PROBE_EVERY_S per endpoint (concurrent failures
+share one), and logs the explanation when it does. Nothing here decides whether a request may be re-sent.
 
 The server side learns nothing: grpcio closes a plaintext or uncertified connection inside its core (its log
 says "Handshake failed ... WRONG_VERSION_NUMBER" at INFO verbosity) and never calls into Python, so a server
@@ -25,13 +27,11 @@ cannot count or log the callers its handshake refuses; the explanation lives on 
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
-import re
 import ssl
 import time
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from enum import Enum
 
 import grpc
@@ -44,12 +44,13 @@ log = logging.getLogger("meshlet.tls")
 
 PROBE_EVERY_S = 5.0  # per endpoint: a failing endpoint is probed (and the failure logged) at most this often
 PROBE_TIMEOUT_S = 0.5
-_CONNECT_FAILED = "failed to connect to all addresses"
-_VERIFY_FAILED = re.compile(r"CERTIFICATE_VERIFY_FAILED: ([^:]+)")
+# What OpenSSL says when the bytes a server sends back to a ClientHello are no TLS record (a plaintext gRPC server
+# answers with an HTTP/2 frame, an HTTP/1 server with a status line: both WRONG_VERSION_NUMBER, measured).
+_NOT_TLS = frozenset({"WRONG_VERSION_NUMBER", "RECORD_LAYER_FAILURE", "PACKET_LENGTH_TOO_LONG", "UNKNOWN_PROTOCOL"})
 
 
 class Handshake(Enum):
-    """What went wrong, read from grpc's words; the value goes in the ErrorInfo's ``failure``."""
+    """What went wrong; the value goes in the ErrorInfo's ``failure``."""
 
     SERVER_NOT_TRUSTED = "server_certificate_not_trusted"
     WRONG_SERVER = "wrong_server_identity"
@@ -66,23 +67,7 @@ class Expectation:
     identity: str | None = None  # the SPIFFE ID the server must present; None: this client is plaintext
     trust_domain: str | None = None
     client_identity: str | None = None
-
-
-def classify(details: str, secure: bool) -> Handshake | None:
-    """The handshake failure grpc's `details` describe, or None when they describe no handshake failure."""
-    if _CONNECT_FAILED not in details:
-        return None
-    if not secure:
-        return Handshake.PLAINTEXT_TO_TLS if details.endswith("Socket closed") else None
-    if "Hostname Verification Check failed" in details:
-        return Handshake.WRONG_SERVER
-    if "CERTIFICATE_VERIFY_FAILED" in details:
-        return Handshake.SERVER_NOT_TRUSTED
-    if "WRONG_VERSION_NUMBER" in details:
-        return Handshake.SERVER_NOT_TLS
-    if details.endswith("Socket closed"):
-        return Handshake.CLIENT_REFUSED
-    return None
+    trust_bundle_pem: bytes | None = field(default=None, repr=False)  # the CAs this client verifies servers with
 
 
 @dataclass(frozen=True, slots=True)
@@ -112,90 +97,188 @@ class Presented:
         return self.identity.removeprefix("spiffe://").partition("/")[0]
 
 
-async def probe_certificate(endpoint: Endpoint, timeout_s: float) -> Presented | None:
-    """The certificate `endpoint` presents, read with a handshake of our own that verifies nothing and sends no
-    certificate (TLS 1.3 ends the client's handshake before the server judges ours); None if it speaks no TLS."""
+@dataclass(frozen=True, slots=True)
+class Probed:
+    """What an endpoint did when meshlet connected to it itself.
+
+    `speaks_tls` False: it took the connection and answered a TLS ClientHello with something else. With TLS,
+    `presented` is its certificate (None if unreadable) and `untrusted` why our bundle does not verify it (None:
+    verified, or not checked because this client has no bundle)."""
+
+    speaks_tls: bool
+    presented: Presented | None = None
+    untrusted: str | None = None
+
+
+async def probe(endpoint: Endpoint, trust_bundle_pem: bytes | None, timeout_s: float) -> Probed | None:
+    """Connect to `endpoint` as a TLS client that sends no certificate, and verify what it presents with
+    `trust_bundle_pem` if given; None when that says nothing (no TCP connection, a timeout, a connection closed
+    mid-handshake, a second answer unlike the first)."""
+    try:
+        async with asyncio.timeout(timeout_s):
+            read = await _handshake(endpoint, _reading_context())
+            if read is None or read.presented is None or trust_bundle_pem is None:
+                return read
+            verified = await _handshake(endpoint, _verifying_context(trust_bundle_pem))
+    except TimeoutError:
+        return None
+    if verified is None or not verified.speaks_tls:
+        return None
+    return Probed(speaks_tls=True, presented=read.presented, untrusted=verified.untrusted)
+
+
+async def _handshake(endpoint: Endpoint, context: ssl.SSLContext) -> Probed | None:
+    """One TLS handshake with `endpoint`, as `context` sees it."""
+    try:
+        _reader, writer = await asyncio.open_connection(endpoint.address, endpoint.port)
+    except OSError:
+        return None
+    try:
+        await writer.start_tls(context)
+        ssl_object = writer.get_extra_info("ssl_object")
+        der = ssl_object.getpeercert(binary_form=True) if ssl_object is not None else None
+        return Probed(speaks_tls=True, presented=_presented(der) if der else None)
+    except ssl.SSLCertVerificationError as refused:
+        return Probed(speaks_tls=True, untrusted=refused.verify_message or "not verified")
+    except (ssl.SSLEOFError, ssl.SSLZeroReturnError):
+        return None  # closed mid-handshake: a server that refuses TLS callers, or one going away
+    except ssl.SSLError as failed:
+        if failed.reason in _NOT_TLS:  # our own TLS stack's verdict on the bytes that came back
+            return Probed(speaks_tls=False)
+        return None  # a TLS alert, say: a TLS 1.2 server refusing a client without a certificate
+    except OSError:
+        return None
+    finally:
+        writer.close()
+
+
+def _reading_context() -> ssl.SSLContext:
     context = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
     context.check_hostname = False
     context.verify_mode = ssl.CERT_NONE
     context.set_alpn_protocols(["h2"])
+    return context
+
+
+def _verifying_context(trust_bundle_pem: bytes) -> ssl.SSLContext:
+    """Verifies the chain as grpc does (names are compared by `judge`, SPIFFE IDs rather than host names)."""
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+    context.check_hostname = False
+    context.load_verify_locations(cadata=trust_bundle_pem.decode("ascii"))
+    context.set_alpn_protocols(["h2"])
+    return context
+
+
+def _presented(der: bytes) -> Presented | None:
     try:
-        async with asyncio.timeout(timeout_s):
-            _reader, writer = await asyncio.open_connection(endpoint.address, endpoint.port, ssl=context)
-    except (OSError, ssl.SSLError, TimeoutError):
-        return None
-    try:
-        ssl_object = writer.get_extra_info("ssl_object")
-        der = ssl_object.getpeercert(binary_form=True) if ssl_object is not None else None
-        return Presented.from_der(der) if der else None
+        return Presented.from_der(der)
     except ValueError:
         return None
-    finally:
-        writer.close()
-        with contextlib.suppress(Exception):
-            async with asyncio.timeout(timeout_s):
-                await writer.wait_closed()
+
+
+def judge(expect: Expectation, probed: Probed | None) -> Handshake | None:
+    """The handshake failure `probed` proves, or None when it proves none (the failure was not TLS's, or the
+    endpoint said nothing)."""
+    if probed is None:
+        return None
+    if expect.identity is None:  # a plaintext client: only a TLS server makes its failure a TLS one
+        return Handshake.PLAINTEXT_TO_TLS if probed.speaks_tls else None
+    if not probed.speaks_tls:
+        return Handshake.SERVER_NOT_TLS
+    if probed.presented is None:
+        return None
+    if probed.untrusted is not None:
+        return Handshake.SERVER_NOT_TRUSTED
+    if probed.presented.identity != expect.identity:
+        return Handshake.WRONG_SERVER
+    return Handshake.CLIENT_REFUSED
+
+
+Probe = Callable[[Endpoint, bytes | None, float], Awaitable[Probed | None]]
+
+
+@dataclass(frozen=True, slots=True)
+class Explanation:
+    """What the status, the span and the log say of an endpoint's failed handshakes."""
+
+    message: str
+    info: dict[str, str]
 
 
 class HandshakeFailures:
-    """Explains an upstream's handshake failures; one per upstream, asked only when an attempt fails."""
+    """Explains an upstream's failed connections; one per upstream, asked only when an attempt could not connect."""
 
     def __init__(
-        self,
-        expect: Callable[[], Expectation],
-        *,
-        probe: Callable[[Endpoint, float], Awaitable[Presented | None]] = probe_certificate,
-        clock: Callable[[], float] = time.monotonic,
+        self, expect: Callable[[], Expectation], *, probe: Probe = probe, clock: Callable[[], float] = time.monotonic
     ) -> None:
         self._expect = expect
         self._probe = probe
         self._clock = clock
-        self._probed: dict[Endpoint, tuple[float, Presented | None]] = {}
+        self._explaining: dict[Endpoint, tuple[float, asyncio.Task[Explanation | None]]] = {}
 
     async def explain(
         self, failed: grpc.aio.AioRpcError, endpoint: Endpoint, timeout_s: float = PROBE_TIMEOUT_S
     ) -> grpc.aio.AioRpcError | None:
-        """`failed` as TLS_HANDSHAKE_FAILED with what to do, or None when it was no handshake failure."""
-        details = failed.details() or ""
-        if _CONNECT_FAILED not in details:  # most failures: answered by a server, or not a connection's
+        """`failed` (an attempt that could not connect to `endpoint`: never sent) as TLS_HANDSHAKE_FAILED with the
+        same code and what to do, or None when the endpoint shows no handshake failure. Waits at most
+        `timeout_s` (the call's time left) for the probe."""
+        if failed.code() is not grpc.StatusCode.UNAVAILABLE:
+            return None  # the deadline passed while connecting: no time left to find out why
+        try:
+            async with asyncio.timeout(min(timeout_s, 2 * PROBE_TIMEOUT_S)):
+                found = await asyncio.shield(self._explanation_of(endpoint))
+        except TimeoutError:
             return None
-        expectation = self._expect()
-        kind = classify(details, secure=expectation.identity is not None)
-        if kind is None:
+        if found is None:
             return None
-        presented, fresh = await self._presented(endpoint, min(timeout_s, PROBE_TIMEOUT_S))
-        message = describe(kind, endpoint, expectation, presented, details)
-        info = {"upstream": expectation.upstream, "peer": str(endpoint), "failure": kind.value}
-        if expectation.identity is not None:
-            info["expected_identity"] = expectation.identity
-        if expectation.trust_domain is not None:
-            info["expected_trust_domain"] = expectation.trust_domain
-        if presented is not None and presented.identity is not None:
-            info["presented_identity"] = presented.identity
-            if presented.trust_domain is not None:
-                info["presented_trust_domain"] = presented.trust_domain
-        if fresh:
-            log.warning("%s", message, extra={"reason": ErrorReason.TLS_HANDSHAKE_FAILED.value, **info})
-        return explained_failure(failed, message, ErrorReason.TLS_HANDSHAKE_FAILED, info)
+        return explained_failure(failed, found.message, ErrorReason.TLS_HANDSHAKE_FAILED, found.info)
 
-    async def _presented(self, endpoint: Endpoint, timeout_s: float) -> tuple[Presented | None, bool]:
-        """What `endpoint` presented, probed at most every PROBE_EVERY_S; True when probed now."""
+    def _explanation_of(self, endpoint: Endpoint) -> asyncio.Task[Explanation | None]:
+        """The explanation of `endpoint`'s failures: probed at most every PROBE_EVERY_S, shared meanwhile."""
         now = self._clock()
-        known = self._probed.get(endpoint)
+        known = self._explaining.get(endpoint)
         if known is not None and now - known[0] < PROBE_EVERY_S:
-            return known[1], False
-        if len(self._probed) > 256:  # endpoints come and go: forget old ones rather than grow
-            self._probed.clear()
-        presented = await self._probe(endpoint, timeout_s)
-        self._probed[endpoint] = (now, presented)
-        return presented, True
+            return known[1]
+        if len(self._explaining) > 256:  # endpoints come and go: forget old ones rather than grow
+            self._explaining = {key: value for key, value in self._explaining.items() if not value[1].done()}
+        task = asyncio.get_running_loop().create_task(self._explain(endpoint, self._expect()))
+        self._explaining[endpoint] = (now, task)
+        return task
+
+    async def _explain(self, endpoint: Endpoint, expectation: Expectation) -> Explanation | None:
+        """Probe `endpoint`, judge, and log the explanation once (whoever waits for it, or none)."""
+        try:
+            probed = await self._probe(endpoint, expectation.trust_bundle_pem, PROBE_TIMEOUT_S)
+        except Exception:  # an explanation must never fail a call: it is left unexplained
+            log.debug("probing %s failed", endpoint, exc_info=True)
+            return None
+        kind = judge(expectation, probed)
+        if kind is None or probed is None:
+            return None
+        found = Explanation(describe(kind, endpoint, expectation, probed), facts(kind, endpoint, expectation, probed))
+        log.warning("%s", found.message, extra={"reason": ErrorReason.TLS_HANDSHAKE_FAILED.value, **found.info})
+        return found
 
 
-def describe(
-    kind: Handshake, endpoint: Endpoint, expect: Expectation, presented: Presented | None, details: str
-) -> str:
+def facts(kind: Handshake, endpoint: Endpoint, expect: Expectation, probed: Probed) -> dict[str, str]:
+    """The ErrorInfo's metadata: who, what was expected and what was presented."""
+    info = {"upstream": expect.upstream, "peer": str(endpoint), "failure": kind.value}
+    if expect.identity is not None:
+        info["expected_identity"] = expect.identity
+    if expect.trust_domain is not None:
+        info["expected_trust_domain"] = expect.trust_domain
+    presented = probed.presented
+    if presented is not None and presented.identity is not None:
+        info["presented_identity"] = presented.identity
+        if presented.trust_domain is not None:
+            info["presented_trust_domain"] = presented.trust_domain
+    return info
+
+
+def describe(kind: Handshake, endpoint: Endpoint, expect: Expectation, probed: Probed) -> str:
     """One line: what failed between whom, and what to do about it."""
     peer = f"{endpoint} ({expect.upstream})"
+    presented = probed.presented
     shown = f" (it presented {presented.identity}, issued by {presented.issuer!r})" if presented else ""
     domain = f"trust domain {expect.trust_domain}" if expect.trust_domain else "this client's trust bundle"
     if kind is Handshake.WRONG_SERVER:
@@ -206,12 +289,10 @@ def describe(
             "service's certificate); deregister it or give that server its own certificate"
         )
     if kind is Handshake.SERVER_NOT_TRUSTED:
-        found = _VERIFY_FAILED.search(details)
-        why = found[1].strip() if found else "not verified"
         return (
-            f"TLS handshake with {peer} failed: its certificate is not trusted here ({why}){shown}; this client "
-            f"trusts the CAs of tls.ca ({domain}): issue both sides' certificates from one CA, or add the server's "
-            "CA to tls.ca"
+            f"TLS handshake with {peer} failed: its certificate is not trusted here ({probed.untrusted}){shown}; "
+            f"this client trusts the CAs of tls.ca ({domain}): issue both sides' certificates from one CA, or add "
+            "the server's CA to tls.ca"
         )
     if kind is Handshake.SERVER_NOT_TLS:
         return (
@@ -221,16 +302,10 @@ def describe(
     if kind is Handshake.CLIENT_REFUSED:
         ours = expect.client_identity or "this client's certificate"
         return (
-            f"TLS handshake with {peer} failed: it closed the connection mid-handshake, as a grpc server refuses a "
-            f"client certificate, here {ours}{shown}: its tls.ca must hold the CA that issued ours ({domain}), and "
-            "ours must not have expired"
-        )
-    if presented is not None:
-        return (
-            f"{peer} requires TLS{shown}, and this client is plaintext (tls.source off): set tls.source to consul "
-            "or files"
+            f"TLS handshake with {peer} failed: it is the server expected{shown} and this client trusts it, so it "
+            f"refused ours, {ours} (a grpc server refuses a client certificate by closing the connection "
+            f"mid-handshake): its tls.ca must hold the CA that issued ours ({domain}), and ours must not have expired"
         )
     return (
-        f"{peer} closed the connection before HTTP/2 started: it most likely requires TLS (an mTLS port), and this "
-        "client is plaintext (tls.source off): set tls.source to consul or files"
+        f"{peer} requires TLS{shown}, and this client is plaintext (tls.source off): set tls.source to consul or files"
     )

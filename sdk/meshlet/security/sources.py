@@ -404,7 +404,10 @@ def make_source(
         assert tls.ca is not None
         return FileSource(tls.cert, tls.key, tls.ca, trust_domain=tls.trust_domain, service=service or None)
     if not service:
-        raise ConfigError("service.name", service, "is required when tls.source is 'consul' (the leaf is per service)")
+        fix = "set service.name (MESHLET_SERVICE__NAME) to this process's service, a client's too"
+        raise ConfigError(
+            "service.name", service, f"is required when tls.source is 'consul' (the leaf is per service): {fix}"
+        )
     return ConsulConnectSource(consul_factory, service, rng=rng or random.Random())
 
 

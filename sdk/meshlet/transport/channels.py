@@ -2,7 +2,8 @@
 passing set the channel waits a while for it to come back (a Consul flap), then closes once the calls in flight
 on it have ended; a rotated certificate replaces every channel for new calls the same way. No call is ever cut
 short by either. grpcio's own retries are switched off on every channel: meshlet's retry stage is the one layer
-that owns retries."""
+that owns retries. A call is started only on a connected channel (`wait_connected`): an attempt that could not
+connect is the one attempt known never to have left."""
 
 from __future__ import annotations
 
@@ -61,6 +62,7 @@ CONNECTION_AGE_GRACE_MS = 10 * 60_000  # what a call in flight on an old connect
 # strikes, then GOAWAY. The soft and hard metadata limits are one, so that a call past it always fails (between
 # the two, grpc refuses a random share of calls).
 SERVER_OPTIONS: Options = (
+    ("grpc.so_reuseport", 0),  # a port is one server's: a second one fails to start instead of sharing the calls
     ("grpc.http2.min_ping_interval_without_data_ms", 10_000),
     ("grpc.http2.max_ping_strikes", 2),
     ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
@@ -219,6 +221,24 @@ class NotConnected(grpc.aio.AioRpcError):
         super().__init__(code, grpc.aio.Metadata(), grpc.aio.Metadata(), details, None)
 
 
+# A method no server has: what `why_not_connected` calls to read grpc core's words.
+CONNECTION_PROBE = "/meshlet.transport.v1.Transport/ConnectionProbe"
+
+
+async def why_not_connected(channel: grpc.aio.Channel) -> str:
+    """grpc core's own words for a channel's failed connection ("Connection refused", a TLS handshake that
+    failed...), for the message and the TLS metrics: Python reads them only from a call's status. A call to a
+    method no server has, on a channel in TRANSIENT_FAILURE, fails at once with them; should the channel have
+    connected meanwhile, the probe reaches the server and is refused UNIMPLEMENTED, and nothing runs. Only the
+    words come from here: that the attempt was not sent is known from the channel's state."""
+    try:
+        await channel.unary_unary(CONNECTION_PROBE, _registered_method=True)(b"", timeout=1.0, wait_for_ready=False)
+    except grpc.aio.AioRpcError as failed:
+        if failed.code() is grpc.StatusCode.UNAVAILABLE:
+            return failed.details() or ""
+    return ""
+
+
 async def wait_connected(
     channel: grpc.aio.Channel, authority: str, timeout_s: float | None, wait_for_ready: bool | None
 ) -> None:
@@ -237,9 +257,10 @@ async def wait_connected(
         if state is grpc.ChannelConnectivity.SHUTDOWN or (
             state is grpc.ChannelConnectivity.TRANSIENT_FAILURE and not wait_for_ready
         ):
-            raise NotConnected(
-                grpc.StatusCode.UNAVAILABLE,
-                f"could not connect to {authority} ({state.name}); the request was not sent",
+            failed = state is grpc.ChannelConnectivity.TRANSIENT_FAILURE
+            why = (await why_not_connected(channel) if failed else "") or state.name
+            raise NotConnected(  # grpc's words last, as grpc ends its own (meshlet.security.handshake_failures)
+                grpc.StatusCode.UNAVAILABLE, f"could not connect to {authority}, the request was not sent: {why}"
             )
         left = None if give_up is None else give_up - loop.time()
         if left is not None and left <= 0:
