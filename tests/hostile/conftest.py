@@ -18,7 +18,7 @@ import pytest
 from meshlet.security.certs import channel_options
 from meshlet.security.dev_ca import init_ca, issue
 from meshlet_api.echo.v1 import echo_pb2, echo_pb2_grpc
-from tests.hostile.watch import Measured, rss_kib, watched
+from tests.hostile.watch import Measured, watched
 from tests.support.agents import Agent, start_dev_agent
 from tests.support.processes import Child, Processes, free_port, http_ok, processes, wait_until
 from tests.support.sidecars import SidecarProcess, start_plain_app, start_sidecar, tls_files
@@ -257,6 +257,3 @@ def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
         client = f"{m.ok}/{m.total} ok ({100 * m.success:.1f} %)"
         rss = f"{m.rss_peak_kib // MIB} / {row.cap_kib // MIB} MiB"
         write(f"| {row.face} | {row.fault} | {client} | {rss} | {'yes' if m.up else 'NO'} | {row.note} |")
-
-
-__all__ = ["ALL_FACES", "GRPC_FACES", "HTTP_FACES", "Face", "Hostile", "rss_kib"]
