@@ -116,13 +116,15 @@ class InboundCall:
     peer_refusal: str | None = None  # why the caller's certificate names no identity we accept (then peer_uri is None)
 
 
-# gRPC's path: "/" service "/" method, both protobuf names (the method patterns of the config are the same shape).
-_CANONICAL_METHOD = re.compile(r"/[A-Za-z_][A-Za-z0-9_.]*/[A-Za-z_][A-Za-z0-9_]*")
+# gRPC's path: "/" service "/" method, both protobuf names: a service is identifiers joined by single dots, so
+# "/pkg..Svc/M" is none (the method patterns of the config, meshlet.config.fields, are the same shape).
+_IDENT = r"[A-Za-z_][A-Za-z0-9_]*"
+_CANONICAL_METHOD = re.compile(rf"/{_IDENT}(?:\.{_IDENT})*/{_IDENT}")
 
 
 def is_canonical_method(path: str) -> bool:
     """Whether `path` is exactly ``/<package.Service>/<Method>``: a leading ``/``, two non-empty segments of
-    protobuf name characters (letters, digits, ``_``, and ``.`` in the service), nothing after.
+    protobuf names (identifiers of letters, digits and ``_``; the service's joined by single dots), nothing after.
 
     Everything that decides by method (per-method intentions, rate limits, routes) matches canonical paths only,
     and some servers route a path such as ``shop.Admin/Drop`` or ``/shop.Admin/Drop/`` to ``/shop.Admin/Drop``

@@ -24,6 +24,7 @@ from aiohttp import web
 
 from meshlet.config import listen_host
 from meshlet.errors import CannotListen, describe_os_error
+from meshlet.http_limits import MAX_BODY_BYTES, RUNNER_LIMITS
 from meshlet.resilience.breaker import CLOSED
 from meshlet.telemetry.metrics_server import Exposition
 
@@ -138,7 +139,7 @@ class Admin:
         self._runner: web.AppRunner | None = None
 
     def build_app(self) -> web.Application:
-        app = web.Application(middlewares=[_hint_on_404])
+        app = web.Application(middlewares=[_hint_on_404], client_max_size=MAX_BODY_BYTES)
         app.router.add_get("/ready", self._ready_page)
         app.router.add_get("/live", self._live_page)
         app.router.add_get("/app", self._app_page)
@@ -152,7 +153,9 @@ class Admin:
         """Serve; returns the bound port. Raises CannotListen when the port is taken."""
         host, _, port = self.address.rpartition(":")
         # No access log (kubelet probes every few seconds), and a stop that never waits long on a scraper.
-        runner = web.AppRunner(self.build_app(), handle_signals=False, access_log=None, shutdown_timeout=1.0)
+        runner = web.AppRunner(
+            self.build_app(), handle_signals=False, access_log=None, shutdown_timeout=1.0, **RUNNER_LIMITS
+        )
         await runner.setup()
         try:
             await web.TCPSite(runner, listen_host(host.strip("[]")), int(port), reuse_address=True).start()

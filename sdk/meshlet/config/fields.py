@@ -24,10 +24,11 @@ STATUS_CODES = (
 )  # fmt: skip
 
 _UNITS = {"ns": 1e-9, "us": 1e-6, "µs": 1e-6, "ms": 1e-3, "s": 1.0, "m": 60.0, "h": 3600.0}
-_NUMBER = r"(?:\d+(?:\.\d*)?|\.\d+)"
+_NUMBER = r"(?:[0-9]+(?:\.[0-9]*)?|\.[0-9]+)"  # ASCII: \d and float() read Arabic-Indic digits
 _DURATION_PART = re.compile(rf"({_NUMBER})(ns|us|µs|ms|s|m|h)")
 _DURATION = re.compile(rf"(?:{_NUMBER}(?:ns|us|µs|ms|s|m|h))+")
-_METHOD = re.compile(r"/[A-Za-z_][\w.]*/(?:\*|[A-Za-z_]\w*)")
+_IDENT = r"[A-Za-z_][A-Za-z0-9_]*"  # a protobuf identifier: ASCII, as no other can name a method
+_METHOD = re.compile(rf"/{_IDENT}(?:\.{_IDENT})*/(?:\*|{_IDENT})")
 _DNS_NAME = re.compile(r"(?=.{1,253}$)[a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?(?:\.[a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?)*")
 TRUST_DOMAIN_RULE = "must be a trust domain: a lower-case DNS name such as other.example, without spiffe://"
 
@@ -59,7 +60,8 @@ def split_host_port(text: str) -> tuple[str, int]:
         host = host[1:-1]
     elif ":" in host:
         host = ""  # an IPv6 address needs brackets to be told apart from its port
-    if not (sep and host and port.isdigit() and 1 <= int(port) <= 65535) or any(c.isspace() for c in host):
+    port_ok = port.isascii() and port.isdigit() and 1 <= int(port) <= 65535  # "²" is a digit to isdigit()
+    if not (sep and host and port_ok) or any(c.isspace() for c in host):
         raise ValueError("must be host:port, e.g. 127.0.0.1:15001 (port 1-65535, an IPv6 host in brackets)")
     return host, int(port)
 

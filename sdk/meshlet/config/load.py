@@ -17,6 +17,8 @@ from pydantic import ValidationError
 from meshlet.config.schema import Config, deep_merge, path_fields
 from meshlet.errors import ConfigError
 
+TOO_DEEP = "is nested too deeply: a configuration needs a few levels of lists and mappings, not hundreds"
+
 
 class _Loader(yaml.SafeLoader):
     """YAML 1.2 booleans (``source: off`` and the key ``on:`` stay strings), no timestamps, no duplicate keys."""
@@ -123,6 +125,8 @@ def load_config(
         config = Config.model_validate(layers.tree)
     except ValidationError as exc:
         raise _config_error(exc, layers) from None
+    except RecursionError:  # a deep value that YAML could read but validation cannot walk
+        raise ConfigError("config", "(nested)", TOO_DEEP) from None
     if check_files:
         _check_files(config, layers)
     return config
@@ -155,6 +159,8 @@ def _read_file(path: Path, source: str | None) -> dict[Any, Any]:
         raise ConfigError("config file", str(path), "must be UTF-8 text", source=source) from None
     except yaml.YAMLError as exc:
         raise ConfigError("config file", str(path), f"is not valid YAML: {_yaml_problem(exc)}", source=source) from None
+    except RecursionError:  # PyYAML's composer recurses once per level of nesting
+        raise ConfigError("config file", str(path), TOO_DEEP, source=source) from None
     if data is not None and not isinstance(data, dict):
         allowed = "must be a YAML mapping of sections: " + ", ".join(Config.model_fields)
         raise ConfigError("config file", str(path), allowed, source=source)
@@ -223,6 +229,8 @@ def _parse_text(text: str, keys: tuple[str, ...], source: str) -> Any:
         return yaml.load(stripped, Loader=_Loader)
     except yaml.YAMLError as exc:
         raise ConfigError(".".join(keys), text, f"is not valid YAML: {_yaml_problem(exc)}", source=source) from None
+    except RecursionError:
+        raise ConfigError(".".join(keys), text, TOO_DEEP, source=source) from None
 
 
 def _yaml_problem(exc: yaml.YAMLError) -> str:

@@ -85,7 +85,7 @@ def _convert(value: Any, spec: Field, path: str) -> Any:
             raise _type_error(value, "bool", path)
         return value
     if kind == "int":
-        if isinstance(value, bool) or not isinstance(value, int | float) or value != int(value):
+        if isinstance(value, bool) or not isinstance(value, int | float) or not _whole(value):
             raise _type_error(value, "int", path)
         return int(value)
     if kind == "float":
@@ -123,6 +123,11 @@ def _json_type(value: Any) -> str:
     if isinstance(value, list):
         return "array"
     return "object" if isinstance(value, dict) else "null"
+
+
+def _whole(value: int | float) -> bool:
+    """An integer, or a float that is one: JSON's ``1e999999`` reads as inf, which no int() takes."""
+    return isinstance(value, int) or (math.isfinite(value) and value == int(value))
 
 
 def _type_error(value: Any, go_type: str, path: str) -> DecodeError:
@@ -180,7 +185,8 @@ def duration_from_json(value: Any) -> float:
 
 
 def format_duration(seconds: float) -> str:
-    """Render seconds as Go's ``time.Duration.String()`` does: ``10s``, ``1m30s``, ``1h0m0s``, ``100ms``."""
+    """Render seconds as Go's ``time.Duration.String()`` does: ``10s``, ``1m30s``, ``1h0m0s``, ``100ms``.
+    In whole nanoseconds, as Go does: float arithmetic printed 86399.999999999 s as ``23h59m60s``."""
     nanos = round(seconds * 1e9)
     if nanos == 0:
         return "0s"
@@ -189,10 +195,10 @@ def format_duration(seconds: float) -> str:
     if nanos < 1_000_000_000:
         for unit, size in (("ms", 1_000_000), ("µs", 1_000), ("ns", 1)):
             if nanos >= size:
-                return sign + _trim(nanos / size) + unit
+                return sign + _decimal(nanos, size) + unit
     hours, rest = divmod(nanos, 3_600_000_000_000)
     minutes, rest = divmod(rest, 60_000_000_000)
-    secs = _trim(rest / 1e9)
+    secs = _decimal(rest, 1_000_000_000)
     if hours:
         return f"{sign}{hours}h{minutes}m{secs}s"
     if minutes:
@@ -200,7 +206,8 @@ def format_duration(seconds: float) -> str:
     return f"{sign}{secs}s"
 
 
-def _trim(number: float) -> str:
-    if math.isclose(number, round(number)):
-        return str(round(number))
-    return f"{number:.9f}".rstrip("0").rstrip(".")
+def _decimal(count: int, size: int) -> str:
+    """`count` / `size` (a power of ten) in decimal, without trailing zeros: 1500000, 1000000 -> ``1.5``."""
+    whole, fraction = divmod(count, size)
+    digits = f"{fraction:0{len(str(size)) - 1}d}".rstrip("0") if fraction else ""
+    return f"{whole}.{digits}" if digits else str(whole)

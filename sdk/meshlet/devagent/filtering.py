@@ -158,6 +158,12 @@ def _escape_digits(source: str, pos: int) -> tuple[str, int]:
 # ------------------------------------------------------------------------------------------ parsing
 
 
+MAX_NESTING = 64
+"""Parentheses and ``not`` nest at most this deep: each level is a frame of this parser and of the predicate,
+and a caller's ``((((...`` must get a 400, not exhaust Python's stack (bexpr has no such limit; no real
+filter comes near it)."""
+
+
 class _Parser:
     """Precedence climbs ``or`` < ``and`` < ``not`` < parentheses < one match expression."""
 
@@ -165,6 +171,7 @@ class _Parser:
         self.source = source
         self.tokens = _tokenize(source)
         self.at = 0
+        self.depth = 0
 
     def peek(self, ahead: int = 0) -> _Token:
         return self.tokens[min(self.at + ahead, len(self.tokens) - 1)]
@@ -194,18 +201,27 @@ class _Parser:
         return predicate
 
     def parse_or(self) -> Predicate:
-        left = self.parse_and()
+        terms = [self.parse_and()]
         while self.accept("or"):
-            left = _either(left, self.parse_and())
-        return left
+            terms.append(self.parse_and())
+        return _any(terms)
 
     def parse_and(self) -> Predicate:
-        left = self.parse_not()
+        terms = [self.parse_not()]
         while self.accept("and"):
-            left = _both(left, self.parse_not())
-        return left
+            terms.append(self.parse_not())
+        return _all(terms)
 
     def parse_not(self) -> Predicate:
+        self.depth += 1
+        try:
+            if self.depth > MAX_NESTING:
+                raise self.fail(f"at most {MAX_NESTING} levels of parentheses and 'not' (nested too deeply)")
+            return self.parse_not_or_group()
+        finally:
+            self.depth -= 1
+
+    def parse_not_or_group(self) -> Predicate:
         # `not == "x"` or `not.x` would use a field named "not"; anything else after `not` negates.
         if self.is_word("not") and self.peek(1).kind not in ("==", "!=", ".", "["):
             self.take()
@@ -323,12 +339,17 @@ def _select(path: tuple[str, ...], test: Test) -> Predicate:
     return lambda datum: walk(datum, 0)
 
 
-def _either(left: Predicate, right: Predicate) -> Predicate:
-    return lambda datum: left(datum) or right(datum)
+def _any(terms: list[Predicate]) -> Predicate:
+    """One predicate for ``a or b or ...``, flat: a chain of thousands of terms is a loop, not a recursion."""
+    if len(terms) == 1:
+        return terms[0]
+    return lambda datum: any(term(datum) for term in terms)
 
 
-def _both(left: Predicate, right: Predicate) -> Predicate:
-    return lambda datum: left(datum) and right(datum)
+def _all(terms: list[Predicate]) -> Predicate:
+    if len(terms) == 1:
+        return terms[0]
+    return lambda datum: all(term(datum) for term in terms)
 
 
 def _negated(inner: Callable[[Any], bool]) -> Callable[[Any], bool]:

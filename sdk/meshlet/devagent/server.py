@@ -17,6 +17,7 @@ from aiohttp import web
 from meshlet.devagent.api import agent, catalog, common, connect, health, kv, status
 from meshlet.devagent.api.guard import AllowedHosts, guard
 from meshlet.devagent.checks import CheckRunner
+from meshlet.devagent.http_limits import MAX_BODY_BYTES, RUNNER_LIMITS
 from meshlet.devagent.metrics import AgentMetrics
 from meshlet.devagent.persist import load_snapshot, save_snapshot
 from meshlet.devagent.state import AgentState
@@ -71,7 +72,7 @@ class DevAgent:
     def build_app(self) -> web.Application:
         allowed = AllowedHosts(self.config.http_host, self.config.allowed_hosts)
         middlewares = [self.metrics.middleware, guard(allowed), common.consul_errors]
-        app = web.Application(middlewares=middlewares, client_max_size=1024**2)
+        app = web.Application(middlewares=middlewares, client_max_size=MAX_BODY_BYTES)
         app[common.AGENT] = self
         for section in (agent, health, catalog, kv, status, connect):
             section.add_routes(app)
@@ -90,7 +91,7 @@ class DevAgent:
         if self.config.data_dir is not None:
             self.state.index.subscribe(self._schedule_persist)
         await self.checks.start()
-        self._runner = web.AppRunner(self.build_app(), handle_signals=False, access_log=None)
+        self._runner = web.AppRunner(self.build_app(), handle_signals=False, access_log=None, **RUNNER_LIMITS)
         await self._runner.setup()
         site = web.TCPSite(self._runner, self.config.http_host, self.config.http_port, reuse_address=True)
         await site.start()

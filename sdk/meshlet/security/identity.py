@@ -53,6 +53,8 @@ class SpiffeId:
             )
         for part in ("namespace", "datacenter", "service"):
             _check_segment(part, getattr(self, part))
+        if self.partition == DEFAULT_PARTITION:  # Consul's default partition is no partition: one ID, one value
+            object.__setattr__(self, "partition", "")
         if self.partition:
             _check_segment("partition", self.partition)
 
@@ -124,7 +126,11 @@ def check_trust_domain(trust_domain: str) -> str:
 
 @functools.lru_cache(maxsize=4096)
 def _parse(uri: str) -> SpiffeId:
-    if len(uri.encode()) > MAX_URI_BYTES:
+    try:
+        size = len(uri.encode())
+    except UnicodeEncodeError:  # a lone surrogate: no certificate's URI SAN decodes to one
+        raise InvalidSpiffeId(f"{uri[:64]!r} is not a SPIFFE ID: it is not UTF-8 text") from None
+    if size > MAX_URI_BYTES:
         raise InvalidSpiffeId(f"{uri[:64]!r}... is longer than the {MAX_URI_BYTES} bytes a SPIFFE ID may have")
     found = _URI.fullmatch(uri)
     if found is None:
@@ -137,7 +143,7 @@ def _parse(uri: str) -> SpiffeId:
             _unquote(namespace),
             _unquote(datacenter),
             _unquote(service),
-            "" if partition == DEFAULT_PARTITION else partition,
+            partition,  # "default" reads as "" (see __post_init__)
         )
     except InvalidSpiffeId as exc:
         raise InvalidSpiffeId(f"{uri!r} is not a service SPIFFE ID: {exc}") from None
@@ -160,6 +166,11 @@ def _why_not(uri: str) -> str:
 def _check_segment(part: str, value: str) -> None:
     if not value or value in (".", "..") or "/" in value:
         raise InvalidSpiffeId(f"{part} {value!r} is not valid: it must be non-empty, not '.' or '..', without '/'")
+    if not value.isascii():
+        try:
+            value.encode()
+        except UnicodeEncodeError:
+            raise InvalidSpiffeId(f"{part} {value!r} is not valid: it must be UTF-8 text") from None
 
 
 def _quote(segment: str) -> str:

@@ -13,6 +13,7 @@ from aiohttp import web
 
 from meshlet.config import listen_host
 from meshlet.errors import CannotListen, describe_os_error
+from meshlet.http_limits import MAX_BODY_BYTES, RUNNER_LIMITS
 
 Exposition = Callable[[str | None], tuple[bytes, str]]  # the scraper's Accept header -> (page, content type)
 
@@ -31,12 +32,12 @@ class MetricsServer:
         self._runner: web.AppRunner | None = None
 
     async def start(self) -> int:
-        app = web.Application()
+        app = web.Application(client_max_size=MAX_BODY_BYTES)
         app.router.add_get("/metrics", self._metrics)
         app.router.add_get("/ready", self._ready)
         app.router.add_get("/live", self._live)
         # No access log (a scraper every few seconds), and a stop that never waits long on one.
-        runner = web.AppRunner(app, handle_signals=False, access_log=None, shutdown_timeout=1.0)
+        runner = web.AppRunner(app, handle_signals=False, access_log=None, shutdown_timeout=1.0, **RUNNER_LIMITS)
         await runner.setup()
         try:
             await web.TCPSite(runner, listen_host(self.host.strip("[]")), self.port, reuse_address=True).start()

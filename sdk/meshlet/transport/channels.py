@@ -49,12 +49,28 @@ _CHANNEL_OPTIONS: Options = (
     ("grpc.http2.max_pings_without_data", 0),
 )
 
-# What every meshlet server (the SDK's and the sidecar's inbound) accepts: meshlet's channels ping every 30 s while
-# a call is open, and grpc's 5-minute default would answer a quiet long-lived stream with GOAWAY too_many_pings.
+# Per connection: a client asking 10,000 gets 500 and REFUSED_STREAM past them, so that one connection holds at
+# most half of an upstream's default bulkhead (upstreams.*.max_in_flight 1000) and others still get through.
+MAX_CONCURRENT_STREAMS = 500
+MAX_METADATA_BYTES = 16 * 1024  # a call's headers (and trailers) in all: past it, RESOURCE_EXHAUSTED, every time
+CONNECTION_AGE_MS = 30 * 60_000  # then GOAWAY: clients reconnect, and rebalance onto new instances
+CONNECTION_AGE_GRACE_MS = 10 * 60_000  # what a call in flight on an old connection still gets
+
+# What every meshlet server (the SDK's, the sidecar's inbound and outbound) accepts; the README's "Limits" says why.
+# meshlet's channels ping every 30 s while a call is open, and grpc's 5-minute default would answer a quiet
+# long-lived stream with GOAWAY too_many_pings; a client pinging faster than every 10 s without data gets two
+# strikes, then GOAWAY. The soft and hard metadata limits are one, so that a call past it always fails (between
+# the two, grpc refuses a random share of calls).
 SERVER_OPTIONS: Options = (
     ("grpc.so_reuseport", 0),  # a port is one server's: a second one fails to start instead of sharing the calls
     ("grpc.http2.min_ping_interval_without_data_ms", 10_000),
+    ("grpc.http2.max_ping_strikes", 2),
     ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
+    ("grpc.max_concurrent_streams", MAX_CONCURRENT_STREAMS),
+    ("grpc.max_metadata_size", MAX_METADATA_BYTES),
+    ("grpc.absolute_max_metadata_size", MAX_METADATA_BYTES),
+    ("grpc.max_connection_age_ms", CONNECTION_AGE_MS),
+    ("grpc.max_connection_age_grace_ms", CONNECTION_AGE_GRACE_MS),
 )
 
 ChannelFactory = Callable[[str, tuple[tuple[str, Any], ...]], grpc.aio.Channel]

@@ -116,6 +116,8 @@ async def read_json(request: web.Request, schema: Mapping[str, Field], *, requir
         body = json.loads(raw)
     except (ValueError, UnicodeDecodeError) as exc:
         raise DecodeError(str(exc)) from None
+    except RecursionError:  # "[[[[...": Python's parser recurses per level, as Go's refuses past 10,000
+        raise DecodeError("exceeded max depth") from None
     if body is None and not required:
         return {}
     return decode(body, schema)
