@@ -41,18 +41,31 @@ NO_GRPC_RETRIES: Options = (
     ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
 )
 
+KEEPALIVE_TIME_MS = 5_000
+"""How often a channel pings its endpoint, busy or idle. A connection whose packets vanish (a black hole: no RST,
+no FIN) is declared dead after at most KEEPALIVE_TIME_MS + KEEPALIVE_TIMEOUT_MS, its calls fail as UNAVAILABLE and
+count against the endpoint's breaker; without pings TCP would retransmit into the void for ~15 minutes."""
+
+KEEPALIVE_TIMEOUT_MS = 5_000
+"""How long a ping may wait for its ack: well above any sane round trip, even over a congested link."""
+
 _CHANNEL_OPTIONS: Options = (
     *NO_GRPC_RETRIES,
-    ("grpc.keepalive_time_ms", 30_000),
-    ("grpc.keepalive_timeout_ms", 10_000),
+    ("grpc.keepalive_time_ms", KEEPALIVE_TIME_MS),
+    ("grpc.keepalive_timeout_ms", KEEPALIVE_TIMEOUT_MS),
+    ("grpc.keepalive_permit_without_calls", 1),  # an idle connection is checked too: the next call finds it alive
     ("grpc.http2.max_pings_without_data", 0),
 )
 
-# What every meshlet server (the SDK's and the sidecar's inbound) accepts: meshlet's channels ping every 30 s while
-# a call is open, and grpc's 5-minute default would answer a quiet long-lived stream with GOAWAY too_many_pings.
+# What every meshlet server (the SDK's and the sidecar's inbound and outbound) accepts: meshlet's channels ping
+# every KEEPALIVE_TIME_MS, with or without calls. grpc's defaults (no pings without calls, at most one every
+# 5 minutes without data) would answer them with GOAWAY too_many_pings after two strikes.
 SERVER_OPTIONS: Options = (
     ("grpc.so_reuseport", 0),  # a port is one server's: a second one fails to start instead of sharing the calls
-    ("grpc.http2.min_ping_interval_without_data_ms", 10_000),
+    # GRPC_ARG_HTTP2_MIN_RECV_PING_INTERVAL_WITHOUT_DATA_MS: below the clients' interval, so timer jitter earns
+    # no strike.
+    ("grpc.http2.min_ping_interval_without_data_ms", KEEPALIVE_TIME_MS - 1_000),
+    ("grpc.keepalive_permit_without_calls", 1),
     ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
 )
 
