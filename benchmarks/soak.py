@@ -35,6 +35,7 @@ import grpc
 
 from benchmarks.sidecar_pair import CALLER, start_echo_pair
 from meshlet.config import load_config
+from meshlet.errors import error_info
 from meshlet.mesh import Mesh
 from meshlet.security.dev_ca import init_ca, issue
 from meshlet_api.echo.v1 import echo_pb2, echo_pb2_grpc
@@ -97,7 +98,7 @@ class Window:
     """What the calls did since the last sample."""
 
     latencies_ms: list[float] = field(default_factory=list)
-    errors: collections.Counter[str] = field(default_factory=collections.Counter)  # "path CODE" -> calls
+    errors: collections.Counter[str] = field(default_factory=collections.Counter)  # "path CODE REASON" -> calls
 
     def percentile(self, q: float) -> float:
         ordered = sorted(self.latencies_ms)
@@ -187,7 +188,8 @@ async def fixed_rate(
         try:
             await call()
         except grpc.aio.AioRpcError as error:
-            window().errors[f"{path} {error.code().name}"] += 1
+            info = error_info(error)
+            window().errors[f"{path} {error.code().name} {info.reason if info else ''}".rstrip()] += 1
         else:
             window().latencies_ms.append((time.perf_counter() - started) * 1000)
 
@@ -283,14 +285,21 @@ def slope_per_minute(samples: list[Sample], column: str) -> float:
 
 
 HEADER = (
-    "| min | calls | errors | p50 ms | p99 ms | RSS MiB | fds | tasks | threads "
+    "| min | calls | errors sdk/sidecars | p50 ms | p99 ms | RSS MiB | fds | tasks | threads "
     "| A RSS | A fds | A thr | B RSS | B fds | B thr |"
 )
 
 
+def errors_by_path(s: Sample) -> str:
+    by_path = collections.Counter[str]()
+    for key, count in s.errors.items():
+        by_path[key.split()[0]] += count
+    return f"{by_path['sdk']}/{by_path['sidecars']}"
+
+
 def format_sample(s: Sample) -> str:
     return (
-        f"| {s.minute:.1f} | {s.calls} | {s.errors.total()} | {s.p50_ms:.1f} | {s.p99_ms:.1f} | {s.rss_mib:.1f} "
+        f"| {s.minute:.1f} | {s.calls} | {errors_by_path(s)} | {s.p50_ms:.1f} | {s.p99_ms:.1f} | {s.rss_mib:.1f} "
         f"| {s.fds} | {s.tasks} | {s.threads} | {s.a_rss_mib:.1f} | {s.a_fds} | {s.a_threads} | {s.b_rss_mib:.1f} "
         f"| {s.b_fds} | {s.b_threads} |"
     )

@@ -14,7 +14,6 @@ import pytest
 
 from meshlet.config import load_config
 from meshlet.mesh import Mesh
-from meshlet_api.echo.v1 import echo_pb2, echo_pb2_grpc
 from tests.faults import netfaults
 from tests.faults.tally import ROWS, table
 from tests.k8s import netns
@@ -47,9 +46,12 @@ class Cluster:
         argv = meshlet_argv("dev-agent", "--http-addr", f"{pod.ip}:{AGENT_PORT}")
         child = self.procs.start(pod.argv(argv), name="dev-agent")
         self.agent = Agent("meshlet", pod.ip, AGENT_PORT, child)
-        self.agent_pod = pod
         wait_until(lambda: http_answers(f"http://{pod.ip}:{AGENT_PORT}/v1/status/leader"), START_S, "the agent")
         return self.agent
+
+    @property
+    def agent_pod(self) -> netns.Pod:
+        return self.network.pods["consul"]
 
     def start(self, name: str, *, wait: bool = True) -> netns.Pod:
         assert self.agent is not None
@@ -123,10 +125,6 @@ async def caller(cluster: Cluster) -> AsyncIterator[Mesh]:
         await mesh.close()
 
 
-def echo_stub(mesh: Mesh, service: str) -> echo_pb2_grpc.EchoStub:
-    return echo_pb2_grpc.EchoStub(mesh.channel(service))
-
-
 def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
     """The table README's "Reliability" section quotes: each fault, what the callers saw."""
     if not ROWS:
@@ -134,6 +132,3 @@ def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
     terminalreporter.section("network faults: what the callers saw")
     for line in table(ROWS):
         terminalreporter.write_line(line)
-
-
-__all__ = ["Cluster", "echo_pb2", "echo_stub"]

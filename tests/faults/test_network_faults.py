@@ -25,6 +25,7 @@ from tests.support.processes import eventually
 pytestmark = pytest.mark.slow
 
 WAIT_S = 40.0  # bounds on waiting for what must happen, never timing assertions
+OUTAGE_S = 30  # as long as the issue asks: longer than every TTL and retry backoff involved
 
 
 def echo(mesh: Mesh, service: str, method: str = "Echo") -> tuple[echo_pb2_grpc.EchoStub, Load]:
@@ -130,13 +131,14 @@ async def test_partition_of_one_instance_for_10s_then_healed(cluster: Cluster, c
     running = asyncio.create_task(load.run_for(20))
     await asyncio.sleep(3)
     netfaults.black_hole(cut)  # from everything: the caller and the agent
+    cut_at = time.monotonic()
     await asyncio.sleep(10)
     netfaults.heal(cut)
-    healed_at, served_before = time.monotonic(), served_by(cluster, "a")
+    served_before = served_by(cluster, "a")
     await running
     assert ejection.at is not None, "the partitioned instance was never taken out of rotation"
     stranded = len(load.failed_after(0)) - len(load.failed_after(ejection.at))
-    note = f"{ejection.why} {ejection.at - healed_at + 10:.1f} s in; {stranded} calls in flight on it failed"
+    note = f"{ejection.why} {ejection.at - cut_at:.1f} s in; {stranded} calls in flight on it failed"
     made = report(
         row("partition of 1 of 2 for 10 s", load, executions(cluster.log, "Echo"), idempotent=True, note=note)
     )
@@ -202,9 +204,6 @@ async def test_agent_unreachable_while_an_instance_dies_and_another_starts(clust
     assert made.lost == 0
 
     await serves_again(load, cluster, "c", 0, "the instance started during the outage to serve")
-
-
-OUTAGE_S = 15  # the issue asks for 30 s: halved to keep the suite's wall time reasonable; nothing expires in between
 
 
 async def test_one_way_partition_never_runs_a_non_idempotent_call_twice(cluster: Cluster, caller: Mesh) -> None:
