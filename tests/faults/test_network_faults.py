@@ -28,7 +28,7 @@ WAIT_S = 40.0  # bounds on waiting for what must happen, never timing assertions
 OUTAGE_S = 30  # as long as the issue asks: longer than every TTL and retry backoff involved
 
 
-def echo(mesh: Mesh, service: str, method: str = "Echo") -> tuple[echo_pb2_grpc.EchoStub, Load]:
+def echo(mesh: Mesh, service: str, method: str = "Echo") -> Load:
     stub = echo_pb2_grpc.EchoStub(mesh.channel(service))
     invoke = getattr(stub, method)
 
@@ -36,7 +36,7 @@ def echo(mesh: Mesh, service: str, method: str = "Echo") -> tuple[echo_pb2_grpc.
         reply: echo_pb2.EchoReply = await invoke(request, timeout=deadline_s)
         return reply
 
-    return stub, Load(call, prefix=method)
+    return Load(call, prefix=method)
 
 
 async def warm(load: Load, cluster: Cluster, names: tuple[str, ...]) -> None:
@@ -102,11 +102,13 @@ async def test_latency_with_jitter_on_one_instance(cluster: Cluster, caller: Mes
     reason = netfaults.netem_unavailable(slow)
     if reason is not None:
         pytest.skip(f"+50 ms latency: {reason}")
-    _, load = echo(caller, cluster.service)
+    load = echo(caller, cluster.service)
     await warm(load, cluster, ("a", "b"))
     netfaults.delay(slow, 50, 20)
+    before = served_by(cluster, "a")
     await load.run_for(10)
-    made = report(row("+50 ms ± 20 ms on 1 of 2", load, executions(cluster.log, "Echo"), idempotent=True))
+    note = f"{served_by(cluster, 'a') - before} served by the slow instance"
+    made = report(row("+50 ms ± 20 ms on 1 of 2", load, executions(cluster.log, "Echo"), idempotent=True, note=note))
     assert made.lost == 0
 
 
@@ -114,18 +116,24 @@ async def test_latency_with_jitter_on_one_instance(cluster: Cluster, caller: Mes
 async def test_packet_loss_on_one_instance(cluster: Cluster, caller: Mesh, percent: int) -> None:
     lossy = cluster.start("a")
     cluster.start("b")
-    _, load = echo(caller, cluster.service)
+    load = echo(caller, cluster.service)
     await warm(load, cluster, ("a", "b"))
     netfaults.loss(lossy, percent, peer=cluster.network.host_ip)
+    before = served_by(cluster, "a")
     await load.run_for(10)
-    made = report(row(f"{percent} % loss each way, 1 of 2", load, executions(cluster.log, "Echo"), idempotent=True))
-    assert made.lost == 0
+    note = f"{served_by(cluster, 'a') - before} served by the lossy instance"
+    fault = f"{percent} % loss each way, 1 of 2"
+    made = report(row(fault, load, executions(cluster.log, "Echo"), idempotent=True, note=note))
+    if percent <= 5:  # to outlast a 5 s deadline, one segment must be lost ~5 times in a row (TCP doubles its RTO)
+        assert made.lost == 0
+    else:  # TCP's backoff can outlast a deadline here; nothing else may fail a call
+        assert {o.code for o in load.outcomes} <= {"OK", "DEADLINE_EXCEEDED"}
 
 
 async def test_partition_of_one_instance_for_10s_then_healed(cluster: Cluster, caller: Mesh) -> None:
     cut = cluster.start("a")
     cluster.start("b")
-    _, load = echo(caller, cluster.service)
+    load = echo(caller, cluster.service)
     await warm(load, cluster, ("a", "b"))
     ejection = Ejection(caller, cut)
     running = asyncio.create_task(load.run_for(20))
@@ -150,7 +158,7 @@ async def test_partition_of_one_instance_for_10s_then_healed(cluster: Cluster, c
 async def test_black_hole_is_detected_by_keepalive_and_ejected(cluster: Cluster, caller: Mesh) -> None:
     hole = cluster.start("a")
     cluster.start("b")
-    _, load = echo(caller, cluster.service)
+    load = echo(caller, cluster.service)
     await warm(load, cluster, ("a", "b"))
     ejection = Ejection(caller, hole)
     # A watch on a meshlet channel straight to `a`: it fails when keepalive declares the connection dead.
@@ -182,7 +190,7 @@ async def test_black_hole_is_detected_by_keepalive_and_ejected(cluster: Cluster,
 async def test_agent_unreachable_while_an_instance_dies_and_another_starts(cluster: Cluster, caller: Mesh) -> None:
     cluster.start("a")
     cluster.start("b")
-    _, load = echo(caller, cluster.service)
+    load = echo(caller, cluster.service)
     await warm(load, cluster, ("a", "b"))
     running = asyncio.create_task(load.run_for(OUTAGE_S + 8))
     await asyncio.sleep(2)
@@ -209,7 +217,7 @@ async def test_agent_unreachable_while_an_instance_dies_and_another_starts(clust
 async def test_one_way_partition_never_runs_a_non_idempotent_call_twice(cluster: Cluster, caller: Mesh) -> None:
     mute = cluster.start("a")
     cluster.start("b")
-    _, load = echo(caller, cluster.service, "EchoOnce")
+    load = echo(caller, cluster.service, "EchoOnce")
     load.deadline_s = 3.0
     await warm(load, cluster, ("a", "b"))
     netfaults.replies_lost(mute, peer=cluster.network.host_ip)  # requests arrive, replies never leave
