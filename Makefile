@@ -4,7 +4,7 @@ VENV   := .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed-stamp
 
-.PHONY: demo test lint typecheck unit protos bench dev-agent fmt clean screenshot lock image
+.PHONY: demo test lint typecheck unit protos bench soak dev-agent fmt clean screenshot lock image
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -c 'import sys; sys.exit("meshlet needs Python 3.11 or newer") if sys.version_info < (3, 11) else None'
@@ -38,6 +38,12 @@ protos: $(STAMP)
 ## Benchmarks print tables; they are never asserted.
 bench: $(STAMP)
 	$(PY) -m benchmarks
+
+## A long run at a fixed rate while faults cycle, sampling memory, descriptors, tasks, threads and latency per
+## minute, then the slope of each (target: none). 30 minutes; `make soak MINUTES=5` for less. Never asserted.
+MINUTES ?= 30
+soak: $(STAMP)
+	$(PY) -m benchmarks.soak --minutes $(MINUTES)
 
 ## Re-render docs/demo.png from a real run (needs rsvg-convert: apt-get install librsvg2-bin); CI never runs it.
 screenshot: $(STAMP)

@@ -341,7 +341,7 @@ async def test_a_browser_page_cannot_drain_the_sidecar(headers: dict[str, str]) 
         drained.append(True)
         return 200, "drained\n"
 
-    server = Admin("127.0.0.1:0", ready=lambda: (True, []), clusters=list, config=dict, metrics=bytes, drain=drain)
+    server = Admin("127.0.0.1:0", ready=lambda: (True, []), clusters=list, config=dict, metrics=no_metrics, drain=drain)
     port = await server.start()
     try:
         async with aiohttp.ClientSession() as session:

@@ -7,6 +7,8 @@ that share of calls, ``--delay-ms`` adds latency. Per call, metadata steers it: 
 that call (``x-echo-fail-details: <text>`` sets its details, as a handler passing a downstream's error on),
 ``x-echo-sleep-ms: <n>`` delays it, ``x-echo-set-health: NOT_SERVING`` sets the process's health,
 ``x-echo-stream-every-ms: <n>`` makes ``ServerStream`` a watch: a message every n ms until the caller leaves.
+With ``--log FILE`` every execution of ``Echo`` and ``EchoOnce`` appends ``<name> <method> <message>`` to FILE
+(one ``write(2)`` on an O_APPEND file), so tests count executions per request across processes.
 With ``--upstream NAME`` its ``Echo`` forwards to that service through ``mesh.channel`` (for deadline
 propagation tests) and reports the deadline it saw in the reply's message; ``--upstream-timeout-ms`` gives that
 call a timeout of its own (the tighter of it and the caller's deadline applies).
@@ -37,6 +39,11 @@ class Echo(echo_pb2_grpc.EchoServicer):
         self.mesh = mesh
         self.calls: collections.Counter[str] = collections.Counter()
         self.rng = random.Random()
+        self.log_fd = os.open(args.log, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644) if args.log else None
+
+    def _record(self, method: str, message: str) -> None:
+        if self.log_fd is not None:
+            os.write(self.log_fd, f"{self.args.name} {method} {message}\n".encode())
 
     async def _fault(self, method: str, context: grpc.aio.ServicerContext) -> None:
         self.calls[method] += 1
@@ -59,6 +66,7 @@ class Echo(echo_pb2_grpc.EchoServicer):
 
     async def Echo(self, request: echo_pb2.EchoRequest, context: Any) -> echo_pb2.EchoReply:  # noqa: N802
         await self._fault("Echo", context)
+        self._record("Echo", request.message)
         if self.args.upstream:
             stub = echo_pb2_grpc.EchoStub(self.mesh.channel(self.args.upstream))
             timeout = self.args.upstream_timeout_ms / 1000 if self.args.upstream_timeout_ms else None
@@ -72,6 +80,7 @@ class Echo(echo_pb2_grpc.EchoServicer):
 
     async def EchoOnce(self, request: echo_pb2.EchoRequest, context: Any) -> echo_pb2.EchoReply:  # noqa: N802
         await self._fault("EchoOnce", context)
+        self._record("EchoOnce", request.message)
         return echo_pb2.EchoReply(message=request.message, payload=request.payload, served_by=self.args.name)
 
     async def ServerStream(  # noqa: N802
@@ -107,6 +116,7 @@ async def main(argv: list[str]) -> int:
     parser.add_argument("--delay-ms", type=float, default=0.0)
     parser.add_argument("--upstream", default="")
     parser.add_argument("--upstream-timeout-ms", type=float, default=0.0)
+    parser.add_argument("--log", default="", help="append every Echo and EchoOnce execution to this file")
     args = parser.parse_args(argv)
     os.environ.setdefault("MESHLET_SERVICE__NAME", "echo")
     async with Mesh.from_env() as mesh:

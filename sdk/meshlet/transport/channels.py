@@ -42,10 +42,19 @@ NO_GRPC_RETRIES: Options = (
     ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
 )
 
+KEEPALIVE_TIME_MS = 5_000
+"""How often a channel pings its endpoint, busy or idle. A connection whose packets vanish (a black hole: no RST,
+no FIN) is declared dead after at most KEEPALIVE_TIME_MS + KEEPALIVE_TIMEOUT_MS, its calls fail as UNAVAILABLE and
+count against the endpoint's breaker; without pings TCP would retransmit into the void for ~15 minutes."""
+
+KEEPALIVE_TIMEOUT_MS = 5_000
+"""How long a ping may wait for its ack: well above any sane round trip, even over a congested link."""
+
 _CHANNEL_OPTIONS: Options = (
     *NO_GRPC_RETRIES,
-    ("grpc.keepalive_time_ms", 30_000),
-    ("grpc.keepalive_timeout_ms", 10_000),
+    ("grpc.keepalive_time_ms", KEEPALIVE_TIME_MS),
+    ("grpc.keepalive_timeout_ms", KEEPALIVE_TIMEOUT_MS),
+    ("grpc.keepalive_permit_without_calls", 1),  # an idle connection is checked too: the next call finds it alive
     ("grpc.http2.max_pings_without_data", 0),
 )
 
@@ -53,24 +62,26 @@ _CHANNEL_OPTIONS: Options = (
 # most half of an upstream's default bulkhead (upstreams.*.max_in_flight 1000) and others still get through.
 MAX_CONCURRENT_STREAMS = 500
 MAX_METADATA_BYTES = 16 * 1024  # a call's headers (and trailers) in all: past it, RESOURCE_EXHAUSTED, every time
-CONNECTION_AGE_MS = 30 * 60_000  # then GOAWAY: clients reconnect, and rebalance onto new instances
-CONNECTION_AGE_GRACE_MS = 10 * 60_000  # what a call in flight on an old connection still gets
+CONNECTION_AGE_MS = 30 * 60_000  # then GOAWAY: clients open a new connection for new calls, and rebalance
+# No max_connection_age_grace: calls in flight on an old connection, long-lived streams included, run to their end.
 
-# What every meshlet server (the SDK's, the sidecar's inbound and outbound) accepts; the README's "Limits" says why.
-# meshlet's channels ping every 30 s while a call is open, and grpc's 5-minute default would answer a quiet
-# long-lived stream with GOAWAY too_many_pings; a client pinging faster than every 10 s without data gets two
-# strikes, then GOAWAY. The soft and hard metadata limits are one, so that a call past it always fails (between
-# the two, grpc refuses a random share of calls).
+# What every meshlet server (the SDK's and the sidecar's inbound and outbound) accepts; the README's "Limits" and
+# "Keepalive" say why. meshlet's channels ping every KEEPALIVE_TIME_MS, with or without calls; grpc's defaults (no
+# pings without calls, at most one every 5 minutes without data) would answer them with GOAWAY too_many_pings. A
+# client pinging faster than that without data gets two strikes, then GOAWAY. The soft and hard metadata limits are
+# one, so that a call past it always fails (between the two, grpc refuses a random share of calls).
 SERVER_OPTIONS: Options = (
     ("grpc.so_reuseport", 0),  # a port is one server's: a second one fails to start instead of sharing the calls
-    ("grpc.http2.min_ping_interval_without_data_ms", 10_000),
+    # GRPC_ARG_HTTP2_MIN_RECV_PING_INTERVAL_WITHOUT_DATA_MS: below the clients' interval, so timer jitter earns
+    # no strike.
+    ("grpc.http2.min_ping_interval_without_data_ms", KEEPALIVE_TIME_MS - 1_000),
+    ("grpc.keepalive_permit_without_calls", 1),
     ("grpc.http2.max_ping_strikes", 2),
     ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
     ("grpc.max_concurrent_streams", MAX_CONCURRENT_STREAMS),
     ("grpc.max_metadata_size", MAX_METADATA_BYTES),
     ("grpc.absolute_max_metadata_size", MAX_METADATA_BYTES),
     ("grpc.max_connection_age_ms", CONNECTION_AGE_MS),
-    ("grpc.max_connection_age_grace_ms", CONNECTION_AGE_GRACE_MS),
 )
 
 ChannelFactory = Callable[[str, tuple[tuple[str, Any], ...]], grpc.aio.Channel]
