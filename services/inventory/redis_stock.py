@@ -1,8 +1,9 @@
 """Stock and reservations in Redis, shared by every inventory replica (SHOP_STORE=redis://...).
 
 Layout, under one prefix (a hash tag, so that a Redis Cluster keeps every key in one slot): ``stock``, sku ->
-units available; ``reservations``, reservation id -> the reservation as JSON; ``reserved-at``, a sorted set of
-reservation ids scored by when they were made (to forget them past services.bounded's bounds, as in memory).
+units available; ``reservations``, reservation id -> the reservation as JSON; ``reserved-at`` and
+``reserved-in-turn``, sorted sets of reservation ids scored by when they were made and by a counter
+(``reservation-counter``), to forget them past services.bounded's age and count, as in memory.
 
 Reserve and Release are each one Lua script, which Redis runs atomically: the check of a reservation id, the
 check of the level and the taking of the stock happen in one step, so two replicas reserving the last units
@@ -27,14 +28,19 @@ from services.shared_store import StoreUnavailable, connect, where
 
 PREFIX = "shop:{inventory}:"
 
-# KEYS: stock, reservations, reserved-at. ARGV[1..3] of every script: now, max age, max records.
+# KEYS: stock, reservations, reserved-at (by time: the age bound), reserved-in-turn (by a counter: the count bound,
+# exact where two reservations share a timestamp), the counter. ARGV[1..3] of every script: now, max age, max
+# records.
 _FORGET_OLD = """
 local function forget(ids)
-    for _, id in ipairs(ids) do redis.call('HDEL', KEYS[2], id) end
+    for _, id in ipairs(ids) do
+        redis.call('HDEL', KEYS[2], id)
+        redis.call('ZREM', KEYS[3], id)
+        redis.call('ZREM', KEYS[4], id)
+    end
 end
 local now, max_age, max_records = tonumber(ARGV[1]), tonumber(ARGV[2]), tonumber(ARGV[3])
 forget(redis.call('ZRANGEBYSCORE', KEYS[3], '-inf', now - max_age))
-redis.call('ZREMRANGEBYSCORE', KEYS[3], '-inf', now - max_age)
 """
 
 # ARGV[4..6]: reservation id, sku, quantity. Answers {outcome, detail}.
@@ -51,11 +57,9 @@ redis.call('HSET', KEYS[1], ARGV[5], available - quantity)
 local made = cjson.encode({sku = ARGV[5], quantity = quantity, remaining = available - quantity})
 redis.call('HSET', KEYS[2], ARGV[4], made)
 redis.call('ZADD', KEYS[3], now, ARGV[4])
-local excess = redis.call('ZCARD', KEYS[3]) - max_records
-if excess > 0 then
-    forget(redis.call('ZRANGE', KEYS[3], 0, excess - 1))
-    redis.call('ZREMRANGEBYRANK', KEYS[3], 0, excess - 1)
-end
+redis.call('ZADD', KEYS[4], redis.call('INCR', KEYS[5]), ARGV[4])
+local excess = redis.call('ZCARD', KEYS[4]) - max_records
+if excess > 0 then forget(redis.call('ZRANGE', KEYS[4], 0, excess - 1)) end
 return {'made', made}
 """
 )
@@ -68,8 +72,7 @@ local made = redis.call('HGET', KEYS[2], ARGV[4])
 if not made then return nil end
 local reservation = cjson.decode(made)
 redis.call('HINCRBY', KEYS[1], reservation.sku, reservation.quantity)
-redis.call('HDEL', KEYS[2], ARGV[4])
-redis.call('ZREM', KEYS[3], ARGV[4])
+forget({ARGV[4]})
 return made
 """
 )
@@ -94,7 +97,8 @@ class RedisStock:
         self.client: Any = client  # Any: redis-py types its replies for its sync and asyncio clients at once
         self.where = f"redis at {shown}, shared by every inventory instance"
         self._shown = shown
-        self._keys = [prefix + "stock", prefix + "reservations", prefix + "reserved-at"]
+        names = ("stock", "reservations", "reserved-at", "reserved-in-turn", "reservation-counter")
+        self._keys = [prefix + name for name in names]
         self._bounds = (max_age_s, max_records)
         self._clock = clock
         self._reserve: Any = client.register_script(_RESERVE)

@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 from typing import Protocol
 
 from services.bounded import BoundedRecords
-from services.shared_store import MEMORY
+from services.shared_store import MEMORY, connect, where
 
 
 class UnknownSku(LookupError):
@@ -131,6 +131,7 @@ def open_storage(url: str) -> StockStorage:
     """The storage SHOP_STORE names: ``memory`` or a Redis URL (services.shared_store)."""
     if url == MEMORY:
         return InProcessStock()
+    client = connect(url)  # first: it says which extra to install when redis is missing
     from services.inventory.redis_stock import RedisStock  # imports redis: only when asked for
 
-    return RedisStock.from_url(url)
+    return RedisStock(client, where(url))

@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 from typing import Protocol
 
 from services.bounded import MAX_RECORDS
-from services.shared_store import MEMORY
+from services.shared_store import MEMORY, connect, where
 from shop.orders.v1 import orders_pb2
 
 Keep = Callable[[orders_pb2.Order], bool]
@@ -127,6 +127,7 @@ def open_storage(url: str) -> OrderStorage:
     """The storage SHOP_STORE names: ``memory`` or a Redis URL (services.shared_store)."""
     if url == MEMORY:
         return InProcessOrders()
+    client = connect(url)  # first: it says which extra to install when redis is missing
     from services.orders.redis_store import RedisOrders  # imports redis: only when asked for
 
-    return RedisOrders.from_url(url)
+    return RedisOrders(client, where(url))

@@ -197,3 +197,35 @@ async def test_a_store_that_does_not_answer_makes_calls_unavailable_not_a_crash(
         assert failed.value.code() == grpc.StatusCode.UNAVAILABLE
         assert "did not answer" in (failed.value.details() or "")
         assert "same reservation_id" in (failed.value.details() or "")
+
+
+async def test_redis_keeps_the_in_process_bounds(redis: RedisServer) -> None:
+    """services.bounded's bounds hold in Redis too: reservation records by count and by age (stock is not given
+    back for a forgotten one), orders by count, paging on past the forgotten ones."""
+    now = [1_000_000.0]
+    stock = RedisStock.from_url(redis.url, max_records=5, max_age_s=60.0, clock=lambda: now[0])
+    store = RedisOrders.from_url(redis.url, max_orders=3)
+    try:
+        await stock.seed({"tea": 100})
+        for n in range(20):
+            await stock.reserve(f"r{n}", "tea", 1)
+        assert await stock.client.hlen("shop:{inventory}:reservations") == 5
+        assert await stock.level("tea") == 80
+        assert (await stock.reserve("r19", "tea", 1))[1] is True  # held: a replay
+        now[0] += 61.0  # past the age bound: forgotten, so the same id reserves anew
+        assert (await stock.reserve("r19", "tea", 1))[1] is False
+        assert await stock.release("r18") is None
+        assert await stock.level("tea") == 79
+
+        for n in range(5):
+            await store.add(f"req-{n}", orders_pb2.Order(order_id=f"ord-{n}", customer_id="c"))
+        assert await store.get("ord-1") is None
+        assert await store.for_request("req-1") is None
+        assert await store.for_request("req-2") == orders_pb2.Order(order_id="ord-2", customer_id="c")
+        orders, cursor = await store.page(0, 2, lambda order: True)
+        assert [order.order_id for order in orders] == ["ord-2", "ord-3"]
+        assert cursor is not None
+        assert [order.order_id for order in (await store.page(cursor, 2, lambda order: True))[0]] == ["ord-4"]
+    finally:
+        await stock.close()
+        await store.close()
