@@ -1,5 +1,5 @@
 # syntax=docker/dockerfile:1
-# One image for every meshlet process in k8s/: `meshlet`, `meshlet-sidecar` and `python -m services.<name>`.
+# One image for every meshlet process in k8s/: `meshlet`, `meshlet-sidecar` and `python -m meshlet_shop.<name>`.
 # The builder turns the dependencies pinned in requirements.lock (every version with its hashes: pip refuses any
 # other file) and then the project into wheels; the final stage installs only those wheels, so it carries no
 # compilers, no pip cache and no source tree, and runs as an unprivileged numeric user (runAsNonRoot can check a
@@ -16,7 +16,7 @@ WORKDIR /src
 COPY requirements.lock ./
 # --require-hashes: a file whose hash the lock does not list (another version, a tampered mirror) fails the build.
 RUN pip wheel --require-hashes --wheel-dir /wheels -r requirements.lock
-COPY pyproject.toml README.md ./
+COPY pyproject.toml README.md LICENSE ./
 COPY sdk/ sdk/
 COPY sidecar/ sidecar/
 COPY protos/ protos/

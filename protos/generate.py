@@ -1,7 +1,8 @@
 """Regenerate the checked-in Python for every .proto under protos/ (``make protos``).
 
 Generated modules sit beside their sources, with .pyi stubs, and import each other by package path
-(``shop.orders.v1``), so protos/ is a source root of the distribution.
+(``meshlet_shop_api.orders.v1``, while the proto package ``shop.orders.v1`` names the wire), so protos/ is a
+source root of the distribution.
 """
 
 from __future__ import annotations

@@ -8,6 +8,7 @@ the Call is the only allocation the pipeline makes that it can avoid.
 from __future__ import annotations
 
 import enum
+import re
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -101,6 +102,22 @@ class InboundCall:
     deadline: Deadline | None = None
     peer_uri: str | None = None  # the caller's verified SPIFFE ID, when mTLS is on
     peer_address: str = ""
+    peer_refusal: str | None = None  # why the caller's certificate names no identity we accept (then peer_uri is None)
+
+
+# gRPC's path: "/" service "/" method, both protobuf names (the method patterns of the config are the same shape).
+_CANONICAL_METHOD = re.compile(r"/[A-Za-z_][A-Za-z0-9_.]*/[A-Za-z_][A-Za-z0-9_]*")
+
+
+def is_canonical_method(path: str) -> bool:
+    """Whether `path` is exactly ``/<package.Service>/<Method>``: a leading ``/``, two non-empty segments of
+    protobuf name characters (letters, digits, ``_``, and ``.`` in the service), nothing after.
+
+    Everything that decides by method (per-method intentions, rate limits, routes) matches canonical paths only,
+    and some servers route a path such as ``shop.Admin/Drop`` or ``/shop.Admin/Drop/`` to ``/shop.Admin/Drop``
+    (grpc-go before 1.79.3, CVE-2026-33186), or decode ``/shop.Admin/Dr%6Fp`` to it: so every meshlet listener
+    refuses any other path before its stages run."""
+    return _CANONICAL_METHOD.fullmatch(path) is not None
 
 
 def method_matches(path: str, pattern: str) -> bool:
@@ -112,3 +129,22 @@ def method_matches(path: str, pattern: str) -> bool:
 
 def matches_any(path: str, patterns: Sequence[str]) -> bool:
     return any(method_matches(path, pattern) for pattern in patterns)
+
+
+# The mesh's own calls (a sidecar asking an upstream's reflection service which methods it has) carry this
+# key: the sidecars keep them out of the users' RED numbers, traces and access logs, so a reflection service
+# that is absent (UNIMPLEMENTED) every few minutes is no error of the app's. Only these paths may be the mesh's
+# own: a caller cannot hide its other calls by setting the key.
+MESH_OWN_KEY = "x-meshlet-own"
+MESH_OWN_METADATA: tuple[tuple[str, str], ...] = ((MESH_OWN_KEY, "reflection"),)
+MESH_OWN_PATHS = ("/grpc.reflection.v1alpha.ServerReflection/", "/grpc.reflection.v1.ServerReflection/")
+
+
+def may_be_mesh_own(path: str) -> bool:
+    """Whether calls to `path` may be the mesh's own (decided once per method, where pipelines are built)."""
+    return path.startswith(MESH_OWN_PATHS)
+
+
+def is_mesh_own(metadata: Metadata | None) -> bool:
+    """Whether a call's metadata marks it as the mesh's own."""
+    return bool(metadata) and any(key == MESH_OWN_KEY for key, _ in metadata or ())

@@ -13,6 +13,7 @@
              ├─ RateLimited            RESOURCE_EXHAUSTED   the caller is over its rate limit (with pushback)
              ├─ IntentionDenied        PERMISSION_DENIED    an intention denies caller -> target
              ├─ Unauthenticated        UNAUTHENTICATED      no or an unverifiable client certificate
+             ├─ MethodPathInvalid      UNIMPLEMENTED        the call's path is not exactly /<service>/<method>
              ├─ ChannelClosed          UNAVAILABLE          the mesh closed the channel a call was running on
              └─ UpstreamFailed         ABORTED or UNKNOWN   a server's handler (or app) failed because its own
                                                             upstream call did: see `upstream_failed`
@@ -54,6 +55,7 @@ class ErrorReason(enum.StrEnum):
     RATE_LIMITED = "RATE_LIMITED"
     INTENTION_DENIED = "INTENTION_DENIED"
     UNAUTHENTICATED = "UNAUTHENTICATED"
+    METHOD_PATH_INVALID = "METHOD_PATH_INVALID"
     CHANNEL_CLOSED = "CHANNEL_CLOSED"
     UPSTREAM_FAILED = "UPSTREAM_FAILED"
     TLS_HANDSHAKE_FAILED = "TLS_HANDSHAKE_FAILED"
@@ -122,6 +124,13 @@ class IntentionDenied(MeshError):
 class Unauthenticated(MeshError):
     code_ = grpc.StatusCode.UNAUTHENTICATED
     reason = ErrorReason.UNAUTHENTICATED
+
+
+class MethodPathInvalid(MeshError):
+    """UNIMPLEMENTED, as a gRPC server answers a path that names no method: a caller must not retry it."""
+
+    code_ = grpc.StatusCode.UNIMPLEMENTED
+    reason = ErrorReason.METHOD_PATH_INVALID
 
 
 class ChannelClosed(MeshError):

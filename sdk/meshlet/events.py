@@ -56,6 +56,22 @@ class BreakerClosed:
 
 
 @dataclass(frozen=True, slots=True)
+class EndpointEjected:
+    """The picker stopped choosing an endpoint (its breaker is open and the ejection cap allows leaving it out)."""
+
+    upstream: str
+    endpoint: Endpoint
+
+
+@dataclass(frozen=True, slots=True)
+class EndpointReadmitted:
+    """An ejected endpoint is in the picker again: probed, closed, in panic, or over the ejection cap."""
+
+    upstream: str
+    endpoint: Endpoint
+
+
+@dataclass(frozen=True, slots=True)
 class EndpointsChanged:
     upstream: str
     added: tuple[Endpoint, ...]
@@ -79,6 +95,8 @@ Event = (
     | BreakerOpened
     | BreakerHalfOpened
     | BreakerClosed
+    | EndpointEjected
+    | EndpointReadmitted
     | EndpointsChanged
     | DiscoveryFailed
 )

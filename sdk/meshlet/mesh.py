@@ -12,7 +12,7 @@ import random
 import signal
 import sys
 import time
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -35,17 +35,20 @@ from meshlet.events import EventBus
 from meshlet.inbound import InboundHandler, InboundParts, build_inbound
 from meshlet.security.certs import (
     CertificateSource,
-    caller_spiffe_id,
     channel_credentials,
     channel_options,
     server_credentials,
 )
 from meshlet.security.handshake_failures import Expectation, HandshakeFailures
 from meshlet.security.identity import SpiffeId
+from meshlet.security.peers import CallerIdentities
 from meshlet.security.sources import make_source
+from meshlet.security.upstream_identity import VerifiedEndpoints
 from meshlet.telemetry.access_log import AccessLog
+from meshlet.telemetry.method_names import MethodNames
 from meshlet.telemetry.metrics import Metrics
 from meshlet.telemetry.metrics_server import MetricsServer
+from meshlet.telemetry.state_log import StateLog
 from meshlet.telemetry.tracing import Tracing, build_tracing
 from meshlet.transport.channels import SERVER_OPTIONS, ChannelFactory, EndpointChannels, insecure_channel
 from meshlet.transport.listen import add_port, join_host_port
@@ -93,6 +96,9 @@ class Mesh:
         """The tracer provider and its exporters; None when tracing is off (no OTLP endpoint, no span file)."""
         if self.tracing is not None:
             self.events.subscribe(self.tracing.on_event)
+        self.state_log = StateLog()
+        """Breakers, ejections and retry budgets changing state, one log line each (sampled trace or not)."""
+        self.state_log.watch(self.events)
         if metrics is None and config.telemetry.metrics_port is not None:
             metrics = Metrics()
         self.metrics = metrics
@@ -104,6 +110,9 @@ class Mesh:
             if self.tracing is not None:
                 doc = "Spans dropped because the exporter's queue was full (the collector was away or slow)"
                 metrics.counter_from("meshlet_spans_dropped", doc, self.tracing.dropped_spans)
+                doc = "Spans an exporter failed to deliver, by reason (export_failed: the collector unreachable, "
+                doc += "refusing or too slow; exporter_error: the exporter raised)"
+                metrics.counters_from("meshlet_spans_export_failed", doc, "reason", self.tracing.failed_exports)
         self._access_log = AccessLog() if config.telemetry.access_log else None
         self._metrics_server: MetricsServer | None = None
         self._clock = clock
@@ -116,7 +125,13 @@ class Mesh:
         )
         self._upstreams: dict[str, Upstream] = {}
         self._watches: dict[str, ConsulWatch] = {}
+        self._verified: dict[str, VerifiedEndpoints] = {}
         self._channels: dict[str, MeshChannel] = {}
+        self._own_channels: dict[str, MeshChannel] = {}
+        self.declared_methods: Callable[[str, str], bool] = _every_method
+        """(upstream, method path) -> whether the upstream is known to have the method: metrics and span names call
+        those by name, others only once they have been answered. The SDK: all (its stubs'); the sidecar narrows it
+        to its descriptor sets and reflection answers, its apps' calls being anyone's paths."""
         self._stop = asyncio.Event()
         self._starting: set[asyncio.Task[None]] = set()
         self._tls: CertificateSource | None = make_source(
@@ -151,7 +166,7 @@ class Mesh:
         port = self.config.telemetry.metrics_port
         if port is not None and self.metrics is not None and self._metrics_server is None:
             server = MetricsServer(
-                self.metrics.render,
+                self.metrics.exposition,
                 self.config.telemetry.metrics_host,
                 port,
                 health=lambda: _overall_status(self.health),
@@ -161,6 +176,15 @@ class Mesh:
         if self._tls is not None and not self._tls_started:
             await self._tls.start()
             self._tls_started = True
+            if self._tls.current().identity_dns_name is None:
+                log.warning(
+                    "our certificate has no identity DNS SAN (a URI-only leaf, as a real Consul issues): grpc checks "
+                    "upstream servers by their common name, which names the service only lowered and stripped to "
+                    "[a-z0-9] (led-ger and ledger share one); meshlet checks each endpoint's URI SAN once before "
+                    "using it, but a process that later takes over a checked endpoint's address is checked by the "
+                    "common name only",
+                    extra={"event": "weak_server_check"},
+                )
             self._tls.subscribe(lambda _material: self._refresh_channels())
 
     @property
@@ -214,6 +238,24 @@ class Mesh:
             )
         return found
 
+    def _declared_outbound(self, service: str, path: str) -> bool:
+        return self.declared_methods(service, path)
+
+    def own_channel(self, service: str) -> MeshChannel:
+        """A channel for the mesh's own calls to `service` (a sidecar asking its reflection service): the same
+        endpoints, balancing and breakers, but no spans, metrics or access log lines, and each call must carry
+        ``MESH_OWN_METADATA`` so that the other side keeps it out of its numbers too."""
+        found = self._own_channels.get(service)
+        if found is None:
+            upstream = self.upstream(service)
+            found = self._own_channels[service] = MeshChannel(
+                service,
+                upstream.own_handler,
+                is_idempotent=lambda path: True,  # reflection only reads
+                replay_limit_bytes=upstream.policy.retry.replay_buffer_bytes,
+            )
+        return found
+
     def upstream(self, service: str) -> Upstream:
         """The per-destination state for `service`, created (and its discovery started) on first use."""
         found = self._upstreams.get(service)
@@ -233,11 +275,22 @@ class Mesh:
                 access_log=self._access_log,
                 explain_failure=handshakes.explain,
                 instances=InstanceReport.from_consul(service, self._consul),
+                names=MethodNames(functools.partial(self._declared_outbound, service)),
             )
+            on_update = found.update_endpoints
+            if self._tls is not None and self._tls.current().identity_dns_name is None:
+                # URI-only leaves (a real Consul): grpc can match only the common name, which services share
+                # (led-ger, ledger), so each endpoint proves it is `service` by its URI SAN before it is used.
+                # Leaves with the identity DNS SAN need no such check: grpc matches it on every connection.
+                verified = self._verified[service] = VerifiedEndpoints(
+                    self._upstream_identity(service), self._tls, found.update_endpoints
+                )
+                found.refused_endpoints = lambda: verified.refused
+                on_update = verified.update
             watch = self._watches[service] = ConsulWatch(
                 service,
                 consul=self._consul,
-                on_update=found.update_endpoints,
+                on_update=on_update,
                 events=self.events,
                 rng=self._rng,
             )
@@ -245,6 +298,17 @@ class Mesh:
             self._starting.add(task)
             task.add_done_callback(self._starting.discard)
         return found
+
+    def _upstream_identity(self, service: str) -> Callable[[], SpiffeId]:
+        """The identity an instance of `service` must present: our trust domain, partition and namespace."""
+        source = self._tls
+        assert source is not None
+
+        def expected() -> SpiffeId:
+            ours = source.current().identity
+            return SpiffeId(ours.trust_domain, ours.namespace, ours.datacenter, service, ours.partition)
+
+        return expected
 
     def _expectation(self, service: str) -> Expectation:
         """What a server of `service` must present, with our current certificate (read when a handshake failed)."""
@@ -285,14 +349,19 @@ class Mesh:
         limits, deadline, as configured); serve it with `serve()`."""
         if self._inbound is None:
             self._inbound = InboundParts.from_config(
-                self.config, consul=self._consul, clock=self._clock, tracer=self.tracer, metrics=self.metrics
+                self.config,
+                consul=self._consul,
+                clock=self._clock,
+                tracer=self.tracer,
+                metrics=self.metrics,
+                names=MethodNames(),  # every method: grpc answers unknown ones before the stages
             )
         parts = self._inbound
 
-        def build(terminal: InboundHandler) -> InboundHandler:
-            return build_inbound(terminal, parts)
+        def build(terminal: InboundHandler, method: str) -> InboundHandler:
+            return build_inbound(terminal, parts, method)  # a sidecar's reflection questions: not the app's calls
 
-        identify = caller_spiffe_id if self._tls is not None else None
+        identify = CallerIdentities(self._tls, parts.trusted_domains).of_call if self._tls is not None else None
         interceptor = InboundInterceptor(build, self._clock, identify)
         server_options = [*options, *SERVER_OPTIONS]  # grpc takes the first of two equal keys: the caller's win
         server = grpc.aio.server(interceptors=[interceptor], options=server_options, **kwargs)
@@ -388,12 +457,15 @@ class Mesh:
         for watch in watches:
             with contextlib.suppress(Exception):
                 await watch.stop()
+        verified, self._verified = list(self._verified.values()), {}
+        await asyncio.gather(*(v.close() for v in verified), return_exceptions=True)
         upstreams, self._upstreams = list(self._upstreams.values()), {}
         await asyncio.gather(*(u.close() for u in upstreams), return_exceptions=True)
         self._channels.clear()
         metrics_server, self._metrics_server = self._metrics_server, None
         if metrics_server is not None:
             await metrics_server.stop()
+        self.state_log.flush()
         tracing, self.tracing = self.tracing, None
         if tracing is not None:  # hands over what is queued, for a few seconds at most
             await tracing.aclose()
@@ -469,3 +541,8 @@ def _readable_token_file(config: Config) -> str | None:
         why = f"cannot be read ({error.strerror or error})"
         raise ConfigError("consul.token_file", str(path), f"{why}: it holds the Consul ACL token") from None
     return str(path)
+
+
+def _every_method(service: str, path: str) -> bool:
+    """The SDK's calls come from its stubs, the app's own code: every method it calls exists (see every_method)."""
+    return True

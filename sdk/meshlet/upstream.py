@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import asyncio
 import random
+from collections.abc import Awaitable, Callable, Mapping
+from dataclasses import replace
 from typing import Any
 
 from opentelemetry.trace import Tracer
@@ -20,7 +22,7 @@ from meshlet.deadline import Clock
 from meshlet.discovery.instances import InstanceReport
 from meshlet.endpoints import Endpoint, EndpointSet
 from meshlet.errors import BreakerOpen, MeshError, NoHealthyEndpoint
-from meshlet.events import EndpointsChanged, Event, EventBus
+from meshlet.events import EndpointEjected, EndpointReadmitted, EndpointsChanged, Event, EventBus
 from meshlet.outbound import OutboundParts, build_outbound
 from meshlet.outbound.report import NO_VERDICT
 from meshlet.outbound.retry import Sleep
@@ -30,6 +32,7 @@ from meshlet.resilience.budget import RetryBudget
 from meshlet.resilience.bulkhead import InFlightLimit
 from meshlet.resilience.ejection import Admission, OutlierEjection
 from meshlet.telemetry.access_log import AccessLog
+from meshlet.telemetry.method_names import MethodNames
 from meshlet.telemetry.metrics import Metrics
 from meshlet.transport.channels import EndpointChannels
 
@@ -52,6 +55,7 @@ class Upstream:
         access_log: AccessLog | None = None,
         explain_failure: ExplainFailure | None = None,
         instances: InstanceReport | None = None,
+        names: MethodNames | None = None,
     ) -> None:
         self.name = name
         self.instances = instances  # what Consul knows of the instances, for the message when none passes
@@ -78,26 +82,38 @@ class Upstream:
         self._picker: Picker | None = None
         self._admission: Admission | None = None
         self._answered = asyncio.Event()
+        # Endpoints discovery listed that were left out because they did not prove to be this service (mTLS), and why.
+        self.refused_endpoints: Callable[[], Mapping[Endpoint, str]] = dict
         self._readmit_timer: asyncio.TimerHandle | None = None
-        self.handler = build_outbound(
-            OutboundParts(
-                policy=policy,
-                balancer=self,
-                outcomes=self,
-                channels=channels,
-                budget=self.budget,
-                bulkhead=self.bulkhead,
-                events=events,
-                clock=clock,
-                rng=rng,
-                sleep=sleep,
-                tracer=tracer,
-                service=name,
-                metrics=metrics,
-                access_log=access_log,
-                explain_failure=explain_failure,
-            )
+        self._parts = OutboundParts(
+            policy=policy,
+            balancer=self,
+            outcomes=self,
+            channels=channels,
+            budget=self.budget,
+            bulkhead=self.bulkhead,
+            events=events,
+            clock=clock,
+            rng=rng,
+            sleep=sleep,
+            tracer=tracer,
+            service=name,
+            metrics=metrics,
+            access_log=access_log,
+            explain_failure=explain_failure,
+            names=names if names is not None else MethodNames(),
         )
+        self.handler = build_outbound(self._parts)
+        self._own_handler: Callable[[Call], Awaitable[Any]] | None = None
+
+    @property
+    def own_handler(self) -> Callable[[Call], Awaitable[Any]]:
+        """The pipeline of the mesh's own calls to this upstream (asking its reflection service): balanced, retried
+        and guarded by the same breakers as the users' calls, but without spans, metrics or access log lines;
+        built on first use."""
+        if self._own_handler is None:
+            self._own_handler = build_outbound(replace(self._parts, tracer=None, metrics=None, access_log=None))
+        return self._own_handler
 
     # ------------------------------------------------------------------ discovery feeds endpoint sets
 
@@ -161,7 +177,10 @@ class Upstream:
         endpoints = self._endpoints
         if endpoints is None:
             return
+        before = self._admission.ejected if self._admission is not None else ()
         admission = self._admission = self.ejection.admitted(endpoints.endpoints, self._breakers)
+        if admission.ejected != before:
+            self._ejections_changed(before, admission.ejected, endpoints)
         self._picker = Picker(admission.endpoints, load=self.load, rng=self._rng, strategy=self.policy.balancer)
         if self._readmit_timer is not None:
             self._readmit_timer.cancel()
@@ -173,6 +192,16 @@ class Upstream:
                 return
             delay = max(0.0, admission.review_at - self._clock()) + 0.001
             self._readmit_timer = loop.call_later(delay, self._rebuild)
+
+    def _ejections_changed(
+        self, before: tuple[Endpoint, ...], now: tuple[Endpoint, ...], endpoints: EndpointSet
+    ) -> None:
+        for endpoint in now:
+            if endpoint not in before:
+                self.events.emit(EndpointEjected(self.name, endpoint))
+        for endpoint in before:
+            if endpoint not in now and endpoint in endpoints:  # one that left Consul is gone, not readmitted
+                self.events.emit(EndpointReadmitted(self.name, endpoint))
 
     # ------------------------------------------------------------------ the pick stage reads these
 
@@ -200,6 +229,14 @@ class Upstream:
                 f"discovery has not answered for {self.name} yet: check that Consul is reachable "
                 f"and that the service is registered",
                 metadata=info,
+            )
+        refused = self.refused_endpoints()
+        if not self._endpoints and refused:
+            reasons = "; ".join(f"{endpoint}: {why}" for endpoint, why in sorted(refused.items(), key=str))
+            return NoHealthyEndpoint(
+                f"no instance of {self.name} that Consul lists proved to be {self.name} ({reasons}): check that "
+                f"the instances registered as {self.name} present its certificate",
+                metadata={**info, "refused": ",".join(map(str, refused))},
             )
         if not self._endpoints:
             return NoHealthyEndpoint(
@@ -275,7 +312,9 @@ class Upstream:
             ],
             "panic": self._admission is not None and self._admission.panic,
             "in_flight": self.bulkhead.in_flight,
+            "max_in_flight": self.bulkhead.max_in_flight,
             "budget": repr(self.budget),
+            "budget_remaining": self.budget.remaining,
         }
 
     def __repr__(self) -> str:

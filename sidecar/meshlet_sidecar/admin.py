@@ -2,11 +2,12 @@
 
 Istio's port and Linkerd's and Envoy's paths: ``/ready`` (200 only once the sidecar can serve; 503 names what
 it still waits for), ``/live``, ``/clusters`` (Envoy's: upstreams, endpoints, breaker states, in-flight),
-``/config`` (the effective configuration, secrets redacted) and ``/metrics`` (Prometheus text, rendered by
-prometheus_client from the sidecar's registry). ``/app`` is the app's health alone: the liveness probe of an app
-that listens on loopback, out of the kubelet's reach. ``POST /drain`` (the app container's preStop hook) puts the
-instance into Consul maintenance until the app restarts; it answers only callers inside the pod (loopback), since
-the admin port also listens on the pod IP for the kubelet and Prometheus. Admin keeps no state of its own: each
+``/config`` (the effective configuration, secrets redacted) and ``/metrics`` (Prometheus text, or OpenMetrics
+with exemplars when the scraper asks for it, rendered by prometheus_client from the sidecar's registry).
+``/app`` is the app's health alone: the liveness probe of an app that listens on loopback, out of the kubelet's
+reach. ``POST /drain`` (the app container's preStop hook) puts the instance into Consul maintenance until the app
+restarts; it answers only callers inside the pod (loopback), since the admin port also listens on the pod IP for
+the kubelet and Prometheus. Admin keeps no state of its own: each
 page is rendered from the callables the sidecar hands in, off the data path.
 """
 
@@ -22,11 +23,10 @@ from aiohttp import web
 from meshlet.config import listen_host
 from meshlet.errors import CannotListen, describe_os_error
 from meshlet.resilience.breaker import CLOSED
-from meshlet.telemetry.metrics_server import CONTENT_TYPE
+from meshlet.telemetry.metrics_server import Exposition
 
 PATHS = ("/ready", "/live", "/app", "/clusters[?format=json]", "/config", "/metrics", "POST /drain")
 NOT_FOUND_HINT = "no such admin endpoint; try " + ", ".join(PATHS) + "\n"
-METRICS_CONTENT_TYPE = CONTENT_TYPE  # Prometheus text exposition 0.0.4, as the SDK's metrics port serves it
 
 Ready = Callable[[], tuple[bool, list[str]]]
 Clusters = Callable[[], Sequence[Mapping[str, Any]]]
@@ -105,8 +105,8 @@ class Admin:
 
     `ready` returns (ready, what it waits for); `clusters` the upstreams' `describe()` dicts (see
     `describe_upstreams`); `config` the redacted configuration (``Config.redacted()``); `metrics` the /metrics
-    page in Prometheus text (``Metrics.render``); `app` the app's health for ``/app``; `drain` serves
-    ``POST /drain``.
+    page in the format the scraper accepts, and its content type (``Metrics.exposition``); `app` the app's
+    health for ``/app``; `drain` serves ``POST /drain``.
     """
 
     def __init__(
@@ -116,7 +116,7 @@ class Admin:
         ready: Ready,
         clusters: Clusters,
         config: Callable[[], Mapping[str, Any]],
-        metrics: Callable[[], bytes],
+        metrics: Exposition,
         app: AppStatus = no_app,
         drain: Drain = nothing_to_drain,
     ) -> None:
@@ -191,7 +191,8 @@ class Admin:
         return _json(self._config())
 
     async def _metrics_page(self, request: web.Request) -> web.Response:
-        return web.Response(body=self._metrics(), headers={"Content-Type": METRICS_CONTENT_TYPE})
+        body, content_type = self._metrics(request.headers.get("Accept"))
+        return web.Response(body=body, headers={"Content-Type": content_type})
 
     async def _drain_page(self, request: web.Request) -> web.Response:
         if not from_inside_the_pod(request.remote):

@@ -1,7 +1,9 @@
 """ForwardToApp: the terminal of the sidecar's inbound pipeline. It hands each call, as raw bytes, to the local
 app over one plaintext channel and relays everything the app answers back to the caller.
 
-Nothing is decoded: requests and replies stay bytes, metadata passes through minus the hop headers, and the app's
+Nothing is decoded: requests and replies stay bytes, metadata passes through minus the hop headers and the headers
+that claim a client identity (`IDENTITY_HEADERS`: a caller could write them, and an app moved behind the mesh from
+a proxy that set them might trust them; the caller's verified identity is the mesh's to check), and the app's
 initial metadata, messages, trailers, code and details (``grpc-status-details-bin`` included) reach the caller
 unchanged. The app's call carries what is left of the caller's deadline. Cancellation crosses both ways: a
 caller that goes away cancels the app's call, and an app that ends its call early ends the caller's. A unary
@@ -31,11 +33,33 @@ from meshlet.call import InboundCall
 from meshlet.errors import ErrorReason, NoHealthyEndpoint, error_info, upstream_failed
 from meshlet.telemetry.propagation import headers, trace_fields, without
 from meshlet.transport.channels import NO_GRPC_RETRIES, NotConnected, wait_connected
-from meshlet.transport.raw import MAX_CACHED_METHODS, abort_with, forwardable, relay_status
+from meshlet.transport.raw import HOP_HEADERS, MAX_CACHED_METHODS, abort_with, forwardable, relay_status
 from meshlet.transport.streams import pump_requests, settled
 
 log = logging.getLogger("meshlet.sidecar")
 
+
+# Set by TLS-terminating proxies to tell the app who the client was: Envoy's and Istio's XFCC, RFC 9440's fields,
+# nginx's and HAProxy's usual names. Only the hop that verified the certificate may write them, never a caller.
+IDENTITY_HEADERS = frozenset(
+    {
+        "x-forwarded-client-cert",
+        "client-cert",
+        "client-cert-chain",
+        "x-client-cert",
+        "x-client-verify",
+        "x-client-dn",
+        "x-ssl-client-cert",
+        "x-ssl-client-verify",
+        "x-ssl-client-dn",
+        "x-ssl-client-s-dn",
+        "x-ssl-client-i-dn",
+        "ssl-client-cert",
+        "ssl-client-verify",
+        "x-spiffe-id",
+    }
+)
+_TO_APP_DROPPED = HOP_HEADERS | IDENTITY_HEADERS
 
 _APP_CHANNEL_OPTIONS: tuple[tuple[str, Any], ...] = (
     *NO_GRPC_RETRIES,  # the calling side owns retries; grpcio's own stay off on this hop too
@@ -112,9 +136,9 @@ class ForwardToApp:
         return reply
 
     def _metadata(self, call: InboundCall) -> tuple[tuple[str, Any], ...]:
-        """The caller's metadata minus the hop headers. With tracing on, the caller's trace context is replaced by
-        the current one, the sidecar's server span (inbound/span.py): the app's spans become its children."""
-        metadata = forwardable(call.metadata)
+        """The caller's metadata minus the hop and identity headers. With tracing on, the caller's trace context is
+        replaced by the current one, the sidecar's server span (inbound/span.py): the app's spans are its children."""
+        metadata = forwardable(call.metadata, _TO_APP_DROPPED)
         if self._trace_fields and get_current_span().is_recording():  # else the caller's context goes on as it came
             metadata = (*without(metadata, self._trace_fields), *headers(get_current()))
         return metadata

@@ -13,7 +13,7 @@ abandons, ends that one call; grpc logs it, and the listener goes on serving the
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from contextlib import aclosing
 from typing import Any
 
@@ -24,7 +24,8 @@ from meshlet.deadline import Clock
 from meshlet.errors import CannotListen, MeshError
 from meshlet.inbound import InboundParts, build_inbound
 from meshlet.inbound.abandoned import mark_abandoned
-from meshlet.security.certs import CertificateSource, caller_spiffe_id, server_credentials
+from meshlet.security.certs import CertificateSource, server_credentials
+from meshlet.security.peers import CallerIdentities, PeerVerdict
 from meshlet.transport.channels import SERVER_OPTIONS
 from meshlet.transport.listen import add_port
 from meshlet.transport.raw import Built, RawHandler, RawMethods, RawUnaryHandler, generic_handler, unary_handler
@@ -58,6 +59,9 @@ class InboundListener:
         self._forward = forward
         self._clock = clock
         self._server: grpc.aio.Server | None = None
+        self._identify: Callable[[Any], PeerVerdict] | None = (
+            CallerIdentities(source, parts.trusted_domains).of_call if source is not None else None
+        )
 
     async def start(self) -> int:
         """Bind and serve; returns the port (useful with port 0). Raises CannotListen when the port is taken."""
@@ -90,9 +94,9 @@ class InboundListener:
         return generic_handler(self._generic(method)), methods, known is None
 
     def _unary(self, method: str) -> RawUnaryHandler:
-        pipeline = build_inbound(self._forward.unary, self._parts)
+        pipeline = build_inbound(self._forward.unary, self._parts, method)
         clock = self._clock
-        identify = caller_spiffe_id if self._source is not None else None
+        identify = self._identify
 
         async def forward(request: bytes, context: Any) -> bytes | None:
             self.in_flight += 1
@@ -109,9 +113,9 @@ class InboundListener:
         return forward
 
     def _generic(self, method: str) -> RawHandler:
-        pipeline = build_inbound(self._forward, self._parts)
+        pipeline = build_inbound(self._forward, self._parts, method)
         clock = self._clock
-        identify = caller_spiffe_id if self._source is not None else None
+        identify = self._identify
 
         async def forward(requests: AsyncIterator[bytes], context: Any) -> None:
             self.in_flight += 1

@@ -3,7 +3,8 @@ and grpc-js serve): the local app's, over the sidecar's channel to it, or an ups
 
 Asking happens in the background and fills a MethodTable; a call never waits for it. A service without
 reflection, or one that is down, is asked again later (see AskSchedule), and meanwhile its methods take the
-generic path.
+generic path. The questions carry the mesh's mark (meshlet.call.MESH_OWN_METADATA): no span, metric or access
+log line on either side counts them as the users' calls, so an upstream without reflection is no error of its.
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ from typing import Any
 import grpc
 from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 
+from meshlet.call import MESH_OWN_METADATA
 from meshlet.deadline import Clock
 from meshlet_sidecar.method_kinds import AskSchedule, MethodInfo, MethodTable, methods_in, parse_files
 
@@ -36,14 +38,14 @@ async def ask_methods(channel: grpc.aio.Channel, timeout_s: float = ASK_TIMEOUT_
     info = reflection_pb2_grpc.ServerReflectionStub(channel).ServerReflectionInfo
     listing = reflection_pb2.ServerReflectionRequest(list_services="")
     services: list[str] = []
-    async for reply in info(iter([listing]), timeout=timeout_s):
+    async for reply in info(iter([listing]), timeout=timeout_s, metadata=MESH_OWN_METADATA):
         _check(reply)
         services += [service.name for service in reply.list_services_response.service]
     if not services:
         return {}
     asks = [reflection_pb2.ServerReflectionRequest(file_containing_symbol=name) for name in services]
     files = []
-    async for reply in info(iter(asks), timeout=timeout_s):
+    async for reply in info(iter(asks), timeout=timeout_s, metadata=MESH_OWN_METADATA):
         if reply.HasField("error_response"):  # one service it cannot describe: learn the others
             log.debug("reflection cannot describe %s: %s", reply.original_request.file_containing_symbol, reply)
             continue

@@ -27,8 +27,8 @@ from meshlet.deadline import Clock
 from meshlet.errors import MeshError
 from meshlet.inbound import InboundParts, build_inbound
 from meshlet.security.intentions import service_of
-from meshlet.transport.raw import Built, RawHandler, RawMethods, generic_handler
-from meshlet.transport.server import abort_refused, inbound_call, read_to_half_close
+from meshlet.transport.raw import Built, RawHandler, RawMethods, generic_handler, read_to_half_close
+from meshlet.transport.server import abort_refused, inbound_call
 
 LOOPBACK = "127.0.0.1"
 
@@ -37,8 +37,9 @@ LOOPBACK = "127.0.0.1"
 class RefusedConnection:
     """One caller's TLS connection, as the refusal server sees it: who presented it and from where."""
 
-    caller: str | None  # the certificate's one spiffe:// URI (IdentifyPeer judges it), None when it had none
+    caller: str | None  # the caller's SPIFFE ID, None when its certificate names none we accept
     peer_address: str  # the caller's address, for the log and the access log (not the loopback hop's)
+    refusal: str | None = None  # why its certificate names no caller we accept (IdentifyPeer says so)
     reauthorized: asyncio.Event = field(default_factory=asyncio.Event)  # a call got through: the intentions changed
 
 
@@ -81,7 +82,7 @@ class RefusalServer:
         return generic_handler(self._refuse(method)), None, False
 
     def _refuse(self, method: str) -> RawHandler:
-        pipeline = build_inbound(self._passed, self._parts)
+        pipeline = build_inbound(self._passed, self._parts, method)
         clock = self._clock
 
         async def refuse(requests: AsyncIterator[bytes], context: Any) -> None:
@@ -89,6 +90,7 @@ class RefusalServer:
             connection = self._connections.get(context.peer())
             if connection is not None:
                 call.peer_uri, call.peer_address = connection.caller, connection.peer_address
+                call.peer_refusal = connection.refusal
             try:
                 await pipeline(call)
             except MeshError as refused:

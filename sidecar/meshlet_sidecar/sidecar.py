@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import logging
 import signal
 import time
@@ -32,6 +33,7 @@ from meshlet.errors import ConfigError
 from meshlet.inbound import InboundParts
 from meshlet.mesh import Mesh
 from meshlet.security.certs import TlsConfigError
+from meshlet.telemetry.method_names import MethodNames
 from meshlet.telemetry.metrics import Metrics
 from meshlet_sidecar.admin import Admin, describe_upstreams, no_app, nothing_to_drain
 from meshlet_sidecar.app_health import AppHealth
@@ -71,7 +73,7 @@ class Sidecar:
             ready=self.readiness,
             clusters=self.clusters,
             config=config.redacted,
-            metrics=self.metrics.render,
+            metrics=self.metrics.exposition,
             app=self.app_status,
             drain=self.drain,
         )
@@ -89,7 +91,11 @@ class Sidecar:
         self._upstream_methods: dict[str, MethodTable] = {}
         l7_inbound = self.forward is not None and config.sidecar.inbound_mode == "l7"  # l4 never asks a method's kind
         self.app_methods = self._method_table("") if l7_inbound else None
+        # Metrics and span names call a method by its name when it is known (descriptor sets, reflection) or has
+        # answered; any other path is "(unknown)", so invented paths cannot crowd out the real ones.
+        self.mesh.declared_methods = self._declares
         self.inbound: InboundListener | SpliceListener | None = None
+        self._inbound_parts: InboundParts | None = None
         self.registration: Registration | None = None
         self._certificates_loaded = False
         self._listening = False
@@ -114,13 +120,18 @@ class Sidecar:
             found = self._upstream_methods[upstream] = MethodTable(self._declared)
             if self.config.sidecar.reflection:
                 if upstream:
-                    name, channel = f"upstream {upstream}", lambda: self.mesh.channel(upstream)
+                    name, channel = f"upstream {upstream}", lambda: self.mesh.own_channel(upstream)
                 else:
                     assert self.forward is not None
                     forward = self.forward
                     name, channel = f"the app at {forward.app_address}", lambda: forward.channel
                 self._learners[upstream] = ReflectionLearner(name, found, channel)
         return found
+
+    def _declares(self, upstream: str, path: str) -> bool:
+        """Whether `upstream` ("": the app) is known to have the method at `path`."""
+        table = self._method_table(upstream) if upstream else self.app_methods
+        return table is not None and table.get(path) is not None
 
     def _is_idempotent(self, upstream: str, method: str) -> bool:
         """Without the app's protos, only the upstream's ``retry.idempotent`` patterns say a method is safe."""
@@ -236,8 +247,13 @@ class Sidecar:
     async def _start_inbound(self) -> None:
         assert self.forward is not None
         assert self.app is not None
-        parts = InboundParts.from_config(
-            self.config, consul=self.mesh.consul, clock=time.monotonic, tracer=self.mesh.tracer, metrics=self.metrics
+        parts = self._inbound_parts = InboundParts.from_config(
+            self.config,
+            consul=self.mesh.consul,
+            clock=time.monotonic,
+            tracer=self.mesh.tracer,
+            metrics=self.metrics,
+            names=MethodNames(functools.partial(self._declares, "")),
         )
         explain_plaintext_inbound(self.config)
         if self.config.sidecar.inbound_mode == "l4":
@@ -292,6 +308,8 @@ class Sidecar:
         if self.inbound is not None:
             log.info("draining inbound calls for up to %.1fs", grace)
             await self.inbound.stop(max(0.0, deadline - time.monotonic()))  # returns once none is in flight
+        if self._inbound_parts is not None:  # the Consul authorizer's refreshes; the denial lines held back
+            await self._inbound_parts.close()
         if self._listening:  # else no app was ever served (stopped at start, or waiting for certificates)
             await self._serve_the_app_until_done(deadline)
         for listener in self.outbound:

@@ -34,8 +34,8 @@ from meshlet.deadline import Clock
 from meshlet.errors import CannotListen, describe_os_error
 from meshlet.inbound import InboundParts
 from meshlet.security.certs import CertificateSource, TlsMaterial
-from meshlet.security.identity import InvalidSpiffeId, SpiffeId
 from meshlet.security.intentions import service_of
+from meshlet.security.peers import CallerIdentities
 from meshlet.telemetry.metrics import caller_label
 from meshlet_sidecar.refusal import LOOPBACK, RefusalServer, RefusedConnection
 
@@ -74,6 +74,7 @@ class SpliceListener:
         self._source = source
         self._parts = parts
         self._authorizer = parts.authorizer
+        self._identities = CallerIdentities(source, parts.trusted_domains)
         self._service = parts.service
         self._counted = parts.metrics.l4_connections if parts.metrics is not None else None
         self._clock = clock
@@ -158,12 +159,13 @@ class SpliceListener:
         self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, peer: str, task: asyncio.Task[None]
     ) -> None:
         """Called once the handshake has verified the client's chain (a failed handshake never gets here)."""
-        certificate = writer.get_extra_info("peercert")
-        caller = caller_identity(certificate)
+        ssl_object = writer.get_extra_info("ssl_object")
+        verdict = self._identities.of_der(ssl_object.getpeercert(binary_form=True) if ssl_object else None)
+        caller = verdict.uri
         if caller is None:
-            log.warning("refused an inbound connection from %s: its certificate names no service", peer)
+            log.warning("refused an inbound connection from %s: %s", peer, verdict.refusal or "no certificate")
             self._count(None, "denied")
-            await self._refuse(reader, writer, task, RefusedConnection(presented_uri(certificate), peer))
+            await self._refuse(reader, writer, task, RefusedConnection(None, peer, verdict.refusal))
             return
         if self._authorizer is not None:
             decision = self._authorizer.decide_now(caller, self._service, ANY_METHOD)
@@ -315,25 +317,3 @@ def in_memory_file(name: str, data: bytes) -> Iterator[str]:
 
 def _failed(task: asyncio.Task[Any]) -> bool:
     return task.done() and (task.cancelled() or task.exception() is not None)
-
-
-def presented_uri(certificate: object) -> str | None:
-    """The verified client certificate's one ``spiffe://`` URI SAN, whatever it names (the rule of
-    meshlet.security.certs.caller_spiffe_id on the L7 path), else None."""
-    if not isinstance(certificate, dict):
-        return None
-    uris = [value for kind, value in certificate.get("subjectAltName", ()) if kind == "URI"]
-    found = [uri for uri in uris if isinstance(uri, str) and uri.startswith("spiffe://")]
-    return found[0] if len(found) == 1 else None
-
-
-def caller_identity(certificate: object) -> str | None:
-    """The verified client certificate's one ``spiffe://`` URI SAN naming a service, else None."""
-    found = presented_uri(certificate)
-    if found is None:
-        return None
-    try:
-        SpiffeId.parse(found)
-    except InvalidSpiffeId:
-        return None
-    return found

@@ -24,7 +24,7 @@ from meshlet.telemetry.metrics import Metrics
 from meshlet_api.echo.v1 import echo_pb2, echo_pb2_grpc
 from tests.integration.conftest import EchoFleet, MeshFactory
 from tests.support.agents import Agent, start_dev_agent
-from tests.support.processes import Processes, free_port, wait_until
+from tests.support.processes import Processes, eventually, free_port, wait_until
 from tests.support.sidecars import start_plain_app, start_sidecar, tls_files
 
 pytestmark = pytest.mark.slow
@@ -116,6 +116,83 @@ async def test_the_sdk_metrics_port_counts_calls_retries_and_the_open_breaker(
             await session.get(url)
 
 
+async def test_a_breaker_opening_stays_counted_after_its_endpoint_leaves_consul(
+    fleet: EchoFleet, mesh_factory: MeshFactory
+) -> None:
+    """The endpoint whose breaker opened leaves Consul right after: its per-endpoint series go, the upstream's
+    total of openings stays (a counter never goes backwards), and it was there at 0 before the first opening."""
+    for name in ("good-1", "good-2"):
+        fleet.start(name)
+    bad = fleet.start("bad", "--fail-code", "UNAVAILABLE")
+    port = free_port()
+    slow_reset = {"failures": 2, "reset_timeout": "120s", "reset_timeout_max": "120s"}  # one opening, no half-open
+    mesh = mesh_factory(
+        **{"telemetry.metrics_port": port, "telemetry.metrics_host": "127.0.0.1"},
+        upstreams={fleet.service: {"breaker": slow_reset}},
+    )
+    await mesh.start()
+    stub = echo_pb2_grpc.EchoStub(mesh.channel(fleet.service))
+    url = f"http://127.0.0.1:{port}/metrics"
+    bad_endpoint = f"127.0.0.1:{fleet.ports['bad']}"
+
+    before = await scrape(url)
+    assert ("meshlet_breaker_openings_total", frozenset({("service", fleet.service)})) in before.samples
+    assert before("meshlet_breaker_openings_total", service=fleet.service) == 0  # increase() sees the first
+
+    async def bad_is_open() -> bool:
+        await stub.Echo(HELLO, timeout=5)  # the bad instance's failures are retried on the good ones
+        return (await scrape(url))("meshlet_breaker_state", service=fleet.service, endpoint=bad_endpoint) == 2
+
+    await eventually(bad_is_open, "the bad instance's breaker to open")
+    bad.stop()  # it leaves Consul: its check fails, the mesh's discovery drops it
+
+    async def bad_is_gone() -> bool:
+        seen = await scrape(url)
+        return seen.matching("meshlet_breaker_transitions_total", endpoint=bad_endpoint) == 0 and (
+            seen.matching("meshlet_endpoints", service=fleet.service) == 2
+        )
+
+    await eventually(bad_is_gone, "the departed endpoint's series to go")
+    after = await scrape(url)
+    assert after("meshlet_breaker_openings_total", service=fleet.service) == 1
+    assert after("meshlet_retry_budget_refusals_total", service=fleet.service) == 0
+
+
+async def test_an_sdk_server_keeps_the_meshs_reflection_questions_out_of_its_metrics_and_traces(
+    fleet: EchoFleet, mesh_factory: MeshFactory
+) -> None:
+    """A sidecar asks an SDK service's reflection service (mesh.server() serves one) with the mesh's mark, then
+    the app makes 2 calls: the SDK process counts 2 calls and exports the spans of 2."""
+    from meshlet_sidecar.reflection import ask_methods
+    from tests.support.otlp_receiver import otlp_receiver
+
+    port, calls = free_port(), 2
+    async with otlp_receiver() as receiver:
+        fleet.start(
+            "sdk-server",
+            env={
+                "MESHLET_TELEMETRY__METRICS_PORT": str(port),
+                "MESHLET_TELEMETRY__METRICS_HOST": "127.0.0.1",
+                "MESHLET_TELEMETRY__OTLP_ENDPOINT": receiver.endpoint,
+                "OTEL_BSP_SCHEDULE_DELAY": "100",
+            },
+        )
+        mesh = mesh_factory()
+        await mesh.start()
+        learnt = await ask_methods(mesh.own_channel(fleet.service))  # what a sidecar's reflection learner does
+        assert f"/{ECHO}" in learnt
+        stub = echo_pb2_grpc.EchoStub(mesh.channel(fleet.service))
+        for _ in range(calls):
+            await stub.Echo(HELLO, timeout=5)
+        await eventually(lambda: len(receiver.spans) >= calls, "the server's spans")
+        seen = await scrape(f"http://127.0.0.1:{port}/metrics")
+        spans = list(receiver.spans)
+
+    assert seen.matching("meshlet_requests_total", direction="inbound") == calls
+    assert seen("meshlet_requests_total", direction="inbound", service=fleet.service, method=ECHO, code="OK") == calls
+    assert [(s.name, s.kind) for s in spans] == [(ECHO, "SERVER")] * calls
+
+
 async def test_a_served_sdk_process_counts_its_inbound_calls_by_the_status_its_handler_ended_them_with(
     fleet: EchoFleet, mesh_factory: MeshFactory
 ) -> None:
@@ -141,13 +218,31 @@ async def test_a_served_sdk_process_counts_its_inbound_calls_by_the_status_its_h
     url = f"http://127.0.0.1:{port}/metrics"
     seen = await scrape(url)
     for _ in range(100):  # a stream is counted when grpc reports its call done, a moment after the client's end
-        if seen("meshlet_requests_total", **inbound, method=f"{ECHO_SERVICE}/ServerStream", code="OK") == 3:
+        if (
+            seen(
+                "meshlet_requests_total",
+                **inbound,
+                caller="(unidentified)",
+                method=f"{ECHO_SERVICE}/ServerStream",
+                code="OK",
+            )
+            == 3
+        ):
             break
         await asyncio.sleep(0.05)
         seen = await scrape(url)
-    assert seen("meshlet_requests_total", **inbound, method=ECHO, code="OK") == 5
-    assert seen("meshlet_requests_total", **inbound, method=ECHO_ONCE, code="NOT_FOUND") == 2
-    assert seen("meshlet_requests_total", **inbound, method=f"{ECHO_SERVICE}/ServerStream", code="OK") == 3
+    assert seen("meshlet_requests_total", **inbound, caller="(unidentified)", method=ECHO, code="OK") == 5
+    assert seen("meshlet_requests_total", **inbound, caller="(unidentified)", method=ECHO_ONCE, code="NOT_FOUND") == 2
+    assert (
+        seen(
+            "meshlet_requests_total",
+            **inbound,
+            caller="(unidentified)",
+            method=f"{ECHO_SERVICE}/ServerStream",
+            code="OK",
+        )
+        == 3
+    )
     assert seen("meshlet_in_flight", **inbound) == 0
 
 
@@ -156,7 +251,7 @@ async def test_sidecar_admin_metrics_count_denials_and_rate_limits_by_caller(pro
     init_ca(tmp_path, trust_domain=TRUST_DOMAIN)
     issue(tmp_path, "vault")
     issue(tmp_path, "web")
-    app = start_plain_app(procs, "vault-app")
+    app = start_plain_app(procs, "vault-app", with_reflection=True)  # methods known: refused ones keep their names
     common = {"consul": {"address": agent.url}, "service": {"check_ttl": "2s", "drain_grace": "1s"}}
     reflection = ["/grpc.reflection.v1alpha.ServerReflection/*", "/grpc.reflection.v1.ServerReflection/*"]
     vault = start_sidecar(
@@ -171,6 +266,7 @@ async def test_sidecar_admin_metrics_count_denials_and_rate_limits_by_caller(pro
         app=app.address,
     )  # fmt: skip
     wait_until(lambda: bool(agent.passing("vault")), 30, "vault's sidecar to register and pass its check")
+    wait_until(lambda: "methods of the app at" in vault.output(), 30, "vault's sidecar to learn its app's methods")
     web = start_sidecar(
         procs,
         tmp_path,
@@ -194,9 +290,9 @@ async def test_sidecar_admin_metrics_count_denials_and_rate_limits_by_caller(pro
     inbound = {"direction": "inbound", "service": "vault"}
     assert far("meshlet_authz_denials_total", service="vault", caller="web") == 2
     assert far("meshlet_rate_limited_total", service="vault", caller="web") == 2
-    assert far("meshlet_requests_total", **inbound, method=ECHO, code="OK") == 3
-    assert far("meshlet_requests_total", **inbound, method=ECHO, code="RESOURCE_EXHAUSTED") == 2
-    assert far("meshlet_requests_total", **inbound, method=ECHO_ONCE, code="PERMISSION_DENIED") == 2
+    assert far("meshlet_requests_total", **inbound, caller="web", method=ECHO, code="OK") == 3
+    assert far("meshlet_requests_total", **inbound, caller="web", method=ECHO, code="RESOURCE_EXHAUSTED") == 2
+    assert far("meshlet_requests_total", **inbound, caller="web", method=ECHO_ONCE, code="PERMISSION_DENIED") == 2
     assert far("meshlet_sidecar_ready") == 1
     assert far("meshlet_in_flight", **inbound) == 0
 
@@ -246,8 +342,8 @@ async def test_a_response_stream_that_raises_is_counted_unknown_as_its_caller_se
             if seen.matching("meshlet_requests_total", **inbound):
                 break
             await asyncio.sleep(0.05)
-        assert seen("meshlet_requests_total", **inbound, code="UNKNOWN") == 1
-        assert seen("meshlet_requests_total", **inbound, code="OK") == 0
+        assert seen("meshlet_requests_total", **inbound, caller="(unidentified)", code="UNKNOWN") == 1
+        assert seen("meshlet_requests_total", **inbound, caller="(unidentified)", code="OK") == 0
     finally:
         await server.stop(None)
         await mesh.close()
@@ -300,7 +396,7 @@ async def test_an_sdk_server_counts_cancelled_and_timed_out_calls_as_their_calle
                 break
             await asyncio.sleep(0.05)
         counted = {
-            (method, code): seen("meshlet_requests_total", **inbound, method=method, code=code)
+            (method, code): seen("meshlet_requests_total", **inbound, caller="(unidentified)", method=method, code=code)
             for method in (echo, stream)
             for code in ("OK", "CANCELLED", "DEADLINE_EXCEEDED")
         }

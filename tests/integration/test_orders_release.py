@@ -17,13 +17,13 @@ import grpc
 import pytest
 import pytest_asyncio
 
-from services.catalog import PRODUCTS
-from services.faults import FaultInjector, Faults
-from services.inventory.servicer import Inventory
-from services.inventory.stock import InProcessStock, Stock
-from services.orders.servicer import Orders
-from shop.inventory.v1 import inventory_pb2, inventory_pb2_grpc
-from shop.orders.v1 import orders_pb2, orders_pb2_grpc
+from meshlet_shop.catalog import PRODUCTS
+from meshlet_shop.faults import FaultInjector, Faults
+from meshlet_shop.inventory.servicer import Inventory
+from meshlet_shop.inventory.stock import InProcessStock, Stock
+from meshlet_shop.orders.servicer import Orders
+from meshlet_shop_api.inventory.v1 import inventory_pb2, inventory_pb2_grpc
+from meshlet_shop_api.orders.v1 import orders_pb2, orders_pb2_grpc
 
 RELEASE_DELAY_S = 0.3  # long beside a loopback round trip: an early answer would be read before the release
 NO_FAULTS = Faults()

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import consul.aio
 
-from services.payments.consul_ledger import KV_PREFIX, ConsulLedger, kv_key
+from meshlet_shop.payments.consul_ledger import KV_PREFIX, ConsulLedger, kv_key
 from tests.support.agents import start_dev_agent
 from tests.support.processes import Processes
 

@@ -31,11 +31,11 @@ from grpc_status import rpc_status
 from meshlet.config import load_config
 from meshlet.mesh import Mesh
 from meshlet.security.dev_ca import init_ca, issue
-from services.status import field_violations
-from shop.gateway.v1 import gateway_pb2, gateway_pb2_grpc
-from shop.inventory.v1 import inventory_pb2, inventory_pb2_grpc
-from shop.orders.v1 import orders_pb2, orders_pb2_grpc
-from shop.payments.v1 import payments_pb2, payments_pb2_grpc
+from meshlet_shop.status import field_violations
+from meshlet_shop_api.gateway.v1 import gateway_pb2, gateway_pb2_grpc
+from meshlet_shop_api.inventory.v1 import inventory_pb2, inventory_pb2_grpc
+from meshlet_shop_api.orders.v1 import orders_pb2, orders_pb2_grpc
+from meshlet_shop_api.payments.v1 import payments_pb2, payments_pb2_grpc
 from tests.support.agents import Agent, start_dev_agent
 from tests.support.processes import Child, Processes, free_port, processes, wait_until
 from tests.support.sidecars import START_S, start_sidecar, tls_files
@@ -64,7 +64,7 @@ class Shop:
 
 
 def service_argv(name: str, port: int, *flags: str) -> list[str]:
-    return [sys.executable, "-m", f"services.{name}", "--port", str(port), *flags]
+    return [sys.executable, "-m", f"meshlet_shop.{name}", "--port", str(port), *flags]
 
 
 def start_plain(

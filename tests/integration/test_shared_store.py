@@ -17,18 +17,18 @@ import grpc
 import pytest
 import pytest_asyncio
 
-from services.catalog import PRODUCTS
-from services.faults import FaultInjector, Faults
-from services.inventory.redis_stock import RedisStock
-from services.inventory.servicer import Inventory
-from services.orders.redis_store import RedisOrders
-from services.orders.servicer import Orders
-from services.payments.consul_ledger import MemoryBook
-from services.payments.idempotency import Ledger
-from services.payments.servicer import Payments
-from shop.inventory.v1 import inventory_pb2, inventory_pb2_grpc
-from shop.orders.v1 import orders_pb2, orders_pb2_grpc
-from shop.payments.v1 import payments_pb2_grpc
+from meshlet_shop.catalog import PRODUCTS
+from meshlet_shop.faults import FaultInjector, Faults
+from meshlet_shop.inventory.redis_stock import RedisStock
+from meshlet_shop.inventory.servicer import Inventory
+from meshlet_shop.orders.redis_store import RedisOrders
+from meshlet_shop.orders.servicer import Orders
+from meshlet_shop.payments.consul_ledger import MemoryBook
+from meshlet_shop.payments.idempotency import Ledger
+from meshlet_shop.payments.servicer import Payments
+from meshlet_shop_api.inventory.v1 import inventory_pb2, inventory_pb2_grpc
+from meshlet_shop_api.orders.v1 import orders_pb2, orders_pb2_grpc
+from meshlet_shop_api.payments.v1 import payments_pb2_grpc
 from tests.support.processes import Processes, free_port
 from tests.support.redis_server import RedisServer, start_redis
 
@@ -200,7 +200,7 @@ async def test_a_store_that_does_not_answer_makes_calls_unavailable_not_a_crash(
 
 
 async def test_redis_keeps_the_in_process_bounds(redis: RedisServer) -> None:
-    """services.bounded's bounds hold in Redis too: reservation records by count and by age (stock is not given
+    """meshlet_shop.bounded's bounds hold in Redis too: reservation records by count and by age (stock is not given
     back for a forgotten one), orders by count, paging on past the forgotten ones."""
     now = [1_000_000.0]
     stock = RedisStock.from_url(redis.url, max_records=5, max_age_s=60.0, clock=lambda: now[0])

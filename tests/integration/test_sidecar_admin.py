@@ -15,7 +15,8 @@ import pytest
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 
 from meshlet.config import load_config
-from meshlet_sidecar.admin import METRICS_CONTENT_TYPE, Admin
+from meshlet.telemetry.metrics import TEXT_CONTENT_TYPE
+from meshlet_sidecar.admin import Admin
 from meshlet_sidecar.app_health import GRPC_PROBE, NOT_SERVING, SERVING, TCP_PROBE, AppHealth
 from tests.support.processes import free_port
 
@@ -205,8 +206,12 @@ class SidecarState:
     def effective_config(self) -> dict[str, Any]:
         return self.config
 
-    def metrics(self) -> bytes:
-        return b"# TYPE meshlet_sidecar_ready gauge\nmeshlet_sidecar_ready 1.0\n"
+    def metrics(self, accept: str | None) -> tuple[bytes, str]:
+        return b"# TYPE meshlet_sidecar_ready gauge\nmeshlet_sidecar_ready 1.0\n", TEXT_CONTENT_TYPE
+
+
+def no_metrics(accept: str | None) -> tuple[bytes, str]:
+    return b"", TEXT_CONTENT_TYPE
 
 
 @pytest.fixture
@@ -273,7 +278,7 @@ async def test_config_shows_the_effective_config_without_token_or_key_path(tmp_p
         f"tls: {{source: files, cert: {tmp_path}/orders.crt, key: {key_path}, ca: {tmp_path}/ca.crt}}\n"
     )
     config = load_config(tmp_path / "meshlet.yaml", env={"CONSUL_HTTP_TOKEN": "s3cr3t-token-value"})
-    server = Admin("127.0.0.1:0", ready=lambda: (True, []), clusters=list, config=config.redacted, metrics=bytes)
+    server = Admin("127.0.0.1:0", ready=lambda: (True, []), clusters=list, config=config.redacted, metrics=no_metrics)
     port = await server.start()
     try:
         status, content_type, body = await get(f"http://127.0.0.1:{port}/config")
@@ -293,7 +298,7 @@ async def test_metrics_serves_the_registry_text_as_prometheus_0_0_4(admin: tuple
 
     status, content_type, text = await get(f"{base}/metrics")
 
-    assert (status, content_type) == (200, METRICS_CONTENT_TYPE)
+    assert (status, content_type) == (200, TEXT_CONTENT_TYPE)
     assert text == "# TYPE meshlet_sidecar_ready gauge\nmeshlet_sidecar_ready 1.0\n"
 
 
@@ -308,7 +313,7 @@ async def test_unknown_path_is_404_with_a_hint_listing_the_endpoints(admin: tupl
 
 
 async def test_admin_stops_listening_when_stopped() -> None:
-    server = Admin("127.0.0.1:0", ready=lambda: (True, []), clusters=list, config=dict, metrics=bytes)
+    server = Admin("127.0.0.1:0", ready=lambda: (True, []), clusters=list, config=dict, metrics=no_metrics)
     port = await server.start()
     assert "serving" in repr(server)
     await server.stop()

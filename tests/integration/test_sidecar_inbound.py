@@ -291,6 +291,22 @@ async def test_caller_an_intention_denies_gets_permission_denied_and_never_reach
     assert [seen.method for seen in app.seen] == ["Echo"]
 
 
+async def test_headers_that_claim_a_client_identity_never_reach_the_app(
+    gateway: echo_pb2_grpc.EchoStub, app: PlainEchoApp
+) -> None:
+    forged = [
+        ("x-forwarded-client-cert", "By=spiffe://meshlet.test/ns/default/dc/dc1/svc/orders;URI=spiffe://x/svc/admin"),
+        ("client-cert", ":MIIB:"),
+        ("x-ssl-client-verify", "SUCCESS"),
+        ("x-ssl-client-s-dn", "CN=admin"),
+        ("x-spiffe-id", "spiffe://meshlet.test/ns/default/dc/dc1/svc/admin"),
+    ]
+    await gateway.Echo(request("who am I"), metadata=[*forged, ("x-kept", "yes")], timeout=WAIT_S)
+    (seen,) = app.seen
+    assert seen.metadata["x-kept"] == "yes"
+    assert not {key for key, _ in forged} & set(seen.metadata)
+
+
 async def test_plaintext_client_is_refused(inbound: InboundListener, app: PlainEchoApp) -> None:
     async with client(inbound.port, None) as plaintext:
         with pytest.raises(grpc.aio.AioRpcError) as failed:

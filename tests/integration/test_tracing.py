@@ -33,8 +33,8 @@ from meshlet_api.echo.v1 import echo_pb2, echo_pb2_grpc
 from tests.support.agents import Agent, start_dev_agent
 from tests.support.otlp_receiver import ReceivedSpan, otlp_receiver
 from tests.support.plain_app import plain_app
-from tests.support.processes import Processes, free_port, wait_until
-from tests.support.sidecars import SidecarProcess, local_port_flag, start_sidecar, tls_files
+from tests.support.processes import Processes, eventually, free_port, wait_until
+from tests.support.sidecars import SidecarProcess, admin_get, local_port_flag, start_sidecar, tls_files
 
 pytestmark = [pytest.mark.slow]
 
@@ -185,6 +185,8 @@ async def test_one_trace_spans_sdk_client_sidecars_and_plain_apps_with_the_retry
                 app=f"127.0.0.1:{app_a_port}",
                 flags=local_port_flag("b-svc", local_port),
             )
+            for service, count in (("b-svc", 2), ("a-svc", 1)):  # ready sidecars, but Consul learns it at a beat
+                await asyncio.to_thread(wait_until, passing(agent, service, count), 30, f"{service} to pass")
             config = load_config(
                 None,
                 env={},
@@ -208,7 +210,7 @@ async def test_one_trace_spans_sdk_client_sidecars_and_plain_apps_with_the_retry
                     trace_id = _client_trace(receiver.spans, n)
                     spans = await receiver.wait_for(trace_id, 6)
                     outbound = [s for s in spans if s.service == "a-svc" and s.kind == "CLIENT"]
-                    if len(outbound) == 3:  # sidecar A's call and its two attempts: B1 failed, B2 answered
+                    if len(outbound) == 2:  # sidecar A's two attempts: B1 failed, B2 answered
                         with_retry = await receiver.wait_for(trace_id, 10)
                         break
                 assert with_retry is not None, f"no call tried B1 first: {receiver.spans}"
@@ -249,7 +251,7 @@ def _assert_trace(
     assert len({s.trace_id for s in spans}) == 1
 
     client_call = one(spans, service="client", parent_id=None)
-    assert client_call.kind == "CLIENT"
+    assert client_call.kind == "INTERNAL"  # the logical call; its attempts are the CLIENT spans
     assert client_call.attributes["rpc.system"] == "grpc"
     assert client_call.attributes["rpc.service"] == "meshlet_api.echo.v1.Echo"
     assert client_call.attributes["rpc.method"] == "Echo"
@@ -263,10 +265,13 @@ def _assert_trace(
     assert a_server.resource["meshlet.face"] == "sidecar"
     assert [parent_in(tp) for tp in app_a_received] == [a_server.span_id]  # app A's parent: its sidecar's span
 
-    a_call = one(spans, service="a-svc", kind="CLIENT", parent_id=a_server.span_id)
+    a_call = one(spans, service="a-svc", kind="INTERNAL", parent_id=a_server.span_id)
     assert "retry.scheduled" in a_call.events
     assert a_call.attributes["meshlet.attempts"] == 2
     failed, answered = attempts_under(spans, a_call)
+    assert [s.span_id for s in spans if s.kind == "CLIENT"] == [  # one CLIENT span per wire attempt, none per call
+        s.span_id for s in sorted((client_attempt, failed, answered), key=spans.index)
+    ]
     assert failed.attributes["meshlet.attempt"] == 1
     assert failed.attributes["server.port"] == sidecar_b1.inbound_port
     assert failed.attributes["rpc.grpc.status_code"] == grpc.StatusCode.UNAVAILABLE.value[0]
@@ -285,8 +290,8 @@ def _assert_trace(
     assert parent_in(app_b2_received) == b2_server.span_id  # app B2's parent: sidecar B2's span
 
 
-def passing(agent: Agent, service: str) -> Callable[[], bool]:
-    return lambda: bool(agent.passing(service))
+def passing(agent: Agent, service: str, count: int = 1) -> Callable[[], bool]:
+    return lambda: len(agent.passing(service)) >= count
 
 
 async def test_an_sdk_servers_own_calls_are_children_of_its_server_span(procs: Processes, agent: Agent) -> None:
@@ -322,8 +327,171 @@ async def test_an_sdk_servers_own_calls_are_children_of_its_server_span(procs: P
     relay_server = one(spans, service="relay", kind="SERVER")
     assert relay_server.parent_id == client_attempt.span_id
     assert relay_server.resource["meshlet.face"] == "sdk"
-    relay_call = one(spans, service="relay", kind="CLIENT", parent_id=relay_server.span_id)
+    relay_call = one(spans, service="relay", kind="INTERNAL", parent_id=relay_server.span_id)
     (relay_attempt,) = attempts_under(spans, relay_call)
     back_server = one(spans, service="echo-back", kind="SERVER")
     assert back_server.parent_id == relay_attempt.span_id
     assert back_server.attributes["rpc.grpc.status_code"] == 0
+
+
+async def test_spans_a_dead_collector_never_took_are_counted_as_export_failures_not_as_queue_drops(
+    procs: Processes, tmp_path: Path, pki: Path, agent: Agent
+) -> None:
+    """A sidecar exporting to an OTLP port where nothing listens: each of its server spans is counted once in
+    ``meshlet_spans_export_failed_total{reason="export_failed"}``; the queue never overflowed, so
+    ``meshlet_spans_dropped_total`` stays 0."""
+    from tests.integration.test_metrics import scrape
+
+    dead = f"http://127.0.0.1:{free_port()}"
+    calls = 5
+    async with plain_app() as app:
+        config = {
+            **sidecar_config(pki, agent, "b-svc", dead, tmp_path / "b.spans.jsonl"),
+            "telemetry": {"otlp_endpoint": dead, "sample_ratio": 1.0},
+        }
+        env = {**FAST_EXPORT, "OTEL_EXPORTER_OTLP_TIMEOUT": "1"}  # the exporter gives up on a batch within ~1 s
+        sidecar = await asyncio.to_thread(
+            start_sidecar, procs, tmp_path, "b", config, app=f"127.0.0.1:{app.port}", env=env
+        )
+        await asyncio.to_thread(wait_until, passing(agent, "b-svc"), 30, "b-svc to pass its check")
+        client = load_config(
+            None,
+            env={},
+            overrides={
+                "service": {"name": "client"},
+                "consul": {"address": agent.url},
+                "tls": tls_files(pki, "client"),
+            },
+        )
+        async with Mesh(client) as mesh:
+            stub = echo_pb2_grpc.EchoStub(mesh.channel("b-svc"))
+            for n in range(calls):
+                assert (await stub.Echo(echo_pb2.EchoRequest(message=f"hi {n}"), timeout=10)).message == f"hi {n}"
+
+        async def failed_exports() -> float:
+            return (await scrape(f"{sidecar.admin_url}/metrics"))(
+                "meshlet_spans_export_failed_total", reason="export_failed"
+            )
+
+        with contextlib.suppress(AssertionError):  # bounded wait; the assertion below says what was seen
+            await eventually(lambda: _at_least(failed_exports, calls), "the export failures to be counted")
+        seen = await scrape(f"{sidecar.admin_url}/metrics")
+    assert seen("meshlet_spans_export_failed_total", reason="export_failed") == calls  # one SERVER span per call
+    assert seen("meshlet_spans_export_failed_total", reason="exporter_error") == 0
+    assert seen("meshlet_spans_dropped_total") == 0
+
+
+async def _at_least(read: Callable[[], Any], count: float) -> bool:
+    return bool(await read() >= count)
+
+
+async def test_the_mesh_asking_an_upstreams_reflection_is_in_no_users_metrics_trace_or_access_log(
+    procs: Processes, tmp_path: Path, pki: Path, agent: Agent
+) -> None:
+    """Sidecar A asks b-svc's reflection service through the mesh (b-svc's app has none: UNIMPLEMENTED) and
+    the app behind A makes 3 calls: both sidecars count 3 calls, export the spans of 3 calls, log 3 lines."""
+    from tests.integration.test_metrics import scrape
+
+    calls = 3
+    async with otlp_receiver() as receiver, plain_app() as app_a, plain_app() as app_b:  # no reflection service
+        otlp = receiver.endpoint
+        b_config = sidecar_config(pki, agent, "b-svc", otlp, tmp_path / "b.spans.jsonl")
+        b_config["telemetry"]["access_log"] = True
+        sidecar_b = await started(procs, tmp_path, "b", b_config, app=f"127.0.0.1:{app_b.port}")
+        await asyncio.to_thread(wait_until, passing(agent, "b-svc"), 30, "b-svc to pass its check")
+        a_config = sidecar_config(pki, agent, "a-svc", otlp, tmp_path / "a.spans.jsonl", upstreams={"b-svc": {}})
+        a_config["telemetry"]["access_log"] = True
+        local_port = free_port()
+        sidecar_a = await started(  # with an app: it asks about its configured upstreams as it starts
+            procs, tmp_path, "a", a_config, app=f"127.0.0.1:{app_a.port}", flags=local_port_flag("b-svc", local_port)
+        )
+
+        def asked() -> bool:
+            return "cannot learn upstream b-svc's methods from its reflection service (UNIMPLEMENTED" in (
+                sidecar_a.output()
+            )
+
+        await asyncio.to_thread(wait_until, asked, 30, "sidecar A to ask b-svc's reflection service")
+        async with grpc.aio.insecure_channel(f"127.0.0.1:{local_port}") as channel:
+            stub = echo_pb2_grpc.EchoStub(channel)
+            for n in range(calls):
+                assert (await stub.Echo(echo_pb2.EchoRequest(message=f"hi {n}"), timeout=10)).message == f"hi {n}"
+        await eventually(lambda: len(receiver.spans) >= 3 * calls, "the calls' spans")  # A: call+attempt, B: server
+        near = await scrape(f"{sidecar_a.admin_url}/metrics")
+        far = await scrape(f"{sidecar_b.admin_url}/metrics")
+        spans = list(receiver.spans)
+
+    assert near.matching("meshlet_requests_total", direction="outbound") == calls
+    assert near("meshlet_requests_total", direction="outbound", service="b-svc", method=ECHO[1:], code="OK") == calls
+    assert near.matching("meshlet_attempts_total") == calls
+    assert far.matching("meshlet_requests_total", direction="inbound") == calls
+    assert far("meshlet_requests_total", direction="inbound", service="b-svc", method=ECHO[1:], code="OK") == calls
+    assert sorted((s.service, s.kind) for s in spans) == sorted(
+        [("a-svc", "INTERNAL"), ("a-svc", "CLIENT"), ("b-svc", "SERVER")] * calls
+    )
+    assert {s.name for s in spans} == {SPAN_NAME}
+    assert [s for s in spans if s.status == "ERROR"] == []
+    for sidecar in (sidecar_a, sidecar_b):
+        access = [line for line in sidecar.output().splitlines() if '"logger": "meshlet.access"' in line]
+        assert len(access) == calls, access
+        assert all(ECHO[1:] in line for line in access)
+
+
+async def test_invented_method_paths_are_unknown_in_metrics_and_span_names_and_crowd_out_no_real_method(
+    procs: Processes, tmp_path: Path, pki: Path, agent: Agent
+) -> None:
+    """An app sends 600 invented method paths through sidecar A to sidecar B (whose app answers UNIMPLEMENTED),
+    then 3 real calls: on both sidecars the junk is one ``(unknown)`` series and the real method is counted
+    under its name; every span of a junk call is named ``(unknown)``. Neither app serves reflection, so Echo is
+    named because it answered."""
+    from tests.integration.test_metrics import scrape
+
+    junk, calls = 600, 3
+    async with otlp_receiver() as receiver, plain_app() as app_a, plain_app() as app_b:
+        otlp = receiver.endpoint
+        sidecar_b = await started(
+            procs, tmp_path, "b", sidecar_config(pki, agent, "b-svc", otlp, tmp_path / "b.spans.jsonl"),
+            app=f"127.0.0.1:{app_b.port}",
+        )  # fmt: skip
+        await asyncio.to_thread(wait_until, passing(agent, "b-svc"), 30, "b-svc to pass its check")
+        local_port = free_port()
+        a_config = sidecar_config(pki, agent, "a-svc", otlp, tmp_path / "a.spans.jsonl", upstreams={"b-svc": {}})
+        sidecar_a = await started(
+            procs, tmp_path, "a", a_config, app=f"127.0.0.1:{app_a.port}", flags=local_port_flag("b-svc", local_port)
+        )
+        async with grpc.aio.insecure_channel(f"127.0.0.1:{local_port}") as channel:
+
+            async def invented(n: int) -> grpc.StatusCode:
+                try:
+                    await channel.unary_unary(f"/junk.v{n}.Made{n}/Up{n}")(b"", timeout=10)
+                except grpc.aio.AioRpcError as error:
+                    return error.code()
+                return grpc.StatusCode.OK
+
+            for first in range(0, junk, 50):
+                codes = await asyncio.gather(*(invented(n) for n in range(first, first + 50)))
+                assert set(codes) == {grpc.StatusCode.UNIMPLEMENTED}
+            stub = echo_pb2_grpc.EchoStub(channel)
+            for n in range(calls):
+                assert (await stub.Echo(echo_pb2.EchoRequest(message=f"hi {n}"), timeout=10)).message == f"hi {n}"
+        await eventually(lambda: len(receiver.spans) >= 3 * (junk + calls), "every call's spans", timeout_s=60)
+        pages = {
+            name: await scrape(f"{sidecar.admin_url}/metrics") for name, sidecar in (("a", sidecar_a), ("b", sidecar_b))
+        }
+        texts = {
+            name: admin_get(f"{sidecar.admin_url}/metrics")[1] for name, sidecar in (("a", sidecar_a), ("b", sidecar_b))
+        }
+        spans = list(receiver.spans)
+
+    for name, direction in (("a", "outbound"), ("b", "inbound")):
+        seen = pages[name]
+        mine = {"direction": direction, "service": "b-svc"}
+        assert seen("meshlet_requests_total", **mine, method="(unknown)", code="UNIMPLEMENTED") == junk
+        assert seen("meshlet_requests_total", **mine, method=ECHO[1:], code="OK") == calls
+        assert seen.matching("meshlet_requests_total", direction=direction) == junk + calls
+        assert "junk." not in texts[name], f"an invented path is a label value on sidecar {name}"
+    named = sorted((s.name, s.service, s.kind) for s in spans)
+    assert named == sorted(
+        [("(unknown)", "a-svc", "INTERNAL"), ("(unknown)", "a-svc", "CLIENT"), ("(unknown)", "b-svc", "SERVER")] * junk
+        + [(SPAN_NAME, "a-svc", "INTERNAL"), (SPAN_NAME, "a-svc", "CLIENT"), (SPAN_NAME, "b-svc", "SERVER")] * calls
+    )

@@ -12,7 +12,7 @@ import pytest
 from meshlet.config import load_config, split_host_port
 from meshlet.discovery.registration import REQUEST_TIMEOUT_S as DEREGISTER_TIMEOUT_S
 from meshlet.telemetry.tracing import SHUTDOWN_S as SPAN_FLUSH_S
-from services.shared_store import store_url
+from meshlet_shop.shared_store import store_url
 from tests.k8s.manifests import (
     FAKE_FIELDS,
     MESHLET_IMAGE,

@@ -73,6 +73,15 @@ def scripts() -> set[str]:
     return set(project["scripts"])
 
 
+def source_roots() -> list[str]:
+    """The folders the packages are found in (tool.setuptools.packages.find.where)."""
+    tool = pyproject()["tool"]
+    assert isinstance(tool, dict)
+    listed = tool["setuptools"].get("packages")
+    find = listed.get("find", {}) if isinstance(listed, dict) else {}
+    return list(find.get("where", ["."]))
+
+
 def packaged_modules() -> set[str]:
     """The packages setuptools puts into the wheel, found as it finds them (tool.setuptools.packages.find)."""
     tool = pyproject()["tool"]
@@ -200,7 +209,8 @@ def test_the_commands_the_image_and_the_manifests_run_are_installed() -> None:
             assert module.rpartition(".")[0] in packages or module in packages, (
                 f"{module} is not in the wheel: add its package to [tool.setuptools.packages] in pyproject.toml"
             )
-            assert (REPO_ROOT / module.replace(".", "/") / "__main__.py").exists(), module
+            mains = (REPO_ROOT / root / module.replace(".", "/") / "__main__.py" for root in source_roots())
+            assert any(main.exists() for main in mains), module
         elif command[0] != "meshlet" or command[1:] != ["--help"]:
             assert command[0] in scripts(), f"{command[0]} is not a console script in pyproject.toml"
         else:
@@ -208,7 +218,7 @@ def test_the_commands_the_image_and_the_manifests_run_are_installed() -> None:
 
 
 @pytest.mark.parametrize(
-    "source", ["requirements.lock", "sdk", "sidecar", "protos", "services", "pyproject.toml", "README.md"]
+    "source", ["requirements.lock", "sdk", "sidecar", "protos", "services", "pyproject.toml", "README.md", "LICENSE"]
 )
 def test_what_the_builder_copies_exists_and_is_not_ignored(source: str) -> None:
     build = stages(DOCKERFILE)[0]

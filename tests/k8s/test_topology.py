@@ -34,9 +34,9 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from meshlet.config import load_config
 from meshlet.mesh import Mesh
-from shop.gateway.v1 import gateway_pb2, gateway_pb2_grpc
-from shop.inventory.v1 import inventory_pb2, inventory_pb2_grpc
-from shop.orders.v1 import orders_pb2, orders_pb2_grpc
+from meshlet_shop_api.gateway.v1 import gateway_pb2, gateway_pb2_grpc
+from meshlet_shop_api.inventory.v1 import inventory_pb2, inventory_pb2_grpc
+from meshlet_shop_api.orders.v1 import orders_pb2, orders_pb2_grpc
 from tests.k8s import netns
 from tests.k8s.manifests import Obj, Workload, pod_env, probe_port, render, workload
 from tests.support.agents import Agent

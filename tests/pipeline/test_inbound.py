@@ -23,6 +23,7 @@ from meshlet.inbound.observe import CountRefusals, ObserveInbound
 from meshlet.inbound.rate_limit import RateLimitCaller
 from meshlet.security.consul_authz import ConsulAuthorizer
 from meshlet.security.intentions import Decision
+from tests.support.processes import eventually
 
 CREATE = "/shop.orders.v1.Orders/Create"
 LIST = "/shop.orders.v1.Orders/List"
@@ -220,15 +221,23 @@ async def test_a_method_rule_denies_one_method_of_an_allowed_pair() -> None:
     assert f"matched intention gateway -> orders [{CREATE}] (deny)" in (error.details() or "")
 
 
-async def test_every_denied_call_is_logged_once_with_the_callers_identity(caplog: pytest.LogCaptureFixture) -> None:
+async def test_a_denied_caller_is_logged_at_once_and_its_repeats_in_one_line_per_window(
+    caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr("meshlet.inbound.authorize.DENIAL_WINDOW_S", 0.2)
     server = Server(authz=GATEWAY_MAY_CALL_ORDERS)
     with caplog.at_level(logging.WARNING, logger="meshlet.inbound.authorize"):
         for _ in range(3):
             await server.refused(BILLING)
+        await server.refused(BILLING, LIST)
         await server.call(GATEWAY)
-    denials = [record for record in caplog.records if getattr(record, "event", None) == "authz_denied"]
-    assert len(denials) == 3
-    record: Any = denials[0]
+
+        def denials() -> list[Any]:
+            return [record for record in caplog.records if getattr(record, "event", None) == "authz_denied"]
+
+        assert [(record.method, record.count) for record in denials()] == [(CREATE, 1), (LIST, 1)]  # at once
+        await eventually(lambda: len(denials()) == 3, "the window's line of the repeated denials", timeout_s=10)
+    record: Any = denials()[0]
     assert (record.caller, record.caller_service, record.target, record.method) == (
         BILLING,
         "billing",
@@ -236,6 +245,8 @@ async def test_every_denied_call_is_logged_once_with_the_callers_identity(caplog
         CREATE,
     )
     assert record.peer_address == "ipv4:10.0.0.7:53122"
+    assert (denials()[2].method, denials()[2].count) == (CREATE, 2)  # the window's other two, in one line
+    assert "(x2 in the last 0.2s)" in denials()[2].getMessage()
 
 
 async def test_a_caller_the_authorizer_must_first_ask_about_waits_once_then_is_answered_from_memory() -> None:

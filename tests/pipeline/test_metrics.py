@@ -377,8 +377,11 @@ async def test_intention_denials_are_counted_by_caller_and_as_requests() -> None
             await server.call(BILLING)
 
     assert server.value("meshlet_authz_denials_total", service="orders", caller="billing") == 3
-    assert server.value("meshlet_requests_total", **IN, method=CREATE_LABEL, code="PERMISSION_DENIED") == 3
-    assert server.value("meshlet_requests_total", **IN, method=CREATE_LABEL, code="OK") == 1
+    assert (
+        server.value("meshlet_requests_total", **IN, caller="billing", method=CREATE_LABEL, code="PERMISSION_DENIED")
+        == 3
+    )
+    assert server.value("meshlet_requests_total", **IN, caller="gateway", method=CREATE_LABEL, code="OK") == 1
     assert server.value("meshlet_request_duration_seconds_count", **IN, method=CREATE_LABEL) == 4
 
 
@@ -395,7 +398,10 @@ async def test_rate_limited_calls_are_counted_by_caller() -> None:
 
     assert outcomes == ["OK", "OK", "RESOURCE_EXHAUSTED", "RESOURCE_EXHAUSTED", "RESOURCE_EXHAUSTED"]
     assert server.value("meshlet_rate_limited_total", service="orders", caller="gateway") == 3
-    assert server.value("meshlet_requests_total", **IN, method=CREATE_LABEL, code="RESOURCE_EXHAUSTED") == 3
+    assert (
+        server.value("meshlet_requests_total", **IN, caller="gateway", method=CREATE_LABEL, code="RESOURCE_EXHAUSTED")
+        == 3
+    )
 
 
 async def test_a_call_without_a_certificate_is_counted_unauthenticated_not_as_a_handshake_failure() -> None:
@@ -404,7 +410,12 @@ async def test_a_call_without_a_certificate_is_counted_unauthenticated_not_as_a_
     with pytest.raises(MeshError):
         await server.call(None)
 
-    assert server.value("meshlet_requests_total", **IN, method=CREATE_LABEL, code="UNAUTHENTICATED") == 1
+    assert (
+        server.value(
+            "meshlet_requests_total", **IN, caller="(unidentified)", method=CREATE_LABEL, code="UNAUTHENTICATED"
+        )
+        == 1
+    )
     assert server.value("meshlet_tls_handshake_failures_total", direction="inbound", service="orders") == 0
 
 
@@ -417,7 +428,9 @@ async def test_an_inbound_call_is_counted_by_the_status_its_handler_set() -> Non
 
     await server.call(context=FakeContext())
 
-    assert server.value("meshlet_requests_total", **IN, method=CREATE_LABEL, code="ALREADY_EXISTS") == 1
+    assert (
+        server.value("meshlet_requests_total", **IN, caller="gateway", method=CREATE_LABEL, code="ALREADY_EXISTS") == 1
+    )
 
 
 async def test_a_handler_that_raises_is_counted_unknown() -> None:
@@ -429,7 +442,7 @@ async def test_a_handler_that_raises_is_counted_unknown() -> None:
     with pytest.raises(RuntimeError):
         await server.call(context=FakeContext())
 
-    assert server.value("meshlet_requests_total", **IN, method=CREATE_LABEL, code="UNKNOWN") == 1
+    assert server.value("meshlet_requests_total", **IN, caller="gateway", method=CREATE_LABEL, code="UNKNOWN") == 1
 
 
 async def test_a_streaming_inbound_call_is_in_flight_until_grpc_ends_it() -> None:
@@ -444,13 +457,13 @@ async def test_a_streaming_inbound_call_is_in_flight_until_grpc_ends_it() -> Non
 
     stream = await server.call(context=context)
     assert server.value("meshlet_in_flight", **IN) == 1
-    assert server.value("meshlet_requests_total", **IN, method=CREATE_LABEL, code="OK") == 0
+    assert server.value("meshlet_requests_total", **IN, caller="gateway", method=CREATE_LABEL, code="OK") == 0
     assert [reply async for reply in stream] == [b"one"]
     context.set_code(grpc.StatusCode.INTERNAL)
     context.finish()
 
     assert server.value("meshlet_in_flight", **IN) == 0
-    assert server.value("meshlet_requests_total", **IN, method=CREATE_LABEL, code="INTERNAL") == 1
+    assert server.value("meshlet_requests_total", **IN, caller="gateway", method=CREATE_LABEL, code="INTERNAL") == 1
 
 
 async def test_an_inbound_access_log_line_names_the_peer(access_lines: list[dict[str, Any]]) -> None:
@@ -476,4 +489,24 @@ async def test_access_log_false_writes_no_line(access_lines: list[dict[str, Any]
     await server.call(context=FakeContext())
 
     assert access_lines == []
-    assert server.value("meshlet_requests_total", **IN, method=CREATE_LABEL, code="OK") == 1
+    assert server.value("meshlet_requests_total", **IN, caller="gateway", method=CREATE_LABEL, code="OK") == 1
+
+
+async def test_a_streams_access_log_line_carries_the_trace_and_span_ids_of_its_span(
+    access_lines: list[dict[str, Any]],
+) -> None:
+    async def replies() -> AsyncIterator[bytes]:
+        yield b"one"
+
+    async def handler(call: InboundCall) -> Any:
+        return replies()
+
+    server = Server(handler, **{"telemetry.access_log": True})
+    context = FakeContext()
+    with TracerProvider().get_tracer("test").start_as_current_span("server") as span:
+        await server.call(context=context)
+    context.finish()  # grpc ends the call after its span stopped being current: the line is written now
+
+    (line,) = access_lines
+    ids = span.get_span_context()
+    assert (line["code"], line["trace_id"], line["span_id"]) == ("OK", f"{ids.trace_id:032x}", f"{ids.span_id:016x}")

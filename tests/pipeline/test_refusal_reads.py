@@ -1,4 +1,4 @@
-"""What a refusing server reads of a refused call's request stream before it answers (transport/server.py): all
+"""What a refusing server reads of a refused call's request stream before it answers (transport/raw.py): all
 of it up to the half-close, so that the client is not still writing when the refusal arrives, but never more than
 the bounds, so that a refused caller cannot keep a server reading."""
 
@@ -9,8 +9,8 @@ from collections.abc import AsyncIterator
 
 import pytest
 
-from meshlet.transport import server
-from meshlet.transport.server import REFUSAL_READ_BYTES, read_to_half_close
+from meshlet.transport import raw
+from meshlet.transport.raw import REFUSAL_READ_BYTES, read_to_half_close
 from meshlet_api.echo.v1 import echo_pb2
 
 MIB = 1024 * 1024
@@ -63,7 +63,7 @@ async def test_protobuf_messages_count_by_their_size_on_the_wire() -> None:
 async def test_a_refused_caller_that_waits_for_a_reply_is_answered_at_the_time_bound(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    monkeypatch.setattr(server, "REFUSAL_READ_S", 0.01)
+    monkeypatch.setattr(raw, "REFUSAL_READ_S", 0.01)
     requests = Requests(b"hello?", then_wait=True)
 
     assert await read_to_half_close(aiter(requests)) is False

@@ -66,7 +66,7 @@ async def test_meshlet_trace_shows_the_retried_trace_by_default(
     code, out, _ = rendered(path, capsys=capsys)
 
     assert code == 0
-    assert "shop.inventory.v1.Inventory/GetStock" in out
+    assert "→ shop.inventory.v1.Inventory/GetStock" in out  # the call (an INTERNAL span), marked as outgoing
     first, second = rig.attempts[1:]
     assert f"attempt 1 → {first.endpoint.address}:{first.endpoint.port}" in out
     assert f"attempt 2 → {second.endpoint.address}:{second.endpoint.port}" in out

@@ -729,6 +729,19 @@ def test_a_per_method_rate_limit_keyed_by_a_bare_name_says_what_a_pattern_is(wri
     assert '"/pkg.Service/*"' in error.allowed
 
 
+def test_a_trusted_domain_that_is_not_a_dns_name_names_the_field() -> None:
+    error = error_from(overrides={"tls": {"trusted_domains": ["spiffe://other.example"]}})
+    assert error.path == "tls.trusted_domains[0]"
+    assert "lower-case DNS name" in str(error)
+
+
+@pytest.mark.parametrize("source", ["a/b/c/d", "sandbox/", "/gateway"])
+def test_an_intention_source_that_is_not_partition_namespace_service_names_the_field(source: str) -> None:
+    error = error_from(overrides={"authz": {"rules": [{"from": source, "to": "orders", "action": "allow"}]}})
+    assert error.path == "authz.rules[0].from"
+    assert "[<partition>/][<namespace>/]<service>" in str(error)
+
+
 async def test_the_consul_client_brackets_an_ipv6_agent_in_its_urls() -> None:
     """py-consul pastes host and port into its base URL: the brackets must survive the trip."""
     client = consul_client("http://[fd00:1::2]:8500")

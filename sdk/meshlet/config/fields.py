@@ -28,6 +28,12 @@ _NUMBER = r"(?:\d+(?:\.\d*)?|\.\d+)"
 _DURATION_PART = re.compile(rf"({_NUMBER})(ns|us|µs|ms|s|m|h)")
 _DURATION = re.compile(rf"(?:{_NUMBER}(?:ns|us|µs|ms|s|m|h))+")
 _METHOD = re.compile(r"/[A-Za-z_][\w.]*/(?:\*|[A-Za-z_]\w*)")
+_DNS_NAME = re.compile(r"(?=.{1,253}$)[a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?(?:\.[a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?)*")
+TRUST_DOMAIN_RULE = "must be a trust domain: a lower-case DNS name such as other.example, without spiffe://"
+
+
+def is_trust_domain(value: str) -> bool:
+    return bool(_DNS_NAME.fullmatch(value))
 
 
 def parse_duration(value: object) -> float:

@@ -16,6 +16,7 @@ from pydantic import model_validator as _model_validator
 from meshlet.config.fields import (
     DEFAULT_CONSUL_ADDRESS,
     REDACTED,
+    TRUST_DOMAIN_RULE,
     AtLeastOne,
     BudgetTtl,
     DeregisterAfter,
@@ -29,6 +30,7 @@ from meshlet.config.fields import (
     StatusName,
     checked,
     invalid,
+    is_trust_domain,
     method_pattern,
     normalise_consul_address,
     parsed,
@@ -89,6 +91,9 @@ class TlsConfig(_Section):
     key: Path | None = None
     ca: Path | None = None
     trust_domain: str | None = None
+    # Federation: callers from these trust domains are accepted too (their CAs must be in the bundle); by default a
+    # server accepts only callers of its own certificate's trust domain.
+    trusted_domains: tuple[Annotated[str, checked(is_trust_domain, TRUST_DOMAIN_RULE)], ...] = ()
 
     @_model_validator(mode="after")
     def _files_are_named(self) -> TlsConfig:
@@ -163,8 +168,16 @@ class UpstreamPolicy(_Section):
     breaker: BreakerPolicy = BreakerPolicy()
 
 
+def _is_source(source: str) -> bool:
+    parts = source.split("/")
+    return len(parts) <= 3 and all(parts)
+
+
 class AuthzRule(_Section):
-    from_: str = Field(alias="from")  # a source service name, or "*"
+    # [<partition>/][<namespace>/]<service> (Consul's CLI spelling; each left out is "default"); service may be "*"
+    from_: Annotated[str, checked(_is_source, "must be [<partition>/][<namespace>/]<service>, service or '*'")] = Field(
+        alias="from"
+    )
     to: str
     methods: tuple[Annotated[str, method_pattern(allow_any=True)], ...] = ("*",)
     action: Literal["allow", "deny"]

@@ -15,7 +15,7 @@ from typing import Any
 import grpc
 
 from meshlet.demo.stats import Outcome, Tally
-from shop.gateway.v1 import gateway_pb2, gateway_pb2_grpc
+from meshlet_shop_api.gateway.v1 import gateway_pb2, gateway_pb2_grpc
 
 SKUS = ("sku-tea", "sku-coffee", "sku-mug")  # stocked by the million: the demo never runs out
 

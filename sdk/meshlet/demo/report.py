@@ -129,7 +129,7 @@ def _resilience(findings: Findings) -> Table:
             f"{caller} → {upstream}",
             _counter(findings, caller, scrape.RETRIES, service=upstream),
             _counter(findings, caller, scrape.BUDGET_REFUSALS, service=upstream),
-            _counter(findings, caller, scrape.BREAKER_TRANSITIONS, service=upstream, state="open"),
+            _counter(findings, caller, scrape.BREAKER_OPENINGS, service=upstream),
         )
     left = sum(1 for event in findings.events if event.text.startswith("left Consul"))
     table.caption = f"instances Consul took out of the balancer (health check failing): {left}"

@@ -163,8 +163,8 @@ class _Launcher:
 
 
 def _services_path() -> str | None:
-    """The folder that holds the sample shop's ``services`` package, when it is not installed but found here."""
-    spec = importlib.util.find_spec("services")
+    """The folder that holds the sample shop's ``meshlet_shop`` package, when it is not installed but found here."""
+    spec = importlib.util.find_spec("meshlet_shop")
     if spec is None or not spec.submodule_search_locations:
         return None
     return str(Path(next(iter(spec.submodule_search_locations))).parent)

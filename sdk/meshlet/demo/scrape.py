@@ -18,7 +18,8 @@ ATTEMPTS = "meshlet_attempts_total"
 RETRIES = "meshlet_retries_total"
 BUDGET_REFUSALS = "meshlet_retry_budget_refusals_total"
 BREAKER_STATE = "meshlet_breaker_state"
-BREAKER_TRANSITIONS = "meshlet_breaker_transitions_total"
+BREAKER_TRANSITIONS = "meshlet_breaker_transitions_total"  # per endpoint: an endpoint's series go when it leaves
+BREAKER_OPENINGS = "meshlet_breaker_openings_total"  # per upstream: every opening, whatever endpoints left since
 ENDPOINTS = "meshlet_endpoints"
 
 

@@ -137,10 +137,10 @@ def child_specs(topology: Topology, instance: Instance, settings: Settings) -> l
     if instance.sidecar is None:
         path = topology.config_path(instance.name)
         config = _sdk_config(topology, instance, settings)
-        argv = (settings.python, "-m", f"services.{instance.service}", *app_flags)
+        argv = (settings.python, "-m", f"meshlet_shop.{instance.service}", *app_flags)
         return [ChildSpec(instance.name, argv, {"MESHLET_CONFIG": str(path)}, path, config)]
     faults = ["--faults-file", str(topology.faults_file(instance.name))]
-    app = ChildSpec(instance.name, (settings.python, "-m", f"services.{instance.service}", *app_flags, *faults), {})
+    app = ChildSpec(instance.name, (settings.python, "-m", f"meshlet_shop.{instance.service}", *app_flags, *faults), {})
     path = topology.config_path(f"sidecar-{instance.name}")
     sidecar = ChildSpec(
         f"sidecar-{instance.name}",

@@ -17,6 +17,7 @@ from aiohttp import web
 from meshlet.devagent.api import agent, catalog, common, connect, health, kv, status
 from meshlet.devagent.api.guard import AllowedHosts, guard
 from meshlet.devagent.checks import CheckRunner
+from meshlet.devagent.metrics import AgentMetrics
 from meshlet.devagent.persist import load_snapshot, save_snapshot
 from meshlet.devagent.state import AgentState
 
@@ -60,6 +61,7 @@ class DevAgent:
             reap_interval_s=config.reap_interval_s,
             min_deregister_after_s=config.min_deregister_after_s,
         )
+        self.metrics = AgentMetrics(blocking=lambda: self.changes.waiting, index=lambda: self.state.index.value)
         self._runner: web.AppRunner | None = None
         self._persist_pending: asyncio.TimerHandle | None = None
         self.started_at = time.time()
@@ -68,10 +70,12 @@ class DevAgent:
 
     def build_app(self) -> web.Application:
         allowed = AllowedHosts(self.config.http_host, self.config.allowed_hosts)
-        app = web.Application(middlewares=[guard(allowed), common.consul_errors], client_max_size=1024**2)
+        middlewares = [self.metrics.middleware, guard(allowed), common.consul_errors]
+        app = web.Application(middlewares=middlewares, client_max_size=1024**2)
         app[common.AGENT] = self
         for section in (agent, health, catalog, kv, status, connect):
             section.add_routes(app)
+        app.router.add_get("/metrics", self.metrics.page)  # Prometheus text; not Consul's API (/v1/agent/metrics)
         return app
 
     async def start(self) -> str:

@@ -13,16 +13,16 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 from opentelemetry.trace import Tracer
 
-from meshlet.call import InboundCall
+from meshlet.call import InboundCall, is_mesh_own, may_be_mesh_own
 from meshlet.config import Config
 from meshlet.deadline import Clock
 from meshlet.errors import ConfigError
-from meshlet.inbound.authorize import Authorize
+from meshlet.inbound.authorize import Authorize, denial_log
 from meshlet.inbound.deadline import ExposeDeadline
 from meshlet.inbound.identify import IdentifyPeer
 from meshlet.inbound.observe import CountRefusals, ObserveInbound
@@ -33,6 +33,8 @@ from meshlet.resilience.rate_limit import MethodRateLimits, RateLimiter, default
 from meshlet.security.consul_authz import ConsulAuthorizer, ConsulFactory
 from meshlet.security.intentions import Authorizer, Intentions, IntentionsAuthorizer
 from meshlet.telemetry.access_log import AccessLog
+from meshlet.telemetry.log_window import WindowedLog
+from meshlet.telemetry.method_names import MethodNames
 from meshlet.telemetry.metrics import Metrics
 
 log = logging.getLogger("meshlet.inbound")
@@ -47,6 +49,7 @@ class InboundParts:
 
     service: str = ""  # our service name: the destination intentions are asked about
     require_identity: bool = False  # mTLS on: a call without a verified SPIFFE ID is refused
+    trusted_domains: tuple[str, ...] = ()  # federated trust domains accepted beside our own (tls.trusted_domains)
     authorizer: Authorizer | None = None
     per_caller: RateLimiter | None = None
     per_method: MethodRateLimits | None = None
@@ -54,6 +57,8 @@ class InboundParts:
     metrics: Metrics | None = None
     access_log: AccessLog | None = None
     clock: Clock = time.monotonic  # what call durations are measured with
+    names: MethodNames = field(default_factory=MethodNames)  # which methods metrics and span names call by name
+    denial_log: WindowedLog = field(default_factory=denial_log)  # one per server, shared by its methods' pipelines
 
     @classmethod
     def from_config(
@@ -64,6 +69,7 @@ class InboundParts:
         clock: Clock,
         tracer: Tracer | None = None,
         metrics: Metrics | None = None,
+        names: MethodNames | None = None,
     ) -> InboundParts:
         """The parts `config` asks for. With ``authz.source: consul`` the authorizer talks to the agent that
         `consul` builds a client for: call `close()` when the server stops."""
@@ -100,6 +106,7 @@ class InboundParts:
         return cls(
             service=service,
             require_identity=config.tls.source != "off",
+            trusted_domains=config.tls.trusted_domains,
             authorizer=authorizer,
             per_caller=limiter(per_caller.rate_per_s, per_caller.burst) if per_caller.rate_per_s is not None else None,
             per_method=MethodRateLimits(per_method) if any(v is not None for v in per_method.values()) else None,
@@ -107,10 +114,12 @@ class InboundParts:
             metrics=metrics,
             access_log=AccessLog() if config.telemetry.access_log else None,
             clock=clock,
+            names=names if names is not None else MethodNames(),
         )
 
     async def close(self) -> None:
-        """Stop what runs in the background (the Consul authorizer's refreshes)."""
+        """Stop what runs in the background (the Consul authorizer's refreshes); write the denial lines held."""
+        self.denial_log.flush()
         if isinstance(self.authorizer, ConsulAuthorizer):
             await self.authorizer.close()
 
@@ -144,21 +153,33 @@ def inbound_stages(parts: InboundParts = NO_PARTS) -> list[Stage[InboundCall]]:
     limits = (parts.authorizer, parts.per_caller, parts.per_method)
     refusing = parts.require_identity or any(part is not None for part in limits)
     if observed and refusing:  # first: it sees every refusal the stages below make
-        stages.append(CountRefusals(parts.service, parts.metrics, parts.access_log, parts.clock))
+        stages.append(CountRefusals(parts.service, parts.metrics, parts.access_log, parts.clock, parts.names))
     if parts.require_identity:
         stages.append(IdentifyPeer())  # first: nothing below may trust a caller that has not shown a certificate
     if parts.authorizer is not None:
-        stages.append(Authorize(parts.authorizer, parts.service))  # before rate limits: a denied call spends no token
+        stages.append(
+            Authorize(parts.authorizer, parts.service, denials=parts.denial_log)
+        )  # before rate limits: a denied call spends no token
     if parts.per_caller is not None or parts.per_method is not None:
         stages.append(RateLimitCaller(parts.per_caller, parts.per_method))  # per verified caller, before any work
     if parts.tracer is not None:
-        stages.append(ContinueTrace(parts.tracer))  # after the refusals: a call the mesh turns away costs no span
+        stages.append(ContinueTrace(parts.tracer, parts.names))  # after the refusals: a refused call costs no span
     if observed:  # inside the span: the access log line carries its trace id
-        stages.append(ObserveInbound(parts.service, parts.metrics, parts.access_log, parts.clock))
+        stages.append(ObserveInbound(parts.service, parts.metrics, parts.access_log, parts.clock, parts.names))
     stages.append(ExposeDeadline())  # last before the handler: its outbound calls inherit what is left of the deadline
     return stages
 
 
-def build_inbound(terminal: InboundHandler, parts: InboundParts = NO_PARTS) -> InboundHandler:
-    """One method's inbound pipeline over its `terminal` (the servicer method, or ForwardToApp)."""
-    return compose(inbound_stages(parts), terminal=terminal)
+def build_inbound(terminal: InboundHandler, parts: InboundParts = NO_PARTS, method: str = "") -> InboundHandler:
+    """One method's inbound pipeline over its `terminal` (the servicer method, or ForwardToApp). For a `method`
+    the mesh itself calls (reflection), a second pipeline without spans, metrics or access log takes the calls
+    that carry the mesh's mark: they are checked, authorized and rate limited like any, but are not the app's."""
+    users = compose(inbound_stages(parts), terminal=terminal)
+    if not may_be_mesh_own(method):
+        return users
+    own = compose(inbound_stages(replace(parts, tracer=None, metrics=None, access_log=None)), terminal=terminal)
+
+    async def either(call: InboundCall) -> Any:
+        return await (own if is_mesh_own(call.metadata) else users)(call)
+
+    return either

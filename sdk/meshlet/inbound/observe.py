@@ -1,8 +1,9 @@
 """Stages: what each inbound call did, for the metrics and the access log.
 
 CountRefusals is first in the list, so it sees the calls that IdentifyPeer, Authorize and RateLimitCaller turn
-away: it counts each by its status, and denials and rate-limited calls by the caller's service. ObserveInbound
-sits right below the server span, so its access log line carries the trace id; it counts the calls that reach
+away: it counts each by its status and its meshlet reason, and denials and rate-limited calls by the caller's
+service. ObserveInbound sits right below the server span, so its access log line carries the span's trace and
+span ids, and a sampled call's trace id becomes its latency bucket's exemplar; it counts the calls that reach
 the handler, by the status the handler ended them with, when the reply (a stream: the call) is over. Between
 them every inbound call is counted once. Both are in the list only when metrics or the access log are on.
 
@@ -19,14 +20,16 @@ from collections.abc import Awaitable, Callable
 from typing import Any
 
 import grpc
+from opentelemetry.trace import SpanContext
 
 from meshlet.call import InboundCall
 from meshlet.deadline import Clock
 from meshlet.errors import IntentionDenied, RateLimited, Unauthenticated
 from meshlet.inbound.abandoned import abandoned_code
 from meshlet.security.intentions import service_of
-from meshlet.telemetry.access_log import AccessLog, current_trace_id
-from meshlet.telemetry.metrics import CallMetrics, Metrics, caller_label, method_label
+from meshlet.telemetry.access_log import AccessLog, current_span, sampled_trace_id
+from meshlet.telemetry.method_names import MethodNames, proves_method
+from meshlet.telemetry.metrics import MAX_CALLERS, OTHER_CALLERS, CallMetrics, Metrics, caller_label, method_label
 
 _STREAMED = (types.AsyncGeneratorType, types.CoroutineType)  # what a streaming terminal hands back
 
@@ -56,21 +59,30 @@ def _name(code: Any) -> str:
 
 
 class _Observer:
-    __slots__ = ("_access", "_calls", "_clock", "_service")
+    __slots__ = ("_access", "_callers", "_calls", "_clock", "_service")
 
-    def __init__(self, service: str, metrics: Metrics | None, access_log: AccessLog | None, clock: Clock) -> None:
+    def __init__(
+        self,
+        service: str,
+        metrics: Metrics | None,
+        access_log: AccessLog | None,
+        clock: Clock,
+        names: MethodNames | None = None,
+    ) -> None:
         self._service = service
-        self._calls: CallMetrics | None = metrics.calls("inbound", service) if metrics is not None else None
+        self._calls: CallMetrics | None = metrics.calls("inbound", service, names) if metrics is not None else None
         self._access = access_log
         self._clock = clock
+        self._callers: dict[str | None, str] = {}  # peer SPIFFE ID -> caller label, parsed once per caller
 
     def _record(
-        self, call: InboundCall, code: str, start: float, trace_id: str | None = None, in_span: bool = True
+        self, call: InboundCall, code: str, start: float, span: SpanContext | None, answered: bool = False
     ) -> None:
         duration_s = self._clock() - start
         calls = self._calls
         if calls is not None:
-            calls.method(call.method).request(code, duration_s)
+            caller = self._callers.get(call.peer_uri) or self._caller(call.peer_uri)
+            calls.method(call.method, answered).request(code, duration_s, sampled_trace_id(span), caller)
         access = self._access
         if access is not None and access.enabled():
             access.inbound(
@@ -80,17 +92,32 @@ class _Observer:
                 duration_s,
                 peer=call.peer_uri,
                 peer_address=call.peer_address,
-                trace_id=current_trace_id() if in_span else trace_id,
+                span=span,
             )
+
+    def _caller(self, peer_uri: str | None) -> str:
+        """The caller's service from its SPIFFE ID (never its address: one label per service, not per pod)."""
+        if len(self._callers) >= MAX_CALLERS:
+            return OTHER_CALLERS
+        label = self._callers[peer_uri] = caller_label(service_of(peer_uri))
+        return label
 
 
 class CountRefusals(_Observer):
-    __slots__ = ("_denials", "_limited")
+    __slots__ = ("_denials", "_limited", "_refusals")
 
-    def __init__(self, service: str, metrics: Metrics | None, access_log: AccessLog | None, clock: Clock) -> None:
-        super().__init__(service, metrics, access_log, clock)
+    def __init__(
+        self,
+        service: str,
+        metrics: Metrics | None,
+        access_log: AccessLog | None,
+        clock: Clock,
+        names: MethodNames | None = None,
+    ) -> None:
+        super().__init__(service, metrics, access_log, clock, names)
         self._denials = metrics.authz_denials if metrics is not None else None
         self._limited = metrics.rate_limited if metrics is not None else None
+        self._refusals = metrics.refusals_of("inbound", service) if metrics is not None else {}
 
     async def __call__(self, call: InboundCall, next: Callable[[InboundCall], Awaitable[Any]]) -> Any:
         start = self._clock()
@@ -107,7 +134,10 @@ class CountRefusals(_Observer):
             self._denials.labels(self._service, caller_label(service_of(call.peer_uri))).inc()
         elif isinstance(refused, RateLimited) and self._limited is not None:
             self._limited.labels(self._service, caller_label(service_of(call.peer_uri))).inc()
-        self._record(call, _name(refused.code()), start)  # no span of its own: the mesh refused it before
+        if (refusals := self._refusals.get(refused.reason)) is not None:
+            refusals.inc()
+        # No span of its own (refused before it), and a refusal proves no method exists.
+        self._record(call, _name(refused.code()), start, current_span())
 
 
 class ObserveInbound(_Observer):
@@ -121,22 +151,19 @@ class ObserveInbound(_Observer):
         try:
             result = await next(call)
         except BaseException as error:
-            self._finish(call, handler_status(error, call.context), start)
+            self._finish(call, handler_status(error, call.context), start, current_span())
             raise
         context = call.context
-        if context is not None and isinstance(result, _STREAMED):
-            # A stream is served after this stage returns: it is counted when grpc ends the call.
-            access = self._access
-            trace_id = current_trace_id() if access is not None and access.enabled() else None
-            context.add_done_callback(lambda ended: self._finish(call, ended_status(ended), start, trace_id, False))
+        # A stream is served after this stage returns, out of its span: its ids are taken now.
+        span = current_span()
+        if context is not None and isinstance(result, _STREAMED):  # counted when grpc ends the call
+            context.add_done_callback(lambda ended: self._finish(call, ended_status(ended), start, span))
         else:
-            self._finish(call, handler_status(None, context), start)
+            self._finish(call, handler_status(None, context), start, span)
         return result
 
-    def _finish(
-        self, call: InboundCall, code: str, start: float, trace_id: str | None = None, in_span: bool = True
-    ) -> None:
+    def _finish(self, call: InboundCall, code: str, start: float, span: SpanContext | None) -> None:
         calls = self._calls
         if calls is not None:
             calls.in_flight -= 1
-        self._record(call, code, start, trace_id, in_span)
+        self._record(call, code, start, span, answered=proves_method(code))

@@ -21,6 +21,7 @@ from opentelemetry.trace import Span, Tracer, get_current_span, set_span_in_cont
 
 from meshlet.call import InboundCall
 from meshlet.inbound.abandoned import abandoned_code
+from meshlet.telemetry.method_names import MethodNames, proves_method
 from meshlet.telemetry.propagation import carries_context, extract, trace_fields
 from meshlet.telemetry.tracing import SERVER, SpanStarts, Unrecorded, end_span, rpc_attributes, status_of
 
@@ -28,9 +29,9 @@ from meshlet.telemetry.tracing import SERVER, SpanStarts, Unrecorded, end_span, 
 class ContinueTrace:
     __slots__ = ("_fields", "_starts", "_tracer", "_unrecorded")
 
-    def __init__(self, tracer: Tracer) -> None:
+    def __init__(self, tracer: Tracer, names: MethodNames | None = None) -> None:
         self._tracer = tracer
-        self._starts = SpanStarts(_start_attributes)  # per method and caller identity
+        self._starts = SpanStarts(_start_attributes, names)  # per method and caller identity; junk is "(unknown)"
         self._fields = trace_fields()
         self._unrecorded = Unrecorded(tracer)
 
@@ -57,7 +58,7 @@ class ContinueTrace:
         except BaseException as error:
             detach(token)
             if recording:
-                _end(span, call.context, error)
+                self._end(span, name, call.method, call.context, error)
             raise
         streaming = inspect.isasyncgen(reply) or inspect.isawaitable(reply)
         if not streaming:
@@ -65,10 +66,16 @@ class ContinueTrace:
         if recording:
             context = call.context
             if streaming and context is not None:
-                context.add_done_callback(lambda done: _end(span, done, None))
+                context.add_done_callback(lambda done: self._end(span, name, call.method, done, None))
             else:
-                _end(span, context, None)
+                self._end(span, name, call.method, context, None)
         return reply
+
+    def _end(self, span: Span, name: str, path: str, context: Any, error: BaseException | None) -> None:
+        def rename(code: grpc.StatusCode) -> None:  # an "(unknown)" span whose method answered takes its name
+            self._starts.rename_if_answered(span, name, path, proves_method(code))
+
+        _end(span, context, error, before_end=rename)
 
 
 def _start_attributes(key: tuple[str, str | None]) -> dict[str, Any]:
@@ -93,7 +100,9 @@ async def _within(context: Context, call: InboundCall, next: Callable[[InboundCa
     return reply
 
 
-def _end(span: Span, context: Any, error: BaseException | None) -> None:
+def _end(
+    span: Span, context: Any, error: BaseException | None, before_end: Callable[[grpc.StatusCode], None] | None = None
+) -> None:
     """The status the caller sees: what the handler set on (or aborted) its context, else the error's."""
     code: grpc.StatusCode | None = None
     details: str | None = None
@@ -110,6 +119,8 @@ def _end(span: Span, context: Any, error: BaseException | None) -> None:
         code, details = abandoned_code(context), "the caller went away"
     if code is None:
         code, details = status_of(error)
+    if before_end is not None:
+        before_end(code)
     end_span(span, code, details if isinstance(details, str) else None, server=True)
 
 

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import random
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from opentelemetry.trace import Tracer
@@ -31,6 +31,7 @@ from meshlet.pipeline import Handler, Stage, compose
 from meshlet.resilience.budget import RetryBudget
 from meshlet.resilience.bulkhead import InFlightLimit
 from meshlet.telemetry.access_log import AccessLog
+from meshlet.telemetry.method_names import MethodNames
 from meshlet.telemetry.metrics import Metrics
 from meshlet.transport.channels import EndpointChannels
 
@@ -54,25 +55,26 @@ class OutboundParts:
     metrics: Metrics | None = None  # None (and no access log): the observe stages left out
     access_log: AccessLog | None = None
     explain_failure: ExplainFailure | None = None  # says why an attempt could not connect (None: NotConnected as is)
+    names: MethodNames = field(default_factory=MethodNames)  # which methods metrics and span names call by name
 
 
 def build_outbound(parts: OutboundParts) -> Callable[[Call], Awaitable[Any]]:
-    tracer = parts.tracer
-    attempt_stages: list[Stage[Call]] = [AttemptSpan(tracer)] if tracer else []  # first: a failed pick shows too
+    tracer, names, metrics = parts.tracer, parts.names, parts.metrics
+    attempt_stages: list[Stage[Call]] = [AttemptSpan(tracer, names)] if tracer else []  # first: a failed pick shows too
     policy = parts.policy
     per_attempt: Handler[Call] = compose(
         [
             *attempt_stages,
             PickEndpoint(parts.balancer, policy.deadline_floor),  # per attempt: a retry avoids the last one
-            *([CountAttempt(parts.service, parts.metrics)] if parts.metrics else []),  # attempts that got an endpoint
+            *([CountAttempt(parts.service, metrics, names)] if metrics else []),  # attempts that got an endpoint
             ReportOutcome(parts.outcomes, policy.timeout),  # wraps send: sees the final status, whether it left
         ],
         terminal=SendOnChannel(parts.channels, parts.explain_failure),
     )
-    call_stages: list[Stage[Call]] = [CallSpan(tracer)] if tracer else []  # outermost: sees every refusal below
-    observed = parts.metrics is not None or parts.access_log is not None
+    call_stages: list[Stage[Call]] = [CallSpan(tracer, names)] if tracer else []  # outermost: sees every refusal below
+    observed = metrics is not None or parts.access_log is not None
     observe_stages: list[Stage[Call]] = (
-        [ObserveCall(parts.service, parts.metrics, parts.access_log, parts.clock)] if observed else []
+        [ObserveCall(parts.service, metrics, parts.access_log, parts.clock, names)] if observed else []
     )
     return compose(
         [

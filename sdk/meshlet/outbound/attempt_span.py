@@ -1,5 +1,6 @@
-"""Stage (per attempt, first): a child CLIENT span for each attempt of a sampled call, so every retry is
-visible in the trace: attempt number, endpoint, status, and the backoff slept before it.
+"""Stage (per attempt, first): a CLIENT span for each attempt of a sampled call, child of the call's INTERNAL
+span, so every retry is visible in the trace: attempt number, endpoint, status, and the backoff slept before it.
+The attempts are the only CLIENT spans: what went on the wire, once each.
 
 First in the per-attempt list, so an attempt that found no endpoint is recorded too. The attempt's span is
 current while it runs (a breaker that its outcome opens adds its event there), and its context replaces the
@@ -20,6 +21,7 @@ from meshlet.call import Call
 from meshlet.endpoints import Endpoint
 from meshlet.errors import MeshError
 from meshlet.pipeline import ReplyStream
+from meshlet.telemetry.method_names import MethodNames, answered
 from meshlet.telemetry.propagation import headers
 from meshlet.telemetry.tracing import BACKOFF_S, CLIENT, SpanStarts, end_span_with, rpc_attributes
 
@@ -27,10 +29,10 @@ from meshlet.telemetry.tracing import BACKOFF_S, CLIENT, SpanStarts, end_span_wi
 class AttemptSpan:
     __slots__ = ("_first", "_later", "_tracer")
 
-    def __init__(self, tracer: Tracer) -> None:
+    def __init__(self, tracer: Tracer, names: MethodNames | None = None) -> None:
         self._tracer = tracer
-        self._first = SpanStarts(_first_attempt)  # most calls take one attempt: all its attributes built once
-        self._later = SpanStarts(rpc_attributes)
+        self._first = SpanStarts(_first_attempt, names)  # most calls take one attempt: all its attributes built once
+        self._later = SpanStarts(rpc_attributes, names)
 
     async def __call__(self, call: Call, next: Callable[[Call], Awaitable[Any]]) -> Any:
         if not get_current_span().is_recording():
@@ -49,6 +51,7 @@ class AttemptSpan:
         try:
             reply = await next(call)
         except BaseException as error:
+            self._first.rename_if_answered(span, name, path, answered(error))
             _finish(span, call, error)
             raise
         finally:
@@ -56,8 +59,14 @@ class AttemptSpan:
             call.metadata = base
         if isinstance(reply, ReplyStream):
             endpoint = call.endpoint
-            reply.add_done_callback(lambda error: _finish(span, call, error, endpoint))
+
+            def done(error: BaseException | None) -> None:
+                self._first.rename_if_answered(span, name, path, answered(error))
+                _finish(span, call, error, endpoint)
+
+            reply.add_done_callback(done)
         else:
+            self._first.rename_if_answered(span, name, path, True)
             _finish(span, call, None)
         return reply
 

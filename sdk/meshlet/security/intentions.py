@@ -12,7 +12,12 @@ Consul's intentions. Order of evaluation, most specific first; the first rule th
 No rule matching means `default`. Trap: unlike one Consul L7 intention, which governs its pair for every
 method, a pair's rules here govern only the methods they name: another method of the same pair falls
 through to the less specific pairs and then to the default. A caller without an identity (mTLS off) matches
-only rules whose source is ``*``. Pure: no I/O.
+only rules whose source is ``*``.
+
+A source names a service of one namespace and admin partition, as Consul's intention sources carry a SourceNS and
+a SourcePartition, spelt as Consul's CLI does: ``[<partition>/][<namespace>/]<service>``, each left out meaning
+``default``. So ``gateway`` and ``*`` never match a caller of namespace ``sandbox`` or partition ``evil``, whose
+SPIFFE IDs differ only there; ``sandbox/gateway`` or ``sandbox/*`` does. Pure: no I/O.
 """
 
 from __future__ import annotations
@@ -22,7 +27,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Literal, Protocol
 
 from meshlet.call import method_matches
-from meshlet.security.identity import InvalidSpiffeId, SpiffeId
+from meshlet.security.identity import DEFAULT_NAMESPACE, DEFAULT_PARTITION, InvalidSpiffeId, SpiffeId
 
 if TYPE_CHECKING:
     from meshlet.config import AuthzConfig
@@ -52,6 +57,7 @@ class Intention:
     action: Action
 
     def __post_init__(self) -> None:
+        source_key(self.source)  # raises ValueError for a malformed source
         if self.action not in ("allow", "deny"):
             raise ValueError(f"an intention's action must be 'allow' or 'deny', got {self.action!r}")
         if not self.methods:
@@ -73,8 +79,8 @@ class Intentions:
         self.rules = tuple(rules)
         self.default = default
         # One (rule, pattern) entry per pattern, so a rule naming an exact method and a whole service ranks each.
-        entries = [(rule, pattern) for rule in self.rules for pattern in rule.methods]
-        self._ordered: Sequence[tuple[Intention, str]] = sorted(entries, key=_rank)
+        entries = [(rule, pattern, source_key(rule.source)) for rule in self.rules for pattern in rule.methods]
+        self._ordered: Sequence[tuple[Intention, str, SourceKey]] = sorted(entries, key=_rank)
 
     @classmethod
     def from_config(cls, authz: AuthzConfig) -> Intentions:
@@ -83,12 +89,18 @@ class Intentions:
             default=authz.default,
         )
 
-    def decide(self, source: str | None, destination: str, method: str) -> Decision:
-        """Whether `source` (a service name; None for a caller without an identity) may call `method`
-        (``/pkg.Service/Method``) on `destination`."""
-        for rule, pattern in self._ordered:
+    def decide(self, source: SpiffeId | str | None, destination: str, method: str) -> Decision:
+        """Whether `source` (a caller's identity, or the name of a service of the default namespace and partition;
+        None for a caller without an identity) may call `method` (``/pkg.Service/Method``) on `destination`."""
+        if source is None:
+            caller: SourceKey | None = None
+        elif isinstance(source, SpiffeId):
+            caller = (source.partition or DEFAULT_PARTITION, source.namespace, source.service)
+        else:
+            caller = (DEFAULT_PARTITION, DEFAULT_NAMESPACE, source)
+        for rule, pattern, key in self._ordered:
             if (
-                rule.source in (WILDCARD, source)
+                (key == _ANYONE if caller is None else key[:2] == caller[:2] and key[2] in (WILDCARD, caller[2]))
                 and rule.destination in (WILDCARD, destination)
                 and method_matches(method, pattern)
             ):
@@ -101,9 +113,25 @@ class Intentions:
         return f"<Intentions {len(self.rules)} rules, default {self.default}>"
 
 
-def _rank(entry: tuple[Intention, str]) -> tuple[int, int, int]:
-    rule, pattern = entry
-    pair = (rule.destination == WILDCARD) * 2 + (rule.source == WILDCARD)  # Consul's precedence 9, 8, 6, 5
+SourceKey = tuple[str, str, str]  # (partition, namespace, service or "*")
+_ANYONE: SourceKey = (DEFAULT_PARTITION, DEFAULT_NAMESPACE, WILDCARD)  # "*": all a caller without identity matches
+
+
+def source_key(source: str) -> SourceKey:
+    """``[<partition>/][<namespace>/]<service>`` -> (partition, namespace, service); ValueError when malformed."""
+    parts = source.split("/")
+    if len(parts) > 3 or not all(parts):
+        raise ValueError(
+            f"an intention's source must be [<partition>/][<namespace>/]<service> (service may be '*'), got {source!r}"
+        )
+    defaults = (DEFAULT_PARTITION, DEFAULT_NAMESPACE)[: 3 - len(parts)]
+    partition, namespace, service = (*defaults, *parts)
+    return partition, namespace, service
+
+
+def _rank(entry: tuple[Intention, str, SourceKey]) -> tuple[int, int, int]:
+    rule, pattern, key = entry
+    pair = (rule.destination == WILDCARD) * 2 + (key[2] == WILDCARD)  # Consul's precedence 9, 8, 6, 5
     specificity = 2 if pattern == WILDCARD else 1 if pattern.endswith("/*") else 0
     return pair, specificity, rule.action != "deny"
 
@@ -135,7 +163,7 @@ class IntentionsAuthorizer:
         key = (peer_uri, destination, method)
         decision = self._decided.get(key)
         if decision is None:
-            decision = self.intentions.decide(service_of(peer_uri), destination, method)
+            decision = self.intentions.decide(identity_of(peer_uri), destination, method)
             if len(self._decided) >= MAX_REMEMBERED:
                 del self._decided[next(iter(self._decided))]
             self._decided[key] = decision
@@ -150,6 +178,25 @@ class IntentionsAuthorizer:
 
     def __repr__(self) -> str:
         return f"<IntentionsAuthorizer {self.intentions!r}>"
+
+
+def source_name(identity: SpiffeId) -> str:
+    """How an intention's source names `identity`: ``gateway``, ``sandbox/gateway``, ``evil/default/gateway``."""
+    if identity.partition:
+        return f"{identity.partition}/{identity.namespace}/{identity.service}"
+    if identity.namespace != DEFAULT_NAMESPACE:
+        return f"{identity.namespace}/{identity.service}"
+    return identity.service
+
+
+def identity_of(peer_uri: str | None) -> SpiffeId | None:
+    """The caller's SPIFFE ID; None without one, or when it names no service (cached per URI)."""
+    if peer_uri is None:
+        return None
+    try:
+        return SpiffeId.parse(peer_uri)
+    except InvalidSpiffeId:
+        return None
 
 
 def service_of(peer_uri: str | None) -> str | None:

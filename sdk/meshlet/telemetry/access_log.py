@@ -7,14 +7,29 @@ from __future__ import annotations
 import logging
 
 from opentelemetry import trace
+from opentelemetry.trace import SpanContext
 
 ACCESS_LOGGER = "meshlet.access"
 
 
-def current_trace_id() -> str | None:
-    """The current span's trace id as 32 hex digits, or None outside a valid span."""
+def current_span() -> SpanContext | None:
+    """The current span's context, or None outside a valid span: taken while a call's span is current, for a
+    line or an exemplar written after it (a stream's end)."""
     context = trace.get_current_span().get_span_context()
-    return format(context.trace_id, "032x") if context.is_valid else None
+    return context if context.is_valid else None
+
+
+def trace_id_of(span: SpanContext | None) -> str | None:
+    return format(span.trace_id, "032x") if span is not None else None
+
+
+def span_id_of(span: SpanContext | None) -> str | None:
+    return format(span.span_id, "016x") if span is not None else None
+
+
+def sampled_trace_id(span: SpanContext | None) -> int | None:
+    """The trace id of a span that is exported (sampled): only such a trace is there to open from an exemplar."""
+    return span.trace_id if span is not None and span.trace_flags.sampled else None
 
 
 class AccessLog:
@@ -35,7 +50,7 @@ class AccessLog:
         *,
         attempts: int,
         endpoint: str | None,
-        trace_id: str | None,
+        span: SpanContext | None,
     ) -> None:
         duration_ms = round(duration_s * 1000, 3)
         self._logger.info(
@@ -52,7 +67,8 @@ class AccessLog:
                 "duration_ms": duration_ms,
                 "attempts": attempts,
                 "endpoint": endpoint,
-                "trace_id": trace_id,
+                "trace_id": trace_id_of(span),
+                "span_id": span_id_of(span),
             },
         )
 
@@ -65,7 +81,7 @@ class AccessLog:
         *,
         peer: str | None,
         peer_address: str,
-        trace_id: str | None,
+        span: SpanContext | None,
     ) -> None:
         duration_ms = round(duration_s * 1000, 3)
         self._logger.info(
@@ -82,6 +98,7 @@ class AccessLog:
                 "duration_ms": duration_ms,
                 "peer": peer,
                 "peer_address": peer_address,
-                "trace_id": trace_id,
+                "trace_id": trace_id_of(span),
+                "span_id": span_id_of(span),
             },
         )

@@ -36,9 +36,12 @@ class JsonFormatter(logging.Formatter):
 
 
 def configure_logging(level: int = logging.INFO) -> None:
-    """Send every meshlet log line to stderr as JSON."""
+    """Send every meshlet log line to stderr as JSON, Python's warnings too (logger ``py.warnings``: grpc.aio's
+    "coroutine ... was never awaited" at exit, say), so that no line of the process's log is plain text. grpc
+    core's own lines are kept out by GRPC_VERBOSITY (meshlet/__init__.py)."""
     handler = logging.StreamHandler(sys.stderr)
     handler.setFormatter(JsonFormatter())
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(level)
+    logging.captureWarnings(True)

@@ -12,6 +12,10 @@ Three kinds of numbers, kept three ways:
   `describe()` by `StateCollector`, so the data path maintains nothing for it;
 - what the pipelines decide rarely (retries, budget refusals, breaker transitions, refusals) is counted with
   prometheus_client's Counter, from the EventBus or the stage that refused.
+
+Every registry also carries the process's own numbers (``process_*``, ``python_*``) and ``meshlet_build_info``;
+a scraper that asks for OpenMetrics gets it, with the trace id of a sampled call as the exemplar of the latency
+bucket it fell in.
 """
 
 from __future__ import annotations
@@ -21,10 +25,22 @@ from bisect import bisect_left
 from collections.abc import Callable, Iterable, Iterator
 from typing import Any, Protocol
 
-from prometheus_client import CollectorRegistry, Counter, generate_latest
+from prometheus_client import (
+    CollectorRegistry,
+    Counter,
+    GCCollector,
+    Info,
+    PlatformCollector,
+    ProcessCollector,
+    disable_created_metrics,
+    generate_latest,
+)
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily, Metric
+from prometheus_client.exposition import choose_encoder
 from prometheus_client.registry import Collector
+from prometheus_client.samples import Exemplar, Sample
 
+from meshlet.errors import ErrorReason
 from meshlet.events import (
     BreakerClosed,
     BreakerHalfOpened,
@@ -36,14 +52,51 @@ from meshlet.events import (
     RetryNotAttempted,
     RetryScheduled,
 )
+from meshlet.telemetry.build import build_labels
+from meshlet.telemetry.method_names import UNKNOWN_METHOD, MethodNames
 
 # RPC latency from a loopback hop (sub-millisecond) to a slow upstream near the default 5 s timeout.
 BUCKETS_S = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
 BUCKET_LABELS = (*(repr(float(bound)) for bound in BUCKETS_S), "+Inf")  # the le label values, as Prometheus writes them
 BREAKER_STATES = {"closed": 0, "half_open": 1, "open": 2}
+MAX_CALLERS = 256  # per service: callers are the services in the mesh, but a cap keeps a label bounded anyway
 MAX_METHODS = 512  # per direction and service: method paths come from callers, so their label values are capped
 OTHER_METHOD = "(other)"
 UNIDENTIFIED = "(unidentified)"
+OTHER_CALLERS = "(other)"
+# The reasons each direction's stages refuse a call with (ErrorInfo.reason): their counters start at 0.
+REFUSAL_REASONS = {
+    "outbound": (
+        ErrorReason.NO_HEALTHY_ENDPOINT,
+        ErrorReason.BREAKER_OPEN,
+        ErrorReason.BUDGET_EXHAUSTED,
+        ErrorReason.DEADLINE_TOO_SHORT,
+        ErrorReason.BULKHEAD_FULL,
+        ErrorReason.CHANNEL_CLOSED,
+    ),
+    "inbound": (ErrorReason.UNAUTHENTICATED, ErrorReason.INTENTION_DENIED, ErrorReason.RATE_LIMITED),
+}
+TEXT_CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"  # Prometheus text exposition 0.0.4
+
+
+def add_process_collectors(registry: CollectorRegistry) -> None:
+    """``process_*`` (CPU, memory, open files), ``python_*`` (version, GC) and ``meshlet_build_info`` on a
+    registry of meshlet's own, as on the global one; counters without ``*_created`` series (the scrape time of
+    a counter's first sample is no use to a rate, and doubles the series)."""
+    disable_created_metrics()  # type: ignore[no-untyped-call]
+    ProcessCollector(registry=registry)
+    PlatformCollector(registry=registry)
+    GCCollector(registry=registry)
+    Info("meshlet_build", "The meshlet build this process runs", registry=registry).info(build_labels())
+
+
+def exposition(registry: CollectorRegistry, accept: str | None) -> tuple[bytes, str]:
+    """The registry in the format the scraper's Accept header asks for: OpenMetrics (with exemplars) when it
+    names ``application/openmetrics-text``, else Prometheus text 0.0.4; and the content type to send."""
+    if accept and "application/openmetrics-text" in accept:
+        encode, content_type = choose_encoder(accept)
+        return encode(registry), content_type
+    return generate_latest(registry), TEXT_CONTENT_TYPE
 
 
 class Describes(Protocol):
@@ -58,22 +111,31 @@ def method_label(path: str) -> str:
 
 
 class MethodMetrics:
-    """One (direction, service, method)'s numbers: calls and attempts by status, and the duration histogram."""
+    """One (direction, service, method)'s numbers: calls (inbound: by caller too) and attempts by status, and the
+    duration histogram, whose buckets each keep the last sampled call's trace id as their exemplar."""
 
-    __slots__ = ("attempts", "buckets", "label", "requests", "sum_s")
+    __slots__ = ("attempts", "buckets", "by_caller", "exemplars", "label", "requests", "sum_s")
 
     def __init__(self, label: str) -> None:
         self.label = label
-        self.requests: dict[str, int] = {}  # status name -> calls
+        self.requests: dict[str, int] = {}  # status name -> calls (outbound, or inbound without a caller given)
+        self.by_caller: dict[str, dict[str, int]] = {}  # caller label -> status name -> calls (inbound)
         self.attempts: dict[str, int] = {}  # status name -> attempts (outbound)
         self.buckets = [0] * (len(BUCKETS_S) + 1)  # per bucket, not cumulative; the last is +Inf
+        self.exemplars: list[tuple[int, float] | None] = [None] * (len(BUCKETS_S) + 1)  # (trace id, duration)
         self.sum_s = 0.0
 
-    def request(self, code: str, duration_s: float) -> None:
-        requests = self.requests
+    def request(self, code: str, duration_s: float, trace_id: int | None = None, caller: str | None = None) -> None:
+        if caller is None:
+            requests = self.requests
+        else:
+            requests = self.by_caller.get(caller) or self.by_caller.setdefault(caller, {})
         requests[code] = requests.get(code, 0) + 1
-        self.buckets[bisect_left(BUCKETS_S, duration_s)] += 1  # the first bound >= the duration: Prometheus' le
+        bucket = bisect_left(BUCKETS_S, duration_s)  # the first bound >= the duration: Prometheus' le
+        self.buckets[bucket] += 1
         self.sum_s += duration_s
+        if trace_id is not None:  # a sampled call: its trace is there to open from the latency panel
+            self.exemplars[bucket] = (trace_id, duration_s)  # formatted only when scraped
 
     def attempt(self, code: str) -> None:
         attempts = self.attempts
@@ -82,21 +144,29 @@ class MethodMetrics:
 
 class CallMetrics:
     """One direction and service: its methods' children, and (inbound) the calls in flight, a plain int that the
-    observe stage counts and the state collector reads at scrape time."""
+    observe stage counts and the state collector reads at scrape time. Only methods that exist get a child of
+    their own (`names`, see method_names.py); invented paths share ``(unknown)``."""
 
-    __slots__ = ("_methods", "_other", "direction", "in_flight", "service")
+    __slots__ = ("_methods", "_other", "_unknown", "direction", "in_flight", "names", "service")
 
-    def __init__(self, direction: str, service: str) -> None:
+    def __init__(self, direction: str, service: str, names: MethodNames | None = None) -> None:
         self.direction = direction
         self.service = service
+        self.names = names if names is not None else MethodNames()
         self.in_flight = 0
         self._methods: dict[str, MethodMetrics] = {}
         self._other: MethodMetrics | None = None
+        self._unknown: MethodMetrics | None = None
 
-    def method(self, path: str) -> MethodMetrics:
+    def method(self, path: str, answered: bool = True) -> MethodMetrics:
+        """`path`'s child; `answered`: the call (or attempt) ended with an answer that proves the method exists."""
         found = self._methods.get(path)
         if found is None:
-            if len(self._methods) >= MAX_METHODS:  # a caller inventing paths must not grow the registry forever
+            if not self.names.named(path, answered):
+                if self._unknown is None:
+                    self._unknown = MethodMetrics(UNKNOWN_METHOD)
+                return self._unknown
+            if len(self._methods) >= MAX_METHODS:  # a backstop: the registry never grows without end
                 if self._other is None:
                     self._other = MethodMetrics(OTHER_METHOD)
                 return self._other
@@ -104,7 +174,7 @@ class CallMetrics:
         return found
 
     def methods(self) -> list[MethodMetrics]:
-        return [*self._methods.values(), *([self._other] if self._other is not None else [])]
+        return [*self._methods.values(), *(shared for shared in (self._other, self._unknown) if shared is not None)]
 
 
 class Metrics:
@@ -123,8 +193,15 @@ class Metrics:
         )
         self.breaker_transitions = Counter(
             "meshlet_breaker_transitions",
-            "Endpoint circuit breaker transitions, by the state entered",
+            "Endpoint circuit breaker transitions, by the state entered (an endpoint's series go when it leaves "
+            "discovery; meshlet_breaker_openings counts every opening of the upstream)",
             ["service", "endpoint", "state"],
+            registry=registry,
+        )
+        self.breaker_openings = Counter(
+            "meshlet_breaker_openings",
+            "Endpoint circuit breakers opened, per upstream: kept while the process lives, whatever endpoints leave",
+            ["service"],
             registry=registry,
         )
         self.authz_denials = Counter(
@@ -146,6 +223,13 @@ class Metrics:
             ["service", "caller", "outcome"],
             registry=registry,
         )
+        self.refusals = Counter(
+            "meshlet_refusals",
+            "Calls the mesh itself refused or gave up on, by direction, service (outbound: the upstream) and "
+            "meshlet reason (the ErrorInfo reason the caller reads)",
+            ["direction", "service", "reason"],
+            registry=registry,
+        )
         self.tls_handshake_failures = Counter(
             "meshlet_tls_handshake_failures",
             "Attempts that failed in the TLS handshake (outbound only: grpcio does not show a server's failed "
@@ -157,14 +241,32 @@ class Metrics:
         self._upstreams: Callable[[], Iterable[Describes]] = tuple
         registry.register(CallsCollector(self))
         registry.register(StateCollector(self))
+        add_process_collectors(registry)
 
-    def calls(self, direction: str, service: str) -> CallMetrics:
-        """The per-call handle of one direction and service; built once, kept by the stage that uses it."""
+    def calls(self, direction: str, service: str, names: MethodNames | None = None) -> CallMetrics:
+        """The per-call handle of one direction and service; built once, kept by the stage that uses it. `names`
+        (the pipeline's, shared with its span stages) says which methods go by their name."""
         key = (direction, service)
         found = self._calls.get(key)
         if found is None:
-            found = self._calls[key] = CallMetrics(direction, service)
+            found = self._calls[key] = CallMetrics(direction, service, names)
+            if direction == "outbound":
+                self._upstream_known(service)
+        elif names is not None:
+            found.names = names
         return found
+
+    def _upstream_known(self, service: str) -> None:
+        """The upstream's counters at 0 from the moment its pipeline exists, not from its first event: a series
+        that appears with the value 1 hides that first burst from ``increase()`` and ``rate()``."""
+        self.budget_refusals.labels(service)
+        self.breaker_openings.labels(service)
+        self.tls_handshake_failures.labels("outbound", service)
+
+    def refusals_of(self, direction: str, service: str) -> dict[str, Any]:
+        """One direction and service's refusal counters by reason, each at 0 from now on: `increase()` sees the
+        first refusal. Built once, kept by the stage that refuses or observes."""
+        return {reason: self.refusals.labels(direction, service, reason) for reason in REFUSAL_REASONS[direction]}
 
     def all_calls(self) -> list[CallMetrics]:
         return list(self._calls.values())
@@ -182,19 +284,22 @@ class Metrics:
 
     def _on_event(self, event: Event) -> None:
         if isinstance(event, RetryScheduled):  # the method through the call metrics' cap: paths come from callers
-            self.retries.labels(event.upstream, self.calls("outbound", event.upstream).method(event.method).label).inc()
+            method = self.calls("outbound", event.upstream).method(event.method, answered=False)
+            self.retries.labels(event.upstream, method.label).inc()
         elif isinstance(event, RetryNotAttempted):
             if event.why == "budget":
                 self.budget_refusals.labels(event.upstream).inc()
         elif isinstance(event, BudgetRefused):
             self.budget_refusals.labels(event.upstream).inc()
         elif isinstance(event, BreakerOpened):
+            self.breaker_openings.labels(event.upstream).inc()
             self.breaker_transitions.labels(event.upstream, str(event.endpoint), "open").inc()
         elif isinstance(event, BreakerHalfOpened):
             self.breaker_transitions.labels(event.upstream, str(event.endpoint), "half_open").inc()
         elif isinstance(event, BreakerClosed):
             self.breaker_transitions.labels(event.upstream, str(event.endpoint), "closed").inc()
         elif isinstance(event, EndpointsChanged):  # pods come and go: a departed endpoint's series go with it
+            # (its openings stay counted in breaker_openings: a total never goes backwards)
             for endpoint in event.removed:
                 for state in ("open", "half_open", "closed"):
                     with contextlib.suppress(KeyError):
@@ -208,9 +313,24 @@ class Metrics:
         """Publish a count kept elsewhere (the spans an exporter dropped), read at scrape time."""
         self.collect_with(lambda: [CounterMetricFamily(name, documentation, value=read())])
 
+    def counters_from(self, name: str, documentation: str, label: str, read: Callable[[], dict[str, int]]) -> None:
+        """Publish counts kept elsewhere by one `label` (export failures by reason), read at scrape time."""
+
+        def collect() -> list[Metric]:
+            family = CounterMetricFamily(name, documentation, labels=[label])
+            for value, count in read().items():
+                family.add_metric([value], count)
+            return [family]
+
+        self.collect_with(collect)
+
     def render(self) -> bytes:
         """The registry in Prometheus text format (0.0.4)."""
         return generate_latest(self.registry)
+
+    def exposition(self, accept: str | None) -> tuple[bytes, str]:
+        """The /metrics page in the format `accept` asks for, and its content type (see `exposition`)."""
+        return exposition(self.registry, accept)
 
 
 def caller_label(caller_service: str | None) -> str:
@@ -229,7 +349,8 @@ class CallsCollector(Collector):
     def collect(self) -> Iterator[Metric]:
         requests = CounterMetricFamily(
             "meshlet_requests",
-            "Calls by direction, service, method and final gRPC status (outbound: one per call, not per attempt)",
+            "Calls by direction, service, method and final gRPC status (outbound: one per call, not per attempt; "
+            "inbound: also by caller, the service its certificate names, or (unidentified))",
             labels=["direction", "service", "method", "code"],
         )
         duration = HistogramMetricFamily(
@@ -247,14 +368,28 @@ class CallsCollector(Collector):
                 labels = [calls.direction, calls.service, method.label]
                 for code, count in list(method.requests.items()):
                     requests.add_metric([*labels, code], count)
+                for caller, codes in list(method.by_caller.items()):
+                    for code, count in list(codes.items()):
+                        requests.samples.append(_sample(labels, code, caller, count))
                 for code, count in list(method.attempts.items()):
                     attempts.add_metric([calls.service, method.label, code], count)
-                cumulative, buckets = 0, []
-                for le, count in zip(BUCKET_LABELS, method.buckets, strict=True):
+                cumulative = 0
+                buckets: list[tuple[str, float] | tuple[str, float, Exemplar]] = []
+                for le, count, exemplar in zip(BUCKET_LABELS, method.buckets, method.exemplars, strict=True):
                     cumulative += count
-                    buckets.append((le, cumulative))
+                    if exemplar is None:
+                        buckets.append((le, cumulative))
+                    else:
+                        buckets.append((le, cumulative, Exemplar({"trace_id": f"{exemplar[0]:032x}"}, exemplar[1])))
                 duration.add_metric(labels, buckets, method.sum_s)
         yield from (requests, duration, attempts)
+
+
+def _sample(labels: list[str], code: str, caller: str, count: int) -> Sample:
+    """An inbound request sample with its caller: CounterMetricFamily.add_metric takes only the family's labels."""
+    direction, service, method = labels
+    names = {"direction": direction, "service": service, "method": method, "code": code, "caller": caller}
+    return Sample("meshlet_requests_total", names, count)
 
 
 class StateCollector(Collector):
@@ -285,6 +420,17 @@ class StateCollector(Collector):
             "1 while too few endpoints are healthy to balance over them, so the balancer uses all",
             labels=["service"],
         )
+        bulkhead = GaugeMetricFamily(
+            "meshlet_bulkhead_limit",
+            "The most calls an upstream may have in flight (upstreams.NAME.max_in_flight); beyond it the mesh "
+            'refuses with BULKHEAD_FULL: compare meshlet_in_flight{direction="outbound"}',
+            labels=["service"],
+        )
+        budget = GaugeMetricFamily(
+            "meshlet_retry_budget_remaining",
+            "Retries an upstream's retry budget still allows in its window; at 0 failed attempts are not retried",
+            labels=["service"],
+        )
         for upstream in self._metrics.upstreams():
             described = upstream.describe()
             service = str(described["name"])
@@ -298,10 +444,14 @@ class StateCollector(Collector):
             endpoints.add_metric([service, "ejected"], ejected)
             in_flight.add_metric(["outbound", service], float(described.get("in_flight", 0)))
             panic.add_metric([service], float(bool(described.get("panic"))))
+            if "max_in_flight" in described:
+                bulkhead.add_metric([service], float(described["max_in_flight"]))
+            if "budget_remaining" in described:
+                budget.add_metric([service], float(described["budget_remaining"]))
         for calls in self._metrics.all_calls():
             if calls.direction == "inbound":
                 in_flight.add_metric(["inbound", calls.service], calls.in_flight)
-        yield from (state, endpoints, in_flight, panic)
+        yield from (state, endpoints, in_flight, panic, bulkhead, budget)
 
 
 class _FunctionCollector(Collector):

@@ -1,5 +1,6 @@
-"""The SDK's opt-in metrics port (``telemetry.metrics_port``): ``GET /metrics`` in Prometheus text, served by
-aiohttp on the mesh's event loop, off the data path. The sidecar serves the same page on its admin port.
+"""The SDK's opt-in metrics port (``telemetry.metrics_port``): ``GET /metrics`` in Prometheus text (OpenMetrics,
+with exemplars, when the scraper's Accept header asks for it), served by aiohttp on the mesh's event loop, off
+the data path. The sidecar serves the same page on its admin port.
 
 It also answers ``/ready`` (200 while the process's grpc.health.v1 status is SERVING) and ``/live``: an SDK
 service serves mTLS only, and Kubernetes' grpc probes speak plaintext, so its probes need a plaintext port."""
@@ -13,14 +14,15 @@ from aiohttp import web
 from meshlet.config import listen_host
 from meshlet.errors import CannotListen, describe_os_error
 
-CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"  # Prometheus text exposition 0.0.4
+Exposition = Callable[[str | None], tuple[bytes, str]]  # the scraper's Accept header -> (page, content type)
 
 
 class MetricsServer:
-    """Serve `render()` at ``http://host:port/metrics``; `start()` returns the bound port (0 picks a free one)."""
+    """Serve `render(accept)` (``Metrics.exposition``) at ``http://host:port/metrics``; `start()` returns the bound
+    port (0 picks a free one)."""
 
     def __init__(
-        self, render: Callable[[], bytes], host: str, port: int, *, health: Callable[[], str] = lambda: "SERVING"
+        self, render: Exposition, host: str, port: int, *, health: Callable[[], str] = lambda: "SERVING"
     ) -> None:
         self._render = render
         self._health = health
@@ -54,7 +56,8 @@ class MetricsServer:
             await runner.cleanup()
 
     async def _metrics(self, request: web.Request) -> web.Response:
-        return web.Response(body=self._render(), headers={"Content-Type": CONTENT_TYPE})
+        body, content_type = self._render(request.headers.get("Accept"))
+        return web.Response(body=body, headers={"Content-Type": content_type})
 
     async def _ready(self, request: web.Request) -> web.Response:
         status = self._health()

@@ -4,7 +4,8 @@
 run several meshes in one process) from ``Config.telemetry`` and the SDK's own ``OTEL_*`` handling: resource
 (``OTEL_SERVICE_NAME``, ``OTEL_RESOURCE_ATTRIBUTES``), sampler (``OTEL_TRACES_SAMPLER[_ARG]``, else parent-based
 ratio sampling), OTLP/gRPC export (``OTEL_EXPORTER_OTLP_*``) behind a batch processor, and the JSON-lines span
-file. Batching never blocks a call: when the queue is full a span is dropped and counted (`dropped_spans`).
+file. Batching never blocks a call: when the queue is full a span is dropped and counted (`dropped_spans`);
+spans the exporter fails to deliver are counted apart, by reason (`failed_exports`).
 The pipeline stages (outbound/span.py, outbound/attempt_span.py, inbound/span.py) use the tracer it holds.
 """
 
@@ -25,7 +26,7 @@ from typing import Any, Generic, TypeVar
 import grpc
 from opentelemetry import trace
 from opentelemetry.context import Context
-from opentelemetry.sdk.resources import SERVICE_INSTANCE_ID, SERVICE_NAME, Resource
+from opentelemetry.sdk.resources import SERVICE_INSTANCE_ID, SERVICE_NAME, SERVICE_VERSION, Resource
 from opentelemetry.sdk.trace import ReadableSpan, TracerProvider
 from opentelemetry.sdk.trace.export import BatchSpanProcessor, SpanExporter, SpanExportResult
 from opentelemetry.sdk.trace.id_generator import RandomIdGenerator
@@ -42,11 +43,13 @@ from meshlet.events import (
     RetryNotAttempted,
     RetryScheduled,
 )
+from meshlet.telemetry.build import build_labels
+from meshlet.telemetry.method_names import UNKNOWN_METHOD, MethodNames
 from meshlet.telemetry.span_file import JsonLinesSpanExporter
 
 log = logging.getLogger("meshlet.telemetry")
 
-CLIENT, SERVER = SpanKind.CLIENT, SpanKind.SERVER
+CLIENT, SERVER, INTERNAL = SpanKind.CLIENT, SpanKind.SERVER, SpanKind.INTERNAL
 SPAN_FILE_DELAY_MS = 500  # a span reaches the file within half a second: `meshlet trace` reads a live run
 SHUTDOWN_S = 5.0  # at most this long to hand queued spans over when a Mesh or sidecar closes
 
@@ -73,22 +76,34 @@ class SpanStarts(Generic[K]):
     """What a span of one kind starts with, per key (the method path, with whatever else the stage fixes per
     call site): its name and its attributes, built once per key instead of once per call (bounded, so a sidecar
     fed random paths by a misbehaving app does not grow without end). The attributes are shared between spans:
-    the SDK copies them into each span, so nobody may change them."""
+    the SDK copies them into each span, so nobody may change them.
 
-    __slots__ = ("_cache", "_make")
+    With `names`, a method not known to exist starts as ``(unknown)`` (see method_names.py), uncached: the
+    stage renames its span when the answer proves the method (`rename_if_answered`)."""
 
-    def __init__(self, make: Callable[[K], dict[str, Any]]) -> None:
+    __slots__ = ("_cache", "_make", "_names")
+
+    def __init__(self, make: Callable[[K], dict[str, Any]], names: MethodNames | None = None) -> None:
         self._cache: dict[K, tuple[str, dict[str, Any]]] = {}
         self._make = make
+        self._names = names
 
     def __call__(self, key: K, path: str) -> tuple[str, dict[str, Any]]:
         """(span name, start attributes) for `key`, whose method is `path`."""
         found = self._cache.get(key)
         if found is None:
+            names = self._names
+            if names is not None and not names.named(path):
+                return UNKNOWN_METHOD, self._make(key)
             found = span_name(path), self._make(key)
             if len(self._cache) < _MAX_CACHED_STARTS:
                 self._cache[key] = found
         return found
+
+    def rename_if_answered(self, span: Span, name: str, path: str, answered: bool) -> None:
+        """A span started as ``(unknown)`` takes its method's name once an answer proves the method exists."""
+        if name is UNKNOWN_METHOD and self._names is not None and self._names.named(path, answered):
+            span.update_name(span_name(path))
 
 
 def rpc_attributes(path: str) -> dict[str, Any]:
@@ -144,16 +159,32 @@ def end_span_with(
 # ---------------------------------------------------------------------------------------------- setup
 
 
+# Why spans handed to an exporter were lost (``meshlet_spans_export_failed_total{reason}``): the exporter gave
+# up on them (the OTLP exporter after its own retries: collector unreachable, refusing, or slower than
+# OTEL_EXPORTER_OTLP_TIMEOUT), or it raised.
+EXPORT_FAILED, EXPORTER_ERROR = "export_failed", "exporter_error"
+EXPORT_FAILURE_REASONS = (EXPORT_FAILED, EXPORTER_ERROR)
+
+
 class _CountingExporter(SpanExporter):
-    """Counts the spans the batch worker hands on, so the processor can tell how full its queue is."""
+    """Counts the spans the batch worker hands on, so the processor can tell how full its queue is, and those
+    the exporter then failed to deliver, by reason (the batch processor itself only logs them)."""
 
     def __init__(self, exporter: SpanExporter) -> None:
         self.exporter = exporter
         self.handed = 0
+        self.failed = dict.fromkeys(EXPORT_FAILURE_REASONS, 0)  # the worker thread writes, a scrape reads
 
     def export(self, spans: Sequence[ReadableSpan]) -> SpanExportResult:
         self.handed += len(spans)
-        return self.exporter.export(spans)
+        try:
+            result = self.exporter.export(spans)
+        except Exception:
+            self.failed[EXPORTER_ERROR] += len(spans)
+            raise
+        if result is not SpanExportResult.SUCCESS:
+            self.failed[EXPORT_FAILED] += len(spans)
+        return result
 
     def shutdown(self) -> None:
         self.exporter.shutdown()
@@ -180,6 +211,10 @@ class CountingBatchSpanProcessor(BatchSpanProcessor):
         self.accepted = 0
         self.dropped = 0
 
+    @property
+    def failed(self) -> dict[str, int]:
+        return self._counted.failed
+
     def on_end(self, span: ReadableSpan) -> None:
         if span.context is not None and span.context.trace_flags.sampled:
             if self.accepted - self.dropped - self._counted.handed >= self.max_queue_size:
@@ -199,6 +234,15 @@ class Tracing:
     def dropped_spans(self) -> int:
         """Spans dropped because an export queue was full (for ``meshlet_spans_dropped_total``)."""
         return sum(processor.dropped for processor in self._processors)
+
+    def failed_exports(self) -> dict[str, int]:
+        """Spans an exporter failed to deliver, by reason (for ``meshlet_spans_export_failed_total``): not the
+        queue's overflow, which `dropped_spans` counts."""
+        failed = dict.fromkeys(EXPORT_FAILURE_REASONS, 0)
+        for processor in self._processors:
+            for reason, count in processor.failed.items():
+                failed[reason] += count
+        return failed
 
     def on_event(self, event: Event) -> None:
         """An EventBus listener: the event becomes a span event on the span current where it happened (the
@@ -293,9 +337,10 @@ def build_tracing(
     if not all_exporters and not file_exporters:
         return None
     name = telemetry.service_name or service or "unknown_service"
-    resource = Resource.create(
-        {SERVICE_NAME: name, SERVICE_INSTANCE_ID: f"{name}-{socket.gethostname()}-{os.getpid()}", "meshlet.face": face}
-    )
+    attributes = {SERVICE_NAME: name, SERVICE_INSTANCE_ID: f"{name}-{socket.gethostname()}-{os.getpid()}"}
+    resource = Resource.create({**attributes, "meshlet.face": face, "meshlet.version": build_labels()["version"]})
+    if SERVICE_VERSION not in resource.attributes:  # the app's own, when OTEL_RESOURCE_ATTRIBUTES names it
+        resource = resource.merge(Resource({SERVICE_VERSION: build_labels()["version"]}))
     provider = TracerProvider(resource=resource, sampler=_sampler(telemetry.sample_ratio, env))
     queue = _queue_size(env)
     processors = [CountingBatchSpanProcessor(exporter, max_queue_size=queue) for exporter in all_exporters]

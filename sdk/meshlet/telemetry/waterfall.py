@@ -155,7 +155,7 @@ def _label(depth: int, span: SpanRecord) -> Text:
         backoff = float(span.attributes.get("meshlet.backoff_s", 0.0))
         after = f" after {backoff * 1000:.0f} ms backoff" if int(attempt) > 1 else ""
         return _cut(f"{indent}attempt {attempt}{endpoint}{after}", "magenta" if int(attempt) > 1 else "")
-    kind = {"CLIENT": "→", "SERVER": "⇥"}.get(span.kind, "·")
+    kind = {"INTERNAL": "→", "CLIENT": "→", "SERVER": "⇥"}.get(span.kind, "·")  # INTERNAL: a call, above its attempts
     return _cut(f"{indent}{kind} {span.name}")
 
 
@@ -176,7 +176,7 @@ def _status(span: SpanRecord) -> str:
 
 
 def _colour(span: SpanRecord) -> str:
-    return {"SERVER": "blue", "CLIENT": "green"}.get(span.kind, "white")
+    return {"SERVER": "blue", "CLIENT": "green", "INTERNAL": "green"}.get(span.kind, "white")
 
 
 def _bar(offset_ns: int, length_ns: int, total_ns: int, width: int, colour: str) -> Text:

@@ -6,7 +6,9 @@ A call the handler makes that fails, and that the handler lets escape, leaves th
 (see meshlet.errors.upstream_failed), never as the downstream's own status: a downstream's UNAVAILABLE passed
 on would make the caller's mesh retry this healthy server and count the failure against it.
 
-Wrapped handlers are built once per method and cached, so per call the cost is one InboundCall and the stages.
+Wrapped handlers are built once per method and cached, so per call the cost is one InboundCall and the stages. A path
+that is not exactly ``/<service>/<method>`` is refused before any servicer or stage sees it (UNIMPLEMENTED,
+METHOD_PATH_INVALID), whatever handlers the server has.
 """
 
 from __future__ import annotations
@@ -18,35 +20,27 @@ from typing import Any
 
 import grpc
 
-from meshlet.call import InboundCall
+from meshlet.call import InboundCall, is_canonical_method
 from meshlet.deadline import Clock, Deadline
 from meshlet.errors import MeshError, upstream_failed
 from meshlet.inbound.abandoned import mark_abandoned
-
-# Trap: a server that ends a call while its client is still writing the request stream makes that client's
-# pending write fail, and grpc.aio then reports grpc's own INTERNAL "Internal error from Core" instead of the
-# server's status (transport/streams.py; measured: most refused bidi streams with large messages). So a refused
-# call's request stream is read, and dropped, up to its half-close before the refusal is sent: once the client
-# has half-closed, none of its writes is pending. Bounded, so that a refused caller cannot make the server read
-# without end: past REFUSAL_READ_BYTES or REFUSAL_READ_S (a client that waits for a reply before it writes on)
-# the refusal goes out as it is.
-REFUSAL_READ_BYTES = 4 * 1024 * 1024
-REFUSAL_READ_S = 1.0
+from meshlet.security.peers import PeerVerdict
+from meshlet.transport.raw import read_to_half_close, refuse_path
 
 Pipeline = Callable[[InboundCall], Awaitable[Any]]
-PipelineBuilder = Callable[[Callable[[InboundCall], Awaitable[Any]]], Pipeline]
+PipelineBuilder = Callable[[Callable[[InboundCall], Awaitable[Any]], str], Pipeline]  # (terminal, method path)
 
 
 class InboundInterceptor(grpc.aio.ServerInterceptor):
     """Runs meshlet's inbound stages around every servicer method."""
 
     def __init__(
-        self, build: PipelineBuilder, clock: Clock, identify: Callable[[Any], str | None] | None = None
+        self, build: PipelineBuilder, clock: Clock, identify: Callable[[Any], PeerVerdict] | None = None
     ) -> None:
         self._clock = clock
         self._cache: dict[str, grpc.RpcMethodHandler] = {}
         self._build = build
-        self._identify = identify  # reads the caller's verified SPIFFE ID from the context when mTLS is on
+        self._identify = identify  # judges the caller's certificate (CallerIdentities.of_call) when mTLS is on
 
     async def intercept_service(
         self,
@@ -57,6 +51,8 @@ class InboundInterceptor(grpc.aio.ServerInterceptor):
         cached = self._cache.get(method)
         if cached is not None:
             return cached
+        if not is_canonical_method(method):
+            return refuse_path(method)  # not cached: odd paths must not crowd the real methods out
         handler = await continuation(handler_call_details)
         if handler is None:
             return None
@@ -77,7 +73,7 @@ class InboundInterceptor(grpc.aio.ServerInterceptor):
                 except grpc.aio.AioRpcError as failed:  # a call the handler made: never a status of this server's
                     await abort_upstream_failed(call.context, failed)
 
-            pipeline = self._build(terminal_unary)
+            pipeline = self._build(terminal_unary, method)
 
             async def unary_response(request: Any, context: Any) -> Any:
                 try:
@@ -98,7 +94,7 @@ class InboundInterceptor(grpc.aio.ServerInterceptor):
         async def terminal_stream(call: InboundCall) -> Any:
             return original(call.request, call.context)
 
-        pipeline = self._build(terminal_stream)
+        pipeline = self._build(terminal_stream, method)
 
         async def stream_response(request: Any, context: Any) -> AsyncIterator[Any]:
             try:
@@ -133,13 +129,23 @@ class InboundInterceptor(grpc.aio.ServerInterceptor):
 
 
 def inbound_call(
-    method: str, request: Any, context: Any, clock: Clock, identify: Callable[[Any], str | None] | None
+    method: str, request: Any, context: Any, clock: Clock, identify: Callable[[Any], PeerVerdict] | None
 ) -> InboundCall:
-    """The InboundCall for one server call: its metadata, deadline, the caller's verified identity and address."""
+    """The InboundCall for one server call: its metadata, deadline, the caller's verified identity (or why its
+    certificate names none we accept) and address."""
     remaining = context.time_remaining()
     deadline = Deadline(clock() + remaining, clock) if remaining is not None else None
-    peer_uri = identify(context) if identify is not None else None
-    return InboundCall(method, context.invocation_metadata(), request, context, deadline, peer_uri, context.peer())
+    peer = identify(context) if identify is not None else None
+    return InboundCall(
+        method,
+        context.invocation_metadata(),
+        request,
+        context,
+        deadline,
+        peer.uri if peer is not None else None,
+        context.peer(),
+        peer.refusal if peer is not None else None,
+    )
 
 
 async def abort_upstream_failed(context: Any, failed: grpc.aio.AioRpcError) -> None:
@@ -158,28 +164,3 @@ async def abort_refused(context: Any, refused: MeshError, requests: AsyncIterato
     if requests is not None:
         await read_to_half_close(requests)
     await context.abort(refused.code(), refused.details() or "", tuple(refused.trailing_metadata() or ()))
-
-
-async def read_to_half_close(requests: AsyncIterator[Any]) -> bool:
-    """Read and drop a refused call's request messages until the client half-closes (True) or a bound is
-    reached (False): REFUSAL_READ_BYTES read, or REFUSAL_READ_S gone by."""
-    read = 0
-    try:
-        async with asyncio.timeout(REFUSAL_READ_S):
-            async for message in requests:
-                read += _size(message)
-                if read > REFUSAL_READ_BYTES:
-                    return False
-    except TimeoutError:
-        return False
-    except grpc.RpcError:  # the stream broke: none of the caller's writes is pending
-        return False
-    return True
-
-
-def _size(message: Any) -> int:
-    """A request message's size on the wire: raw bytes as they are, a protobuf message by its ByteSize()."""
-    if isinstance(message, bytes):
-        return len(message)
-    byte_size = getattr(message, "ByteSize", None)
-    return byte_size() if byte_size is not None else 0  # another codec's message: only the time bound holds

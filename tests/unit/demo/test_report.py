@@ -76,3 +76,17 @@ def test_a_failing_run_says_why() -> None:
 
     assert "verdict: FAIL" in text
     assert "DEADLINE_EXCEEDED x1" in text
+
+
+def test_breaker_openings_are_the_upstreams_total_including_endpoints_that_left() -> None:
+    """Inventory-2 left Consul right after its breaker opened: its per-endpoint series went, the total stayed."""
+    page = ORDERS_PAGE + (
+        "# TYPE meshlet_breaker_transitions_total counter\n"
+        f'meshlet_breaker_transitions_total{{service="inventory",endpoint="{A}",state="open"}} 2\n'
+        "# TYPE meshlet_breaker_openings_total counter\n"
+        'meshlet_breaker_openings_total{service="inventory"} 3\n'
+    )
+    text = text_of(findings(metrics={"orders": scrape.parse(page)}))
+
+    (row,) = [line for line in text.splitlines() if "│ orders → inventory " in line]
+    assert [cell.strip() for cell in row.strip("│ ").split("│")] == ["orders → inventory", "5", "0", "3"]

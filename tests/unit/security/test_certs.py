@@ -128,6 +128,12 @@ def test_certificate_without_spiffe_uri_is_refused() -> None:
         material(make_leaf(ca, uris=()), ca)
 
 
+def test_certificate_without_any_san_is_refused_with_the_same_message() -> None:
+    ca = make_ca()
+    with pytest.raises(TlsConfigError, match=r"certs/orders.crt has no spiffe:// URI SAN"):
+        material(make_leaf(ca, uris=(), dns=()), ca)
+
+
 def test_certificate_naming_no_service_is_refused() -> None:
     ca = make_ca()
     with pytest.raises(TlsConfigError, match="names no service"):

@@ -5,6 +5,7 @@ from __future__ import annotations
 import pytest
 
 from meshlet.config import load_config
+from meshlet.security.identity import SpiffeId
 from meshlet.security.intentions import Decision, Intention, Intentions, IntentionsAuthorizer
 
 CREATE = "/shop.orders.v1.Orders/Create"
@@ -135,3 +136,31 @@ async def test_the_authorizer_answers_the_same_without_waiting() -> None:
     assert await authorizer.decide(GATEWAY_URI, "orders", CREATE) == authorizer.decide_now(
         GATEWAY_URI, "orders", CREATE
     )
+
+
+def test_a_source_names_one_namespace_and_partition_and_a_bare_name_the_default_ones() -> None:
+    intentions = Intentions([rule("gateway", "orders", "allow"), rule("sandbox/*", "orders", "allow")], default="deny")
+    gateway = SpiffeId.parse(GATEWAY_URI)
+    assert intentions.decide(gateway, "orders", CREATE).allowed
+    assert intentions.decide(
+        SpiffeId.parse(GATEWAY_URI.replace("/ns/default", "/ns/sandbox")), "orders", CREATE
+    ).allowed
+    assert not intentions.decide(
+        SpiffeId.parse(GATEWAY_URI.replace("/ns/default", "/ns/other")), "orders", CREATE
+    ).allowed
+    evil = SpiffeId.parse(GATEWAY_URI.replace("/ns/", "/ap/evil/ns/"))
+    assert not intentions.decide(evil, "orders", CREATE).allowed
+    assert Intentions([rule("evil/default/gateway", "orders", "allow")], default="deny").decide(evil, "orders", CREATE)
+
+
+def test_a_wildcard_source_covers_its_own_namespace_only() -> None:
+    intentions = Intentions([rule("*", "orders", "allow")], default="deny")
+    assert intentions.decide(SpiffeId.parse(GATEWAY_URI), "orders", CREATE).allowed
+    assert not intentions.decide(SpiffeId.parse(GATEWAY_URI.replace("/ns/", "/ap/evil/ns/")), "orders", CREATE).allowed
+    assert intentions.decide(None, "orders", CREATE).allowed  # a caller without identity matches "*"
+
+
+@pytest.mark.parametrize("source", ["a/b/c/d", "/gateway", "sandbox/", ""])
+def test_a_malformed_source_is_refused(source: str) -> None:
+    with pytest.raises(ValueError, match="partition"):
+        rule(source, "orders", "allow")

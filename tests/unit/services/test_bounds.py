@@ -3,11 +3,11 @@ without end, and a replay within the bounds still finds its record."""
 
 from __future__ import annotations
 
-from services.bounded import BoundedRecords
-from services.inventory.stock import Stock
-from services.orders.store import OrderStore
-from services.payments.idempotency import Ledger
-from shop.orders.v1 import orders_pb2
+from meshlet_shop.bounded import BoundedRecords
+from meshlet_shop.inventory.stock import Stock
+from meshlet_shop.orders.store import OrderStore
+from meshlet_shop.payments.idempotency import Ledger
+from meshlet_shop_api.orders.v1 import orders_pb2
 
 
 class Clock:

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from services.payments.consul_ledger import (
+from meshlet_shop.payments.consul_ledger import (
     KV_PREFIX,
     ConsulLedger,
     LedgerUnavailable,
@@ -17,7 +17,7 @@ from services.payments.consul_ledger import (
     from_environment,
     kv_key,
 )
-from services.payments.idempotency import Charge
+from meshlet_shop.payments.idempotency import Charge
 from tests.support.processes import free_port
 
 

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from services.faults import Decision, FaultInjector, Faults, FaultsError, parse_faults
+from meshlet_shop.faults import Decision, FaultInjector, Faults, FaultsError, parse_faults
 
 
 class Scripted(random.Random):

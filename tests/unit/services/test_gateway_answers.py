@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import grpc
 
-from services.gateway.servicer import _answer
+from meshlet_shop.gateway.servicer import _answer
 
 
 def failed(code: grpc.StatusCode, details: str = "it broke") -> grpc.aio.AioRpcError:

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from services.inventory.stock import NotEnoughStock, ReservationConflict, Stock, UnknownSku
-from services.payments.idempotency import KeyReused, Ledger
+from meshlet_shop.inventory.stock import NotEnoughStock, ReservationConflict, Stock, UnknownSku
+from meshlet_shop.payments.idempotency import KeyReused, Ledger
 
 
 def test_a_key_charges_once_and_replays() -> None:

@@ -8,8 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from services.faults import Faults
-from services.plain import parse_options
+from meshlet_shop.faults import Faults
+from meshlet_shop.plain import parse_options
 
 
 def test_defaults() -> None:
@@ -71,7 +71,7 @@ def test_only_the_stateful_services_take_a_store(capsys: pytest.CaptureFixture[s
 def test_plain_apps_import_nothing_of_meshlet() -> None:
     """inventory and payments are apps that know nothing of the mesh: the sidecar does it all for them."""
     code = (
-        "import sys, services.inventory.__main__, services.payments.__main__\n"
+        "import sys, meshlet_shop.inventory.__main__, meshlet_shop.payments.__main__\n"
         "leaked = sorted(m for m in sys.modules if m == 'meshlet' or m.startswith('meshlet.'))\n"
         "assert not leaked, leaked\n"
     )

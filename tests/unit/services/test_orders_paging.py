@@ -6,10 +6,10 @@ import base64
 
 import pytest
 
-from services.orders.filtering import FilterError, matches, parse_filter
-from services.orders.pagination import MAX_PAGE_SIZE, PageTokenError, PageTokens, page_size
-from services.orders.store import OrderStore
-from shop.orders.v1 import orders_pb2
+from meshlet_shop.orders.filtering import FilterError, matches, parse_filter
+from meshlet_shop.orders.pagination import MAX_PAGE_SIZE, PageTokenError, PageTokens, page_size
+from meshlet_shop.orders.store import OrderStore
+from meshlet_shop_api.orders.v1 import orders_pb2
 
 TOKENS = PageTokens(b"k" * 32)
 

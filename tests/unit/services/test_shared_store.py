@@ -6,11 +6,11 @@ import sys
 
 import pytest
 
-from services.inventory.stock import InProcessStock
-from services.inventory.stock import open_storage as open_stock
-from services.orders.store import InProcessOrders
-from services.orders.store import open_storage as open_orders
-from services.shared_store import StoreSetupError, where
+from meshlet_shop.inventory.stock import InProcessStock
+from meshlet_shop.inventory.stock import open_storage as open_stock
+from meshlet_shop.orders.store import InProcessOrders
+from meshlet_shop.orders.store import open_storage as open_orders
+from meshlet_shop.shared_store import StoreSetupError, where
 
 
 def test_logs_show_the_store_without_its_password() -> None:

@@ -1,4 +1,4 @@
-"""Which ports may splice at L4, and how the L4 listener reads a caller's identity from its certificate."""
+"""Which ports may splice at L4 (how any listener reads a caller's identity: tests/unit/security/test_peers.py)."""
 
 from __future__ import annotations
 
@@ -9,10 +9,8 @@ import pytest
 from meshlet.config import Config
 from meshlet.errors import ConfigError
 from meshlet_sidecar.sidecar import check_inbound_mode
-from meshlet_sidecar.splice import caller_identity
 
 TLS = {"source": "files", "cert": "a.crt", "key": "a.key", "ca": "ca.crt"}
-CALLER = "spiffe://meshlet.test/ns/default/dc/dc1/svc/a-svc"
 
 
 def config(**sections: Any) -> Config:
@@ -38,22 +36,3 @@ def test_a_port_that_needs_the_calls_cannot_splice_and_the_error_says_why(sectio
         check_inbound_mode(config(**sections))
     assert refused.value.path == "sidecar.inbound_mode"
     assert "use l7" in str(refused.value)
-
-
-def test_the_caller_is_the_one_spiffe_uri_of_its_verified_certificate() -> None:
-    certificate = {"subjectAltName": (("URI", CALLER), ("DNS", "a-svc.svc.default.ns.dc1.dc.meshlet.test"))}
-    assert caller_identity(certificate) == CALLER
-
-
-@pytest.mark.parametrize(
-    "certificate",
-    [
-        None,  # no verified certificate
-        {},
-        {"subjectAltName": (("DNS", "a-svc"),)},
-        {"subjectAltName": (("URI", CALLER), ("URI", CALLER.replace("a-svc", "b-svc")))},  # two: ambiguous
-        {"subjectAltName": (("URI", "spiffe://meshlet.test/not-a-service"),)},
-    ],
-)
-def test_a_certificate_without_exactly_one_service_identity_names_no_caller(certificate: object) -> None:
-    assert caller_identity(certificate) is None

@@ -8,6 +8,7 @@ from google.protobuf import descriptor_pb2
 
 from meshlet.call import Cardinality
 from meshlet_api.echo.v1 import echo_pb2
+from meshlet_shop_api.inventory.v1 import inventory_pb2
 from meshlet_sidecar.method_kinds import (
     AskSchedule,
     MethodInfo,
@@ -16,7 +17,6 @@ from meshlet_sidecar.method_kinds import (
     methods_in_descriptor_set,
     parse_files,
 )
-from shop.inventory.v1 import inventory_pb2
 
 ECHO = "/meshlet_api.echo.v1.Echo"
 

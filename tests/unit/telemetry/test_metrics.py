@@ -10,6 +10,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from meshlet.endpoints import Endpoint
 from meshlet.events import BreakerOpened, EndpointsChanged, EventBus, RetryNotAttempted, RetryScheduled
+from meshlet.telemetry.method_names import UNKNOWN_METHOD, MethodNames
 from meshlet.telemetry.metrics import MAX_METHODS, OTHER_METHOD, Metrics
 
 
@@ -131,3 +132,34 @@ def test_label_values_stay_bounded_when_callers_invent_methods_and_pods_come_and
     assert sum(value for (name, labels), value in seen.items() if name == "meshlet_retries_total") == MAX_METHODS + 50
     endpoints = {dict(labels)["endpoint"] for name, labels in seen if name == "meshlet_breaker_transitions_total"}
     assert endpoints == {"10.0.0.3:50051"}
+    assert seen[("meshlet_breaker_openings_total", frozenset({("service", "inventory")}))] == 2  # the gone one's too
+
+
+def test_invented_paths_share_one_unknown_label_and_leave_room_for_the_methods_that_exist() -> None:
+    metrics = Metrics()
+    declared = {"/shop.Inventory/GetStock"}  # what the sidecar knows from a descriptor set or reflection
+    calls = metrics.calls("inbound", "inventory", MethodNames(declared.__contains__))
+    for i in range(600):
+        calls.method(f"/made.Up{i}/M{i}", answered=False).request("UNIMPLEMENTED", 0.001)
+    calls.method("/shop.Inventory/GetStock", answered=False).request("PERMISSION_DENIED", 0.001)  # known: named
+    calls.method("/shop.Orders/Place", answered=True).request("OK", 0.001)  # answered: named from now on
+    calls.method("/shop.Orders/Place", answered=False).request("PERMISSION_DENIED", 0.001)
+    seen = samples(metrics)
+
+    requests = {(dict(labels)["method"], dict(labels)["code"]): value for (name, labels), value in seen.items()
+                if name == "meshlet_requests_total"}  # fmt: skip
+    assert requests == {
+        (UNKNOWN_METHOD, "UNIMPLEMENTED"): 600,
+        ("shop.Inventory/GetStock", "PERMISSION_DENIED"): 1,
+        ("shop.Orders/Place", "OK"): 1,
+        ("shop.Orders/Place", "PERMISSION_DENIED"): 1,
+    }
+
+
+def test_an_upstreams_counters_exist_at_zero_before_its_first_event() -> None:
+    metrics = Metrics()
+    metrics.calls("outbound", "inventory")  # what an upstream's observe stages do when its pipeline is built
+    seen = samples(metrics)
+
+    for name in ("meshlet_breaker_openings_total", "meshlet_retry_budget_refusals_total"):
+        assert seen[(name, frozenset({("service", "inventory")}))] == 0

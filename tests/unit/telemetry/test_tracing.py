@@ -3,6 +3,7 @@ are, and that a full export queue drops spans (and counts them) instead of makin
 
 from __future__ import annotations
 
+import importlib.metadata
 import threading
 from collections.abc import Sequence
 from pathlib import Path
@@ -34,6 +35,8 @@ def test_a_span_file_turns_tracing_on_with_the_service_as_resource(tmp_path: Pat
         assert attributes["service.name"] == "orders"
         assert str(attributes["service.instance.id"]).startswith("orders-")
         assert attributes["meshlet.face"] == "sidecar"
+        version = importlib.metadata.version("meshlet")
+        assert (attributes["service.version"], attributes["meshlet.version"]) == (version, version)
         sampler = tracing.provider.sampler
         assert isinstance(sampler, ParentRatioSampler)
         assert sampler.ratio == 0.25
@@ -43,7 +46,7 @@ def test_a_span_file_turns_tracing_on_with_the_service_as_resource(tmp_path: Pat
 
 def test_the_sdks_own_otel_variables_apply(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("OTEL_TRACES_SAMPLER", "always_on")
-    monkeypatch.setenv("OTEL_RESOURCE_ATTRIBUTES", "deployment.environment=dev")
+    monkeypatch.setenv("OTEL_RESOURCE_ATTRIBUTES", "deployment.environment=dev,service.version=2.3.1")
     config = TelemetryConfig(service_name="orders-api")
     tracing = build_tracing(config, service="orders", exporters=[InMemorySpanExporter()])
     assert tracing is not None
@@ -51,6 +54,7 @@ def test_the_sdks_own_otel_variables_apply(monkeypatch: pytest.MonkeyPatch) -> N
         attributes = tracing.provider.resource.attributes
         assert attributes["service.name"] == "orders-api"  # telemetry.service_name (default $OTEL_SERVICE_NAME)
         assert attributes["deployment.environment"] == "dev"
+        assert attributes["service.version"] == "2.3.1"  # the app's own version wins over meshlet's
         assert not isinstance(tracing.provider.sampler, ParentBased)  # the SDK's, from OTEL_TRACES_SAMPLER
     finally:
         tracing.shutdown()

@@ -197,6 +197,7 @@ class Changes:
     def __init__(self) -> None:
         self._event = asyncio.Event()
         self.closed = False
+        self.waiting = 0  # blocking queries held now, for the agent's /metrics
 
     def notify(self) -> None:
         event, self._event = self._event, asyncio.Event()
@@ -211,10 +212,13 @@ class Changes:
         """Return after the next write, or after `timeout_s`."""
         if self.closed:
             return
+        self.waiting += 1
         try:
             await asyncio.wait_for(self._event.wait(), timeout_s)
         except TimeoutError:
             pass
+        finally:
+            self.waiting -= 1
 
 
 def wait_timeout(wait_s: float, rng: random.Random | None = None) -> float:
