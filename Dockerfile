@@ -34,9 +34,10 @@ LABEL org.opencontainers.image.title=meshlet \
 ENV PIP_DISABLE_PIP_VERSION_CHECK=1 PIP_NO_CACHE_DIR=1 \
     PYTHONDONTWRITEBYTECODE=1 PYTHONUNBUFFERED=1 \
     HOME=/tmp
-# The wheels are bind-mounted from the builder for this one step, so no layer keeps them.
+# The wheels are bind-mounted from the builder for this one step, so no layer keeps them. The shop-redis extra
+# (the redis client) lets the sample shop keep its state in Redis, as the prod overlay does (SHOP_STORE).
 RUN --mount=type=bind,from=build,source=/wheels,target=/wheels \
-    pip install --no-index --find-links=/wheels meshlet \
+    pip install --no-index --find-links=/wheels "meshlet[shop-redis]" \
     && groupadd --system --gid 10001 meshlet \
     && useradd --system --uid 10001 --gid 10001 --no-create-home --home-dir /nonexistent meshlet
 WORKDIR /app

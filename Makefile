@@ -57,13 +57,14 @@ fmt: $(STAMP)
 	$(PY) -m ruff check --fix .
 
 ## requirements.lock: every runtime dependency of the image pinned with its hashes (pip-tools' pip-compile, run
-## on Python 3.11 as the image is, against PyPI alone). Rerun after changing [project] dependencies; commit it.
+## on Python 3.11 as the image is, against PyPI alone), the shop-redis extra included (the image's shop may keep
+## its state in Redis). Rerun after changing [project] dependencies or that extra; commit it.
 LOCK_VENV := .lock-venv
 lock:
 	test -x $(LOCK_VENV)/bin/pip-compile || (python3.11 -m venv $(LOCK_VENV) && $(LOCK_VENV)/bin/pip install --quiet pip-tools)
 	env -u PIP_FIND_LINKS -u PIP_CONSTRAINT PIP_CONFIG_FILE=/dev/null $(LOCK_VENV)/bin/pip-compile --quiet \
 	    --generate-hashes --strip-extras --no-emit-index-url --no-emit-find-links --index-url https://pypi.org/simple \
-	    --output-file requirements.lock pyproject.toml
+	    --extra shop-redis --output-file requirements.lock pyproject.toml
 
 ## The image, tagged with the project's version and the commit it is built from (docs/kubernetes.md: releases).
 VERSION  = $(shell $(PYTHON) -c 'import tomllib; print(tomllib.load(open("pyproject.toml", "rb"))["project"]["version"])')

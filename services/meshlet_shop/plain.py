@@ -26,8 +26,10 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
 from meshlet_shop.faults import STATUS_CODES, FaultInjector, Faults, FaultsError
+from meshlet_shop.shared_store import MEMORY, store_url
 
 DEFAULT_PORTS = {"gateway": 50050, "orders": 50051, "inventory": 50052, "payments": 50053}
+STATEFUL = frozenset({"orders", "inventory"})  # the services that take --store (meshlet_shop.shared_store)
 DRAIN_GRACE_S = 5.0
 log = logging.getLogger("meshlet_shop")
 N = TypeVar("N", int, float)
@@ -43,6 +45,7 @@ class Options:
     instance_id: str
     faults: Faults
     faults_file: Path | None
+    store: str = MEMORY  # orders and inventory: meshlet_shop.shared_store's "memory" or a Redis URL
 
     def injector(self) -> FaultInjector:
         return FaultInjector(self.faults, instance=self.instance_id, path=self.faults_file)
@@ -119,6 +122,16 @@ def _server_flags(name: str) -> tuple[_Flag, ...]:
     )
 
 
+_STATE_FLAGS = (
+    _Flag(
+        "store",
+        store_url,
+        "URL",
+        "where the state lives: memory (this process only) or redis://HOST:PORT/DB, shared by every replica",
+        MEMORY,
+    ),
+)
+
 _FAULT_FLAGS = (
     _Flag("error_rate", _rate, "F", "share of calls to fail, 0..1", "0"),
     _Flag("error_code", _code, "CODE", "status code of injected failures", "UNAVAILABLE"),
@@ -138,7 +151,7 @@ def parse_options(
         epilog="Every flag falls back to the SHOP_* variable named in its help. The faults file is JSON, e.g. "
         '{"error_rate": 0.5, "error_code": "UNAVAILABLE", "latency_ms": 0}, re-read when it changes.',
     )
-    server_flags = _server_flags(name)
+    server_flags = _server_flags(name) + (_STATE_FLAGS if name in STATEFUL else ())
     faults = parser.add_argument_group("fault injection")
     for group, flags in ((parser, server_flags), (faults, _FAULT_FLAGS)):
         for flag in flags:
@@ -173,6 +186,7 @@ def parse_options(
         instance_id=f"{name}-{port}" if values["instance_id"] is None else values["instance_id"],
         faults=knobs,
         faults_file=values["faults_file"],
+        store=values.get("store", MEMORY),
     )
 
 

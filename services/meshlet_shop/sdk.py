@@ -10,7 +10,7 @@ import logging
 import os
 import signal
 import sys
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 
 import grpc
 
@@ -27,8 +27,9 @@ CERT_RETRY_S = 2.0
 Register = Callable[[Mesh, grpc.aio.Server, FaultInjector], None]
 
 
-async def serve_sdk(options: Options, register: Register) -> int:
-    """Register the servicers (`register` gets the mesh, for its channels), serve, drain on SIGTERM, return 0."""
+async def serve_sdk(options: Options, register: Register, on_stop: Callable[[], Awaitable[None]] | None = None) -> int:
+    """Register the servicers (`register` gets the mesh, for its channels), serve, drain on SIGTERM, return 0;
+    `on_stop` closes what the servicers used (a store's connections) once the server has stopped."""
     os.environ.setdefault("MESHLET_SERVICE__NAME", options.name)
     try:
         mesh = Mesh.from_env()
@@ -36,6 +37,8 @@ async def serve_sdk(options: Options, register: Register) -> int:
         injector.reload()
         async with contextlib.AsyncExitStack() as stack:
             stack.push_async_callback(mesh.close)
+            if on_stop is not None:
+                stack.push_async_callback(on_stop)
             stopping = _stop_on_signals(mesh)
             if not await _start(mesh, stopping):
                 log.info("stopped while waiting for certificates", extra={"instance": options.instance_id})
@@ -109,8 +112,8 @@ async def _start(mesh: Mesh, stopping: asyncio.Event) -> bool:
     return False
 
 
-def run(options: Options, register: Register) -> int:
+def run(options: Options, register: Register, on_stop: Callable[[], Awaitable[None]] | None = None) -> int:
     configure_logging()
     with contextlib.suppress(KeyboardInterrupt):
-        return asyncio.run(serve_sdk(options, register))
+        return asyncio.run(serve_sdk(options, register, on_stop))
     return 0

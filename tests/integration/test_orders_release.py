@@ -20,7 +20,7 @@ import pytest_asyncio
 from meshlet_shop.catalog import PRODUCTS
 from meshlet_shop.faults import FaultInjector, Faults
 from meshlet_shop.inventory.servicer import Inventory
-from meshlet_shop.inventory.stock import Stock
+from meshlet_shop.inventory.stock import InProcessStock, Stock
 from meshlet_shop.orders.servicer import Orders
 from meshlet_shop_api.inventory.v1 import inventory_pb2, inventory_pb2_grpc
 from meshlet_shop_api.orders.v1 import orders_pb2, orders_pb2_grpc
@@ -46,7 +46,7 @@ async def serve(register: Any, servicer: Any) -> tuple[grpc.aio.Server, str]:
 @pytest_asyncio.fixture
 async def shop() -> AsyncIterator[tuple[orders_pb2_grpc.OrdersStub, Stock]]:
     stock = Stock.seeded({sku: product.initial_stock for sku, product in PRODUCTS.items()})
-    inventory = SlowRelease(stock, FaultInjector(NO_FAULTS, instance="inventory-1"), "inventory-1")
+    inventory = SlowRelease(InProcessStock(stock), FaultInjector(NO_FAULTS, instance="inventory-1"), "inventory-1")
     inventory_server, inventory_address = await serve(inventory_pb2_grpc.add_InventoryServicer_to_server, inventory)
     # payments is never reached by these orders: its channel points at a port nothing listens on
     targets = {"inventory": inventory_address, "payments": "127.0.0.1:9"}

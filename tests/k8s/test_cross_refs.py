@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import re
 import tomllib
+import urllib.parse
 from pathlib import Path
 
 import pytest
@@ -11,6 +12,7 @@ import pytest
 from meshlet.config import load_config, split_host_port
 from meshlet.discovery.registration import REQUEST_TIMEOUT_S as DEREGISTER_TIMEOUT_S
 from meshlet.telemetry.tracing import SHUTDOWN_S as SPAN_FLUSH_S
+from meshlet_shop.shared_store import store_url
 from tests.k8s.manifests import (
     FAKE_FIELDS,
     MESHLET_IMAGE,
@@ -37,6 +39,7 @@ MESH_PORT = 15006
 EVERY_ADDRESS = "::"  # both IP families, 127.0.0.1 included: IPv4-only, dual-stack and IPv6 clusters alike
 PRESTOP_NOTICE_S = 3  # k8s/base/shop/drain_hook.py's default wait
 SHUTDOWN_MARGIN_S = 5  # kept free after an SDK pod's worst-case shutdown
+STORE_URL = "redis://redis:6379/0"  # prod's orders and inventory: their shared state
 OPERATOR_SECRETS = ("consul-acl-bootstrap",)  # prod's Consul bootstrap token: made by hand, never in git
 
 
@@ -485,6 +488,33 @@ def test_prod_security_context_and_resources_everywhere() -> None:
             assert any(m["mountPath"] == "/tmp" and m["name"] in tmp_volumes for m in container["volumeMounts"]), where
             for bound in ("requests", "limits"):
                 assert {"cpu", "memory"} <= set(container["resources"][bound]), f"{where} {bound}"
+
+
+@pytest.mark.parametrize("overlay", OVERLAYS)
+def test_orders_and_inventory_share_their_state_in_redis_in_prod_only(overlay: str) -> None:
+    """Two replicas with state of their own disagree (GetOrder per replica, stock split): prod's orders and
+    inventory keep it in one Redis, which only they may reach; dev keeps it in its single replica."""
+    objects = render(overlay)
+    stores = {service: pod_env(workload(objects, service).container(service)).get("SHOP_STORE") for service in SHOP}
+    if overlay != "prod":
+        assert set(stores.values()) == {None}, stores
+        assert "redis" not in named(objects, "Service")
+        return
+    assert stores == {"gateway": None, "orders": STORE_URL, "inventory": STORE_URL, "payments": None}
+    assert store_url(STORE_URL) == STORE_URL  # what the services accept
+    address = urllib.parse.urlsplit(STORE_URL)
+    service, port = named(objects, "Service")[str(address.hostname)], address.port
+    assert any(p["port"] == port for p in service["spec"]["ports"])
+    [redis] = [w for w in workloads(objects) if w.selected_by(service["spec"]["selector"])]
+    admitted = set()
+    for policy in named(objects, "NetworkPolicy").values():
+        if not redis.selected_by(policy["spec"]["podSelector"]):
+            continue
+        for rule in policy["spec"].get("ingress", []):
+            assert {p["port"] for p in rule["ports"]} == {port}, policy["metadata"]["name"]
+            peers = [peer["podSelector"] for peer in rule["from"]]
+            admitted |= {w.name for w in workloads(objects) if any(w.selected_by(peer) for peer in peers)}
+    assert admitted == {"orders", "inventory"}
 
 
 def test_prod_network_policies_admit_only_the_mesh_port_between_shop_pods() -> None:

@@ -137,6 +137,21 @@ def test_the_lock_pins_every_dependency_with_its_hashes() -> None:
         assert pins[name][0] in requirement.specifier, f"requirements.lock pins {name} outside {requirement}"
 
 
+def test_the_image_has_the_shops_redis_client_from_the_lock() -> None:
+    """prod's orders and inventory keep their state in Redis (SHOP_STORE): the image installs the shop-redis
+    extra, whose requirements the lock pins like the rest."""
+    *_, final = stages(DOCKERFILE)
+    assert any("meshlet[shop-redis]" in run for run in final.args("RUN") if "pip install" in run)
+    project = pyproject()["project"]
+    assert isinstance(project, dict)
+    pins = locked()
+    for dependency in project["optional-dependencies"]["shop-redis"]:
+        requirement = Requirement(dependency)
+        name = canonicalize_name(requirement.name)
+        assert name in pins, f"{name} (extra shop-redis) is not in requirements.lock: run make lock"
+        assert pins[name][0] in requirement.specifier, f"requirements.lock pins {name} outside {requirement}"
+
+
 def test_a_builder_makes_wheels_and_the_final_stage_installs_only_those() -> None:
     build, final = stages(DOCKERFILE)
     assert build.name, "the builder is a named stage"

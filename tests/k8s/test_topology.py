@@ -7,7 +7,9 @@ the host IP, and files mounted in a pod live in the test's folder. Then the mani
 pod IPs, as the kubelet would; a checkout crosses every pod over mTLS from the agent's Connect CA, in one trace;
 and docs/kubernetes.md's breaker walk-through plays out: a second inventory pod, a faults file that breaks the
 first, orders ejecting it while the checkouts go on. And the kubelet's restart of an app container after a failed
-liveness probe (preStop hook, SIGTERM, the container again) brings its instance back into rotation."""
+liveness probe (preStop hook, SIGTERM, the container again) brings its instance back into rotation. And prod's two
+replicas of orders and of inventory, on one Redis (SHOP_STORE), act as one: stock, reservations and orders read
+alike whichever replica answers."""
 
 from __future__ import annotations
 
@@ -19,6 +21,7 @@ import signal
 import socket
 import sys
 import urllib.error
+import urllib.parse
 import urllib.request
 from collections.abc import AsyncIterator, Callable, Iterator
 from pathlib import Path
@@ -32,11 +35,14 @@ from prometheus_client.parser import text_string_to_metric_families
 from meshlet.config import load_config
 from meshlet.mesh import Mesh
 from meshlet_shop_api.gateway.v1 import gateway_pb2, gateway_pb2_grpc
+from meshlet_shop_api.inventory.v1 import inventory_pb2, inventory_pb2_grpc
+from meshlet_shop_api.orders.v1 import orders_pb2, orders_pb2_grpc
 from tests.k8s import netns
 from tests.k8s.manifests import Obj, Workload, pod_env, probe_port, render, workload
 from tests.support.agents import Agent
 from tests.support.otlp_receiver import Receiver
 from tests.support.processes import REPO_ROOT, Child, Processes, eventually, http_answers, meshlet_argv, wait_until
+from tests.support.redis_server import RedisServer, start_redis
 
 pytestmark = pytest.mark.slow
 
@@ -103,9 +109,19 @@ def start_node_agent(procs: Processes, network: netns.PodNetwork) -> Agent:
 class PodRunner:
     """Starts one pod's containers from its rendered spec, inside its namespace."""
 
-    def __init__(self, procs: Processes, w: Workload, pod: netns.Pod, host_ip: str, folder: Path) -> None:
-        """`pod` names the instance (two pods of one workload get two names, as a ReplicaSet's do)."""
+    def __init__(
+        self,
+        procs: Processes,
+        w: Workload,
+        pod: netns.Pod,
+        host_ip: str,
+        folder: Path,
+        patched_env: dict[str, str] | None = None,
+    ) -> None:
+        """`pod` names the instance (two pods of one workload get two names, as a ReplicaSet's do);
+        `patched_env` is what an overlay's patch adds to the app container's environment."""
         self.procs, self.workload, self.pod, self.folder = procs, w, pod, folder
+        self.patched_env = patched_env or {}
         self.jaeger = f"http://{host_ip}:{OTLP_PORT}"
         self.fields = {
             "status.podIP": pod.ip,
@@ -147,6 +163,8 @@ class PodRunner:
         if "OTEL_EXPORTER_OTLP_ENDPOINT" in env:  # http://jaeger:4317: the Service's address, here the node's
             env["OTEL_EXPORTER_OTLP_ENDPOINT"] = self.jaeger
             env["OTEL_BSP_SCHEDULE_DELAY"] = "200"  # export within the test's patience, not every 5 s
+        if container["name"] == self.workload.name:
+            env.update(self.patched_env)
         return env
 
     def command(self, words: list[str]) -> list[str]:
@@ -264,9 +282,16 @@ def registered_at(agent: Agent, service: str, pod: netns.Pod) -> Callable[[], bo
 
 
 async def start_pod(
-    procs: Processes, network: netns.PodNetwork, agent: Agent, service: str, pod_name: str, folder: Path
+    procs: Processes,
+    network: netns.PodNetwork,
+    agent: Agent,
+    service: str,
+    pod_name: str,
+    folder: Path,
+    patched_env: dict[str, str] | None = None,
 ) -> PodRunner:
-    runner = PodRunner(procs, workload(render("dev"), service), network.add_pod(pod_name), network.host_ip, folder)
+    pod = network.add_pod(pod_name)
+    runner = PodRunner(procs, workload(render("dev"), service), pod, network.host_ip, folder, patched_env)
     await runner.run()
     await runner.wait_ready()
     try:
@@ -412,3 +437,101 @@ async def test_an_app_restarted_after_a_failed_liveness_probe_comes_back_into_ro
         raise AssertionError(f"Consul has {agent.get('/v1/health/service/inventory')}; logs:\n{logs}") from None
     await inventory.wait(sidecar, "readinessProbe")
     await inventory.wait(app, "livenessProbe")
+
+
+def prod_store_env(service: str, redis: RedisServer) -> dict[str, str]:
+    """What prod's shared-store.yaml adds to `service`'s app container, its Redis Service's address (checked
+    against the Service by test_cross_refs) swapped for the stand-in's, as Jaeger's is."""
+    url = urllib.parse.urlsplit(pod_env(workload(render("prod"), service).container(service))["SHOP_STORE"])
+    assert (url.hostname, url.port) == ("redis", 6379), url
+    return {"SHOP_STORE": url._replace(netloc=f"{redis.host}:{redis.port}").geturl()}
+
+
+def served(pod: PodRunner, method: str) -> float:
+    """How many calls of `method` the SDK pod `pod` answered OK, from its metrics port as a scraper sees them."""
+    return sum(
+        value
+        for (name, labels), value in orders_metrics(pod).items()
+        if name == "meshlet_requests_total"
+        and dict(labels).get("direction") == "inbound"
+        and dict(labels).get("method", "").endswith(method)
+        and dict(labels).get("code") == "OK"
+    )
+
+
+async def test_prod_replicas_of_orders_and_inventory_share_their_state(
+    network: netns.PodNetwork, pod_procs: Processes, jaeger: Receiver, tmp_path: Path
+) -> None:
+    """prod runs two replicas each of orders and inventory on one Redis (SHOP_STORE, shared-store.yaml): here two
+    pods of each with that variable, a redis-server on the node's address standing in for the ``redis`` Service.
+    Callers take turns between the replicas (round_robin), so each read lands on the other replica than the write
+    before it: the stock is one (its last units are not sold twice), a reservation is released once, an order
+    made on one replica is found on the other, and ListOrders' pages go on across them."""
+    agent = start_node_agent(pod_procs, network)
+    redis = start_redis(pod_procs, network.host_ip)
+    await start_pod(pod_procs, network, agent, "payments", "payments", tmp_path)
+    inventory_env, orders_env = prod_store_env("inventory", redis), prod_store_env("orders", redis)
+    for name in ("inventory-a", "inventory-b"):
+        await start_pod(pod_procs, network, agent, "inventory", name, tmp_path, inventory_env)
+    orders = [
+        await start_pod(pod_procs, network, agent, "orders", name, tmp_path, orders_env)
+        for name in ("orders-a", "orders-b")
+    ]
+
+    def caller(identity: str, upstream: str) -> Mesh:
+        overrides = {
+            "service.name": identity,  # the one peer each service's authz admits
+            "consul.address": agent.url,
+            "tls.source": "consul",
+            f"upstreams.{upstream}.balancer": "round_robin",
+        }
+        return Mesh(load_config(None, env={}, overrides=overrides))
+
+    async with caller("orders", "inventory") as as_orders, caller("gateway", "orders") as as_gateway:
+        inventory = inventory_pb2_grpc.InventoryStub(as_orders.channel("inventory"))
+
+        # The last teapots, reserved at once half on each replica: sold once.
+        stock = await inventory.GetStock(inventory_pb2.GetStockRequest(sku="sku-teapot"), timeout=15)
+
+        async def reserve_one(n: int) -> str:
+            request = inventory_pb2.ReserveRequest(reservation_id=f"teapot-{n}", sku="sku-teapot", quantity=1)
+            try:
+                return str((await inventory.Reserve(request, timeout=15)).served_by)
+            except grpc.aio.AioRpcError as error:
+                return str(error.code().name)
+
+        outcomes = await asyncio.gather(*(reserve_one(n) for n in range(2 * stock.available)))
+        assert outcomes.count("FAILED_PRECONDITION") == stock.available, outcomes
+        assert outcomes.count("inventory-a") + outcomes.count("inventory-b") == stock.available, outcomes
+
+        # One reservation, released on both replicas: its units come back once.
+        reserve = inventory_pb2.ReserveRequest(reservation_id="kettle-1", sku="sku-kettle", quantity=2)
+        made = await inventory.Reserve(reserve, timeout=15)
+        release = inventory_pb2.ReleaseRequest(reservation_id="kettle-1")
+        releases = [await inventory.Release(release, timeout=15) for _ in range(2)]
+        assert {reply.served_by for reply in releases} == {"inventory-a", "inventory-b"}
+        assert [reply.released for reply in releases] == [True, False], releases
+        assert made.reservation_id == "kettle-1"
+
+        # Orders made on either replica, read and paged through on the other.
+        orders_stub = orders_pb2_grpc.OrdersStub(as_gateway.channel("orders"))
+        created = []
+        for n in range(4):
+            request = orders_pb2.CreateOrderRequest(
+                request_id=f"shared-{n}", customer_id="c-shared", items=[orders_pb2.LineItem(sku="sku-tea", quantity=1)]
+            )
+            created.append(await orders_stub.CreateOrder(request, timeout=15))
+        for order in created:
+            for _ in range(2):
+                found = await orders_stub.GetOrder(orders_pb2.GetOrderRequest(order_id=order.order_id), timeout=15)
+                assert found == order
+        assert all(served(pod, "GetOrder") > 0 for pod in orders), "both orders replicas answered GetOrder"
+        paged, token = [], ""
+        for _ in created:
+            page = await orders_stub.ListOrders(
+                orders_pb2.ListOrdersRequest(filter="customer_id=c-shared", page_size=1, page_token=token), timeout=15
+            )
+            paged += [order.order_id for order in page.orders]
+            token = page.next_page_token
+        assert paged == [order.order_id for order in created]
+        assert not token

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 import sys
 from collections.abc import Sequence
 
@@ -11,27 +12,51 @@ import grpc
 
 from meshlet_shop.catalog import PRODUCTS
 from meshlet_shop.inventory.servicer import Inventory
-from meshlet_shop.inventory.stock import Stock
-from meshlet_shop.plain import configure_logging, parse_options, serve_plain
+from meshlet_shop.inventory.stock import open_storage
+from meshlet_shop.plain import Options, configure_logging, parse_options, serve_plain
+from meshlet_shop.shared_store import StoreSetupError, StoreUnavailable
 from meshlet_shop_api.inventory.v1 import inventory_pb2, inventory_pb2_grpc
 
 DESCRIPTION = (
     "Stock levels and reservations (shop.inventory.v1.Inventory), a plain grpcio app with no meshlet inside: "
     "run it behind a meshlet-sidecar, which registers it in Consul and gives it mTLS."
 )
+SEED_RETRY_S = 2.0
+
+log = logging.getLogger("meshlet_shop.inventory")
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     options = parse_options("inventory", DESCRIPTION, argv)
     configure_logging()
-    injector = options.injector()
-    stock = Stock.seeded({sku: product.initial_stock for sku, product in PRODUCTS.items()})
+    return asyncio.run(serve(options))
 
-    def register(server: grpc.aio.Server) -> list[str]:
-        inventory_pb2_grpc.add_InventoryServicer_to_server(Inventory(stock, injector, options.instance_id), server)
-        return [inventory_pb2.DESCRIPTOR.services_by_name["Inventory"].full_name]
 
-    return asyncio.run(serve_plain(options, injector, register))
+async def serve(options: Options) -> int:
+    try:
+        stock = open_storage(options.store)
+    except StoreSetupError as error:
+        print(f"python -m meshlet_shop.inventory: {error}", file=sys.stderr)
+        return 2
+    try:
+        # A shared store may not be up yet (Redis starting beside the shop): wait for it rather than crash-loop.
+        while True:
+            try:
+                await stock.seed({sku: product.initial_stock for sku, product in PRODUCTS.items()})
+                break
+            except StoreUnavailable as error:
+                log.warning("waiting for the store (retrying every %gs): %s", SEED_RETRY_S, error)
+                await asyncio.sleep(SEED_RETRY_S)
+        log.info("stock kept in %s", stock.where)
+        injector = options.injector()
+
+        def register(server: grpc.aio.Server) -> list[str]:
+            inventory_pb2_grpc.add_InventoryServicer_to_server(Inventory(stock, injector, options.instance_id), server)
+            return [inventory_pb2.DESCRIPTOR.services_by_name["Inventory"].full_name]
+
+        return await serve_plain(options, injector, register)
+    finally:
+        await stock.close()
 
 
 if __name__ == "__main__":

@@ -1,4 +1,4 @@
-"""The Inventory gRPC API over `Stock`: input checks, faults, and statuses that say what to do."""
+"""The Inventory gRPC API over a `StockStorage`: input checks, faults, and statuses that say what to do."""
 
 from __future__ import annotations
 
@@ -9,7 +9,8 @@ import grpc
 
 from meshlet_shop.catalog import PRODUCTS
 from meshlet_shop.faults import FaultInjector
-from meshlet_shop.inventory.stock import NotEnoughStock, ReservationConflict, Stock, UnknownSku
+from meshlet_shop.inventory.stock import NotEnoughStock, ReservationConflict, StockStorage, UnknownSku
+from meshlet_shop.shared_store import StoreUnavailable
 from meshlet_shop.status import Violation, abort, bad_request, with_info
 from meshlet_shop_api.inventory.v1 import inventory_pb2, inventory_pb2_grpc
 
@@ -27,8 +28,17 @@ def _unknown_sku(sku: str) -> grpc.Status:
     )
 
 
+def _store_unavailable(error: StoreUnavailable) -> grpc.Status:
+    return with_info(
+        grpc.StatusCode.UNAVAILABLE,
+        f"{error}: repeat the call (with the same reservation_id for Reserve) once the store is back",
+        "STORE_UNAVAILABLE",
+        {"store": "inventory"},
+    )
+
+
 class Inventory(inventory_pb2_grpc.InventoryServicer):
-    def __init__(self, stock: Stock, faults: FaultInjector, instance_id: str) -> None:
+    def __init__(self, stock: StockStorage, faults: FaultInjector, instance_id: str) -> None:
         self.stock = stock
         self.faults = faults
         self.instance_id = instance_id
@@ -36,9 +46,11 @@ class Inventory(inventory_pb2_grpc.InventoryServicer):
     async def GetStock(self, request: inventory_pb2.GetStockRequest, context: Any) -> inventory_pb2.Stock:  # noqa: N802
         await self.faults.apply(context, "GetStock")
         try:
-            available = self.stock.level(request.sku)
+            available = await self.stock.level(request.sku)
         except UnknownSku:
             await abort(context, _unknown_sku(request.sku))
+        except StoreUnavailable as error:
+            await abort(context, _store_unavailable(error))
         return inventory_pb2.Stock(sku=request.sku, available=available)
 
     async def Reserve(  # noqa: N802
@@ -55,7 +67,9 @@ class Inventory(inventory_pb2_grpc.InventoryServicer):
         if violations:
             await abort(context, bad_request("Reserve: invalid request, see the field violations", violations))
         try:
-            made, replayed = self.stock.reserve(request.reservation_id, request.sku, request.quantity)
+            made, replayed = await self.stock.reserve(request.reservation_id, request.sku, request.quantity)
+        except StoreUnavailable as error:
+            await abort(context, _store_unavailable(error))
         except UnknownSku:
             await abort(context, _unknown_sku(request.sku))
         except NotEnoughStock as error:
@@ -94,7 +108,10 @@ class Inventory(inventory_pb2_grpc.InventoryServicer):
         if not request.reservation_id:
             violation = ("reservation_id", "required: the reservation_id that Reserve was given")
             await abort(context, bad_request("Release: invalid request, see the field violations", [violation]))
-        released = self.stock.release(request.reservation_id)
+        try:
+            released = await self.stock.release(request.reservation_id)
+        except StoreUnavailable as error:
+            await abort(context, _store_unavailable(error))
         if released is not None:
             log.info(
                 "released",

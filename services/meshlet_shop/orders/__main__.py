@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import sys
 from collections.abc import Sequence
 
@@ -10,8 +11,10 @@ import grpc
 from meshlet import Mesh
 from meshlet_shop.faults import FaultInjector
 from meshlet_shop.orders.servicer import Orders
+from meshlet_shop.orders.store import open_storage
 from meshlet_shop.plain import parse_options
 from meshlet_shop.sdk import run
+from meshlet_shop.shared_store import StoreSetupError
 from meshlet_shop_api.orders.v1 import orders_pb2_grpc
 
 DESCRIPTION = (
@@ -20,14 +23,22 @@ DESCRIPTION = (
     "orders page by page. Registers itself in Consul as service 'orders'."
 )
 
+log = logging.getLogger("meshlet_shop.orders")
+
 
 def main(argv: Sequence[str] | None = None) -> int:
     options = parse_options("orders", DESCRIPTION, argv)
+    try:
+        store = open_storage(options.store)
+    except StoreSetupError as error:
+        print(f"python -m meshlet_shop.orders: {error}", file=sys.stderr)
+        return 2
 
     def register(mesh: Mesh, server: grpc.aio.Server, faults: FaultInjector) -> None:
-        orders_pb2_grpc.add_OrdersServicer_to_server(Orders(mesh.channel, faults), server)
+        log.info("orders kept in %s", store.where)
+        orders_pb2_grpc.add_OrdersServicer_to_server(Orders(mesh.channel, faults, store=store), server)
 
-    return run(options, register)
+    return run(options, register, store.close)
 
 
 if __name__ == "__main__":

@@ -1,14 +1,14 @@
 """The Orders API: CreateOrder reserves each item in inventory and charges payments through the mesh, in a way
 that a retried CreateOrder (same request_id) repeats safely: reservation ids and the payment's idempotency key
 derive from the request_id, and so does the order id. An order that fails after reserving releases what it
-reserved. GetOrder and ListOrders read what this instance stored."""
+reserved. GetOrder and ListOrders read the orders storage: this instance's (the default) or one that every
+replica shares (meshlet_shop.orders.store, SHOP_STORE)."""
 
 from __future__ import annotations
 
 import asyncio
 import hashlib
 import logging
-import secrets
 from collections.abc import Callable
 from typing import Any
 
@@ -18,7 +18,8 @@ from meshlet_shop.catalog import CURRENCY, PRODUCTS
 from meshlet_shop.faults import FaultInjector
 from meshlet_shop.orders.filtering import FilterError, matches, parse_filter
 from meshlet_shop.orders.pagination import PageTokenError, PageTokens, page_size
-from meshlet_shop.orders.store import OrderStore
+from meshlet_shop.orders.store import InProcessOrders, OrderStorage
+from meshlet_shop.shared_store import StoreUnavailable
 from meshlet_shop.status import LEFT_TO_THE_MESH, Violation, abort, bad_request, with_info
 from meshlet_shop_api.inventory.v1 import inventory_pb2, inventory_pb2_grpc
 from meshlet_shop_api.orders.v1 import orders_pb2, orders_pb2_grpc
@@ -80,21 +81,30 @@ class Orders(orders_pb2_grpc.OrdersServicer):
         channel: Callable[[str], grpc.aio.Channel],
         faults: FaultInjector,
         *,
-        store: OrderStore | None = None,
+        store: OrderStorage | None = None,
         tokens: PageTokens | None = None,
     ) -> None:
         self.inventory = inventory_pb2_grpc.InventoryStub(channel("inventory"))
         self.payments = payments_pb2_grpc.PaymentsStub(channel("payments"))
         self.faults = faults
-        self.store = store or OrderStore()
-        self.tokens = tokens or PageTokens(secrets.token_bytes(32))
+        self.store = store or InProcessOrders()
+        self._tokens = tokens
+
+    async def tokens(self) -> PageTokens:
+        """Signed with the storage's key: a page token one replica issues, another one sharing the storage reads."""
+        if self._tokens is None:
+            self._tokens = PageTokens(await self.store.page_token_key())
+        return self._tokens
 
     async def CreateOrder(self, request: orders_pb2.CreateOrderRequest, context: Any) -> orders_pb2.Order:  # noqa: N802
         await self.faults.apply(context, "CreateOrder")
         violations = validate(request)
         if violations:
             await abort(context, bad_request("CreateOrder: invalid order, see the field violations", violations))
-        earlier = self.store.for_request(request.request_id)
+        try:
+            earlier = await self.store.for_request(request.request_id)
+        except StoreUnavailable as error:
+            await abort(context, _store_unavailable(error))
         if earlier is not None:
             if not same_order(earlier, request):
                 await abort(context, _request_id_reused(request.request_id, earlier.order_id))
@@ -123,7 +133,10 @@ class Orders(orders_pb2_grpc.OrdersServicer):
             charge_id=charged.charge_id,
             state=PAID,
         )
-        order = self.store.add(request.request_id, order)
+        try:
+            order = await self.store.add(request.request_id, order)
+        except StoreUnavailable as error:  # paid, not stored: the same request_id again replays and stores it
+            await abort(context, _store_unavailable(error))
         log.info("order paid", extra={"order_id": order.order_id, "charge_id": order.charge_id})
         return order
 
@@ -183,13 +196,16 @@ class Orders(orders_pb2_grpc.OrdersServicer):
         await self.faults.apply(context, "GetOrder")
         if not request.order_id:
             await abort(context, bad_request("GetOrder: order_id is required", [("order_id", "required")]))
-        order = self.store.get(request.order_id)
+        try:
+            order = await self.store.get(request.order_id)
+        except StoreUnavailable as error:
+            await abort(context, _store_unavailable(error))
         if order is None:
             await abort(
                 context,
                 with_info(
                     grpc.StatusCode.NOT_FOUND,
-                    f"no order {request.order_id!r} here: ListOrders shows the orders this instance holds",
+                    f"no order {request.order_id!r} here: ListOrders lists the orders there are",
                     "ORDER_NOT_FOUND",
                     {"order_id": request.order_id},
                 ),
@@ -211,14 +227,21 @@ class Orders(orders_pb2_grpc.OrdersServicer):
         except FilterError as error:
             violations.append(("filter", str(error)))
         try:
-            after = self.tokens.read(request.page_token, request.filter) if request.page_token else 0
+            tokens = await self.tokens()
+        except StoreUnavailable as error:
+            await abort(context, _store_unavailable(error))
+        try:
+            after = tokens.read(request.page_token, request.filter) if request.page_token else 0
         except PageTokenError as error:
             violations.append(("page_token", str(error)))
         if violations or size is None or terms is None or after is None:
             await abort(context, bad_request("ListOrders: invalid request, see the field violations", violations))
         chosen = terms
-        orders, next_after = self.store.page(after, size, lambda order: matches(chosen, order))
-        token = self.tokens.issue(next_after, request.filter) if next_after is not None else ""
+        try:
+            orders, next_after = await self.store.page(after, size, lambda order: matches(chosen, order))
+        except StoreUnavailable as error:
+            await abort(context, _store_unavailable(error))
+        token = tokens.issue(next_after, request.filter) if next_after is not None else ""
         return orders_pb2.ListOrdersResponse(orders=orders, next_page_token=token)
 
 
@@ -229,6 +252,15 @@ def _request_id_reused(request_id: str, order_id: str) -> grpc.Status:
         "a new order needs a new request_id; a retry must repeat the same order",
         "REQUEST_ID_REUSED",
         {"request_id": request_id, "order_id": order_id},
+    )
+
+
+def _store_unavailable(error: StoreUnavailable) -> grpc.Status:
+    return with_info(
+        grpc.StatusCode.UNAVAILABLE,
+        f"{error}: repeat the call (with the same request_id for CreateOrder) once the store is back",
+        "STORE_UNAVAILABLE",
+        {"store": "orders"},
     )
 
 

@@ -45,6 +45,29 @@ def test_bad_values_exit_2_naming_the_flag(
     assert named in capsys.readouterr().err
 
 
+def test_orders_and_inventory_keep_their_state_in_memory_unless_given_a_redis_url() -> None:
+    assert parse_options("inventory", "", [], {}).store == "memory"
+    url = "redis://redis:6379/0"
+    assert parse_options("orders", "", [], {"SHOP_STORE": url}).store == url
+    assert parse_options("inventory", "", ["--store", "rediss://[::1]:6380/2"], {"SHOP_STORE": url}).store == (
+        "rediss://[::1]:6380/2"
+    )
+
+
+@pytest.mark.parametrize("store", ["postgres://db/shop", "redis://", "redis://redis:port/0", "redis://redis/zero"])
+def test_a_bad_store_url_exits_2_naming_the_variable(store: str, capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit) as exited:
+        parse_options("orders", "", [], {"SHOP_STORE": store})
+    assert exited.value.code == 2
+    assert "SHOP_STORE" in capsys.readouterr().err
+
+
+def test_only_the_stateful_services_take_a_store(capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit):
+        parse_options("payments", "", ["--store", "redis://redis:6379/0"], {})
+    assert "--store" in capsys.readouterr().err
+
+
 def test_plain_apps_import_nothing_of_meshlet() -> None:
     """inventory and payments are apps that know nothing of the mesh: the sidecar does it all for them."""
     code = (
