@@ -31,6 +31,7 @@ log = logging.getLogger("meshlet.edge")
 
 JSON = "application/json"
 DRAIN_S = 5.0
+MAX_BODY_BYTES = 1 << 20  # edge.max_body_bytes in a later slice
 Send = Callable[..., Awaitable[Any]]
 
 
@@ -57,7 +58,7 @@ class Edge:
         admin.router.add_get("/ready", self._ready)
         admin.router.add_get("/live", _live)
         self.admin_port = await self._listen(admin, self.config.edge.admin, "edge.admin (--admin-addr)")
-        app = web.Application(client_max_size=1 << 20)
+        app = web.Application(client_max_size=MAX_BODY_BYTES)
         app.router.add_route("*", "/{tail:.*}", self._handle)
         self.port = await self._listen(app, self.config.edge.listen, "edge.listen (--listen)")
         log.info(
@@ -83,9 +84,7 @@ class Edge:
                 address=address,
             ) from None
         self._runners.append(runner)
-        server = site._server
-        sockets = getattr(server, "sockets", None) or ()
-        return int(sockets[0].getsockname()[1]) if sockets else port
+        return int(runner.addresses[0][1])  # the port bound, also when the config asked for port 0
 
     async def stop(self) -> None:
         for runner in reversed(self._runners):
@@ -133,15 +132,18 @@ class Edge:
         except BadRequest as bad:
             status = refusal(grpc.StatusCode.INVALID_ARGUMENT, bad.description, [(bad.field, bad.description)])
             return _error(status, 400)
-        except web.HTTPRequestEntityTooLarge as too_large:
-            what = f"the body is larger than {too_large.text or 'the limit'}: send a smaller one"
+        except web.HTTPRequestEntityTooLarge:
+            what = f"the body is larger than {MAX_BODY_BYTES} bytes: send a smaller one"
             return _error(refusal(grpc.StatusCode.RESOURCE_EXHAUSTED, what), 413)
         try:
             reply = await self._send[route](message, timeout=timeout)
+            return web.Response(text=response_json(route, reply), content_type=JSON)
         except grpc.aio.AioRpcError as error:
-            status = status_of(error)
-            return _error(status, http_status(error.code()))
-        return web.Response(text=response_json(route, reply), content_type=JSON)
+            return _error(status_of(error), http_status(error.code()))
+        except Exception:  # a bug of ours must still answer in the one error shape, and never stop the edge
+            log.exception("%s %s failed inside the edge", request.method, route.path)
+            what = f"the edge failed to serve {route.path}; its log says why"
+            return _error(refusal(grpc.StatusCode.INTERNAL, what), 500)
 
 
 def _error(status: status_pb2.Status, http: int, headers: dict[str, str] | None = None) -> web.Response:

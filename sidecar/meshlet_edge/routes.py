@@ -108,6 +108,11 @@ def load_pool(descriptor_sets: Sequence[Path]) -> descriptor_pool.DescriptorPool
 def build_routes(services: Mapping[str, str], pool: descriptor_pool.DescriptorPool) -> RouteTable:
     """The table for `services` (gRPC service name -> upstream); a service missing from the descriptors, a bad
     template or a conflict is a ConfigError naming it."""
+    if not services:
+        example = "e.g. edge.services: {shop.orders.v1.Orders: orders}"
+        raise ConfigError(
+            "edge.services", "{}", f"name the gRPC services the edge serves and their upstreams, {example}"
+        )
     routes: list[Route] = []
     for name, upstream in services.items():
         try:

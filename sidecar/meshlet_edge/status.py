@@ -9,7 +9,8 @@ from collections.abc import Iterable
 
 import grpc
 from google.protobuf import json_format
-from google.rpc import code_pb2, error_details_pb2, status_pb2
+from google.protobuf.message import DecodeError
+from google.rpc import error_details_pb2, status_pb2
 
 from meshlet.errors import DETAILS_KEY
 
@@ -46,7 +47,7 @@ def status_of(error: grpc.aio.AioRpcError) -> status_pb2.Status:
             status = status_pb2.Status()
             try:
                 status.ParseFromString(value)
-            except Exception:  # a malformed trailer is the server's bug; its code and message still stand
+            except DecodeError:  # a malformed trailer is the server's bug; its code and message still stand
                 break
             status.code = error.code().value[0]  # the status line is what the call ended with
             status.message = error.details() or status.message
@@ -71,7 +72,3 @@ def status_json(status: status_pb2.Status) -> str:
     except TypeError:  # an Any whose type is not in this process's descriptor pool
         kept = status_pb2.Status(code=status.code, message=status.message)
         return json.dumps({**json.loads(json_format.MessageToJson(kept, indent=None)), "details": []})
-
-
-def code_name(status: status_pb2.Status) -> str:
-    return str(code_pb2.Code.Name(status.code)) if status.code in code_pb2.Code.values() else str(status.code)

@@ -6,6 +6,7 @@ has no healthy endpoint. Inventory reads a faults file, so one test can slow it 
 
 from __future__ import annotations
 
+import io
 import json
 import signal
 import sys
@@ -96,7 +97,7 @@ async def http() -> AsyncIterator[aiohttp.ClientSession]:
 async def call(
     http: aiohttp.ClientSession, method: str, url: str, body: Any = None, **kwargs: Any
 ) -> tuple[int, Any, aiohttp.ClientResponse]:
-    data = body if isinstance(body, bytes) or body is None else json.dumps(body).encode()
+    data = body if isinstance(body, bytes | io.BytesIO) or body is None else json.dumps(body).encode()
     async with http.request(method, url, data=data, **kwargs) as response:
         assert response.content_type == "application/json", await response.text()
         return response.status, await response.json(), response
@@ -201,7 +202,27 @@ async def test_grpc_timeout_bounds_the_call_and_its_expiry_is_a_504(front: Front
         wait_until(lambda: "latency_ms=0" in front.inventory.output(), WAIT_S, "inventory to read its faults back")
 
 
+async def test_a_body_over_the_limit_is_a_413_status(front: Front, http) -> None:
+    too_big = io.BytesIO(b'{"reservationId": "' + b"x" * (2 << 20) + b'"}')
+    status, body, _ = await call(http, "POST", front.url + "/v1/inventory/items/sku-tea:reserve", too_big)
+    assert status == 413
+    assert body["code"] == 8
+    assert "smaller" in body["message"]
+
+
 # ------------------------------------------------------------------------------------------ lifecycle
+
+
+def test_a_service_in_no_descriptor_set_exits_2_naming_it(procs: Processes, tmp_path: Path) -> None:
+    config = {"tls": {"source": "off"}, "edge": {"services": {"shop.nowhere.v1.Nothing": "nothing"}}}
+    config_path = write_config(tmp_path / "edge.yaml", config)
+    argv = [sys.executable, "-m", "meshlet_edge", "--config", str(config_path), "--listen", f"127.0.0.1:{free_port()}"]
+    child = procs.start(argv, name="edge-bad")
+    assert child.wait(START_S) == 2
+    output = child.output()
+    assert "edge.services.shop.nowhere.v1.Nothing" in output
+    assert "edge.descriptor_sets" in output
+    assert "Traceback" not in output
 
 
 def test_sigterm_stops_the_edge_with_exit_0(front: Front) -> None:

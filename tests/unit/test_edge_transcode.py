@@ -53,6 +53,11 @@ def test_a_method_without_annotation_is_reachable_by_the_default_post(table: Rou
     assert (found.route.path, found.route.body) == ("/shop.inventory.v1.Inventory/Release", "*")
 
 
+def test_an_edge_with_no_services_is_a_config_error_saying_what_to_add() -> None:
+    with pytest.raises(ConfigError, match=r"edge\.services.*shop\.orders\.v1\.Orders: orders"):
+        build_routes({}, load_pool(()))
+
+
 def test_a_service_missing_from_the_descriptors_is_a_config_error() -> None:
     with pytest.raises(ConfigError, match=r"edge\.services\.shop\.nowhere\.v1\.Nothing"):
         build_routes({"shop.nowhere.v1.Nothing": "nothing"}, load_pool(()))
