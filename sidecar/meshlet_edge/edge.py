@@ -72,9 +72,9 @@ class Edge:
 
     async def _listen(self, app: web.Application, address: str, field: str) -> int:
         host, port = split_host_port(address)
-        runner = web.AppRunner(app, access_log=None, handle_signals=False)
+        runner = web.AppRunner(app, access_log=None, handle_signals=False, shutdown_timeout=DRAIN_S)
         await runner.setup()
-        site = web.TCPSite(runner, listen_host(host), port, shutdown_timeout=DRAIN_S)
+        site = web.TCPSite(runner, listen_host(host), port)
         try:
             await site.start()
         except OSError as error:

@@ -88,6 +88,29 @@ def test_a_descriptor_set_read_from_a_file_routes_as_the_generated_modules_do(tm
     assert request_message(found.route, found.variables, (), b"").sku == "sku-1"
 
 
+def test_additional_bindings_and_custom_verbs_route_to_their_method(tmp_path: Path) -> None:
+    def more_bindings(file: descriptor_pb2.FileDescriptorProto) -> None:
+        if file.package == "shop.inventory.v1":
+            stock = file.service[0].method[0].options.Extensions[annotations_pb2.http]
+            stock.additional_bindings.add(get="/v2/stock/{sku}")
+            release = file.service[0].method[2].options.Extensions[annotations_pb2.http]
+            release.custom.kind = "PURGE"
+            release.custom.path = "/v1/reservations/{reservation_id}"
+
+    path = tmp_path / "more.pb"
+    path.write_bytes(descriptor_set(inventory_pb2.DESCRIPTOR, edit=more_bindings).SerializeToString())
+    table = build_routes({"shop.inventory.v1.Inventory": "inventory"}, load_pool([path]))
+    for verb, url, method, bound in [
+        ("GET", "/v1/inventory/items/s-1", "GetStock", {"sku": "s-1"}),
+        ("GET", "/v2/stock/s-2", "GetStock", {"sku": "s-2"}),
+        ("PURGE", "/v1/reservations/r-1", "Release", {"reservation_id": "r-1"}),
+    ]:
+        found = table.match(verb, url)
+        assert found is not None, (verb, url)
+        assert (found.route.path, found.variables) == (f"/shop.inventory.v1.Inventory/{method}", bound)
+    assert table.match("POST", "/shop.inventory.v1.Inventory/Release") is None  # annotated: no default route
+
+
 def test_a_descriptor_set_that_is_not_one_is_a_config_error(tmp_path: Path) -> None:
     path = tmp_path / "junk.pb"
     path.write_bytes(b"\xff\xff not a descriptor set")
