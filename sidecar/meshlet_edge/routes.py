@@ -80,7 +80,7 @@ def _shape(template: PathTemplate) -> str:
 
 def load_pool(descriptor_sets: Sequence[Path]) -> descriptor_pool.DescriptorPool:
     """A pool of the files in `descriptor_sets` (``protoc --include_imports --descriptor_set_out``); an empty list
-    means this process's own generated modules (the default pool)."""
+    means the default pool: the generated modules this process imported (none, in ``meshlet-edge`` itself)."""
     if not descriptor_sets:
         return descriptor_pool.Default()
     pool = descriptor_pool.DescriptorPool()
