@@ -9,6 +9,7 @@ from __future__ import annotations
 import io
 import json
 import signal
+import socket
 import sys
 from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass
@@ -211,6 +212,30 @@ async def test_a_body_over_the_limit_is_a_413_status(front: Front, http) -> None
 
 
 # ------------------------------------------------------------------------------------------ lifecycle
+
+
+def test_a_listen_port_another_process_holds_exits_1_naming_the_flag(procs: Processes, tmp_path: Path) -> None:
+    descriptors = write_descriptor_set(tmp_path / "shop.pb", inventory_pb2.DESCRIPTOR)
+    config = {
+        "tls": {"source": "off"},
+        "consul": {"address": "http://127.0.0.1:1"},
+        "edge": {"services": {"shop.inventory.v1.Inventory": "inventory"}, "descriptor_sets": [str(descriptors)]},
+    }
+    config_path = write_config(tmp_path / "edge.yaml", config)
+    with socket.socket() as holder:
+        holder.bind(("127.0.0.1", 0))
+        holder.listen()
+        taken = holder.getsockname()[1]
+        argv = [
+            sys.executable, "-m", "meshlet_edge", "--config", str(config_path),
+            "--listen", f"127.0.0.1:{taken}", "--admin-addr", f"127.0.0.1:{free_port()}",
+        ]  # fmt: skip
+        child = procs.start(argv, name="edge-taken")
+        assert child.wait(START_S) == 1
+    output = child.output()
+    assert f"127.0.0.1:{taken}" in output
+    assert "--listen" in output
+    assert "Traceback" not in output
 
 
 def test_a_service_in_no_descriptor_set_exits_2_naming_it(procs: Processes, tmp_path: Path) -> None:
