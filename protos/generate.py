@@ -24,12 +24,14 @@ def generate(out_dir: Path, root: Path = PROTOS_ROOT) -> list[Path]:
     from grpc_tools import protoc
 
     well_known = resources.files("grpc_tools") / "_proto"
+    googleapis = _googleapis_root()
     sources = [str(p.relative_to(root)) for p in proto_sources(root)]
     out_dir.mkdir(parents=True, exist_ok=True)
     args = [
         "grpc_tools.protoc",
         f"-I{root}",
         f"-I{well_known}",
+        f"-I{googleapis}",
         f"--python_out={out_dir}",
         f"--pyi_out={out_dir}",
         f"--grpc_python_out={out_dir}",
@@ -44,6 +46,14 @@ def generate(out_dir: Path, root: Path = PROTOS_ROOT) -> list[Path]:
             (package / "__init__.py").touch()
             package = package.parent
     return written
+
+
+def _googleapis_root() -> Path:
+    """Where google/api/annotations.proto and http.proto live: googleapis-common-protos ships them beside their
+    generated modules (grpcio-status depends on it), so the shop's HTTP annotations need no vendored copy."""
+    from google.api import annotations_pb2
+
+    return Path(annotations_pb2.__file__).resolve().parents[2]
 
 
 def main() -> int:

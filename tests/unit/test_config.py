@@ -114,6 +114,7 @@ def test_the_configuration_reference_in_the_readme_loads_as_written(write: Write
     config = load_config(write(reference), env={})
     assert config.upstream("inventory").timeout == 1.0
     assert config.sidecar.routes == {"shop.inventory.v1.Inventory": "inventory"}
+    assert config.edge.services == {"shop.inventory.v1.Inventory": "inventory"}
     assert config.authz.rules[0].to == "orders"
 
 

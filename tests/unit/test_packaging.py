@@ -17,7 +17,7 @@ import pytest
 
 REPO = Path(__file__).resolve().parents[2]
 SOURCES = ("pyproject.toml", "README.md", "LICENSE", "sdk", "sidecar", "protos", "services")
-MESHLET_PACKAGES = {"meshlet", "meshlet_sidecar", "meshlet_api", "meshlet_shop", "meshlet_shop_api"}
+MESHLET_PACKAGES = {"meshlet", "meshlet_sidecar", "meshlet_edge", "meshlet_api", "meshlet_shop", "meshlet_shop_api"}
 
 
 @pytest.fixture(scope="module")

@@ -196,6 +196,7 @@ def _check_files(config: Config, layers: _Layers) -> None:
     if config.tls.source == "files":  # the model checks that all three are set
         reads += [(("tls", name), file) for name in ("cert", "key", "ca") if (file := getattr(config.tls, name))]
     reads += [(("sidecar", "descriptor_sets", i), file) for i, file in enumerate(config.sidecar.descriptor_sets)]
+    reads += [(("edge", "descriptor_sets", i), file) for i, file in enumerate(config.edge.descriptor_sets)]
     hint = "fix the path (a relative one in a config file is read from the config file's folder)"
     for loc, file in reads:
         try:

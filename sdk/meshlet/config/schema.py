@@ -118,6 +118,16 @@ class SidecarConfig(_Section):
     inbound_mode: Literal["l7", "l4"] = "l7"
 
 
+class EdgeConfig(_Section):
+    """``meshlet-edge``: HTTP/JSON in front of the mesh, routed by the protos' ``google.api.http`` annotations."""
+
+    listen: HostPort = "0.0.0.0:8080"
+    admin: HostPort = "127.0.0.1:15000"  # /ready and /live
+    services: dict[str, str] = Field(default_factory=dict)  # gRPC service name -> upstream name
+    # FileDescriptorSet files (protoc --include_imports --descriptor_set_out) that describe those services.
+    descriptor_sets: tuple[Path, ...] = ()
+
+
 class RetryPolicy(_Section):
     """Full-jitter exponential backoff, inside a retry budget with Finagle's semantics: `budget_ratio` of the
     requests seen over `budget_ttl`, plus `budget_min_per_s` so that a quiet upstream can still retry."""
@@ -225,6 +235,7 @@ class Config(_Section):
     consul: ConsulConfig = ConsulConfig()
     tls: TlsConfig = TlsConfig()
     sidecar: SidecarConfig = SidecarConfig()
+    edge: EdgeConfig = EdgeConfig()
     upstream_defaults: UpstreamPolicy = UpstreamPolicy()
     upstreams: dict[str, UpstreamPolicy] = Field(default_factory=dict)
     authz: AuthzConfig = AuthzConfig()

@@ -22,9 +22,10 @@ _runtime_version.ValidateProtobufRuntimeVersion(
 _sym_db = _symbol_database.Default()
 
 
+from google.api import annotations_pb2 as google_dot_api_dot_annotations__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\'meshlet_shop_api/orders/v1/orders.proto\x12\x0eshop.orders.v1\")\n\x08LineItem\x12\x0b\n\x03sku\x18\x01 \x01(\t\x12\x10\n\x08quantity\x18\x02 \x01(\x05\"f\n\x12\x43reateOrderRequest\x12\x12\n\nrequest_id\x18\x01 \x01(\t\x12\x13\n\x0b\x63ustomer_id\x18\x02 \x01(\t\x12\'\n\x05items\x18\x03 \x03(\x0b\x32\x18.shop.orders.v1.LineItem\"y\n\x05Order\x12\x10\n\x08order_id\x18\x01 \x01(\t\x12\x13\n\x0b\x63ustomer_id\x18\x02 \x01(\t\x12\'\n\x05items\x18\x03 \x03(\x0b\x32\x18.shop.orders.v1.LineItem\x12\x11\n\tcharge_id\x18\x04 \x01(\t\x12\r\n\x05state\x18\x05 \x01(\t\"#\n\x0fGetOrderRequest\x12\x10\n\x08order_id\x18\x01 \x01(\t\"J\n\x11ListOrdersRequest\x12\x11\n\tpage_size\x18\x01 \x01(\x05\x12\x12\n\npage_token\x18\x02 \x01(\t\x12\x0e\n\x06\x66ilter\x18\x03 \x01(\t\"T\n\x12ListOrdersResponse\x12%\n\x06orders\x18\x01 \x03(\x0b\x32\x15.shop.orders.v1.Order\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t2\xfa\x01\n\x06Orders\x12M\n\x0b\x43reateOrder\x12\".shop.orders.v1.CreateOrderRequest\x1a\x15.shop.orders.v1.Order\"\x03\x90\x02\x02\x12G\n\x08GetOrder\x12\x1f.shop.orders.v1.GetOrderRequest\x1a\x15.shop.orders.v1.Order\"\x03\x90\x02\x01\x12X\n\nListOrders\x12!.shop.orders.v1.ListOrdersRequest\x1a\".shop.orders.v1.ListOrdersResponse\"\x03\x90\x02\x01\x62\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\'meshlet_shop_api/orders/v1/orders.proto\x12\x0eshop.orders.v1\x1a\x1cgoogle/api/annotations.proto\")\n\x08LineItem\x12\x0b\n\x03sku\x18\x01 \x01(\t\x12\x10\n\x08quantity\x18\x02 \x01(\x05\"f\n\x12\x43reateOrderRequest\x12\x12\n\nrequest_id\x18\x01 \x01(\t\x12\x13\n\x0b\x63ustomer_id\x18\x02 \x01(\t\x12\'\n\x05items\x18\x03 \x03(\x0b\x32\x18.shop.orders.v1.LineItem\"y\n\x05Order\x12\x10\n\x08order_id\x18\x01 \x01(\t\x12\x13\n\x0b\x63ustomer_id\x18\x02 \x01(\t\x12\'\n\x05items\x18\x03 \x03(\x0b\x32\x18.shop.orders.v1.LineItem\x12\x11\n\tcharge_id\x18\x04 \x01(\t\x12\r\n\x05state\x18\x05 \x01(\t\"#\n\x0fGetOrderRequest\x12\x10\n\x08order_id\x18\x01 \x01(\t\"J\n\x11ListOrdersRequest\x12\x11\n\tpage_size\x18\x01 \x01(\x05\x12\x12\n\npage_token\x18\x02 \x01(\t\x12\x0e\n\x06\x66ilter\x18\x03 \x01(\t\"T\n\x12ListOrdersResponse\x12%\n\x06orders\x18\x01 \x03(\x0b\x32\x15.shop.orders.v1.Order\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t2\xbe\x02\n\x06Orders\x12\x62\n\x0b\x43reateOrder\x12\".shop.orders.v1.CreateOrderRequest\x1a\x15.shop.orders.v1.Order\"\x18\x90\x02\x02\x82\xd3\xe4\x93\x02\x0f\"\n/v1/orders:\x01*\x12\x64\n\x08GetOrder\x12\x1f.shop.orders.v1.GetOrderRequest\x1a\x15.shop.orders.v1.Order\" \x90\x02\x01\x82\xd3\xe4\x93\x02\x17\x12\x15/v1/orders/{order_id}\x12j\n\nListOrders\x12!.shop.orders.v1.ListOrdersRequest\x1a\".shop.orders.v1.ListOrdersResponse\"\x15\x90\x02\x01\x82\xd3\xe4\x93\x02\x0c\x12\n/v1/ordersb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -32,23 +33,23 @@ _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'meshlet_shop_api.orders.v1.
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
   _globals['_ORDERS'].methods_by_name['CreateOrder']._loaded_options = None
-  _globals['_ORDERS'].methods_by_name['CreateOrder']._serialized_options = b'\220\002\002'
+  _globals['_ORDERS'].methods_by_name['CreateOrder']._serialized_options = b'\220\002\002\202\323\344\223\002\017\"\n/v1/orders:\001*'
   _globals['_ORDERS'].methods_by_name['GetOrder']._loaded_options = None
-  _globals['_ORDERS'].methods_by_name['GetOrder']._serialized_options = b'\220\002\001'
+  _globals['_ORDERS'].methods_by_name['GetOrder']._serialized_options = b'\220\002\001\202\323\344\223\002\027\022\025/v1/orders/{order_id}'
   _globals['_ORDERS'].methods_by_name['ListOrders']._loaded_options = None
-  _globals['_ORDERS'].methods_by_name['ListOrders']._serialized_options = b'\220\002\001'
-  _globals['_LINEITEM']._serialized_start=59
-  _globals['_LINEITEM']._serialized_end=100
-  _globals['_CREATEORDERREQUEST']._serialized_start=102
-  _globals['_CREATEORDERREQUEST']._serialized_end=204
-  _globals['_ORDER']._serialized_start=206
-  _globals['_ORDER']._serialized_end=327
-  _globals['_GETORDERREQUEST']._serialized_start=329
-  _globals['_GETORDERREQUEST']._serialized_end=364
-  _globals['_LISTORDERSREQUEST']._serialized_start=366
-  _globals['_LISTORDERSREQUEST']._serialized_end=440
-  _globals['_LISTORDERSRESPONSE']._serialized_start=442
-  _globals['_LISTORDERSRESPONSE']._serialized_end=526
-  _globals['_ORDERS']._serialized_start=529
-  _globals['_ORDERS']._serialized_end=779
+  _globals['_ORDERS'].methods_by_name['ListOrders']._serialized_options = b'\220\002\001\202\323\344\223\002\014\022\n/v1/orders'
+  _globals['_LINEITEM']._serialized_start=89
+  _globals['_LINEITEM']._serialized_end=130
+  _globals['_CREATEORDERREQUEST']._serialized_start=132
+  _globals['_CREATEORDERREQUEST']._serialized_end=234
+  _globals['_ORDER']._serialized_start=236
+  _globals['_ORDER']._serialized_end=357
+  _globals['_GETORDERREQUEST']._serialized_start=359
+  _globals['_GETORDERREQUEST']._serialized_end=394
+  _globals['_LISTORDERSREQUEST']._serialized_start=396
+  _globals['_LISTORDERSREQUEST']._serialized_end=470
+  _globals['_LISTORDERSRESPONSE']._serialized_start=472
+  _globals['_LISTORDERSRESPONSE']._serialized_end=556
+  _globals['_ORDERS']._serialized_start=559
+  _globals['_ORDERS']._serialized_end=877
 # @@protoc_insertion_point(module_scope)

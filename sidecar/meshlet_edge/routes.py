@@ -1,0 +1,168 @@
+"""The edge's route table, built once at start from the configured services' descriptors: every
+``google.api.http`` binding (and its ``additional_bindings``), else the default ``POST /<package.Service>/<Method>``.
+Two methods on one verb and template are a config error naming both. Unary methods only in this slice."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from google.api import annotations_pb2, http_pb2
+from google.protobuf import descriptor, descriptor_pb2, descriptor_pool, message_factory
+
+from meshlet.errors import ConfigError
+from meshlet_edge.templates import PathTemplate, TemplateError, parse
+
+VERBS = ("get", "put", "post", "delete", "patch")
+
+
+@dataclass(frozen=True)
+class Route:
+    """One verb and template bound to one method: everything a request needs, decided here and not per call."""
+
+    verb: str  # upper case, e.g. "GET"
+    template: PathTemplate
+    upstream: str
+    path: str  # "/shop.inventory.v1.Inventory/GetStock"
+    request_type: type[Any] = field(repr=False)
+    response_type: type[Any] = field(repr=False)
+    body: str  # "" (none), "*" or a field name
+    response_body: str = ""
+
+
+@dataclass(frozen=True)
+class Match:
+    route: Route
+    variables: dict[str, str]
+
+
+class RouteTable:
+    """Routes by verb, the most specific template first."""
+
+    def __init__(self, routes: Iterable[Route]) -> None:
+        self.routes = tuple(routes)
+        by_verb: dict[str, list[Route]] = {}
+        seen: dict[tuple[str, str], Route] = {}
+        for route in self.routes:
+            key = (route.verb, _shape(route.template))
+            other = seen.setdefault(key, route)
+            if other is not route:
+                raise ConfigError(
+                    "edge.services",
+                    f"{route.verb} {route.template}",
+                    f"both {other.path} and {route.path} are bound to it: change one method's google.api.http rule",
+                )
+            by_verb.setdefault(route.verb, []).append(route)
+        self._by_verb = {
+            verb: sorted(found, key=lambda r: (-r.template.literal_count, -len(r.template.pieces)))
+            for verb, found in by_verb.items()
+        }
+
+    def match(self, verb: str, raw_path: str) -> Match | None:
+        for route in self._by_verb.get(verb, ()):
+            variables = route.template.match(raw_path)
+            if variables is not None:
+                return Match(route, variables)
+        return None
+
+    def allowed(self, raw_path: str) -> list[str]:
+        """The verbs that have a route for `raw_path` (for 405's ``Allow``)."""
+        return sorted(verb for verb in self._by_verb if self.match(verb, raw_path) is not None)
+
+
+def _shape(template: PathTemplate) -> str:
+    """A template with its variable names left out: two templates of one shape match the same paths."""
+    pieces = "/".join(piece.text for piece in template.pieces)
+    return f"/{pieces}:{template.verb or ''}"
+
+
+def load_pool(descriptor_sets: Sequence[Path]) -> descriptor_pool.DescriptorPool:
+    """A pool of the files in `descriptor_sets` (``protoc --include_imports --descriptor_set_out``); an empty list
+    means the default pool: the generated modules this process imported (none, in ``meshlet-edge`` itself)."""
+    if not descriptor_sets:
+        return descriptor_pool.Default()
+    pool = descriptor_pool.DescriptorPool()
+    added: set[str] = set()
+    for index, path in enumerate(descriptor_sets):
+        try:
+            files = descriptor_pb2.FileDescriptorSet.FromString(path.read_bytes()).file
+        except Exception as error:  # DecodeError or OSError: the same fix
+            raise ConfigError(
+                f"edge.descriptor_sets[{index}]",
+                str(path),
+                f"is not a FileDescriptorSet ({error}): write it with protoc --include_imports --descriptor_set_out",
+            ) from None
+        for file in files:
+            if file.name not in added:
+                added.add(file.name)
+                try:
+                    pool.Add(file)
+                except TypeError as error:  # an import missing or listed after its user
+                    fix = "write the set with protoc --include_imports (every import, imports first)"
+                    raise ConfigError(f"edge.descriptor_sets[{index}]", str(path), f"{error}: {fix}") from None
+    return pool
+
+
+def build_routes(services: Mapping[str, str], pool: descriptor_pool.DescriptorPool) -> RouteTable:
+    """The table for `services` (gRPC service name -> upstream); a service missing from the descriptors, a bad
+    template or a conflict is a ConfigError naming it."""
+    if not services:
+        example = "e.g. edge.services: {shop.orders.v1.Orders: orders}"
+        raise ConfigError(
+            "edge.services", "{}", f"name the gRPC services the edge serves and their upstreams, {example}"
+        )
+    routes: list[Route] = []
+    for name, upstream in services.items():
+        try:
+            service = pool.FindServiceByName(name)
+        except KeyError:
+            raise ConfigError(
+                f"edge.services.{name}",
+                upstream,
+                "this service is in no descriptor set: add its FileDescriptorSet to edge.descriptor_sets",
+            ) from None
+        for method in service.methods:
+            routes.extend(_routes_of(method, upstream))
+    return RouteTable(routes)
+
+
+def _routes_of(method: descriptor.MethodDescriptor, upstream: str) -> Iterable[Route]:
+    path = f"/{method.containing_service.full_name}/{method.name}"
+    if method.client_streaming or method.server_streaming:
+        return  # streaming over HTTP (NDJSON, SSE, WebSocket) is a later slice
+    request_type = message_factory.GetMessageClass(method.input_type)
+    response_type = message_factory.GetMessageClass(method.output_type)
+    options = method.GetOptions()
+    rules: list[http_pb2.HttpRule] = []
+    if options.HasExtension(annotations_pb2.http):
+        rule = options.Extensions[annotations_pb2.http]
+        rules = [rule, *rule.additional_bindings]
+    else:
+        rules = [http_pb2.HttpRule(post=path, body="*")]
+    for rule in rules:
+        kind = rule.WhichOneof("pattern")
+        if kind == "custom":
+            verb, template_text = rule.custom.kind.upper(), rule.custom.path
+        elif kind in VERBS:
+            verb, template_text = kind.upper(), getattr(rule, kind)
+        else:
+            raise ConfigError(f"{path} google.api.http", str(rule), "a rule needs a pattern: get, post, ...")
+        try:
+            template = parse(template_text)
+        except TemplateError as error:
+            raise ConfigError(f"{path} google.api.http", template_text, str(error)) from None
+        for name in (*template.variables, *([rule.body] if rule.body not in ("", "*") else [])):
+            if not _has_field_path(request_type.DESCRIPTOR, name):
+                raise ConfigError(f"{path} google.api.http", template_text, f"{name!r} is no field of the request")
+        yield Route(verb, template, upstream, path, request_type, response_type, rule.body, rule.response_body)
+
+
+def _has_field_path(message: Any, dotted: str) -> bool:
+    current: Any = message
+    for part in dotted.split("."):
+        if current is None or part not in current.fields_by_name:
+            return False
+        current = current.fields_by_name[part].message_type
+    return True
