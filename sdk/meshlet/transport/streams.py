@@ -58,20 +58,9 @@ class ReplayableRequests:
         for message in self._buffer.messages():
             yield message
         while not self._exhausted:
-            if self._pending is None:
-                self._pending = asyncio.ensure_future(anext(self._source))
-            try:
-                message = await asyncio.shield(self._pending)
-            except StopAsyncIteration:
-                self._exhausted = True
-                self._pending = None
+            read, message = await self._read()
+            if not read:
                 return
-            except asyncio.CancelledError:
-                raise  # the read stays pending, or done with its result, for the next attempt to take
-            except Exception:
-                self._pending = None
-                raise
-            self._pending = None
             self._buffer.keep(message)
             yield message
 
@@ -79,17 +68,28 @@ class ReplayableRequests:
         """What the caller has not sent to any attempt yet, read on from the source and kept nowhere: what a server
         reads and drops before it answers, so that a caller still writing reads the answer (transport/raw.py)."""
         while not self._exhausted:
-            if self._pending is None:
-                self._pending = asyncio.ensure_future(anext(self._source))
-            try:
-                message = await asyncio.shield(self._pending)
-            except StopAsyncIteration:
-                self._exhausted = True
+            read, message = await self._read()
+            if not read:
                 return
-            finally:
-                if self._pending is not None and self._pending.done():
-                    self._pending = None
             yield message
+
+    async def _read(self) -> tuple[bool, Any]:
+        """(True, the source's next message), or (False, None) at its end; through one shielded pending read."""
+        if self._pending is None:
+            self._pending = asyncio.ensure_future(anext(self._source))
+        try:
+            message = await asyncio.shield(self._pending)
+        except StopAsyncIteration:
+            self._exhausted = True
+            self._pending = None
+            return False, None
+        except asyncio.CancelledError:
+            raise  # the read stays pending, or done with its result, for the next attempt to take
+        except Exception:
+            self._pending = None
+            raise
+        self._pending = None
+        return True, message
 
     def __repr__(self) -> str:
         return f"<ReplayableRequests {self._buffer!r}{', source exhausted' if self._exhausted else ''}>"
