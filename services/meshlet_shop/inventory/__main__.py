@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import sys
 from collections.abc import Sequence
@@ -12,7 +11,7 @@ import grpc
 from meshlet_shop.catalog import PRODUCTS
 from meshlet_shop.inventory.servicer import Inventory
 from meshlet_shop.inventory.stock import Stock
-from meshlet_shop.plain import configure_logging, parse_options, serve_plain
+from meshlet_shop.plain import configure_logging, parse_options, run_app, serve_plain
 from meshlet_shop_api.inventory.v1 import inventory_pb2, inventory_pb2_grpc
 
 DESCRIPTION = (
@@ -31,7 +30,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         inventory_pb2_grpc.add_InventoryServicer_to_server(Inventory(stock, injector, options.instance_id), server)
         return [inventory_pb2.DESCRIPTOR.services_by_name["Inventory"].full_name]
 
-    return asyncio.run(serve_plain(options, injector, register))
+    return run_app(serve_plain(options, injector, register))
 
 
 if __name__ == "__main__":
