@@ -5,6 +5,8 @@ app (``tests.support.plain_app``, no meshlet inside):
 
     direct     client -> app
     meshlet    client -> sidecar A (outbound, route map) ==mTLS==> sidecar B (inbound, intentions) -> app
+               (the sidecars on their default loop: uvloop where it is installed)
+    meshlet asyncio  the same pair on asyncio's own loop (MESHLET_LOOP=asyncio): what uvloop saves
     raw pair   client -> raw proxy 1 ==mTLS==> raw proxy 2 -> app   (benchmarks/raw_proxy.py, no policies)
     raw unary  the same pair serving every method as unary (the floor for the sidecar's unary fast path)
     L4 in      client -> sidecar A ==mTLS==> sidecar B splicing at L4 (sidecar.inbound_mode: l4) -> app
@@ -21,7 +23,8 @@ machine hits all of them alike. Nothing is asserted: the tables put the numbers 
 
 Knobs: BENCH_SIDECAR_DURATION_S (per cell, default 4), BENCH_SIDECAR_ROUNDS (default 2),
 BENCH_SIDECAR_RATES (default "200,500,1000"), BENCH_SIDECAR_IN_FLIGHT (default "1,32"), BENCH_SIDECAR_NGINX=0 to
-skip nginx, BENCH_SIDECAR_L4=0 to skip the pair whose inbound hop splices at L4, BENCH_SIDECAR_BASELINE=DIR to
+skip nginx, BENCH_SIDECAR_L4=0 to skip the pair whose inbound hop splices at L4, BENCH_SIDECAR_ASYNCIO=0 to
+skip the pair on asyncio's loop, BENCH_SIDECAR_BASELINE=DIR to
 add a pair of sidecars run from another checkout of this repository (a ``git worktree`` of an older commit, say)
 as the path "meshlet@base", measured alternately with the others.
 """
@@ -58,6 +61,7 @@ IN_FLIGHT = [int(n) for n in os.environ.get("BENCH_SIDECAR_IN_FLIGHT", "1,32").s
 WITH_NGINX = os.environ.get("BENCH_SIDECAR_NGINX", "1") != "0"
 BASELINE = os.environ.get("BENCH_SIDECAR_BASELINE", "")
 WITH_L4 = os.environ.get("BENCH_SIDECAR_L4", "1") != "0"
+WITH_ASYNCIO = os.environ.get("BENCH_SIDECAR_ASYNCIO", "1") != "0"
 
 Env = dict[str, str] | None
 TRUST_DOMAIN = "meshlet.bench"
@@ -166,7 +170,12 @@ def wait_port(port: int, child: Child, what: str) -> None:
 
 
 # Each meshlet pair: its upstream's name in Consul (a certificate of its own) and the label of its processes.
-PAIRS = {"meshlet": ("b-svc", "sidecar"), "meshlet@base": ("b-svc-base", "base"), "meshlet L4 in": ("b-svc-l4", "L4")}
+PAIRS = {
+    "meshlet": ("b-svc", "sidecar"),
+    "meshlet asyncio": ("b-svc-asyncio", "asyncio"),
+    "meshlet@base": ("b-svc-base", "base"),
+    "meshlet L4 in": ("b-svc-l4", "L4"),
+}
 
 
 def start_meshlet(
@@ -459,6 +468,10 @@ def main() -> None:
         agent = start_dev_agent(procs)
         paths = [Route("direct", app.port)]
         paths.append(start_meshlet(procs, folder, certs, app.address, agent))
+        if WITH_ASYNCIO:
+            issue(certs, "b-svc-asyncio")
+            on_asyncio = {"MESHLET_LOOP": "asyncio"}
+            paths.append(start_meshlet(procs, folder, certs, app.address, agent, "meshlet asyncio", on_asyncio))
         if WITH_L4:
             issue(certs, "b-svc-l4")
             paths.append(start_meshlet(procs, folder, certs, app.address, agent, "meshlet L4 in"))

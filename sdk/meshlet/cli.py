@@ -4,7 +4,6 @@
 from __future__ import annotations
 
 import argparse
-import asyncio
 import os
 import sys
 from collections.abc import Sequence
@@ -14,6 +13,7 @@ from meshlet.commands import intention as intention_command
 from meshlet.commands import trace as trace_command
 from meshlet.devagent.decode import DurationError, parse_duration
 from meshlet.devagent.server import AgentConfig, serve
+from meshlet.runtime import run
 from meshlet.telemetry.logging import configure_logging
 
 
@@ -148,7 +148,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             **({"node": args.node} if args.node else {}),
         )
         try:
-            asyncio.run(serve(config))
+            run(serve(config), prog="meshlet dev-agent")
         except OSError as exc:
             print(
                 f"meshlet dev-agent: cannot listen on {host}:{port}: {exc.strerror}; pick another --http-addr",

@@ -10,13 +10,14 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import importlib.util
 import json
 import logging
 import os
 import signal
 import sys
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Coroutine, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeVar
@@ -33,6 +34,7 @@ STATEFUL = frozenset({"orders", "inventory"})  # the services that take --store 
 DRAIN_GRACE_S = 5.0
 log = logging.getLogger("meshlet_shop")
 N = TypeVar("N", int, float)
+T = TypeVar("T")
 
 
 @dataclass(frozen=True)
@@ -221,6 +223,17 @@ def configure_logging(level: int = logging.INFO) -> None:
 
 
 # ------------------------------------------------------------------------------------------ plain server
+
+
+def run_app(main: Coroutine[Any, Any, T]) -> T:
+    """Run a plain app as a user would (README: "Choosing the event loop"): on uvloop where it is installed,
+    unless ``MESHLET_LOOP=asyncio`` asks for asyncio's own loop. The sidecar beside it validates and logs the
+    setting; a plain app knows nothing of meshlet, so it only reads it."""
+    if os.environ.get("MESHLET_LOOP", "").strip().lower() != "asyncio" and importlib.util.find_spec("uvloop"):
+        import uvloop
+
+        return uvloop.run(main)
+    return asyncio.run(main)
 
 
 async def serve_plain(

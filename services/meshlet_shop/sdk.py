@@ -16,6 +16,7 @@ import grpc
 
 from meshlet import ConfigError, Mesh
 from meshlet.errors import CannotListen
+from meshlet.runtime import run as run_on_meshlet_loop
 from meshlet.security.certs import TlsConfigError
 from meshlet.telemetry.logging import configure_logging
 from meshlet_shop.faults import FaultInjector
@@ -115,5 +116,5 @@ async def _start(mesh: Mesh, stopping: asyncio.Event) -> bool:
 def run(options: Options, register: Register, on_stop: Callable[[], Awaitable[None]] | None = None) -> int:
     configure_logging()
     with contextlib.suppress(KeyboardInterrupt):
-        return asyncio.run(serve_sdk(options, register, on_stop))
+        return run_on_meshlet_loop(serve_sdk(options, register, on_stop), prog=f"meshlet_shop.{options.name}")
     return 0

@@ -9,13 +9,13 @@ process holds exits 1.
 from __future__ import annotations
 
 import argparse
-import asyncio
 import sys
 from collections.abc import Sequence
 from typing import Any
 
 from meshlet.config import load_config
 from meshlet.errors import CannotListen, ConfigError
+from meshlet.runtime import run
 from meshlet.telemetry.logging import configure_logging
 
 
@@ -47,7 +47,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     try:
         edge = Edge(config)
-        return asyncio.run(edge.run())
+        return run(edge.run(), prog="meshlet-edge")  # uvloop where installed, as every meshlet process
     except ConfigError as error:
         print(f"meshlet-edge: {error}", file=sys.stderr)
         return 2

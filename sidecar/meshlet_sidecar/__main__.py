@@ -8,13 +8,13 @@ process holds exits 1 with one line naming it.
 from __future__ import annotations
 
 import argparse
-import asyncio
 import sys
 from collections.abc import Sequence
 from typing import Any
 
 from meshlet.config import load_config
 from meshlet.errors import CannotListen, ConfigError
+from meshlet.runtime import loop_from_environment, run
 from meshlet.telemetry.logging import configure_logging
 
 
@@ -60,6 +60,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         config = load_config(args.config, overrides=overrides_from(args) or None)
+        loop = loop_from_environment()
     except ConfigError as error:
         print(f"meshlet-sidecar: {error}", file=sys.stderr)
         return 2
@@ -67,7 +68,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     from meshlet_sidecar.sidecar import Sidecar
 
     try:
-        return asyncio.run(Sidecar(config).run())
+        return run(Sidecar(config).run(), prog="meshlet-sidecar", loop=loop)
     except ConfigError as error:
         print(f"meshlet-sidecar: {error}", file=sys.stderr)
         return 2

@@ -44,6 +44,7 @@ ECHO_SERVICE = "meshlet_api.echo.v1.Echo"
 WAIT_S = 30.0  # a bound on waiting for what must happen, never a timing assertion
 HELLO = echo_pb2.EchoRequest(message="hello")
 DEFAULT_INBOUND_PORT = 15006
+HEARTBEAT_SOONER_S = 5.0  # a bound well inside the 20 s a 60 s TTL leaves between heartbeats, not a timing goal
 
 
 @pytest.fixture
@@ -195,6 +196,23 @@ async def test_the_consul_check_of_an_app_without_a_health_service_says_it_was_p
         output = (await asyncio.to_thread(check))["Output"]
     assert f"app at 127.0.0.1:{app_b.port}: TCP connect accepted" in output
     assert "grpc.health.v1 status" not in output
+
+
+async def test_a_sidecar_that_says_ready_is_passing_in_consul_without_waiting_for_its_next_heartbeat(
+    procs: Processes, tmp_path: Path, pki: Path
+) -> None:
+    """A caller that waits for /ready and then calls must find the instance passing: with a 60 s TTL the next
+    heartbeat is 20 s away, so the sidecar reports its readiness the moment it has it."""
+    agent = start_dev_agent(procs)
+    async with plain_app() as app_b:
+        config = {**b_config(pki, agent.url), "service": {"name": "b-svc", "check_ttl": "60s"}}
+        b = await asyncio.to_thread(start_sidecar, procs, tmp_path, "b", config, app=f"127.0.0.1:{app_b.port}")
+        await eventually(
+            lambda: b.inbound_port in instances(agent, "b-svc", passing=True),
+            "b-svc passing well before the next heartbeat",
+            timeout_s=HEARTBEAT_SOONER_S,
+            blocking=True,
+        )
 
 
 # ------------------------------------------------------------------------------------------ load and failover

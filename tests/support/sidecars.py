@@ -148,9 +148,11 @@ def start_sidecar(
     return sidecar
 
 
-def run_sidecar(procs: Processes, *args: str, timeout_s: float = START_S) -> tuple[int, str]:
+def run_sidecar(
+    procs: Processes, *args: str, timeout_s: float = START_S, env: Mapping[str, str] | None = None
+) -> tuple[int, str]:
     """Run a sidecar that is expected to exit by itself (a bad config); returns (exit code, its output)."""
-    child = procs.start(sidecar_argv(*args), name="sidecar-run")
+    child = procs.start(sidecar_argv(*args), name="sidecar-run", env=dict(env or {}))
     code = child.wait(timeout_s)
     return code, child.output()
 

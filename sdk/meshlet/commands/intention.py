@@ -10,7 +10,6 @@ exits 0 or 1 (2 when Consul cannot answer). It speaks the HTTP API's exact-pair 
 from __future__ import annotations
 
 import argparse
-import asyncio
 import shlex
 import sys
 from collections.abc import Awaitable, Callable, Mapping
@@ -61,6 +60,7 @@ def add_parser(commands: argparse._SubParsersAction[argparse.ArgumentParser]) ->
 
 
 def run(args: argparse.Namespace) -> int:
+    from meshlet import runtime
     from meshlet.config import load_config
     from meshlet.errors import ConfigError
 
@@ -76,7 +76,7 @@ def run(args: argparse.Namespace) -> int:
         print(f"meshlet intention: {error}", file=sys.stderr)
         return EXIT_ERROR
     try:
-        return asyncio.run(_run(args, consul))
+        return runtime.run(_run(args, consul), prog="meshlet intention")
     except IntentionFailed as failure:
         print(f"meshlet intention {args.verb}: {failure}", file=sys.stderr)
         return failure.code

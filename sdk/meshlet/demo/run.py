@@ -53,6 +53,7 @@ from meshlet.demo.topology import (
 )
 from meshlet.demo.traces import load_run_spans, pick_trace
 from meshlet.mesh import Mesh
+from meshlet.runtime import run
 from meshlet.security.certs import channel_credentials, channel_options
 from meshlet.telemetry.logging import JsonFormatter
 
@@ -86,7 +87,7 @@ def run_demo(options: DemoOptions, console: Console | None = None) -> int:
     code = 1
     with Supervisor(folder) as supervisor:
         try:
-            code = asyncio.run(_main(options, console, supervisor, folder))
+            code = run(_main(options, console, supervisor, folder), prog="meshlet demo")
         except KeyboardInterrupt:
             console.print("[yellow]interrupted[/yellow]: stopping every process the demo started")
             code = 130

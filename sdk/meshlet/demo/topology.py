@@ -169,9 +169,10 @@ def client_config(topology: Topology, settings: Settings) -> dict[str, Any]:
 
 
 def child_environment(parent: Mapping[str, str], settings: Settings, extra: Mapping[str, str]) -> dict[str, str]:
-    """The parent's environment without its MESHLET_* settings (the demo's config files must win), with Consul's
-    address, the OTLP endpoint when one is set, unbuffered output, and `extra`."""
-    env = {key: value for key, value in parent.items() if not key.upper().startswith("MESHLET_")}
+    """The parent's environment without its MESHLET_* settings (the demo's config files must win) but with its
+    MESHLET_LOOP (how a process runs, not the mesh's config), with Consul's address, the OTLP endpoint when one
+    is set, unbuffered output, and `extra`."""
+    env = {k: v for k, v in parent.items() if not k.upper().startswith("MESHLET_") or k == "MESHLET_LOOP"}
     env.pop("OTEL_SERVICE_NAME", None)  # each child names itself
     env["CONSUL_HTTP_ADDR"] = settings.consul_address
     env["PYTHONUNBUFFERED"] = "1"

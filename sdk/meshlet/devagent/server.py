@@ -95,9 +95,7 @@ class DevAgent:
         await self._runner.setup()
         site = web.TCPSite(self._runner, self.config.http_host, self.config.http_port, reuse_address=True)
         await site.start()
-        server = site._server
-        assert isinstance(server, asyncio.base_events.Server)
-        host, port = server.sockets[0].getsockname()[:2]
+        host, port = self._runner.addresses[0][:2]  # the bound port (asyncio's loop or uvloop's)
         self.address = f"{host}:{port}"
         return self.address
 

@@ -22,6 +22,7 @@ log = logging.getLogger(__name__)
 
 SERVING = "SERVING"
 REQUEST_TIMEOUT_S = 5.0
+HEALTH_POLL_S = 0.25  # how often the local health is read between heartbeats: a change is reported at once
 
 
 WILDCARDS = ("0.0.0.0", "::", "")
@@ -77,6 +78,7 @@ class Registration:
         self.check_ttl_s = check_ttl_s
         self.deregister_after_s = deregister_after_s
         self.last_status: str | None = None  # the status the agent last accepted
+        self._beaten: str | None = None  # the status the last heartbeat tried to report
         self._health = health
         self._describe = describe  # the check's Output for a status: what was probed, and what it answered
         self._notes = notes
@@ -163,11 +165,22 @@ class Registration:
     async def _beat_forever(self) -> None:
         while True:
             await self._beat()
-            await asyncio.sleep(self.check_ttl_s / 3)
+            await self._sleep_until_due_or_changed(self.check_ttl_s / 3)
+
+    async def _sleep_until_due_or_changed(self, due_s: float) -> None:
+        """Wait for the next heartbeat, or less when the health it would report changed: an instance that became
+        ready is passing in Consul at once, not up to a third of the TTL later (a caller that waited for /ready
+        would find no passing instance), and one that stopped serving leaves the passing set as soon."""
+        loop = asyncio.get_running_loop()
+        due = loop.time() + due_s
+        while (left := due - loop.time()) > 0:
+            await asyncio.sleep(min(left, HEALTH_POLL_S))
+            if self._status() != self._beaten:
+                return
 
     async def _beat(self) -> None:
         """Report the current health once; re-register first if the agent no longer knows the check."""
-        status = self._status()
+        status = self._beaten = self._status()
         if not await self._attempt(lambda: self._report(status)) and not self._unreachable:
             log.warning("Consul agent does not know %s any more; registering it again", self.check_id)
             if await self._attempt(self._register):

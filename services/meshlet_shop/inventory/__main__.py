@@ -13,7 +13,7 @@ import grpc
 from meshlet_shop.catalog import PRODUCTS
 from meshlet_shop.inventory.servicer import Inventory
 from meshlet_shop.inventory.stock import open_storage
-from meshlet_shop.plain import Options, configure_logging, parse_options, serve_plain
+from meshlet_shop.plain import Options, configure_logging, parse_options, run_app, serve_plain
 from meshlet_shop.shared_store import StoreSetupError, StoreUnavailable
 from meshlet_shop_api.inventory.v1 import inventory_pb2, inventory_pb2_grpc
 
@@ -29,7 +29,7 @@ log = logging.getLogger("meshlet_shop.inventory")
 def main(argv: Sequence[str] | None = None) -> int:
     options = parse_options("inventory", DESCRIPTION, argv)
     configure_logging()
-    return asyncio.run(serve(options))
+    return run_app(serve(options))
 
 
 async def serve(options: Options) -> int:

@@ -13,7 +13,7 @@ import grpc
 
 from meshlet_shop.payments.consul_ledger import from_environment
 from meshlet_shop.payments.servicer import Payments
-from meshlet_shop.plain import Options, configure_logging, parse_options, serve_plain
+from meshlet_shop.plain import Options, configure_logging, parse_options, run_app, serve_plain
 from meshlet_shop_api.payments.v1 import payments_pb2, payments_pb2_grpc
 
 DESCRIPTION = (
@@ -28,7 +28,7 @@ log = logging.getLogger("meshlet_shop.payments")
 def main(argv: Sequence[str] | None = None) -> int:
     options = parse_options("payments", DESCRIPTION, argv)
     configure_logging()
-    return asyncio.run(serve(options))
+    return run_app(serve(options))
 
 
 async def serve(options: Options) -> int:

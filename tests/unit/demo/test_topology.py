@@ -99,5 +99,12 @@ def test_children_ignore_the_callers_meshlet_variables_and_get_consul_and_otlp()
     assert env["OTEL_EXPORTER_OTLP_ENDPOINT"] == "http://localhost:4317"
 
 
+def test_children_run_on_the_loop_the_caller_chose() -> None:
+    """MESHLET_LOOP is how a process runs, not the mesh's config: the demo's children get the demo's choice."""
+    env = child_environment({"MESHLET_LOOP": "asyncio"}, Settings("python3", "http://127.0.0.1:9"), {})
+
+    assert env["MESHLET_LOOP"] == "asyncio"
+
+
 def test_the_agent_listens_on_loopback() -> None:
     assert agent_spec("python3", 8501).argv[-2:] == ("--http-addr", "127.0.0.1:8501")
