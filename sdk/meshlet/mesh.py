@@ -50,7 +50,13 @@ from meshlet.telemetry.metrics import Metrics
 from meshlet.telemetry.metrics_server import MetricsServer
 from meshlet.telemetry.state_log import StateLog
 from meshlet.telemetry.tracing import Tracing, build_tracing
-from meshlet.transport.channels import SERVER_OPTIONS, ChannelFactory, EndpointChannels, insecure_channel
+from meshlet.transport.channels import (
+    SERVER_OPTIONS,
+    ChannelFactory,
+    EndpointChannels,
+    compression_options,
+    insecure_channel,
+)
 from meshlet.transport.listen import add_port, join_host_port
 from meshlet.transport.mesh_channel import MeshChannel
 from meshlet.transport.server import InboundInterceptor
@@ -262,7 +268,7 @@ class Mesh:
         found = self._upstreams.get(service)
         if found is None:
             policy = self.config.upstream(service)
-            channels = EndpointChannels(self._channel_factory(service))
+            channels = EndpointChannels(self._channel_factory(service), compression_options(policy.compression))
             handshakes = HandshakeFailures(functools.partial(self._expectation, service))
             found = self._upstreams[service] = Upstream(
                 service,

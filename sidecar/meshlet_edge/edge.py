@@ -22,7 +22,13 @@ from google.rpc import status_pb2
 
 from meshlet.config import Config, listen_host, split_host_port
 from meshlet.errors import CannotListen, describe_os_error
+from meshlet.http_limits import RUNNER_LIMITS
 from meshlet.mesh import Mesh
+from meshlet_edge import responses
+from meshlet_edge.bodies import CODINGS, BodyRefused, read_body
+from meshlet_edge.forwarding import upstream_metadata
+from meshlet_edge.request_id import REQUEST_KEY, log_request_ids
+from meshlet_edge.retry_after import retry_after
 from meshlet_edge.routes import Route, RouteTable, build_routes, load_pool
 from meshlet_edge.status import http_status, refusal, status_json, status_of
 from meshlet_edge.transcode import BadRequest, grpc_timeout, request_message, response_json
@@ -31,7 +37,6 @@ log = logging.getLogger("meshlet.edge")
 
 JSON = "application/json"
 DRAIN_S = 5.0
-MAX_BODY_BYTES = 1 << 20  # edge.max_body_bytes in a later slice
 Send = Callable[..., Awaitable[Any]]
 
 
@@ -46,6 +51,7 @@ class Edge:
         self.admin_port = 0
 
     async def start(self) -> None:
+        log_request_ids()
         await self.mesh.start()
         for route in self.routes.routes:  # one multicallable per route, as a stub holds one per method
             channel = self.mesh.channel(route.upstream)
@@ -58,7 +64,11 @@ class Edge:
         admin.router.add_get("/ready", self._ready)
         admin.router.add_get("/live", _live)
         self.admin_port = await self._listen(admin, self.config.edge.admin, "edge.admin (--admin-addr)")
-        app = web.Application(client_max_size=MAX_BODY_BYTES)
+        edge = self.config.edge
+        app = web.Application(
+            client_max_size=edge.max_body_bytes, middlewares=[responses.middleware(edge.compression.min_bytes)]
+        )
+        app.on_response_prepare.append(responses.add_request_id)
         app.router.add_route("*", "/{tail:.*}", self._handle)
         self.port = await self._listen(app, self.config.edge.listen, "edge.listen (--listen)")
         log.info(
@@ -72,7 +82,7 @@ class Edge:
 
     async def _listen(self, app: web.Application, address: str, field: str) -> int:
         host, port = split_host_port(address)
-        runner = web.AppRunner(app, access_log=None, handle_signals=False, shutdown_timeout=DRAIN_S)
+        runner = web.AppRunner(app, access_log=None, handle_signals=False, shutdown_timeout=DRAIN_S, **RUNNER_LIMITS)
         await runner.setup()
         site = web.TCPSite(runner, listen_host(host), port)
         try:
@@ -125,25 +135,46 @@ class Edge:
             what = f"no route for {request.method} {request.path}: see the edge's routes in its start log"
             return _error(refusal(grpc.StatusCode.NOT_FOUND, what), 404)
         route = found.route
+        edge = self.config.edge
         try:
             timeout = grpc_timeout(request.headers.get("grpc-timeout"))
-            body = await request.read() if route.body else b""
+            metadata = upstream_metadata(request.headers, edge.forward_headers, request[REQUEST_KEY])
+            body = await read_body(request, edge.max_body_bytes) if route.body else b""
             message = request_message(route, found.variables, request.rel_url.query.items(), body)
         except BadRequest as bad:
             status = refusal(grpc.StatusCode.INVALID_ARGUMENT, bad.description, [(bad.field, bad.description)])
             return _error(status, 400)
-        except web.HTTPRequestEntityTooLarge:
-            what = f"the body is larger than {MAX_BODY_BYTES} bytes: send a smaller one"
-            return _error(refusal(grpc.StatusCode.RESOURCE_EXHAUSTED, what), 413)
+        except BodyRefused as refused:
+            return _body_refused(refused)
         try:
-            reply = await self._send[route](message, timeout=timeout)
+            reply = await self._send[route](message, timeout=timeout, metadata=metadata)
             return web.Response(text=response_json(route, reply), content_type=JSON)
         except grpc.aio.AioRpcError as error:
-            return _error(status_of(error), http_status(error.code()))
+            status = status_of(error)
+            wait = retry_after(error.trailing_metadata(), status)
+            return _error(status, http_status(error.code()), None if wait is None else {"Retry-After": wait})
         except Exception:  # a bug of ours must still answer in the one error shape, and never stop the edge
             log.exception("%s %s failed inside the edge", request.method, route.path)
             what = f"the edge failed to serve {route.path}; its log says why"
             return _error(refusal(grpc.StatusCode.INTERNAL, what), 500)
+
+
+BODY_REFUSALS = {
+    400: grpc.StatusCode.INVALID_ARGUMENT,
+    408: grpc.StatusCode.DEADLINE_EXCEEDED,
+    413: grpc.StatusCode.RESOURCE_EXHAUSTED,
+    415: grpc.StatusCode.INVALID_ARGUMENT,
+}
+
+
+def _body_refused(refused: BodyRefused) -> web.Response:
+    violations = [(refused.field, refused.description)] if refused.status in (400, 415) else []
+    status = refusal(BODY_REFUSALS[refused.status], refused.description, violations)
+    headers = {"Accept-Encoding": ", ".join(CODINGS)} if refused.field == "Content-Encoding" else None
+    response = _error(status, refused.status, headers)
+    if refused.status == 408:
+        response.force_close()  # the rest of a stalled body is not worth waiting for
+    return response
 
 
 def _error(status: status_pb2.Status, http: int, headers: dict[str, str] | None = None) -> web.Response:

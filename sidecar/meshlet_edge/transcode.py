@@ -65,6 +65,8 @@ def _json(body: bytes) -> Any:
         return json.loads(body)
     except (ValueError, UnicodeDecodeError) as error:
         raise BadRequest("body", f"the body is not JSON: {error}") from None
+    except RecursionError:  # a JSON bomb: arrays or objects nested past Python's stack
+        raise BadRequest("body", "the body nests deeper than the edge reads: flatten it") from None
 
 
 def _set(fields: dict[str, Any], dotted: str, value: str, *, repeated: bool) -> None:

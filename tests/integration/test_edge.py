@@ -99,6 +99,8 @@ async def call(
     http: aiohttp.ClientSession, method: str, url: str, body: Any = None, **kwargs: Any
 ) -> tuple[int, Any, aiohttp.ClientResponse]:
     data = body if isinstance(body, bytes | io.BytesIO) or body is None else json.dumps(body).encode()
+    if data is not None:  # aiohttp would say application/octet-stream, which the edge refuses (415)
+        kwargs["headers"] = {"Content-Type": "application/json", **kwargs.get("headers", {})}
     async with http.request(method, url, data=data, **kwargs) as response:
         assert response.content_type == "application/json", await response.text()
         return response.status, await response.json(), response

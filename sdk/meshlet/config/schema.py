@@ -13,6 +13,7 @@ from typing import Annotated, Any, Literal, get_args
 from pydantic import BaseModel, ConfigDict, Field, SecretStr
 from pydantic import model_validator as _model_validator
 
+from meshlet.config.edge_headers import forwardable_header
 from meshlet.config.fields import (
     DEFAULT_CONSUL_ADDRESS,
     REDACTED,
@@ -118,6 +119,12 @@ class SidecarConfig(_Section):
     inbound_mode: Literal["l7", "l4"] = "l7"
 
 
+class EdgeCompression(_Section):
+    """Responses gzip- (or brotli-) compressed when the client accepts it and the body is at least `min_bytes`."""
+
+    min_bytes: Annotated[int, checked(lambda n: n >= 0, "must be at least 0")] = 1024
+
+
 class EdgeConfig(_Section):
     """``meshlet-edge``: HTTP/JSON in front of the mesh, routed by the protos' ``google.api.http`` annotations."""
 
@@ -126,6 +133,11 @@ class EdgeConfig(_Section):
     services: dict[str, str] = Field(default_factory=dict)  # gRPC service name -> upstream name
     # FileDescriptorSet files (protoc --include_imports --descriptor_set_out) that describe those services.
     descriptor_sets: tuple[Path, ...] = ()
+    # Request headers passed upstream as metadata (lowercase keys); none by default: sending a client's header
+    # (Authorization, a cookie) to an upstream is a trust decision the operator makes by naming it.
+    forward_headers: tuple[Annotated[str, parsed(forwardable_header)], ...] = ()
+    max_body_bytes: AtLeastOne = 1024 * 1024  # a request body, after decompression: 413 past it
+    compression: EdgeCompression = EdgeCompression()
 
 
 class RetryPolicy(_Section):
@@ -176,6 +188,7 @@ class UpstreamPolicy(_Section):
     max_in_flight: AtLeastOne = 1000
     retry: RetryPolicy = RetryPolicy()
     breaker: BreakerPolicy = BreakerPolicy()
+    compression: Literal["none", "gzip"] = "none"  # gRPC message compression on the mesh's channels to it
 
 
 def _is_source(source: str) -> bool:

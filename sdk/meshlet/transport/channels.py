@@ -84,6 +84,17 @@ SERVER_OPTIONS: Options = (
     ("grpc.max_connection_age_ms", CONNECTION_AGE_MS),
 )
 
+COMPRESSION_ALGORITHMS = {"none": grpc.Compression.NoCompression, "gzip": grpc.Compression.Gzip}
+
+
+def compression_options(name: str) -> Options:
+    """Channel options that compress every message sent on the channel (``upstreams.<name>.compression``), as
+    grpc's own ``compression=`` argument sets them (the replies are compressed as the server chooses)."""
+    if name == "none":
+        return ()
+    return (("grpc.default_compression_algorithm", int(COMPRESSION_ALGORITHMS[name])),)
+
+
 ChannelFactory = Callable[[str, tuple[tuple[str, Any], ...]], grpc.aio.Channel]
 
 
