@@ -1,8 +1,9 @@
 """Reading a request body, within what one client may cost the edge: its media type must be JSON, its coding
 identity or gzip, and its size, after decompression, at most ``edge.max_body_bytes``. A gzip body is inflated
 as it arrives, never more than the limit (and one chunk) at a time, so a compression bomb is refused with a
-413 having cost a bounded amount of memory; a client that stops sending mid-body is cut off after
-`READ_TIMEOUT_S` (aiohttp's own timer stops once the headers are in).
+413 having cost a bounded amount of memory. A client that stops sending mid-body is answered 408 and cut off
+after `READ_IDLE_S` without a byte, one that trickles it after `READ_TOTAL_S` (aiohttp's own timer, which cuts a
+slow client off, stops once the headers are in).
 
 A request without ``Content-Type`` is read as JSON, as grpc-gateway and Envoy's transcoder read it; one that
 names another type (``curl -d``'s form encoding included) is a 415."""
@@ -11,11 +12,14 @@ from __future__ import annotations
 
 import asyncio
 import zlib
+from collections.abc import Callable
 
 from aiohttp import web
 
-READ_TIMEOUT_S = 30.0  # the whole body: 1 MiB at 35 KB/s, a phone on a poor link
-CHUNK_BYTES = 64 * 1024
+from meshlet.http_limits import HEADER_TIMEOUT_S
+
+READ_IDLE_S = HEADER_TIMEOUT_S  # as long as a client may take over its headers
+READ_TOTAL_S = 60.0  # the whole body: 1 MiB at 17 KB/s, a phone on a poor link
 CODINGS = ("gzip",)  # besides identity; the 415 for another one says so in Accept-Encoding (RFC 9110 15.5.16)
 
 
@@ -50,29 +54,36 @@ async def read_body(request: web.Request, max_bytes: int) -> bytes:
     declared = request.content_length
     if declared is not None and declared > max_bytes:
         raise BodyRefused(413, "body", f"the body is larger than {max_bytes} bytes: send a smaller one")
-    try:
-        async with asyncio.timeout(READ_TIMEOUT_S):
-            if coding == "identity":
-                return await _read(request, max_bytes)
-            return await _inflate(request, max_bytes)
-    except TimeoutError:
-        raise BodyRefused(408, "body", f"the body did not arrive within {READ_TIMEOUT_S:g} s: send it faster") from None
+    if coding == "identity":
+        body = bytearray()
 
+        def keep(chunk: bytes) -> None:
+            body.extend(chunk)
+            if len(body) > max_bytes:
+                raise BodyRefused(413, "body", f"the body is larger than {max_bytes} bytes: send a smaller one")
 
-async def _read(request: web.Request, max_bytes: int) -> bytes:
-    body = bytearray()
-    async for chunk in request.content.iter_chunked(CHUNK_BYTES):
-        body += chunk
-        if len(body) > max_bytes:
-            raise BodyRefused(413, "body", f"the body is larger than {max_bytes} bytes: send a smaller one")
-    return bytes(body)
-
-
-async def _inflate(request: web.Request, max_bytes: int) -> bytes:
+        await _each_chunk(request, keep)
+        return bytes(body)
     inflater = Inflater(max_bytes)
-    async for chunk in request.content.iter_chunked(CHUNK_BYTES):
-        inflater.feed(chunk)
+    await _each_chunk(request, inflater.feed)
     return inflater.finish()
+
+
+async def _each_chunk(request: web.Request, take: Callable[[bytes], None]) -> None:
+    """Hand each chunk of the body to `take` as it arrives, within READ_IDLE_S of the last and READ_TOTAL_S."""
+    loop = asyncio.get_running_loop()
+    give_up = loop.time() + READ_TOTAL_S
+    try:
+        async with asyncio.timeout(None) as timer:
+            while True:
+                timer.reschedule(min(give_up, loop.time() + READ_IDLE_S))
+                chunk = await request.content.readany()
+                if not chunk:
+                    return
+                take(chunk)
+    except TimeoutError:
+        what = f"the body stalled for {READ_IDLE_S:g} s or took over {READ_TOTAL_S:g} s: send it at once"
+        raise BodyRefused(408, "body", what) from None
 
 
 class Inflater:

@@ -70,7 +70,8 @@ class Edge:
         )
         app.on_response_prepare.append(responses.add_request_id)
         app.router.add_route("*", "/{tail:.*}", self._handle)
-        self.port = await self._listen(app, self.config.edge.listen, "edge.listen (--listen)")
+        # Bodies are inflated by meshlet_edge.bodies, within edge.max_body_bytes, not by aiohttp.
+        self.port = await self._listen(app, self.config.edge.listen, "edge.listen (--listen)", auto_decompress=False)
         log.info(
             "edge listening on %s (admin %s), %d routes",
             self.port,
@@ -80,9 +81,10 @@ class Edge:
         )
         print(f"edge listening on {self.port}", flush=True)
 
-    async def _listen(self, app: web.Application, address: str, field: str) -> int:
+    async def _listen(self, app: web.Application, address: str, field: str, **options: Any) -> int:
         host, port = split_host_port(address)
-        runner = web.AppRunner(app, access_log=None, handle_signals=False, shutdown_timeout=DRAIN_S, **RUNNER_LIMITS)
+        limits = {**RUNNER_LIMITS, **options}
+        runner = web.AppRunner(app, access_log=None, handle_signals=False, shutdown_timeout=DRAIN_S, **limits)
         await runner.setup()
         site = web.TCPSite(runner, listen_host(host), port)
         try:

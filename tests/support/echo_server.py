@@ -4,13 +4,15 @@ and benchmarks: ``python -m tests.support.echo_server --name echo-1 --port 0``.
 It registers in Consul (CONSUL_HTTP_ADDR) as service ``$MESHLET_SERVICE__NAME`` (default ``echo``), counts every
 call it receives (``Stats``), and injects faults on request: ``--fail-code UNAVAILABLE --fail-rate 1.0`` fails
 that share of calls, ``--delay-ms`` adds latency. Per call, metadata steers it: ``x-echo-fail: <CODE>`` fails
-that call (``x-echo-fail-details: <text>`` sets its details, as a handler passing a downstream's error on),
+that call (``x-echo-fail-details: <text>`` sets its details, as a handler passing a downstream's error on;
+``x-echo-pushback-ms: <n>`` adds gRPC's pushback trailer, ``x-echo-retry-delay-ms: <n>`` a google.rpc.RetryInfo),
 ``x-echo-sleep-ms: <n>`` delays it, ``x-echo-set-health: NOT_SERVING`` sets the process's health,
 ``x-echo-stream-every-ms: <n>`` makes ``ServerStream`` a watch: a message every n ms until the caller leaves.
 With ``--log FILE`` every execution of ``Echo`` and ``EchoOnce`` appends ``<name> <method> <message>`` to FILE
 (one ``write(2)`` on an O_APPEND file), so tests count executions per request across processes.
 With ``--upstream NAME`` its ``Echo`` forwards to that service through ``mesh.channel`` (for deadline
-propagation tests) and reports the deadline it saw in the reply's message; ``--upstream-timeout-ms`` gives that
+propagation tests) and reports the deadline it saw in the reply's message (``metadata?`` answers the call's
+metadata as JSON); ``--upstream-timeout-ms`` gives that
 call a timeout of its own (the tighter of it and the caller's deadline applies).
 """
 
@@ -20,6 +22,7 @@ import argparse
 import asyncio
 import collections
 import itertools
+import json
 import os
 import random
 import sys
@@ -27,6 +30,8 @@ from collections.abc import AsyncIterator
 from typing import Any
 
 import grpc
+from google.protobuf import duration_pb2
+from google.rpc import error_details_pb2, status_pb2
 from grpc_health.v1 import health_pb2
 
 from meshlet.mesh import Mesh
@@ -58,8 +63,8 @@ class Echo(echo_pb2_grpc.EchoServicer):
         if code is None and self.args.fail_code and self.rng.random() < self.args.fail_rate:
             code = self.args.fail_code
         if code:
-            details = metadata.get("x-echo-fail-details", f"{self.args.name}: injected {code}")
-            await context.abort(grpc.StatusCode[str(code)], str(details))
+            details = str(metadata.get("x-echo-fail-details", f"{self.args.name}: injected {code}"))
+            await context.abort(grpc.StatusCode[str(code)], details, _come_back_later(metadata, str(code), details))
 
     async def Stats(self, request: echo_pb2.StatsRequest, context: Any) -> echo_pb2.StatsReply:  # noqa: N802
         return echo_pb2.StatsReply(calls=dict(self.calls), served_by=self.args.name)
@@ -73,6 +78,8 @@ class Echo(echo_pb2_grpc.EchoServicer):
             inner = await stub.Echo(request, timeout=timeout)
             return echo_pb2.EchoReply(message=inner.message, payload=inner.payload, served_by=self.args.name)
         message = request.message
+        if message == "metadata?":
+            message = json.dumps({k: v for k, v in context.invocation_metadata() or () if isinstance(v, str)})
         if message == "deadline?":
             remaining = context.time_remaining()
             message = "none" if remaining is None else f"{remaining:.3f}"
@@ -104,6 +111,20 @@ class Echo(echo_pb2_grpc.EchoServicer):
         await self._fault("BidiStream", context)
         async for request in request_iterator:
             yield echo_pb2.EchoReply(message=request.message, served_by=self.args.name)
+
+
+def _come_back_later(metadata: dict[str, Any], code: str, details: str) -> tuple[tuple[str, Any], ...]:
+    """The trailers that ask a caller to come back later, as the call's metadata asked for them."""
+    trailers: list[tuple[str, Any]] = []
+    if "x-echo-pushback-ms" in metadata:
+        trailers.append(("grpc-retry-pushback-ms", str(metadata["x-echo-pushback-ms"])))
+    if "x-echo-retry-delay-ms" in metadata:
+        delay = duration_pb2.Duration()
+        delay.FromMilliseconds(int(metadata["x-echo-retry-delay-ms"]))
+        status = status_pb2.Status(code=grpc.StatusCode[code].value[0], message=details)
+        status.details.add().Pack(error_details_pb2.RetryInfo(retry_delay=delay))
+        trailers.append(("grpc-status-details-bin", status.SerializeToString()))
+    return tuple(trailers)
 
 
 async def main(argv: list[str]) -> int:
