@@ -1,11 +1,13 @@
 """The hostile-input suite's targets, started once for the session as an operator runs them (tests/support):
 the dev agent (its HTTP API), plain app B behind b-svc's sidecar (mTLS inbound, outbound routed back through
-that inbound, admin port), and an SDK echo server with its metrics port. Each target comes with a
+that inbound, admin port), an SDK echo server with its metrics port, and meshlet-edge's HTTP port in front of
+that echo server. Each target comes with a
 well-behaved client and a memory cap; `faces` names them for the test modules, and every fault a test drives
 adds a row to the table printed at the end of the run (the README's "Reliability" quotes it)."""
 
 from __future__ import annotations
 
+import json
 import sys
 import urllib.request
 from collections.abc import Callable, Iterator
@@ -20,8 +22,9 @@ from meshlet.security.dev_ca import init_ca, issue
 from meshlet_api.echo.v1 import echo_pb2, echo_pb2_grpc
 from tests.hostile.watch import Measured, watched
 from tests.support.agents import Agent, start_dev_agent
+from tests.support.descriptor_sets import write_descriptor_set
 from tests.support.processes import Child, Processes, free_port, http_ok, processes, wait_until
-from tests.support.sidecars import SidecarProcess, start_plain_app, start_sidecar, tls_files
+from tests.support.sidecars import SidecarProcess, start_plain_app, start_sidecar, tls_files, write_config
 
 TRUST_DOMAIN = "meshlet.test"
 ECHO_SERVICE = "meshlet_api.echo.v1.Echo"
@@ -32,7 +35,7 @@ MIB = 1024
 # The memory each process may reach under any one fault, the whole session long (RSS seldom shrinks): at rest
 # here the sidecar holds ~90 MiB, the SDK server ~85 MiB, the dev agent ~90 MiB (measured), so a leak or an
 # unbounded buffer shows, a busy moment does not.
-RSS_CAP_KIB = {"sidecar": 200 * MIB, "sdk server": 200 * MIB, "dev agent": 160 * MIB}
+RSS_CAP_KIB = {"sidecar": 200 * MIB, "sdk server": 200 * MIB, "dev agent": 160 * MIB, "edge": 200 * MIB}
 
 
 @dataclass(frozen=True)
@@ -159,6 +162,38 @@ def hostile_sdk_server(hostile_procs: Processes, hostile_agent: Agent) -> SdkSer
     return SdkServer(child, port, metrics_port)
 
 
+@dataclass(frozen=True)
+class EdgeProcess:
+    child: Child
+    port: int
+
+
+@pytest.fixture(scope="session")
+def hostile_edge(
+    hostile_procs: Processes,
+    hostile_sdk_server: SdkServer,
+    hostile_agent: Agent,
+    tmp_path_factory: pytest.TempPathFactory,
+) -> EdgeProcess:
+    """meshlet-edge with the echo server as its upstream: Echo at its default binding, POST /<service>/Echo."""
+    folder = tmp_path_factory.mktemp("hostile-edge")
+    descriptors = write_descriptor_set(folder / "echo.pb", echo_pb2.DESCRIPTOR)
+    config = {
+        "tls": {"source": "off"},
+        "consul": {"address": hostile_agent.url},
+        "edge": {"services": {ECHO_SERVICE: "echo-hostile"}, "descriptor_sets": [str(descriptors)]},
+    }
+    port = free_port()
+    argv = [
+        sys.executable, "-m", "meshlet_edge", "--config", str(write_config(folder / "edge.yaml", config)),
+        "--listen", f"127.0.0.1:{port}", "--admin-addr", f"127.0.0.1:{free_port()}",
+    ]  # fmt: skip
+    child = hostile_procs.start(argv, name="edge")
+    eventually_serves(http_post_json(f"http://127.0.0.1:{port}{ECHO_METHOD}"), "the edge to serve Echo")
+    assert child.alive(), child.output()
+    return EdgeProcess(child, port)
+
+
 # ------------------------------------------------------------------------------------------ clients
 
 
@@ -177,6 +212,17 @@ def http_get(url: str) -> Callable[[], None]:
         with urllib.request.urlopen(url, timeout=CALL_TIMEOUT_S) as response:
             assert response.status == 200
             response.read()
+
+    return call
+
+
+def http_post_json(url: str) -> Callable[[], None]:
+    def call() -> None:
+        request = urllib.request.Request(url, data=b'{"message": "hello"}', method="POST")
+        request.add_header("Content-Type", "application/json")
+        with urllib.request.urlopen(request, timeout=CALL_TIMEOUT_S) as response:
+            assert response.status == 200
+            assert json.loads(response.read())["message"] == "hello"
 
     return call
 
@@ -202,7 +248,11 @@ def eventually_serves(call: Callable[[], None], what: str) -> None:
 
 @pytest.fixture(scope="session")
 def faces(
-    hostile_sidecar: SidecarProcess, hostile_sdk_server: SdkServer, hostile_agent: Agent, hostile_pki: Path
+    hostile_sidecar: SidecarProcess,
+    hostile_sdk_server: SdkServer,
+    hostile_agent: Agent,
+    hostile_pki: Path,
+    hostile_edge: EdgeProcess,
 ) -> Iterator[dict[str, Face]]:
     """Every attacked port by name, each with a well-behaved client that already works."""
     sidecar, sdk, agent = hostile_sidecar, hostile_sdk_server, hostile_agent
@@ -226,6 +276,8 @@ def faces(
         Face("SDK metrics", "sdk server", sdk.metrics_port, sdk.child,
              http_get(f"http://127.0.0.1:{sdk.metrics_port}/metrics")),
         Face("dev agent HTTP", "dev agent", agent.port, agent.child, http_get(f"{agent.url}/v1/kv/hostile/good")),
+        Face("edge HTTP", "edge", hostile_edge.port, hostile_edge.child,
+             http_post_json(f"http://127.0.0.1:{hostile_edge.port}{ECHO_METHOD}")),
     ]  # fmt: skip
     for face in every:
         eventually_serves(face.good_call, f"a well-behaved call to {face.name}")
@@ -235,7 +287,7 @@ def faces(
 
 
 GRPC_FACES = ["sidecar inbound (mTLS)", "sidecar outbound", "SDK server"]
-HTTP_FACES = ["sidecar admin", "SDK metrics", "dev agent HTTP"]
+HTTP_FACES = ["sidecar admin", "SDK metrics", "dev agent HTTP", "edge HTTP"]
 ALL_FACES = GRPC_FACES + HTTP_FACES
 
 
