@@ -82,7 +82,10 @@ async def pipeline_alone() -> None:
     handlers: dict[str, tuple[Callable[[InboundCall], Awaitable[Any]], Any]] = {
         "SDK (typed), stage off": (build_inbound(terminal, plain, RESERVE_PATH), RESERVE),
         "SDK (typed), stage on": (build_inbound(terminal, validating, RESERVE_PATH), RESERVE),
-        "sidecar (bytes), stage off": (build_inbound(terminal, plain, RESERVE_PATH, decode), RESERVE.SerializeToString()),
+        "sidecar (bytes), stage off": (
+            build_inbound(terminal, plain, RESERVE_PATH, decode),
+            RESERVE.SerializeToString(),
+        ),
         "sidecar (bytes), stage on": (
             build_inbound(terminal, validating, RESERVE_PATH, decode),
             RESERVE.SerializeToString(),
@@ -105,9 +108,13 @@ async def pipeline_alone() -> None:
         print(f"{name:<32}{us:9.2f} us{added:>12}")
 
 
-class Inventory(inventory_pb2_grpc.InventoryServicer):  # type: ignore[misc]
+class Inventory(inventory_pb2_grpc.InventoryServicer):
     async def Reserve(self, request: Any, context: Any) -> Any:  # noqa: N802 - gRPC's method name
         return inventory_pb2.ReserveReply(reservation_id=request.reservation_id, remaining=10, served_by="bench")
+
+
+def reserve_call(reserve: Any) -> Call:
+    return lambda: reserve(RESERVE, timeout=5)
 
 
 async def real_calls() -> None:
@@ -127,8 +134,7 @@ async def real_calls() -> None:
             servers[name] = server
             channel = grpc.aio.insecure_channel(f"127.0.0.1:{port}")
             channels.append(channel)
-            reserve = inventory_pb2_grpc.InventoryStub(channel).Reserve
-            calls[name] = lambda reserve=reserve: reserve(RESERVE, timeout=5)
+            calls[name] = reserve_call(inventory_pb2_grpc.InventoryStub(channel).Reserve)
         for call in calls.values():
             for _ in range(300):
                 await call()

@@ -139,8 +139,8 @@ class Edge:
         except web.HTTPRequestEntityTooLarge:
             what = f"the body is larger than {MAX_BODY_BYTES} bytes: send a smaller one"
             return _error(refusal(grpc.StatusCode.RESOURCE_EXHAUSTED, what), 413)
-        if self.validator is not None and (bad := self.validator.check(message)) is not None:
-            invalid = RequestInvalid(summary(message.DESCRIPTOR.name, bad), bad, method=route.path)
+        if self.validator is not None and (broken := self.validator.check(message)) is not None:
+            invalid = RequestInvalid(summary(message.DESCRIPTOR.name, broken), broken, method=route.path)
             return _error(status_of(invalid), 400)  # the shape a server's inbound validate stage answers
         try:
             reply = await self._send[route](message, timeout=timeout)

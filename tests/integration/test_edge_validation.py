@@ -52,7 +52,9 @@ async def test_a_quantity_out_of_bounds_is_a_400_naming_field_rule_and_why(front
     assert violations(body) == [
         ("quantity", "int32.gt_lte", "must be greater than 0 and less than or equal to 1000"),
     ]
-    assert body["message"] == "ReserveRequest is invalid: quantity: must be greater than 0 and less than or equal to 1000"
+    assert (
+        body["message"] == "ReserveRequest is invalid: quantity: must be greater than 0 and less than or equal to 1000"
+    )
     info = detail(body, ERROR_INFO)
     assert (info["reason"], info["domain"]) == ("REQUEST_INVALID", "meshlet.dev")
     assert info["metadata"]["method"] == "/shop.inventory.v1.Inventory/Reserve"
@@ -89,7 +91,9 @@ async def test_every_violation_of_a_bad_order_is_listed_and_the_order_never_leav
 async def test_a_page_size_above_the_maximum_is_a_400(front: Front, http) -> None:
     status, body, _ = await call(http, "GET", front.url + "/v1/orders?pageSize=500")
     assert status == 400, body
-    assert violations(body) == [("page_size", "int32.gte_lte", "must be greater than or equal to 0 and less than or equal to 100")]
+    assert violations(body) == [
+        ("page_size", "int32.gte_lte", "must be greater than or equal to 0 and less than or equal to 100")
+    ]
 
 
 # ------------------------------------------------------------------------------------------ the inbound stage
@@ -212,4 +216,3 @@ async def test_an_app_behind_a_sidecar_gets_only_valid_requests(channels) -> Non
         inventory_pb2.GetStockRequest(sku="sku-tea"), timeout=WAIT_S
     )
     assert stock.sku == "sku-tea"
-

@@ -3,6 +3,8 @@ id as the reason, protovalidate's words as the description; and the status messa
 
 from __future__ import annotations
 
+from typing import Any
+
 import protovalidate
 import pytest
 from google.protobuf import any_pb2
@@ -16,7 +18,7 @@ from meshlet_shop_api.orders.v1 import orders_pb2
 
 
 def element(name: str, key: str | None = None, value: object = None) -> protovalidate.FieldPathElementPb:
-    subscript = Oneof(key, value) if key is not None else None
+    subscript: Any = Oneof(key, value) if key is not None else None
     return protovalidate.FieldPathElementPb(field_name=name, subscript=subscript)
 
 
@@ -125,7 +127,9 @@ async def test_the_inbound_stage_refuses_an_invalid_request_before_the_handler()
         served.append(call.request)
         return "served"
 
-    pipeline = build_inbound(handler, InboundParts(validator=RequestValidator()), "/shop.inventory.v1.Inventory/Reserve")
+    pipeline = build_inbound(
+        handler, InboundParts(validator=RequestValidator()), "/shop.inventory.v1.Inventory/Reserve"
+    )
     good = inventory_pb2.ReserveRequest(reservation_id="r-1", sku="sku-tea", quantity=1)
     assert await pipeline(InboundCall("/shop.inventory.v1.Inventory/Reserve", (), good)) == "served"
     bad = inventory_pb2.ReserveRequest(reservation_id="r-1", sku="sku-tea", quantity=0)

@@ -1,11 +1,11 @@
 """The inbound data path: one module per stage, in request order.
 
-(count refusals) -> identify -> authorize -> rate_limit -> span -> observe -> [validate] -> deadline, ending in the servicer
-(SDK) or the local app (sidecar). `InboundParts` holds what the stages share (the authorizer, the rate limiters,
-the tracer, the metrics), built
-once per server; the transport calls `build_inbound` once per method with that method's terminal. Absent
-features are absent from the list rather than checked per call. One module is no stage: abandoned.py, the status
-of a call whose caller went away, which span, observe and the server adapters agree on.
+(count refusals) -> identify -> authorize -> rate_limit -> span -> observe -> validate -> deadline, ending in the
+servicer (SDK) or the local app (sidecar). `InboundParts` holds what the stages share (the authorizer, the rate
+limiters, the tracer, the metrics, the validator), built once per server; the transport calls `build_inbound` once
+per method with that method's terminal. Absent features are absent from the list rather than checked per call. One
+module is no stage: abandoned.py, the status of a call whose caller went away, which span, observe and the server
+adapters agree on.
 """
 
 from __future__ import annotations
