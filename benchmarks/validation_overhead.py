@@ -63,7 +63,7 @@ def check_alone() -> None:
     rows: dict[str, Callable[[], object]] = {
         "ReserveRequest, valid": lambda: validator.check(RESERVE),
         "CreateOrderRequest (2 items), valid": lambda: validator.check(ORDER),
-        "CreateOrderRequest, 5 violations -> BadRequest": lambda: validator.check(BAD_ORDER),
+        "CreateOrderRequest, 3 violations -> BadRequest": lambda: validator.check(BAD_ORDER),
         "ReserveRequest from bytes (sidecar)": lambda: validator.check(parse_reserve(reserve_bytes)),  # type: ignore[arg-type]
         "CreateOrderRequest from bytes (sidecar)": lambda: validator.check(parse_order(order_bytes)),  # type: ignore[arg-type]
     }
