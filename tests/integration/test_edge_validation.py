@@ -11,6 +11,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import sys
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
@@ -103,7 +104,8 @@ async def test_a_page_size_above_the_maximum_is_a_400(front: Front, http) -> Non
 class Servers:
     agent: Agent
     orders: str  # the SDK server's address (mesh.server())
-    sidecar: str  # the inventory app's sidecar, inbound port
+    sidecar: str  # the inventory app's sidecar, inbound port: methods from a descriptor set
+    learning: str  # a second sidecar in front of the same app: methods from the app's reflection service
     app: str  # the inventory app itself, no mesh in front
 
 
@@ -144,13 +146,22 @@ def servers(module_procs: Processes, tmp_path_factory: pytest.TempPathFactory) -
         "inbound": {"validate": True},
     }
     sidecar = start_sidecar(module_procs, folder, "inventory-v", config, app=f"127.0.0.1:{app_port}")
-    return Servers(agent, f"127.0.0.1:{orders_port}", f"127.0.0.1:{sidecar.inbound_port}", f"127.0.0.1:{app_port}")
+    reflecting = {**config, "service": {**config["service"], "name": "inventory-learning"}, "sidecar": {}}
+    learning = start_sidecar(module_procs, folder, "inventory-r", reflecting, app=f"127.0.0.1:{app_port}")
+    return Servers(
+        agent,
+        f"127.0.0.1:{orders_port}",
+        f"127.0.0.1:{sidecar.inbound_port}",
+        f"127.0.0.1:{learning.inbound_port}",
+        f"127.0.0.1:{app_port}",
+    )
 
 
 @pytest_asyncio.fixture
 async def channels(servers: Servers) -> AsyncIterator[dict[str, grpc.aio.Channel]]:
     """Plain grpcio channels, no meshlet on the caller's side."""
-    opened = {name: grpc.aio.insecure_channel(getattr(servers, name)) for name in ("orders", "sidecar", "app")}
+    names = ("orders", "sidecar", "learning", "app")
+    opened = {name: grpc.aio.insecure_channel(getattr(servers, name)) for name in names}
     try:
         yield opened
     finally:
@@ -216,3 +227,22 @@ async def test_an_app_behind_a_sidecar_gets_only_valid_requests(channels) -> Non
         inventory_pb2.GetStockRequest(sku="sku-tea"), timeout=WAIT_S
     )
     assert stock.sku == "sku-tea"
+
+
+async def test_a_sidecar_validates_with_the_types_it_learnt_from_the_apps_reflection(channels) -> None:
+    """No descriptor set: until the sidecar has asked the app's reflection service, Reserve is a method it does not
+    know and passes unvalidated (the app answers in its own words); once learnt, the sidecar refuses it itself."""
+    stub = inventory_pb2_grpc.InventoryStub(channels["learning"])
+    request = inventory_pb2.ReserveRequest(reservation_id="r-v-3", sku="sku-tea", quantity=0)
+    reasons: list[str] = []
+    stop = asyncio.get_running_loop().time() + WAIT_S
+    while "REQUEST_INVALID" not in reasons and asyncio.get_running_loop().time() < stop:
+        with pytest.raises(grpc.aio.AioRpcError) as refused:
+            await stub.Reserve(request, timeout=WAIT_S)
+        assert refused.value.code() is grpc.StatusCode.INVALID_ARGUMENT  # the app's answer, or the sidecar's
+        status = rpc_status.from_call(refused.value)
+        reasons.append(bad_request_of(refused.value)[1] if status is not None else "")
+        await asyncio.sleep(0.1)
+    assert reasons[-1] == "REQUEST_INVALID", f"the sidecar never validated Reserve: {reasons}"
+    found, _ = bad_request_of(refused.value)
+    assert [(field, rule) for field, rule, _ in found] == [("quantity", "int32.gt_lte")]
