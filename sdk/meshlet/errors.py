@@ -14,6 +14,8 @@
              ├─ IntentionDenied        PERMISSION_DENIED    an intention denies caller -> target
              ├─ Unauthenticated        UNAUTHENTICATED      no or an unverifiable client certificate
              ├─ MethodPathInvalid      UNIMPLEMENTED        the call's path is not exactly /<service>/<method>
+             ├─ RequestInvalid         INVALID_ARGUMENT     the request breaks its proto's buf.validate rules
+             │                                              (a google.rpc.BadRequest beside the ErrorInfo)
              ├─ ChannelClosed          UNAVAILABLE          the mesh closed the channel a call was running on
              └─ UpstreamFailed         ABORTED or UNKNOWN   a server's handler (or app) failed because its own
                                                             upstream call did: see `upstream_failed`
@@ -32,10 +34,11 @@ from __future__ import annotations
 import enum
 import errno
 import os
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 
 import grpc
 from google.protobuf import any_pb2
+from google.protobuf.message import Message as ProtoMessage
 from google.rpc import error_details_pb2, status_pb2
 from grpc.aio import Metadata
 
@@ -59,6 +62,7 @@ class ErrorReason(enum.StrEnum):
     CHANNEL_CLOSED = "CHANNEL_CLOSED"
     UPSTREAM_FAILED = "UPSTREAM_FAILED"
     TLS_HANDSHAKE_FAILED = "TLS_HANDSHAKE_FAILED"
+    REQUEST_INVALID = "REQUEST_INVALID"
 
 
 class MeshError(grpc.aio.AioRpcError):
@@ -74,10 +78,11 @@ class MeshError(grpc.aio.AioRpcError):
         metadata: Mapping[str, str] | None = None,
         code: grpc.StatusCode | None = None,
         pushback_ms: int | None = None,
+        details: Sequence[ProtoMessage] = (),
     ) -> None:
         self.info = dict(metadata or {})
         status_code = code or self.code_
-        trailers = status_trailers(status_code, message, self.reason, self.info)
+        trailers = status_trailers(status_code, message, self.reason, self.info, details)
         if pushback_ms is not None:
             trailers = Metadata(*trailers, (PUSHBACK_KEY, str(max(0, pushback_ms))))
         super().__init__(status_code, Metadata(), trailers, message, None)
@@ -131,6 +136,19 @@ class MethodPathInvalid(MeshError):
 
     code_ = grpc.StatusCode.UNIMPLEMENTED
     reason = ErrorReason.METHOD_PATH_INVALID
+
+
+class RequestInvalid(MeshError):
+    """A request that breaks its proto's buf.validate constraints: the google.rpc.BadRequest beside the ErrorInfo
+    names each field, the rule's id and why. Resending it as it is gets the same answer."""
+
+    code_ = grpc.StatusCode.INVALID_ARGUMENT
+    reason = ErrorReason.REQUEST_INVALID
+
+    def __init__(self, message: str, bad_request: error_details_pb2.BadRequest, *, method: str = "") -> None:
+        info = {"violations": str(len(bad_request.field_violations))} | ({"method": method} if method else {})
+        super().__init__(message, metadata=info, details=(bad_request,))
+        self.bad_request = bad_request
 
 
 class ChannelClosed(MeshError):
@@ -212,11 +230,19 @@ def explained_failure(
     )
 
 
-def status_trailers(code: grpc.StatusCode, message: str, reason: ErrorReason, info: Mapping[str, str]) -> Metadata:
-    """Trailing metadata carrying a google.rpc.Status whose one detail is meshlet's ErrorInfo."""
-    detail = any_pb2.Any()
-    detail.Pack(error_details_pb2.ErrorInfo(reason=reason.value, domain=DOMAIN, metadata=dict(info)))
-    status = status_pb2.Status(code=code.value[0], message=message, details=[detail])
+def status_trailers(
+    code: grpc.StatusCode,
+    message: str,
+    reason: ErrorReason,
+    info: Mapping[str, str],
+    details: Sequence[ProtoMessage] = (),
+) -> Metadata:
+    """Trailing metadata carrying a google.rpc.Status whose first detail is meshlet's ErrorInfo, then `details`."""
+    packed = []
+    for detail in (error_details_pb2.ErrorInfo(reason=reason.value, domain=DOMAIN, metadata=dict(info)), *details):
+        packed.append(any_pb2.Any())
+        packed[-1].Pack(detail)
+    status = status_pb2.Status(code=code.value[0], message=message, details=packed)
     return Metadata((DETAILS_KEY, status.SerializeToString()))
 
 

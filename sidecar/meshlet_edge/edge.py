@@ -1,6 +1,7 @@
 """Edge: the HTTP listener in front of the mesh. Each request is matched in the route table, transcoded to the
 method's message and sent through ``mesh.channel(upstream)``, the same outbound pipeline (discovery, balancing,
-deadline, retries, breakers, mTLS, tracing, metrics) an SDK stub's call takes; the reply comes back as JSON, a
+deadline, retries, breakers, mTLS, tracing, metrics) an SDK stub's call takes, once the message keeps its proto's
+buf.validate constraints (``edge.validate``, on by default); the reply comes back as JSON, a
 failure as the JSON form of its google.rpc.Status with the mapped HTTP status.
 
 Start: routes (a bad descriptor or a conflict is a config error before anything listens) -> certificates ->
@@ -21,7 +22,7 @@ from aiohttp import web
 from google.rpc import status_pb2
 
 from meshlet.config import Config, listen_host, split_host_port
-from meshlet.errors import CannotListen, describe_os_error
+from meshlet.errors import CannotListen, RequestInvalid, describe_os_error
 from meshlet.http_limits import RUNNER_LIMITS
 from meshlet.mesh import Mesh
 from meshlet_edge import responses
@@ -29,6 +30,7 @@ from meshlet_edge.bodies import CODINGS, BodyRefused, read_body
 from meshlet_edge.forwarding import upstream_metadata
 from meshlet_edge.request_id import REQUEST_KEY, log_request_ids
 from meshlet_edge.retry_after import retry_after
+from meshlet.validation import RequestValidator, summary
 from meshlet_edge.routes import Route, RouteTable, build_routes, load_pool
 from meshlet_edge.status import http_status, refusal, status_json, status_of
 from meshlet_edge.transcode import BadRequest, grpc_timeout, request_message, response_json
@@ -45,6 +47,8 @@ class Edge:
         self.config = config
         self.routes: RouteTable = build_routes(config.edge.services, load_pool(config.edge.descriptor_sets))
         self.mesh = Mesh(config, face="edge")
+        # edge.validate: buf.validate constraints checked before a request leaves (a 400 with a BadRequest)
+        self.validator = RequestValidator() if config.edge.validate_requests else None
         self._send: dict[Route, Send] = {}
         self._runners: list[web.AppRunner] = []
         self.port = 0
@@ -148,6 +152,9 @@ class Edge:
             return _error(status, 400)
         except BodyRefused as refused:
             return _body_refused(refused)
+        if self.validator is not None and (broken := self.validator.check(message)) is not None:
+            invalid = RequestInvalid(summary(message.DESCRIPTOR.name, broken), broken, method=route.path)
+            return _error(status_of(invalid), 400)  # the shape a server's inbound validate stage answers
         try:
             reply = await self._send[route](message, timeout=timeout, metadata=metadata)
             return web.Response(text=response_json(route, reply), content_type=JSON)

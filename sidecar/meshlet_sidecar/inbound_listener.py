@@ -2,7 +2,9 @@
 mTLS. Every method is served as raw bytes; each call runs the SDK's inbound pipeline (identity, intentions,
 rate limits, deadline) and ends in ForwardToApp, which hands it to the local app. A unary method whose kind the
 app's MethodTable knows (descriptor sets, the app's reflection service) is served as unary, any other as a
-stream.
+stream. With ``inbound.validate: true`` a unary method's request is checked against its proto's buf.validate
+constraints, decoded with the message type the table learnt; a method whose descriptor is not known yet, and any
+stream, passes unvalidated.
 
 What a caller sees is what the app answered, except for calls the mesh itself refuses: a stage's MeshError
 ends the call with its code, message and ErrorInfo (a stream's once its requests are read, so that the caller
@@ -30,6 +32,7 @@ from meshlet.transport.channels import SERVER_OPTIONS
 from meshlet.transport.listen import add_port
 from meshlet.transport.raw import Built, RawHandler, RawMethods, RawUnaryHandler, generic_handler, unary_handler
 from meshlet.transport.server import abort_refused, inbound_call
+from meshlet.validation import parse_as
 from meshlet_sidecar.forward import ForwardToApp
 from meshlet_sidecar.method_kinds import MethodTable
 
@@ -90,11 +93,13 @@ class InboundListener:
         methods = self.methods
         known = methods.get(method) if methods is not None else None
         if known is not None and known.kind is Cardinality.UNARY_UNARY:
-            return unary_handler(self._unary(method)), methods, False
+            return unary_handler(self._unary(method, known.request_type)), methods, False
         return generic_handler(self._generic(method)), methods, known is None
 
-    def _unary(self, method: str) -> RawUnaryHandler:
-        pipeline = build_inbound(self._forward.unary, self._parts, method)
+    def _unary(self, method: str, request_type: type[Any] | None = None) -> RawUnaryHandler:
+        # inbound.validate decodes the request with the type the method table learnt; unknown: not validated
+        decode = parse_as(request_type) if request_type is not None else None
+        pipeline = build_inbound(self._forward.unary, self._parts, method, decode)
         clock = self._clock
         identify = self._identify
 
@@ -113,7 +118,7 @@ class InboundListener:
         return forward
 
     def _generic(self, method: str) -> RawHandler:
-        pipeline = build_inbound(self._forward, self._parts, method)
+        pipeline = build_inbound(self._forward, self._parts, method, decode=None)  # streams: not validated
         clock = self._clock
         identify = self._identify
 

@@ -8,13 +8,17 @@ source in the background. Pure: descriptors in, answers out; the schedule of whe
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Callable, Iterable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from typing import Any
 
-from google.protobuf import descriptor_pb2
+from google.protobuf import descriptor_pb2, descriptor_pool, message_factory
 from google.protobuf.message import DecodeError
 
 from meshlet.call import Cardinality
+
+log = logging.getLogger("meshlet.sidecar")
 
 _SAFE_LEVELS = (descriptor_pb2.MethodOptions.IDEMPOTENT, descriptor_pb2.MethodOptions.NO_SIDE_EFFECTS)
 
@@ -25,10 +29,15 @@ class MethodInfo:
 
     kind: Cardinality
     idempotent: bool  # idempotency_level IDEMPOTENT or NO_SIDE_EFFECTS
+    # The request's message class, for the inbound validate stage; None when its file or an import of it was not
+    # among the descriptors. Not part of what a method is: a recheck that builds a new class is no news.
+    request_type: type[Any] | None = field(default=None, compare=False, repr=False)
 
 
 def methods_in(files: Iterable[descriptor_pb2.FileDescriptorProto]) -> dict[str, MethodInfo]:
     """Every method of every service in `files`, by path (``/pkg.Service/Method``)."""
+    files = list(files)
+    types = message_types(files)
     methods: dict[str, MethodInfo] = {}
     for file in files:
         prefix = f"{file.package}." if file.package else ""
@@ -36,8 +45,45 @@ def methods_in(files: Iterable[descriptor_pb2.FileDescriptorProto]) -> dict[str,
             for method in service.method:
                 kind = Cardinality((method.client_streaming, method.server_streaming))
                 idempotent = method.options.idempotency_level in _SAFE_LEVELS
-                methods[f"/{prefix}{service.name}/{method.name}"] = MethodInfo(kind, idempotent)
+                request_type = types.get(method.input_type.lstrip("."))
+                methods[f"/{prefix}{service.name}/{method.name}"] = MethodInfo(kind, idempotent, request_type)
     return methods
+
+
+def message_types(files: Iterable[descriptor_pb2.FileDescriptorProto]) -> dict[str, type[Any]]:
+    """The message classes of `files`, by full name, from a pool of their own (never the process's default
+    pool: an app's descriptors must not clash with meshlet's). A file whose imports are missing is left out, and
+    its messages with it."""
+    by_name = {file.name: file for file in files}
+    pool = descriptor_pool.DescriptorPool()
+    added: set[str] = set()
+    failed: set[str] = set()
+
+    def add(name: str, seen: frozenset[str] = frozenset()) -> bool:
+        if name in added or name in failed:
+            return name in added
+        file = by_name.get(name)
+        if file is None or name in seen or not all(add(d, seen | {name}) for d in file.dependency):
+            failed.add(name)
+            return False
+        try:
+            pool.Add(file)
+        except (TypeError, ValueError) as error:  # a clash or a broken file: its messages stay unknown
+            log.debug("cannot build the message types of %s: %s", name, error)
+            failed.add(name)
+            return False
+        added.add(name)
+        return True
+
+    types: dict[str, type[Any]] = {}
+    for file in by_name.values():
+        if not add(file.name):
+            continue
+        prefix = f"{file.package}." if file.package else ""
+        for message in file.message_type:
+            full_name = prefix + message.name
+            types[full_name] = message_factory.GetMessageClass(pool.FindMessageTypeByName(full_name))
+    return types
 
 
 def parse_files(serialized: Iterable[bytes]) -> list[descriptor_pb2.FileDescriptorProto]:

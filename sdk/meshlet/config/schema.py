@@ -138,6 +138,17 @@ class EdgeConfig(_Section):
     forward_headers: tuple[Annotated[str, parsed(forwardable_header)], ...] = ()
     max_body_bytes: AtLeastOne = 1024 * 1024  # a request body, after decompression: 413 past it
     compression: EdgeCompression = EdgeCompression()
+    # Check each request against its proto's buf.validate constraints before it leaves: a violation is a 400 with
+    # a google.rpc.BadRequest (field, rule id, message). On by default: the front door is where bad input stops.
+    validate_requests: bool = Field(default=True, alias="validate")
+
+
+class InboundConfig(_Section):
+    """What every server of this process (``mesh.server()``, the sidecar's inbound port) checks of a call."""
+
+    # Check each request against its proto's buf.validate constraints before the handler (or the app) sees it:
+    # a violation is INVALID_ARGUMENT with a google.rpc.BadRequest. Off by default: it decodes every request.
+    validate_requests: bool = Field(default=False, alias="validate")
 
 
 class RetryPolicy(_Section):
@@ -249,6 +260,7 @@ class Config(_Section):
     tls: TlsConfig = TlsConfig()
     sidecar: SidecarConfig = SidecarConfig()
     edge: EdgeConfig = EdgeConfig()
+    inbound: InboundConfig = InboundConfig()
     upstream_defaults: UpstreamPolicy = UpstreamPolicy()
     upstreams: dict[str, UpstreamPolicy] = Field(default_factory=dict)
     authz: AuthzConfig = AuthzConfig()

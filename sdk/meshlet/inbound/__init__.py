@@ -1,11 +1,11 @@
 """The inbound data path: one module per stage, in request order.
 
-(count refusals) -> identify -> authorize -> rate_limit -> span -> observe -> deadline, ending in the servicer
-(SDK) or the local app (sidecar). `InboundParts` holds what the stages share (the authorizer, the rate limiters,
-the tracer, the metrics), built
-once per server; the transport calls `build_inbound` once per method with that method's terminal. Absent
-features are absent from the list rather than checked per call. One module is no stage: abandoned.py, the status
-of a call whose caller went away, which span, observe and the server adapters agree on.
+(count refusals) -> identify -> authorize -> rate_limit -> span -> observe -> validate -> deadline, ending in the
+servicer (SDK) or the local app (sidecar). `InboundParts` holds what the stages share (the authorizer, the rate
+limiters, the tracer, the metrics, the validator), built once per server; the transport calls `build_inbound` once
+per method with that method's terminal. Absent features are absent from the list rather than checked per call. One
+module is no stage: abandoned.py, the status of a call whose caller went away, which span, observe and the server
+adapters agree on.
 """
 
 from __future__ import annotations
@@ -28,6 +28,7 @@ from meshlet.inbound.identify import IdentifyPeer
 from meshlet.inbound.observe import CountRefusals, ObserveInbound
 from meshlet.inbound.rate_limit import RateLimitCaller
 from meshlet.inbound.span import ContinueTrace
+from meshlet.inbound.validate import ValidateRequest
 from meshlet.pipeline import Stage, compose
 from meshlet.resilience.rate_limit import MethodRateLimits, RateLimiter, default_burst
 from meshlet.security.consul_authz import ConsulAuthorizer, ConsulFactory
@@ -36,6 +37,7 @@ from meshlet.telemetry.access_log import AccessLog
 from meshlet.telemetry.log_window import WindowedLog
 from meshlet.telemetry.method_names import MethodNames
 from meshlet.telemetry.metrics import Metrics
+from meshlet.validation import Decode, RequestValidator, typed
 
 log = logging.getLogger("meshlet.inbound")
 
@@ -60,6 +62,7 @@ class InboundParts:
     names: MethodNames = field(default_factory=MethodNames)  # which methods metrics and span names call by name
     denial_log: WindowedLog = field(default_factory=denial_log)  # one per server, shared by its methods' pipelines
     instance: ServedInstance = field(default_factory=ServedInstance)  # named by the refusals, once registered
+    validator: RequestValidator | None = None  # inbound.validate: requests checked against their buf.validate rules
 
     @classmethod
     def from_config(
@@ -118,6 +121,7 @@ class InboundParts:
             clock=clock,
             names=names if names is not None else MethodNames(),
             instance=instance or ServedInstance(),
+            validator=RequestValidator() if config.inbound.validate_requests else None,
         )
 
     async def close(self) -> None:
@@ -149,8 +153,9 @@ def describe_authorization(config: Config) -> str:
     return f"source local ({len(authz.rules)} rules in authz.rules), default {authz.default}{identified}"
 
 
-def inbound_stages(parts: InboundParts = NO_PARTS) -> list[Stage[InboundCall]]:
-    """The stages in request order, only those whose feature is on."""
+def inbound_stages(parts: InboundParts = NO_PARTS, decode: Decode | None = typed) -> list[Stage[InboundCall]]:
+    """The stages in request order, only those whose feature is on. `decode` gives the validate stage the call's
+    request as a message (None: the method's message type is unknown, and its requests are not validated)."""
     stages: list[Stage[InboundCall]] = []
     observed = parts.metrics is not None or parts.access_log is not None
     limits = (parts.authorizer, parts.per_caller, parts.per_method)
@@ -170,18 +175,24 @@ def inbound_stages(parts: InboundParts = NO_PARTS) -> list[Stage[InboundCall]]:
         stages.append(ContinueTrace(parts.tracer, parts.names))  # after the refusals: a refused call costs no span
     if observed:  # inside the span: the access log line carries its trace id
         stages.append(ObserveInbound(parts.service, parts.metrics, parts.access_log, parts.clock, parts.names))
+    if parts.validator is not None and decode is not None:  # inside the span: an invalid request is traced
+        stages.append(ValidateRequest(parts.validator, decode))
     stages.append(ExposeDeadline())  # last before the handler: its outbound calls inherit what is left of the deadline
     return stages
 
 
-def build_inbound(terminal: InboundHandler, parts: InboundParts = NO_PARTS, method: str = "") -> InboundHandler:
+def build_inbound(
+    terminal: InboundHandler, parts: InboundParts = NO_PARTS, method: str = "", decode: Decode | None = typed
+) -> InboundHandler:
     """One method's inbound pipeline over its `terminal` (the servicer method, or ForwardToApp). For a `method`
     the mesh itself calls (reflection), a second pipeline without spans, metrics or access log takes the calls
-    that carry the mesh's mark: they are checked, authorized and rate limited like any, but are not the app's."""
-    users = compose(inbound_stages(parts), terminal=terminal)
+    that carry the mesh's mark: they are checked, authorized and rate limited like any, but are not the app's.
+    `decode`: how the validate stage reads a request (typed messages by default; see inbound/validate.py)."""
+    users = compose(inbound_stages(parts, decode), terminal=terminal)
     if not may_be_mesh_own(method):
         return users
-    own = compose(inbound_stages(replace(parts, tracer=None, metrics=None, access_log=None)), terminal=terminal)
+    quiet = replace(parts, tracer=None, metrics=None, access_log=None)
+    own = compose(inbound_stages(quiet, decode), terminal=terminal)
 
     async def either(call: InboundCall) -> Any:
         return await (own if is_mesh_own(call.metadata) else users)(call)

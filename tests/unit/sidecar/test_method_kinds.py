@@ -152,3 +152,18 @@ def test_schedule_asks_a_source_that_refused_only_after_the_refusal_interval() -
     assert schedule.refused(0.0) == 300.0
     assert not schedule.may_ask(299.0)
     assert schedule.may_ask(300.0)
+
+
+def test_methods_learnt_from_descriptors_know_their_request_type_for_validation() -> None:
+    from meshlet_shop_api.inventory.v1 import inventory_pb2
+    from tests.support.descriptor_sets import descriptor_set
+
+    methods = methods_in(descriptor_set(inventory_pb2.DESCRIPTOR).file)
+    request_type = methods["/shop.inventory.v1.Inventory/Reserve"].request_type
+    assert request_type is not None
+    assert request_type.DESCRIPTOR.full_name == "shop.inventory.v1.ReserveRequest"
+    # a file whose imports are missing still gives its methods' kinds, without types
+    alone = [file for file in descriptor_set(inventory_pb2.DESCRIPTOR).file if file.name.endswith("inventory.proto")]
+    kept = methods_in(alone)["/shop.inventory.v1.Inventory/Reserve"]
+    assert kept.kind is Cardinality.UNARY_UNARY
+    assert kept.request_type is None

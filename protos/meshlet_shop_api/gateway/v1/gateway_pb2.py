@@ -22,21 +22,30 @@ _runtime_version.ValidateProtobufRuntimeVersion(
 _sym_db = _symbol_database.Default()
 
 
+from meshlet_api.buf.validate import validate_pb2 as buf_dot_validate_dot_validate__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n)meshlet_shop_api/gateway/v1/gateway.proto\x12\x0fshop.gateway.v1\"Y\n\x0f\x43heckoutRequest\x12\x12\n\nrequest_id\x18\x01 \x01(\t\x12\x13\n\x0b\x63ustomer_id\x18\x02 \x01(\t\x12\x0b\n\x03sku\x18\x03 \x01(\t\x12\x10\n\x08quantity\x18\x04 \x01(\x05\"4\n\rCheckoutReply\x12\x10\n\x08order_id\x18\x01 \x01(\t\x12\x11\n\tcharge_id\x18\x02 \x01(\t2\\\n\x07Gateway\x12Q\n\x08\x43heckout\x12 .shop.gateway.v1.CheckoutRequest\x1a\x1e.shop.gateway.v1.CheckoutReply\"\x03\x90\x02\x02\x62\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n)meshlet_shop_api/gateway/v1/gateway.proto\x12\x0fshop.gateway.v1\x1a\x1b\x62uf/validate/validate.proto\"\x9e\x01\n\x0f\x43heckoutRequest\x12\x1e\n\nrequest_id\x18\x01 \x01(\tB\n\xbaH\x07r\x05\x10\x01\x18\x80\x01\x12\x1f\n\x0b\x63ustomer_id\x18\x02 \x01(\tB\n\xbaH\x07r\x05\x10\x01\x18\x80\x01\x12,\n\x03sku\x18\x03 \x01(\tB\x1f\xbaH\x1cr\x1a\x10\x01\x18@2\x14^[a-z0-9][a-z0-9-]*$\x12\x1c\n\x08quantity\x18\x04 \x01(\x05\x42\n\xbaH\x07\x1a\x05\x18\xe8\x07 \x00\"4\n\rCheckoutReply\x12\x10\n\x08order_id\x18\x01 \x01(\t\x12\x11\n\tcharge_id\x18\x02 \x01(\t2\\\n\x07Gateway\x12Q\n\x08\x43heckout\x12 .shop.gateway.v1.CheckoutRequest\x1a\x1e.shop.gateway.v1.CheckoutReply\"\x03\x90\x02\x02\x62\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'meshlet_shop_api.gateway.v1.gateway_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
+  _globals['_CHECKOUTREQUEST'].fields_by_name['request_id']._loaded_options = None
+  _globals['_CHECKOUTREQUEST'].fields_by_name['request_id']._serialized_options = b'\272H\007r\005\020\001\030\200\001'
+  _globals['_CHECKOUTREQUEST'].fields_by_name['customer_id']._loaded_options = None
+  _globals['_CHECKOUTREQUEST'].fields_by_name['customer_id']._serialized_options = b'\272H\007r\005\020\001\030\200\001'
+  _globals['_CHECKOUTREQUEST'].fields_by_name['sku']._loaded_options = None
+  _globals['_CHECKOUTREQUEST'].fields_by_name['sku']._serialized_options = b'\272H\034r\032\020\001\030@2\024^[a-z0-9][a-z0-9-]*$'
+  _globals['_CHECKOUTREQUEST'].fields_by_name['quantity']._loaded_options = None
+  _globals['_CHECKOUTREQUEST'].fields_by_name['quantity']._serialized_options = b'\272H\007\032\005\030\350\007 \000'
   _globals['_GATEWAY'].methods_by_name['Checkout']._loaded_options = None
   _globals['_GATEWAY'].methods_by_name['Checkout']._serialized_options = b'\220\002\002'
-  _globals['_CHECKOUTREQUEST']._serialized_start=62
-  _globals['_CHECKOUTREQUEST']._serialized_end=151
-  _globals['_CHECKOUTREPLY']._serialized_start=153
-  _globals['_CHECKOUTREPLY']._serialized_end=205
-  _globals['_GATEWAY']._serialized_start=207
-  _globals['_GATEWAY']._serialized_end=299
+  _globals['_CHECKOUTREQUEST']._serialized_start=92
+  _globals['_CHECKOUTREQUEST']._serialized_end=250
+  _globals['_CHECKOUTREPLY']._serialized_start=252
+  _globals['_CHECKOUTREPLY']._serialized_end=304
+  _globals['_GATEWAY']._serialized_start=306
+  _globals['_GATEWAY']._serialized_end=398
 # @@protoc_insertion_point(module_scope)

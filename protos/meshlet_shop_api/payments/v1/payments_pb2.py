@@ -22,21 +22,30 @@ _runtime_version.ValidateProtobufRuntimeVersion(
 _sym_db = _symbol_database.Default()
 
 
+from meshlet_api.buf.validate import validate_pb2 as buf_dot_validate_dot_validate__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n+meshlet_shop_api/payments/v1/payments.proto\x12\x10shop.payments.v1\"b\n\rChargeRequest\x12\x17\n\x0fidempotency_key\x18\x01 \x01(\t\x12\x10\n\x08order_id\x18\x02 \x01(\t\x12\x14\n\x0c\x61mount_cents\x18\x03 \x01(\x03\x12\x10\n\x08\x63urrency\x18\x04 \x01(\t\"2\n\x0b\x43hargeReply\x12\x11\n\tcharge_id\x18\x01 \x01(\t\x12\x10\n\x08replayed\x18\x02 \x01(\x08\x32Y\n\x08Payments\x12M\n\x06\x43harge\x12\x1f.shop.payments.v1.ChargeRequest\x1a\x1d.shop.payments.v1.ChargeReply\"\x03\x90\x02\x02\x62\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n+meshlet_shop_api/payments/v1/payments.proto\x12\x10shop.payments.v1\x1a\x1b\x62uf/validate/validate.proto\"\x96\x01\n\rChargeRequest\x12#\n\x0fidempotency_key\x18\x01 \x01(\tB\n\xbaH\x07r\x05\x10\x01\x18\x80\x01\x12\x1c\n\x08order_id\x18\x02 \x01(\tB\n\xbaH\x07r\x05\x10\x01\x18\x80\x01\x12\x1d\n\x0c\x61mount_cents\x18\x03 \x01(\x03\x42\x07\xbaH\x04\"\x02 \x00\x12#\n\x08\x63urrency\x18\x04 \x01(\tB\x11\xbaH\x0er\x0c\x32\n^[A-Z]{3}$\"2\n\x0b\x43hargeReply\x12\x11\n\tcharge_id\x18\x01 \x01(\t\x12\x10\n\x08replayed\x18\x02 \x01(\x08\x32Y\n\x08Payments\x12M\n\x06\x43harge\x12\x1f.shop.payments.v1.ChargeRequest\x1a\x1d.shop.payments.v1.ChargeReply\"\x03\x90\x02\x02\x62\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'meshlet_shop_api.payments.v1.payments_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
+  _globals['_CHARGEREQUEST'].fields_by_name['idempotency_key']._loaded_options = None
+  _globals['_CHARGEREQUEST'].fields_by_name['idempotency_key']._serialized_options = b'\272H\007r\005\020\001\030\200\001'
+  _globals['_CHARGEREQUEST'].fields_by_name['order_id']._loaded_options = None
+  _globals['_CHARGEREQUEST'].fields_by_name['order_id']._serialized_options = b'\272H\007r\005\020\001\030\200\001'
+  _globals['_CHARGEREQUEST'].fields_by_name['amount_cents']._loaded_options = None
+  _globals['_CHARGEREQUEST'].fields_by_name['amount_cents']._serialized_options = b'\272H\004\"\002 \000'
+  _globals['_CHARGEREQUEST'].fields_by_name['currency']._loaded_options = None
+  _globals['_CHARGEREQUEST'].fields_by_name['currency']._serialized_options = b'\272H\016r\0142\n^[A-Z]{3}$'
   _globals['_PAYMENTS'].methods_by_name['Charge']._loaded_options = None
   _globals['_PAYMENTS'].methods_by_name['Charge']._serialized_options = b'\220\002\002'
-  _globals['_CHARGEREQUEST']._serialized_start=65
-  _globals['_CHARGEREQUEST']._serialized_end=163
-  _globals['_CHARGEREPLY']._serialized_start=165
-  _globals['_CHARGEREPLY']._serialized_end=215
-  _globals['_PAYMENTS']._serialized_start=217
-  _globals['_PAYMENTS']._serialized_end=306
+  _globals['_CHARGEREQUEST']._serialized_start=95
+  _globals['_CHARGEREQUEST']._serialized_end=245
+  _globals['_CHARGEREPLY']._serialized_start=247
+  _globals['_CHARGEREPLY']._serialized_end=297
+  _globals['_PAYMENTS']._serialized_start=299
+  _globals['_PAYMENTS']._serialized_end=388
 # @@protoc_insertion_point(module_scope)
