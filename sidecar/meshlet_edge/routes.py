@@ -59,10 +59,7 @@ class RouteTable:
                     f"both {other.path} and {route.path} are bound to it: change one method's google.api.http rule",
                 )
             by_verb.setdefault(route.verb, []).append(route)
-        self._by_verb = {
-            verb: sorted(found, key=lambda r: (-r.template.literal_count, -len(r.template.pieces)))
-            for verb, found in by_verb.items()
-        }
+        self._by_verb = {verb: sorted(found, key=_specificity) for verb, found in by_verb.items()}
 
     def match(self, verb: str, raw_path: str) -> Match | None:
         for route in self._by_verb.get(verb, ()):
@@ -74,6 +71,13 @@ class RouteTable:
     def allowed(self, raw_path: str) -> list[str]:
         """The verbs that have a route for `raw_path` (for 405's ``Allow``)."""
         return sorted(verb for verb in self._by_verb if self.match(verb, raw_path) is not None)
+
+
+def _specificity(route: Route) -> tuple[int, bool, int]:
+    """Sort key, most specific first: more literal segments, then a custom verb (``/v1/orders/{id}:watch`` before
+    ``/v1/orders/{id}``, whose variable would take ``x:watch`` whole), then more segments."""
+    template = route.template
+    return (-template.literal_count, template.verb is None, -len(template.pieces))
 
 
 def _shape(template: PathTemplate) -> str:

@@ -7,8 +7,11 @@ that share of calls, ``--delay-ms`` adds latency. Per call, metadata steers it: 
 that call (``x-echo-fail-details: <text>`` sets its details, as a handler passing a downstream's error on),
 ``x-echo-sleep-ms: <n>`` delays it, ``x-echo-set-health: NOT_SERVING`` sets the process's health,
 ``x-echo-stream-every-ms: <n>`` makes ``ServerStream`` a watch: a message every n ms until the caller leaves.
+Callers that send no metadata (an HTTP client through meshlet-edge) steer ``ServerStream`` by its message:
+``watch`` is a watch every 20 ms, ``fail-after-<n>:<CODE>`` sends n messages and fails with CODE.
 With ``--log FILE`` every execution of ``Echo`` and ``EchoOnce`` appends ``<name> <method> <message>`` to FILE
-(one ``write(2)`` on an O_APPEND file), so tests count executions per request across processes.
+(one ``write(2)`` on an O_APPEND file), so tests count executions per request across processes; a watch that its
+caller cancelled appends ``<name> ServerStream cancelled <message>``.
 With ``--upstream NAME`` its ``Echo`` forwards to that service through ``mesh.channel`` (for deadline
 propagation tests) and reports the deadline it saw in the reply's message; ``--upstream-timeout-ms`` gives that
 call a timeout of its own (the tighter of it and the caller's deadline applies).
@@ -22,6 +25,7 @@ import collections
 import itertools
 import os
 import random
+import re
 import sys
 from collections.abc import AsyncIterator
 from typing import Any
@@ -31,6 +35,8 @@ from grpc_health.v1 import health_pb2
 
 from meshlet.mesh import Mesh
 from meshlet_api.echo.v1 import echo_pb2, echo_pb2_grpc
+
+FAIL_AFTER = re.compile(r"fail-after-([0-9]+):([A-Z_]+)")
 
 
 class Echo(echo_pb2_grpc.EchoServicer):
@@ -88,12 +94,22 @@ class Echo(echo_pb2_grpc.EchoServicer):
     ) -> AsyncIterator[echo_pb2.EchoReply]:
         await self._fault("ServerStream", context)
         every_ms = dict(context.invocation_metadata() or ()).get("x-echo-stream-every-ms")
+        if request.message == "watch":
+            every_ms = "20"
         if every_ms:
-            for i in itertools.count():
-                yield echo_pb2.EchoReply(message=f"{request.message}-{i}", served_by=self.args.name)
-                await asyncio.sleep(float(every_ms) / 1000)
-        for i in range(3):
+            try:
+                for i in itertools.count():
+                    yield echo_pb2.EchoReply(message=f"{request.message}-{i}", served_by=self.args.name)
+                    await asyncio.sleep(float(every_ms) / 1000)
+            except (asyncio.CancelledError, GeneratorExit):  # cancelled by grpc.aio, or closed by it
+                self._record("ServerStream", f"cancelled {request.message}")
+                raise
+        failing = FAIL_AFTER.fullmatch(request.message)
+        count = int(failing.group(1)) if failing else 3
+        for i in range(count):
             yield echo_pb2.EchoReply(message=f"{request.message}-{i}", served_by=self.args.name)
+        if failing:
+            await context.abort(grpc.StatusCode[failing.group(2)], f"{self.args.name}: failed after {count} as asked")
 
     async def ClientStream(self, request_iterator: Any, context: Any) -> echo_pb2.EchoReply:  # noqa: N802
         await self._fault("ClientStream", context)
