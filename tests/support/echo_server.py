@@ -8,7 +8,8 @@ that call (``x-echo-fail-details: <text>`` sets its details, as a handler passin
 ``x-echo-sleep-ms: <n>`` delays it, ``x-echo-set-health: NOT_SERVING`` sets the process's health,
 ``x-echo-stream-every-ms: <n>`` makes ``ServerStream`` a watch: a message every n ms until the caller leaves.
 Callers that send no metadata (an HTTP client through meshlet-edge) steer ``ServerStream`` by its message:
-``watch`` is a watch every 20 ms, ``fail-after-<n>:<CODE>`` sends n messages and fails with CODE.
+``watch`` is a watch every 20 ms, ``fail-after-<n>:<CODE>`` sends n messages and fails with CODE; a
+``BidiStream`` message ``fail:<CODE>`` fails that call with CODE.
 With ``--log FILE`` every execution of ``Echo`` and ``EchoOnce`` appends ``<name> <method> <message>`` to FILE
 (one ``write(2)`` on an O_APPEND file), so tests count executions per request across processes; a watch that its
 caller cancelled appends ``<name> ServerStream cancelled <message>``.
@@ -119,6 +120,8 @@ class Echo(echo_pb2_grpc.EchoServicer):
     async def BidiStream(self, request_iterator: Any, context: Any) -> AsyncIterator[echo_pb2.EchoReply]:  # noqa: N802
         await self._fault("BidiStream", context)
         async for request in request_iterator:
+            if request.message.startswith("fail:"):
+                await context.abort(grpc.StatusCode[request.message[5:]], f"{self.args.name}: failed as asked")
             yield echo_pb2.EchoReply(message=request.message, served_by=self.args.name)
 
 
