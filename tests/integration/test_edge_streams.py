@@ -214,9 +214,14 @@ async def test_an_accept_that_refuses_both_formats_is_a_406(front: Front, http) 
     assert NDJSON in json.loads(text)["message"]
 
 
+def cancelled(front: Front, what: str) -> int:
+    """How many calls the echo server saw cancelled, of `what` ("ServerStream cancelled watch", ...)."""
+    return front.echo_log.read_text().count(what) if front.echo_log.exists() else 0
+
+
 async def test_a_client_that_leaves_cancels_the_upstream_call(front: Front, http) -> None:
     def cancelled_watches() -> int:
-        return front.echo_log.read_text().count("ServerStream cancelled watch") if front.echo_log.exists() else 0
+        return cancelled(front, "ServerStream cancelled watch")
 
     before = cancelled_watches()
     async with http.post(front.url + f"{ECHO}/ServerStream", json={"message": "watch"}) as response:
@@ -254,6 +259,20 @@ async def test_a_client_stream_answers_its_one_reply_after_the_end_frame(front: 
     assert reply["result"]["message"] == "x+y+z"
     assert closing.type is aiohttp.WSMsgType.CLOSE
     assert socket.close_code == 1000
+
+
+async def test_a_client_that_closes_its_websocket_first_cancels_the_call(front: Front, http) -> None:
+    before = cancelled(front, "BidiStream cancelled watch")
+    async with http.ws_connect(front.url + f"{ECHO}/BidiStream") as socket:
+        await socket.send_str(json.dumps({"message": "watch"}))
+        for _ in range(3):  # the call runs upstream: every frame is a reply
+            assert json.loads(await socket.receive_str(timeout=WAIT_S))["result"]["message"].startswith("watch-")
+        await socket.close()  # before {"@end": true}: the client is leaving, not done sending
+    await eventually(
+        lambda: cancelled(front, "BidiStream cancelled watch") > before,
+        "the echo server to see its call cancelled",
+        WAIT_S,
+    )
 
 
 async def test_an_upstream_failure_is_the_last_frame_and_the_close_code_is_4000_plus_its_code(

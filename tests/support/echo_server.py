@@ -9,10 +9,11 @@ that call (``x-echo-fail-details: <text>`` sets its details, as a handler passin
 ``x-echo-stream-every-ms: <n>`` makes ``ServerStream`` a watch: a message every n ms until the caller leaves.
 Callers that send no metadata (an HTTP client through meshlet-edge) steer ``ServerStream`` by its message:
 ``watch`` is a watch every 20 ms, ``fail-after-<n>:<CODE>`` sends n messages and fails with CODE; a
-``BidiStream`` message ``fail:<CODE>`` fails that call with CODE.
+``BidiStream`` message ``fail:<CODE>`` fails that call with CODE, and ``watch`` makes it reply every 20 ms.
 With ``--log FILE`` every execution of ``Echo`` and ``EchoOnce`` appends ``<name> <method> <message>`` to FILE
 (one ``write(2)`` on an O_APPEND file), so tests count executions per request across processes; a watch that its
-caller cancelled appends ``<name> ServerStream cancelled <message>``.
+caller cancelled appends ``<name> ServerStream cancelled <message>`` (a BidiStream: ``<name> BidiStream
+cancelled watch``).
 With ``--upstream NAME`` its ``Echo`` forwards to that service through ``mesh.channel`` (for deadline
 propagation tests) and reports the deadline it saw in the reply's message; ``--upstream-timeout-ms`` gives that
 call a timeout of its own (the tighter of it and the caller's deadline applies).
@@ -122,6 +123,14 @@ class Echo(echo_pb2_grpc.EchoServicer):
         async for request in request_iterator:
             if request.message.startswith("fail:"):
                 await context.abort(grpc.StatusCode[request.message[5:]], f"{self.args.name}: failed as asked")
+            if request.message == "watch":  # replies until the caller leaves: a cancelled call's iterator just ends
+                try:
+                    for i in itertools.count():
+                        yield echo_pb2.EchoReply(message=f"watch-{i}", served_by=self.args.name)
+                        await asyncio.sleep(0.02)
+                except (asyncio.CancelledError, GeneratorExit):
+                    self._record("BidiStream", "cancelled watch")
+                    raise
             yield echo_pb2.EchoReply(message=request.message, served_by=self.args.name)
 
 
