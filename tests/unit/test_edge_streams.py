@@ -5,7 +5,7 @@ shop's order watch over a storage whose order changes."""
 from __future__ import annotations
 
 import json
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Sequence
 
 import grpc
 import pytest
@@ -86,7 +86,7 @@ def order(state: str) -> orders_pb2.Order:
     return orders_pb2.Order(order_id="ord-1", customer_id="c-1", state=state)
 
 
-async def events(first: orders_pb2.Order, later: list[orders_pb2.Order | None], bound_s: float = 60.0) -> list[str]:
+async def events(first: orders_pb2.Order, later: Sequence[orders_pb2.Order | None], bound_s: float = 60.0) -> list[str]:
     now = [0.0]
     reads = iter(later)
 
