@@ -41,14 +41,14 @@ async def serve(request: web.Request, route: Route, call: Any, media: str, error
     """Relay `call` (a started unary-stream call) to the client as `media`; `error` answers a failure that
     comes before the first reply."""
     sse = media == framing.SSE
+    response = web.StreamResponse(headers={"Content-Type": media, "Cache-Control": "no-store"})
+    if sse:
+        response.headers["X-Accel-Buffering"] = "no"  # a buffering reverse proxy would hold the events back
     try:
         try:
             first = await call.read()
         except grpc.aio.AioRpcError as failure:
             return error(status_of(failure), http_status(failure.code()))
-        response = web.StreamResponse(headers={"Content-Type": media, "Cache-Control": "no-store"})
-        if sse:
-            response.headers["X-Accel-Buffering"] = "no"  # a buffering reverse proxy would hold the events back
         await response.prepare(request)
         status = await _relay(response, route, call, first, sse)
         if status is not None:
@@ -58,7 +58,10 @@ async def serve(request: web.Request, route: Route, call: Any, media: str, error
             await response.write(framing.SSE_END)
         await response.write_eof()
         return response
-    except (ConnectionResetError, asyncio.CancelledError):
+    except ConnectionResetError:  # the client left while being written to; the response is over, quietly
+        log.debug("%s: the client left, its stream is cancelled", route.path)
+        return response
+    except asyncio.CancelledError:  # the client left while the stream waited for the upstream
         log.debug("%s: the client left, its stream is cancelled", route.path)
         raise
     finally:

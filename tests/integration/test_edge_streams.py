@@ -231,6 +231,7 @@ async def test_a_client_that_leaves_cancels_the_upstream_call(front: Front, http
             assert line["result"]["message"].startswith("watch-")
         response.close()  # the client goes away without reading the rest
     await eventually(lambda: cancelled_watches() > before, "the echo server to see its watch cancelled", WAIT_S)
+    assert "Traceback" not in front.edge.output()  # a client leaving is no error of the edge's
 
 
 # ------------------------------------------------------------------------------------------ WebSocket
