@@ -1,8 +1,9 @@
 """Edge: the HTTP listener in front of the mesh. Each request is matched in the route table, transcoded to the
 method's message and sent through ``mesh.channel(upstream)``, the same outbound pipeline (discovery, balancing,
 deadline, retries, breakers, mTLS, tracing, metrics) an SDK stub's call takes, once the message keeps its proto's
-buf.validate constraints (``edge.validate``, on by default); the reply comes back as JSON, a
-failure as the JSON form of its google.rpc.Status with the mapped HTTP status.
+buf.validate constraints (``edge.validate``, on by default); the reply comes back as JSON, a failure as the JSON
+form of its google.rpc.Status with the mapped HTTP status. A server-streaming method answers NDJSON or server-sent
+events (meshlet_edge.server_stream), one that streams requests is a WebSocket (meshlet_edge.websocket).
 
 Start: routes (a bad descriptor or a conflict is a config error before anything listens) -> certificates ->
 discovery of every upstream -> admin -> listener. Stop, on SIGTERM or SIGINT: stop accepting, let requests in
@@ -12,6 +13,7 @@ flight finish, close the mesh, exit 0.
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 import signal
 from collections.abc import Awaitable, Callable
@@ -25,12 +27,13 @@ from meshlet.config import Config, listen_host, split_host_port
 from meshlet.errors import CannotListen, RequestInvalid, describe_os_error
 from meshlet.http_limits import RUNNER_LIMITS
 from meshlet.mesh import Mesh
-from meshlet_edge import responses
+from meshlet.validation import RequestValidator, summary
+from meshlet_edge import responses, server_stream, websocket
 from meshlet_edge.bodies import CODINGS, BodyRefused, read_body
 from meshlet_edge.forwarding import upstream_metadata
+from meshlet_edge.framing import stream_format
 from meshlet_edge.request_id import REQUEST_KEY, log_request_ids
 from meshlet_edge.retry_after import retry_after
-from meshlet.validation import RequestValidator, summary
 from meshlet_edge.routes import Route, RouteTable, build_routes, load_pool
 from meshlet_edge.status import http_status, refusal, status_json, status_of
 from meshlet_edge.transcode import BadRequest, grpc_timeout, request_message, response_json
@@ -59,7 +62,7 @@ class Edge:
         await self.mesh.start()
         for route in self.routes.routes:  # one multicallable per route, as a stub holds one per method
             channel = self.mesh.channel(route.upstream)
-            self._send[route] = channel.unary_unary(
+            self._send[route] = _multicallable(channel, route)(
                 route.path,
                 request_serializer=route.request_type.SerializeToString,
                 response_deserializer=route.response_type.FromString,
@@ -88,7 +91,10 @@ class Edge:
     async def _listen(self, app: web.Application, address: str, field: str, **options: Any) -> int:
         host, port = split_host_port(address)
         limits = {**RUNNER_LIMITS, **options}
-        runner = web.AppRunner(app, access_log=None, handle_signals=False, shutdown_timeout=DRAIN_S, **limits)
+        # handler_cancellation: a client that goes away cancels its handler, and so the upstream call it waits on
+        runner = web.AppRunner(
+            app, access_log=None, handle_signals=False, shutdown_timeout=DRAIN_S, handler_cancellation=True, **limits
+        )
         await runner.setup()
         site = web.TCPSite(runner, listen_host(host), port)
         try:
@@ -130,7 +136,7 @@ class Edge:
 
     # ------------------------------------------------------------------ requests
 
-    async def _handle(self, request: web.Request) -> web.Response:
+    async def _handle(self, request: web.Request) -> web.StreamResponse:
         raw_path = request.rel_url.raw_path
         found = self.routes.match(request.method, raw_path)
         if found is None:
@@ -141,10 +147,19 @@ class Edge:
             what = f"no route for {request.method} {request.path}: see the edge's routes in its start log"
             return _error(refusal(grpc.StatusCode.NOT_FOUND, what), 404)
         route = found.route
+        if route.client_streaming and not web.WebSocketResponse().can_prepare(request).ok:
+            return websocket.upgrade_required(request, route, _error)
+        streams_over_http = route.server_streaming and not route.client_streaming
+        media = stream_format(request.headers.get("Accept")) if streams_over_http else None
+        if streams_over_http and media is None:
+            return server_stream.not_acceptable(request, _error)
         edge = self.config.edge
         try:
             timeout = grpc_timeout(request.headers.get("grpc-timeout"))
             metadata = upstream_metadata(request.headers, edge.forward_headers, request[REQUEST_KEY])
+            if route.client_streaming:
+                start = functools.partial(self._send[route], timeout=timeout, metadata=metadata)
+                return await websocket.serve(request, route, found.variables, start, edge.max_body_bytes)
             body = await read_body(request, edge.max_body_bytes) if route.body else b""
             message = request_message(route, found.variables, request.rel_url.query.items(), body)
         except BadRequest as bad:
@@ -156,6 +171,9 @@ class Edge:
             invalid = RequestInvalid(summary(message.DESCRIPTOR.name, broken), broken, method=route.path)
             return _error(status_of(invalid), 400)  # the shape a server's inbound validate stage answers
         try:
+            if media:
+                call = self._send[route](message, timeout=timeout, metadata=metadata)
+                return await server_stream.serve(request, route, call, media, _error)
             reply = await self._send[route](message, timeout=timeout, metadata=metadata)
             return web.Response(text=response_json(route, reply), content_type=JSON)
         except grpc.aio.AioRpcError as error:
@@ -184,6 +202,13 @@ def _body_refused(refused: BodyRefused) -> web.Response:
     if refused.status == 408:
         response.force_close()  # the rest of a stalled body is not worth waiting for
     return response
+
+
+def _multicallable(channel: grpc.aio.Channel, route: Route) -> Any:
+    """The channel's multicallable of the route's kind, as a generated stub picks one per method."""
+    if route.client_streaming:
+        return channel.stream_stream if route.server_streaming else channel.stream_unary
+    return channel.unary_stream if route.server_streaming else channel.unary_unary
 
 
 def _error(status: status_pb2.Status, http: int, headers: dict[str, str] | None = None) -> web.Response:

@@ -1,6 +1,8 @@
 """The edge's route table, built once at start from the configured services' descriptors: every
 ``google.api.http`` binding (and its ``additional_bindings``), else the default ``POST /<package.Service>/<Method>``.
-Two methods on one verb and template are a config error naming both. Unary methods only in this slice."""
+Two methods on one verb and template are a config error naming both. A method that streams requests (client or
+bidirectional streaming) is a WebSocket, which opens with a GET: its bindings are served as GET whatever verb
+they name, and each frame is a whole request message (``body: "*"``)."""
 
 from __future__ import annotations
 
@@ -30,6 +32,8 @@ class Route:
     response_type: type[Any] = field(repr=False)
     body: str  # "" (none), "*" or a field name
     response_body: str = ""
+    client_streaming: bool = False  # served as a WebSocket (meshlet_edge.websocket)
+    server_streaming: bool = False  # answered as NDJSON or SSE (meshlet_edge.server_stream), or over the WebSocket
 
 
 @dataclass(frozen=True)
@@ -55,10 +59,7 @@ class RouteTable:
                     f"both {other.path} and {route.path} are bound to it: change one method's google.api.http rule",
                 )
             by_verb.setdefault(route.verb, []).append(route)
-        self._by_verb = {
-            verb: sorted(found, key=lambda r: (-r.template.literal_count, -len(r.template.pieces)))
-            for verb, found in by_verb.items()
-        }
+        self._by_verb = {verb: sorted(found, key=_specificity) for verb, found in by_verb.items()}
 
     def match(self, verb: str, raw_path: str) -> Match | None:
         for route in self._by_verb.get(verb, ()):
@@ -70,6 +71,13 @@ class RouteTable:
     def allowed(self, raw_path: str) -> list[str]:
         """The verbs that have a route for `raw_path` (for 405's ``Allow``)."""
         return sorted(verb for verb in self._by_verb if self.match(verb, raw_path) is not None)
+
+
+def _specificity(route: Route) -> tuple[int, bool, int]:
+    """Sort key, most specific first: more literal segments, then a custom verb (``/v1/orders/{id}:watch`` before
+    ``/v1/orders/{id}``, whose variable would take ``x:watch`` whole), then more segments."""
+    template = route.template
+    return (-template.literal_count, template.verb is None, -len(template.pieces))
 
 
 def _shape(template: PathTemplate) -> str:
@@ -130,8 +138,6 @@ def build_routes(services: Mapping[str, str], pool: descriptor_pool.DescriptorPo
 
 def _routes_of(method: descriptor.MethodDescriptor, upstream: str) -> Iterable[Route]:
     path = f"/{method.containing_service.full_name}/{method.name}"
-    if method.client_streaming or method.server_streaming:
-        return  # streaming over HTTP (NDJSON, SSE, WebSocket) is a later slice
     request_type = message_factory.GetMessageClass(method.input_type)
     response_type = message_factory.GetMessageClass(method.output_type)
     options = method.GetOptions()
@@ -156,7 +162,21 @@ def _routes_of(method: descriptor.MethodDescriptor, upstream: str) -> Iterable[R
         for name in (*template.variables, *([rule.body] if rule.body not in ("", "*") else [])):
             if not _has_field_path(request_type.DESCRIPTOR, name):
                 raise ConfigError(f"{path} google.api.http", template_text, f"{name!r} is no field of the request")
-        yield Route(verb, template, upstream, path, request_type, response_type, rule.body, rule.response_body)
+        body = rule.body
+        if method.client_streaming:  # a WebSocket: opened with GET, each text frame one whole request message
+            verb, body = "GET", "*"
+        yield Route(
+            verb,
+            template,
+            upstream,
+            path,
+            request_type,
+            response_type,
+            body,
+            rule.response_body,
+            client_streaming=method.client_streaming,
+            server_streaming=method.server_streaming,
+        )
 
 
 def _has_field_path(message: Any, dotted: str) -> bool:

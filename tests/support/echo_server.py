@@ -8,8 +8,13 @@ that call (``x-echo-fail-details: <text>`` sets its details, as a handler passin
 ``x-echo-pushback-ms: <n>`` adds gRPC's pushback trailer, ``x-echo-retry-delay-ms: <n>`` a google.rpc.RetryInfo),
 ``x-echo-sleep-ms: <n>`` delays it, ``x-echo-set-health: NOT_SERVING`` sets the process's health,
 ``x-echo-stream-every-ms: <n>`` makes ``ServerStream`` a watch: a message every n ms until the caller leaves.
+Callers that send no metadata (an HTTP client through meshlet-edge) steer ``ServerStream`` by its message:
+``watch`` is a watch every 20 ms, ``fail-after-<n>:<CODE>`` sends n messages and fails with CODE; a
+``BidiStream`` message ``fail:<CODE>`` fails that call with CODE, and ``watch`` makes it reply every 20 ms.
 With ``--log FILE`` every execution of ``Echo`` and ``EchoOnce`` appends ``<name> <method> <message>`` to FILE
-(one ``write(2)`` on an O_APPEND file), so tests count executions per request across processes.
+(one ``write(2)`` on an O_APPEND file), so tests count executions per request across processes; a watch that its
+caller cancelled appends ``<name> ServerStream cancelled <message>`` (a BidiStream: ``<name> BidiStream
+cancelled watch``).
 With ``--upstream NAME`` its ``Echo`` forwards to that service through ``mesh.channel`` (for deadline
 propagation tests) and reports the deadline it saw in the reply's message (``metadata?`` answers the call's
 metadata as JSON); ``--upstream-timeout-ms`` gives that
@@ -25,6 +30,7 @@ import itertools
 import json
 import os
 import random
+import re
 import sys
 from collections.abc import AsyncIterator
 from typing import Any
@@ -36,6 +42,8 @@ from grpc_health.v1 import health_pb2
 
 from meshlet.mesh import Mesh
 from meshlet_api.echo.v1 import echo_pb2, echo_pb2_grpc
+
+FAIL_AFTER = re.compile(r"fail-after-([0-9]+):([A-Z_]+)")
 
 
 class Echo(echo_pb2_grpc.EchoServicer):
@@ -95,12 +103,22 @@ class Echo(echo_pb2_grpc.EchoServicer):
     ) -> AsyncIterator[echo_pb2.EchoReply]:
         await self._fault("ServerStream", context)
         every_ms = dict(context.invocation_metadata() or ()).get("x-echo-stream-every-ms")
+        if request.message == "watch":
+            every_ms = "20"
         if every_ms:
-            for i in itertools.count():
-                yield echo_pb2.EchoReply(message=f"{request.message}-{i}", served_by=self.args.name)
-                await asyncio.sleep(float(every_ms) / 1000)
-        for i in range(3):
+            try:
+                for i in itertools.count():
+                    yield echo_pb2.EchoReply(message=f"{request.message}-{i}", served_by=self.args.name)
+                    await asyncio.sleep(float(every_ms) / 1000)
+            except (asyncio.CancelledError, GeneratorExit):  # cancelled by grpc.aio, or closed by it
+                self._record("ServerStream", f"cancelled {request.message}")
+                raise
+        failing = FAIL_AFTER.fullmatch(request.message)
+        count = int(failing.group(1)) if failing else 3
+        for i in range(count):
             yield echo_pb2.EchoReply(message=f"{request.message}-{i}", served_by=self.args.name)
+        if failing:
+            await context.abort(grpc.StatusCode[failing.group(2)], f"{self.args.name}: failed after {count} as asked")
 
     async def ClientStream(self, request_iterator: Any, context: Any) -> echo_pb2.EchoReply:  # noqa: N802
         await self._fault("ClientStream", context)
@@ -110,6 +128,16 @@ class Echo(echo_pb2_grpc.EchoServicer):
     async def BidiStream(self, request_iterator: Any, context: Any) -> AsyncIterator[echo_pb2.EchoReply]:  # noqa: N802
         await self._fault("BidiStream", context)
         async for request in request_iterator:
+            if request.message.startswith("fail:"):
+                await context.abort(grpc.StatusCode[request.message[5:]], f"{self.args.name}: failed as asked")
+            if request.message == "watch":  # replies until the caller leaves: a cancelled call's iterator just ends
+                try:
+                    for i in itertools.count():
+                        yield echo_pb2.EchoReply(message=f"watch-{i}", served_by=self.args.name)
+                        await asyncio.sleep(0.02)
+                except (asyncio.CancelledError, GeneratorExit):
+                    self._record("BidiStream", "cancelled watch")
+                    raise
             yield echo_pb2.EchoReply(message=request.message, served_by=self.args.name)
 
 

@@ -1,7 +1,7 @@
 """The Orders API: CreateOrder reserves each item in inventory and charges payments through the mesh, in a way
 that a retried CreateOrder (same request_id) repeats safely: reservation ids and the payment's idempotency key
 derive from the request_id, and so does the order id. An order that fails after reserving releases what it
-reserved. GetOrder and ListOrders read the orders storage: this instance's (the default) or one that every
+reserved. GetOrder, ListOrders and WatchOrder read the orders storage: this instance's (the default) or one that every
 replica shares (meshlet_shop.orders.store, SHOP_STORE)."""
 
 from __future__ import annotations
@@ -9,7 +9,7 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import logging
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
 from typing import Any
 
 import grpc
@@ -19,6 +19,7 @@ from meshlet_shop.faults import FaultInjector
 from meshlet_shop.orders.filtering import FilterError, matches, parse_filter
 from meshlet_shop.orders.pagination import PageTokenError, PageTokens, page_size
 from meshlet_shop.orders.store import InProcessOrders, OrderStorage
+from meshlet_shop.orders.watching import order_events
 from meshlet_shop.shared_store import StoreUnavailable
 from meshlet_shop.status import LEFT_TO_THE_MESH, Violation, abort, bad_request, with_info
 from meshlet_shop_api.inventory.v1 import inventory_pb2, inventory_pb2_grpc
@@ -201,16 +202,23 @@ class Orders(orders_pb2_grpc.OrdersServicer):
         except StoreUnavailable as error:
             await abort(context, _store_unavailable(error))
         if order is None:
-            await abort(
-                context,
-                with_info(
-                    grpc.StatusCode.NOT_FOUND,
-                    f"no order {request.order_id!r} here: ListOrders lists the orders there are",
-                    "ORDER_NOT_FOUND",
-                    {"order_id": request.order_id},
-                ),
-            )
+            await abort(context, _order_not_found(request.order_id))
         return order
+
+    async def WatchOrder(  # noqa: N802
+        self, request: orders_pb2.WatchOrderRequest, context: Any
+    ) -> AsyncIterator[orders_pb2.OrderEvent]:
+        await self.faults.apply(context, "WatchOrder")
+        if not request.order_id:
+            await abort(context, bad_request("WatchOrder: order_id is required", [("order_id", "required")]))
+        try:
+            order = await self.store.get(request.order_id)
+            if order is None:
+                await abort(context, _order_not_found(request.order_id))
+            async for changed in order_events(order, self.store.get):
+                yield changed
+        except StoreUnavailable as error:
+            await abort(context, _store_unavailable(error))
 
     async def ListOrders(  # noqa: N802
         self, request: orders_pb2.ListOrdersRequest, context: Any
@@ -252,6 +260,15 @@ def _request_id_reused(request_id: str, order_id: str) -> grpc.Status:
         "a new order needs a new request_id; a retry must repeat the same order",
         "REQUEST_ID_REUSED",
         {"request_id": request_id, "order_id": order_id},
+    )
+
+
+def _order_not_found(order_id: str) -> grpc.Status:
+    return with_info(
+        grpc.StatusCode.NOT_FOUND,
+        f"no order {order_id!r} here: ListOrders lists the orders there are",
+        "ORDER_NOT_FOUND",
+        {"order_id": order_id},
     )
 
 

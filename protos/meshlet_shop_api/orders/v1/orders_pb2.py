@@ -26,7 +26,7 @@ from meshlet_api.buf.validate import validate_pb2 as buf_dot_validate_dot_valida
 from google.api import annotations_pb2 as google_dot_api_dot_annotations__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\'meshlet_shop_api/orders/v1/orders.proto\x12\x0eshop.orders.v1\x1a\x1b\x62uf/validate/validate.proto\x1a\x1cgoogle/api/annotations.proto\"V\n\x08LineItem\x12,\n\x03sku\x18\x01 \x01(\tB\x1f\xbaH\x1cr\x1a\x10\x01\x18@2\x14^[a-z0-9][a-z0-9-]*$\x12\x1c\n\x08quantity\x18\x02 \x01(\x05\x42\n\xbaH\x07\x1a\x05\x18\xe8\x07 \x00\"\x8a\x01\n\x12\x43reateOrderRequest\x12\x1e\n\nrequest_id\x18\x01 \x01(\tB\n\xbaH\x07r\x05\x10\x01\x18\x80\x01\x12\x1f\n\x0b\x63ustomer_id\x18\x02 \x01(\tB\n\xbaH\x07r\x05\x10\x01\x18\x80\x01\x12\x33\n\x05items\x18\x03 \x03(\x0b\x32\x18.shop.orders.v1.LineItemB\n\xbaH\x07\x92\x01\x04\x08\x01\x10\x32\"y\n\x05Order\x12\x10\n\x08order_id\x18\x01 \x01(\t\x12\x13\n\x0b\x63ustomer_id\x18\x02 \x01(\t\x12\'\n\x05items\x18\x03 \x03(\x0b\x32\x18.shop.orders.v1.LineItem\x12\x11\n\tcharge_id\x18\x04 \x01(\t\x12\r\n\x05state\x18\x05 \x01(\t\"/\n\x0fGetOrderRequest\x12\x1c\n\x08order_id\x18\x01 \x01(\tB\n\xbaH\x07r\x05\x10\x01\x18\x80\x01\"i\n\x11ListOrdersRequest\x12\x1c\n\tpage_size\x18\x01 \x01(\x05\x42\t\xbaH\x06\x1a\x04\x18\x64(\x00\x12\x1c\n\npage_token\x18\x02 \x01(\tB\x08\xbaH\x05r\x03\x18\x80\x08\x12\x18\n\x06\x66ilter\x18\x03 \x01(\tB\x08\xbaH\x05r\x03\x18\x80\x02\"T\n\x12ListOrdersResponse\x12%\n\x06orders\x18\x01 \x03(\x0b\x32\x15.shop.orders.v1.Order\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t2\xbe\x02\n\x06Orders\x12\x62\n\x0b\x43reateOrder\x12\".shop.orders.v1.CreateOrderRequest\x1a\x15.shop.orders.v1.Order\"\x18\x90\x02\x02\x82\xd3\xe4\x93\x02\x0f\"\n/v1/orders:\x01*\x12\x64\n\x08GetOrder\x12\x1f.shop.orders.v1.GetOrderRequest\x1a\x15.shop.orders.v1.Order\" \x90\x02\x01\x82\xd3\xe4\x93\x02\x17\x12\x15/v1/orders/{order_id}\x12j\n\nListOrders\x12!.shop.orders.v1.ListOrdersRequest\x1a\".shop.orders.v1.ListOrdersResponse\"\x15\x90\x02\x01\x82\xd3\xe4\x93\x02\x0c\x12\n/v1/ordersb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\'meshlet_shop_api/orders/v1/orders.proto\x12\x0eshop.orders.v1\x1a\x1b\x62uf/validate/validate.proto\x1a\x1cgoogle/api/annotations.proto\"V\n\x08LineItem\x12,\n\x03sku\x18\x01 \x01(\tB\x1f\xbaH\x1cr\x1a\x10\x01\x18@2\x14^[a-z0-9][a-z0-9-]*$\x12\x1c\n\x08quantity\x18\x02 \x01(\x05\x42\n\xbaH\x07\x1a\x05\x18\xe8\x07 \x00\"\x8a\x01\n\x12\x43reateOrderRequest\x12\x1e\n\nrequest_id\x18\x01 \x01(\tB\n\xbaH\x07r\x05\x10\x01\x18\x80\x01\x12\x1f\n\x0b\x63ustomer_id\x18\x02 \x01(\tB\n\xbaH\x07r\x05\x10\x01\x18\x80\x01\x12\x33\n\x05items\x18\x03 \x03(\x0b\x32\x18.shop.orders.v1.LineItemB\n\xbaH\x07\x92\x01\x04\x08\x01\x10\x32\"y\n\x05Order\x12\x10\n\x08order_id\x18\x01 \x01(\t\x12\x13\n\x0b\x63ustomer_id\x18\x02 \x01(\t\x12\'\n\x05items\x18\x03 \x03(\x0b\x32\x18.shop.orders.v1.LineItem\x12\x11\n\tcharge_id\x18\x04 \x01(\t\x12\r\n\x05state\x18\x05 \x01(\t\"/\n\x0fGetOrderRequest\x12\x1c\n\x08order_id\x18\x01 \x01(\tB\n\xbaH\x07r\x05\x10\x01\x18\x80\x01\"i\n\x11ListOrdersRequest\x12\x1c\n\tpage_size\x18\x01 \x01(\x05\x42\t\xbaH\x06\x1a\x04\x18\x64(\x00\x12\x1c\n\npage_token\x18\x02 \x01(\tB\x08\xbaH\x05r\x03\x18\x80\x08\x12\x18\n\x06\x66ilter\x18\x03 \x01(\tB\x08\xbaH\x05r\x03\x18\x80\x02\"T\n\x12ListOrdersResponse\x12%\n\x06orders\x18\x01 \x03(\x0b\x32\x15.shop.orders.v1.Order\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\"%\n\x11WatchOrderRequest\x12\x10\n\x08order_id\x18\x01 \x01(\t\"S\n\nOrderEvent\x12\x10\n\x08order_id\x18\x01 \x01(\t\x12\r\n\x05state\x18\x02 \x01(\t\x12$\n\x05order\x18\x03 \x01(\x0b\x32\x15.shop.orders.v1.Order2\xb5\x03\n\x06Orders\x12\x62\n\x0b\x43reateOrder\x12\".shop.orders.v1.CreateOrderRequest\x1a\x15.shop.orders.v1.Order\"\x18\x90\x02\x02\x82\xd3\xe4\x93\x02\x0f\"\n/v1/orders:\x01*\x12\x64\n\x08GetOrder\x12\x1f.shop.orders.v1.GetOrderRequest\x1a\x15.shop.orders.v1.Order\" \x90\x02\x01\x82\xd3\xe4\x93\x02\x17\x12\x15/v1/orders/{order_id}\x12j\n\nListOrders\x12!.shop.orders.v1.ListOrdersRequest\x1a\".shop.orders.v1.ListOrdersResponse\"\x15\x90\x02\x01\x82\xd3\xe4\x93\x02\x0c\x12\n/v1/orders\x12u\n\nWatchOrder\x12!.shop.orders.v1.WatchOrderRequest\x1a\x1a.shop.orders.v1.OrderEvent\"&\x90\x02\x01\x82\xd3\xe4\x93\x02\x1d\x12\x1b/v1/orders/{order_id}:watch0\x01\x62\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -57,6 +57,8 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_ORDERS'].methods_by_name['GetOrder']._serialized_options = b'\220\002\001\202\323\344\223\002\027\022\025/v1/orders/{order_id}'
   _globals['_ORDERS'].methods_by_name['ListOrders']._loaded_options = None
   _globals['_ORDERS'].methods_by_name['ListOrders']._serialized_options = b'\220\002\001\202\323\344\223\002\014\022\n/v1/orders'
+  _globals['_ORDERS'].methods_by_name['WatchOrder']._loaded_options = None
+  _globals['_ORDERS'].methods_by_name['WatchOrder']._serialized_options = b'\220\002\001\202\323\344\223\002\035\022\033/v1/orders/{order_id}:watch'
   _globals['_LINEITEM']._serialized_start=118
   _globals['_LINEITEM']._serialized_end=204
   _globals['_CREATEORDERREQUEST']._serialized_start=207
@@ -69,6 +71,10 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_LISTORDERSREQUEST']._serialized_end=624
   _globals['_LISTORDERSRESPONSE']._serialized_start=626
   _globals['_LISTORDERSRESPONSE']._serialized_end=710
-  _globals['_ORDERS']._serialized_start=713
-  _globals['_ORDERS']._serialized_end=1031
+  _globals['_WATCHORDERREQUEST']._serialized_start=712
+  _globals['_WATCHORDERREQUEST']._serialized_end=749
+  _globals['_ORDEREVENT']._serialized_start=751
+  _globals['_ORDEREVENT']._serialized_end=834
+  _globals['_ORDERS']._serialized_start=837
+  _globals['_ORDERS']._serialized_end=1274
 # @@protoc_insertion_point(module_scope)

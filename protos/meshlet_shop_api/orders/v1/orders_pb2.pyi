@@ -63,3 +63,19 @@ class ListOrdersResponse(_message.Message):
     orders: _containers.RepeatedCompositeFieldContainer[Order]
     next_page_token: str
     def __init__(self, orders: _Optional[_Iterable[_Union[Order, _Mapping]]] = ..., next_page_token: _Optional[str] = ...) -> None: ...
+
+class WatchOrderRequest(_message.Message):
+    __slots__ = ("order_id",)
+    ORDER_ID_FIELD_NUMBER: _ClassVar[int]
+    order_id: str
+    def __init__(self, order_id: _Optional[str] = ...) -> None: ...
+
+class OrderEvent(_message.Message):
+    __slots__ = ("order_id", "state", "order")
+    ORDER_ID_FIELD_NUMBER: _ClassVar[int]
+    STATE_FIELD_NUMBER: _ClassVar[int]
+    ORDER_FIELD_NUMBER: _ClassVar[int]
+    order_id: str
+    state: str
+    order: Order
+    def __init__(self, order_id: _Optional[str] = ..., state: _Optional[str] = ..., order: _Optional[_Union[Order, _Mapping]] = ...) -> None: ...

@@ -49,6 +49,11 @@ class OrdersStub:
                 request_serializer=meshlet__shop__api_dot_orders_dot_v1_dot_orders__pb2.ListOrdersRequest.SerializeToString,
                 response_deserializer=meshlet__shop__api_dot_orders_dot_v1_dot_orders__pb2.ListOrdersResponse.FromString,
                 _registered_method=True)
+        self.WatchOrder = channel.unary_stream(
+                '/shop.orders.v1.Orders/WatchOrder',
+                request_serializer=meshlet__shop__api_dot_orders_dot_v1_dot_orders__pb2.WatchOrderRequest.SerializeToString,
+                response_deserializer=meshlet__shop__api_dot_orders_dot_v1_dot_orders__pb2.OrderEvent.FromString,
+                _registered_method=True)
 
 
 class OrdersServicer:
@@ -72,6 +77,13 @@ class OrdersServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def WatchOrder(self, request, context):
+        """The order's state now, then each change, until a final state or the watch's bound (then watch again).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_OrdersServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -89,6 +101,11 @@ def add_OrdersServicer_to_server(servicer, server):
                     servicer.ListOrders,
                     request_deserializer=meshlet__shop__api_dot_orders_dot_v1_dot_orders__pb2.ListOrdersRequest.FromString,
                     response_serializer=meshlet__shop__api_dot_orders_dot_v1_dot_orders__pb2.ListOrdersResponse.SerializeToString,
+            ),
+            'WatchOrder': grpc.unary_stream_rpc_method_handler(
+                    servicer.WatchOrder,
+                    request_deserializer=meshlet__shop__api_dot_orders_dot_v1_dot_orders__pb2.WatchOrderRequest.FromString,
+                    response_serializer=meshlet__shop__api_dot_orders_dot_v1_dot_orders__pb2.OrderEvent.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -172,6 +189,33 @@ class Orders:
             '/shop.orders.v1.Orders/ListOrders',
             meshlet__shop__api_dot_orders_dot_v1_dot_orders__pb2.ListOrdersRequest.SerializeToString,
             meshlet__shop__api_dot_orders_dot_v1_dot_orders__pb2.ListOrdersResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def WatchOrder(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_stream(
+            request,
+            target,
+            '/shop.orders.v1.Orders/WatchOrder',
+            meshlet__shop__api_dot_orders_dot_v1_dot_orders__pb2.WatchOrderRequest.SerializeToString,
+            meshlet__shop__api_dot_orders_dot_v1_dot_orders__pb2.OrderEvent.FromString,
             options,
             channel_credentials,
             insecure,
