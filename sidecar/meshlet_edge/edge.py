@@ -11,6 +11,7 @@ flight finish, close the mesh, exit 0.
 from __future__ import annotations
 
 import asyncio
+import datetime
 import logging
 import signal
 from collections.abc import Awaitable, Callable
@@ -23,6 +24,10 @@ from google.rpc import status_pb2
 from meshlet.config import Config, listen_host, split_host_port
 from meshlet.errors import CannotListen, describe_os_error
 from meshlet.mesh import Mesh
+from meshlet.telemetry.build import build_labels
+from meshlet_edge import openapi
+from meshlet_edge.deprecation import deprecations, undated
+from meshlet_edge.docs import Docs, source_files
 from meshlet_edge.routes import Route, RouteTable, build_routes, load_pool
 from meshlet_edge.status import http_status, refusal, status_json, status_of
 from meshlet_edge.transcode import BadRequest, grpc_timeout, request_message, response_json
@@ -33,12 +38,17 @@ JSON = "application/json"
 DRAIN_S = 5.0
 MAX_BODY_BYTES = 1 << 20  # edge.max_body_bytes in a later slice
 Send = Callable[..., Awaitable[Any]]
+ROUTE_KEY = "meshlet.edge.route"
 
 
 class Edge:
     def __init__(self, config: Config) -> None:
         self.config = config
         self.routes: RouteTable = build_routes(config.edge.services, load_pool(config.edge.descriptor_sets))
+        self.deprecations = deprecations(
+            self.routes.routes, config.edge.deprecations, datetime.datetime.now(datetime.UTC)
+        )
+        self.docs = Docs(self._document()) if config.edge.docs else None
         self.mesh = Mesh(config, face="edge")
         self._send: dict[Route, Send] = {}
         self._runners: list[web.AppRunner] = []
@@ -59,6 +69,9 @@ class Edge:
         admin.router.add_get("/live", _live)
         self.admin_port = await self._listen(admin, self.config.edge.admin, "edge.admin (--admin-addr)")
         app = web.Application(client_max_size=MAX_BODY_BYTES)
+        if self.docs is not None:
+            self.docs.add_to(app)
+        app.on_response_prepare.append(self._deprecation_headers)
         app.router.add_route("*", "/{tail:.*}", self._handle)
         self.port = await self._listen(app, self.config.edge.listen, "edge.listen (--listen)")
         log.info(
@@ -68,7 +81,31 @@ class Edge:
             len(self.routes.routes),
             extra={"routes": [f"{r.verb} {r.template} -> {r.path}" for r in self.routes.routes]},
         )
+        for name in undated(self.deprecations):
+            log.warning(
+                "%s is deprecated in its proto but edge.deprecations gives no date: answering Deprecation with the "
+                "edge's start time; set edge.deprecations.%s.since (and sunset)",
+                name,
+                name,
+            )
         print(f"edge listening on {self.port}", flush=True)
+
+    def _document(self) -> dict[str, Any]:
+        """The OpenAPI document of the route table, with the protos' comments where the descriptor sets kept them."""
+        comments = openapi.comments_of(source_files(self.config.edge.descriptor_sets))
+        return openapi.document(
+            self.routes.routes,
+            title=f"meshlet-edge: {self.config.service.name}",
+            version=build_labels()["version"],
+            comments=comments,
+            deprecations=self.deprecations,
+            max_body_bytes=MAX_BODY_BYTES,
+        )
+
+    async def _deprecation_headers(self, request: web.Request, response: web.StreamResponse) -> None:
+        route = request.get(ROUTE_KEY)
+        if route is not None and route.path in self.deprecations:
+            response.headers.update(self.deprecations[route.path].headers())
 
     async def _listen(self, app: web.Application, address: str, field: str) -> int:
         host, port = split_host_port(address)
@@ -125,6 +162,7 @@ class Edge:
             what = f"no route for {request.method} {request.path}: see the edge's routes in its start log"
             return _error(refusal(grpc.StatusCode.NOT_FOUND, what), 404)
         route = found.route
+        request[ROUTE_KEY] = route  # for the answer's Deprecation headers, whatever the answer
         try:
             timeout = grpc_timeout(request.headers.get("grpc-timeout"))
             body = await request.read() if route.body else b""
