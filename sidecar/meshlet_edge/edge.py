@@ -72,7 +72,7 @@ class Edge:
         if self.docs is not None:
             self.docs.add_to(app)
         app.on_response_prepare.append(self._deprecation_headers)
-        app.router.add_route("*", "/{tail:.*}", self._handle)
+        app.router.add_route("*", r"/{tail:[\s\S]*}", self._handle)  # [\s\S]: a %0A in the path too
         self.port = await self._listen(app, self.config.edge.listen, "edge.listen (--listen)")
         log.info(
             "edge listening on %s (admin %s), %d routes",
