@@ -209,8 +209,8 @@ def test_schemathesis_finds_no_response_that_breaks_the_document(front: Front, t
     checks += "response_schema_conformance"
     argv = [
         str(Path(sys.executable).with_name("st")), "--config-file", str(config), "run", front.url + "/openapi.json",
-        "--checks", checks, "--phases", "examples,coverage,fuzzing", "--max-examples", "15", "--seed", "13",
-        "--workers", "2", "--generation-database", "none", "--no-color", "--request-timeout", "10",
+        "--checks", checks, "--phases", "examples,coverage,fuzzing", "--max-examples", "10", "--seed", "13",
+        "--workers", "1", "--generation-database", "none", "--no-color", "--request-timeout", "10",
         "--suppress-health-check", "filter_too_much",  # its own filtering of path values, not the edge
     ]  # fmt: skip
     done = subprocess.run(argv, capture_output=True, text=True, timeout=170, cwd=tmp_path, check=False)
