@@ -79,7 +79,8 @@ def method_of(route: Route) -> descriptor.MethodDescriptor:
     """The method descriptor `route` calls, from the pool its messages came from."""
     service, _, name = route.path[1:].rpartition("/")
     pool = route.request_type.DESCRIPTOR.file.pool
-    return pool.FindServiceByName(service).methods_by_name[name]
+    method: descriptor.MethodDescriptor = pool.FindServiceByName(service).methods_by_name[name]
+    return method
 
 
 def deprecations(

@@ -368,12 +368,12 @@ def _path(route: Route, schemas: Schemas) -> tuple[str, list[Schema]]:
         field = _field_at(message, piece.variable)
         whole = [p for p in template.pieces if p.variable == piece.variable]
         if len(whole) == 1 and piece.text == ONE and field is not None:
-            schema = schemas.value(field) if not field.is_repeated else {"type": "string"}
+            schema: Schema = schemas.value(field) if not field.is_repeated else {"type": "string"}
             if schema.get("type") == "string" and "pattern" not in schema:
                 schema["minLength"] = 1
             description = schemas.comments.get(field.full_name, "")
         else:
-            schema = {"type": "string", "minLength": 1}
+            schema = {"type": "string", "minLength": 1}  # the field is a string: several segments and literals
             shown = "/".join("{" + piece.variable + "}" if p is piece else p.text for p in whole)
             description = f"Sent as the field `{piece.variable}` = `{shown}`."
             if piece.text == ANY:

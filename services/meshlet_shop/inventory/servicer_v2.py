@@ -22,7 +22,7 @@ def item_name(sku: str) -> str:
     return ITEMS + sku
 
 
-def availability(units: int) -> v2.Availability.ValueType:
+def availability(units: int) -> v2.Availability:
     if units <= 0:
         return v2.OUT_OF_STOCK
     return v2.LOW if units < LOW_BELOW else v2.IN_STOCK
