@@ -26,8 +26,8 @@ from meshlet.errors import CannotListen, describe_os_error
 from meshlet.mesh import Mesh
 from meshlet.telemetry.build import build_labels
 from meshlet_edge import openapi
-from meshlet_edge.deprecation import deprecations, undated
 from meshlet_edge.docs import Docs, source_files
+from meshlet_edge.lifecycle import deprecations, undated
 from meshlet_edge.routes import Route, RouteTable, build_routes, load_pool
 from meshlet_edge.status import http_status, refusal, status_json, status_of
 from meshlet_edge.transcode import BadRequest, grpc_timeout, request_message, response_json

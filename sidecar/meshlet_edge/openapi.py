@@ -19,7 +19,7 @@ from typing import Any
 from google.protobuf import descriptor, descriptor_pb2
 from google.rpc import status_pb2
 
-from meshlet_edge.deprecation import Deprecation, method_of
+from meshlet_edge.lifecycle import Deprecation, method_of
 from meshlet_edge.routes import Route
 from meshlet_edge.templates import ANY, ONE
 

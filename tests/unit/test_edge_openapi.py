@@ -14,8 +14,8 @@ from openapi_spec_validator import validate
 from meshlet.config.schema import DeprecationPolicy
 from meshlet.errors import ConfigError
 from meshlet_edge import openapi
-from meshlet_edge.deprecation import deprecations, undated
 from meshlet_edge.docs import source_files
+from meshlet_edge.lifecycle import deprecations, undated
 from meshlet_edge.routes import RouteTable, build_routes, load_pool
 from meshlet_shop_api.inventory.v1 import inventory_pb2
 from meshlet_shop_api.inventory.v2 import inventory_pb2 as inventory_v2_pb2
