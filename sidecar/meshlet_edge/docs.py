@@ -14,6 +14,10 @@ import yaml
 from aiohttp import web
 from google.protobuf import descriptor_pb2
 
+from meshlet.errors import ConfigError
+from meshlet_edge.routes import RouteTable
+
+PAGES = ("/openapi.json", "/openapi.yaml", "/docs", "/docs/")
 ASSETS = ("swagger-ui.css", "index.css", "swagger-ui-bundle.js", "favicon-32x32.png", "favicon-16x16.png")
 
 PAGE = """<!DOCTYPE html>
@@ -54,6 +58,14 @@ def source_files(descriptor_sets: Sequence[Path]) -> list[descriptor_pb2.FileDes
     return files
 
 
+def refuse_shadowing(routes: RouteTable) -> None:
+    """A ConfigError when a google.api.http rule binds a path the documentation takes: the docs would hide it."""
+    hidden = [f"GET {page} ({found.route.path})" for page in PAGES if (found := routes.match("GET", page))]
+    if hidden:
+        fix = "set edge.docs: false, or bind the method elsewhere"
+        raise ConfigError("edge.docs", True, f"{', '.join(hidden)} would be hidden by the documentation: {fix}")
+
+
 def _assets() -> Path:
     return Path(str(resources.files("swagger_ui") / "static"))
 
@@ -69,10 +81,11 @@ class Docs:
 
     def add_to(self, app: web.Application) -> None:
         """Adds the routes; call before the edge's catch-all route, which they take precedence over."""
-        app.router.add_get("/openapi.json", self._json)
-        app.router.add_get("/openapi.yaml", self._yaml)
-        app.router.add_get("/docs", self._page)
-        app.router.add_get("/docs/", self._page)
+        json_page, yaml_page, page, page_slash = PAGES
+        app.router.add_get(json_page, self._json)
+        app.router.add_get(yaml_page, self._yaml)
+        app.router.add_get(page, self._page)
+        app.router.add_get(page_slash, self._page)
         app.router.add_get("/docs/static/{file}", self._asset)
 
     async def _json(self, request: web.Request) -> web.Response:

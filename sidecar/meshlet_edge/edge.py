@@ -26,7 +26,7 @@ from meshlet.errors import CannotListen, describe_os_error
 from meshlet.mesh import Mesh
 from meshlet.telemetry.build import build_labels
 from meshlet_edge import openapi
-from meshlet_edge.docs import Docs, source_files
+from meshlet_edge.docs import Docs, refuse_shadowing, source_files
 from meshlet_edge.lifecycle import deprecations, undated
 from meshlet_edge.routes import Route, RouteTable, build_routes, load_pool
 from meshlet_edge.status import http_status, refusal, status_json, status_of
@@ -48,7 +48,10 @@ class Edge:
         self.deprecations = deprecations(
             self.routes.routes, config.edge.deprecations, datetime.datetime.now(datetime.UTC)
         )
-        self.docs = Docs(self._document()) if config.edge.docs else None
+        self.docs: Docs | None = None
+        if config.edge.docs:
+            refuse_shadowing(self.routes)
+            self.docs = Docs(self._document())
         self.mesh = Mesh(config, face="edge")
         self._send: dict[Route, Send] = {}
         self._runners: list[web.AppRunner] = []

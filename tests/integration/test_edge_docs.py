@@ -14,6 +14,8 @@ import shutil
 import subprocess
 import sys
 import time
+import urllib.error
+import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -255,3 +257,30 @@ def test_the_docs_page_renders_offline_in_chromium_with_the_shops_operations(fro
     assert shot.stat().st_size > 10_000, done.stderr[-3000:]
     if os.environ.get("MESHLET_UPDATE_SCREENSHOTS"):  # docs/edge-docs.png, committed: what /docs looks like
         shutil.copyfile(shot, SCREENSHOT)
+
+
+def test_with_docs_off_the_edge_serves_no_document_and_no_page(procs: Processes, tmp_path: Path) -> None:
+    descriptors = compile_descriptor_set(tmp_path / "v2.pb", SHOP_PROTOS[1])
+    config = {
+        "tls": {"source": "off"},
+        "consul": {"address": "http://127.0.0.1:1"},
+        "edge": {
+            "services": {"shop.inventory.v2.Inventory": "inventory"},
+            "descriptor_sets": [str(descriptors)],
+            "docs": False,
+        },
+    }
+    config_path = write_config(tmp_path / "edge.yaml", config)
+    listen = free_port()
+    argv = [
+        sys.executable, "-m", "meshlet_edge", "--config", str(config_path),
+        "--listen", f"127.0.0.1:{listen}", "--admin-addr", f"127.0.0.1:{free_port()}",
+    ]  # fmt: skip
+    edge = procs.start(argv, name="edge-no-docs")
+    wait_until(lambda: f"edge listening on {listen}" in edge.output() or not edge.alive(), START_S, "the edge")
+    assert edge.alive(), edge.output()
+    for page in ("/openapi.json", "/openapi.yaml", "/docs"):
+        with pytest.raises(urllib.error.HTTPError) as refused:
+            urllib.request.urlopen(f"http://127.0.0.1:{listen}{page}", timeout=10)
+        assert refused.value.code == 404
+        assert json.loads(refused.value.read())["code"] == 5  # NOT_FOUND, in the one error shape
