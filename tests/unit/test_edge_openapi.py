@@ -7,19 +7,20 @@ import datetime
 from pathlib import Path
 
 import pytest
-from google.api import http_pb2
+from google.api import annotations_pb2, http_pb2
+from google.protobuf import descriptor_pb2
 from google.rpc import error_details_pb2
 from openapi_spec_validator import validate
 
 from meshlet.config.schema import DeprecationPolicy
 from meshlet.errors import ConfigError
 from meshlet_edge import openapi
-from meshlet_edge.docs import source_files
+from meshlet_edge.docs import refuse_shadowing, source_files
 from meshlet_edge.lifecycle import deprecations, undated
 from meshlet_edge.routes import RouteTable, build_routes, load_pool
 from meshlet_shop_api.inventory.v1 import inventory_pb2
 from meshlet_shop_api.inventory.v2 import inventory_pb2 as inventory_v2_pb2
-from tests.support.descriptor_sets import compile_descriptor_set
+from tests.support.descriptor_sets import compile_descriptor_set, descriptor_set
 
 SERVICES = {"shop.inventory.v1.Inventory": "inventory", "shop.inventory.v2.Inventory": "inventory"}
 STARTED = datetime.datetime(2026, 12, 1, tzinfo=datetime.UTC)
@@ -103,3 +104,17 @@ def test_a_deprecation_for_no_served_service_is_a_config_error(table: RouteTable
 def test_a_sunset_before_its_since_is_refused() -> None:
     with pytest.raises(ValueError, match="must be after since"):
         DeprecationPolicy(since="2027-06-01", sunset="2026-06-01")
+
+
+def test_a_rule_on_a_documentation_path_is_a_config_error_while_docs_are_on(tmp_path: Path) -> None:
+    def bind_docs(file: descriptor_pb2.FileDescriptorProto) -> None:
+        if file.package == "shop.inventory.v2":
+            file.service[0].method[0].options.Extensions[annotations_pb2.http].get = "/docs"
+
+    path = tmp_path / "v2.pb"
+    path.write_bytes(descriptor_set(inventory_v2_pb2.DESCRIPTOR, edit=bind_docs).SerializeToString())
+    routes = build_routes({"shop.inventory.v2.Inventory": "inventory"}, load_pool([path]))
+    with pytest.raises(ConfigError) as raised:
+        refuse_shadowing(routes)
+    assert "GET /docs (/shop.inventory.v2.Inventory/GetItem)" in str(raised.value)
+    assert "edge.docs: false" in str(raised.value)
