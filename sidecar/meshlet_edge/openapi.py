@@ -13,6 +13,7 @@ description says that ``name`` is sent as ``inventory/items/{name}``.
 
 from __future__ import annotations
 
+import re
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
@@ -267,7 +268,7 @@ def document(
         seen_ids[operation_id] = seen_ids.get(operation_id, 0) + 1
         if seen_ids[operation_id] > 1:  # an additional binding of the same method
             operation_id += f"_{seen_ids[operation_id]}"
-        path, parameters = _path(route, schemas)
+        path, parameters = _same_names(*_path(route, schemas), paths)
         operation = _operation(route, method, operation_id, parameters, schemas, said, deprecated.get(route.path))
         if route.body:
             operation["requestBody"] = _body(route, schemas)
@@ -380,6 +381,23 @@ def _path(route: Route, schemas: Schemas) -> tuple[str, list[Schema]]:
                 description += " May hold several segments."
         parameters.append(_path_parameter(name, schema, description))
     path = "/" + "/".join(segments) + (":" + template.verb if template.verb else "")
+    return path, parameters
+
+
+_PARAMETER = re.compile(r"\{([^}]+)\}")
+
+
+def _same_names(path: str, parameters: list[Schema], paths: Mapping[str, Any]) -> tuple[str, list[Schema]]:
+    """`path` under the parameter names of a path already documented with the same segments (``/v1/orders/{id}``
+    beside ``/v1/orders/{order_id}``: OpenAPI forbids two such paths), its parameters renamed to match."""
+    shape = _PARAMETER.sub("{}", path)
+    for known in paths:
+        if known != path and _PARAMETER.sub("{}", known) == shape:
+            renamed = dict(zip(_PARAMETER.findall(path), _PARAMETER.findall(known), strict=True))
+            for parameter in parameters:
+                if parameter["in"] == "path":
+                    parameter["name"] = renamed[parameter["name"]]
+            return known, parameters
     return path, parameters
 
 

@@ -118,3 +118,21 @@ def test_a_rule_on_a_documentation_path_is_a_config_error_while_docs_are_on(tmp_
         refuse_shadowing(routes)
     assert "GET /docs (/shop.inventory.v2.Inventory/GetItem)" in str(raised.value)
     assert "edge.docs: false" in str(raised.value)
+
+
+def test_two_verbs_on_one_path_with_different_variable_names_share_one_openapi_path(tmp_path: Path) -> None:
+    def reserve_by_id(file: descriptor_pb2.FileDescriptorProto) -> None:
+        if file.package == "shop.inventory.v2":  # POST beside GET /v2/{name=inventory/items/*}
+            methods = {method.name: method for method in file.service[0].method}
+            rule = methods["ReleaseReservation"].options.Extensions[annotations_pb2.http]
+            rule.post = "/v2/inventory/items/{reservation_id}"
+
+    path = tmp_path / "v2.pb"
+    path.write_bytes(descriptor_set(inventory_v2_pb2.DESCRIPTOR, edit=reserve_by_id).SerializeToString())
+    routes = build_routes({"shop.inventory.v2.Inventory": "inventory"}, load_pool([path]))
+    document = openapi.document(routes.routes, title="shop", version="1")
+    validate(document)
+    item = document["paths"]["/v2/inventory/items/{name}"]
+    assert set(item) == {"get", "post"}
+    assert [p["name"] for p in item["post"]["parameters"] if p["in"] == "path"] == ["name"]
+    assert "/v2/inventory/items/{reservation_id}" not in document["paths"]
