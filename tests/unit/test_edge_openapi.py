@@ -79,7 +79,9 @@ def test_comments_come_from_source_info(tmp_path: Path) -> None:
 
 
 def test_a_deprecated_service_answers_deprecation_and_the_configured_dates(table: RouteTable) -> None:
-    policy = DeprecationPolicy(since="2026-06-01", sunset="2027-06-01", successor="https://shop.example/v2")
+    policy = DeprecationPolicy.model_validate(
+        {"since": "2026-06-01", "sunset": "2027-06-01", "successor": "https://shop.example/v2"}
+    )
     found = deprecations(table.routes, {"shop.inventory.v1.Inventory.GetStock": policy}, STARTED)
     assert set(found) == {f"/shop.inventory.v1.Inventory/{m}" for m in ("GetStock", "Reserve", "Release")}
     assert found["/shop.inventory.v1.Inventory/GetStock"].headers() == {
@@ -103,7 +105,7 @@ def test_a_deprecation_for_no_served_service_is_a_config_error(table: RouteTable
 
 def test_a_sunset_before_its_since_is_refused() -> None:
     with pytest.raises(ValueError, match="must be after since"):
-        DeprecationPolicy(since="2027-06-01", sunset="2026-06-01")
+        DeprecationPolicy.model_validate({"since": "2027-06-01", "sunset": "2026-06-01"})
 
 
 def test_a_rule_on_a_documentation_path_is_a_config_error_while_docs_are_on(tmp_path: Path) -> None:
