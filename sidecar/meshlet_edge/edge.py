@@ -86,7 +86,7 @@ class Edge:
         )
         for name in undated(self.deprecations):
             log.warning(
-                "%s is deprecated in its proto but edge.deprecations gives no date: answering Deprecation with the "
+                "%s is deprecated but edge.deprecations gives it no date: answering Deprecation with the "
                 "edge's start time; set edge.deprecations.%s.since (and sunset)",
                 name,
                 name,
