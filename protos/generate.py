@@ -39,7 +39,7 @@ def generate(out_dir: Path, root: Path = PROTOS_ROOT) -> list[Path]:
     out_dir.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory() as scratch:
         validate_set = Path(scratch) / "validate.binpb"
-        validate_set.write_bytes(_validate_descriptor_set())
+        validate_set.write_bytes(validate_descriptor_set())
         validate_out = Path(scratch) / "out"
         validate_out.mkdir()
         common = [f"-I{root}", f"-I{well_known}", f"-I{googleapis}", f"--descriptor_set_in={validate_set}"]
@@ -84,7 +84,7 @@ def _googleapis_root() -> Path:
     return Path(annotations_pb2.__file__).resolve().parents[2]
 
 
-def _validate_descriptor_set() -> bytes:
+def validate_descriptor_set() -> bytes:
     """A FileDescriptorSet of buf/validate/validate.proto, as the installed protovalidate package carries it, and the
     well-known files it imports (google/protobuf/*.proto), which protoc also finds on its include path."""
     import protovalidate

@@ -13,6 +13,7 @@ flight finish, close the mesh, exit 0.
 from __future__ import annotations
 
 import asyncio
+import datetime
 import functools
 import logging
 import signal
@@ -27,11 +28,14 @@ from meshlet.config import Config, listen_host, split_host_port
 from meshlet.errors import CannotListen, RequestInvalid, describe_os_error
 from meshlet.http_limits import RUNNER_LIMITS
 from meshlet.mesh import Mesh
+from meshlet.telemetry.build import build_labels
 from meshlet.validation import RequestValidator, summary
-from meshlet_edge import responses, server_stream, websocket
+from meshlet_edge import openapi, responses, server_stream, websocket
 from meshlet_edge.bodies import CODINGS, BodyRefused, read_body
+from meshlet_edge.docs import Docs, refuse_shadowing, source_files
 from meshlet_edge.forwarding import upstream_metadata
 from meshlet_edge.framing import stream_format
+from meshlet_edge.lifecycle import deprecations, undated
 from meshlet_edge.request_id import REQUEST_KEY, log_request_ids
 from meshlet_edge.retry_after import retry_after
 from meshlet_edge.routes import Route, RouteTable, build_routes, load_pool
@@ -43,12 +47,20 @@ log = logging.getLogger("meshlet.edge")
 JSON = "application/json"
 DRAIN_S = 5.0
 Send = Callable[..., Awaitable[Any]]
+ROUTE_KEY = "meshlet.edge.route"
 
 
 class Edge:
     def __init__(self, config: Config) -> None:
         self.config = config
         self.routes: RouteTable = build_routes(config.edge.services, load_pool(config.edge.descriptor_sets))
+        self.deprecations = deprecations(
+            self.routes.routes, config.edge.deprecations, datetime.datetime.now(datetime.UTC)
+        )
+        self.docs: Docs | None = None
+        if config.edge.docs:
+            refuse_shadowing(self.routes)
+            self.docs = Docs(self._document())
         self.mesh = Mesh(config, face="edge")
         # edge.validate: buf.validate constraints checked before a request leaves (a 400 with a BadRequest)
         self.validator = RequestValidator() if config.edge.validate_requests else None
@@ -76,7 +88,10 @@ class Edge:
             client_max_size=edge.max_body_bytes, middlewares=[responses.middleware(edge.compression.min_bytes)]
         )
         app.on_response_prepare.append(responses.add_request_id)
-        app.router.add_route("*", "/{tail:.*}", self._handle)
+        if self.docs is not None:
+            self.docs.add_to(app)
+        app.on_response_prepare.append(self._deprecation_headers)
+        app.router.add_route("*", r"/{tail:[\s\S]*}", self._handle)  # [\s\S]: a %0A in the path too
         # Bodies are inflated by meshlet_edge.bodies, within edge.max_body_bytes, not by aiohttp.
         self.port = await self._listen(app, self.config.edge.listen, "edge.listen (--listen)", auto_decompress=False)
         log.info(
@@ -86,7 +101,31 @@ class Edge:
             len(self.routes.routes),
             extra={"routes": [f"{r.verb} {r.template} -> {r.path}" for r in self.routes.routes]},
         )
+        for name in undated(self.deprecations):
+            log.warning(
+                "%s is deprecated but edge.deprecations gives it no date: answering Deprecation with the "
+                "edge's start time; set edge.deprecations.%s.since (and sunset)",
+                name,
+                name,
+            )
         print(f"edge listening on {self.port}", flush=True)
+
+    def _document(self) -> dict[str, Any]:
+        """The OpenAPI document of the route table, with the protos' comments where the descriptor sets kept them."""
+        comments = openapi.comments_of(source_files(self.config.edge.descriptor_sets))
+        return openapi.document(
+            self.routes.routes,
+            title=f"meshlet-edge: {self.config.service.name}",
+            version=build_labels()["version"],
+            comments=comments,
+            deprecations=self.deprecations,
+            max_body_bytes=self.config.edge.max_body_bytes,
+        )
+
+    async def _deprecation_headers(self, request: web.Request, response: web.StreamResponse) -> None:
+        route = request.get(ROUTE_KEY)
+        if route is not None and route.path in self.deprecations:
+            response.headers.update(self.deprecations[route.path].headers())
 
     async def _listen(self, app: web.Application, address: str, field: str, **options: Any) -> int:
         host, port = split_host_port(address)
@@ -147,6 +186,7 @@ class Edge:
             what = f"no route for {request.method} {request.path}: see the edge's routes in its start log"
             return _error(refusal(grpc.StatusCode.NOT_FOUND, what), 404)
         route = found.route
+        request[ROUTE_KEY] = route  # for the answer's Deprecation headers, whatever the answer
         if route.client_streaming and not web.WebSocketResponse().can_prepare(request).ok:
             return websocket.upgrade_required(request, route, _error)
         streams_over_http = route.server_streaming and not route.client_streaming

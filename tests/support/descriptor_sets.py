@@ -35,3 +35,28 @@ def descriptor_set(
 def write_descriptor_set(path: Path, *files: descriptor.FileDescriptor) -> Path:
     path.write_bytes(descriptor_set(*files).SerializeToString())
     return path
+
+
+def compile_descriptor_set(path: Path, *protos: str) -> Path:
+    """`protos` (paths under protos/) compiled by protoc into one set with every import and the source info, as an
+    operator writes it for the edge: ``protoc --include_imports --include_source_info --descriptor_set_out``. The
+    source info carries the protos' comments, which the edge's OpenAPI document shows as descriptions."""
+    from importlib import resources
+
+    from google.api import annotations_pb2
+    from grpc_tools import protoc
+
+    from protos.generate import validate_descriptor_set
+
+    root = Path(__file__).resolve().parents[2] / "protos"
+    googleapis = Path(annotations_pb2.__file__).resolve().parents[2]
+    validate_set = path.with_name(f"{path.stem}-buf-validate.binpb")  # buf/validate/validate.proto, as generate.py
+    validate_set.write_bytes(validate_descriptor_set())
+    args = [
+        "protoc", f"-I{root}", f"-I{resources.files('grpc_tools') / '_proto'}", f"-I{googleapis}",
+        f"--descriptor_set_in={validate_set}", "--include_imports", "--include_source_info",
+        f"--descriptor_set_out={path}", *protos,
+    ]  # fmt: skip
+    if protoc.main(args) != 0:
+        raise RuntimeError(f"protoc could not compile {protos}; see its messages above")
+    return path

@@ -5,6 +5,7 @@ Apart from loading, which only gathers raw values and explains the errors these 
 
 from __future__ import annotations
 
+import datetime
 import difflib
 from collections.abc import Iterator, Mapping
 from pathlib import Path
@@ -125,6 +126,32 @@ class EdgeCompression(_Section):
     min_bytes: Annotated[int, checked(lambda n: n >= 0, "must be at least 0")] = 1024
 
 
+def _is_one_url(text: str) -> bool:
+    return bool(text) and not set(text) & set("<> \t,")
+
+
+class DeprecationPolicy(_Section):
+    """Dates for a deprecated service or method, which protos cannot carry: `since` is sent as RFC 9745's
+    ``Deprecation``, `sunset` as RFC 8594's ``Sunset``, `successor` as ``Link: <...>; rel="successor-version"``."""
+
+    since: datetime.datetime | datetime.date | None = None
+    sunset: datetime.datetime | datetime.date | None = None
+    successor: Annotated[str, checked(_is_one_url, "must be one URL (no spaces, commas or <>)")] | None = None
+
+    @_model_validator(mode="after")
+    def _sunset_after_since(self) -> DeprecationPolicy:
+        if self.since is not None and self.sunset is not None and utc(self.sunset) <= utc(self.since):
+            raise invalid(f"must be after since ({self.since})", field=("sunset",), value=self.sunset, blame="since")
+        return self
+
+
+def utc(moment: datetime.datetime | datetime.date) -> datetime.datetime:
+    """A configured date or time as an aware UTC time: a date is its midnight, a naive time is UTC."""
+    if not isinstance(moment, datetime.datetime):
+        moment = datetime.datetime(moment.year, moment.month, moment.day)
+    return moment.replace(tzinfo=datetime.UTC) if moment.tzinfo is None else moment.astimezone(datetime.UTC)
+
+
 class EdgeConfig(_Section):
     """``meshlet-edge``: HTTP/JSON in front of the mesh, routed by the protos' ``google.api.http`` annotations."""
 
@@ -141,6 +168,10 @@ class EdgeConfig(_Section):
     # Check each request against its proto's buf.validate constraints before it leaves: a violation is a 400 with
     # a google.rpc.BadRequest (field, rule id, message). On by default: the front door is where bad input stops.
     validate_requests: bool = Field(default=True, alias="validate")
+
+    docs: bool = True  # /openapi.json, /openapi.yaml and /docs on the listener
+    # gRPC service or method full name -> its deprecation dates (proto `deprecated = true` needs none to be sent).
+    deprecations: dict[str, DeprecationPolicy] = Field(default_factory=dict)
 
 
 class InboundConfig(_Section):

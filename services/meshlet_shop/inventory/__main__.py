@@ -11,15 +11,18 @@ from collections.abc import Sequence
 import grpc
 
 from meshlet_shop.catalog import PRODUCTS
+from meshlet_shop.inventory import servicer_v2
 from meshlet_shop.inventory.servicer import Inventory
 from meshlet_shop.inventory.stock import open_storage
 from meshlet_shop.plain import Options, configure_logging, parse_options, run_app, serve_plain
 from meshlet_shop.shared_store import StoreSetupError, StoreUnavailable
 from meshlet_shop_api.inventory.v1 import inventory_pb2, inventory_pb2_grpc
+from meshlet_shop_api.inventory.v2 import inventory_pb2 as inventory_v2_pb2
+from meshlet_shop_api.inventory.v2 import inventory_pb2_grpc as inventory_v2_pb2_grpc
 
 DESCRIPTION = (
-    "Stock levels and reservations (shop.inventory.v1.Inventory), a plain grpcio app with no meshlet inside: "
-    "run it behind a meshlet-sidecar, which registers it in Consul and gives it mTLS."
+    "Stock levels and reservations (shop.inventory.v2.Inventory, and the deprecated v1 beside it), a plain grpcio "
+    "app with no meshlet inside: run it behind a meshlet-sidecar, which registers it in Consul and gives it mTLS."
 )
 SEED_RETRY_S = 2.0
 
@@ -51,8 +54,13 @@ async def serve(options: Options) -> int:
         injector = options.injector()
 
         def register(server: grpc.aio.Server) -> list[str]:
-            inventory_pb2_grpc.add_InventoryServicer_to_server(Inventory(stock, injector, options.instance_id), server)
-            return [inventory_pb2.DESCRIPTOR.services_by_name["Inventory"].full_name]
+            v1 = Inventory(stock, injector, options.instance_id)
+            inventory_pb2_grpc.add_InventoryServicer_to_server(v1, server)
+            inventory_v2_pb2_grpc.add_InventoryServicer_to_server(servicer_v2.Inventory(v1), server)
+            return [
+                inventory_pb2.DESCRIPTOR.services_by_name["Inventory"].full_name,  # deprecated, still served
+                inventory_v2_pb2.DESCRIPTOR.services_by_name["Inventory"].full_name,
+            ]
 
         return await serve_plain(options, injector, register)
     finally:

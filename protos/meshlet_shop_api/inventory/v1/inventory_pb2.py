@@ -26,7 +26,7 @@ from meshlet_api.buf.validate import validate_pb2 as buf_dot_validate_dot_valida
 from google.api import annotations_pb2 as google_dot_api_dot_annotations__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n-meshlet_shop_api/inventory/v1/inventory.proto\x12\x11shop.inventory.v1\x1a\x1b\x62uf/validate/validate.proto\x1a\x1cgoogle/api/annotations.proto\"?\n\x0fGetStockRequest\x12,\n\x03sku\x18\x01 \x01(\tB\x1f\xbaH\x1cr\x1a\x10\x01\x18@2\x14^[a-z0-9][a-z0-9-]*$\"\'\n\x05Stock\x12\x0b\n\x03sku\x18\x01 \x01(\t\x12\x11\n\tavailable\x18\x02 \x01(\x05\"\x80\x01\n\x0eReserveRequest\x12\"\n\x0ereservation_id\x18\x01 \x01(\tB\n\xbaH\x07r\x05\x10\x01\x18\x80\x01\x12,\n\x03sku\x18\x02 \x01(\tB\x1f\xbaH\x1cr\x1a\x10\x01\x18@2\x14^[a-z0-9][a-z0-9-]*$\x12\x1c\n\x08quantity\x18\x03 \x01(\x05\x42\n\xbaH\x07\x1a\x05\x18\xe8\x07 \x00\"L\n\x0cReserveReply\x12\x16\n\x0ereservation_id\x18\x01 \x01(\t\x12\x11\n\tremaining\x18\x02 \x01(\x05\x12\x11\n\tserved_by\x18\x03 \x01(\t\"4\n\x0eReleaseRequest\x12\"\n\x0ereservation_id\x18\x01 \x01(\tB\n\xbaH\x07r\x05\x10\x01\x18\x80\x01\"K\n\x0cReleaseReply\x12\x16\n\x0ereservation_id\x18\x01 \x01(\t\x12\x10\n\x08released\x18\x02 \x01(\x08\x12\x11\n\tserved_by\x18\x03 \x01(\t2\xcf\x02\n\tInventory\x12n\n\x08GetStock\x12\".shop.inventory.v1.GetStockRequest\x1a\x18.shop.inventory.v1.Stock\"$\x90\x02\x01\x82\xd3\xe4\x93\x02\x1b\x12\x19/v1/inventory/items/{sku}\x12~\n\x07Reserve\x12!.shop.inventory.v1.ReserveRequest\x1a\x1f.shop.inventory.v1.ReserveReply\"/\x90\x02\x02\x82\xd3\xe4\x93\x02&\"!/v1/inventory/items/{sku}:reserve:\x01*\x12R\n\x07Release\x12!.shop.inventory.v1.ReleaseRequest\x1a\x1f.shop.inventory.v1.ReleaseReply\"\x03\x90\x02\x02\x62\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n-meshlet_shop_api/inventory/v1/inventory.proto\x12\x11shop.inventory.v1\x1a\x1b\x62uf/validate/validate.proto\x1a\x1cgoogle/api/annotations.proto\"?\n\x0fGetStockRequest\x12,\n\x03sku\x18\x01 \x01(\tB\x1f\xbaH\x1cr\x1a\x10\x01\x18@2\x14^[a-z0-9][a-z0-9-]*$\"\'\n\x05Stock\x12\x0b\n\x03sku\x18\x01 \x01(\t\x12\x11\n\tavailable\x18\x02 \x01(\x05\"\x80\x01\n\x0eReserveRequest\x12\"\n\x0ereservation_id\x18\x01 \x01(\tB\n\xbaH\x07r\x05\x10\x01\x18\x80\x01\x12,\n\x03sku\x18\x02 \x01(\tB\x1f\xbaH\x1cr\x1a\x10\x01\x18@2\x14^[a-z0-9][a-z0-9-]*$\x12\x1c\n\x08quantity\x18\x03 \x01(\x05\x42\n\xbaH\x07\x1a\x05\x18\xe8\x07 \x00\"L\n\x0cReserveReply\x12\x16\n\x0ereservation_id\x18\x01 \x01(\t\x12\x11\n\tremaining\x18\x02 \x01(\x05\x12\x11\n\tserved_by\x18\x03 \x01(\t\"4\n\x0eReleaseRequest\x12\"\n\x0ereservation_id\x18\x01 \x01(\tB\n\xbaH\x07r\x05\x10\x01\x18\x80\x01\"K\n\x0cReleaseReply\x12\x16\n\x0ereservation_id\x18\x01 \x01(\t\x12\x10\n\x08released\x18\x02 \x01(\x08\x12\x11\n\tserved_by\x18\x03 \x01(\t2\xd4\x02\n\tInventory\x12n\n\x08GetStock\x12\".shop.inventory.v1.GetStockRequest\x1a\x18.shop.inventory.v1.Stock\"$\x90\x02\x01\x82\xd3\xe4\x93\x02\x1b\x12\x19/v1/inventory/items/{sku}\x12~\n\x07Reserve\x12!.shop.inventory.v1.ReserveRequest\x1a\x1f.shop.inventory.v1.ReserveReply\"/\x90\x02\x02\x82\xd3\xe4\x93\x02&\"!/v1/inventory/items/{sku}:reserve:\x01*\x12R\n\x07Release\x12!.shop.inventory.v1.ReleaseRequest\x1a\x1f.shop.inventory.v1.ReleaseReply\"\x03\x90\x02\x02\x1a\x03\x88\x02\x01\x62\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -43,6 +43,8 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_RESERVEREQUEST'].fields_by_name['quantity']._serialized_options = b'\272H\007\032\005\030\350\007 \000'
   _globals['_RELEASEREQUEST'].fields_by_name['reservation_id']._loaded_options = None
   _globals['_RELEASEREQUEST'].fields_by_name['reservation_id']._serialized_options = b'\272H\007r\005\020\001\030\200\001'
+  _globals['_INVENTORY']._loaded_options = None
+  _globals['_INVENTORY']._serialized_options = b'\210\002\001'
   _globals['_INVENTORY'].methods_by_name['GetStock']._loaded_options = None
   _globals['_INVENTORY'].methods_by_name['GetStock']._serialized_options = b'\220\002\001\202\323\344\223\002\033\022\031/v1/inventory/items/{sku}'
   _globals['_INVENTORY'].methods_by_name['Reserve']._loaded_options = None
@@ -62,5 +64,5 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_RELEASEREPLY']._serialized_start=496
   _globals['_RELEASEREPLY']._serialized_end=571
   _globals['_INVENTORY']._serialized_start=574
-  _globals['_INVENTORY']._serialized_end=909
+  _globals['_INVENTORY']._serialized_end=914
 # @@protoc_insertion_point(module_scope)

@@ -26,7 +26,8 @@ if _version_not_supported:
 
 
 class InventoryStub:
-    """Missing associated documentation comment in .proto file."""
+    """Deprecated in favour of shop.inventory.v2.Inventory (resource names, availability, a list call); still served.
+    """
 
     def __init__(self, channel):
         """Constructor.
@@ -52,7 +53,8 @@ class InventoryStub:
 
 
 class InventoryServicer:
-    """Missing associated documentation comment in .proto file."""
+    """Deprecated in favour of shop.inventory.v2.Inventory (resource names, availability, a list call); still served.
+    """
 
     def GetStock(self, request, context):
         """Missing associated documentation comment in .proto file."""
@@ -102,7 +104,8 @@ def add_InventoryServicer_to_server(servicer, server):
 
  # This class is part of an EXPERIMENTAL API.
 class Inventory:
-    """Missing associated documentation comment in .proto file."""
+    """Deprecated in favour of shop.inventory.v2.Inventory (resource names, availability, a list call); still served.
+    """
 
     @staticmethod
     def GetStock(request,
