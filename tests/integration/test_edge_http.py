@@ -248,7 +248,13 @@ def payload_request(size: int, message: str = "big") -> bytes:
 
 @pytest.mark.parametrize(
     ("accept", "coding"),
-    [("gzip", "gzip"), ("gzip;q=0, identity", None), ("*;q=0.5, br;q=0", "gzip"), ("identity", None), ("deflate", None)],
+    [
+        ("gzip", "gzip"),
+        ("gzip;q=0, identity", None),
+        ("*;q=0.5, br;q=0", "gzip"),
+        ("identity", None),
+        ("deflate", None),
+    ],
 )
 async def test_a_large_answer_is_gzipped_as_accept_encoding_allows(front: Front, http, accept, coding) -> None:
     status, body, response = await post(http, front.url + ECHO, payload_request(4096), {"Accept-Encoding": accept})
