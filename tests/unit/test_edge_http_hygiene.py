@@ -5,6 +5,7 @@ types, and the metadata a call upstream carries."""
 from __future__ import annotations
 
 import gzip
+import re
 import uuid
 import zlib
 
@@ -13,7 +14,9 @@ from google.protobuf import duration_pb2
 from google.rpc import error_details_pb2, status_pb2
 from multidict import CIMultiDict
 
+from meshlet.config import load_config
 from meshlet.config.edge_headers import forwardable_header
+from meshlet.errors import ConfigError
 from meshlet_edge.bodies import BodyRefused, Inflater, is_json
 from meshlet_edge.compression import choose_coding, compress
 from meshlet_edge.forwarding import upstream_metadata
@@ -184,3 +187,24 @@ def test_upstream_metadata_carries_the_request_id_and_every_value_of_each_forwar
 def test_zlib_framing_is_gzip_so_any_client_reads_it() -> None:
     assert compress(b"x" * 100, "gzip")[:2] == b"\x1f\x8b"
     assert zlib.decompress(compress(b"y" * 100, "gzip"), 16 + zlib.MAX_WBITS) == b"y" * 100
+
+
+def test_the_edges_http_fields_default_and_refuse_what_is_wrong(tmp_path) -> None:
+    config = load_config(None)
+    assert (config.edge.forward_headers, config.edge.max_body_bytes) == ((), 1024 * 1024)
+    assert config.edge.compression.min_bytes == 1024
+    assert config.upstream("anything").compression == "none"
+    path = tmp_path / "meshlet.yaml"
+    for body, field in (
+        ("edge: {forward_headers: [x-tenant, Upgrade]}", "edge.forward_headers[1]"),
+        ("edge: {max_body_bytes: 0}", "edge.max_body_bytes"),
+        ("edge: {compression: {min_bytes: -1}}", "edge.compression.min_bytes"),
+        ("upstreams: {orders: {compression: brotli}}", "upstreams.orders.compression"),
+    ):
+        path.write_text(body)
+        with pytest.raises(ConfigError, match=re.escape(field)):
+            load_config(path)
+    path.write_text("edge: {forward_headers: [X-Tenant]}\nupstream_defaults: {compression: gzip}\nupstreams: {a: {}}")
+    loaded = load_config(path)
+    assert loaded.edge.forward_headers == ("x-tenant",)
+    assert loaded.upstreams["a"].compression == "gzip"
