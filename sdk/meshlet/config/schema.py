@@ -126,6 +126,16 @@ class EdgeConfig(_Section):
     services: dict[str, str] = Field(default_factory=dict)  # gRPC service name -> upstream name
     # FileDescriptorSet files (protoc --include_imports --descriptor_set_out) that describe those services.
     descriptor_sets: tuple[Path, ...] = ()
+    # Or: learn them at start from each upstream's reflection service, waiting at most reflection_timeout.
+    reflection: bool = False
+    reflection_timeout: PositiveDuration = 30.0
+
+    @_model_validator(mode="after")
+    def _one_descriptor_source(self) -> EdgeConfig:
+        if self.reflection and self.descriptor_sets:
+            allowed = "is one descriptor source, edge.descriptor_sets the other: use one of them, not both"
+            raise invalid(allowed, field=("reflection",), value=True, blame="descriptor_sets")
+        return self
 
 
 class RetryPolicy(_Section):
