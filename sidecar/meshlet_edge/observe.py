@@ -115,9 +115,11 @@ class HttpObserver:
             token = attach(set_span_in_context(span, parent))
         code = 500
         failure: BaseException | None = None
+        request_id = request.headers.get(REQUEST_ID)
         try:
             response = await handler(request)
             code = response.status
+            request_id = request_id or response.headers.get(REQUEST_ID)  # one the edge made up for the caller
             return response
         except web.HTTPException as error:  # aiohttp's own answers (a body over the limit, say)
             code = error.status
@@ -134,7 +136,7 @@ class HttpObserver:
             context = span.get_span_context() if span is not None else None
             if span is not None and token is not None:
                 detach(token)
-                _end(span, method, route, code, failure)
+                _end(span, method, route, code, failure, request_id)
             self._metrics.observe(route, method, code, duration_s, sampled_trace_id(context))
             if self._access_log is not None:
                 self._access_log.http(
@@ -143,7 +145,7 @@ class HttpObserver:
                     request.rel_url.raw_path,
                     code,
                     duration_s,
-                    request_id=request.headers.get(REQUEST_ID),
+                    request_id=request_id,
                     user_agent=request.headers.get("User-Agent"),
                     peer_address=request.remote,
                     span=context if context is not None and context.is_valid else None,
@@ -163,15 +165,16 @@ class HttpObserver:
             attributes["client.address"] = request.remote
         if user_agent := request.headers.get("User-Agent"):
             attributes["user_agent.original"] = user_agent
-        if request_ids := request.headers.getall(REQUEST_ID, []):
-            attributes["http.request.header.x-request-id"] = list(request_ids)
         name = method if method != OTHER_METHOD else "HTTP"  # renamed "METHOD /route" once a route matched
         return tracer.start_span(name, context=parent, kind=SERVER, attributes=attributes)
 
 
-def _end(span: Span, method: str, route: str, code: int, failure: BaseException | None) -> None:
-    """The conventions' ending: the route and status; ERROR on a 5xx only (a 4xx is the client's, not ours)."""
+def _end(span: Span, method: str, route: str, code: int, failure: BaseException | None, request_id: str | None) -> None:
+    """The conventions' ending: the route and status; ERROR on a 5xx only (a 4xx is the client's, not ours). The
+    request id is the caller's ``X-Request-Id``, else the one the answer carries."""
     attributes: dict[str, Any] = {}
+    if request_id:
+        attributes["http.request.header.x-request-id"] = [request_id]
     if route != UNMATCHED:
         attributes["http.route"] = route
         span.update_name(f"{method if method != OTHER_METHOD else 'HTTP'} {route}")
