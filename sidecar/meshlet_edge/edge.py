@@ -29,7 +29,7 @@ from meshlet.mesh import Mesh
 from meshlet.telemetry.access_log import AccessLog
 from meshlet.telemetry.metrics import Metrics
 from meshlet_edge.admin import admin_app
-from meshlet_edge.observe import ROUTE_KEY, HttpMetrics, HttpObserver
+from meshlet_edge.observe import HttpMetrics, HttpObserver, note_route
 from meshlet_edge.reflection import learn_pool
 from meshlet_edge.registration import edge_registration, named
 from meshlet_edge.routes import Route, RouteTable, build_routes, load_pool
@@ -179,7 +179,7 @@ class Edge:
             what = f"no route for {request.method} {request.path}: see the edge's routes in its start log"
             return _error(refusal(grpc.StatusCode.NOT_FOUND, what), 404)
         route = found.route
-        request[ROUTE_KEY] = str(route.template)  # the span's http.route and the metrics' route label
+        note_route(str(route.template))  # the span's http.route and the metrics' route label
         try:
             timeout = grpc_timeout(request.headers.get("grpc-timeout"))
             body = await request.read() if route.body else b""

@@ -3,9 +3,11 @@ outbound call's span (mesh.channel()'s pipeline) hangs under and which continues
 the request counted and timed by route (``meshlet_http_requests_total``, ``meshlet_http_request_duration_seconds``);
 and, when ``telemetry.access_log`` is on, one access log line.
 
-An aiohttp middleware around the edge's one handler, which names the route it matched in the request
-(`ROUTE_KEY`): labels stay bounded, the route being a template of the route table or ``(unmatched)`` and the
-method one of HTTP's or ``_OTHER``, whatever a client sends.
+An aiohttp middleware around the edge's one handler, which names the route it matched (`note_route`). Labels
+stay bounded whatever a client sends: the route is a template of the route table or ``(unmatched)``, the method
+one of HTTP's or ``_OTHER``. The route travels in a context variable (the handler runs in the middleware's
+context), not in the request: aiohttp 3.14 warns on plain request keys, and its typed ones are newer than the
+oldest aiohttp meshlet takes.
 """
 
 from __future__ import annotations
@@ -13,7 +15,7 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import Awaitable, Callable, Iterator
-from contextvars import Token
+from contextvars import ContextVar, Token
 from typing import Any
 
 from aiohttp import web
@@ -27,7 +29,7 @@ from meshlet.telemetry.access_log import AccessLog, sampled_trace_id
 from meshlet.telemetry.metrics import BUCKET_LABELS, MethodMetrics
 from meshlet.telemetry.tracing import SERVER
 
-ROUTE_KEY = "meshlet.route"  # request[ROUTE_KEY]: the template of the route the handler matched
+_ROUTE: ContextVar[str | None] = ContextVar("meshlet_edge_route", default=None)
 UNMATCHED = "(unmatched)"
 OTHER_METHOD = "_OTHER"  # OpenTelemetry's name for a method outside the known set
 METHODS = frozenset({"CONNECT", "DELETE", "GET", "HEAD", "OPTIONS", "PATCH", "POST", "PUT", "TRACE"})
@@ -35,6 +37,11 @@ CLIENT_GONE = 499  # the client went away before the answer (nginx's code; CANCE
 REQUEST_ID = "X-Request-Id"
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+
+
+def note_route(template: str) -> None:
+    """Called by the handler with the template of the route it matched: the span's http.route, the route label."""
+    _ROUTE.set(template)
 
 
 def method_label(method: str) -> str:
@@ -116,6 +123,7 @@ class HttpObserver:
         code = 500
         failure: BaseException | None = None
         request_id = request.headers.get(REQUEST_ID)
+        matched = _ROUTE.set(None)  # a connection's requests share its task, and so its context
         try:
             response = await handler(request)
             code = response.status
@@ -132,7 +140,8 @@ class HttpObserver:
             raise
         finally:
             duration_s = self._clock() - start
-            route = request.get(ROUTE_KEY) or UNMATCHED
+            route = _ROUTE.get() or UNMATCHED
+            _ROUTE.reset(matched)
             context = span.get_span_context() if span is not None else None
             if span is not None and token is not None:
                 detach(token)
