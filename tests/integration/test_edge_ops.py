@@ -207,6 +207,16 @@ async def test_a_5xx_marks_the_server_span_an_error_and_a_request_without_route_
     assert unmatched[0].attributes["http.response.status_code"] == 404
 
 
+async def test_a_caller_that_did_not_sample_its_trace_gets_no_spans_from_the_edge(front: Front, http) -> None:
+    unsampled, sampled = "3" * 32, "4" * 32
+    headers = {"traceparent": f"00-{unsampled}-{CLIENT_SPAN_ID}-00"}
+    assert await status_of(http, "GET", front.url + "/v1/inventory/items/sku-tea", headers=headers) == 200
+    headers = {"traceparent": f"00-{sampled}-{CLIENT_SPAN_ID}-01"}
+    assert await status_of(http, "GET", front.url + "/v1/inventory/items/sku-tea", headers=headers) == 200
+    spans_of(front, sampled, 3)  # written after the first request's would have been
+    assert not [span for span in load_spans([front.span_file]) if span.trace_id == unsampled]
+
+
 # ------------------------------------------------------------------------------------------ metrics and logs
 
 
