@@ -6,8 +6,10 @@ form of its google.rpc.Status with the mapped HTTP status. A server-streaming me
 events (meshlet_edge.server_stream), one that streams requests is a WebSocket (meshlet_edge.websocket).
 
 Start: routes (a bad descriptor or a conflict is a config error before anything listens) -> certificates ->
-discovery of every upstream -> admin -> listener. Stop, on SIGTERM or SIGINT: stop accepting, let requests in
-flight finish, close the mesh, exit 0.
+discovery of every upstream -> admin -> (with ``edge.reflection``: the descriptors, then the routes) -> listener
+-> registration in Consul. Stop, on SIGTERM or SIGINT, as the sidecar drains: fail readiness -> deregister, so
+callers stop picking this instance -> stop accepting and let requests in flight finish, for up to
+``service.drain_grace`` -> close the mesh -> exit 0.
 """
 
 from __future__ import annotations
@@ -25,17 +27,24 @@ from aiohttp import web
 from google.rpc import status_pb2
 
 from meshlet.config import Config, listen_host, split_host_port
+from meshlet.discovery.registration import Registration
 from meshlet.errors import CannotListen, RequestInvalid, describe_os_error
 from meshlet.http_limits import RUNNER_LIMITS
 from meshlet.mesh import Mesh
+from meshlet.telemetry.access_log import AccessLog
 from meshlet.telemetry.build import build_labels
+from meshlet.telemetry.metrics import Metrics
 from meshlet.validation import RequestValidator, summary
 from meshlet_edge import openapi, responses, server_stream, websocket
+from meshlet_edge.admin import admin_app
 from meshlet_edge.bodies import CODINGS, BodyRefused, read_body
 from meshlet_edge.docs import Docs, refuse_shadowing, source_files
 from meshlet_edge.forwarding import upstream_metadata
 from meshlet_edge.framing import stream_format
-from meshlet_edge.lifecycle import deprecations, undated
+from meshlet_edge.lifecycle import Deprecation, deprecations, undated
+from meshlet_edge.observe import HttpMetrics, HttpObserver, note_route
+from meshlet_edge.reflection import learn_pool
+from meshlet_edge.registration import edge_registration, named
 from meshlet_edge.request_id import REQUEST_KEY, log_request_ids
 from meshlet_edge.retry_after import retry_after
 from meshlet_edge.routes import Route, RouteTable, build_routes, load_pool
@@ -52,18 +61,23 @@ ROUTE_KEY = "meshlet.edge.route"
 
 class Edge:
     def __init__(self, config: Config) -> None:
-        self.config = config
-        self.routes: RouteTable = build_routes(config.edge.services, load_pool(config.edge.descriptor_sets))
-        self.deprecations = deprecations(
-            self.routes.routes, config.edge.deprecations, datetime.datetime.now(datetime.UTC)
-        )
+        self.config = config = named(config)  # service.name defaults to "edge"
+        learnt = config.edge.reflection  # routes built at start, once the upstreams' reflection described them
+        self.routes = RouteTable(())
+        self.deprecations: dict[str, Deprecation] = {}
         self.docs: Docs | None = None
-        if config.edge.docs:
-            refuse_shadowing(self.routes)
-            self.docs = Docs(self._document())
-        self.mesh = Mesh(config, face="edge")
+        if not learnt:
+            self._use_routes(build_routes(config.edge.services, load_pool(config.edge.descriptor_sets)))
+        self.metrics = Metrics()  # served on the admin port's /metrics, the mesh's outbound families included
+        self.http_metrics = HttpMetrics()
+        self.metrics.collect_with(self.http_metrics.collect)
+        self.mesh = Mesh(config, face="edge", metrics=self.metrics)
         # edge.validate: buf.validate constraints checked before a request leaves (a 400 with a BadRequest)
         self.validator = RequestValidator() if config.edge.validate_requests else None
+        self.registration: Registration | None = None
+        self._undescribed: set[str] = set(config.edge.services) if learnt else set()
+        self._draining = False
+        self._stop = asyncio.Event()  # SIGTERM or SIGINT
         self._send: dict[Route, Send] = {}
         self._runners: list[web.AppRunner] = []
         self.port = 0
@@ -72,6 +86,12 @@ class Edge:
     async def start(self) -> None:
         log_request_ids()
         await self.mesh.start()
+        for upstream in sorted(set(self.config.edge.services.values())):
+            self.mesh.upstream(upstream)  # discovery starts now: /ready and reflection find an answer sooner
+        admin = admin_app(ready=self.readiness, config=self.config.redacted, metrics=self.metrics.exposition)
+        self.admin_port = await self._listen(admin, self.config.edge.admin, "edge.admin (--admin-addr)")
+        if self.config.edge.reflection and not await self._learn_routes():
+            return  # stopped while it waited for the upstreams' reflection
         for route in self.routes.routes:  # one multicallable per route, as a stub holds one per method
             channel = self.mesh.channel(route.upstream)
             self._send[route] = _multicallable(channel, route)(
@@ -79,21 +99,19 @@ class Edge:
                 request_serializer=route.request_type.SerializeToString,
                 response_deserializer=route.response_type.FromString,
             )
-        admin = web.Application()
-        admin.router.add_get("/ready", self._ready)
-        admin.router.add_get("/live", _live)
-        self.admin_port = await self._listen(admin, self.config.edge.admin, "edge.admin (--admin-addr)")
+        access_log = AccessLog() if self.config.telemetry.access_log else None
+        observer = HttpObserver(self.mesh.tracer, self.http_metrics, access_log)
         edge = self.config.edge
-        app = web.Application(
-            client_max_size=edge.max_body_bytes, middlewares=[responses.middleware(edge.compression.min_bytes)]
-        )
+        compression = responses.middleware(edge.compression.min_bytes)
+        app = web.Application(client_max_size=edge.max_body_bytes, middlewares=[observer.middleware(), compression])
         app.on_response_prepare.append(responses.add_request_id)
         if self.docs is not None:
             self.docs.add_to(app)
         app.on_response_prepare.append(self._deprecation_headers)
         app.router.add_route("*", r"/{tail:[\s\S]*}", self._handle)  # [\s\S]: a %0A in the path too
         # Bodies are inflated by meshlet_edge.bodies, within edge.max_body_bytes, not by aiohttp.
-        self.port = await self._listen(app, self.config.edge.listen, "edge.listen (--listen)", auto_decompress=False)
+        grace = self.config.service.drain_grace
+        self.port = await self._listen(app, edge.listen, "edge.listen (--listen)", drain_s=grace, auto_decompress=False)
         log.info(
             "edge listening on %s (admin %s), %d routes",
             self.port,
@@ -109,6 +127,17 @@ class Edge:
                 name,
             )
         print(f"edge listening on {self.port}", flush=True)
+        self.registration = edge_registration(self.config, self.mesh.consul, self.port, self.readiness)
+        await self.registration.register()
+
+    def _use_routes(self, routes: RouteTable) -> None:
+        """The route table, and what is derived from it once: the deprecation headers and the OpenAPI document."""
+        self.routes = routes
+        edge = self.config.edge
+        self.deprecations = deprecations(routes.routes, edge.deprecations, datetime.datetime.now(datetime.UTC))
+        if edge.docs:
+            refuse_shadowing(routes)
+            self.docs = Docs(self._document())
 
     def _document(self) -> dict[str, Any]:
         """The OpenAPI document of the route table, with the protos' comments where the descriptor sets kept them."""
@@ -127,12 +156,31 @@ class Edge:
         if route is not None and route.path in self.deprecations:
             response.headers.update(self.deprecations[route.path].headers())
 
-    async def _listen(self, app: web.Application, address: str, field: str, **options: Any) -> int:
+    async def _learn_routes(self) -> bool:
+        """The route table from the upstreams' reflection (NotDescribed when one never describes its service);
+        False when a signal came first."""
+        edge = self.config.edge
+        learning = asyncio.ensure_future(
+            learn_pool(edge.services, self.mesh.own_channel, edge.reflection_timeout, waiting=self._undescribed)
+        )
+        stopping = asyncio.ensure_future(self._stop.wait())
+        await asyncio.wait((learning, stopping), return_when=asyncio.FIRST_COMPLETED)
+        stopping.cancel()
+        if not learning.done():
+            learning.cancel()
+            await asyncio.gather(learning, return_exceptions=True)
+            return False
+        self._use_routes(build_routes(edge.services, learning.result()))
+        return True
+
+    async def _listen(
+        self, app: web.Application, address: str, field: str, drain_s: float = DRAIN_S, **options: Any
+    ) -> int:
         host, port = split_host_port(address)
         limits = {**RUNNER_LIMITS, **options}
         # handler_cancellation: a client that goes away cancels its handler, and so the upstream call it waits on
         runner = web.AppRunner(
-            app, access_log=None, handle_signals=False, shutdown_timeout=DRAIN_S, handler_cancellation=True, **limits
+            app, access_log=None, handle_signals=False, shutdown_timeout=drain_s, handler_cancellation=True, **limits
         )
         await runner.setup()
         site = web.TCPSite(runner, listen_host(host), port)
@@ -148,30 +196,41 @@ class Edge:
         return int(runner.addresses[0][1])  # the port bound, also when the config asked for port 0
 
     async def stop(self) -> None:
+        """Out of rotation first (/ready 503, deregistered), then the listener drains: its requests in flight
+        finish within ``service.drain_grace``; the admin port answers to the end."""
+        self._draining = True
+        if self.registration is not None:
+            await self.registration.deregister()
+        if self.port:
+            log.info("draining requests in flight for up to %.1fs", self.config.service.drain_grace)
         for runner in reversed(self._runners):
             await runner.cleanup()
         self._runners.clear()
         await self.mesh.close()
 
     async def run(self) -> int:
-        stop = asyncio.Event()
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGTERM, signal.SIGINT):
-            loop.add_signal_handler(sig, stop.set)
+            loop.add_signal_handler(sig, self._stop.set)
         try:
             await self.start()
-            await stop.wait()
+            await self._stop.wait()
         finally:
             await self.stop()
         return 0
 
     # ------------------------------------------------------------------ admin
 
-    async def _ready(self, request: web.Request) -> web.Response:
-        waiting = [name for name in sorted(set(self.config.edge.services.values())) if not self.mesh.has_answered(name)]
-        if waiting:
-            return web.Response(status=503, text=f"waiting for: discovery of {', '.join(waiting)}\n")
-        return web.Response(text="ready\n")
+    def readiness(self) -> tuple[bool, list[str]]:
+        """(ready, what the edge still waits for): /ready's answer and the Consul check's."""
+        waiting = ["nothing: draining for shutdown"] if self._draining else []
+        services = self.config.edge.services
+        waiting += [f"descriptors of {name} from {services[name]}'s reflection" for name in sorted(self._undescribed)]
+        if not self.port:
+            waiting.append("the listener")
+        upstreams = sorted(set(services.values()))
+        waiting += [f"discovery of {name}" for name in upstreams if not self.mesh.has_answered(name)]
+        return not waiting, waiting
 
     # ------------------------------------------------------------------ requests
 
@@ -186,6 +245,7 @@ class Edge:
             what = f"no route for {request.method} {request.path}: see the edge's routes in its start log"
             return _error(refusal(grpc.StatusCode.NOT_FOUND, what), 404)
         route = found.route
+        note_route(str(route.template))  # the span's http.route and the metrics' route label
         request[ROUTE_KEY] = route  # for the answer's Deprecation headers, whatever the answer
         if route.client_streaming and not web.WebSocketResponse().can_prepare(request).ok:
             return websocket.upgrade_required(request, route, _error)
@@ -253,7 +313,3 @@ def _multicallable(channel: grpc.aio.Channel, route: Route) -> Any:
 
 def _error(status: status_pb2.Status, http: int, headers: dict[str, str] | None = None) -> web.Response:
     return web.Response(status=http, text=status_json(status), content_type=JSON, headers=headers)
-
-
-async def _live(request: web.Request) -> web.Response:
-    return web.Response(text="live\n")

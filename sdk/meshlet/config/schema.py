@@ -160,6 +160,9 @@ class EdgeConfig(_Section):
     services: dict[str, str] = Field(default_factory=dict)  # gRPC service name -> upstream name
     # FileDescriptorSet files (protoc --include_imports --descriptor_set_out) that describe those services.
     descriptor_sets: tuple[Path, ...] = ()
+    # Or: learn them at start from each upstream's reflection service, waiting at most reflection_timeout.
+    reflection: bool = False
+    reflection_timeout: PositiveDuration = 30.0
     # Request headers passed upstream as metadata (lowercase keys); none by default: sending a client's header
     # (Authorization, a cookie) to an upstream is a trust decision the operator makes by naming it.
     forward_headers: tuple[Annotated[str, parsed(forwardable_header)], ...] = ()
@@ -168,10 +171,16 @@ class EdgeConfig(_Section):
     # Check each request against its proto's buf.validate constraints before it leaves: a violation is a 400 with
     # a google.rpc.BadRequest (field, rule id, message). On by default: the front door is where bad input stops.
     validate_requests: bool = Field(default=True, alias="validate")
-
     docs: bool = True  # /openapi.json, /openapi.yaml and /docs on the listener
     # gRPC service or method full name -> its deprecation dates (proto `deprecated = true` needs none to be sent).
     deprecations: dict[str, DeprecationPolicy] = Field(default_factory=dict)
+
+    @_model_validator(mode="after")
+    def _one_descriptor_source(self) -> EdgeConfig:
+        if self.reflection and self.descriptor_sets:
+            allowed = "is one descriptor source, edge.descriptor_sets the other: use one of them, not both"
+            raise invalid(allowed, field=("reflection",), value=True, blame="descriptor_sets")
+        return self
 
 
 class InboundConfig(_Section):

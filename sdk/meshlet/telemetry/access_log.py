@@ -102,3 +102,39 @@ class AccessLog:
                 "span_id": span_id_of(span),
             },
         )
+
+    def http(
+        self,
+        method: str,
+        route: str,
+        path: str,
+        code: int,
+        duration_s: float,
+        *,
+        request_id: str | None,
+        user_agent: str | None,
+        peer_address: str | None,
+        span: SpanContext | None,
+    ) -> None:
+        """An HTTP request the edge answered: `route` is its template (or ``(unmatched)``), `path` as sent."""
+        duration_ms = round(duration_s * 1000, 3)
+        self._logger.info(
+            "http %s %s %d %.1fms",
+            method,
+            path,
+            code,
+            duration_ms,
+            extra={
+                "direction": "http",
+                "http_method": method,
+                "route": route,
+                "path": path,
+                "code": code,
+                "duration_ms": duration_ms,
+                "request_id": request_id,
+                "user_agent": user_agent,
+                "peer_address": peer_address,
+                "trace_id": trace_id_of(span),
+                "span_id": span_id_of(span),
+            },
+        )
