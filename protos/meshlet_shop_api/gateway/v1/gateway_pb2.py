@@ -22,9 +22,10 @@ _runtime_version.ValidateProtobufRuntimeVersion(
 _sym_db = _symbol_database.Default()
 
 
+from google.api import annotations_pb2 as google_dot_api_dot_annotations__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n)meshlet_shop_api/gateway/v1/gateway.proto\x12\x0fshop.gateway.v1\"Y\n\x0f\x43heckoutRequest\x12\x12\n\nrequest_id\x18\x01 \x01(\t\x12\x13\n\x0b\x63ustomer_id\x18\x02 \x01(\t\x12\x0b\n\x03sku\x18\x03 \x01(\t\x12\x10\n\x08quantity\x18\x04 \x01(\x05\"4\n\rCheckoutReply\x12\x10\n\x08order_id\x18\x01 \x01(\t\x12\x11\n\tcharge_id\x18\x02 \x01(\t2\\\n\x07Gateway\x12Q\n\x08\x43heckout\x12 .shop.gateway.v1.CheckoutRequest\x1a\x1e.shop.gateway.v1.CheckoutReply\"\x03\x90\x02\x02\x62\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n)meshlet_shop_api/gateway/v1/gateway.proto\x12\x0fshop.gateway.v1\x1a\x1cgoogle/api/annotations.proto\"Y\n\x0f\x43heckoutRequest\x12\x12\n\nrequest_id\x18\x01 \x01(\t\x12\x13\n\x0b\x63ustomer_id\x18\x02 \x01(\t\x12\x0b\n\x03sku\x18\x03 \x01(\t\x12\x10\n\x08quantity\x18\x04 \x01(\x05\"4\n\rCheckoutReply\x12\x10\n\x08order_id\x18\x01 \x01(\t\x12\x11\n\tcharge_id\x18\x02 \x01(\t2s\n\x07Gateway\x12h\n\x08\x43heckout\x12 .shop.gateway.v1.CheckoutRequest\x1a\x1e.shop.gateway.v1.CheckoutReply\"\x1a\x90\x02\x02\x82\xd3\xe4\x93\x02\x11\"\x0c/v1/checkout:\x01*b\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -32,11 +33,11 @@ _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'meshlet_shop_api.gateway.v1
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
   _globals['_GATEWAY'].methods_by_name['Checkout']._loaded_options = None
-  _globals['_GATEWAY'].methods_by_name['Checkout']._serialized_options = b'\220\002\002'
-  _globals['_CHECKOUTREQUEST']._serialized_start=62
-  _globals['_CHECKOUTREQUEST']._serialized_end=151
-  _globals['_CHECKOUTREPLY']._serialized_start=153
-  _globals['_CHECKOUTREPLY']._serialized_end=205
-  _globals['_GATEWAY']._serialized_start=207
-  _globals['_GATEWAY']._serialized_end=299
+  _globals['_GATEWAY'].methods_by_name['Checkout']._serialized_options = b'\220\002\002\202\323\344\223\002\021\"\014/v1/checkout:\001*'
+  _globals['_CHECKOUTREQUEST']._serialized_start=92
+  _globals['_CHECKOUTREQUEST']._serialized_end=181
+  _globals['_CHECKOUTREPLY']._serialized_start=183
+  _globals['_CHECKOUTREPLY']._serialized_end=235
+  _globals['_GATEWAY']._serialized_start=237
+  _globals['_GATEWAY']._serialized_end=352
 # @@protoc_insertion_point(module_scope)
