@@ -5,7 +5,14 @@ from __future__ import annotations
 import importlib
 import sys
 
-BENCHMARKS = ["sdk_overhead", "devagent_watchers", "sidecar_overhead", "tracing_overhead", "metrics_overhead"]
+BENCHMARKS = [
+    "sdk_overhead",
+    "devagent_watchers",
+    "sidecar_overhead",
+    "tracing_overhead",
+    "metrics_overhead",
+    "edge_overhead",
+]
 
 
 def main(argv: list[str]) -> int:
