@@ -12,7 +12,10 @@ from importlib import resources
 from pathlib import Path
 
 PROTOS_ROOT = Path(__file__).resolve().parent
-GENERATED_SUFFIXES = ("_pb2.py", "_pb2.pyi", "_pb2_grpc.py")
+GENERATED_SUFFIXES = ("_pb2.py", "_pb2.pyi", "_pb2_grpc.py", ".binpb")
+# The shop's FileDescriptorSet (every import, comments kept), for meshlet-edge's edge.descriptor_sets: shipped in the
+# wheel beside the generated modules, so `meshlet demo` and the image (Dockerfile) have it without protoc.
+SHOP_DESCRIPTORS = Path("meshlet_shop_api") / "descriptors.binpb"
 
 
 def proto_sources(root: Path = PROTOS_ROOT) -> list[Path]:
@@ -39,6 +42,10 @@ def generate(out_dir: Path, root: Path = PROTOS_ROOT) -> list[Path]:
     ]
     if protoc.main(args) != 0:
         raise SystemExit("protoc failed; see the messages above")
+    shop = [source for source in sources if source.startswith(f"{SHOP_DESCRIPTORS.parent}/")]
+    descriptor_args = [*args[:4], f"--descriptor_set_out={out_dir / SHOP_DESCRIPTORS}", "--include_imports"]
+    if protoc.main([*descriptor_args, "--include_source_info", *shop]) != 0:
+        raise SystemExit("protoc failed to write the shop's descriptor set; see the messages above")
     written = sorted(p for p in out_dir.rglob("*") if p.name.endswith(GENERATED_SUFFIXES))
     for directory in {p.parent for p in written}:
         package = directory
