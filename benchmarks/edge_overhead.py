@@ -299,12 +299,14 @@ def print_tables(cells: dict[str, dict[str, Cell]]) -> None:
             answered = "/".join(cell.encodings) if cell.encodings else ("grpc" if name == "direct gRPC" else "-")
             size = f"{cell.wire_bytes:7d}" if cell.wire_bytes is not None else f"{'':>7}"
             failed = ", ".join(f"{n} {code}" for code, n in cell.failures.most_common()) or "0"
+            mark = "*" if result.throughput < 0.95 * RATE else " "
             print(
-                f"{kind.name:<10} {name:<16}{result.percentile(0.5):8.2f}{result.percentile(0.99):8.2f}{added:>8}"
+                f"{kind.name:<10}{mark}{name:<16}{result.percentile(0.5):8.2f}{result.percentile(0.99):8.2f}{added:>8}"
                 f"{rps}{cpu}{answered:>10}{size}  {failed}"
             )
         print()
-    print("  ms; +p50: added over direct gRPC for the same Echo (POST's for POST gzip). rps@N: requests/s, closed loop")
+    print("  ms; +p50: added over direct gRPC for the same Echo (POST's for POST gzip). * the path (or this client)")
+    print("  kept below 95% of the open-loop rate: its latency is queueing. rps@N: requests/s, closed loop")
     print("  at N in flight. CPU-s/1k: CPU-seconds of the proxy process per 1,000 requests over the open-loop runs.")
     print("  answered: the Content-Encoding of the answers; bytes: their Content-Length (as sent on the wire).")
     print_target(cells)

@@ -140,15 +140,16 @@ async def serve_uvicorn(transcoder: Transcoder, host: str, port: int, stop: asyn
         log_level="warning", server_header=False, date_header=False,
     )  # fmt: skip
     server = uvicorn.Server(config)
-    server.install_signal_handlers = lambda: None  # type: ignore[method-assign]  # SIGTERM is ours, below
-    serving = asyncio.create_task(server.serve())
+    serving = asyncio.create_task(server.serve())  # it also stops by itself on SIGTERM (its own handler)
     while not server.started:
         if serving.done():
             await serving  # it failed to start: raise why
             return
         await asyncio.sleep(0.01)
     print(f"listening on {port}", flush=True)
-    await stop.wait()
+    stopping = asyncio.create_task(stop.wait())
+    await asyncio.wait({serving, stopping}, return_when=asyncio.FIRST_COMPLETED)
+    stopping.cancel()
     server.should_exit = True
     await serving
 
