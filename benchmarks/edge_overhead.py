@@ -24,7 +24,7 @@ Nothing is asserted: the tables put the figures beside the issue's target, the e
 transcoder's added p50 and CPU.
 
 Knobs: BENCH_EDGE_DURATION_S (per cell, default 3), BENCH_EDGE_ROUNDS (default 1), BENCH_EDGE_RATE (open loop,
-default 200/s), BENCH_EDGE_IN_FLIGHT (default "1,32"), BENCH_EDGE_SERVERS (minimal transcoders, default
+default 100/s), BENCH_EDGE_IN_FLIGHT (default "1,32"), BENCH_EDGE_SERVERS (minimal transcoders, default
 "aiohttp,uvicorn"; uvicorn is skipped with a note when it is not installed: pip install uvicorn httptools).
 """
 
@@ -57,7 +57,7 @@ from tests.support.sidecars import start_plain_app, write_config
 
 DURATION_S = float(os.environ.get("BENCH_EDGE_DURATION_S", "3"))
 ROUNDS = int(os.environ.get("BENCH_EDGE_ROUNDS", "1"))
-RATE = float(os.environ.get("BENCH_EDGE_RATE", "200"))
+RATE = float(os.environ.get("BENCH_EDGE_RATE", "100"))
 IN_FLIGHT = [int(n) for n in os.environ.get("BENCH_EDGE_IN_FLIGHT", "1,32").split(",")]
 SERVERS = [s for s in os.environ.get("BENCH_EDGE_SERVERS", "aiohttp,uvicorn").split(",") if s]
 
