@@ -12,6 +12,7 @@ BENCHMARKS = [
     "tracing_overhead",
     "metrics_overhead",
     "validation_overhead",
+    "edge_overhead",
 ]
 
 

@@ -20,9 +20,12 @@ from importlib import resources
 from pathlib import Path
 
 PROTOS_ROOT = Path(__file__).resolve().parent
-GENERATED_SUFFIXES = ("_pb2.py", "_pb2.pyi", "_pb2_grpc.py")
+GENERATED_SUFFIXES = ("_pb2.py", "_pb2.pyi", "_pb2_grpc.py", ".binpb")
 VALIDATE_PROTO = "buf/validate/validate.proto"
 VALIDATE_PACKAGE = "meshlet_api"  # where its generated module lives: meshlet_api/buf/validate/validate_pb2.py
+# The shop's FileDescriptorSet (every import, comments kept), for meshlet-edge's edge.descriptor_sets: shipped in the
+# wheel beside the generated modules, so `meshlet demo` and the image (Dockerfile) have it without protoc.
+SHOP_DESCRIPTORS = Path("meshlet_shop_api") / "descriptors.binpb"
 
 
 def proto_sources(root: Path = PROTOS_ROOT) -> list[Path]:
@@ -65,9 +68,14 @@ def generate(out_dir: Path, root: Path = PROTOS_ROOT) -> list[Path]:
             target = out_dir / VALIDATE_PACKAGE / f"{module}{suffix}"
             target.parent.mkdir(parents=True, exist_ok=True)
             shutil.copyfile(validate_out / f"{module}{suffix}", target)
+        shop = [source for source in sources if source.startswith(f"{SHOP_DESCRIPTORS.parent}/")]
+        descriptor_args = ["grpc_tools.protoc", *common, f"--descriptor_set_out={out_dir / SHOP_DESCRIPTORS}"]
+        if protoc.main([*descriptor_args, "--include_imports", "--include_source_info", *shop]) != 0:
+            raise SystemExit("protoc failed to write the shop's descriptor set; see the messages above")
     written = sorted(p for p in out_dir.rglob("*") if p.name.endswith(GENERATED_SUFFIXES))
     for path in written:
-        _point_validate_imports(path)
+        if path.suffix in (".py", ".pyi"):
+            _point_validate_imports(path)
     for directory in {p.parent for p in written}:
         package = directory
         while package != out_dir:

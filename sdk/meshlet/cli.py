@@ -88,7 +88,13 @@ def build_parser() -> argparse.ArgumentParser:
         "faults are injected, and report what the mesh did. Exits 0 when callers saw at least 99% success.",
     )
     demo.add_argument("--duration", type=_seconds, default=30.0, metavar="DURATION", help="traffic time (default 30s)")
-    demo.add_argument("--rate", type=_positive, default=40.0, metavar="PER_S", help="checkouts per second (default 40)")
+    demo.add_argument(
+        "--rate",
+        type=_positive,
+        default=40.0,
+        metavar="PER_S",
+        help="checkouts per second, a quarter over HTTP/JSON through meshlet-edge (default 40)",
+    )
     demo.add_argument("--no-faults", action="store_true", help="skip the fault script: steady traffic only")
     demo.add_argument("--keep-running", action="store_true", help="leave the mesh up after the report, until Ctrl-C")
     demo.add_argument(

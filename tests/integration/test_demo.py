@@ -7,9 +7,13 @@ Every child inherits the demo's environment, so a marker variable given to the d
 from __future__ import annotations
 
 import contextlib
+import json
 import os
+import re
+import shlex
 import signal
 import sys
+import urllib.request
 import uuid
 from pathlib import Path
 
@@ -105,3 +109,51 @@ def test_a_killed_demo_takes_its_children_with_it(procs: Processes) -> None:
         wait_until(lambda: not processes_marked(marker), RUN_S, "every child of the killed demo to stop")
     finally:
         kill_marked(marker)
+
+
+def test_keep_running_prints_the_edges_url_and_a_curl_line_that_checks_out_over_http(procs: Processes) -> None:
+    """The report has a row for the HTTP callers; the printed curl line, sent as written, answers a 200 order."""
+    marker, demo = start_demo(procs, "--duration", "6", "--rate", "12", "--no-faults", "--keep-running")
+    try:
+        wait_until(lambda: "curl " in demo.output() or not demo.alive(), RUN_S, "the demo to print its addresses")
+        output = demo.output()
+        assert "HTTP/JSON callers through meshlet-edge" in output, output
+        assert "POST /v1/checkout" in output, output
+        edge = re.search(r"^edge: (http://127\.0\.0\.1:\d+)$", output, re.MULTILINE)
+        assert edge is not None, output
+        curl = next(line for line in output.splitlines() if line.strip().startswith("curl "))
+        method, url, headers, body = parse_curl(curl)
+        assert url.startswith(edge.group(1) + "/"), curl
+
+        request = urllib.request.Request(url, data=body, method=method, headers=headers)
+        with urllib.request.urlopen(request, timeout=30) as response:
+            assert response.status == 200
+            assert response.headers.get_content_type() == "application/json"
+            order = json.load(response)
+        assert order["orderId"], order
+        with urllib.request.urlopen(f"{edge.group(1)}/v1/orders/{order['orderId']}", timeout=30) as response:
+            assert json.load(response)["orderId"] == order["orderId"]
+
+        demo.signal(signal.SIGINT)
+        assert demo.wait(RUN_S) == 130, demo.output()
+        assert processes_marked(marker) == []
+    finally:
+        kill_marked(marker)
+
+
+def parse_curl(line: str) -> tuple[str, str, dict[str, str], bytes | None]:
+    """Method, URL, headers and body of a ``curl`` command line as the demo prints it."""
+    words = shlex.split(line)
+    method, url, headers, body = "GET", "", {}, None
+    rest = iter(words[1:])
+    for word in rest:
+        if word == "-X":
+            method = next(rest)
+        elif word == "-H":
+            name, _, value = next(rest).partition(":")
+            headers[name.strip()] = value.strip()
+        elif word in ("-d", "--data"):
+            body = next(rest).encode()
+        elif not word.startswith("-"):
+            url = word
+    return method, url, headers, body

@@ -201,3 +201,32 @@ def config_path(pod: MeshletPod, tmp_path: Path) -> Path:
     path = tmp_path / f"{pod.service}.yaml"
     path.write_text(pod.config_text)
     return path
+
+
+# ---------------------------------------------------------------- meshlet-edge
+
+EDGE_CONFIG_DIR = "/etc/meshlet-edge"
+
+
+@dataclass(frozen=True)
+class EdgePod:
+    """The edge's Deployment, its container and its meshlet.yaml (mounted at /etc/meshlet-edge, apart from the
+    shop pods' /etc/meshlet: it is a caller of the mesh, not a service in it)."""
+
+    workload: Workload
+    container: Obj
+    config_text: str
+
+    @property
+    def config(self) -> Obj:
+        loaded: Obj = yaml.safe_load(self.config_text)
+        return loaded
+
+
+def edge_pod(objects: list[Obj]) -> EdgePod:
+    w = workload(objects, "edge")
+    container = w.container("edge")
+    volumes = {v["name"]: v for v in w.pod.get("volumes", [])}
+    [mount] = [m for m in container["volumeMounts"] if m["mountPath"] == EDGE_CONFIG_DIR]
+    config_map = named(objects, "ConfigMap")[volumes[mount["name"]]["configMap"]["name"]]
+    return EdgePod(w, container, config_map["data"]["meshlet.yaml"])

@@ -52,7 +52,7 @@ def pem(cert: x509.Certificate) -> bytes:
     return cert.public_bytes(serialization.Encoding.PEM)
 
 
-@pytest.mark.parametrize("service", ["gateway", "orders", "inventory", "payments"])
+@pytest.mark.parametrize("service", ["gateway", "orders", "inventory", "payments", "edge"])
 def test_a_certificate_from_the_overlay_is_accepted_as_the_services_identity(service: str) -> None:
     certificates = named(render("cert-manager"), "Certificate")
     ca_cert, ca_key = issue(certificates["meshlet-ca"]["spec"], None)

@@ -20,6 +20,7 @@ from tests.k8s.manifests import (
     MeshletPod,
     Obj,
     config_path,
+    edge_pod,
     has_port,
     meshlet_pods,
     named,
@@ -167,6 +168,7 @@ def test_every_upstream_and_authz_peer_in_a_meshlet_config_is_a_service(overlay:
     services = set(named(objects, "Service"))
     registered = {pod.config["service"]["name"] for pod in pods.values()}
     assert registered == set(SHOP), "each shop pod registers under its own name"
+    registered.add(edge_pod(objects).config["service"]["name"])  # a caller with an identity: intentions name it
     for pod in pods.values():
         config = pod.config
         names = set(config.get("upstreams", {})) | set(config.get("sidecar", {}).get("routes", {}).values())

@@ -60,7 +60,7 @@ def test_everything_lives_in_the_meshlet_namespace(overlay: str) -> None:
 def test_cert_manager_certificates_carry_each_services_spiffe_id() -> None:
     objects = render("cert-manager")
     certificates = {name: cert for name, cert in named(objects, "Certificate").items() if not cert["spec"].get("isCA")}
-    assert set(certificates) == {"gateway", "orders", "inventory", "payments"}
+    assert set(certificates) == {"gateway", "orders", "inventory", "payments", "edge"}
     issuers = named(objects, "Issuer")
     for service, cert in certificates.items():
         spec = cert["spec"]

@@ -46,6 +46,21 @@ def write_client_certs(mesh: Mesh, folder: Path) -> None:
 _CHECKOUT = json.dumps({"request_id": "try-1", "customer_id": "c-1", "sku": "sku-tea", "quantity": 1})
 
 
+_HTTP_CHECKOUT = json.dumps({"requestId": "try-http-1", "customerId": "c-1", "sku": "sku-tea", "quantity": 1})
+
+
+def edge_lines(topology: Topology) -> list[str]:
+    """The edge's URL and a curl line that checks out over HTTP/JSON (empty when the run has no edge)."""
+    if topology.edge is None:
+        return []
+    url = topology.edge.url
+    return [
+        f"edge: {url}",
+        f"  curl -sS -X POST {url}/v1/checkout -H 'Content-Type: application/json' -d '{_HTTP_CHECKOUT}'",
+        f"  (then GET {url}/v1/orders/<orderId>; the edge's admin: {topology.edge.admin_url}/ready)",
+    ]
+
+
 def print_addresses(console: Console, topology: Topology, folder: Path) -> None:
     gateway = topology.instance("gateway")
     servername = folder / "gateway.servername"
@@ -58,3 +73,5 @@ def print_addresses(console: Console, topology: Topology, folder: Path) -> None:
         f"  sidecar admin pages: {', '.join(str(i.admin_url) for i in topology.instances if i.admin_url)}\n"
         f"  logs: {folder}/*.log"
     )
+    for line in edge_lines(topology):
+        console.print(line, highlight=False, markup=False, soft_wrap=True)

@@ -17,7 +17,7 @@ from rich.text import Text
 
 from meshlet.demo import scrape, timeline
 from meshlet.demo.scrape import Sample
-from meshlet.demo.stats import Tally, Verdict, latency_summary
+from meshlet.demo.stats import HttpSeen, Tally, Verdict, http_latencies, http_ok, latency_summary
 from meshlet.demo.timeline import Cell, Event, Snapshot
 from meshlet.demo.traces import PickedTrace, render_trace
 
@@ -49,12 +49,14 @@ class Findings:
     trace: PickedTrace | str | None = None  # a trace, or why there is none
     jaeger_url: str | None = None
     faults: bool = True
+    http: HttpSeen | None = None  # the HTTP callers through meshlet-edge, when the run had an edge
 
 
 def render(findings: Findings) -> RenderableType:
     parts: list[RenderableType] = [
         Rule("[bold]meshlet demo: what the mesh did[/bold]"),
         _calls(findings),
+        *_http(findings),
         _resilience(findings),
         _latency(findings),
         _strips(findings),
@@ -108,6 +110,24 @@ def _calls(findings: Findings) -> Table:
     for label, codes in rows:
         table.add_row(label, *_ratio_cells(codes))
     return table
+
+
+def _http(findings: Findings) -> list[RenderableType]:
+    """What the HTTP callers saw through meshlet-edge: answers by status, p50/p99 of the 2xx ones, per route."""
+    if findings.http is None:
+        return []
+    table = Table(title="HTTP/JSON callers through meshlet-edge", title_justify="left", min_width=WIDTH)
+    table.add_column("request")
+    for column in ("requests", "2xx", "by status", "p50", "p99"):
+        table.add_column(column, justify="right")
+    for route, tally in findings.http.routes.items():
+        codes = ", ".join(f"{code} x{n}" for code, n in sorted(tally.codes.items())) or "none"
+        ok = http_ok(tally)
+        style = "green" if tally.done and ok / tally.done >= 0.99 else "yellow" if ok else "red"
+        latency = http_latencies(tally)
+        cells = [f"{latency[p] * 1000:.0f} ms" for p in ("p50", "p99")] if latency else ["", ""]
+        table.add_row(route, f"{tally.done:,}", Text(f"{ok:,}", style=style), codes, *cells)
+    return [table]
 
 
 def _counter(findings: Findings, instance: str, name: str, **where: str) -> RenderableType:

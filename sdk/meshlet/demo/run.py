@@ -20,6 +20,7 @@ import sys
 import tempfile
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
+from importlib import resources
 from pathlib import Path
 
 import aiohttp
@@ -33,6 +34,7 @@ from meshlet.config.schema import TelemetryConfig
 from meshlet.demo import timeline
 from meshlet.demo.addresses import mesh_table, print_addresses, write_client_certs
 from meshlet.demo.driver import Driver
+from meshlet.demo.http_driver import HttpDriver
 from meshlet.demo.probes import Probes, reserved_ports
 from meshlet.demo.report import Findings, render
 from meshlet.demo.sampler import WATCHED, Sampler, scrape_all
@@ -49,6 +51,7 @@ from meshlet.demo.topology import (
     child_environment,
     child_specs,
     client_config,
+    edge_spec,
     plan_topology,
 )
 from meshlet.demo.traces import load_run_spans, pick_trace
@@ -61,6 +64,7 @@ READY_S = 90.0  # a bound on start-up (11 Python processes on a small machine), 
 WARM_UP_S = 30.0
 SPAN_FLUSH_S = 1.5  # children export spans every 0.5 s (OTEL_BSP_SCHEDULE_DELAY below)
 JAEGER_UI = "http://localhost:16686/trace/"
+HTTP_SHARE = 0.25  # of the checkouts per second, sent over HTTP/JSON through meshlet-edge; the rest over gRPC
 
 Check = Callable[[], Awaitable[bool]]
 
@@ -199,10 +203,19 @@ def _write_children(topology: Topology, settings: Settings) -> dict[str, ChildSp
         if instance.sidecar is not None:
             topology.faults_file(instance.name).write_text(json.dumps(HEALTHY.as_json()))
         for spec in child_specs(topology, instance, settings):
-            if spec.config_path is not None and spec.config is not None:
-                spec.config_path.write_text(yaml.safe_dump(dict(spec.config), sort_keys=False))
             specs[spec.name] = spec
+    if topology.edge is not None:
+        edge = edge_spec(topology, settings, _shop_descriptor_set())
+        specs[edge.name] = edge
+    for spec in specs.values():
+        if spec.config_path is not None and spec.config is not None:
+            spec.config_path.write_text(yaml.safe_dump(dict(spec.config), sort_keys=False))
     return specs
+
+
+def _shop_descriptor_set() -> Path:
+    """The shop's FileDescriptorSet, which `make protos` writes beside the generated modules (and the wheel ships)."""
+    return Path(str(resources.files("meshlet_shop_api") / "descriptors.binpb"))
 
 
 def _readiness(topology: Topology, probes: Probes, mesh: Mesh) -> dict[str, Check]:
@@ -228,6 +241,13 @@ def _readiness(topology: Topology, probes: Probes, mesh: Mesh) -> dict[str, Chec
                 )
 
             checks[instance.name] = serving
+    if topology.edge is not None:
+        edge_admin = topology.edge.admin_url
+
+        async def edge_ready() -> bool:  # its routes loaded and every upstream found in Consul
+            return await probes.ready(edge_admin)
+
+        checks["edge"] = edge_ready
     return checks
 
 
@@ -280,7 +300,14 @@ async def _drive(
     specs: Mapping[str, ChildSpec],
 ) -> Findings:
     channel = mesh.channel("gateway")
-    driver = Driver(channel, rate=options.rate, duration_s=options.duration_s, deadline_s=options.deadline_s)
+    grpc_rate = options.rate * (1 - HTTP_SHARE) if topology.edge else options.rate
+    driver = Driver(channel, rate=grpc_rate, duration_s=options.duration_s, deadline_s=options.deadline_s)
+    http = HttpDriver(
+        topology.edge.url if topology.edge else "",
+        rate=options.rate - grpc_rate,
+        duration_s=options.duration_s,
+        deadline_s=options.deadline_s,
+    )
     with console.status("one checkout end to end: gateway -> orders -> inventory, payments"):
         problem = await driver.warm_up(WARM_UP_S)
     if problem is not None:
@@ -299,6 +326,7 @@ async def _drive(
     with progress:
         bar = progress.add_task(schedule.phase(0), total=driver.planned, ok=0, failed=0)
         traffic = asyncio.create_task(driver.run())
+        http_traffic = asyncio.create_task(http.run())
         sampling = asyncio.create_task(sampler.run(driver.elapsed))
         try:
             while not traffic.done():
@@ -310,11 +338,13 @@ async def _drive(
                 progress.update(bar, completed=tally.done, description=phase, ok=tally.ok, failed=tally.failed)
                 await asyncio.wait({traffic}, timeout=0.1)
             await traffic
+            await http_traffic
             progress.update(bar, completed=driver.tally.done, ok=driver.tally.ok, failed=driver.tally.failed)
         finally:
             sampling.cancel()
             traffic.cancel()
-            await asyncio.gather(sampling, traffic, return_exceptions=True)
+            http_traffic.cancel()
+            await asyncio.gather(sampling, traffic, http_traffic, return_exceptions=True)
     await sampler.sample(driver.elapsed())
     for child in supervisor.exited():  # a crash the script did not cause: say so beside the numbers
         said = f"exited (status {child.popen.returncode}); see {child.log_path}"
@@ -339,6 +369,7 @@ async def _drive(
         trace=trace if trace is not None else "no traces collected",
         jaeger_url=jaeger,
         faults=options.faults,
+        http=http.seen if http.planned else None,
     )
 
 

@@ -88,3 +88,36 @@ def verdict(tally: Tally, target: float = TARGET) -> Verdict:
         return Verdict(True, f"{seen}, at least the {target:.0%} target")
     worst = ", ".join(f"{code} x{n}" for code, n in tally.codes.most_common() if code != "OK")
     return Verdict(False, f"{seen}, below the {target:.0%} target; failures: {worst}")
+
+
+# ---------------------------------------------------------------------------------------------- HTTP callers
+
+CHECKOUT = "POST /v1/checkout"
+ORDER = "GET /v1/orders/{order_id}"
+
+
+@dataclass
+class HttpSeen:
+    """What the HTTP callers (through meshlet-edge) saw, per route; each outcome's code is an HTTP status ("200")
+    or, for a request that got no answer, the error's name."""
+
+    routes: dict[str, Tally] = field(default_factory=lambda: {CHECKOUT: Tally(), ORDER: Tally()})
+
+    @property
+    def done(self) -> int:
+        return sum(tally.done for tally in self.routes.values())
+
+    @property
+    def ok(self) -> int:
+        return sum(http_ok(tally) for tally in self.routes.values())
+
+
+def http_ok(tally: Tally) -> int:
+    """The 2xx answers in `tally`."""
+    return sum(n for code, n in tally.codes.items() if code.startswith("2"))
+
+
+def http_latencies(tally: Tally, ps: Sequence[float] = (50, 99)) -> dict[str, float]:
+    """``{"p50": seconds, "p99": seconds}`` over the 2xx answers; empty when there were none."""
+    values = [o.latency_s for o in tally.outcomes if o.code.startswith("2")]
+    return {f"p{p:g}": percentile(values, p) for p in ps} if values else {}

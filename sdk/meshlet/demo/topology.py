@@ -89,9 +89,26 @@ class Settings:
 
 
 @dataclass(frozen=True)
+class EdgePorts:
+    """meshlet-edge in front of the shop: its HTTP listener and its admin page."""
+
+    listen: int
+    admin: int
+
+    @property
+    def url(self) -> str:
+        return f"http://{HOST}:{self.listen}"
+
+    @property
+    def admin_url(self) -> str:
+        return f"http://{HOST}:{self.admin}"
+
+
+@dataclass(frozen=True)
 class Topology:
     folder: Path
     instances: tuple[Instance, ...]
+    edge: EdgePorts | None = None
 
     def instance(self, name: str) -> Instance:
         for instance in self.instances:
@@ -128,7 +145,7 @@ def plan_topology(folder: Path, ports: Iterator[int]) -> Topology:
                 instances.append(Instance(name, service, next(ports), sidecar=sidecar))
             else:
                 instances.append(Instance(name, service, next(ports), metrics_port=next(ports)))
-    return Topology(folder, tuple(instances))
+    return Topology(folder, tuple(instances), EdgePorts(listen=next(ports), admin=next(ports)))
 
 
 def child_specs(topology: Topology, instance: Instance, settings: Settings) -> list[ChildSpec]:
@@ -150,6 +167,35 @@ def child_specs(topology: Topology, instance: Instance, settings: Settings) -> l
         _sidecar_config(topology, instance, settings),
     )
     return [app, sidecar]
+
+
+# The services the edge serves over HTTP/JSON, routed by their google.api.http annotations.
+EDGE_SERVICES = {
+    "shop.gateway.v1.Gateway": "gateway",
+    "shop.orders.v1.Orders": "orders",
+    "shop.inventory.v1.Inventory": "inventory",
+}
+
+
+def edge_spec(topology: Topology, settings: Settings, descriptor_set: Path) -> ChildSpec:
+    """meshlet-edge in front of the shop, a caller in the mesh like the traffic driver (mTLS from the Connect
+    CA), its routes from the shop's descriptor set (`descriptor_set`, shipped in meshlet_shop_api)."""
+    assert topology.edge is not None
+    path = topology.config_path("edge")
+    config = {
+        "service": {"name": "edge", **_SERVICE_DEFAULTS},
+        "consul": {"address": settings.consul_address},
+        "tls": {"source": "consul"},
+        "edge": {
+            "listen": f"{HOST}:{topology.edge.listen}",
+            "admin": f"{HOST}:{topology.edge.admin}",
+            "services": EDGE_SERVICES,
+            "descriptor_sets": [str(descriptor_set)],
+        },
+        "upstream_defaults": _UPSTREAM_DEFAULTS,
+        "telemetry": _telemetry(topology, "edge", "edge", settings),
+    }
+    return ChildSpec("edge", (settings.python, "-m", "meshlet_edge", "--config", str(path)), {}, path, config)
 
 
 def agent_spec(python: str, port: int) -> ChildSpec:

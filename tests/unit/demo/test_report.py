@@ -6,7 +6,7 @@ from rich.console import Console
 
 from meshlet.demo import scrape
 from meshlet.demo.report import Findings, render
-from meshlet.demo.stats import Outcome, Tally, verdict
+from meshlet.demo.stats import CHECKOUT, ORDER, HttpSeen, Outcome, Tally, verdict
 from meshlet.demo.timeline import Event, Snapshot
 
 A, B = "127.0.0.1:4001", "127.0.0.1:4002"
@@ -90,3 +90,22 @@ def test_breaker_openings_are_the_upstreams_total_including_endpoints_that_left(
 
     (row,) = [line for line in text.splitlines() if "│ orders → inventory " in line]
     assert [cell.strip() for cell in row.strip("│ ").split("│")] == ["orders → inventory", "5", "0", "3"]
+
+
+def test_the_http_callers_row_counts_answers_by_status_with_percentiles_of_the_2xx() -> None:
+    seen = HttpSeen()
+    for i in range(9):
+        seen.routes[CHECKOUT].record(Outcome(i, 0.040, "200"))
+    seen.routes[CHECKOUT].record(Outcome(9, 2.0, "503"))
+    seen.routes[ORDER].record(Outcome(0, 0.005, "200"))
+
+    text = text_of(findings(http=seen))
+
+    assert "HTTP/JSON callers through meshlet-edge" in text
+    assert "200 x9, 503 x1" in text
+    assert "40 ms" in text  # the 503's 2 s is no part of the 2xx percentiles
+    assert "2000 ms" not in text
+
+
+def test_a_run_without_an_edge_has_no_http_row() -> None:
+    assert "meshlet-edge" not in text_of(findings())

@@ -13,6 +13,7 @@ from meshlet.demo.topology import (
     child_environment,
     child_specs,
     client_config,
+    edge_spec,
     plan_topology,
 )
 
@@ -108,3 +109,20 @@ def test_children_run_on_the_loop_the_caller_chose() -> None:
 
 def test_the_agent_listens_on_loopback() -> None:
     assert agent_spec("python3", 8501).argv[-2:] == ("--http-addr", "127.0.0.1:8501")
+
+
+def test_the_edge_has_ports_of_its_own_and_a_valid_config_routing_the_shop(tmp_path: Path) -> None:
+    topology = plan(tmp_path)
+    assert topology.edge is not None
+    taken = {i.app_port for i in topology.instances} | {i.metrics_port for i in topology.instances}
+    assert {topology.edge.listen, topology.edge.admin}.isdisjoint(taken)
+    assert topology.edge.listen != topology.edge.admin
+
+    (tmp_path / "shop.binpb").write_bytes(b"")  # the config checks that the file is there, not what it holds
+    spec = edge_spec(topology, SETTINGS, tmp_path / "shop.binpb")
+    assert spec.argv[1:3] == ("-m", "meshlet_edge")
+    loaded = load_config(None, env={}, overrides=spec.config)
+    assert loaded.tls.source == "consul"
+    assert loaded.edge.listen == f"127.0.0.1:{topology.edge.listen}"
+    assert set(loaded.edge.services.values()) == {"gateway", "orders", "inventory"}
+    assert loaded.edge.descriptor_sets == (tmp_path / "shop.binpb",)

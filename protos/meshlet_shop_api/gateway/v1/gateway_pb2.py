@@ -23,9 +23,10 @@ _sym_db = _symbol_database.Default()
 
 
 from meshlet_api.buf.validate import validate_pb2 as buf_dot_validate_dot_validate__pb2
+from google.api import annotations_pb2 as google_dot_api_dot_annotations__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n)meshlet_shop_api/gateway/v1/gateway.proto\x12\x0fshop.gateway.v1\x1a\x1b\x62uf/validate/validate.proto\"\x9e\x01\n\x0f\x43heckoutRequest\x12\x1e\n\nrequest_id\x18\x01 \x01(\tB\n\xbaH\x07r\x05\x10\x01\x18\x80\x01\x12\x1f\n\x0b\x63ustomer_id\x18\x02 \x01(\tB\n\xbaH\x07r\x05\x10\x01\x18\x80\x01\x12,\n\x03sku\x18\x03 \x01(\tB\x1f\xbaH\x1cr\x1a\x10\x01\x18@2\x14^[a-z0-9][a-z0-9-]*$\x12\x1c\n\x08quantity\x18\x04 \x01(\x05\x42\n\xbaH\x07\x1a\x05\x18\xe8\x07 \x00\"4\n\rCheckoutReply\x12\x10\n\x08order_id\x18\x01 \x01(\t\x12\x11\n\tcharge_id\x18\x02 \x01(\t2\\\n\x07Gateway\x12Q\n\x08\x43heckout\x12 .shop.gateway.v1.CheckoutRequest\x1a\x1e.shop.gateway.v1.CheckoutReply\"\x03\x90\x02\x02\x62\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n)meshlet_shop_api/gateway/v1/gateway.proto\x12\x0fshop.gateway.v1\x1a\x1b\x62uf/validate/validate.proto\x1a\x1cgoogle/api/annotations.proto\"\x9e\x01\n\x0f\x43heckoutRequest\x12\x1e\n\nrequest_id\x18\x01 \x01(\tB\n\xbaH\x07r\x05\x10\x01\x18\x80\x01\x12\x1f\n\x0b\x63ustomer_id\x18\x02 \x01(\tB\n\xbaH\x07r\x05\x10\x01\x18\x80\x01\x12,\n\x03sku\x18\x03 \x01(\tB\x1f\xbaH\x1cr\x1a\x10\x01\x18@2\x14^[a-z0-9][a-z0-9-]*$\x12\x1c\n\x08quantity\x18\x04 \x01(\x05\x42\n\xbaH\x07\x1a\x05\x18\xe8\x07 \x00\"4\n\rCheckoutReply\x12\x10\n\x08order_id\x18\x01 \x01(\t\x12\x11\n\tcharge_id\x18\x02 \x01(\t2s\n\x07Gateway\x12h\n\x08\x43heckout\x12 .shop.gateway.v1.CheckoutRequest\x1a\x1e.shop.gateway.v1.CheckoutReply\"\x1a\x90\x02\x02\x82\xd3\xe4\x93\x02\x11\"\x0c/v1/checkout:\x01*b\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -41,11 +42,11 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_CHECKOUTREQUEST'].fields_by_name['quantity']._loaded_options = None
   _globals['_CHECKOUTREQUEST'].fields_by_name['quantity']._serialized_options = b'\272H\007\032\005\030\350\007 \000'
   _globals['_GATEWAY'].methods_by_name['Checkout']._loaded_options = None
-  _globals['_GATEWAY'].methods_by_name['Checkout']._serialized_options = b'\220\002\002'
-  _globals['_CHECKOUTREQUEST']._serialized_start=92
-  _globals['_CHECKOUTREQUEST']._serialized_end=250
-  _globals['_CHECKOUTREPLY']._serialized_start=252
-  _globals['_CHECKOUTREPLY']._serialized_end=304
-  _globals['_GATEWAY']._serialized_start=306
-  _globals['_GATEWAY']._serialized_end=398
+  _globals['_GATEWAY'].methods_by_name['Checkout']._serialized_options = b'\220\002\002\202\323\344\223\002\021\"\014/v1/checkout:\001*'
+  _globals['_CHECKOUTREQUEST']._serialized_start=122
+  _globals['_CHECKOUTREQUEST']._serialized_end=280
+  _globals['_CHECKOUTREPLY']._serialized_start=282
+  _globals['_CHECKOUTREPLY']._serialized_end=334
+  _globals['_GATEWAY']._serialized_start=336
+  _globals['_GATEWAY']._serialized_end=451
 # @@protoc_insertion_point(module_scope)
