@@ -30,11 +30,10 @@ def generate(out_dir: Path, root: Path = PROTOS_ROOT) -> list[Path]:
     googleapis = _googleapis_root()
     sources = [str(p.relative_to(root)) for p in proto_sources(root)]
     out_dir.mkdir(parents=True, exist_ok=True)
+    includes = [f"-I{root}", f"-I{well_known}", f"-I{googleapis}"]
     args = [
         "grpc_tools.protoc",
-        f"-I{root}",
-        f"-I{well_known}",
-        f"-I{googleapis}",
+        *includes,
         f"--python_out={out_dir}",
         f"--pyi_out={out_dir}",
         f"--grpc_python_out={out_dir}",
@@ -43,8 +42,9 @@ def generate(out_dir: Path, root: Path = PROTOS_ROOT) -> list[Path]:
     if protoc.main(args) != 0:
         raise SystemExit("protoc failed; see the messages above")
     shop = [source for source in sources if source.startswith(f"{SHOP_DESCRIPTORS.parent}/")]
-    descriptor_args = [*args[:4], f"--descriptor_set_out={out_dir / SHOP_DESCRIPTORS}", "--include_imports"]
-    if protoc.main([*descriptor_args, "--include_source_info", *shop]) != 0:
+    descriptor_set = [f"--descriptor_set_out={out_dir / SHOP_DESCRIPTORS}", "--include_imports"]
+    descriptor_set.append("--include_source_info")  # the protos' comments, for generated documentation
+    if protoc.main(["grpc_tools.protoc", *includes, *descriptor_set, *shop]) != 0:
         raise SystemExit("protoc failed to write the shop's descriptor set; see the messages above")
     written = sorted(p for p in out_dir.rglob("*") if p.name.endswith(GENERATED_SUFFIXES))
     for directory in {p.parent for p in written}:
