@@ -69,7 +69,8 @@ WARMUP_CALLS = 200
 START_S = 30.0  # a bound on waiting for a process to serve, never a measurement
 
 _WORDS = ("order", "sku", "tea", "coffee", "mug", "quantity", "customer", "reserved", "charged", "shipped", "the", "of")
-TEXT = " ".join(random.Random(13).choice(_WORDS) for _ in range(300))[:1536]  # compresses as prose does
+_RANDOM = random.Random(13)
+TEXT = " ".join(_RANDOM.choice(_WORDS) for _ in range(400))[:1536]  # compresses about as prose does
 
 
 @dataclass(frozen=True)
