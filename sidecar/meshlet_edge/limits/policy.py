@@ -113,15 +113,13 @@ class Limits:
     # ------------------------------------------------------------------ requests
 
     def middleware(self) -> Any:
-        """Scopes the decision's headers to one request (a kept-alive connection serves several)."""
+        """Scopes the decision's headers to one request (a kept-alive connection serves several in one task). Not
+        reset on the way out: the answer is prepared, and its headers added, after the middlewares return."""
 
         @web.middleware
         async def scoped(request: web.Request, handler: Handler) -> web.StreamResponse:
-            token = _HEADERS.set(None)
-            try:
-                return await handler(request)
-            finally:
-                _HEADERS.reset(token)
+            _HEADERS.set(None)
+            return await handler(request)
 
         return scoped
 
