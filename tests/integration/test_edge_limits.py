@@ -174,7 +174,8 @@ async def test_two_replicas_allow_a_minute_quota_once_between_them(quota_pair: l
     assert refused.body["code"] == 8  # RESOURCE_EXHAUSTED
     violation = detail(refused.body, QUOTA_FAILURE)["violations"][0]
     assert violation["subject"] == "ip:198.51.100.1"
-    assert "plan default" in violation["description"] and "minute" in violation["description"]
+    assert "plan default" in violation["description"]
+    assert "minute" in violation["description"]
     assert detail(refused.body, RETRY_INFO)["retryDelay"] == refused.headers["Retry-After"] + "s"
     assert sum(decisions(edge, "allowed") for edge in quota_pair) >= 5
     assert sum(decisions(edge, "refused") for edge in quota_pair) >= 7

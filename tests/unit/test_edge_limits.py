@@ -57,7 +57,11 @@ def test_a_cost_counts_as_that_many_requests() -> None:
 
 def test_windows_are_calendar_windows_in_utc() -> None:
     minute = window_span("minute", at("2026-12-07T23:59:42"))
-    assert (minute.start, minute.end, minute.label) == (at("2026-12-07T23:59:00"), at("2026-12-08T00:00:00"), "202612072359")
+    assert (minute.start, minute.end, minute.label) == (
+        at("2026-12-07T23:59:00"),
+        at("2026-12-08T00:00:00"),
+        "202612072359",
+    )
     day = window_span("day", at("2026-12-07T23:59:42"))
     assert (day.start, day.end, day.label) == (at("2026-12-07T00:00:00"), at("2026-12-08T00:00:00"), "20261207")
 
@@ -129,7 +133,9 @@ def test_an_authenticated_caller_is_its_own_consumer_with_its_plan() -> None:
 
 
 def _limits(**plans: dict[str, int]) -> Limits:
-    return Limits(EdgeConfig.model_validate({"plans": plans, "limits": {"routes": [{"match": "GET /free/**", "cost": 0}]}}))
+    return Limits(
+        EdgeConfig.model_validate({"plans": plans, "limits": {"routes": [{"match": "GET /free/**", "cost": 0}]}})
+    )
 
 
 def test_a_plan_comes_from_the_credentials_else_default() -> None:
@@ -148,7 +154,9 @@ def test_plans_need_a_default_and_a_burst_needs_a_rate() -> None:
         EdgeConfig.model_validate({"plans": {"default": {"burst": 3}}})
     with pytest.raises(ValueError, match="Redis URL"):
         EdgeConfig.model_validate({"limits": {"store": "redis:/nohost"}})
-    assert plan_of("x", EdgeConfig.model_validate({"plans": {"default": {"rate_per_s": 0.5}}}).plans["default"]).burst == 1
+    assert (
+        plan_of("x", EdgeConfig.model_validate({"plans": {"default": {"rate_per_s": 0.5}}}).plans["default"]).burst == 1
+    )
 
 
 def test_the_memory_store_charges_all_or_nothing_and_starts_each_window_afresh() -> None:

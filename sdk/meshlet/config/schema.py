@@ -180,7 +180,9 @@ def _cidr(text: str) -> str:
 class EdgePlan(_Section):
     """A consumer plan: a token bucket (`rate_per_s`, `burst`) and quotas over fixed calendar windows in UTC."""
 
-    rate_per_s: Annotated[float, checked(lambda x: x > 0, "must be above 0 (leave it out: no rate limit)")] | None = None
+    rate_per_s: Annotated[float, checked(lambda x: x > 0, "must be above 0 (leave it out: no rate limit)")] | None = (
+        None
+    )
     burst: AtLeastOne | None = None  # None: one second's worth, ceil(rate_per_s)
     per_minute: AtLeastOne | None = None
     per_day: AtLeastOne | None = None

@@ -2,16 +2,17 @@
 quotas over fixed calendar windows in UTC (`per_minute`: the clock's minute, `per_day`: from 00:00 UTC,
 `per_month`: from the 1st, 00:00 UTC). A request of cost `c` passes when the bucket holds `c` tokens and every
 window has `c` left; then all of them are charged together, and when any refuses, none is (a refused request
-costs nothing). The in-process store runs `decide` itself; the Redis store's Lua script (meshlet_edge.limits.redis_store)
-is the same steps, line for line, and hands back the same `Outcome`. What the answer says about it
-(RateLimit headers, Retry-After, the QuotaFailure) is computed from the `Outcome` here too. Pure: time is an
-argument.
+costs nothing). The in-process store runs `decide` itself; the Redis store's Lua script
+(meshlet_edge.limits.redis_store) is the same steps, line for line, and hands back the same `Outcome`. What the
+answer says about it (RateLimit headers, Retry-After, the QuotaFailure) is computed from the `Outcome` here too.
+Pure: time is an argument.
 """
 
 from __future__ import annotations
 
 import calendar
 import datetime
+import functools
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -52,7 +53,12 @@ class Span:
 
 def window_span(window: Window, now: float) -> Span:
     """The calendar window of `now` (epoch seconds) in UTC."""
-    moment = datetime.datetime.fromtimestamp(now, datetime.UTC)
+    return _span(window, math.floor(now))
+
+
+@functools.lru_cache(maxsize=64)  # every request of a second asks for the same few windows
+def _span(window: Window, second: int) -> Span:
+    moment = datetime.datetime.fromtimestamp(second, datetime.UTC)
     if window == "minute":
         start = moment.replace(second=0, microsecond=0)
         end = start + datetime.timedelta(minutes=1)
@@ -121,7 +127,9 @@ def standings(plan: Plan, outcome: Outcome, now: float) -> list[Standing]:
         missing = plan.burst - outcome.tokens
         window_s = max(1, round(plan.refill_s))
         reset = missing / plan.rate_per_s
-        found.append(Standing(BUCKET, plan.burst, max(0, math.floor(outcome.tokens)), reset, f"{plan.burst};w={window_s}"))
+        found.append(
+            Standing(BUCKET, plan.burst, max(0, math.floor(outcome.tokens)), reset, f"{plan.burst};w={window_s}")
+        )
     for quota, count in zip(plan.quotas, outcome.used, strict=True):
         span = window_span(quota.window, now)
         length = round(span.end - span.start)
@@ -150,7 +158,8 @@ def retry_after_s(plan: Plan, outcome: Outcome, cost: int, now: float) -> float:
     if outcome.refused_by is None:
         return 0.0
     if outcome.refused_by == BUCKET:
-        assert plan.rate_per_s is not None and outcome.tokens is not None
+        assert plan.rate_per_s is not None
+        assert outcome.tokens is not None
         return max(0.0, cost - outcome.tokens) / plan.rate_per_s
     return window_span(outcome.refused_by, now).end - now  # type: ignore[arg-type]
 

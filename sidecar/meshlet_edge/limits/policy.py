@@ -89,7 +89,8 @@ class Limits:
     def __init__(self, edge: EdgeConfig, clock: Callable[[], float] = time.time) -> None:
         self.plans = {name: plan_of(name, plan) for name, plan in edge.plans.items()}
         limits = edge.limits
-        self.store, self._store_errors = _store(limits.store, limits.timeout)
+        self.store, store_errors = _store(limits.store, limits.timeout)
+        self._store_errors: tuple[type[BaseException], ...] = (TimeoutError, *store_errors)
         self.closed = limits.on_store_error == "closed"
         self.timeout_s = limits.timeout
         self.trusted = networks(limits.trusted_proxies)
@@ -143,7 +144,7 @@ class Limits:
         try:
             async with asyncio.timeout(self.timeout_s):
                 outcome = await self.store.charge(consumer, plan, cost, now)
-        except (TimeoutError, *self._store_errors) as error:
+        except self._store_errors as error:
             return self._store_failed(plan, error)
         _HEADERS.set(headers(plan, outcome, now))
         if outcome.refused_by is None:
@@ -156,20 +157,26 @@ class Limits:
     def _store_failed(self, plan: Plan, error: BaseException) -> web.Response | None:
         decision = "store_error_closed" if self.closed else "store_error_open"
         self._count(plan.name, decision)
-        what = "did not answer in time" if isinstance(error, TimeoutError) else f"failed ({error or type(error).__name__})"
+        what = (
+            "did not answer in time" if isinstance(error, TimeoutError) else f"failed ({error or type(error).__name__})"
+        )
         now = time.monotonic()
         if now - self._last_logged >= LOG_EVERY_S:
             since = f" ({self._unlogged} more failures since the last report)" if self._unlogged else ""
             action = "refusing requests (503)" if self.closed else "letting requests through unlimited"
-            log.warning("rate-limit store %s %s: %s, as edge.limits.on_store_error says%s", self.store.where, what, action, since)
+            log.warning(
+                "rate-limit store %s %s: %s, as edge.limits.on_store_error says%s",
+                self.store.where,
+                what,
+                action,
+                since,
+            )
             self._last_logged, self._unlogged = now, 0
         else:
             self._unlogged += 1
         if not self.closed:
             return None
-        message = (
-            f"the edge's rate-limit store {what}, and edge.limits.on_store_error is closed: retry shortly"
-        )
+        message = f"the edge's rate-limit store {what}, and edge.limits.on_store_error is closed: retry shortly"
         status = status_pb2.Status(code=grpc.StatusCode.UNAVAILABLE.value[0], message=message)
         status.details.add().Pack(error_details_pb2.RetryInfo(retry_delay=duration_pb2.Duration(seconds=1)))
         return web.Response(status=503, text=status_json(status), content_type=JSON, headers={"Retry-After": "1"})
@@ -216,7 +223,13 @@ class Limits:
             }
             for quota, used in zip(plan.quotas, outcome.used, strict=True)
         ]
-        return {"consumer": consumer, "plan": plan.name, "store": self.store.where, "bucket": bucket, "windows": windows}
+        return {
+            "consumer": consumer,
+            "plan": plan.name,
+            "store": self.store.where,
+            "bucket": bucket,
+            "windows": windows,
+        }
 
     async def close(self) -> None:
         await self.store.close()

@@ -120,7 +120,7 @@ class RedisStore:
 
     async def plan_of(self, consumer: str) -> str | None:
         found = await self._redis.hget(_consumer_key(consumer), "p")
-        return None if found is None else found.decode()
+        return found.decode() if isinstance(found, bytes) else found
 
     async def close(self) -> None:
         await self._redis.aclose()
@@ -155,4 +155,3 @@ def outcome_of(reply: list[Any]) -> Outcome:
         float(tokens_text) if tokens_text else None,
         tuple(int(count) for count in used),
     )
-
