@@ -8,7 +8,10 @@ import datetime
 
 import pytest
 
+from meshlet.config import load_config
+from meshlet.config.fields import REDACTED
 from meshlet.config.schema import EdgeConfig
+from meshlet.errors import ConfigError
 from meshlet_edge.caller import Caller
 from meshlet_edge.limits.consumer import client_address, consumer_of, networks
 from meshlet_edge.limits.decision import Outcome, Plan, Quota, decide, headers, refill, retry_after_s, window_span
@@ -180,3 +183,30 @@ def test_the_memory_store_forgets_the_least_recent_consumer_past_its_bound() -> 
         store.charge_now(consumer, plan, 1, 0.0)
     assert store.charge_now("a", plan, 1, 0.0).refused_by is None  # forgotten, so starting afresh
     assert store.charge_now("c", plan, 1, 0.0).refused_by == "day"
+
+
+def test_a_redis_password_never_shows_in_config() -> None:
+    config = load_config(overrides={"edge.limits.store": "redis://:s3cret@redis:6379/0"})
+    assert config.redacted()["edge"]["limits"]["store"] == f"redis://{REDACTED}@redis:6379/0"
+
+
+@pytest.mark.parametrize(
+    ("overrides", "field"),
+    [
+        ({"edge.plans": {"pro": {"rate_per_s": 1}}}, "edge.plans"),
+        ({"edge.plans": {"default": {"per_day": 0}}}, "edge.plans.default.per_day"),
+        ({"edge.limits.store": "memcached://x"}, "edge.limits.store"),
+        ({"edge.limits.on_store_error": "maybe"}, "edge.limits.on_store_error"),
+        ({"edge.limits.trusted_proxies": ["10.0.0.0/33"]}, "edge.limits.trusted_proxies"),
+    ],
+)
+def test_a_bad_limits_config_names_its_field(overrides: dict[str, object], field: str) -> None:
+    with pytest.raises(ConfigError) as raised:
+        load_config(overrides=overrides)
+    assert raised.value.path.startswith(field), raised.value
+
+
+def test_a_bad_route_pattern_is_a_config_error_naming_it() -> None:
+    config = load_config(overrides={"edge.plans": {"default": {"per_day": 1}}, "edge.limits.routes": [{"match": "x"}]})
+    with pytest.raises(ConfigError, match=r"edge\.limits\.routes\[0\]\.match"):
+        Limits(config.edge)

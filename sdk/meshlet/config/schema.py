@@ -461,6 +461,7 @@ class Config(_Section):
                 data[section][key] = REDACTED
         if data["telemetry"]["otlp_endpoint"] is not None:
             data["telemetry"]["otlp_endpoint"] = _without_credentials(data["telemetry"]["otlp_endpoint"])
+        data["edge"]["limits"]["store"] = _without_credentials(data["edge"]["limits"]["store"])  # redis://:pw@host
         return data
 
 
