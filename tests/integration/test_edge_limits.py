@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import datetime
 import json
+import signal
 import sys
 import time
 import urllib.request
@@ -32,6 +33,9 @@ from tests.support.sidecars import START_S, start_sidecar, write_config
 pytestmark = pytest.mark.slow
 
 WAIT_S = 20.0  # bounds waiting, never a timing assertion
+# Generous, so that a loaded test machine never turns a slow answer into a store error (which would let a request
+# through uncounted); the stalled-Redis test still waits only this long.
+STORE_TIMEOUT = "2s"
 ITEM = "/v1/inventory/items/sku-tea"
 QUOTA_FAILURE = "type.googleapis.com/google.rpc.QuotaFailure"
 RETRY_INFO = "type.googleapis.com/google.rpc.RetryInfo"
@@ -94,7 +98,8 @@ def start_edge(mesh: Mesh, name: str, plans: dict[str, Any], limits: dict[str, A
 def quota_pair(mesh: Mesh) -> list[EdgeProcess]:
     redis = start_redis(mesh.procs)
     plans = {"default": {"per_minute": 5}}
-    return [start_edge(mesh, f"quota-{n}", plans, {"store": redis.url}) for n in (1, 2)]
+    limits = {"store": redis.url, "timeout": STORE_TIMEOUT}
+    return [start_edge(mesh, f"quota-{n}", plans, limits) for n in (1, 2)]
 
 
 @dataclass
@@ -108,7 +113,7 @@ class BucketPair:
 def bucket_pair(mesh: Mesh) -> BucketPair:
     redis = start_redis(mesh.procs)
     plans = {"default": {"rate_per_s": 0.001, "burst": 3}}
-    store = {"store": redis.url, "timeout": "200ms"}
+    store = {"store": redis.url, "timeout": STORE_TIMEOUT}
     opened = start_edge(mesh, "bucket-open", plans, {**store, "on_store_error": "open"})
     closed = start_edge(mesh, "bucket-closed", plans, {**store, "on_store_error": "closed"})
     return BucketPair(redis, opened, closed)
@@ -179,6 +184,7 @@ async def test_two_replicas_allow_a_minute_quota_once_between_them(quota_pair: l
     assert detail(refused.body, RETRY_INFO)["retryDelay"] == refused.headers["Retry-After"] + "s"
     assert sum(decisions(edge, "allowed") for edge in quota_pair) >= 5
     assert sum(decisions(edge, "refused") for edge in quota_pair) >= 7
+    assert sum(decisions(edge, "store_error_open") for edge in quota_pair) == 0
 
 
 async def test_usage_on_the_admin_port_shows_the_consumers_standing(quota_pair: list[EdgeProcess], http) -> None:
@@ -205,6 +211,23 @@ async def test_two_replicas_share_one_token_bucket(bucket_pair: BucketPair, http
 
 
 # ------------------------------------------------------------------------------------------ Redis goes away
+
+
+async def test_a_stalled_redis_is_a_store_error_not_a_hung_request(bucket_pair: BucketPair, http) -> None:
+    bucket_pair.redis.child.signal(signal.SIGSTOP)  # accepts connections, answers nothing
+    try:
+        passed = await get(http, bucket_pair.open, "198.51.100.6")
+        refused = await get(http, bucket_pair.closed, "198.51.100.6")
+    finally:
+        bucket_pair.redis.child.signal(signal.SIGCONT)
+    assert passed.status == 200, passed.body
+    assert refused.status == 503, refused.body
+    assert "did not answer in time" in refused.body["message"]
+
+    async def answering_again() -> bool:
+        return (await get(http, bucket_pair.closed, "198.51.100.7")).status == 200
+
+    await eventually(answering_again, "the closed edge to use Redis again", WAIT_S)
 
 
 async def test_without_redis_each_edge_fails_as_configured_then_recovers(
