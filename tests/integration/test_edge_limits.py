@@ -4,7 +4,8 @@ redis-server processes and two pairs of meshlet-edge processes, each pair chargi
 Pair "quota" holds a plan of 5 requests a calendar minute; pair "bucket" a token bucket of 3 refilled so slowly
 (one token in 1000 s) that no token comes back during the test, its first edge failing open and its second closed
 when Redis goes away. Each test is its own consumer: the edges trust loopback as a proxy, so the client address
-comes from X-Forwarded-For."""
+comes from X-Forwarded-For. The last test puts the limits behind a stand-in for the edge's auth, to show a
+caller's plan at work."""
 
 from __future__ import annotations
 
@@ -22,7 +23,11 @@ from typing import Any
 import aiohttp
 import pytest
 import pytest_asyncio
+from aiohttp import web
 
+from meshlet.config.schema import EdgeConfig
+from meshlet_edge import caller
+from meshlet_edge.limits.policy import Limits
 from meshlet_shop_api.inventory.v1 import inventory_pb2
 from tests.support.agents import Agent, start_dev_agent
 from tests.support.descriptor_sets import write_descriptor_set
@@ -254,3 +259,47 @@ async def test_without_redis_each_edge_fails_as_configured_then_recovers(
     await eventually(limiting_again, "the closed edge to reach the restarted Redis", WAIT_S)
     later = [await get(http, bucket_pair.open, "198.51.100.4") for _ in range(3)]
     assert [a.status for a in later] == [200, 200, 429]  # the bucket of 3, shared again
+
+
+# ------------------------------------------------------------------------------------------ the caller's plan
+
+
+async def test_an_authenticated_callers_plan_and_identity_decide_what_it_may_spend(http) -> None:
+    """The edge's limits in an aiohttp app on loopback, behind a stand-in for auth that sets the Caller as the
+    edge's auth does (meshlet_edge.caller.current): an API key on plan pro, anonymous callers by address."""
+    plans = {"default": {"per_minute": 1}, "pro": {"per_minute": 3}}
+    limits = Limits(EdgeConfig.model_validate({"plans": plans}))
+
+    @web.middleware
+    async def auth(request: web.Request, handler: Any) -> web.StreamResponse:
+        key = request.headers.get("X-Api-Key")
+        if key:
+            caller.current.set(caller.Caller(key, "api_key", "pro", frozenset(), {}))
+        return await handler(request)
+
+    async def handle(request: web.Request) -> web.StreamResponse:
+        refused = await limits.admit(request, "/shop.inventory.v1.Inventory/GetItem")
+        return refused or web.json_response({})
+
+    app = web.Application(middlewares=[auth, limits.middleware()])
+    app.on_response_prepare.append(limits.add_headers)
+    app.router.add_get("/item", handle)
+    runner = web.AppRunner(app)
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", 0)
+    await site.start()
+    url = f"http://127.0.0.1:{runner.addresses[0][1]}/item"
+    try:
+        a_fresh_minute()
+        keyed = []
+        for _ in range(4):
+            async with http.get(url, headers={"X-Api-Key": "acme"}) as response:
+                keyed.append((response.status, response.headers.get("RateLimit-Policy")))
+        assert keyed == [(200, "3;w=60")] * 3 + [(429, "3;w=60")]  # pro's 3, not default's 1
+        async with http.get(url) as response:  # the same address, no key: its own consumer, on default
+            assert (response.status, response.headers["RateLimit-Policy"]) == (200, "1;w=60")
+        assert (await limits.usage("api_key:acme"))["plan"] == "pro"
+        assert (await limits.usage("ip:127.0.0.1"))["plan"] == "default"
+    finally:
+        await runner.cleanup()
+        await limits.close()
