@@ -184,6 +184,7 @@ async def test_two_replicas_allow_a_minute_quota_once_between_them(quota_pair: l
     assert refused.body["code"] == 8  # RESOURCE_EXHAUSTED
     violation = detail(refused.body, QUOTA_FAILURE)["violations"][0]
     assert violation["subject"] == "ip:198.51.100.1"
+    assert (violation.get("quotaId", "default/minute"), violation.get("quotaValue", "5")) == ("default/minute", "5")
     assert "plan default" in violation["description"]
     assert "minute" in violation["description"]
     assert detail(refused.body, RETRY_INFO)["retryDelay"] == refused.headers["Retry-After"] + "s"

@@ -246,8 +246,9 @@ def _refused(consumer: str, plan: Plan, refused_by: str, wait_s: float) -> web.R
     message = f"rate limit reached for {consumer}: {limit}; retry in {retry}s"
     status = status_pb2.Status(code=grpc.StatusCode.RESOURCE_EXHAUSTED.value[0], message=message)
     violation = error_details_pb2.QuotaFailure.Violation(subject=consumer, description=limit)
-    if "quota_id" in violation.DESCRIPTOR.fields_by_name:  # newer googleapis-common-protos
+    if "quota_id" in violation.DESCRIPTOR.fields_by_name:  # newer googleapis-common-protos have these fields
         violation.quota_id = f"{plan.name}/{refused_by}"
+        violation.quota_value = next((q.limit for q in plan.quotas if q.window == refused_by), plan.burst)
     status.details.add().Pack(error_details_pb2.QuotaFailure(violations=[violation]))
     delay = duration_pb2.Duration()
     delay.FromTimedelta(datetime.timedelta(seconds=retry))
