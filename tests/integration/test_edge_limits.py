@@ -15,7 +15,7 @@ import signal
 import sys
 import time
 import urllib.request
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -272,7 +272,9 @@ async def test_an_authenticated_callers_plan_and_identity_decide_what_it_may_spe
     limits = Limits(EdgeConfig.model_validate({"plans": plans}))
 
     @web.middleware
-    async def auth(request: web.Request, handler: Any) -> web.StreamResponse:
+    async def auth(
+        request: web.Request, handler: Callable[[web.Request], Awaitable[web.StreamResponse]]
+    ) -> web.StreamResponse:
         key = request.headers.get("X-Api-Key")
         if key:
             caller.current.set(caller.Caller(key, "api_key", "pro", frozenset(), {}))
