@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import datetime
 import json
+import random
 import signal
 import sys
 import time
@@ -27,7 +28,10 @@ from aiohttp import web
 
 from meshlet.config.schema import EdgeConfig
 from meshlet_edge import caller
+from meshlet_edge.limits.decision import Plan, Quota
+from meshlet_edge.limits.memory_store import MemoryStore
 from meshlet_edge.limits.policy import Limits
+from meshlet_edge.limits.redis_store import RedisStore
 from meshlet_shop_api.inventory.v1 import inventory_pb2
 from tests.support.agents import Agent, start_dev_agent
 from tests.support.descriptor_sets import write_descriptor_set
@@ -306,3 +310,30 @@ async def test_an_authenticated_callers_plan_and_identity_decide_what_it_may_spe
     finally:
         await runner.cleanup()
         await limits.close()
+
+
+# ------------------------------------------------------------------------------------------ one arithmetic
+
+
+async def test_the_redis_script_decides_exactly_as_the_in_process_store(mesh: Mesh) -> None:
+    """The same seeded run of charges (costs 0-3, the clock jumping across minutes, days and months) through the
+    in-process store and the Lua script on a real Redis: every outcome is the same, tokens to the last bit."""
+    redis = start_redis(mesh.procs)
+    shared, memory = RedisStore(redis.url, 5.0), MemoryStore()
+    plans = {
+        "ip:a": Plan("both", 0.5, 3, (Quota("minute", 4), Quota("day", 9), Quota("month", 20))),
+        "ip:b": Plan("quotas", None, 0, (Quota("minute", 2), Quota("month", 7))),
+        "ip:c": Plan("bucket", 3.0, 2, ()),
+    }
+    chance = random.Random(14)
+    now = datetime.datetime(2026, 1, 31, 23, 58, 50, tzinfo=datetime.UTC).timestamp()
+    try:
+        for step in range(600):
+            now += chance.choice([0.0, 0.1, 0.7, 2.5, 13.0, 61.0, 3600.0 * 7, 86400.0 * 9])
+            consumer = chance.choice(sorted(plans))
+            cost = chance.choice([0, 1, 1, 1, 2, 3])
+            expected = await memory.charge(consumer, plans[consumer], cost, now)
+            found = await shared.charge(consumer, plans[consumer], cost, now)
+            assert found == expected, f"step {step}: {consumer} cost {cost} at {now}"
+    finally:
+        await shared.close()
