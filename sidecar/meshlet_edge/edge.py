@@ -42,6 +42,7 @@ from meshlet_edge.docs import Docs, refuse_shadowing, source_files
 from meshlet_edge.forwarding import upstream_metadata
 from meshlet_edge.framing import stream_format
 from meshlet_edge.lifecycle import Deprecation, deprecations, undated
+from meshlet_edge.limits.policy import Limits
 from meshlet_edge.observe import HttpMetrics, HttpObserver, note_route
 from meshlet_edge.reflection import learn_pool
 from meshlet_edge.registration import edge_registration, named
@@ -74,6 +75,9 @@ class Edge:
         self.mesh = Mesh(config, face="edge", metrics=self.metrics)
         # edge.validate: buf.validate constraints checked before a request leaves (a 400 with a BadRequest)
         self.validator = RequestValidator() if config.edge.validate_requests else None
+        self.limits = Limits(config.edge) if config.edge.plans else None  # edge.plans: rate limits and quotas
+        if self.limits is not None:
+            self.metrics.collect_with(self.limits.collect)
         self.registration: Registration | None = None
         self._undescribed: set[str] = set(config.edge.services) if learnt else set()
         self._draining = False
@@ -88,7 +92,10 @@ class Edge:
         await self.mesh.start()
         for upstream in sorted(set(self.config.edge.services.values())):
             self.mesh.upstream(upstream)  # discovery starts now: /ready and reflection find an answer sooner
-        admin = admin_app(ready=self.readiness, config=self.config.redacted, metrics=self.metrics.exposition)
+        usage = self.limits.usage if self.limits is not None else None
+        admin = admin_app(
+            ready=self.readiness, config=self.config.redacted, metrics=self.metrics.exposition, usage=usage
+        )
         self.admin_port = await self._listen(admin, self.config.edge.admin, "edge.admin (--admin-addr)")
         if self.config.edge.reflection and not await self._learn_routes():
             return  # stopped while it waited for the upstreams' reflection
@@ -103,8 +110,13 @@ class Edge:
         observer = HttpObserver(self.mesh.tracer, self.http_metrics, access_log)
         edge = self.config.edge
         compression = responses.middleware(edge.compression.min_bytes)
-        app = web.Application(client_max_size=edge.max_body_bytes, middlewares=[observer.middleware(), compression])
+        middlewares = [observer.middleware(), compression]
+        if self.limits is not None:
+            middlewares.append(self.limits.middleware())
+        app = web.Application(client_max_size=edge.max_body_bytes, middlewares=middlewares)
         app.on_response_prepare.append(responses.add_request_id)
+        if self.limits is not None:
+            app.on_response_prepare.append(self.limits.add_headers)
         if self.docs is not None:
             self.docs.add_to(app)
         app.on_response_prepare.append(self._deprecation_headers)
@@ -206,6 +218,8 @@ class Edge:
         for runner in reversed(self._runners):
             await runner.cleanup()
         self._runners.clear()
+        if self.limits is not None:
+            await self.limits.close()
         await self.mesh.close()
 
     async def run(self) -> int:
@@ -247,6 +261,8 @@ class Edge:
         route = found.route
         note_route(str(route.template))  # the span's http.route and the metrics' route label
         request[ROUTE_KEY] = route  # for the answer's Deprecation headers, whatever the answer
+        if self.limits is not None and (refused := await self.limits.admit(request, route.path)) is not None:
+            return refused  # after auth, before the cache and the upstream call
         if route.client_streaming and not web.WebSocketResponse().can_prepare(request).ok:
             return websocket.upgrade_required(request, route, _error)
         streams_over_http = route.server_streaming and not route.client_streaming

@@ -34,12 +34,13 @@ def _answers_ping(host: str, port: int) -> bool:
         return False
 
 
-def start_redis(procs: Processes, host: str = "127.0.0.1") -> RedisServer:
-    """redis-server on `host` (skips the test, saying how to install it, when the binary is missing)."""
+def start_redis(procs: Processes, host: str = "127.0.0.1", port: int | None = None) -> RedisServer:
+    """redis-server on `host` (skips the test, saying how to install it, when the binary is missing); on `port`
+    when given (a Redis restarted where its clients expect it)."""
     binary = shutil.which("redis-server")
     if binary is None:
         pytest.skip("redis-server is not installed (apt-get install -y redis-server): the Redis store is untested")
-    port = free_port(host)
+    port = port or free_port(host)
     argv = [binary, "--bind", host, "--port", str(port), "--save", "", "--appendonly", "no", "--protected-mode", "no"]
     argv += ["--dir", str(procs.log_dir)]  # nothing is saved; should anything be, it lands beside the logs
     child = procs.start(argv, name="redis")

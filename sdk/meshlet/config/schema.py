@@ -7,6 +7,8 @@ from __future__ import annotations
 
 import datetime
 import difflib
+import ipaddress
+import urllib.parse
 from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Annotated, Any, Literal, get_args
@@ -152,6 +154,65 @@ def utc(moment: datetime.datetime | datetime.date) -> datetime.datetime:
     return moment.replace(tzinfo=datetime.UTC) if moment.tzinfo is None else moment.astimezone(datetime.UTC)
 
 
+def _limit_store(text: str) -> str:
+    """``memory`` or ``redis://HOST:PORT/DB`` (``rediss://`` for TLS)."""
+    if text == "memory":
+        return text
+    parsed_url = urllib.parse.urlsplit(text)
+    if parsed_url.scheme not in ("redis", "rediss") or not parsed_url.hostname:
+        raise ValueError("must be memory or a Redis URL such as redis://redis:6379/0 (rediss:// for TLS)")
+    try:
+        parsed_url.port  # noqa: B018  (raises on a port that is no number)
+    except ValueError:
+        raise ValueError("the port is not a number: write redis://HOST:6379/0") from None
+    if parsed_url.path.strip("/") and not parsed_url.path.strip("/").isdigit():
+        raise ValueError("the database after the host is a number, e.g. redis://redis:6379/0")
+    return text
+
+
+def _cidr(text: str) -> str:
+    try:
+        return str(ipaddress.ip_network(text.strip(), strict=False))
+    except ValueError:
+        raise ValueError("must be an address or a CIDR such as 10.0.0.0/8 or fd00::/8") from None
+
+
+class EdgePlan(_Section):
+    """A consumer plan: a token bucket (`rate_per_s`, `burst`) and quotas over fixed calendar windows in UTC."""
+
+    rate_per_s: Annotated[float, checked(lambda x: x > 0, "must be above 0 (leave it out: no rate limit)")] | None = (
+        None
+    )
+    burst: AtLeastOne | None = None  # None: one second's worth, ceil(rate_per_s)
+    per_minute: AtLeastOne | None = None
+    per_day: AtLeastOne | None = None
+    per_month: AtLeastOne | None = None
+
+    @_model_validator(mode="after")
+    def _burst_needs_a_rate(self) -> EdgePlan:
+        if self.burst is not None and self.rate_per_s is None:
+            raise invalid("is the token bucket's size: set rate_per_s too", field=("burst",), value=self.burst)
+        return self
+
+
+class EdgeLimitRoute(_Section):
+    """What a request matching `match` (meshlet_edge.request_patterns) costs; 0 exempts it from the limits."""
+
+    match: str
+    cost: Annotated[int, checked(lambda n: n >= 0, "must be at least 0 (0: not limited)")] = 1
+
+
+class EdgeLimits(_Section):
+    """Where the plans' counters live and what a request does when that store fails; who the client is."""
+
+    store: Annotated[str, parsed(_limit_store)] = "memory"
+    on_store_error: Literal["open", "closed"] = "open"  # open: let it through; closed: 503
+    timeout: PositiveDuration = 0.05  # a store's answer, connect included, or on_store_error decides
+    # Peers whose X-Forwarded-For is believed (load balancers in front of the edge); empty: the TCP peer is the client.
+    trusted_proxies: tuple[Annotated[str, parsed(_cidr)], ...] = ()
+    routes: tuple[EdgeLimitRoute, ...] = ()  # first match wins; the rest cost 1
+
+
 class EdgeConfig(_Section):
     """``meshlet-edge``: HTTP/JSON in front of the mesh, routed by the protos' ``google.api.http`` annotations."""
 
@@ -174,6 +235,16 @@ class EdgeConfig(_Section):
     docs: bool = True  # /openapi.json, /openapi.yaml and /docs on the listener
     # gRPC service or method full name -> its deprecation dates (proto `deprecated = true` needs none to be sent).
     deprecations: dict[str, DeprecationPolicy] = Field(default_factory=dict)
+    # Consumer plans (rate limits and quotas); a caller whose credentials name no plan is on `default`.
+    plans: dict[str, EdgePlan] = Field(default_factory=dict)
+    limits: EdgeLimits = EdgeLimits()
+
+    @_model_validator(mode="after")
+    def _plans_have_a_default(self) -> EdgeConfig:
+        if self.plans and "default" not in self.plans:
+            allowed = "needs a default plan (the plan of callers whose credentials name none): add plans.default"
+            raise invalid(allowed, field=("plans",), value=sorted(self.plans))
+        return self
 
     @_model_validator(mode="after")
     def _one_descriptor_source(self) -> EdgeConfig:
@@ -390,6 +461,7 @@ class Config(_Section):
                 data[section][key] = REDACTED
         if data["telemetry"]["otlp_endpoint"] is not None:
             data["telemetry"]["otlp_endpoint"] = _without_credentials(data["telemetry"]["otlp_endpoint"])
+        data["edge"]["limits"]["store"] = _without_credentials(data["edge"]["limits"]["store"])  # redis://:pw@host
         return data
 
 
