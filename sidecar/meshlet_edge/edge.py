@@ -279,7 +279,8 @@ class Edge:
         except grpc.aio.AioRpcError as error:
             status = status_of(error)
             wait = retry_after(error.trailing_metadata(), status)
-            return _error(status, http_status(error.code()), None if wait is None else {"Retry-After": wait})
+            headers = None if wait is None else {"Retry-After": wait}
+            return _error(status, http_status(error.code()), headers, pool=route.request_type.DESCRIPTOR.file.pool)
         except Exception:  # a bug of ours must still answer in the one error shape, and never stop the edge
             log.exception("%s %s failed inside the edge", request.method, route.path)
             what = f"the edge failed to serve {route.path}; its log says why"
@@ -311,5 +312,8 @@ def _multicallable(channel: grpc.aio.Channel, route: Route) -> Any:
     return channel.unary_stream if route.server_streaming else channel.unary_unary
 
 
-def _error(status: status_pb2.Status, http: int, headers: dict[str, str] | None = None) -> web.Response:
-    return web.Response(status=http, text=status_json(status), content_type=JSON, headers=headers)
+def _error(
+    status: status_pb2.Status, http: int, headers: dict[str, str] | None = None, pool: Any = None
+) -> web.Response:
+    """The one error shape; `pool` (the route's descriptors) writes details of the upstream's own types."""
+    return web.Response(status=http, text=status_json(status, pool), content_type=JSON, headers=headers)
