@@ -38,7 +38,9 @@ async def _fail(request: bytes, context: grpc.aio.ServicerContext) -> bytes:
     asked = mapping_pb2.FailRequest.FromString(request)
     code = grpc.StatusCode[asked.code]
     status = status_pb2.Status(code=code.value[0], message=asked.message)
-    info = error_details_pb2.ErrorInfo(reason="ASKED_TO_FAIL", domain="mapping.meshlet.test", metadata={"code": asked.code})
+    info = error_details_pb2.ErrorInfo(
+        reason="ASKED_TO_FAIL", domain="mapping.meshlet.test", metadata={"code": asked.code}
+    )
     status.details.add().Pack(info)
     status.details.add().Pack(mapping_pb2.FaultDetail(hint="as asked", attempt=9007199254740993))
     await context.abort(code, asked.message, ((DETAILS_KEY, status.SerializeToString()),))

@@ -23,6 +23,7 @@ _sym_db = _symbol_database.Default()
 
 
 from google.api import annotations_pb2 as google_dot_api_dot_annotations__pb2
+from google.protobuf import any_pb2 as google_dot_protobuf_dot_any__pb2
 from google.protobuf import duration_pb2 as google_dot_protobuf_dot_duration__pb2
 from google.protobuf import field_mask_pb2 as google_dot_protobuf_dot_field__mask__pb2
 from google.protobuf import struct_pb2 as google_dot_protobuf_dot_struct__pb2
@@ -30,7 +31,7 @@ from google.protobuf import timestamp_pb2 as google_dot_protobuf_dot_timestamp__
 from google.protobuf import wrappers_pb2 as google_dot_protobuf_dot_wrappers__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n$meshlet_api/mapping/v1/mapping.proto\x12\x12meshlet.mapping.v1\x1a\x1cgoogle/api/annotations.proto\x1a\x1egoogle/protobuf/duration.proto\x1a google/protobuf/field_mask.proto\x1a\x1cgoogle/protobuf/struct.proto\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\x1egoogle/protobuf/wrappers.proto\"\"\n\x05Shelf\x12\n\n\x02id\x18\x01 \x01(\t\x12\r\n\x05theme\x18\x02 \x01(\t\"h\n\x04\x42ook\x12\n\n\x02id\x18\x01 \x01(\t\x12\r\n\x05title\x18\x02 \x01(\t\x12(\n\x05genre\x18\x03 \x01(\x0e\x32\x19.meshlet.mapping.v1.Genre\x12\r\n\x05pages\x18\x04 \x01(\x03\x12\x0c\n\x04tags\x18\x05 \x03(\t\"#\n\x04Page\x12\x0c\n\x04size\x18\x01 \x01(\x05\x12\r\n\x05token\x18\x02 \x01(\t\"+\n\x08Received\x12\x0e\n\x06method\x18\x01 \x01(\t\x12\x0f\n\x07request\x18\x02 \x01(\x0c\"4\n\x0fGetShelfRequest\x12\r\n\x05shelf\x18\x01 \x01(\t\x12\x12\n\nwith_books\x18\x02 \x01(\x08\"b\n\x0eGetBookRequest\x12(\n\x05shelf\x18\x01 \x01(\x0b\x32\x19.meshlet.mapping.v1.Shelf\x12&\n\x04\x62ook\x18\x02 \x01(\x0b\x32\x18.meshlet.mapping.v1.Book\"*\n\x0cNamedRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0c\n\x04\x65tag\x18\x02 \x01(\t\"\x1e\n\x0eGetFileRequest\x12\x0c\n\x04path\x18\x01 \x01(\t\"u\n\x11\x43reateBookRequest\x12\r\n\x05shelf\x18\x01 \x01(\t\x12&\n\x04\x62ook\x18\x02 \x01(\x0b\x32\x18.meshlet.mapping.v1.Book\x12\x12\n\nrequest_id\x18\x03 \x01(\t\x12\x15\n\rvalidate_only\x18\x04 \x01(\x08\"l\n\x11UpdateBookRequest\x12&\n\x04\x62ook\x18\x01 \x01(\x0b\x32\x18.meshlet.mapping.v1.Book\x12/\n\x0bupdate_mask\x18\x02 \x01(\x0b\x32\x1a.google.protobuf.FieldMask\"?\n\x13ReplaceShelfRequest\x12(\n\x05shelf\x18\x01 \x01(\x0b\x32\x19.meshlet.mapping.v1.Shelf\"Z\n\x11\x44\x65leteBookRequest\x12\n\n\x02id\x18\x01 \x01(\t\x12\r\n\x05\x66orce\x18\x02 \x01(\x08\x12*\n\x04\x65tag\x18\x03 \x01(\x0b\x32\x1c.google.protobuf.StringValue\"\xb0\x03\n\x10ListBooksRequest\x12\r\n\x05shelf\x18\x01 \x01(\t\x12\x0c\n\x04tags\x18\x02 \x03(\t\x12&\n\x04page\x18\x03 \x01(\x0b\x32\x18.meshlet.mapping.v1.Page\x12(\n\x05genre\x18\x04 \x01(\x0e\x32\x19.meshlet.mapping.v1.Genre\x12)\n\x06genres\x18\x05 \x03(\x0e\x32\x19.meshlet.mapping.v1.Genre\x12\x11\n\tmin_pages\x18\x06 \x01(\x03\x12\x11\n\tmax_pages\x18\x07 \x01(\x04\x12\x12\n\nmin_rating\x18\x08 \x01(\x01\x12\x33\n\x0fpublished_after\x18\t \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12)\n\x06within\x18\n \x01(\x0b\x32\x19.google.protobuf.Duration\x12*\n\x05limit\x18\x0b \x01(\x0b\x32\x1b.google.protobuf.Int32Value\x12,\n\x08in_print\x18\x0c \x01(\x0b\x32\x1a.google.protobuf.BoolValue\x12\x0e\n\x06\x63ursor\x18\r \x01(\x0c\"U\n\rSearchRequest\x12\r\n\x05shelf\x18\x01 \x01(\t\x12\r\n\x05query\x18\x02 \x01(\t\x12&\n\x04page\x18\x03 \x01(\x0b\x32\x18.meshlet.mapping.v1.Page\"\x1b\n\x0cPurgeRequest\x12\x0b\n\x03key\x18\x01 \x01(\t\"\x82\x0c\n\nEverything\x12\x13\n\x0bint64_value\x18\x01 \x01(\x03\x12\x14\n\x0cuint64_value\x18\x02 \x01(\x04\x12\x15\n\rfixed64_value\x18\x03 \x01(\x06\x12\x14\n\x0csint64_value\x18\x04 \x01(\x12\x12\x16\n\x0esfixed64_value\x18\x05 \x01(\x10\x12\x13\n\x0bint32_value\x18\x06 \x01(\x05\x12\x14\n\x0cuint32_value\x18\x07 \x01(\r\x12\x14\n\x0c\x64ouble_value\x18\x08 \x01(\x01\x12\x13\n\x0b\x66loat_value\x18\t \x01(\x02\x12\x12\n\nbool_value\x18\n \x01(\x08\x12\x14\n\x0cstring_value\x18\x0b \x01(\t\x12(\n\x05genre\x18\x0c \x01(\x0e\x32\x19.meshlet.mapping.v1.Genre\x12)\n\x06genres\x18\r \x03(\x0e\x32\x19.meshlet.mapping.v1.Genre\x12\x0c\n\x04\x62lob\x18\x0e \x01(\x0c\x12&\n\x02\x61t\x18\x0f \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\'\n\x04wait\x18\x10 \x01(\x0b\x32\x19.google.protobuf.Duration\x12(\n\x04mask\x18\x11 \x01(\x0b\x32\x1a.google.protobuf.FieldMask\x12+\n\nattributes\x18\x12 \x01(\x0b\x32\x17.google.protobuf.Struct\x12(\n\x08\x61nything\x18\x13 \x01(\x0b\x32\x16.google.protobuf.Value\x12(\n\x04list\x18\x14 \x01(\x0b\x32\x1a.google.protobuf.ListValue\x12\x30\n\x0bmaybe_int32\x18\x15 \x01(\x0b\x32\x1b.google.protobuf.Int32Value\x12\x30\n\x0bmaybe_int64\x18\x16 \x01(\x0b\x32\x1b.google.protobuf.Int64Value\x12\x32\n\x0cmaybe_uint64\x18\x17 \x01(\x0b\x32\x1c.google.protobuf.UInt64Value\x12\x32\n\x0cmaybe_string\x18\x18 \x01(\x0b\x32\x1c.google.protobuf.StringValue\x12.\n\nmaybe_bool\x18\x19 \x01(\x0b\x32\x1a.google.protobuf.BoolValue\x12\x32\n\x0cmaybe_double\x18\x1a \x01(\x0b\x32\x1c.google.protobuf.DoubleValue\x12\x30\n\x0bmaybe_bytes\x18\x1b \x01(\x0b\x32\x1b.google.protobuf.BytesValue\x12:\n\x06\x63ounts\x18\x1c \x03(\x0b\x32*.meshlet.mapping.v1.Everything.CountsEntry\x12J\n\x0f\x62ooks_by_number\x18\x1d \x03(\x0b\x32\x31.meshlet.mapping.v1.Everything.BooksByNumberEntry\x12\x38\n\x05\x66lags\x18\x1e \x03(\x0b\x32).meshlet.mapping.v1.Everything.FlagsEntry\x12\x0e\n\x04name\x18\x1f \x01(\tH\x00\x12\x10\n\x06number\x18  \x01(\x03H\x00\x12(\n\x04\x62ook\x18! \x01(\x0b\x32\x18.meshlet.mapping.v1.BookH\x00\x12\'\n\x05\x62ooks\x18\" \x03(\x0b\x32\x18.meshlet.mapping.v1.Book\x12+\n\tfavourite\x18# \x01(\x0b\x32\x18.meshlet.mapping.v1.Book\x12\x18\n\x0bmaybe_count\x18$ \x01(\x05H\x01\x88\x01\x01\x1a-\n\x0b\x43ountsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\x03:\x02\x38\x01\x1aN\n\x12\x42ooksByNumberEntry\x12\x0b\n\x03key\x18\x01 \x01(\x05\x12\'\n\x05value\x18\x02 \x01(\x0b\x32\x18.meshlet.mapping.v1.Book:\x02\x38\x01\x1a,\n\nFlagsEntry\x12\x0b\n\x03key\x18\x01 \x01(\x08\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\x42\x08\n\x06\x63hoiceB\x0e\n\x0c_maybe_count\",\n\x0b\x46\x61ilRequest\x12\x0c\n\x04\x63ode\x18\x01 \x01(\t\x12\x0f\n\x07message\x18\x02 \x01(\t\",\n\x0b\x46\x61ultDetail\x12\x0c\n\x04hint\x18\x01 \x01(\t\x12\x0f\n\x07\x61ttempt\x18\x02 \x01(\x03*D\n\x05Genre\x12\x15\n\x11GENRE_UNSPECIFIED\x10\x00\x12\x0b\n\x07\x46ICTION\x10\x01\x12\x0b\n\x07HISTORY\x10\x02\x12\n\n\x06POETRY\x10\x03\x32\xb0\r\n\x07Library\x12j\n\x08GetShelf\x12#.meshlet.mapping.v1.GetShelfRequest\x1a\x1c.meshlet.mapping.v1.Received\"\x1b\x82\xd3\xe4\x93\x02\x15\x12\x13/v1/shelves/{shelf}\x12s\n\x07GetBook\x12\".meshlet.mapping.v1.GetBookRequest\x1a\x1c.meshlet.mapping.v1.Received\"&\x82\xd3\xe4\x93\x02 \x12\x1e/v1/{shelf.id}/books/{book.id}\x12u\n\rGetBookByName\x12 .meshlet.mapping.v1.NamedRequest\x1a\x1c.meshlet.mapping.v1.Received\"$\x82\xd3\xe4\x93\x02\x1e\x12\x1c/v1/{name=shelves/*/books/*}\x12~\n\x0bPublishBook\x12 .meshlet.mapping.v1.NamedRequest\x1a\x1c.meshlet.mapping.v1.Received\"/\x82\xd3\xe4\x93\x02)\"$/v1/{name=shelves/*/books/*}:publish:\x01*\x12h\n\x07GetFile\x12\".meshlet.mapping.v1.GetFileRequest\x1a\x1c.meshlet.mapping.v1.Received\"\x1b\x82\xd3\xe4\x93\x02\x15\x12\x13/v1/files/{path=**}\x12z\n\nCreateBook\x12%.meshlet.mapping.v1.CreateBookRequest\x1a\x1c.meshlet.mapping.v1.Received\"\'\x82\xd3\xe4\x93\x02!\"\x19/v1/shelves/{shelf}/books:\x04\x62ook\x12v\n\nUpdateBook\x12%.meshlet.mapping.v1.UpdateBookRequest\x1a\x1c.meshlet.mapping.v1.Received\"#\x82\xd3\xe4\x93\x02\x1d\x32\x15/v1/{book.id=books/*}:\x04\x62ook\x12|\n\x0cReplaceShelf\x12\'.meshlet.mapping.v1.ReplaceShelfRequest\x1a\x1c.meshlet.mapping.v1.Received\"%\x82\xd3\xe4\x93\x02\x1f\x1a\x16/v1/shelves/{shelf.id}:\x05shelf\x12i\n\nDeleteBook\x12%.meshlet.mapping.v1.DeleteBookRequest\x1a\x1c.meshlet.mapping.v1.Received\"\x16\x82\xd3\xe4\x93\x02\x10*\x0e/v1/books/{id}\x12r\n\tListBooks\x12$.meshlet.mapping.v1.ListBooksRequest\x1a\x1c.meshlet.mapping.v1.Received\"!\x82\xd3\xe4\x93\x02\x1b\x12\x19/v1/shelves/{shelf}/books\x12\x8c\x01\n\x06Search\x12!.meshlet.mapping.v1.SearchRequest\x1a\x1c.meshlet.mapping.v1.Received\"A\x82\xd3\xe4\x93\x02;\x12\n/v1/searchZ\x0f\"\n/v1/search:\x01*Z\x1c\x12\x1a/v1/shelves/{shelf}/search\x12i\n\x05Purge\x12 .meshlet.mapping.v1.PurgeRequest\x1a\x1c.meshlet.mapping.v1.Received\" \x82\xd3\xe4\x93\x02\x1a\x42\x18\n\x05PURGE\x12\x0f/v1/cache/{key}\x12_\n\x06Mirror\x12\x1e.meshlet.mapping.v1.Everything\x1a\x1e.meshlet.mapping.v1.Everything\"\x15\x82\xd3\xe4\x93\x02\x0f\"\n/v1/mirror:\x01*\x12q\n\x0bMirrorBooks\x12\x1e.meshlet.mapping.v1.Everything\x1a\x1e.meshlet.mapping.v1.Everything\"\"\x82\xd3\xe4\x93\x02\x1c\"\x10/v1/mirror:books:\x01*b\x05\x62ooks\x12\x44\n\x04Ping\x12\x1e.meshlet.mapping.v1.Everything\x1a\x1c.meshlet.mapping.v1.Received2m\n\x06\x46\x61ults\x12\x63\n\x04\x46\x61il\x12\x1f.meshlet.mapping.v1.FailRequest\x1a\x1c.meshlet.mapping.v1.Received\"\x1c\x82\xd3\xe4\x93\x02\x16\"\x11/v1/faults/{code}:\x01*2s\n\x06Shadow\x12i\n\x0bShadowShelf\x12 .meshlet.mapping.v1.NamedRequest\x1a\x1c.meshlet.mapping.v1.Received\"\x1a\x82\xd3\xe4\x93\x02\x14\x12\x12/v1/shelves/{name}b\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n$meshlet_api/mapping/v1/mapping.proto\x12\x12meshlet.mapping.v1\x1a\x1cgoogle/api/annotations.proto\x1a\x19google/protobuf/any.proto\x1a\x1egoogle/protobuf/duration.proto\x1a google/protobuf/field_mask.proto\x1a\x1cgoogle/protobuf/struct.proto\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\x1egoogle/protobuf/wrappers.proto\"\"\n\x05Shelf\x12\n\n\x02id\x18\x01 \x01(\t\x12\r\n\x05theme\x18\x02 \x01(\t\"h\n\x04\x42ook\x12\n\n\x02id\x18\x01 \x01(\t\x12\r\n\x05title\x18\x02 \x01(\t\x12(\n\x05genre\x18\x03 \x01(\x0e\x32\x19.meshlet.mapping.v1.Genre\x12\r\n\x05pages\x18\x04 \x01(\x03\x12\x0c\n\x04tags\x18\x05 \x03(\t\"#\n\x04Page\x12\x0c\n\x04size\x18\x01 \x01(\x05\x12\r\n\x05token\x18\x02 \x01(\t\"+\n\x08Received\x12\x0e\n\x06method\x18\x01 \x01(\t\x12\x0f\n\x07request\x18\x02 \x01(\x0c\"4\n\x0fGetShelfRequest\x12\r\n\x05shelf\x18\x01 \x01(\t\x12\x12\n\nwith_books\x18\x02 \x01(\x08\"b\n\x0eGetBookRequest\x12(\n\x05shelf\x18\x01 \x01(\x0b\x32\x19.meshlet.mapping.v1.Shelf\x12&\n\x04\x62ook\x18\x02 \x01(\x0b\x32\x18.meshlet.mapping.v1.Book\"*\n\x0cNamedRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0c\n\x04\x65tag\x18\x02 \x01(\t\"\x1e\n\x0eGetFileRequest\x12\x0c\n\x04path\x18\x01 \x01(\t\"u\n\x11\x43reateBookRequest\x12\r\n\x05shelf\x18\x01 \x01(\t\x12&\n\x04\x62ook\x18\x02 \x01(\x0b\x32\x18.meshlet.mapping.v1.Book\x12\x12\n\nrequest_id\x18\x03 \x01(\t\x12\x15\n\rvalidate_only\x18\x04 \x01(\x08\"l\n\x11UpdateBookRequest\x12&\n\x04\x62ook\x18\x01 \x01(\x0b\x32\x18.meshlet.mapping.v1.Book\x12/\n\x0bupdate_mask\x18\x02 \x01(\x0b\x32\x1a.google.protobuf.FieldMask\"?\n\x13ReplaceShelfRequest\x12(\n\x05shelf\x18\x01 \x01(\x0b\x32\x19.meshlet.mapping.v1.Shelf\"Z\n\x11\x44\x65leteBookRequest\x12\n\n\x02id\x18\x01 \x01(\t\x12\r\n\x05\x66orce\x18\x02 \x01(\x08\x12*\n\x04\x65tag\x18\x03 \x01(\x0b\x32\x1c.google.protobuf.StringValue\"\xb0\x03\n\x10ListBooksRequest\x12\r\n\x05shelf\x18\x01 \x01(\t\x12\x0c\n\x04tags\x18\x02 \x03(\t\x12&\n\x04page\x18\x03 \x01(\x0b\x32\x18.meshlet.mapping.v1.Page\x12(\n\x05genre\x18\x04 \x01(\x0e\x32\x19.meshlet.mapping.v1.Genre\x12)\n\x06genres\x18\x05 \x03(\x0e\x32\x19.meshlet.mapping.v1.Genre\x12\x11\n\tmin_pages\x18\x06 \x01(\x03\x12\x11\n\tmax_pages\x18\x07 \x01(\x04\x12\x12\n\nmin_rating\x18\x08 \x01(\x01\x12\x33\n\x0fpublished_after\x18\t \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12)\n\x06within\x18\n \x01(\x0b\x32\x19.google.protobuf.Duration\x12*\n\x05limit\x18\x0b \x01(\x0b\x32\x1b.google.protobuf.Int32Value\x12,\n\x08in_print\x18\x0c \x01(\x0b\x32\x1a.google.protobuf.BoolValue\x12\x0e\n\x06\x63ursor\x18\r \x01(\x0c\"U\n\rSearchRequest\x12\r\n\x05shelf\x18\x01 \x01(\t\x12\r\n\x05query\x18\x02 \x01(\t\x12&\n\x04page\x18\x03 \x01(\x0b\x32\x18.meshlet.mapping.v1.Page\"\x1b\n\x0cPurgeRequest\x12\x0b\n\x03key\x18\x01 \x01(\t\"\xa7\x0c\n\nEverything\x12\x13\n\x0bint64_value\x18\x01 \x01(\x03\x12\x14\n\x0cuint64_value\x18\x02 \x01(\x04\x12\x15\n\rfixed64_value\x18\x03 \x01(\x06\x12\x14\n\x0csint64_value\x18\x04 \x01(\x12\x12\x16\n\x0esfixed64_value\x18\x05 \x01(\x10\x12\x13\n\x0bint32_value\x18\x06 \x01(\x05\x12\x14\n\x0cuint32_value\x18\x07 \x01(\r\x12\x14\n\x0c\x64ouble_value\x18\x08 \x01(\x01\x12\x13\n\x0b\x66loat_value\x18\t \x01(\x02\x12\x12\n\nbool_value\x18\n \x01(\x08\x12\x14\n\x0cstring_value\x18\x0b \x01(\t\x12(\n\x05genre\x18\x0c \x01(\x0e\x32\x19.meshlet.mapping.v1.Genre\x12)\n\x06genres\x18\r \x03(\x0e\x32\x19.meshlet.mapping.v1.Genre\x12\x0c\n\x04\x62lob\x18\x0e \x01(\x0c\x12&\n\x02\x61t\x18\x0f \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\'\n\x04wait\x18\x10 \x01(\x0b\x32\x19.google.protobuf.Duration\x12(\n\x04mask\x18\x11 \x01(\x0b\x32\x1a.google.protobuf.FieldMask\x12+\n\nattributes\x18\x12 \x01(\x0b\x32\x17.google.protobuf.Struct\x12(\n\x08\x61nything\x18\x13 \x01(\x0b\x32\x16.google.protobuf.Value\x12(\n\x04list\x18\x14 \x01(\x0b\x32\x1a.google.protobuf.ListValue\x12\x30\n\x0bmaybe_int32\x18\x15 \x01(\x0b\x32\x1b.google.protobuf.Int32Value\x12\x30\n\x0bmaybe_int64\x18\x16 \x01(\x0b\x32\x1b.google.protobuf.Int64Value\x12\x32\n\x0cmaybe_uint64\x18\x17 \x01(\x0b\x32\x1c.google.protobuf.UInt64Value\x12\x32\n\x0cmaybe_string\x18\x18 \x01(\x0b\x32\x1c.google.protobuf.StringValue\x12.\n\nmaybe_bool\x18\x19 \x01(\x0b\x32\x1a.google.protobuf.BoolValue\x12\x32\n\x0cmaybe_double\x18\x1a \x01(\x0b\x32\x1c.google.protobuf.DoubleValue\x12\x30\n\x0bmaybe_bytes\x18\x1b \x01(\x0b\x32\x1b.google.protobuf.BytesValue\x12:\n\x06\x63ounts\x18\x1c \x03(\x0b\x32*.meshlet.mapping.v1.Everything.CountsEntry\x12J\n\x0f\x62ooks_by_number\x18\x1d \x03(\x0b\x32\x31.meshlet.mapping.v1.Everything.BooksByNumberEntry\x12\x38\n\x05\x66lags\x18\x1e \x03(\x0b\x32).meshlet.mapping.v1.Everything.FlagsEntry\x12\x0e\n\x04name\x18\x1f \x01(\tH\x00\x12\x10\n\x06number\x18  \x01(\x03H\x00\x12(\n\x04\x62ook\x18! \x01(\x0b\x32\x18.meshlet.mapping.v1.BookH\x00\x12\'\n\x05\x62ooks\x18\" \x03(\x0b\x32\x18.meshlet.mapping.v1.Book\x12+\n\tfavourite\x18# \x01(\x0b\x32\x18.meshlet.mapping.v1.Book\x12\x18\n\x0bmaybe_count\x18$ \x01(\x05H\x01\x88\x01\x01\x12#\n\x05\x65xtra\x18% \x01(\x0b\x32\x14.google.protobuf.Any\x1a-\n\x0b\x43ountsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\x03:\x02\x38\x01\x1aN\n\x12\x42ooksByNumberEntry\x12\x0b\n\x03key\x18\x01 \x01(\x05\x12\'\n\x05value\x18\x02 \x01(\x0b\x32\x18.meshlet.mapping.v1.Book:\x02\x38\x01\x1a,\n\nFlagsEntry\x12\x0b\n\x03key\x18\x01 \x01(\x08\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\x42\x08\n\x06\x63hoiceB\x0e\n\x0c_maybe_count\",\n\x0b\x46\x61ilRequest\x12\x0c\n\x04\x63ode\x18\x01 \x01(\t\x12\x0f\n\x07message\x18\x02 \x01(\t\",\n\x0b\x46\x61ultDetail\x12\x0c\n\x04hint\x18\x01 \x01(\t\x12\x0f\n\x07\x61ttempt\x18\x02 \x01(\x03*D\n\x05Genre\x12\x15\n\x11GENRE_UNSPECIFIED\x10\x00\x12\x0b\n\x07\x46ICTION\x10\x01\x12\x0b\n\x07HISTORY\x10\x02\x12\n\n\x06POETRY\x10\x03\x32\xb0\r\n\x07Library\x12j\n\x08GetShelf\x12#.meshlet.mapping.v1.GetShelfRequest\x1a\x1c.meshlet.mapping.v1.Received\"\x1b\x82\xd3\xe4\x93\x02\x15\x12\x13/v1/shelves/{shelf}\x12s\n\x07GetBook\x12\".meshlet.mapping.v1.GetBookRequest\x1a\x1c.meshlet.mapping.v1.Received\"&\x82\xd3\xe4\x93\x02 \x12\x1e/v1/{shelf.id}/books/{book.id}\x12u\n\rGetBookByName\x12 .meshlet.mapping.v1.NamedRequest\x1a\x1c.meshlet.mapping.v1.Received\"$\x82\xd3\xe4\x93\x02\x1e\x12\x1c/v1/{name=shelves/*/books/*}\x12~\n\x0bPublishBook\x12 .meshlet.mapping.v1.NamedRequest\x1a\x1c.meshlet.mapping.v1.Received\"/\x82\xd3\xe4\x93\x02)\"$/v1/{name=shelves/*/books/*}:publish:\x01*\x12h\n\x07GetFile\x12\".meshlet.mapping.v1.GetFileRequest\x1a\x1c.meshlet.mapping.v1.Received\"\x1b\x82\xd3\xe4\x93\x02\x15\x12\x13/v1/files/{path=**}\x12z\n\nCreateBook\x12%.meshlet.mapping.v1.CreateBookRequest\x1a\x1c.meshlet.mapping.v1.Received\"\'\x82\xd3\xe4\x93\x02!\"\x19/v1/shelves/{shelf}/books:\x04\x62ook\x12v\n\nUpdateBook\x12%.meshlet.mapping.v1.UpdateBookRequest\x1a\x1c.meshlet.mapping.v1.Received\"#\x82\xd3\xe4\x93\x02\x1d\x32\x15/v1/{book.id=books/*}:\x04\x62ook\x12|\n\x0cReplaceShelf\x12\'.meshlet.mapping.v1.ReplaceShelfRequest\x1a\x1c.meshlet.mapping.v1.Received\"%\x82\xd3\xe4\x93\x02\x1f\x1a\x16/v1/shelves/{shelf.id}:\x05shelf\x12i\n\nDeleteBook\x12%.meshlet.mapping.v1.DeleteBookRequest\x1a\x1c.meshlet.mapping.v1.Received\"\x16\x82\xd3\xe4\x93\x02\x10*\x0e/v1/books/{id}\x12r\n\tListBooks\x12$.meshlet.mapping.v1.ListBooksRequest\x1a\x1c.meshlet.mapping.v1.Received\"!\x82\xd3\xe4\x93\x02\x1b\x12\x19/v1/shelves/{shelf}/books\x12\x8c\x01\n\x06Search\x12!.meshlet.mapping.v1.SearchRequest\x1a\x1c.meshlet.mapping.v1.Received\"A\x82\xd3\xe4\x93\x02;\x12\n/v1/searchZ\x0f\"\n/v1/search:\x01*Z\x1c\x12\x1a/v1/shelves/{shelf}/search\x12i\n\x05Purge\x12 .meshlet.mapping.v1.PurgeRequest\x1a\x1c.meshlet.mapping.v1.Received\" \x82\xd3\xe4\x93\x02\x1a\x42\x18\n\x05PURGE\x12\x0f/v1/cache/{key}\x12_\n\x06Mirror\x12\x1e.meshlet.mapping.v1.Everything\x1a\x1e.meshlet.mapping.v1.Everything\"\x15\x82\xd3\xe4\x93\x02\x0f\"\n/v1/mirror:\x01*\x12q\n\x0bMirrorBooks\x12\x1e.meshlet.mapping.v1.Everything\x1a\x1e.meshlet.mapping.v1.Everything\"\"\x82\xd3\xe4\x93\x02\x1c\"\x10/v1/mirror:books:\x01*b\x05\x62ooks\x12\x44\n\x04Ping\x12\x1e.meshlet.mapping.v1.Everything\x1a\x1c.meshlet.mapping.v1.Received2m\n\x06\x46\x61ults\x12\x63\n\x04\x46\x61il\x12\x1f.meshlet.mapping.v1.FailRequest\x1a\x1c.meshlet.mapping.v1.Received\"\x1c\x82\xd3\xe4\x93\x02\x16\"\x11/v1/faults/{code}:\x01*2s\n\x06Shadow\x12i\n\x0bShadowShelf\x12 .meshlet.mapping.v1.NamedRequest\x1a\x1c.meshlet.mapping.v1.Received\"\x1a\x82\xd3\xe4\x93\x02\x14\x12\x12/v1/shelves/{name}b\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -75,54 +76,54 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_FAULTS'].methods_by_name['Fail']._serialized_options = b'\202\323\344\223\002\026\"\021/v1/faults/{code}:\001*'
   _globals['_SHADOW'].methods_by_name['ShadowShelf']._loaded_options = None
   _globals['_SHADOW'].methods_by_name['ShadowShelf']._serialized_options = b'\202\323\344\223\002\024\022\022/v1/shelves/{name}'
-  _globals['_GENRE']._serialized_start=3275
-  _globals['_GENRE']._serialized_end=3343
-  _globals['_SHELF']._serialized_start=251
-  _globals['_SHELF']._serialized_end=285
-  _globals['_BOOK']._serialized_start=287
-  _globals['_BOOK']._serialized_end=391
-  _globals['_PAGE']._serialized_start=393
-  _globals['_PAGE']._serialized_end=428
-  _globals['_RECEIVED']._serialized_start=430
-  _globals['_RECEIVED']._serialized_end=473
-  _globals['_GETSHELFREQUEST']._serialized_start=475
-  _globals['_GETSHELFREQUEST']._serialized_end=527
-  _globals['_GETBOOKREQUEST']._serialized_start=529
-  _globals['_GETBOOKREQUEST']._serialized_end=627
-  _globals['_NAMEDREQUEST']._serialized_start=629
-  _globals['_NAMEDREQUEST']._serialized_end=671
-  _globals['_GETFILEREQUEST']._serialized_start=673
-  _globals['_GETFILEREQUEST']._serialized_end=703
-  _globals['_CREATEBOOKREQUEST']._serialized_start=705
-  _globals['_CREATEBOOKREQUEST']._serialized_end=822
-  _globals['_UPDATEBOOKREQUEST']._serialized_start=824
-  _globals['_UPDATEBOOKREQUEST']._serialized_end=932
-  _globals['_REPLACESHELFREQUEST']._serialized_start=934
-  _globals['_REPLACESHELFREQUEST']._serialized_end=997
-  _globals['_DELETEBOOKREQUEST']._serialized_start=999
-  _globals['_DELETEBOOKREQUEST']._serialized_end=1089
-  _globals['_LISTBOOKSREQUEST']._serialized_start=1092
-  _globals['_LISTBOOKSREQUEST']._serialized_end=1524
-  _globals['_SEARCHREQUEST']._serialized_start=1526
-  _globals['_SEARCHREQUEST']._serialized_end=1611
-  _globals['_PURGEREQUEST']._serialized_start=1613
-  _globals['_PURGEREQUEST']._serialized_end=1640
-  _globals['_EVERYTHING']._serialized_start=1643
-  _globals['_EVERYTHING']._serialized_end=3181
-  _globals['_EVERYTHING_COUNTSENTRY']._serialized_start=2984
-  _globals['_EVERYTHING_COUNTSENTRY']._serialized_end=3029
-  _globals['_EVERYTHING_BOOKSBYNUMBERENTRY']._serialized_start=3031
-  _globals['_EVERYTHING_BOOKSBYNUMBERENTRY']._serialized_end=3109
-  _globals['_EVERYTHING_FLAGSENTRY']._serialized_start=3111
-  _globals['_EVERYTHING_FLAGSENTRY']._serialized_end=3155
-  _globals['_FAILREQUEST']._serialized_start=3183
-  _globals['_FAILREQUEST']._serialized_end=3227
-  _globals['_FAULTDETAIL']._serialized_start=3229
-  _globals['_FAULTDETAIL']._serialized_end=3273
-  _globals['_LIBRARY']._serialized_start=3346
-  _globals['_LIBRARY']._serialized_end=5058
-  _globals['_FAULTS']._serialized_start=5060
-  _globals['_FAULTS']._serialized_end=5169
-  _globals['_SHADOW']._serialized_start=5171
-  _globals['_SHADOW']._serialized_end=5286
+  _globals['_GENRE']._serialized_start=3339
+  _globals['_GENRE']._serialized_end=3407
+  _globals['_SHELF']._serialized_start=278
+  _globals['_SHELF']._serialized_end=312
+  _globals['_BOOK']._serialized_start=314
+  _globals['_BOOK']._serialized_end=418
+  _globals['_PAGE']._serialized_start=420
+  _globals['_PAGE']._serialized_end=455
+  _globals['_RECEIVED']._serialized_start=457
+  _globals['_RECEIVED']._serialized_end=500
+  _globals['_GETSHELFREQUEST']._serialized_start=502
+  _globals['_GETSHELFREQUEST']._serialized_end=554
+  _globals['_GETBOOKREQUEST']._serialized_start=556
+  _globals['_GETBOOKREQUEST']._serialized_end=654
+  _globals['_NAMEDREQUEST']._serialized_start=656
+  _globals['_NAMEDREQUEST']._serialized_end=698
+  _globals['_GETFILEREQUEST']._serialized_start=700
+  _globals['_GETFILEREQUEST']._serialized_end=730
+  _globals['_CREATEBOOKREQUEST']._serialized_start=732
+  _globals['_CREATEBOOKREQUEST']._serialized_end=849
+  _globals['_UPDATEBOOKREQUEST']._serialized_start=851
+  _globals['_UPDATEBOOKREQUEST']._serialized_end=959
+  _globals['_REPLACESHELFREQUEST']._serialized_start=961
+  _globals['_REPLACESHELFREQUEST']._serialized_end=1024
+  _globals['_DELETEBOOKREQUEST']._serialized_start=1026
+  _globals['_DELETEBOOKREQUEST']._serialized_end=1116
+  _globals['_LISTBOOKSREQUEST']._serialized_start=1119
+  _globals['_LISTBOOKSREQUEST']._serialized_end=1551
+  _globals['_SEARCHREQUEST']._serialized_start=1553
+  _globals['_SEARCHREQUEST']._serialized_end=1638
+  _globals['_PURGEREQUEST']._serialized_start=1640
+  _globals['_PURGEREQUEST']._serialized_end=1667
+  _globals['_EVERYTHING']._serialized_start=1670
+  _globals['_EVERYTHING']._serialized_end=3245
+  _globals['_EVERYTHING_COUNTSENTRY']._serialized_start=3048
+  _globals['_EVERYTHING_COUNTSENTRY']._serialized_end=3093
+  _globals['_EVERYTHING_BOOKSBYNUMBERENTRY']._serialized_start=3095
+  _globals['_EVERYTHING_BOOKSBYNUMBERENTRY']._serialized_end=3173
+  _globals['_EVERYTHING_FLAGSENTRY']._serialized_start=3175
+  _globals['_EVERYTHING_FLAGSENTRY']._serialized_end=3219
+  _globals['_FAILREQUEST']._serialized_start=3247
+  _globals['_FAILREQUEST']._serialized_end=3291
+  _globals['_FAULTDETAIL']._serialized_start=3293
+  _globals['_FAULTDETAIL']._serialized_end=3337
+  _globals['_LIBRARY']._serialized_start=3410
+  _globals['_LIBRARY']._serialized_end=5122
+  _globals['_FAULTS']._serialized_start=5124
+  _globals['_FAULTS']._serialized_end=5233
+  _globals['_SHADOW']._serialized_start=5235
+  _globals['_SHADOW']._serialized_end=5350
 # @@protoc_insertion_point(module_scope)

@@ -1,6 +1,7 @@
 import datetime
 
 from google.api import annotations_pb2 as _annotations_pb2
+from google.protobuf import any_pb2 as _any_pb2
 from google.protobuf import duration_pb2 as _duration_pb2
 from google.protobuf import field_mask_pb2 as _field_mask_pb2
 from google.protobuf import struct_pb2 as _struct_pb2
@@ -177,7 +178,7 @@ class PurgeRequest(_message.Message):
     def __init__(self, key: _Optional[str] = ...) -> None: ...
 
 class Everything(_message.Message):
-    __slots__ = ("int64_value", "uint64_value", "fixed64_value", "sint64_value", "sfixed64_value", "int32_value", "uint32_value", "double_value", "float_value", "bool_value", "string_value", "genre", "genres", "blob", "at", "wait", "mask", "attributes", "anything", "list", "maybe_int32", "maybe_int64", "maybe_uint64", "maybe_string", "maybe_bool", "maybe_double", "maybe_bytes", "counts", "books_by_number", "flags", "name", "number", "book", "books", "favourite", "maybe_count")
+    __slots__ = ("int64_value", "uint64_value", "fixed64_value", "sint64_value", "sfixed64_value", "int32_value", "uint32_value", "double_value", "float_value", "bool_value", "string_value", "genre", "genres", "blob", "at", "wait", "mask", "attributes", "anything", "list", "maybe_int32", "maybe_int64", "maybe_uint64", "maybe_string", "maybe_bool", "maybe_double", "maybe_bytes", "counts", "books_by_number", "flags", "name", "number", "book", "books", "favourite", "maybe_count", "extra")
     class CountsEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -235,6 +236,7 @@ class Everything(_message.Message):
     BOOKS_FIELD_NUMBER: _ClassVar[int]
     FAVOURITE_FIELD_NUMBER: _ClassVar[int]
     MAYBE_COUNT_FIELD_NUMBER: _ClassVar[int]
+    EXTRA_FIELD_NUMBER: _ClassVar[int]
     int64_value: int
     uint64_value: int
     fixed64_value: int
@@ -271,7 +273,8 @@ class Everything(_message.Message):
     books: _containers.RepeatedCompositeFieldContainer[Book]
     favourite: Book
     maybe_count: int
-    def __init__(self, int64_value: _Optional[int] = ..., uint64_value: _Optional[int] = ..., fixed64_value: _Optional[int] = ..., sint64_value: _Optional[int] = ..., sfixed64_value: _Optional[int] = ..., int32_value: _Optional[int] = ..., uint32_value: _Optional[int] = ..., double_value: _Optional[float] = ..., float_value: _Optional[float] = ..., bool_value: _Optional[bool] = ..., string_value: _Optional[str] = ..., genre: _Optional[_Union[Genre, str]] = ..., genres: _Optional[_Iterable[_Union[Genre, str]]] = ..., blob: _Optional[bytes] = ..., at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., wait: _Optional[_Union[datetime.timedelta, _duration_pb2.Duration, _Mapping]] = ..., mask: _Optional[_Union[_field_mask_pb2.FieldMask, _Mapping]] = ..., attributes: _Optional[_Union[_struct_pb2.Struct, _Mapping]] = ..., anything: _Optional[_Union[_struct_pb2.Value, _Mapping]] = ..., list: _Optional[_Union[_struct_pb2.ListValue, _Mapping]] = ..., maybe_int32: _Optional[_Union[_wrappers_pb2.Int32Value, _Mapping]] = ..., maybe_int64: _Optional[_Union[_wrappers_pb2.Int64Value, _Mapping]] = ..., maybe_uint64: _Optional[_Union[_wrappers_pb2.UInt64Value, _Mapping]] = ..., maybe_string: _Optional[_Union[_wrappers_pb2.StringValue, _Mapping]] = ..., maybe_bool: _Optional[_Union[_wrappers_pb2.BoolValue, _Mapping]] = ..., maybe_double: _Optional[_Union[_wrappers_pb2.DoubleValue, _Mapping]] = ..., maybe_bytes: _Optional[_Union[_wrappers_pb2.BytesValue, _Mapping]] = ..., counts: _Optional[_Mapping[str, int]] = ..., books_by_number: _Optional[_Mapping[int, Book]] = ..., flags: _Optional[_Mapping[bool, str]] = ..., name: _Optional[str] = ..., number: _Optional[int] = ..., book: _Optional[_Union[Book, _Mapping]] = ..., books: _Optional[_Iterable[_Union[Book, _Mapping]]] = ..., favourite: _Optional[_Union[Book, _Mapping]] = ..., maybe_count: _Optional[int] = ...) -> None: ...
+    extra: _any_pb2.Any
+    def __init__(self, int64_value: _Optional[int] = ..., uint64_value: _Optional[int] = ..., fixed64_value: _Optional[int] = ..., sint64_value: _Optional[int] = ..., sfixed64_value: _Optional[int] = ..., int32_value: _Optional[int] = ..., uint32_value: _Optional[int] = ..., double_value: _Optional[float] = ..., float_value: _Optional[float] = ..., bool_value: _Optional[bool] = ..., string_value: _Optional[str] = ..., genre: _Optional[_Union[Genre, str]] = ..., genres: _Optional[_Iterable[_Union[Genre, str]]] = ..., blob: _Optional[bytes] = ..., at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., wait: _Optional[_Union[datetime.timedelta, _duration_pb2.Duration, _Mapping]] = ..., mask: _Optional[_Union[_field_mask_pb2.FieldMask, _Mapping]] = ..., attributes: _Optional[_Union[_struct_pb2.Struct, _Mapping]] = ..., anything: _Optional[_Union[_struct_pb2.Value, _Mapping]] = ..., list: _Optional[_Union[_struct_pb2.ListValue, _Mapping]] = ..., maybe_int32: _Optional[_Union[_wrappers_pb2.Int32Value, _Mapping]] = ..., maybe_int64: _Optional[_Union[_wrappers_pb2.Int64Value, _Mapping]] = ..., maybe_uint64: _Optional[_Union[_wrappers_pb2.UInt64Value, _Mapping]] = ..., maybe_string: _Optional[_Union[_wrappers_pb2.StringValue, _Mapping]] = ..., maybe_bool: _Optional[_Union[_wrappers_pb2.BoolValue, _Mapping]] = ..., maybe_double: _Optional[_Union[_wrappers_pb2.DoubleValue, _Mapping]] = ..., maybe_bytes: _Optional[_Union[_wrappers_pb2.BytesValue, _Mapping]] = ..., counts: _Optional[_Mapping[str, int]] = ..., books_by_number: _Optional[_Mapping[int, Book]] = ..., flags: _Optional[_Mapping[bool, str]] = ..., name: _Optional[str] = ..., number: _Optional[int] = ..., book: _Optional[_Union[Book, _Mapping]] = ..., books: _Optional[_Iterable[_Union[Book, _Mapping]]] = ..., favourite: _Optional[_Union[Book, _Mapping]] = ..., maybe_count: _Optional[int] = ..., extra: _Optional[_Union[_any_pb2.Any, _Mapping]] = ...) -> None: ...
 
 class FailRequest(_message.Message):
     __slots__ = ("code", "message")
