@@ -59,10 +59,14 @@ def request_message(route: Route, variables: Mapping[str, str], query: Iterable[
 
 
 def response_json(route: Route, reply: Any) -> str:
-    """The reply as JSON; with ``response_body``, only that field."""
-    data: Any = json_format.MessageToDict(reply, descriptor_pool=reply.DESCRIPTOR.file.pool)
+    """The reply as JSON; with ``response_body``, only that field, and a field left at its default as that
+    default's JSON (``[]``, ``{}``, ``0``, ``""``), not ``null``; an unset message field is ``null``."""
+    pool = reply.DESCRIPTOR.file.pool
+    data: Any = json_format.MessageToDict(reply, descriptor_pool=pool)
     if route.response_body:
         json_name = reply.DESCRIPTOR.fields_by_name[route.response_body].json_name
+        if json_name not in data:  # at its default: the default's JSON, from an empty reply printed in full
+            data = json_format.MessageToDict(type(reply)(), always_print_fields_with_no_presence=True)
         data = data.get(json_name)
     return json.dumps(data, separators=(",", ":"))
 

@@ -240,6 +240,8 @@ async def test_response_body_answers_only_that_field(front: Front, http) -> None
     status, answer = await call(http, "POST", front.url + "/v1/mirror:books", {"books": books, "name": "left out"})
     assert status == 200, answer
     assert answer == books
+    status, answer = await call(http, "POST", front.url + "/v1/mirror:books", {"name": "no books"})
+    assert (status, answer) == (200, [])  # the empty list, not null
 
 
 # ------------------------------------------------------------------------------------------ query parameters
