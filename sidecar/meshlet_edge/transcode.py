@@ -45,7 +45,12 @@ def request_message(route: Route, variables: Mapping[str, str], query: Iterable[
             fields[route.body] = parsed
     message_type = route.request_type.DESCRIPTOR
     if route.body != "*":
+        # A field the path or the body binds is theirs: a query parameter cannot change it (grpc-gateway's filter).
+        bound = [tuple(name.split(".")) for name in variables] + ([(route.body,)] if route.body else [])
         for name, value in query:
+            path = _proto_path(message_type, name)
+            if path is not None and any(path[: len(b)] == b or b[: len(path)] == path for b in bound):
+                continue
             found = _field_at(message_type, name)
             _set(fields, name, _text_value(found, value), repeated=found is not None and found.is_repeated)
     for name, value in variables.items():
@@ -106,6 +111,19 @@ def _field_at(message: descriptor.Descriptor, dotted: str) -> descriptor.FieldDe
             return None
         current = found.message_type
     return found
+
+
+def _proto_path(message: descriptor.Descriptor, dotted: str) -> tuple[str, ...] | None:
+    """`dotted` (proto or JSON names) in proto names, or None when it names no field."""
+    current: descriptor.Descriptor | None = message
+    names: list[str] = []
+    for part in dotted.split("."):
+        found = None if current is None else current.fields_by_name.get(part) or _by_json_name(current, part)
+        if found is None:
+            return None
+        names.append(found.name)
+        current = found.message_type
+    return tuple(names)
 
 
 def _text_value(field: descriptor.FieldDescriptor | None, value: str) -> Any:

@@ -187,6 +187,8 @@ async def test_a_body_field_takes_the_body_and_the_rest_comes_from_path_and_quer
         request_id="r-1",
         validate_only=True,
     )
+    _, got = await received(front, http, "POST", "/v1/shelves/s1/books?book.title=Q&shelf=s9", {"title": "B"})
+    assert (got.shelf, got.book.title) == ("s1", "B")  # what the path and the body bind, the query cannot change
 
 
 async def test_patch_binds_the_body_field_the_path_inside_it_and_a_field_mask_from_the_query(
