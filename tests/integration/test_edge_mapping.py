@@ -18,6 +18,8 @@ import aiohttp
 import pytest
 import pytest_asyncio
 from google.protobuf import duration_pb2, field_mask_pb2, timestamp_pb2, wrappers_pb2
+from jsonschema import Draft202012Validator
+from openapi_spec_validator import validate
 
 from meshlet_api.mapping.v1 import mapping_pb2
 from tests.support.agents import Agent, start_dev_agent
@@ -32,6 +34,24 @@ BAD_REQUEST = "type.googleapis.com/google.rpc.BadRequest"
 FAULT_DETAIL = "type.googleapis.com/meshlet.mapping.v1.FaultDetail"
 BEYOND_DOUBLE = "9007199254740993"  # 2**53 + 1: a JSON number read as a double would lose it
 UINT64_MAX = "18446744073709551615"
+# Each well-known type, and the JSON form proto3 gives it (a wrapper set to its default, an Any by its @type).
+WELL_KNOWN = {
+    "at": "2024-05-01T12:00:00.250Z",
+    "wait": "1.500s",
+    "mask": "title,favourite.pages",
+    "attributes": {"a": [1, "b", None, {"c": True}], "d": 2.5},
+    "anything": {"nested": ["x"]},
+    "list": [1, "two", False, None],
+    "maybeInt32": 0,
+    "maybeString": "",
+    "maybeBool": False,
+    "maybeDouble": 1.5,
+    "maybeBytes": base64.b64encode(b"\x00\x01").decode(),
+    "doubleValue": "NaN",
+    "floatValue": "-Infinity",
+    "maybeCount": 0,
+    "extra": {"@type": "type.googleapis.com/meshlet.mapping.v1.Book", "id": "b-1", "pages": BEYOND_DOUBLE},
+}
 
 
 @dataclass
@@ -332,25 +352,8 @@ async def test_enums_are_read_by_name_or_number_and_written_by_name(front: Front
 
 
 async def test_well_known_types_keep_their_json_forms(front: Front, http) -> None:
-    sent = {
-        "at": "2024-05-01T12:00:00.250Z",
-        "wait": "1.500s",
-        "mask": "title,favourite.pages",
-        "attributes": {"a": [1, "b", None, {"c": True}], "d": 2.5},
-        "anything": {"nested": ["x"]},
-        "list": [1, "two", False, None],
-        "maybeInt32": 0,
-        "maybeString": "",
-        "maybeBool": False,
-        "maybeDouble": 1.5,
-        "maybeBytes": base64.b64encode(b"\x00\x01").decode(),
-        "doubleValue": "NaN",
-        "floatValue": "-Infinity",
-        "maybeCount": 0,
-        "extra": {"@type": "type.googleapis.com/meshlet.mapping.v1.Book", "id": "b-1", "pages": BEYOND_DOUBLE},
-    }
-    status, answer = await mirror(front, http, sent)
-    assert (status, answer) == (200, sent)
+    status, answer = await mirror(front, http, WELL_KNOWN)
+    assert (status, answer) == (200, WELL_KNOWN)
 
 
 async def test_bytes_maps_oneofs_and_repeated_messages(front: Front, http) -> None:
@@ -438,6 +441,31 @@ async def test_every_upstream_status_is_its_http_status_with_its_details_kept(fr
         "metadata": {"code": name},
     }
     assert fault == {"@type": FAULT_DETAIL, "hint": "as asked", "attempt": BEYOND_DOUBLE}
+
+
+# ------------------------------------------------------------------------------------------ the document
+
+
+async def test_the_document_of_every_rule_is_valid_openapi_and_the_answers_fit_its_schemas(front: Front, http) -> None:
+    async with http.get(front.url + "/openapi.json") as response:
+        document = await response.json()
+    validate(document)  # a custom HTTP method too: OpenAPI 3.1 has no field for PURGE, so it is x-purge
+    assert document["paths"]["/v1/cache/{key}"]["x-purge"]["x-grpc-method"] == f"/{LIBRARY}/Purge"
+
+    def fits(answer: Any, schema: str) -> None:
+        root = {"$ref": f"#/components/schemas/{schema}", "components": document["components"]}
+        broken = [f"{list(e.absolute_path)}: {e.message}" for e in Draft202012Validator(root).iter_errors(answer)]
+        assert not broken, broken
+
+    status, answer = await mirror(front, http, WELL_KNOWN)
+    assert status == 200, answer
+    fits(answer, "meshlet.mapping.v1.Everything")
+    status, answer = await call(http, "POST", front.url + "/v1/faults/ABORTED", {"message": "no"})
+    assert status == 409, answer
+    fits(answer, "google.rpc.Status")
+    status, answer = await mirror(front, http, {"colour": "red"})
+    assert status == 400, answer
+    fits(answer, "google.rpc.Status")
 
 
 # ------------------------------------------------------------------------------------------ route conflicts
