@@ -18,7 +18,7 @@ import aiohttp
 import pytest
 import pytest_asyncio
 from google.protobuf import duration_pb2, field_mask_pb2, timestamp_pb2, wrappers_pb2
-from jsonschema import Draft202012Validator
+from jsonschema import Draft202012Validator  # type: ignore[import-untyped]
 from openapi_spec_validator import validate
 
 from meshlet_api.mapping.v1 import mapping_pb2
