@@ -8,10 +8,12 @@ import json
 import re
 from collections.abc import Iterable, Mapping
 from typing import Any
+from urllib.parse import unquote_plus
 
 from google.protobuf import descriptor, json_format
 
 from meshlet_edge.routes import Route
+from meshlet_edge.templates import not_utf8
 
 _NO_FIELD = re.compile(r'has no field named "([^"]+)"(?: at "[^".\[]*\.?([^"]*)")?')
 _TWO_OF = re.compile(r'should not have multiple "([^"]+)" (?:oneof )?fields')
@@ -54,6 +56,8 @@ def request_message(route: Route, variables: Mapping[str, str], query: Iterable[
             found = _field_at(message_type, name)
             _set(fields, name, _text_value(found, value), repeated=found is not None and found.is_repeated)
     for name, value in variables.items():
+        if not_utf8(value):
+            raise BadRequest(name, f"the path's {name} is not UTF-8 once percent-decoded: escape its text as UTF-8")
         _set(fields, name, _text_value(_field_at(message_type, name), value), repeated=False)
     message = route.request_type()
     try:  # the route's own pool: an Any may name any type of the descriptor sets
@@ -61,6 +65,28 @@ def request_message(route: Route, variables: Mapping[str, str], query: Iterable[
     except json_format.ParseError as error:
         raise BadRequest(_field_of(str(error)), str(error).splitlines()[0]) from None
     return message
+
+
+def query_params(raw_query: str) -> list[tuple[str, str]]:
+    """The query's parameters in order (``+`` a space, blanks kept); raises BadRequest naming one whose
+    percent-escapes are not UTF-8, rather than passing it on with its bytes replaced."""
+    pairs: list[tuple[str, str]] = []
+    for pair in raw_query.split("&"):
+        if not pair:
+            continue
+        name, _, value = pair.partition("=")
+        try:
+            pairs.append((_query_text(name), _query_text(value)))
+        except UnicodeDecodeError:
+            shown = unquote_plus(name, errors="replace")
+            raise BadRequest(
+                shown, f"the query's {shown} is not UTF-8 once percent-decoded: escape it as UTF-8"
+            ) from None
+    return pairs
+
+
+def _query_text(text: str) -> str:
+    return unquote_plus(text, errors="strict")
 
 
 def response_json(route: Route, reply: Any) -> str:

@@ -171,8 +171,8 @@ async def test_a_segment_template_binds_the_whole_resource_name(front: Front, ht
 async def test_a_double_star_takes_any_number_of_segments_and_keeps_an_escaped_slash(front: Front, http) -> None:
     _, got = await received(front, http, "GET", "/v1/files/a/b/c.txt")
     assert got.path == "a/b/c.txt"
-    _, got = await received(front, http, "GET", "/v1/files/a%2Fb/c%20d.txt")
-    assert got.path == "a%2Fb/c d.txt"
+    _, got = await received(front, http, "GET", "/v1/files/a%2Fb/caf%C3%A9%20d.txt")
+    assert got.path == "a%2Fb/café d.txt"
 
 
 async def test_a_custom_verb_routes_to_its_method_with_the_body(front: Front, http) -> None:
@@ -318,6 +318,17 @@ async def test_a_query_parameter_that_is_not_the_message_is_a_400_naming_it(fron
     status, answer = await call(http, "GET", front.url + "/v1/shelves/s1/books?" + query)
     assert status == 400, answer
     assert answer["code"] == 3
+    assert violations(answer) == [field]
+
+
+@pytest.mark.parametrize(
+    ("path", "field"),
+    [("/v1/shelves/%FF", "shelf"), ("/v1/files/a/%C3", "path"), ("/v1/shelves/s1/books?tags=%FF", "tags")],
+    ids=["path-variable", "segments", "query"],
+)
+async def test_escapes_that_are_not_utf8_are_a_400_not_replaced_characters(front: Front, http, path, field) -> None:
+    status, answer = await call(http, "GET", front.url + path)
+    assert status == 400, answer
     assert violations(answer) == [field]
 
 
