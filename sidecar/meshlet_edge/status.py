@@ -82,4 +82,6 @@ def _detail(detail: any_pb2.Any, pool: descriptor_pool.DescriptorPool | None) ->
             return written
         except (TypeError, KeyError):  # an Any whose type that pool cannot name
             continue
+        except DecodeError:  # bytes that are not that type: the server's bug, passed on as they came
+            break
     return {"@type": detail.type_url, "value": base64.b64encode(detail.value).decode()}

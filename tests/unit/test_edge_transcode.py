@@ -223,6 +223,10 @@ def test_a_detail_of_the_upstreams_own_type_is_written_from_the_routes_pool_else
     assert written == {"@type": fault.type_url, "hint": "later", "attempt": "9007199254740993"}
     kept = json.loads(status_json(status))["details"][1]  # no pool names it: its bytes are kept
     assert kept == {"@type": fault.type_url, "value": base64.b64encode(fault.value).decode()}
+    corrupt = status_pb2.Status(code=3, message="bad detail")
+    corrupt.details.add(type_url="type.googleapis.com/google.rpc.ErrorInfo", value=b"\xff\xff\xff")
+    kept = json.loads(status_json(corrupt))["details"][0]  # not an ErrorInfo at all: kept, not a crash
+    assert kept == {"@type": "type.googleapis.com/google.rpc.ErrorInfo", "value": "////"}
 
 
 def test_a_boolean_from_the_query_or_the_path_is_read_as_json_reads_true_and_false(tmp_path: Path) -> None:
