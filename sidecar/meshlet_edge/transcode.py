@@ -125,31 +125,28 @@ def _set(fields: dict[str, Any], dotted: str, value: Any, *, repeated: bool) -> 
         target[leaf] = value
 
 
-def _field_at(message: descriptor.Descriptor, dotted: str) -> descriptor.FieldDescriptor | None:
-    """The field a dotted path (proto or JSON names) reaches, or None: json_format then names what is wrong."""
+def _fields_along(message: descriptor.Descriptor, dotted: str) -> list[descriptor.FieldDescriptor] | None:
+    """The fields a dotted path (proto or JSON names) goes through, or None when it names no field (json_format
+    then says what is wrong)."""
     current: descriptor.Descriptor | None = message
-    found: descriptor.FieldDescriptor | None = None
-    for part in dotted.split("."):
-        if current is None:
-            return None
-        found = current.fields_by_name.get(part) or _by_json_name(current, part)
-        if found is None:
-            return None
-        current = found.message_type
-    return found
-
-
-def _proto_path(message: descriptor.Descriptor, dotted: str) -> tuple[str, ...] | None:
-    """`dotted` (proto or JSON names) in proto names, or None when it names no field."""
-    current: descriptor.Descriptor | None = message
-    names: list[str] = []
+    fields: list[descriptor.FieldDescriptor] = []
     for part in dotted.split("."):
         found = None if current is None else current.fields_by_name.get(part) or _by_json_name(current, part)
         if found is None:
             return None
-        names.append(found.name)
+        fields.append(found)
         current = found.message_type
-    return tuple(names)
+    return fields
+
+
+def _field_at(message: descriptor.Descriptor, dotted: str) -> descriptor.FieldDescriptor | None:
+    along = _fields_along(message, dotted)
+    return along[-1] if along else None
+
+
+def _proto_path(message: descriptor.Descriptor, dotted: str) -> tuple[str, ...] | None:
+    along = _fields_along(message, dotted)
+    return None if along is None else tuple(field.name for field in along)
 
 
 def _text_value(field: descriptor.FieldDescriptor | None, value: str) -> Any:
