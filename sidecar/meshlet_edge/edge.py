@@ -50,7 +50,7 @@ from meshlet_edge.request_id import REQUEST_KEY, log_request_ids
 from meshlet_edge.retry_after import retry_after
 from meshlet_edge.routes import Route, RouteTable, build_routes, load_pool
 from meshlet_edge.status import http_status, refusal, status_json, status_of
-from meshlet_edge.transcode import BadRequest, grpc_timeout, request_message, response_json
+from meshlet_edge.transcode import BadRequest, grpc_timeout, query_params, request_message, response_json
 
 log = logging.getLogger("meshlet.edge")
 
@@ -277,7 +277,8 @@ class Edge:
                 start = functools.partial(self._send[route], timeout=timeout, metadata=metadata)
                 return await websocket.serve(request, route, found.variables, start, edge.max_body_bytes)
             body = await read_body(request, edge.max_body_bytes) if route.body else b""
-            message = request_message(route, found.variables, request.rel_url.query.items(), body)
+            query = query_params(request.rel_url.raw_query_string)  # strict UTF-8, unlike rel_url.query
+            message = request_message(route, found.variables, query, body)
         except BadRequest as bad:
             status = refusal(grpc.StatusCode.INVALID_ARGUMENT, bad.description, [(bad.field, bad.description)])
             return _error(status, 400)
@@ -295,7 +296,8 @@ class Edge:
         except grpc.aio.AioRpcError as error:
             status = status_of(error)
             wait = retry_after(error.trailing_metadata(), status)
-            return _error(status, http_status(error.code()), None if wait is None else {"Retry-After": wait})
+            headers = None if wait is None else {"Retry-After": wait}
+            return _error(status, http_status(error.code()), headers, pool=route.request_type.DESCRIPTOR.file.pool)
         except Exception:  # a bug of ours must still answer in the one error shape, and never stop the edge
             log.exception("%s %s failed inside the edge", request.method, route.path)
             what = f"the edge failed to serve {route.path}; its log says why"
@@ -327,5 +329,8 @@ def _multicallable(channel: grpc.aio.Channel, route: Route) -> Any:
     return channel.unary_stream if route.server_streaming else channel.unary_unary
 
 
-def _error(status: status_pb2.Status, http: int, headers: dict[str, str] | None = None) -> web.Response:
-    return web.Response(status=http, text=status_json(status), content_type=JSON, headers=headers)
+def _error(
+    status: status_pb2.Status, http: int, headers: dict[str, str] | None = None, pool: Any = None
+) -> web.Response:
+    """The one error shape; `pool` (the route's descriptors) writes details of the upstream's own types."""
+    return web.Response(status=http, text=status_json(status, pool), content_type=JSON, headers=headers)

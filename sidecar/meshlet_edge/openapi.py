@@ -85,6 +85,7 @@ QUERY_WELL_KNOWN -= {"google.protobuf.Value"}
 MAX_QUERY_DEPTH = 3  # nested query parameters (``filter.availability``) this deep; recursive messages stop here
 
 STATUS = "google.rpc.Status"
+PATH_ITEM_VERBS = {"get", "put", "post", "delete", "options", "head", "patch", "trace"}  # OpenAPI 3.1's Path Item
 ERRORS = {
     "400": "The request is not the method's message (a field violation names where), or the upstream refused it "
     "as INVALID_ARGUMENT, FAILED_PRECONDITION or OUT_OF_RANGE.",
@@ -275,7 +276,8 @@ def document(
             if max_body_bytes is not None:
                 why = f"The body is larger than {max_body_bytes} bytes, the most the edge accepts."
                 operation["responses"] = dict(sorted({**operation["responses"], "413": _error_response(why)}.items()))
-        paths.setdefault(path, {})[route.verb.lower()] = operation
+        verb = route.verb.lower()  # a custom HTTP method (PURGE) has no field of OpenAPI 3.1's: an x- extension
+        paths.setdefault(path, {})[verb if verb in PATH_ITEM_VERBS else f"x-{verb}"] = operation
     tags = [{"name": name, **_text(said.get(name))} for name, _service in sorted(services.items())]
     packages = sorted({service.file.package for service in services.values()})
     intro = [said[package] for package in packages if said.get(package)]

@@ -26,7 +26,7 @@ from meshlet_edge.transcode import response_json
 
 log = logging.getLogger("meshlet.edge")
 
-ErrorAnswer = Callable[[status_pb2.Status, int], web.StreamResponse]
+ErrorAnswer = Callable[..., web.StreamResponse]  # edge._error: (status, http, headers=None, pool=None)
 
 
 def not_acceptable(request: web.Request, error: ErrorAnswer) -> web.StreamResponse:
@@ -48,11 +48,12 @@ async def serve(request: web.Request, route: Route, call: Any, media: str, error
         try:
             first = await call.read()
         except grpc.aio.AioRpcError as failure:
-            return error(status_of(failure), http_status(failure.code()))
+            pool = route.request_type.DESCRIPTOR.file.pool
+            return error(status_of(failure), http_status(failure.code()), None, pool=pool)
         await response.prepare(request)
         status = await _relay(response, route, call, first, sse)
         if status is not None:
-            text = status_json(status)
+            text = status_json(status, route.request_type.DESCRIPTOR.file.pool)  # the upstream's own detail types too
             await response.write(framing.sse_error(text) if sse else framing.ndjson_error(text))
         elif sse:
             await response.write(framing.SSE_END)

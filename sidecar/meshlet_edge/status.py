@@ -4,11 +4,13 @@ ErrorInfo when the mesh refused or gave up) is passed through; the edge's own re
 
 from __future__ import annotations
 
+import base64
 import json
 from collections.abc import Iterable
+from typing import Any
 
 import grpc
-from google.protobuf import json_format
+from google.protobuf import any_pb2, descriptor_pool, json_format
 from google.protobuf.message import DecodeError
 from google.rpc import error_details_pb2, status_pb2
 
@@ -64,11 +66,22 @@ def refusal(code: grpc.StatusCode, message: str, violations: Iterable[tuple[str,
     return status
 
 
-def status_json(status: status_pb2.Status) -> str:
-    """The proto3 JSON of `status`; details of a type this process cannot name are left out rather than failing
-    the answer (the code and message still say what happened)."""
-    try:
-        return json_format.MessageToJson(status, indent=None)
-    except TypeError:  # an Any whose type is not in this process's descriptor pool
-        kept = status_pb2.Status(code=status.code, message=status.message)
-        return json.dumps({**json.loads(json_format.MessageToJson(kept, indent=None)), "details": []})
+def status_json(status: status_pb2.Status, pool: descriptor_pool.DescriptorPool | None = None) -> str:
+    """The proto3 JSON of `status`, always with ``code``, ``message`` and ``details``. Each detail is written by its
+    type from this process's pool (google.rpc's, meshlet's) or else from `pool` (the descriptor sets' types, which an
+    upstream may attach); one that neither names keeps its ``@type`` and its bytes (``value``, base64), rather than
+    being lost or failing the answer."""
+    details = [_detail(detail, pool) for detail in status.details]
+    return json.dumps({"code": status.code, "message": status.message, "details": details})
+
+
+def _detail(detail: any_pb2.Any, pool: descriptor_pool.DescriptorPool | None) -> dict[str, Any]:
+    for candidate in (None, pool) if pool is not None else (None,):  # None: this process's default pool
+        try:
+            written: dict[str, Any] = json_format.MessageToDict(detail, descriptor_pool=candidate)
+            return written
+        except (TypeError, KeyError):  # an Any whose type that pool cannot name
+            continue
+        except DecodeError:  # bytes that are not that type: the server's bug, passed on as they came
+            break
+    return {"@type": detail.type_url, "value": base64.b64encode(detail.value).decode()}

@@ -15,7 +15,7 @@ from urllib.parse import unquote
 
 _FIELD_PATH = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)*$")
 _LITERAL = re.compile(r"^[^/{}*:]+$")
-_ESCAPE = re.compile(r"%[0-9A-Fa-f]{2}")
+_SLASH = re.compile(r"(%2[Ff])")
 
 ONE = "*"
 ANY = "**"
@@ -88,15 +88,30 @@ class PathTemplate:
 
 
 def _decode(parts: list[str]) -> str:
-    """One segment fully decoded; several joined by "/" with an escaped slash kept escaped."""
+    """One segment fully decoded; several joined by "/" with an escaped slash kept escaped. Bytes that are not
+    UTF-8 stay as lone surrogates (``surrogateescape``), never silently replaced: see `not_utf8`."""
     if len(parts) == 1:
-        return unquote(parts[0])
-    return "/".join(_ESCAPE.sub(_keep_slash, part) for part in parts)
+        return _unquote(parts[0])
+    return "/".join(_decode_keeping_slash(part) for part in parts)
 
 
-def _keep_slash(escape: re.Match[str]) -> str:
-    text = escape.group(0)
-    return text if text.upper() == "%2F" else unquote(text)
+def _decode_keeping_slash(part: str) -> str:
+    """`part` decoded around its %2F escapes, each kept as it came (a multi-byte character's escapes decode as one)."""
+    pieces = _SLASH.split(part)  # text, "%2F", text, ...
+    return "".join(piece if index % 2 else _unquote(piece) for index, piece in enumerate(pieces))
+
+
+def _unquote(text: str) -> str:
+    return unquote(text, errors="surrogateescape")
+
+
+def not_utf8(value: str) -> bool:
+    """True when a decoded value held percent-escapes that are not UTF-8 (which a proto string cannot carry)."""
+    try:
+        value.encode()
+    except UnicodeEncodeError:
+        return True
+    return False
 
 
 def parse(template: str) -> PathTemplate:

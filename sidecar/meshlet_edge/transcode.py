@@ -8,13 +8,21 @@ import json
 import re
 from collections.abc import Iterable, Mapping
 from typing import Any
+from urllib.parse import unquote_plus
 
 from google.protobuf import descriptor, json_format
 
 from meshlet_edge.routes import Route
+from meshlet_edge.templates import not_utf8
 
-_NO_FIELD = re.compile(r'has no field named "([^"]+)"')
+_NO_FIELD = re.compile(r'has no field named "([^"]+)"(?: at "[^".\[]*\.?([^"]*)")?')
+_TWO_OF = re.compile(r'should not have multiple "([^"]+)" (?:oneof )?fields')
+_FAILED_AT = re.compile(r" at [A-Za-z_][A-Za-z0-9_]*\.([^ ]+?)\.*$")
 _FAILED_FIELD = re.compile(r"Failed to parse (\S+) field")
+# A query parameter or path variable is text; JSON's true and false are not, so these become booleans first
+# (the spellings Go's strconv.ParseBool reads, as grpc-gateway does).
+_BOOLEANS = {"true": True, "t": True, "1": True, "false": False, "f": False, "0": False}
+_BOOL_VALUE = "google.protobuf.BoolValue"
 
 
 class BadRequest(ValueError):
@@ -37,25 +45,59 @@ def request_message(route: Route, variables: Mapping[str, str], query: Iterable[
             fields = parsed
         else:
             fields[route.body] = parsed
+    message_type = route.request_type.DESCRIPTOR
     if route.body != "*":
-        message_type = route.request_type.DESCRIPTOR
+        # A field the path or the body binds is theirs: a query parameter cannot change it (grpc-gateway's filter).
+        bound = [tuple(name.split(".")) for name in variables] + ([(route.body,)] if route.body else [])
         for name, value in query:
-            _set(fields, name, value, repeated=_is_repeated(message_type, name))
+            path = _proto_path(message_type, name)
+            if path is not None and any(path[: len(b)] == b or b[: len(path)] == path for b in bound):
+                continue
+            found = _field_at(message_type, name)
+            _set(fields, name, _text_value(found, value), repeated=found is not None and found.is_repeated)
     for name, value in variables.items():
-        _set(fields, name, value, repeated=False)
+        if not_utf8(value):
+            raise BadRequest(name, f"the path's {name} is not UTF-8 once percent-decoded: escape its text as UTF-8")
+        _set(fields, name, _text_value(_field_at(message_type, name), value), repeated=False)
     message = route.request_type()
-    try:
-        json_format.ParseDict(fields, message, ignore_unknown_fields=False)
+    try:  # the route's own pool: an Any may name any type of the descriptor sets
+        json_format.ParseDict(fields, message, ignore_unknown_fields=False, descriptor_pool=message_type.file.pool)
     except json_format.ParseError as error:
         raise BadRequest(_field_of(str(error)), str(error).splitlines()[0]) from None
     return message
 
 
+def query_params(raw_query: str) -> list[tuple[str, str]]:
+    """The query's parameters in order (``+`` a space, blanks kept); raises BadRequest naming one whose
+    percent-escapes are not UTF-8, rather than passing it on with its bytes replaced."""
+    pairs: list[tuple[str, str]] = []
+    for pair in raw_query.split("&"):
+        if not pair:
+            continue
+        name, _, value = pair.partition("=")
+        try:
+            pairs.append((_query_text(name), _query_text(value)))
+        except UnicodeDecodeError:
+            shown = unquote_plus(name, errors="replace")
+            raise BadRequest(
+                shown, f"the query's {shown} is not UTF-8 once percent-decoded: escape it as UTF-8"
+            ) from None
+    return pairs
+
+
+def _query_text(text: str) -> str:
+    return unquote_plus(text, errors="strict")
+
+
 def response_json(route: Route, reply: Any) -> str:
-    """The reply as JSON; with ``response_body``, only that field."""
-    data: Any = json_format.MessageToDict(reply)
+    """The reply as JSON; with ``response_body``, only that field, and a field left at its default as that
+    default's JSON (``[]``, ``{}``, ``0``, ``""``), not ``null``; an unset message field is ``null``."""
+    pool = reply.DESCRIPTOR.file.pool
+    data: Any = json_format.MessageToDict(reply, descriptor_pool=pool)
     if route.response_body:
         json_name = reply.DESCRIPTOR.fields_by_name[route.response_body].json_name
+        if json_name not in data:  # at its default: the default's JSON, from an empty reply printed in full
+            data = json_format.MessageToDict(type(reply)(), always_print_fields_with_no_presence=True)
         data = data.get(json_name)
     return json.dumps(data, separators=(",", ":"))
 
@@ -69,7 +111,7 @@ def _json(body: bytes) -> Any:
         raise BadRequest("body", "the body nests deeper than the edge reads: flatten it") from None
 
 
-def _set(fields: dict[str, Any], dotted: str, value: str, *, repeated: bool) -> None:
+def _set(fields: dict[str, Any], dotted: str, value: Any, *, repeated: bool) -> None:
     *parents, leaf = dotted.split(".")
     target = fields
     for part in parents:
@@ -83,17 +125,37 @@ def _set(fields: dict[str, Any], dotted: str, value: str, *, repeated: bool) -> 
         target[leaf] = value
 
 
-def _is_repeated(message: descriptor.Descriptor, dotted: str) -> bool:
+def _fields_along(message: descriptor.Descriptor, dotted: str) -> list[descriptor.FieldDescriptor] | None:
+    """The fields a dotted path (proto or JSON names) goes through, or None when it names no field (json_format
+    then says what is wrong)."""
     current: descriptor.Descriptor | None = message
-    found: descriptor.FieldDescriptor | None = None
+    fields: list[descriptor.FieldDescriptor] = []
     for part in dotted.split("."):
-        if current is None:
-            return False
-        found = current.fields_by_name.get(part) or _by_json_name(current, part)
+        found = None if current is None else current.fields_by_name.get(part) or _by_json_name(current, part)
         if found is None:
-            return False
+            return None
+        fields.append(found)
         current = found.message_type
-    return found is not None and found.is_repeated
+    return fields
+
+
+def _field_at(message: descriptor.Descriptor, dotted: str) -> descriptor.FieldDescriptor | None:
+    along = _fields_along(message, dotted)
+    return along[-1] if along else None
+
+
+def _proto_path(message: descriptor.Descriptor, dotted: str) -> tuple[str, ...] | None:
+    along = _fields_along(message, dotted)
+    return None if along is None else tuple(field.name for field in along)
+
+
+def _text_value(field: descriptor.FieldDescriptor | None, value: str) -> Any:
+    """A query parameter or path variable as the JSON value json_format reads for `field`: text as it came, but a
+    boolean (or BoolValue) as true or false, which proto3 JSON never reads from a string."""
+    if field is None:
+        return value
+    is_bool = field.type == field.TYPE_BOOL or (field.message_type and field.message_type.full_name == _BOOL_VALUE)
+    return _BOOLEANS.get(value.lower(), value) if is_bool else value
 
 
 def _by_json_name(message: descriptor.Descriptor, name: str) -> descriptor.FieldDescriptor | None:
@@ -101,8 +163,13 @@ def _by_json_name(message: descriptor.Descriptor, name: str) -> descriptor.Field
 
 
 def _field_of(error: str) -> str:
-    """The field a json_format error is about, as well as its message says it."""
-    found = _NO_FIELD.search(error) or _FAILED_FIELD.search(error)
+    """The field a json_format error is about, as well as its message says it: its path from the request
+    (``favourite.colour``, ``books[0].x``) where the message gives one."""
+    first = error.splitlines()[0] if error else ""
+    if unknown := _NO_FIELD.search(first):
+        parent = unknown.group(2)
+        return f"{parent}.{unknown.group(1)}" if parent else unknown.group(1)
+    found = _TWO_OF.search(first) or _FAILED_AT.search(first) or _FAILED_FIELD.search(first)
     return found.group(1) if found else "body"
 
 

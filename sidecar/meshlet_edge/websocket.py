@@ -90,7 +90,7 @@ async def serve(
     code = grpc.StatusCode.OK if status.code == 0 else _code(status.code)
     with contextlib.suppress(ConnectionResetError):
         if code is not grpc.StatusCode.OK:
-            await socket.send_str(framing.ws_error(status_json(status)))
+            await socket.send_str(framing.ws_error(status_json(status, route.request_type.DESCRIPTOR.file.pool)))
         close_code, reason = framing.ws_close(code)
         await socket.close(code=close_code, message=reason)
     return socket

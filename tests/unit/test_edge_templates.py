@@ -18,6 +18,8 @@ from meshlet_edge.templates import PathTemplate, TemplateError, fill, parse
         ("/v1/inventory/items/{sku}", "/v1/inventory/items/a%20b%2Fc", {"sku": "a b/c"}),  # one segment: all decoded
         ("/v1/{name=shelves/*}/books", "/v1/shelves/s1/books", {"name": "shelves/s1"}),
         ("/v1/{name=files/**}", "/v1/files/a/b%2Fc/d", {"name": "files/a/b%2Fc/d"}),  # several: %2F kept
+        ("/v1/{name=files/**}", "/v1/files/caf%C3%A9/a%2fb", {"name": "files/café/a%2fb"}),  # UTF-8 decoded whole
+        ("/v1/items/{sku}", "/v1/items/%FF", {"sku": "\udcff"}),  # not UTF-8: kept apart, for not_utf8 to refuse
         ("/v1/{a.b}/x/{c}", "/v1/1/x/2", {"a.b": "1", "c": "2"}),
         ("/v1/items/{sku}:reserve", "/v1/items/sku-1:reserve", {"sku": "sku-1"}),
         ("/v1/orders", "/v1/orders", {}),

@@ -3,6 +3,7 @@ gRPC -> HTTP status mapping with google.rpc.Status as JSON."""
 
 from __future__ import annotations
 
+import base64
 import json
 from pathlib import Path
 
@@ -200,4 +201,44 @@ def test_the_status_in_the_trailers_is_answered_as_json_with_its_error_info() ->
         {"@type": "type.googleapis.com/google.rpc.ErrorInfo", "reason": "NO_HEALTHY_ENDPOINT", "domain": "meshlet.dev"}
     ]
     plain = grpc.aio.AioRpcError(grpc.StatusCode.NOT_FOUND, grpc.aio.Metadata(), grpc.aio.Metadata(), "no sku")
-    assert json.loads(status_json(status_of(plain))) == {"code": 5, "message": "no sku"}
+    assert json.loads(status_json(status_of(plain))) == {"code": 5, "message": "no sku", "details": []}
+
+
+def test_a_detail_of_the_upstreams_own_type_is_written_from_the_routes_pool_else_kept_as_bytes(tmp_path: Path) -> None:
+    from meshlet_api.mapping.v1 import mapping_pb2
+
+    elsewhere = descriptor_pb2.FileDescriptorSet()  # a type this process's own pool cannot name
+    file = elsewhere.file.add(name="elsewhere.proto", package="meshlet.elsewhere.v1", syntax="proto3")
+    mapping_pb2.FaultDetail.DESCRIPTOR.CopyToProto(file.message_type.add())
+    path = tmp_path / "elsewhere.pb"
+    path.write_bytes(elsewhere.SerializeToString())
+    pool = load_pool([path])
+    status = status_pb2.Status(code=9, message="not now")
+    status.details.add().Pack(error_details_pb2.ErrorInfo(reason="BUSY", domain="mapping"))
+    fault = status.details.add()
+    fault.type_url = "type.googleapis.com/meshlet.elsewhere.v1.FaultDetail"
+    fault.value = mapping_pb2.FaultDetail(hint="later", attempt=2**53 + 1).SerializeToString()
+    info, written = json.loads(status_json(status, pool))["details"]
+    assert info == {"@type": "type.googleapis.com/google.rpc.ErrorInfo", "reason": "BUSY", "domain": "mapping"}
+    assert written == {"@type": fault.type_url, "hint": "later", "attempt": "9007199254740993"}
+    kept = json.loads(status_json(status))["details"][1]  # no pool names it: its bytes are kept
+    assert kept == {"@type": fault.type_url, "value": base64.b64encode(fault.value).decode()}
+    corrupt = status_pb2.Status(code=3, message="bad detail")
+    corrupt.details.add(type_url="type.googleapis.com/google.rpc.ErrorInfo", value=b"\xff\xff\xff")
+    kept = json.loads(status_json(corrupt))["details"][0]  # not an ErrorInfo at all: kept, not a crash
+    assert kept == {"@type": "type.googleapis.com/google.rpc.ErrorInfo", "value": "////"}
+
+
+def test_a_boolean_from_the_query_or_the_path_is_read_as_json_reads_true_and_false(tmp_path: Path) -> None:
+    from meshlet_api.mapping.v1 import mapping_pb2
+
+    pool = load_pool([write_descriptor_set(tmp_path / "mapping.pb", mapping_pb2.DESCRIPTOR)])
+    table = build_routes({"meshlet.mapping.v1.Library": "mapping"}, pool)
+    found = table.match("DELETE", "/v1/books/b1")
+    assert found is not None
+    for text, expected in [("true", True), ("False", False), ("1", True), ("f", False)]:
+        message = request_message(found.route, found.variables, [("force", text), ("etag", "e")], b"")
+        assert message.force is expected
+    with pytest.raises(BadRequest) as refused:
+        request_message(found.route, found.variables, [("force", "maybe")], b"")
+    assert refused.value.field == "force"
