@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import datetime
 import difflib
+import urllib.parse
 from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Annotated, Any, Literal, get_args
@@ -21,6 +22,7 @@ from meshlet.config.fields import (
     TRUST_DOMAIN_RULE,
     AtLeastOne,
     BudgetTtl,
+    ByteSize,
     DeregisterAfter,
     Duration,
     HostPort,
@@ -152,6 +154,69 @@ def utc(moment: datetime.datetime | datetime.date) -> datetime.datetime:
     return moment.replace(tzinfo=datetime.UTC) if moment.tzinfo is None else moment.astimezone(datetime.UTC)
 
 
+def _cache_store(text: str) -> str:
+    """``memory`` or ``redis://HOST:PORT/DB`` (``rediss://`` for TLS)."""
+    if text == "memory":
+        return text
+    url = urllib.parse.urlsplit(text)
+    if url.scheme not in ("redis", "rediss") or not url.hostname:
+        raise ValueError("must be memory or a Redis URL such as redis://redis:6379/0 (rediss:// for TLS)")
+    return text
+
+
+def _header_name(text: str) -> str:
+    name = text.strip().lower()
+    if not name or not all(c.isascii() and (c.isalnum() or c in "!#$%&'*+-.^_`|~") for c in name):
+        raise ValueError("must be an HTTP header name such as accept-language")
+    return name
+
+
+HeaderName = Annotated[str, parsed(_header_name)]
+
+
+class EdgeCacheRoute(_Section):
+    """Answers of GET requests matching `match` kept for `ttl` (meshlet_edge.cache): per caller unless `public`,
+    apart per value of each `vary` header; a successful request matching one of `invalidate` drops them all."""
+
+    match: str
+    ttl: PositiveDuration
+    vary: tuple[HeaderName, ...] = ()
+    public: bool = False
+    invalidate: tuple[str, ...] = ()
+
+
+class EdgeCache(_Section):
+    """Where cached answers live: in this process (an LRU within `max_bytes`) or in a Redis every replica shares."""
+
+    store: Annotated[str, parsed(_cache_store)] = "memory"
+    max_bytes: Annotated[ByteSize, checked(lambda n: n >= 1024, "must be at least 1KiB")] = 64 * 1024 * 1024
+    timeout: PositiveDuration = 0.05  # a Redis answer, connect included; past it the request bypasses the cache
+    routes: tuple[EdgeCacheRoute, ...] = ()  # first match wins; unmatched routes are not cached
+
+
+class EdgeCors(_Section):
+    """Cross-origin requests from browsers (the Fetch standard's CORS protocol), answered by meshlet_edge.cors."""
+
+    allow_origins: tuple[str, ...] = ()  # exact ("https://shop.example.com"), a pattern ("https://*.example.com"), "*"
+    allow_methods: tuple[str, ...] = ()  # empty: every verb of the route table
+    allow_headers: tuple[HeaderName, ...] = (
+        "content-type", "authorization", "x-api-key", "x-request-id", "grpc-timeout", "if-none-match", "cache-control",
+    )  # fmt: skip
+    expose_headers: tuple[HeaderName, ...] = (
+        "x-request-id", "ratelimit-limit", "ratelimit-remaining", "ratelimit-reset", "retry-after", "etag",
+        "cache-status", "deprecation", "sunset", "link",
+    )  # fmt: skip
+    allow_credentials: bool = False
+    max_age: Duration = 600.0  # how long a browser may keep a preflight's answer
+
+    @_model_validator(mode="after")
+    def _no_wildcard_with_credentials(self) -> EdgeCors:
+        if self.allow_credentials and "*" in self.allow_origins:
+            allowed = 'cannot be "*" with allow_credentials (browsers refuse it): list the origins'
+            raise invalid(allowed, field=("allow_origins",), value=list(self.allow_origins), blame="allow_credentials")
+        return self
+
+
 class EdgeConfig(_Section):
     """``meshlet-edge``: HTTP/JSON in front of the mesh, routed by the protos' ``google.api.http`` annotations."""
 
@@ -174,6 +239,8 @@ class EdgeConfig(_Section):
     docs: bool = True  # /openapi.json, /openapi.yaml and /docs on the listener
     # gRPC service or method full name -> its deprecation dates (proto `deprecated = true` needs none to be sent).
     deprecations: dict[str, DeprecationPolicy] = Field(default_factory=dict)
+    cache: EdgeCache = EdgeCache()  # answers kept and served again without an upstream call
+    cors: EdgeCors | None = None  # None: no CORS headers, and an OPTIONS preflight is a 405 as any unrouted verb
 
     @_model_validator(mode="after")
     def _one_descriptor_source(self) -> EdgeConfig:
