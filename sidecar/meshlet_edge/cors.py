@@ -60,7 +60,7 @@ class CorsPolicy:
         self.methods = tuple(m.upper() for m in config.allow_methods) or tuple(sorted(set(route_verbs)))
         self.any_header = "*" in config.allow_headers
         self.headers = frozenset(config.allow_headers)
-        self.expose = ", ".join(_title(name) for name in config.expose_headers)
+        self.expose = ", ".join(config.expose_headers)
         self.credentials = config.allow_credentials
         self.max_age = str(int(config.max_age))
 
@@ -155,7 +155,3 @@ def _vary_on_origin(headers: MutableMapping[str, str]) -> None:
     present = [v.strip() for v in headers.get(hdrs.VARY, "").split(",") if v.strip()]
     if not any(v.lower() in ("origin", "*") for v in present):
         headers[hdrs.VARY] = ", ".join([*present, "Origin"])
-
-
-def _title(name: str) -> str:
-    return "-".join(part[:1].upper() + part[1:] for part in name.split("-")).replace("Etag", "ETag")

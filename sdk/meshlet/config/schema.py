@@ -164,14 +164,15 @@ def _cache_store(text: str) -> str:
     return text
 
 
-def _header_name(text: str) -> str:
-    name = text.strip().lower()
+def _header_token(text: str) -> str:
+    name = text.strip()
     if not name or not all(c.isascii() and (c.isalnum() or c in "!#$%&'*+-.^_`|~") for c in name):
-        raise ValueError("must be an HTTP header name such as accept-language")
+        raise ValueError("must be an HTTP header name such as Accept-Language")
     return name
 
 
-HeaderName = Annotated[str, parsed(_header_name)]
+HeaderName = Annotated[str, parsed(lambda text: _header_token(text).lower())]  # compared: lower case
+HeaderToken = Annotated[str, parsed(_header_token)]  # sent: as written
 
 
 class EdgeCacheRoute(_Section):
@@ -202,9 +203,9 @@ class EdgeCors(_Section):
     allow_headers: tuple[HeaderName, ...] = (
         "content-type", "authorization", "x-api-key", "x-request-id", "grpc-timeout", "if-none-match", "cache-control",
     )  # fmt: skip
-    expose_headers: tuple[HeaderName, ...] = (
-        "x-request-id", "ratelimit-limit", "ratelimit-remaining", "ratelimit-reset", "retry-after", "etag",
-        "cache-status", "deprecation", "sunset", "link",
+    expose_headers: tuple[HeaderToken, ...] = (
+        "X-Request-Id", "RateLimit-Limit", "RateLimit-Remaining", "RateLimit-Reset", "Retry-After", "ETag",
+        "Cache-Status", "Deprecation", "Sunset", "Link",
     )  # fmt: skip
     allow_credentials: bool = False
     max_age: Duration = 600.0  # how long a browser may keep a preflight's answer
