@@ -103,14 +103,16 @@ async def test_a_safe_get_has_a_strong_etag_and_if_none_match_answers_304_withou
     first = await get(http, url)
     assert first.status == 200
     etag = first.headers["ETag"]
-    assert etag.startswith('"') and etag.endswith('"')
+    assert etag.startswith('"')
+    assert etag.endswith('"')
     assert "Cache-Status" not in first.headers  # no rule caches /v1/fresh
     for condition in (etag, f'"other", {etag}', "W/" + etag, "*"):
         again = await get(http, url, **{"If-None-Match": condition})
         assert (again.status, again.body) == (304, b""), condition
         assert again.headers["ETag"] == etag
     changed = await get(http, url, **{"If-None-Match": '"something-else"'})
-    assert changed.status == 200 and changed.body == first.body
+    assert changed.status == 200
+    assert changed.body == first.body
 
 
 async def test_a_compressed_answer_carries_the_same_tag_made_weak_and_both_forms_match(fronts: Fronts, http) -> None:
@@ -146,7 +148,8 @@ async def test_a_miss_is_stored_and_the_next_get_is_a_hit_that_never_reaches_the
     assert miss.headers["Cache-Status"] == "meshlet-edge; fwd=miss; stored"
     assert miss.headers["Cache-Control"] == "public, max-age=30"
     hit = await get(http, url)
-    assert hit.status == 200 and hit.body == miss.body
+    assert hit.status == 200
+    assert hit.body == miss.body
     assert hit.headers["Cache-Status"].startswith("meshlet-edge; hit; ttl=")
     assert int(hit.headers["Age"]) >= 0
     assert hit.headers["ETag"] == miss.headers["ETag"]
@@ -246,7 +249,8 @@ async def test_two_edges_share_one_redis_entries_and_invalidations(fronts: Front
     assert stored.headers["Cache-Status"] == "meshlet-edge; fwd=miss; stored"
     hit = await get(http, fronts.edge_b.url + path)
     assert hit.headers["Cache-Status"].startswith("meshlet-edge; hit"), "edge B did not find edge A's entry"
-    assert hit.body == stored.body and hit.headers["ETag"] == stored.headers["ETag"]
+    assert hit.body == stored.body
+    assert hit.headers["ETag"] == stored.headers["ETag"]
     assert fronts.echo.calls(message) == 1
     async with http.post(fronts.edge_b.url + "/v1/echo", json={"message": "write"}) as response:
         assert response.status == 200

@@ -4,12 +4,15 @@ comparison, and the CORS policy's answers."""
 
 from __future__ import annotations
 
+from typing import Any
+
 import pytest
 
 from meshlet.config.fields import parse_byte_size
 from meshlet.config.schema import EdgeCacheRoute, EdgeCors
 from meshlet.errors import ConfigError
 from meshlet_edge.cache.rules import (
+    CacheRule,
     bypasses,
     cache_key,
     compile_rules,
@@ -25,7 +28,7 @@ from meshlet_edge.etags import none_match, strong_etag, weaken
 STOCK = "/shop.inventory.v1.Inventory/GetStock"
 
 
-def rules(*routes: dict) -> tuple:
+def rules(*routes: dict[str, Any]) -> tuple[CacheRule, ...]:
     return compile_rules([EdgeCacheRoute(**route) for route in routes])
 
 
@@ -155,7 +158,9 @@ def test_origin_patterns_take_subdomains_only() -> None:
 
 
 def test_a_preflight_is_answered_for_an_allowed_origin_and_refused_otherwise() -> None:
-    config = EdgeCors(allow_origins=["https://shop.example.com"], allow_credentials=True, max_age="10m")
+    config = EdgeCors.model_validate(
+        {"allow_origins": ["https://shop.example.com"], "allow_credentials": True, "max_age": "10m"}
+    )
     policy = CorsPolicy(config, ["GET", "POST"])
     found = policy.preflight("https://shop.example.com", "POST", "Content-Type, X-Api-Key")
     assert found.status == 204
@@ -172,8 +177,8 @@ def test_a_preflight_is_answered_for_an_allowed_origin_and_refused_otherwise() -
 
 
 def test_any_origin_without_credentials_is_a_star_and_with_credentials_a_config_error() -> None:
-    policy = CorsPolicy(EdgeCors(allow_origins=["*"]), ["GET"])
+    policy = CorsPolicy(EdgeCors.model_validate({"allow_origins": ["*"]}), ["GET"])
     assert policy.actual("https://anyone.example")["Access-Control-Allow-Origin"] == "*"
     assert not policy.varies
     with pytest.raises(ValueError, match="allow_credentials"):
-        EdgeCors(allow_origins=["*"], allow_credentials=True)
+        EdgeCors.model_validate({"allow_origins": ["*"], "allow_credentials": True})

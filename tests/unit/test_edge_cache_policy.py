@@ -46,7 +46,9 @@ async def ask(cache: ResponseCache, path: str, subject: str | None, upstream: Up
 
 
 def cache_of(public: bool) -> ResponseCache:
-    return ResponseCache(EdgeCache(routes=[{"match": "GET /v1/items/*", "ttl": "30s", "public": public}]))
+    return ResponseCache(
+        EdgeCache.model_validate({"routes": [{"match": "GET /v1/items/*", "ttl": "30s", "public": public}]})
+    )
 
 
 async def test_a_private_entry_is_never_served_to_another_caller() -> None:
