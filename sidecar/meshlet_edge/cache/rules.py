@@ -29,12 +29,11 @@ class CacheRule:
     vary: tuple[str, ...]  # lower-case header names
     public: bool
     invalidated_by: tuple[RequestPattern, ...]
+    id: str = ""  # stable across replicas that share a config (and a Redis): the rule's own words, hashed
 
-    @property
-    def id(self) -> str:
-        """Stable across replicas that share a config (and a Redis): the rule's own words, hashed."""
+    def __post_init__(self) -> None:
         words = json.dumps([self.pattern.source, self.vary, self.public])
-        return hashlib.sha256(words.encode()).hexdigest()[:16]
+        object.__setattr__(self, "id", hashlib.sha256(words.encode()).hexdigest()[:16])
 
     def cache_control(self) -> str:
         return f"{'public' if self.public else 'private'}, max-age={int(self.ttl_s)}"

@@ -44,6 +44,8 @@ class Entry:
 
 
 class Store(Protocol):
+    remote: bool  # answers over the network: bounded by edge.cache.timeout
+
     async def lookup(self, rule_id: str, key: str) -> tuple[int, Entry | None]:
         """(the rule's generation, the entry under `key` in it, if fresh)."""
 
@@ -61,6 +63,8 @@ def _size(entry: Entry) -> int:
 class MemoryStore:
     """In this process, for one replica: a write through another replica does not reach it (its entries live
     out their TTL); use Redis to share."""
+
+    remote = False
 
     def __init__(self, max_bytes: int, clock: Any = time.time) -> None:
         self._entries: TLRUCache[str, Entry] = TLRUCache(
@@ -99,6 +103,8 @@ return {generation, redis.call('GET', ARGV[1] .. generation .. ':' .. ARGV[2])}
 class RedisStore:
     """In Redis, shared by every replica configured with the same URL. Any error (refused, timed out) is raised
     to the caller, which bypasses the cache for that request."""
+
+    remote = True
 
     def __init__(self, url: str, timeout_s: float) -> None:
         import redis.asyncio  # imported here: meshlet[edge-redis] is needed only when a Redis store is configured
