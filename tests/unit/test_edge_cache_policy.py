@@ -87,3 +87,19 @@ async def test_concurrent_misses_of_one_caller_collapse_but_two_callers_do_not_s
     assert len({a.body for a in answers[:5]}) == 1
     assert len({a.body for a in answers[5:]}) == 1
     assert answers[0].body != answers[5].body
+
+
+async def test_a_successful_write_invalidates_and_a_read_or_a_failure_does_not() -> None:
+    cache = ResponseCache(
+        EdgeCache.model_validate(
+            {"routes": [{"match": "GET /v1/items/*", "ttl": "30s", "public": True, "invalidate": ["* /v1/items/*"]}]}
+        )
+    )
+    upstream = Upstream()
+    await ask(cache, "/v1/items/a", None, upstream)
+    await cache.after("GET", "/v1/items/a", STOCK, 200)
+    await cache.after("POST", "/v1/items/a", STOCK, 503)
+    assert (await ask(cache, "/v1/items/a", None, upstream)).headers["Cache-Status"].startswith("meshlet-edge; hit")
+    await cache.after("DELETE", "/v1/items/a", STOCK, 204)
+    assert (await ask(cache, "/v1/items/a", None, upstream)).headers["Cache-Status"] == "meshlet-edge; fwd=miss; stored"
+    assert cache.counts["invalidation"] == 1

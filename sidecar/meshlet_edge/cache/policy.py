@@ -43,6 +43,7 @@ from meshlet_edge.cache.stores import Entry, MemoryStore, RedisStore, Store
 log = logging.getLogger("meshlet.edge.cache")
 
 CACHE_STATUS = "Cache-Status"
+SAFE_VERBS = frozenset({"GET", "HEAD", "OPTIONS"})
 LOG_EVERY_S = 30.0
 Fetch = Callable[[], Awaitable[web.StreamResponse]]
 
@@ -110,8 +111,9 @@ class ResponseCache:
         return _described(snapshot.response(), rule, status)
 
     async def after(self, verb: str, raw_path: str, method: str, status: int) -> None:
-        """Once a request was answered: a success that a rule's ``invalidate`` names drops that rule's entries."""
-        if not 200 <= status < 300:
+        """Once a request was answered: a successful write (not GET, HEAD or OPTIONS, which change nothing) that a
+        rule's ``invalidate`` names drops that rule's entries."""
+        if not 200 <= status < 300 or verb in SAFE_VERBS:
             return
         for rule in invalidated(self.rules, verb, raw_path, method):
             try:
