@@ -182,3 +182,22 @@ def test_any_origin_without_credentials_is_a_star_and_with_credentials_a_config_
     assert not policy.varies
     with pytest.raises(ValueError, match="allow_credentials"):
         EdgeCors.model_validate({"allow_origins": ["*"], "allow_credentials": True})
+
+
+@pytest.mark.parametrize(
+    ("section", "field"),
+    [
+        ({"cache": {"store": "memcached://x"}}, "store"),
+        ({"cache": {"max_bytes": "lots"}}, "max_bytes"),
+        ({"cache": {"routes": [{"match": "GET /v1/x", "ttl": "30s", "vary": ["bad header"]}]}}, "vary"),
+        ({"cors": {"allow_origins": ["*"], "allow_credentials": True}}, "allow_origins"),
+    ],
+)
+def test_bad_cache_and_cors_config_names_the_field(section, field) -> None:
+    from pydantic import ValidationError
+
+    from meshlet.config.schema import EdgeConfig
+
+    with pytest.raises(ValidationError) as raised:
+        EdgeConfig.model_validate(section)
+    assert field in str(raised.value)

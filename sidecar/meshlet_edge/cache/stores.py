@@ -15,6 +15,8 @@ from typing import Any, Protocol
 
 from cachetools import TLRUCache
 
+from meshlet.errors import ConfigError
+
 PREFIX = "meshlet:edge:cache:"
 _HEADER_END = b"\n\n"
 
@@ -107,8 +109,11 @@ class RedisStore:
     remote = True
 
     def __init__(self, url: str, timeout_s: float) -> None:
-        import redis.asyncio  # imported here: meshlet[edge-redis] is needed only when a Redis store is configured
-
+        try:  # imported here: meshlet[edge-redis] is needed only when a Redis store is configured
+            import redis.asyncio
+        except ImportError:
+            fix = "needs the redis package: pip install 'meshlet[edge-redis]', or set store: memory"
+            raise ConfigError("edge.cache.store", url, fix) from None
         self._redis = redis.asyncio.Redis.from_url(
             url, socket_timeout=timeout_s, socket_connect_timeout=timeout_s, retry_on_timeout=False
         )
