@@ -153,6 +153,7 @@ async def test_a_miss_is_stored_and_the_next_get_is_a_hit_that_never_reaches_the
     assert hit.headers["Cache-Status"].startswith("meshlet-edge; hit; ttl=")
     assert int(hit.headers["Age"]) >= 0
     assert hit.headers["ETag"] == miss.headers["ETag"]
+    assert hit.headers["Content-Type"] == miss.headers["Content-Type"]
     not_modified = await get(http, url, **{"If-None-Match": miss.headers["ETag"]})
     assert not_modified.status == 304
     assert not_modified.headers["Cache-Status"].startswith("meshlet-edge; hit")

@@ -145,7 +145,8 @@ class ResponseCache:
         snapshot = Snapshot(response.status, CIMultiDict(response.headers), body)
         if response.status != 200:
             return snapshot, False
-        entry = Entry(time.time(), rule.ttl_s, response.headers.get(hdrs.ETAG, ""), response.content_type, body)
+        content_type = response.headers.get(hdrs.CONTENT_TYPE, response.content_type)  # its charset too
+        entry = Entry(time.time(), rule.ttl_s, response.headers.get(hdrs.ETAG, ""), content_type, body)
         try:
             async with asyncio.timeout(self.timeout_s):
                 await self.store.put(rule.id, generation, key, entry)
