@@ -14,6 +14,7 @@ BENCHMARKS = [
     "validation_overhead",
     "edge_overhead",
     "limits_overhead",
+    "cache_overhead",
 ]
 
 

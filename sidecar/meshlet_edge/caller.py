@@ -1,5 +1,6 @@
-"""Who is calling, once edge.auth has verified it: set for the request's task by meshlet_edge.auth, read by the
-policies after it (rate limits key their buckets by it). None: auth has not run for this request."""
+"""Who is calling: set by the edge's auth for the request's task, read by the policies after it (rate limits key
+on it, the cache keeps a private entry per caller). A context variable, not a request key: aiohttp warns on plain
+request keys, and its typed ones are newer than the oldest aiohttp meshlet takes."""
 
 from __future__ import annotations
 

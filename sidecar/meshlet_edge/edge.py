@@ -23,7 +23,7 @@ from collections.abc import Awaitable, Callable
 from typing import Any
 
 import grpc
-from aiohttp import web
+from aiohttp import hdrs, web
 from google.rpc import status_pb2
 
 from meshlet.config import Config, listen_host, split_host_port
@@ -35,9 +35,10 @@ from meshlet.telemetry.access_log import AccessLog
 from meshlet.telemetry.build import build_labels
 from meshlet.telemetry.metrics import Metrics
 from meshlet.validation import RequestValidator, summary
-from meshlet_edge import openapi, responses, server_stream, websocket
+from meshlet_edge import cors, etags, openapi, responses, server_stream, websocket
 from meshlet_edge.admin import admin_app
 from meshlet_edge.bodies import CODINGS, BodyRefused, read_body
+from meshlet_edge.cache.policy import ResponseCache
 from meshlet_edge.docs import Docs, refuse_shadowing, source_files
 from meshlet_edge.forwarding import upstream_metadata
 from meshlet_edge.framing import stream_format
@@ -48,7 +49,7 @@ from meshlet_edge.reflection import learn_pool
 from meshlet_edge.registration import edge_registration, named
 from meshlet_edge.request_id import REQUEST_KEY, log_request_ids
 from meshlet_edge.retry_after import retry_after
-from meshlet_edge.routes import Route, RouteTable, build_routes, load_pool
+from meshlet_edge.routes import Match, Route, RouteTable, build_routes, load_pool
 from meshlet_edge.status import http_status, refusal, status_json, status_of
 from meshlet_edge.transcode import BadRequest, grpc_timeout, query_params, request_message, response_json
 
@@ -58,6 +59,8 @@ JSON = "application/json"
 DRAIN_S = 5.0
 Send = Callable[..., Awaitable[Any]]
 ROUTE_KEY = "meshlet.edge.route"
+CACHE_METRIC = "Answers of cached routes by outcome: hit, miss, collapsed (awaited another miss), bypass, "
+CACHE_METRIC += "invalidation (a write dropped a rule's entries), store_error (the request bypassed the cache)"
 
 
 class Edge:
@@ -78,6 +81,10 @@ class Edge:
         self.limits = Limits(config.edge) if config.edge.plans else None  # edge.plans: rate limits and quotas
         if self.limits is not None:
             self.metrics.collect_with(self.limits.collect)
+        self.cache = ResponseCache(config.edge.cache) if config.edge.cache.routes else None  # edge.cache
+        if self.cache is not None:
+            counts = self.cache.counts
+            self.metrics.counters_from("meshlet_edge_cache_answers", CACHE_METRIC, "outcome", lambda: dict(counts))
         self.registration: Registration | None = None
         self._undescribed: set[str] = set(config.edge.services) if learnt else set()
         self._draining = False
@@ -111,10 +118,15 @@ class Edge:
         edge = self.config.edge
         compression = responses.middleware(edge.compression.min_bytes)
         middlewares = [observer.middleware(), compression]
+        if edge.cors is not None:  # preflights answered first, before auth; every answer gets its CORS headers
+            policy = cors.CorsPolicy(edge.cors, (route.verb for route in self.routes.routes))
+            middlewares.append(cors.middleware(policy))
         if self.limits is not None:
             middlewares.append(self.limits.middleware())
         app = web.Application(client_max_size=edge.max_body_bytes, middlewares=middlewares)
         app.on_response_prepare.append(responses.add_request_id)
+        if edge.cors is not None:
+            app.on_response_prepare.append(cors.prepare_hook(policy))
         if self.limits is not None:
             app.on_response_prepare.append(self.limits.add_headers)
         if self.docs is not None:
@@ -220,6 +232,8 @@ class Edge:
         self._runners.clear()
         if self.limits is not None:
             await self.limits.close()
+        if self.cache is not None:
+            await self.cache.close()
         await self.mesh.close()
 
     async def run(self) -> int:
@@ -263,6 +277,19 @@ class Edge:
         request[ROUTE_KEY] = route  # for the answer's Deprecation headers, whatever the answer
         if self.limits is not None and (refused := await self.limits.admit(request, route.path)) is not None:
             return refused  # after auth, before the cache and the upstream call
+        if self.cache is None:
+            return await self._forward(request, found)
+        unary = not (route.client_streaming or route.server_streaming)
+        rule = self.cache.rule_for(request.method, raw_path, route.path) if unary else None
+        if rule is not None:
+            return await self.cache.serve(request, rule, functools.partial(self._forward, request, found))
+        response = await self._forward(request, found)
+        await self.cache.after(request.method, raw_path, route.path, response.status)  # a write's invalidations
+        return response
+
+    async def _forward(self, request: web.Request, found: Match) -> web.StreamResponse:
+        """The call upstream and its answer: JSON, a stream, or the error's status."""
+        route = found.route
         if route.client_streaming and not web.WebSocketResponse().can_prepare(request).ok:
             return websocket.upgrade_required(request, route, _error)
         streams_over_http = route.server_streaming and not route.client_streaming
@@ -292,7 +319,10 @@ class Edge:
                 call = self._send[route](message, timeout=timeout, metadata=metadata)
                 return await server_stream.serve(request, route, call, media, _error)
             reply = await self._send[route](message, timeout=timeout, metadata=metadata)
-            return web.Response(text=response_json(route, reply), content_type=JSON)
+            response = web.Response(text=response_json(route, reply), content_type=JSON)
+            if route.safe and route.verb == "GET" and isinstance(response.body, bytes):
+                response.headers[hdrs.ETAG] = etags.strong_etag(response.body)  # If-None-Match can spare the body
+            return response
         except grpc.aio.AioRpcError as error:
             status = status_of(error)
             wait = retry_after(error.trailing_metadata(), status)

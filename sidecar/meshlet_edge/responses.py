@@ -1,7 +1,11 @@
 """What every answer of the edge's HTTP port carries, whichever handler made it: the request's ``X-Request-Id``
 (chosen before the handler runs, so that the handler, its log lines and its span can use it), and, for a body
 worth it, the compression the client accepts, with ``Vary: Accept-Encoding``. One aiohttp middleware for the
-bodies made whole, and a prepare hook for the header of streamed answers."""
+bodies made whole, and a prepare hook for the header of streamed answers.
+
+The middleware also settles the ``ETag`` a handler put on a whole answer (meshlet_edge.etags): weakened when the
+body is compressed, and a 304 without body when the request's ``If-None-Match`` names it, decided here because
+only here is the coding known."""
 
 from __future__ import annotations
 
@@ -11,7 +15,7 @@ from collections.abc import Awaitable, Callable
 from aiohttp import hdrs, web
 from aiohttp.typedefs import Middleware
 
-from meshlet_edge import compression, request_id
+from meshlet_edge import compression, etags, request_id
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 OFFLOAD_BYTES = 128 * 1024  # compress bodies past this in a thread, so the loop keeps serving meanwhile
@@ -28,7 +32,15 @@ def middleware(min_bytes: int) -> Middleware:
         finally:
             request_id.current.reset(token)
         if isinstance(response, web.Response) and not response.prepared:
-            await _compress(request, response, min_bytes)
+            coding = _coding(request, response, min_bytes)
+            etag = response.headers.get(hdrs.ETAG)
+            if etag is not None:
+                if coding is not None:
+                    response.headers[hdrs.ETAG] = etag = etags.weaken(etag)
+                if _is_fresh(request, response, etag):
+                    return _not_modified(response)
+            if coding is not None:
+                await _compress(response, coding)
         return response
 
     return finish
@@ -41,21 +53,44 @@ async def add_request_id(request: web.Request, response: web.StreamResponse) -> 
         response.headers[request_id.HEADER] = found
 
 
-async def _compress(request: web.Request, response: web.Response, min_bytes: int) -> None:
+def _coding(request: web.Request, response: web.Response, min_bytes: int) -> str | None:
+    """The coding this body is sent in (None: as it is); ``Vary: Accept-Encoding`` set on every compressible one."""
     body = response.body
     if not isinstance(body, bytes) or hdrs.CONTENT_ENCODING in response.headers:
-        return
+        return None
     if not compression.is_compressible(response.content_type):
-        return
+        return None
     _vary_on_accept_encoding(response)
     coding = compression.choose_coding(request.headers.get(hdrs.ACCEPT_ENCODING))
     if coding is None or len(body) < min_bytes or response.status in (204, 304):
-        return
+        return None
+    return coding
+
+
+async def _compress(response: web.Response, coding: str) -> None:
+    body = response.body
+    assert isinstance(body, bytes)  # _coding chose a coding for bytes only
     if len(body) > OFFLOAD_BYTES:
         response.body = await asyncio.to_thread(compression.compress, body, coding)
     else:
         response.body = compression.compress(body, coding)
     response.headers[hdrs.CONTENT_ENCODING] = coding
+
+
+def _is_fresh(request: web.Request, response: web.Response, etag: str) -> bool:
+    """Whether the client already holds this answer (RFC 9110 13.2.2: If-None-Match, for GET and HEAD)."""
+    if request.method not in (hdrs.METH_GET, hdrs.METH_HEAD) or response.status != 200:
+        return False
+    return etags.none_match(request.headers.get(hdrs.IF_NONE_MATCH), etag)
+
+
+NOT_MODIFIED_HEADERS = (hdrs.ETAG, hdrs.CACHE_CONTROL, hdrs.VARY, hdrs.AGE, "Cache-Status", hdrs.EXPIRES)
+
+
+def _not_modified(response: web.Response) -> web.Response:
+    """A 304 with the headers RFC 9110 15.4.5 asks the 200 be described by (its tag, caching, Vary), no body."""
+    kept = {name: response.headers[name] for name in NOT_MODIFIED_HEADERS if name in response.headers}
+    return web.Response(status=304, headers=kept)
 
 
 def _vary_on_accept_encoding(response: web.Response) -> None:

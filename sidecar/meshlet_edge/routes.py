@@ -34,6 +34,7 @@ class Route:
     response_body: str = ""
     client_streaming: bool = False  # served as a WebSocket (meshlet_edge.websocket)
     server_streaming: bool = False  # answered as NDJSON or SSE (meshlet_edge.server_stream), or over the WebSocket
+    safe: bool = False  # declared ``idempotency_level = NO_SIDE_EFFECTS``: a GET of it has an ETag (meshlet_edge.etags)
 
 
 @dataclass(frozen=True)
@@ -176,6 +177,7 @@ def _routes_of(method: descriptor.MethodDescriptor, upstream: str) -> Iterable[R
             rule.response_body,
             client_streaming=method.client_streaming,
             server_streaming=method.server_streaming,
+            safe=options.idempotency_level == descriptor_pb2.MethodOptions.NO_SIDE_EFFECTS,
         )
 
 

@@ -159,7 +159,29 @@ def method_pattern(allow_any: bool) -> AfterValidator:
     )
 
 
+_BYTE_UNITS = {"": 1, "b": 1, "kb": 1000, "mb": 1000**2, "gb": 1000**3, "kib": 1024, "mib": 1024**2, "gib": 1024**3}
+_BYTE_SIZE = re.compile(rf"({_NUMBER})\s*([A-Za-z]*)")
+
+
+def parse_byte_size(value: object) -> int:
+    """``"64MiB"``, ``"500kB"``, ``1048576`` -> bytes (IEC units are powers of 1024, SI ones of 1000)."""
+    if isinstance(value, int) and not isinstance(value, bool) and value >= 0:
+        return value
+    found = _BYTE_SIZE.fullmatch(value.strip()) if isinstance(value, str) else None
+    if found is None or found.group(2).lower() not in _BYTE_UNITS:
+        raise ValueError("must be a size such as 64MiB, 512KiB, 1GB or a number of bytes")
+    return int(float(found.group(1)) * _BYTE_UNITS[found.group(2).lower()])
+
+
+def _byte_size(value: Any) -> int:
+    try:
+        return parse_byte_size(value)
+    except ValueError as exc:
+        raise invalid(str(exc)) from None
+
+
 Duration = Annotated[float, BeforeValidator(_duration)]
+ByteSize = Annotated[int, BeforeValidator(_byte_size)]
 PositiveDuration = Annotated[Duration, checked(lambda s: s > 0, "must be a duration above zero")]
 Ratio = Annotated[float, checked(lambda x: 0.0 <= x <= 1.0, "must be between 0 and 1")]
 Port = Annotated[int, checked(lambda p: 1 <= p <= 65535, "must be between 1 and 65535")]

@@ -23,6 +23,7 @@ from meshlet.config.fields import (
     TRUST_DOMAIN_RULE,
     AtLeastOne,
     BudgetTtl,
+    ByteSize,
     DeregisterAfter,
     Duration,
     HostPort,
@@ -154,7 +155,7 @@ def utc(moment: datetime.datetime | datetime.date) -> datetime.datetime:
     return moment.replace(tzinfo=datetime.UTC) if moment.tzinfo is None else moment.astimezone(datetime.UTC)
 
 
-def _limit_store(text: str) -> str:
+def _store(text: str) -> str:
     """``memory`` or ``redis://HOST:PORT/DB`` (``rediss://`` for TLS)."""
     if text == "memory":
         return text
@@ -205,12 +206,66 @@ class EdgeLimitRoute(_Section):
 class EdgeLimits(_Section):
     """Where the plans' counters live and what a request does when that store fails; who the client is."""
 
-    store: Annotated[str, parsed(_limit_store)] = "memory"
+    store: Annotated[str, parsed(_store)] = "memory"
     on_store_error: Literal["open", "closed"] = "open"  # open: let it through; closed: 503
     timeout: PositiveDuration = 0.05  # a store's answer, connect included, or on_store_error decides
     # Peers whose X-Forwarded-For is believed (load balancers in front of the edge); empty: the TCP peer is the client.
     trusted_proxies: tuple[Annotated[str, parsed(_cidr)], ...] = ()
     routes: tuple[EdgeLimitRoute, ...] = ()  # first match wins; the rest cost 1
+
+
+def _header_token(text: str) -> str:
+    name = text.strip()
+    if not name or not all(c.isascii() and (c.isalnum() or c in "!#$%&'*+-.^_`|~") for c in name):
+        raise ValueError("must be an HTTP header name such as Accept-Language")
+    return name
+
+
+HeaderName = Annotated[str, parsed(lambda text: _header_token(text).lower())]  # compared: lower case
+HeaderToken = Annotated[str, parsed(_header_token)]  # sent: as written
+
+
+class EdgeCacheRoute(_Section):
+    """Answers of GET requests matching `match` kept for `ttl` (meshlet_edge.cache): per caller unless `public`,
+    apart per value of each `vary` header; a successful request matching one of `invalidate` drops them all."""
+
+    match: str
+    ttl: PositiveDuration
+    vary: tuple[HeaderName, ...] = ()
+    public: bool = False
+    invalidate: tuple[str, ...] = ()
+
+
+class EdgeCache(_Section):
+    """Where cached answers live: in this process (an LRU within `max_bytes`) or in a Redis every replica shares."""
+
+    store: Annotated[str, parsed(_store)] = "memory"
+    max_bytes: Annotated[ByteSize, checked(lambda n: n >= 1024, "must be at least 1KiB")] = 64 * 1024 * 1024
+    timeout: PositiveDuration = 0.05  # a Redis answer, connect included; past it the request bypasses the cache
+    routes: tuple[EdgeCacheRoute, ...] = ()  # first match wins; unmatched routes are not cached
+
+
+class EdgeCors(_Section):
+    """Cross-origin requests from browsers (the Fetch standard's CORS protocol), answered by meshlet_edge.cors."""
+
+    allow_origins: tuple[str, ...] = ()  # exact ("https://shop.example.com"), a pattern ("https://*.example.com"), "*"
+    allow_methods: tuple[str, ...] = ()  # empty: every verb of the route table
+    allow_headers: tuple[HeaderName, ...] = (
+        "content-type", "authorization", "x-api-key", "x-request-id", "grpc-timeout", "if-none-match", "cache-control",
+    )  # fmt: skip
+    expose_headers: tuple[HeaderToken, ...] = (
+        "X-Request-Id", "RateLimit-Limit", "RateLimit-Remaining", "RateLimit-Reset", "Retry-After", "ETag",
+        "Cache-Status", "Deprecation", "Sunset", "Link",
+    )  # fmt: skip
+    allow_credentials: bool = False
+    max_age: Duration = 600.0  # how long a browser may keep a preflight's answer
+
+    @_model_validator(mode="after")
+    def _no_wildcard_with_credentials(self) -> EdgeCors:
+        if self.allow_credentials and "*" in self.allow_origins:
+            allowed = 'cannot be "*" with allow_credentials (browsers refuse it): list the origins'
+            raise invalid(allowed, field=("allow_origins",), value=list(self.allow_origins), blame="allow_credentials")
+        return self
 
 
 class EdgeConfig(_Section):
@@ -245,6 +300,9 @@ class EdgeConfig(_Section):
             allowed = "needs a default plan (the plan of callers whose credentials name none): add plans.default"
             raise invalid(allowed, field=("plans",), value=sorted(self.plans))
         return self
+
+    cache: EdgeCache = EdgeCache()  # answers kept and served again without an upstream call
+    cors: EdgeCors | None = None  # None: no CORS headers, and an OPTIONS preflight is a 405 as any unrouted verb
 
     @_model_validator(mode="after")
     def _one_descriptor_source(self) -> EdgeConfig:
