@@ -35,8 +35,9 @@ from meshlet.telemetry.access_log import AccessLog
 from meshlet.telemetry.build import build_labels
 from meshlet.telemetry.metrics import Metrics
 from meshlet.validation import RequestValidator, summary
-from meshlet_edge import openapi, responses, server_stream, websocket
+from meshlet_edge import caller, openapi, responses, server_stream, websocket
 from meshlet_edge.admin import admin_app
+from meshlet_edge.auth import Authenticator
 from meshlet_edge.bodies import CODINGS, BodyRefused, read_body
 from meshlet_edge.docs import Docs, refuse_shadowing, source_files
 from meshlet_edge.forwarding import upstream_metadata
@@ -74,6 +75,9 @@ class Edge:
         self.mesh = Mesh(config, face="edge", metrics=self.metrics)
         # edge.validate: buf.validate constraints checked before a request leaves (a 400 with a BadRequest)
         self.validator = RequestValidator() if config.edge.validate_requests else None
+        # edge.auth: who is calling (meshlet_edge.auth); identity headers are stripped from clients even without it
+        self.auth = Authenticator(config.edge, self.mesh.consul, self._method_of)
+        self._forward = tuple(h for h in config.edge.forward_headers if h not in self.auth.identity_headers)
         self.registration: Registration | None = None
         self._undescribed: set[str] = set(config.edge.services) if learnt else set()
         self._draining = False
@@ -103,7 +107,11 @@ class Edge:
         observer = HttpObserver(self.mesh.tracer, self.http_metrics, access_log)
         edge = self.config.edge
         compression = responses.middleware(edge.compression.min_bytes)
-        app = web.Application(client_max_size=edge.max_body_bytes, middlewares=[observer.middleware(), compression])
+        # In request order: observer, compression, then the policies: auth (401/403) ...
+        policies = [self.auth.middleware] if self.auth.rules else []
+        await self.auth.start()
+        middlewares = [observer.middleware(), compression, *policies]
+        app = web.Application(client_max_size=edge.max_body_bytes, middlewares=middlewares)
         app.on_response_prepare.append(responses.add_request_id)
         if self.docs is not None:
             self.docs.add_to(app)
@@ -129,6 +137,11 @@ class Edge:
         print(f"edge listening on {self.port}", flush=True)
         self.registration = edge_registration(self.config, self.mesh.consul, self.port, self.readiness)
         await self.registration.register()
+
+    def _method_of(self, verb: str, raw_path: str) -> str:
+        """The gRPC method the route of a request calls ("" when none does), for policy rules naming methods."""
+        found = self.routes.match(verb, raw_path)
+        return found.route.path if found is not None else ""
 
     def _use_routes(self, routes: RouteTable) -> None:
         """The route table, and what is derived from it once: the deprecation headers and the OpenAPI document."""
@@ -206,6 +219,7 @@ class Edge:
         for runner in reversed(self._runners):
             await runner.cleanup()
         self._runners.clear()
+        await self.auth.close()
         await self.mesh.close()
 
     async def run(self) -> int:
@@ -256,7 +270,8 @@ class Edge:
         edge = self.config.edge
         try:
             timeout = grpc_timeout(request.headers.get("grpc-timeout"))
-            metadata = upstream_metadata(request.headers, edge.forward_headers, request[REQUEST_KEY])
+            metadata = upstream_metadata(request.headers, self._forward, request[REQUEST_KEY])
+            metadata += self.auth.identity_metadata(caller.current.get())
             if route.client_streaming:
                 start = functools.partial(self._send[route], timeout=timeout, metadata=metadata)
                 return await websocket.serve(request, route, found.variables, start, edge.max_body_bytes)
