@@ -14,7 +14,7 @@ from typing import Annotated, Any, Literal, get_args
 from pydantic import BaseModel, ConfigDict, Field, SecretStr
 from pydantic import model_validator as _model_validator
 
-from meshlet.config.edge_headers import forwardable_header
+from meshlet.config.edge_headers import forwardable_header, identity_header
 from meshlet.config.fields import (
     DEFAULT_CONSUL_ADDRESS,
     REDACTED,
@@ -217,7 +217,7 @@ class EdgeAuth(_Section):
     issuers: tuple[JwtIssuer, ...] = ()
     api_keys: EdgeApiKeys | None = None
     routes: tuple[EdgeAuthRoute, ...] = ()
-    claims_to_headers: dict[str, Annotated[str, parsed(forwardable_header)]] = Field(default_factory=dict)
+    claims_to_headers: dict[str, Annotated[str, parsed(identity_header)]] = Field(default_factory=dict)
     realm: str = "meshlet-edge"
 
     @_model_validator(mode="after")
