@@ -47,7 +47,7 @@ class TestIssuer:
         owner = self
 
         class Handler(BaseHTTPRequestHandler):
-            def do_GET(self) -> None:  # noqa: N802
+            def do_GET(self) -> None:
                 owner.fetches += 1
                 body = json.dumps(owner.jwks()).encode() if self.path == "/jwks.json" else b"{}"
                 self.send_response(200 if self.path == "/jwks.json" else 404)

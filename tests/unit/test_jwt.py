@@ -97,7 +97,7 @@ async def test_the_leeway_accepts_a_token_just_expired(issuer: TestIssuer) -> No
 
 async def test_an_ec_key_cannot_verify_an_rs256_token_claiming_its_kid(issuer: TestIssuer) -> None:
     token = issuer.token("rsa-1")
-    header, payload, signature = token.split(".")
+    _, payload, signature = token.split(".")
     import base64
 
     forged_header = base64.urlsafe_b64encode(json.dumps({"alg": "RS256", "kid": "ec-1"}).encode()).rstrip(b"=")
@@ -111,7 +111,7 @@ async def test_a_new_kid_refetches_the_keys_at_most_once_per_interval(issuer: Te
     assert (await verifier.verify(issuer.token("rsa-1")))["sub"] == "user-1"
     issuer.add_key("rsa-2", "RS256")  # rotated in at the issuer
     clock.now += 1  # too soon after the first fetch: the unknown kid does not refetch yet
-    with pytest.raises(TokenRejected, match="no key of .* has kid 'rsa-2'"):
+    with pytest.raises(TokenRejected, match=r"no key of .* has kid .rsa-2."):
         await verifier.verify(issuer.token("rsa-2"))
     clock.now += 10
     assert (await verifier.verify(issuer.token("rsa-2")))["sub"] == "user-1"

@@ -184,7 +184,7 @@ def inbound_stages(parts: InboundParts = NO_PARTS, decode: Decode | None = typed
             Authorize(parts.authorizer, parts.service, denials=parts.denial_log)
         )  # before rate limits: a denied call spends no token
     if parts.jwt is not None:
-        stages.append(RequireJwt(parts.jwt))  # after intentions (no signature checked for a denied service), before limits
+        stages.append(RequireJwt(parts.jwt))  # after intentions (a denied service costs no signature check)
     if parts.per_caller is not None or parts.per_method is not None:
         # per verified caller, before any work
         stages.append(RateLimitCaller(parts.per_caller, parts.per_method, parts.instance))
