@@ -60,9 +60,9 @@ class Authenticator:
         self.key_header = keys.header if keys is not None else ""
         self.key_query = keys.query if keys is not None else None
         self._file = keys.path if keys is not None and keys.source == "file" else None
-        self._consul = (
-            ConsulKeys(self.keys, consul, keys.prefix) if self.keys and keys and keys.source == "consul" else None
-        )
+        self._consul: ConsulKeys | None = None
+        if self.keys is not None and keys is not None and keys.source == "consul":
+            self._consul = ConsulKeys(self.keys, consul, keys.prefix)
         self._method_of = method_of
 
     @property
