@@ -13,6 +13,7 @@ BENCHMARKS = [
     "metrics_overhead",
     "validation_overhead",
     "edge_overhead",
+    "jwt_overhead",
 ]
 
 
