@@ -86,7 +86,7 @@ def world(module_procs: Processes, tmp_path_factory: pytest.TempPathFactory) -> 
     wait_until(lambda: bool(agent.passing("echo")) or not echo.alive(), START_S, "the echo server")
     assert echo.alive(), echo.output()
     descriptors = write_descriptor_set(folder / "echo.pb", echo_pb2.DESCRIPTOR)
-    base = {
+    base: dict[str, Any] = {
         "tls": {"source": "off"},
         "consul": {"address": agent.url},
         "service": {"name": "edge"},
@@ -272,7 +272,7 @@ def reason_of(error: grpc.aio.AioRpcError) -> str:
     assert status is not None
     info = error_details_pb2.ErrorInfo()
     assert status.details[0].Unpack(info)
-    return info.reason
+    return str(info.reason)
 
 
 async def test_inbound_jwt_refuses_a_plain_grpc_caller_without_the_token_the_method_needs(world, guarded_echo) -> None:

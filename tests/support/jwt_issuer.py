@@ -98,8 +98,11 @@ class TestIssuer:
         keys = []
         for kid in self.published:
             alg, key = self.keys[kid]
-            algorithm = jwt.algorithms.RSAAlgorithm if alg.startswith("RS") else jwt.algorithms.ECAlgorithm
-            jwk = algorithm.to_jwk(key.public_key(), as_dict=True)
+            public = key.public_key()
+            if isinstance(public, rsa.RSAPublicKey):
+                jwk = jwt.algorithms.RSAAlgorithm.to_jwk(public, as_dict=True)
+            else:
+                jwk = jwt.algorithms.ECAlgorithm.to_jwk(public, as_dict=True)
             keys.append({**jwk, "kid": kid, "use": "sig", "alg": alg})
         return {"keys": keys}
 
