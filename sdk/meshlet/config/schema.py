@@ -517,13 +517,18 @@ def _without_credentials(url: str) -> str:
 
 
 def path_fields(model: type[BaseModel] = Config, prefix: tuple[str, ...] = ()) -> Iterator[tuple[str, ...]]:
-    """The YAML key paths of every field that holds a file path (or a list of them), in every section."""
+    """The YAML key paths of every field that holds a file path (or a list of them), in every section; ``*`` in a
+    path stands for each item of a list of sections (``edge.auth.issuers.*.jwks_file``)."""
     for name, field in model.model_fields.items():
         key = (*prefix, field.alias or name)
         annotation = field.annotation
+        leaves = _leaf_types(annotation)
+        sections = [t for t in leaves if isinstance(t, type) and issubclass(t, BaseModel)]
         if isinstance(annotation, type) and issubclass(annotation, BaseModel):
             yield from path_fields(annotation, key)
-        elif Path in _leaf_types(annotation):
+        elif len(sections) == 1 and leaves <= {sections[0], type(None), Ellipsis}:  # optional, or a list of them
+            yield from path_fields(sections[0], (*key, "*") if Ellipsis in leaves else key)
+        elif Path in leaves:
             yield key
 
 
