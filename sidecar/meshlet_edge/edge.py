@@ -78,6 +78,10 @@ class Edge:
         # edge.auth: who is calling (meshlet_edge.auth); identity headers are stripped from clients even without it
         self.auth = Authenticator(config.edge, self.mesh.consul, self._method_of)
         self._forward = tuple(h for h in config.edge.forward_headers if h not in self.auth.identity_headers)
+        for header in sorted(set(config.edge.forward_headers) - set(self._forward)):
+            log.warning(
+                "edge.forward_headers names %s, which only edge.auth sets: a client's is never forwarded", header
+            )
         self.registration: Registration | None = None
         self._undescribed: set[str] = set(config.edge.services) if learnt else set()
         self._draining = False
@@ -276,7 +280,8 @@ class Edge:
                 start = functools.partial(self._send[route], timeout=timeout, metadata=metadata)
                 return await websocket.serve(request, route, found.variables, start, edge.max_body_bytes)
             body = await read_body(request, edge.max_body_bytes) if route.body else b""
-            message = request_message(route, found.variables, request.rel_url.query.items(), body)
+            query = [(k, v) for k, v in request.rel_url.query.items() if k != self.auth.key_query]  # no field
+            message = request_message(route, found.variables, query, body)
         except BadRequest as bad:
             status = refusal(grpc.StatusCode.INVALID_ARGUMENT, bad.description, [(bad.field, bad.description)])
             return _error(status, 400)

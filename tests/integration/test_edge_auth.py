@@ -114,7 +114,8 @@ def world(module_procs: Processes, tmp_path_factory: pytest.TempPathFactory) -> 
 
     keys_file = folder / "keys.yaml"
     keys_file.write_text(json.dumps({sha256("file-key-1"): {"owner": "filer", "plan": "pro", "scopes": ["echo.read"]}}))
-    file_auth = {"api_keys": {"source": "file", "path": str(keys_file)}, "routes": [{"match": ECHO, "auth": "api_key"}]}
+    file_keys = {"source": "file", "path": str(keys_file), "query": "api_key"}
+    file_auth = {"api_keys": file_keys, "routes": [{"match": ECHO, "auth": "api_key"}]}
     _, file_url = start_edge(module_procs, folder, "edge-file", {**base, "edge": {**base["edge"], "auth": file_auth}})
     yield World(agent, issuer, url, file_url, port, edge)
     issuer.close()
@@ -245,6 +246,9 @@ async def test_an_api_key_from_the_file_works_and_an_unknown_one_does_not(world:
     assert json.loads(reply["message"])["x-meshlet-subject"] == "filer"
     status, body, _ = await post(http, world.file_url + ECHO, headers={"X-Api-Key": "file-key-2"})
     assert status == 401, body
+    status, reply, _ = await post(http, world.file_url + ECHO + "?api_key=file-key-1", "by query")
+    assert status == 200, reply  # the key's query parameter is no field of the request message
+    assert reply["message"] == "by query"
 
 
 # ------------------------------------------------------------------------------------------ inbound.jwt
