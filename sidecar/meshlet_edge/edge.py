@@ -143,9 +143,13 @@ class Edge:
         await self.registration.register()
 
     def _method_of(self, verb: str, raw_path: str) -> str:
-        """The gRPC method the route of a request calls ("" when none does), for policy rules naming methods."""
+        """The gRPC method the route of a request calls ("" when none does), for policy rules naming methods; the
+        route is noted for the observer now, so a policy's refusal is counted under its route too."""
         found = self.routes.match(verb, raw_path)
-        return found.route.path if found is not None else ""
+        if found is None:
+            return ""
+        note_route(str(found.route.template))
+        return found.route.path
 
     def _use_routes(self, routes: RouteTable) -> None:
         """The route table, and what is derived from it once: the deprecation headers and the OpenAPI document."""

@@ -28,7 +28,7 @@ from tests.support.agents import Agent, start_dev_agent
 from tests.support.descriptor_sets import write_descriptor_set
 from tests.support.jwt_issuer import TestIssuer
 from tests.support.processes import Child, Processes, eventually, free_port, http_ok, processes, wait_until
-from tests.support.sidecars import START_S, write_config
+from tests.support.sidecars import START_S, start_plain_app, start_sidecar, write_config
 
 WAIT_S = 20.0  # bounds waiting for a process or a change to take effect, never a timing assertion
 ECHO = "/meshlet_api.echo.v1.Echo/Echo"
@@ -304,3 +304,36 @@ async def test_inbound_jwt_refuses_a_plain_grpc_caller_without_the_token_the_met
         assert reply.message == "hi"
         reply = await stub.EchoOnce(echo_pb2.EchoRequest(message="free"), timeout=WAIT_S)  # no rule names it
         assert reply.message == "free"
+
+
+@pytest.fixture(scope="module")
+def guarded_sidecar(world: World, module_procs: Processes, tmp_path_factory: pytest.TempPathFactory) -> str:
+    """A plain grpcio app (no meshlet in it) behind a sidecar whose inbound.jwt requires a token on Echo."""
+    folder = tmp_path_factory.mktemp("sidecar-jwt")
+    app = start_plain_app(module_procs, "plain-app")
+    issuer = world.issuer
+    trusted = {"issuer": issuer.issuer, "audiences": ["shop"], "jwks_uri": issuer.uri, "ca_file": str(issuer.ca_path)}
+    config = {
+        "tls": {"source": "off"},
+        "consul": {"address": world.agent.url},
+        "service": {"name": "guarded-app"},
+        "inbound": {"jwt": {"issuers": [trusted], "rules": [{"methods": [ECHO]}]}},
+    }
+    sidecar = start_sidecar(module_procs, folder, "guarded-app", config, app=f"127.0.0.1:{app.port}")
+    return f"127.0.0.1:{sidecar.inbound_port}"
+
+
+async def test_inbound_jwt_on_a_sidecar_guards_an_app_that_knows_nothing_of_tokens(world, guarded_sidecar) -> None:
+    async with grpc.aio.insecure_channel(guarded_sidecar) as channel:
+        stub = echo_pb2_grpc.EchoStub(channel)
+        with pytest.raises(grpc.aio.AioRpcError) as missing:
+            await stub.Echo(echo_pb2.EchoRequest(message="hi"), timeout=WAIT_S)
+        assert missing.value.code() == grpc.StatusCode.UNAUTHENTICATED
+        assert reason_of(missing.value) == "TOKEN_INVALID"
+        tampered = (("authorization", f"Bearer {world.issuer.tampered('ec-1')}"),)
+        with pytest.raises(grpc.aio.AioRpcError) as forged:
+            await stub.Echo(echo_pb2.EchoRequest(message="hi"), metadata=tampered, timeout=WAIT_S)
+        assert forged.value.code() == grpc.StatusCode.UNAUTHENTICATED
+        genuine = (("authorization", f"Bearer {world.issuer.token('ec-1')}"),)
+        reply = await stub.Echo(echo_pb2.EchoRequest(message="hi"), metadata=genuine, timeout=WAIT_S)
+        assert reply.message == "hi"
