@@ -154,3 +154,24 @@ def test_claims_required_by_a_rule_match_values_or_list_members() -> None:
         "absent",
     ]
     assert scopes_of({"scp": ["a", "b"], "scope": "c"}) == {"a", "b", "c"}
+
+
+async def test_an_unreachable_issuer_is_asked_again_only_after_the_interval(issuer: TestIssuer) -> None:
+    from meshlet.auth.jwks import JwksUnavailable
+
+    clock, asked = Clock(), []
+
+    async def down() -> bytes:
+        asked.append(1)
+        raise JwksUnavailable("down")
+
+    keys = IssuerKeys(down, "down", min_refetch_s=10, clock=clock)
+    verifier = JwtVerifier([TrustedIssuer(issuer.issuer, ("shop",), frozenset({"RS256"}), 30.0, keys)])
+    for _ in range(5):
+        with pytest.raises(TokenRejected, match=r"has no key|no key of"):
+            await verifier.verify(issuer.token("rsa-1"))
+    assert len(asked) == 1  # a flood of tokens is not a flood of fetches
+    clock.now += 10
+    with pytest.raises(TokenRejected):
+        await verifier.verify(issuer.token("rsa-1"))
+    assert len(asked) == 2

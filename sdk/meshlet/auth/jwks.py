@@ -115,9 +115,9 @@ class IssuerKeys:
     async def keys_for(self, kid: str | None) -> Sequence[PyJWK]:
         """The keys a token naming `kid` may be signed with (every key when it names none)."""
         now = self._clock()
-        if self._fetched_at is None or (not _matching(self._keys, kid) and self._may_refetch(now)):
-            await self.refresh()
-        elif now - self._fetched_at >= self._refresh_s and self._may_refetch(now):
+        if (self._fetched_at is None or not _matching(self._keys, kid)) and self._may_refetch(now):
+            await self.refresh()  # none yet, or a kid not seen: at most once per min_refetch_s, however many ask
+        elif self._fetched_at is not None and now - self._fetched_at >= self._refresh_s and self._may_refetch(now):
             self._start_refresh()  # stale: refreshed behind this request, which uses the keys held
         return _matching(self._keys, kid)
 

@@ -116,12 +116,13 @@ class Authenticator:
         raise Unproven(f"{request.method} {request.path} needs {wanted}", error=None)
 
     def _bearer(self, request: web.Request) -> str | None:
+        """The bearer token; None when the request has none (another scheme, such as Basic, is no bearer token)."""
         header = request.headers.get("Authorization")
-        if header is None:
+        if header is None or header[:7].lower() != "bearer ":
             return None
         matched = _BEARER.match(header)
         if matched is None:
-            raise Unproven("the Authorization header must be: Bearer <token>", error="invalid_request")
+            raise Unproven("the Authorization header must be: Bearer <token>")
         return matched.group(1)
 
     def _api_key(self, request: web.Request) -> str | None:
