@@ -175,3 +175,15 @@ async def test_an_unreachable_issuer_is_asked_again_only_after_the_interval(issu
     with pytest.raises(TokenRejected):
         await verifier.verify(issuer.token("rsa-1"))
     assert len(asked) == 2
+
+
+async def test_a_header_of_the_wrong_shapes_is_rejected_not_a_crash(issuer: TestIssuer) -> None:
+    import base64
+
+    _, payload, signature = issuer.token("rsa-1").split(".")
+    for header in ({"alg": ["RS256"]}, {"alg": "RS256", "kid": {"a": 1}}, {"alg": None}):
+        forged = base64.urlsafe_b64encode(json.dumps(header).encode()).rstrip(b"=").decode()
+        with pytest.raises(TokenRejected):
+            await verifier_of(issuer).verify(f"{forged}.{payload}.{signature}")
+    with pytest.raises(TokenRejected, match=r"\.\.\. is not trusted"):
+        await verifier_of(issuer).verify(issuer.token("rsa-1", iss="x" * 5000))

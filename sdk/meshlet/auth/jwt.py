@@ -59,7 +59,9 @@ class JwtVerifier:
         keys = [key for key in await issuer.keys.keys_for(header.get("kid")) if key.key_type == family]
         if not keys:
             kid = header.get("kid")
-            raise TokenRejected(f"no key of {issuer.issuer} has kid {kid!r}" if kid else f"{issuer.issuer} has no key")
+            raise TokenRejected(
+                f"no key of {issuer.issuer} has kid {_short(kid)}" if kid else f"{issuer.issuer} has no key"
+            )
         return check_signed(token, keys, issuer)
 
     def _read(self, token: str) -> tuple[dict[str, Any], TrustedIssuer]:
@@ -70,11 +72,13 @@ class JwtVerifier:
         iss = payload.get("iss")
         issuer = self.issuers.get(iss) if isinstance(iss, str) else None
         if issuer is None:
-            raise TokenRejected(f"the issuer {iss!r} is not trusted" if iss else "the token has no iss claim")
+            raise TokenRejected(f"the issuer {_short(iss)} is not trusted" if iss else "the token has no iss claim")
         alg = header.get("alg")
-        if alg not in issuer.algorithms:
+        if not isinstance(alg, str) or alg not in issuer.algorithms:
             allowed = ", ".join(sorted(issuer.algorithms))
-            raise TokenRejected(f"the algorithm {alg!r} is not accepted from {issuer.issuer} (allowed: {allowed})")
+            raise TokenRejected(
+                f"the algorithm {_short(alg)} is not accepted from {issuer.issuer} (allowed: {allowed})"
+            )
         return header, issuer
 
     async def warm(self) -> None:
@@ -85,6 +89,12 @@ class JwtVerifier:
     async def close(self) -> None:
         for issuer in self.issuers.values():
             await issuer.keys.close()
+
+
+def _short(value: Any) -> str:
+    """A value the token chose, quoted for a refusal's description and cut short: the caller reads it back."""
+    text = repr(value)
+    return text if len(text) <= 66 else text[:64] + "..."
 
 
 def read_unverified(token: str) -> tuple[dict[str, Any], dict[str, Any]]:
