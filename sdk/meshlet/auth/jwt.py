@@ -107,7 +107,7 @@ def read_unverified(token: str) -> tuple[dict[str, Any], dict[str, Any]]:
         header, payload = (json.loads(base64.urlsafe_b64decode(part + "=" * (-len(part) % 4))) for part in parts[:2])
         if not isinstance(header, dict) or not isinstance(payload, dict):
             raise ValueError("not JSON objects")
-    except (ValueError, binascii.Error):  # UnicodeDecodeError and JSONDecodeError are ValueErrors
+    except (ValueError, binascii.Error, RecursionError):  # JSONDecodeError is a ValueError; [[[[... recurses
         raise TokenRejected("the token is not a JWT (header.payload.signature, base64url JSON)") from None
     return header, payload
 
