@@ -1,6 +1,6 @@
-"""A real token issuer for tests: RSA and EC signing keys generated here, their JWKS served over HTTPS on loopback
-(a server certificate for 127.0.0.1 under a test CA written to ``ca.crt``), tokens signed with any of them, and
-the tokens an attacker would try (``alg: none``, an HMAC keyed with the RSA public key, a tampered payload).
+"""A real token issuer for tests: RSA, EC and Ed25519 signing keys generated here, their JWKS served over HTTPS on
+loopback (a server certificate for 127.0.0.1 under a test CA written to ``ca.crt``), tokens signed with any of them,
+and the tokens an attacker would try (``alg: none``, an HMAC keyed with the RSA public key, a tampered payload).
 The JWKS is served from a thread, so it answers whichever event loop (or process) asks; `fetches` counts them."""
 
 from __future__ import annotations
@@ -21,12 +21,12 @@ from typing import Any
 import jwt
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
-from cryptography.hazmat.primitives.asymmetric import ec, rsa
+from cryptography.hazmat.primitives.asymmetric import ec, ed25519, rsa
 from cryptography.x509.oid import NameOID
 
 from tests.support.crafted_certs import key_pem, root_ca
 
-SigningKey = rsa.RSAPrivateKey | ec.EllipticCurvePrivateKey
+SigningKey = rsa.RSAPrivateKey | ec.EllipticCurvePrivateKey | ed25519.Ed25519PrivateKey
 
 
 def _b64(data: bytes) -> str:
@@ -86,10 +86,13 @@ class TestIssuer:
         return folder / "ca.crt"
 
     def add_key(self, kid: str, alg: str = "RS256", *, publish: bool = True) -> None:
-        key: SigningKey = (
-            rsa.generate_private_key(public_exponent=65537, key_size=2048) if alg.startswith("RS")
-            else ec.generate_private_key(ec.SECP256R1())
-        )  # fmt: skip
+        key: SigningKey
+        if alg.startswith("RS"):
+            key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
+        elif alg == "EdDSA":
+            key = ed25519.Ed25519PrivateKey.generate()
+        else:
+            key = ec.generate_private_key(ec.SECP256R1())
         self.keys[kid] = (alg, key)
         if publish:
             self.published.append(kid)
@@ -101,6 +104,8 @@ class TestIssuer:
             public = key.public_key()
             if isinstance(public, rsa.RSAPublicKey):
                 jwk = jwt.algorithms.RSAAlgorithm.to_jwk(public, as_dict=True)
+            elif isinstance(public, ed25519.Ed25519PublicKey):
+                jwk = jwt.algorithms.OKPAlgorithm.to_jwk(public, as_dict=True)
             else:
                 jwk = jwt.algorithms.ECAlgorithm.to_jwk(public, as_dict=True)
             keys.append({**jwk, "kid": kid, "use": "sig", "alg": alg})

@@ -26,11 +26,12 @@ def issuer(tmp_path: Path) -> Iterator[TestIssuer]:
     found = TestIssuer(tmp_path)
     found.add_key("rsa-1", "RS256")
     found.add_key("ec-1", "ES256")
+    found.add_key("ed-1", "EdDSA")
     yield found
     found.close()
 
 
-def verifier_of(issuer: TestIssuer, clock: Clock | None = None, algorithms=("RS256", "ES256")) -> JwtVerifier:
+def verifier_of(issuer: TestIssuer, clock: Clock | None = None, algorithms=("RS256", "ES256", "EdDSA")) -> JwtVerifier:
     fetched = []
 
     async def fetch() -> bytes:
@@ -42,7 +43,7 @@ def verifier_of(issuer: TestIssuer, clock: Clock | None = None, algorithms=("RS2
     return JwtVerifier([trusted])
 
 
-@pytest.mark.parametrize("kid", ["rsa-1", "ec-1"])
+@pytest.mark.parametrize("kid", ["rsa-1", "ec-1", "ed-1"])
 async def test_a_genuine_token_verifies_and_answers_its_claims(issuer: TestIssuer, kid: str) -> None:
     claims = await verifier_of(issuer).verify(issuer.token(kid, scope="orders.read orders.write"))
     assert claims["sub"] == "user-1"
@@ -133,7 +134,7 @@ async def test_the_keys_come_over_https_trusting_the_configured_ca(issuer: TestI
     from meshlet.auth.jwks import JwksUnavailable, https_fetch, parse_jwks
 
     keys = parse_jwks(await https_fetch(issuer.uri, issuer.ca_path)(), issuer.uri)
-    assert {key.key_id for key in keys} == {"rsa-1", "ec-1"}
+    assert {key.key_id for key in keys} == {"rsa-1", "ec-1", "ed-1"}
     with pytest.raises(JwksUnavailable, match="cannot fetch"):
         await https_fetch(issuer.uri)()  # the system's CAs alone do not trust the test CA
 
