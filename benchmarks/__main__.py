@@ -15,6 +15,7 @@ BENCHMARKS = [
     "edge_overhead",
     "limits_overhead",
     "cache_overhead",
+    "jwt_overhead",
 ]
 
 

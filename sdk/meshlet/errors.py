@@ -13,6 +13,8 @@
              ├─ RateLimited            RESOURCE_EXHAUSTED   the caller is over its rate limit (with pushback)
              ├─ IntentionDenied        PERMISSION_DENIED    an intention denies caller -> target
              ├─ Unauthenticated        UNAUTHENTICATED      no or an unverifiable client certificate
+             ├─ TokenInvalid           UNAUTHENTICATED      inbound.jwt: no bearer JWT, or one that does not verify
+             ├─ TokenInsufficient      PERMISSION_DENIED    inbound.jwt: a verified JWT lacks a scope or a claim
              ├─ MethodPathInvalid      UNIMPLEMENTED        the call's path is not exactly /<service>/<method>
              ├─ RequestInvalid         INVALID_ARGUMENT     the request breaks its proto's buf.validate rules
              │                                              (a google.rpc.BadRequest beside the ErrorInfo)
@@ -63,6 +65,8 @@ class ErrorReason(enum.StrEnum):
     UPSTREAM_FAILED = "UPSTREAM_FAILED"
     TLS_HANDSHAKE_FAILED = "TLS_HANDSHAKE_FAILED"
     REQUEST_INVALID = "REQUEST_INVALID"
+    TOKEN_INVALID = "TOKEN_INVALID"
+    TOKEN_INSUFFICIENT = "TOKEN_INSUFFICIENT"
 
 
 class MeshError(grpc.aio.AioRpcError):
@@ -129,6 +133,20 @@ class IntentionDenied(MeshError):
 class Unauthenticated(MeshError):
     code_ = grpc.StatusCode.UNAUTHENTICATED
     reason = ErrorReason.UNAUTHENTICATED
+
+
+class TokenInvalid(MeshError):
+    """``inbound.jwt``: the call carries no ``authorization: Bearer <JWT>``, or one that does not verify."""
+
+    code_ = grpc.StatusCode.UNAUTHENTICATED
+    reason = ErrorReason.TOKEN_INVALID
+
+
+class TokenInsufficient(MeshError):
+    """``inbound.jwt``: the token verified but lacks a scope or claim the method's rule requires."""
+
+    code_ = grpc.StatusCode.PERMISSION_DENIED
+    reason = ErrorReason.TOKEN_INSUFFICIENT
 
 
 class MethodPathInvalid(MeshError):

@@ -35,8 +35,9 @@ from meshlet.telemetry.access_log import AccessLog
 from meshlet.telemetry.build import build_labels
 from meshlet.telemetry.metrics import Metrics
 from meshlet.validation import RequestValidator, summary
-from meshlet_edge import cors, etags, openapi, responses, server_stream, websocket
+from meshlet_edge import caller, cors, etags, openapi, responses, server_stream, websocket
 from meshlet_edge.admin import admin_app
+from meshlet_edge.auth import Authenticator
 from meshlet_edge.bodies import CODINGS, BodyRefused, read_body
 from meshlet_edge.cache.policy import ResponseCache
 from meshlet_edge.docs import Docs, refuse_shadowing, source_files
@@ -78,6 +79,13 @@ class Edge:
         self.mesh = Mesh(config, face="edge", metrics=self.metrics)
         # edge.validate: buf.validate constraints checked before a request leaves (a 400 with a BadRequest)
         self.validator = RequestValidator() if config.edge.validate_requests else None
+        # edge.auth: who is calling (meshlet_edge.auth); identity headers are stripped from clients even without it
+        self.auth = Authenticator(config.edge, self.mesh.consul, self._method_of)
+        self._forwardable = tuple(h for h in config.edge.forward_headers if h not in self.auth.identity_headers)
+        for header in sorted(set(config.edge.forward_headers) - set(self._forwardable)):
+            log.warning(
+                "edge.forward_headers names %s, which only edge.auth sets: a client's is never forwarded", header
+            )
         self.limits = Limits(config.edge) if config.edge.plans else None  # edge.plans: rate limits and quotas
         if self.limits is not None:
             self.metrics.collect_with(self.limits.collect)
@@ -117,10 +125,15 @@ class Edge:
         observer = HttpObserver(self.mesh.tracer, self.http_metrics, access_log)
         edge = self.config.edge
         compression = responses.middleware(edge.compression.min_bytes)
+        # In request order: observer, compression, then the policies: CORS preflights (answered before auth), auth
+        # (401/403), rate limits (429); the cache's lookup is in _handle, after them.
         middlewares = [observer.middleware(), compression]
-        if edge.cors is not None:  # preflights answered first, before auth; every answer gets its CORS headers
+        if edge.cors is not None:  # every answer gets its CORS headers too (the prepare hook below)
             policy = cors.CorsPolicy(edge.cors, (route.verb for route in self.routes.routes))
             middlewares.append(cors.middleware(policy))
+        await self.auth.start()
+        if self.auth.rules:
+            middlewares.append(self.auth.middleware)
         if self.limits is not None:
             middlewares.append(self.limits.middleware())
         app = web.Application(client_max_size=edge.max_body_bytes, middlewares=middlewares)
@@ -153,6 +166,15 @@ class Edge:
         print(f"edge listening on {self.port}", flush=True)
         self.registration = edge_registration(self.config, self.mesh.consul, self.port, self.readiness)
         await self.registration.register()
+
+    def _method_of(self, verb: str, raw_path: str) -> str:
+        """The gRPC method the route of a request calls ("" when none does), for policy rules naming methods; the
+        route is noted for the observer now, so a policy's refusal is counted under its route too."""
+        found = self.routes.match(verb, raw_path)
+        if found is None:
+            return ""
+        note_route(str(found.route.template))
+        return found.route.path
 
     def _use_routes(self, routes: RouteTable) -> None:
         """The route table, and what is derived from it once: the deprecation headers and the OpenAPI document."""
@@ -230,6 +252,7 @@ class Edge:
         for runner in reversed(self._runners):
             await runner.cleanup()
         self._runners.clear()
+        await self.auth.close()
         if self.limits is not None:
             await self.limits.close()
         if self.cache is not None:
@@ -299,12 +322,14 @@ class Edge:
         edge = self.config.edge
         try:
             timeout = grpc_timeout(request.headers.get("grpc-timeout"))
-            metadata = upstream_metadata(request.headers, edge.forward_headers, request[REQUEST_KEY])
+            metadata = upstream_metadata(request.headers, self._forwardable, request[REQUEST_KEY])
+            metadata += self.auth.identity_metadata(caller.current.get())
             if route.client_streaming:
                 start = functools.partial(self._send[route], timeout=timeout, metadata=metadata)
                 return await websocket.serve(request, route, found.variables, start, edge.max_body_bytes)
             body = await read_body(request, edge.max_body_bytes) if route.body else b""
             query = query_params(request.rel_url.raw_query_string)  # strict UTF-8, unlike rel_url.query
+            query = [(name, value) for name, value in query if name != self.auth.key_query]  # the API key is no field
             message = request_message(route, found.variables, query, body)
         except BadRequest as bad:
             status = refusal(grpc.StatusCode.INVALID_ARGUMENT, bad.description, [(bad.field, bad.description)])

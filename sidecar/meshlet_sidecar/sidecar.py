@@ -413,5 +413,7 @@ def check_inbound_mode(config: Config) -> None:
         why = "authz.rules name methods, which only l7 can tell apart"
     elif config.rate_limit.per_caller.rate_per_s is not None or config.rate_limit.per_method:
         why = "rate_limit counts calls, which only l7 sees"
+    elif config.inbound.jwt is not None:
+        why = "inbound.jwt reads each call's authorization metadata, which only l7 sees"
     if why:
         raise ConfigError("sidecar.inbound_mode", "l4", f"{why}; use l7 (the default) for this port")

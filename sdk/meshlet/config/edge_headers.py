@@ -37,3 +37,14 @@ def forwardable_header(name: str) -> str:
     if not _METADATA_KEY.match(key) or key.endswith("-bin"):
         raise ValueError(f"{name!r} cannot be a gRPC metadata key (letters, digits, - _ . and no -bin); remove it")
     return key
+
+
+def identity_header(name: str) -> str:
+    """A header the edge sets upstream from a verified caller's claim (``edge.auth.claims_to_headers``): any gRPC
+    metadata key but gRPC's own, the connection's, the trace context and ``x-meshlet-subject`` (set by the edge)."""
+    key = name.strip().lower()
+    if key.startswith(("grpc-", ":")) or key in HOP_BY_HOP | GRPC_OWN | MESH_OWN or key == "x-meshlet-subject":
+        raise ValueError(f"{name!r} is reserved (gRPC's, the connection's, the mesh's or the subject's); rename it")
+    if not _METADATA_KEY.match(key) or key.endswith("-bin"):
+        raise ValueError(f"{name!r} cannot be a gRPC metadata key (letters, digits, - _ . and no -bin); rename it")
+    return key

@@ -174,16 +174,20 @@ def _anchored(data: dict[Any, Any], folder: Path) -> dict[Any, Any]:
     validation."""
     for keys in path_fields():
         *sections, key = keys
-        node: Any = data
-        for section in sections:
-            node = node.get(section) if isinstance(node, dict) else None
-        if not isinstance(node, dict) or node.get(key) is None:
-            continue
-        value = node[key]
-        if isinstance(value, str):
-            node[key] = str(folder / os.path.expanduser(value))  # an absolute value stays as it is
-        elif isinstance(value, list):
-            node[key] = [str(folder / os.path.expanduser(item)) if isinstance(item, str) else item for item in value]
+        nodes: list[Any] = [data]
+        for section in sections:  # "*": each item of a list of sections
+            if section == "*":
+                nodes = [item for node in nodes if isinstance(node, list) for item in node]
+            else:
+                nodes = [node.get(section) if isinstance(node, dict) else None for node in nodes]
+        for node in nodes:
+            if not isinstance(node, dict) or node.get(key) is None:
+                continue
+            value = node[key]
+            if isinstance(value, str):
+                node[key] = str(folder / os.path.expanduser(value))  # an absolute value stays as it is
+            elif isinstance(value, list):
+                node[key] = [str(folder / os.path.expanduser(i)) if isinstance(i, str) else i for i in value]
     return data
 
 
@@ -197,6 +201,14 @@ def _check_files(config: Config, layers: _Layers) -> None:
         reads += [(("tls", name), file) for name in ("cert", "key", "ca") if (file := getattr(config.tls, name))]
     reads += [(("sidecar", "descriptor_sets", i), file) for i, file in enumerate(config.sidecar.descriptor_sets)]
     reads += [(("edge", "descriptor_sets", i), file) for i, file in enumerate(config.edge.descriptor_sets)]
+    auth = config.edge.auth
+    if auth.api_keys is not None and auth.api_keys.path is not None:
+        reads.append((("edge", "auth", "api_keys", "path"), auth.api_keys.path))
+    issuers = [("edge", "auth", "issuers", i, issuer) for i, issuer in enumerate(auth.issuers)]
+    if config.inbound.jwt is not None:
+        issuers += [("inbound", "jwt", "issuers", i, issuer) for i, issuer in enumerate(config.inbound.jwt.issuers)]
+    for *where, issuer in issuers:
+        reads += [((*where, name), file) for name in ("jwks_file", "ca_file") if (file := getattr(issuer, name))]
     hint = "fix the path (a relative one in a config file is read from the config file's folder)"
     for loc, file in reads:
         try:

@@ -16,7 +16,7 @@ from typing import Annotated, Any, Literal, get_args
 from pydantic import BaseModel, ConfigDict, Field, SecretStr
 from pydantic import model_validator as _model_validator
 
-from meshlet.config.edge_headers import forwardable_header
+from meshlet.config.edge_headers import forwardable_header, identity_header
 from meshlet.config.fields import (
     DEFAULT_CONSUL_ADDRESS,
     REDACTED,
@@ -268,6 +268,98 @@ class EdgeCors(_Section):
         return self
 
 
+JwtAlgorithm = Literal["RS256", "RS384", "RS512", "PS256", "PS384", "PS512", "ES256", "ES384", "ES512", "EdDSA"]
+NotNegativeDuration = Annotated[Duration, checked(lambda s: s >= 0, "must be a duration of at least 0")]
+
+
+class JwtIssuer(_Section):
+    """One issuer whose bearer JWTs are accepted (``edge.auth.issuers``, ``inbound.jwt.issuers``): its ``iss``, the
+    ``aud`` values meant for us, and where its public keys are: ``jwks_uri`` (HTTPS) or ``jwks_file``. Only
+    asymmetric algorithms exist here: an HMAC secret is never configured, so never confused with a public key."""
+
+    issuer: Annotated[str, checked(bool, "must name the issuer (the tokens' iss claim)")]
+    audiences: Annotated[tuple[str, ...], checked(bool, "must list at least one audience (the tokens' aud)")]
+    jwks_uri: Annotated[str, checked(lambda u: u.startswith("https://"), "must be an https:// URL")] | None = None
+    jwks_file: Path | None = None
+    ca_file: Path | None = None  # trusted beside the system's CAs when fetching jwks_uri
+    algorithms: Annotated[tuple[JwtAlgorithm, ...], checked(bool, "must allow at least one algorithm")] = (
+        "RS256",
+        "ES256",
+        "EdDSA",
+    )
+    leeway: NotNegativeDuration = 30.0  # clock skew allowed on exp, nbf and iat
+    jwks_refresh: PositiveDuration = 300.0  # keys refetched this often (in the background)
+    jwks_min_refetch: NotNegativeDuration = 10.0  # an unknown kid refetches at most this often
+
+    @_model_validator(mode="after")
+    def _one_key_source(self) -> JwtIssuer:
+        if (self.jwks_uri is None) == (self.jwks_file is None):
+            allowed = "exactly one of jwks_uri (an https:// URL) or jwks_file (a JWKS file) is required"
+            raise invalid(allowed, field=("jwks_uri",), value=self.jwks_uri)
+        return self
+
+
+class EdgeApiKeys(_Section):
+    """Where API keys live, each as the SHA-256 hex of the key -> {owner, plan, scopes}: a YAML/JSON file, or Consul
+    KV under ``meshlet/edge/keys/<hash>`` (watched: a key added or deleted there counts within a second or two)."""
+
+    source: Literal["file", "consul"]
+    path: Path | None = None
+    header: str = "x-api-key"
+    query: str | None = None  # a query parameter also read for the key (e.g. api_key); off by default
+    prefix: str = "meshlet/edge/keys/"
+
+    @_model_validator(mode="after")
+    def _file_is_named(self) -> EdgeApiKeys:
+        if self.source == "file" and self.path is None:
+            raise invalid("a keys file is required when source is 'file'", field=("path",), blame="source")
+        return self
+
+
+class EdgeAuthRoute(_Section):
+    """A rule of ``edge.auth.routes``: which requests (``match``), what proves the caller, and what it must hold."""
+
+    match: str
+    auth: Literal["none", "jwt", "api_key", "any"]
+    scopes: tuple[str, ...] = ()
+    claims: dict[str, str] = Field(default_factory=dict)
+
+
+class EdgeAuth(_Section):
+    """Who is calling: bearer JWTs of the `issuers`, API keys, and per route which is required (first match wins;
+    a request no rule matches needs nothing). The verified caller goes upstream as ``x-meshlet-subject`` and the
+    headers `claims_to_headers` names; those headers are never taken from the client."""
+
+    issuers: tuple[JwtIssuer, ...] = ()
+    api_keys: EdgeApiKeys | None = None
+    routes: tuple[EdgeAuthRoute, ...] = ()
+    claims_to_headers: dict[str, Annotated[str, parsed(identity_header)]] = Field(default_factory=dict)
+    realm: str = "meshlet-edge"
+
+    @_model_validator(mode="after")
+    def _what_routes_need_exists(self) -> EdgeAuth:
+        for index, route in enumerate(self.routes):
+            if route.auth == "jwt" and not self.issuers:
+                raise invalid(
+                    "needs edge.auth.issuers", field=("routes", str(index), "auth"), value="jwt", blame="issuers"
+                )
+            if route.auth == "api_key" and self.api_keys is None:
+                allowed = "needs edge.auth.api_keys"
+                raise invalid(allowed, field=("routes", str(index), "auth"), value="api_key", blame="api_keys")
+            if route.auth == "any" and not self.issuers and self.api_keys is None:
+                allowed = "needs edge.auth.issuers or edge.auth.api_keys"
+                raise invalid(allowed, field=("routes", str(index), "auth"), value="any", blame="issuers")
+        return self
+
+
+class EdgeConsumers(_Section):
+    """How a verified caller is named and planned: the JWT claim that names it (API keys name their owner), and the
+    claim that gives its plan (an API key's own plan otherwise)."""
+
+    claim: str = "sub"
+    plan_claim: str | None = None
+
+
 class EdgeConfig(_Section):
     """``meshlet-edge``: HTTP/JSON in front of the mesh, routed by the protos' ``google.api.http`` annotations."""
 
@@ -290,6 +382,8 @@ class EdgeConfig(_Section):
     docs: bool = True  # /openapi.json, /openapi.yaml and /docs on the listener
     # gRPC service or method full name -> its deprecation dates (proto `deprecated = true` needs none to be sent).
     deprecations: dict[str, DeprecationPolicy] = Field(default_factory=dict)
+    auth: EdgeAuth = EdgeAuth()  # who is calling (meshlet_edge.auth)
+    consumers: EdgeConsumers = EdgeConsumers()
     # Consumer plans (rate limits and quotas); a caller whose credentials name no plan is on `default`.
     plans: dict[str, EdgePlan] = Field(default_factory=dict)
     limits: EdgeLimits = EdgeLimits()
@@ -318,6 +412,22 @@ class InboundConfig(_Section):
     # Check each request against its proto's buf.validate constraints before the handler (or the app) sees it:
     # a violation is INVALID_ARGUMENT with a google.rpc.BadRequest. Off by default: it decodes every request.
     validate_requests: bool = Field(default=False, alias="validate")
+    # Require an end user's bearer JWT on the methods its rules name (Istio's RequestAuthentication); off by default.
+    jwt: InboundJwt | None = None
+
+
+class InboundJwtRule(_Section):
+    methods: Annotated[tuple[Annotated[str, method_pattern(allow_any=True)], ...], checked(bool, "must list a method")]
+    scopes: tuple[str, ...] = ()
+    claims: dict[str, str] = Field(default_factory=dict)
+
+
+class InboundJwt(_Section):
+    """``inbound.jwt``: calls to a method the first matching rule names must carry ``authorization: Bearer <JWT>``
+    from one of `issuers`, holding the rule's scopes and claims; methods no rule names are not checked."""
+
+    issuers: Annotated[tuple[JwtIssuer, ...], checked(bool, "must list at least one issuer")]
+    rules: tuple[InboundJwtRule, ...] = (InboundJwtRule(methods=("*",)),)
 
 
 class RetryPolicy(_Section):
@@ -537,13 +647,18 @@ def _without_credentials(url: str) -> str:
 
 
 def path_fields(model: type[BaseModel] = Config, prefix: tuple[str, ...] = ()) -> Iterator[tuple[str, ...]]:
-    """The YAML key paths of every field that holds a file path (or a list of them), in every section."""
+    """The YAML key paths of every field that holds a file path (or a list of them), in every section; ``*`` in a
+    path stands for each item of a list of sections (``edge.auth.issuers.*.jwks_file``)."""
     for name, field in model.model_fields.items():
         key = (*prefix, field.alias or name)
         annotation = field.annotation
+        leaves = _leaf_types(annotation)
+        sections = [t for t in leaves if isinstance(t, type) and issubclass(t, BaseModel)]
         if isinstance(annotation, type) and issubclass(annotation, BaseModel):
             yield from path_fields(annotation, key)
-        elif Path in _leaf_types(annotation):
+        elif len(sections) == 1 and leaves <= {sections[0], type(None), Ellipsis}:  # optional, or a list of them
+            yield from path_fields(sections[0], (*key, "*") if Ellipsis in leaves else key)
+        elif Path in leaves:
             yield key
 
 

@@ -1,6 +1,6 @@
 """The inbound data path: one module per stage, in request order.
 
-(count refusals) -> identify -> authorize -> rate_limit -> span -> observe -> validate -> deadline, ending in the
+(count refusals) -> identify -> authorize -> jwt -> rate_limit -> span -> observe -> validate -> deadline, ending in the
 servicer (SDK) or the local app (sidecar). `InboundParts` holds what the stages share (the authorizer, the rate
 limiters, the tracer, the metrics, the validator), built once per server; the transport calls `build_inbound` once
 per method with that method's terminal. Absent features are absent from the list rather than checked per call. One
@@ -18,6 +18,7 @@ from typing import Any
 
 from opentelemetry.trace import Tracer
 
+from meshlet.auth.jwt import verifier
 from meshlet.call import InboundCall, ServedInstance, is_mesh_own, may_be_mesh_own
 from meshlet.config import Config
 from meshlet.deadline import Clock
@@ -25,6 +26,7 @@ from meshlet.errors import ConfigError
 from meshlet.inbound.authorize import Authorize, denial_log
 from meshlet.inbound.deadline import ExposeDeadline
 from meshlet.inbound.identify import IdentifyPeer
+from meshlet.inbound.jwt import JwtPolicy, JwtRule, RequireJwt
 from meshlet.inbound.observe import CountRefusals, ObserveInbound
 from meshlet.inbound.rate_limit import RateLimitCaller
 from meshlet.inbound.span import ContinueTrace
@@ -63,6 +65,7 @@ class InboundParts:
     denial_log: WindowedLog = field(default_factory=denial_log)  # one per server, shared by its methods' pipelines
     instance: ServedInstance = field(default_factory=ServedInstance)  # named by the refusals, once registered
     validator: RequestValidator | None = None  # inbound.validate: requests checked against their buf.validate rules
+    jwt: JwtPolicy | None = None  # inbound.jwt: end users' bearer tokens required on the methods its rules name
 
     @classmethod
     def from_config(
@@ -122,6 +125,7 @@ class InboundParts:
             names=names if names is not None else MethodNames(),
             instance=instance or ServedInstance(),
             validator=RequestValidator() if config.inbound.validate_requests else None,
+            jwt=require_jwt(config),
         )
 
     async def close(self) -> None:
@@ -129,6 +133,17 @@ class InboundParts:
         self.denial_log.flush()
         if isinstance(self.authorizer, ConsulAuthorizer):
             await self.authorizer.close()
+        if self.jwt is not None:
+            await self.jwt.close()
+
+
+def require_jwt(config: Config) -> JwtPolicy | None:
+    """The inbound.jwt stage its config asks for (its keys are fetched when the first token needs them)."""
+    jwt = config.inbound.jwt
+    if jwt is None:
+        return None
+    rules = [JwtRule(rule.methods, frozenset(rule.scopes), dict(rule.claims)) for rule in jwt.rules]
+    return JwtPolicy(verifier(jwt.issuers), rules)
 
 
 NO_PARTS = InboundParts()
@@ -158,7 +173,7 @@ def inbound_stages(parts: InboundParts = NO_PARTS, decode: Decode | None = typed
     request as a message (None: the method's message type is unknown, and its requests are not validated)."""
     stages: list[Stage[InboundCall]] = []
     observed = parts.metrics is not None or parts.access_log is not None
-    limits = (parts.authorizer, parts.per_caller, parts.per_method)
+    limits = (parts.authorizer, parts.jwt, parts.per_caller, parts.per_method)
     refusing = parts.require_identity or any(part is not None for part in limits)
     if observed and refusing:  # first: it sees every refusal the stages below make
         stages.append(CountRefusals(parts.service, parts.metrics, parts.access_log, parts.clock, parts.names))
@@ -168,6 +183,8 @@ def inbound_stages(parts: InboundParts = NO_PARTS, decode: Decode | None = typed
         stages.append(
             Authorize(parts.authorizer, parts.service, denials=parts.denial_log)
         )  # before rate limits: a denied call spends no token
+    if parts.jwt is not None:
+        stages.append(RequireJwt(parts.jwt))  # after intentions (a denied service costs no signature check)
     if parts.per_caller is not None or parts.per_method is not None:
         # per verified caller, before any work
         stages.append(RateLimitCaller(parts.per_caller, parts.per_method, parts.instance))
