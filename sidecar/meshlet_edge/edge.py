@@ -43,6 +43,7 @@ from meshlet_edge.forwarding import upstream_metadata
 from meshlet_edge.framing import stream_format
 from meshlet_edge.lifecycle import Deprecation, deprecations, undated
 from meshlet_edge.observe import HttpMetrics, HttpObserver, note_route
+from meshlet_edge.protocol_errors import ShapedAppRunner
 from meshlet_edge.reflection import learn_pool
 from meshlet_edge.registration import edge_registration, named
 from meshlet_edge.request_id import REQUEST_KEY, log_request_ids
@@ -111,7 +112,14 @@ class Edge:
         app.router.add_route("*", r"/{tail:[\s\S]*}", self._handle)  # [\s\S]: a %0A in the path too
         # Bodies are inflated by meshlet_edge.bodies, within edge.max_body_bytes, not by aiohttp.
         grace = self.config.service.drain_grace
-        self.port = await self._listen(app, edge.listen, "edge.listen (--listen)", drain_s=grace, auto_decompress=False)
+        self.port = await self._listen(
+            app,
+            edge.listen,
+            "edge.listen (--listen)",
+            drain_s=grace,
+            runner_class=ShapedAppRunner,
+            auto_decompress=False,
+        )
         log.info(
             "edge listening on %s (admin %s), %d routes",
             self.port,
@@ -174,12 +182,18 @@ class Edge:
         return True
 
     async def _listen(
-        self, app: web.Application, address: str, field: str, drain_s: float = DRAIN_S, **options: Any
+        self,
+        app: web.Application,
+        address: str,
+        field: str,
+        drain_s: float = DRAIN_S,
+        runner_class: type[web.AppRunner] = web.AppRunner,
+        **options: Any,
     ) -> int:
         host, port = split_host_port(address)
         limits = {**RUNNER_LIMITS, **options}
         # handler_cancellation: a client that goes away cancels its handler, and so the upstream call it waits on
-        runner = web.AppRunner(
+        runner = runner_class(
             app, access_log=None, handle_signals=False, shutdown_timeout=drain_s, handler_cancellation=True, **limits
         )
         await runner.setup()

@@ -1,0 +1,82 @@
+"""What a hostile or sloppy HTTP client found wrong with meshlet-edge, each kept as the test that found it: the
+stack of tests/integration/test_edge_streams.py (a dev agent, the echo server, the shop's orders, a real edge
+process), attacked over raw HTTP where a client library would have tidied the request up.
+
+Each answer must be the one error shape (google.rpc.Status JSON) with the right status, never a value the client
+did not send reaching the upstream unseen."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from typing import Any
+from urllib.parse import urlsplit
+
+import aiohttp
+
+from tests.integration.test_edge_streams import (  # noqa: F401 (fixtures)
+    ECHO,
+    Front,
+    front,
+    http,
+    module_procs,
+)
+
+BAD_REQUEST = "type.googleapis.com/google.rpc.BadRequest"
+
+
+async def raw(front: Front, request: bytes) -> tuple[int, dict[str, str], bytes]:
+    """Send `request` as the bytes given (no client library to fix it up) and read the one answer."""
+    address = urlsplit(front.url)
+    reader, writer = await asyncio.open_connection(address.hostname, address.port)
+    try:
+        writer.write(request)
+        await writer.drain()
+        head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 20)
+        lines = head.decode("latin-1").split("\r\n")
+        status = int(lines[0].split()[1])
+        headers = {k.lower(): v.strip() for k, _, v in (line.partition(":") for line in lines[1:] if line)}
+        body = await asyncio.wait_for(reader.readexactly(int(headers.get("content-length", "0"))), 20)
+        return status, headers, body
+    finally:
+        writer.close()
+
+
+def violated(status: dict[str, Any]) -> list[str]:
+    """The fields a google.rpc.Status's BadRequest names."""
+    found = [d for d in status.get("details", []) if d["@type"] == BAD_REQUEST]
+    assert found, f"no BadRequest in {status}"
+    return [v["field"] for v in found[0]["fieldViolations"]]
+
+
+async def post_json(http: aiohttp.ClientSession, url: str, body: bytes) -> tuple[int, Any]:
+    async with http.post(url, data=body, headers={"Content-Type": "application/json"}) as response:
+        return response.status, json.loads(await response.read())
+
+
+# ------------------------------------------------------------------------------------------ aiohttp's own answers
+
+
+async def test_a_request_line_past_the_limit_is_the_one_error_shape_not_aiohttps_text(front: Front) -> None:
+    query = "&".join(f"filter={i}" for i in range(3000))  # a sloppy client's 'thousands of params'
+    status, headers, body = await raw(front, f"GET /v1/orders?{query} HTTP/1.1\r\nHost: edge\r\n\r\n".encode())
+    assert status == 400
+    assert headers["content-type"].startswith("application/json"), body
+    answer = json.loads(body)
+    assert answer["code"] == 3 and "longer than" in answer["message"]
+    assert "filter=0" not in body.decode()  # aiohttp's page echoed the client's bytes back
+    assert headers["x-request-id"]
+
+
+async def test_a_header_past_the_limit_is_the_one_error_shape(front: Front) -> None:
+    request = f"GET /v1/orders HTTP/1.1\r\nHost: edge\r\nX-Request-Id: {'a' * 10_000}\r\n\r\n".encode()
+    status, headers, body = await raw(front, request)
+    assert status == 400
+    assert json.loads(body)["code"] == 3, body
+
+
+async def test_a_request_that_is_not_http_is_the_one_error_shape(front: Front) -> None:
+    status, headers, body = await raw(front, b"GET /v1/orders HTTP/1.1\r\nHost: edge\r\nBroken header\r\n\r\n")
+    assert status == 400
+    assert headers["content-type"].startswith("application/json"), body
+    assert json.loads(body)["code"] == 3
