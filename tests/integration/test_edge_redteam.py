@@ -14,20 +14,17 @@ from urllib.parse import urlsplit
 
 import aiohttp
 
-from tests.integration.test_edge_streams import (  # noqa: F401 (fixtures)
-    ECHO,
-    Front,
-    front,
-    http,
-    module_procs,
-)
+from tests.integration import test_edge_streams as streams
+from tests.integration.test_edge_streams import Front
+
+module_procs, front, http = streams.module_procs, streams.front, streams.http  # the streams suite's stack
 
 BAD_REQUEST = "type.googleapis.com/google.rpc.BadRequest"
 
 
-async def raw(front: Front, request: bytes) -> tuple[int, dict[str, str], bytes]:
+async def raw(to: Front, request: bytes) -> tuple[int, dict[str, str], bytes]:
     """Send `request` as the bytes given (no client library to fix it up) and read the one answer."""
-    address = urlsplit(front.url)
+    address = urlsplit(to.url)
     reader, writer = await asyncio.open_connection(address.hostname, address.port)
     try:
         writer.write(request)
@@ -49,8 +46,8 @@ def violated(status: dict[str, Any]) -> list[str]:
     return [v["field"] for v in found[0]["fieldViolations"]]
 
 
-async def post_json(http: aiohttp.ClientSession, url: str, body: bytes) -> tuple[int, Any]:
-    async with http.post(url, data=body, headers={"Content-Type": "application/json"}) as response:
+async def post_json(session: aiohttp.ClientSession, url: str, body: bytes) -> tuple[int, Any]:
+    async with session.post(url, data=body, headers={"Content-Type": "application/json"}) as response:
         return response.status, json.loads(await response.read())
 
 
@@ -63,14 +60,15 @@ async def test_a_request_line_past_the_limit_is_the_one_error_shape_not_aiohttps
     assert status == 400
     assert headers["content-type"].startswith("application/json"), body
     answer = json.loads(body)
-    assert answer["code"] == 3 and "longer than" in answer["message"]
+    assert answer["code"] == 3
+    assert "longer than" in answer["message"]
     assert "filter=0" not in body.decode()  # aiohttp's page echoed the client's bytes back
     assert headers["x-request-id"]
 
 
 async def test_a_header_past_the_limit_is_the_one_error_shape(front: Front) -> None:
     request = f"GET /v1/orders HTTP/1.1\r\nHost: edge\r\nX-Request-Id: {'a' * 10_000}\r\n\r\n".encode()
-    status, headers, body = await raw(front, request)
+    status, _, body = await raw(front, request)
     assert status == 400
     assert json.loads(body)["code"] == 3, body
 
