@@ -7,7 +7,7 @@ from __future__ import annotations
 import json
 import re
 from collections.abc import Iterable, Mapping
-from typing import Any
+from typing import Any, NoReturn
 
 from google.protobuf import descriptor, json_format
 
@@ -61,12 +61,32 @@ def response_json(route: Route, reply: Any) -> str:
 
 
 def _json(body: bytes) -> Any:
+    """The body parsed as strict JSON (RFC 8259): no NaN or Infinity literals, no key twice in one object, where
+    Python's json would take them (the last of two keys silently winning, which a proxy before the edge may read
+    otherwise)."""
     try:
-        return json.loads(body)
+        return json.loads(body, object_pairs_hook=_one_of_each_key, parse_constant=_not_json)
+    except BadRequest:
+        raise
     except (ValueError, UnicodeDecodeError) as error:
         raise BadRequest("body", f"the body is not JSON: {error}") from None
     except RecursionError:  # a JSON bomb: arrays or objects nested past Python's stack
         raise BadRequest("body", "the body nests deeper than the edge reads: flatten it") from None
+
+
+def _one_of_each_key(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    found: dict[str, Any] = {}
+    for key, value in pairs:
+        if key in found:
+            raise BadRequest(key, f"the body names {key!r} twice in one object: send each field once")
+        found[key] = value
+    return found
+
+
+def _not_json(literal: str) -> NoReturn:
+    raise BadRequest(
+        "body", f'the body is not JSON: {literal} is no JSON value (the proto3 mapping writes "{literal}")'
+    )
 
 
 def _set(fields: dict[str, Any], dotted: str, value: str, *, repeated: bool) -> None:

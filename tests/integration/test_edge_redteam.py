@@ -15,7 +15,7 @@ from urllib.parse import urlsplit
 import aiohttp
 
 from tests.integration import test_edge_streams as streams
-from tests.integration.test_edge_streams import Front
+from tests.integration.test_edge_streams import ECHO, Front
 
 module_procs, front, http = streams.module_procs, streams.front, streams.http  # the streams suite's stack
 
@@ -78,3 +78,29 @@ async def test_a_request_that_is_not_http_is_the_one_error_shape(front: Front) -
     assert status == 400
     assert headers["content-type"].startswith("application/json"), body
     assert json.loads(body)["code"] == 3
+
+
+# ------------------------------------------------------------------------------------------ strict JSON
+
+
+async def test_a_body_that_names_a_field_twice_is_refused_not_last_one_wins(front: Front, http) -> None:
+    status, answer = await post_json(http, front.url + ECHO + "/Echo", b'{"message": "a", "message": "b"}')
+    assert status == 400, answer
+    assert violated(answer) == ["message"]
+
+
+async def test_nan_and_infinity_literals_are_not_json(front: Front, http) -> None:
+    for literal in (b"NaN", b"Infinity", b"-Infinity"):
+        status, answer = await post_json(http, front.url + ECHO + "/Echo", b'{"message": "x", "payload": %s}' % literal)
+        assert status == 400, answer
+        assert violated(answer) == ["body"]
+        assert "not JSON" in answer["message"]
+
+
+async def test_a_websocket_frame_is_strict_json_too(front: Front, http) -> None:
+    async with http.ws_connect(front.url + ECHO + "/BidiStream") as socket:
+        await socket.send_str('{"message": "a", "message": "b"}')
+        frame = await socket.receive_json()
+        assert violated(frame["error"]) == ["message"]
+        await socket.receive()
+        assert socket.close_code == 4003
