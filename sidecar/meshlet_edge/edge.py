@@ -50,7 +50,7 @@ from meshlet_edge.request_id import REQUEST_KEY, log_request_ids
 from meshlet_edge.retry_after import retry_after
 from meshlet_edge.routes import Route, RouteTable, build_routes, load_pool
 from meshlet_edge.status import http_status, refusal, status_json, status_of
-from meshlet_edge.transcode import BadRequest, grpc_timeout, request_message, response_json
+from meshlet_edge.transcode import BadRequest, grpc_timeout, query_items, request_message, response_json
 
 log = logging.getLogger("meshlet.edge")
 
@@ -275,7 +275,7 @@ class Edge:
                 start = functools.partial(self._send[route], timeout=timeout, metadata=metadata)
                 return await websocket.serve(request, route, found.variables, start, edge.max_body_bytes)
             body = await read_body(request, edge.max_body_bytes) if route.body else b""
-            message = request_message(route, found.variables, request.rel_url.query.items(), body)
+            message = request_message(route, found.variables, query_items(request.rel_url.raw_query_string), body)
         except BadRequest as bad:
             status = refusal(grpc.StatusCode.INVALID_ARGUMENT, bad.description, [(bad.field, bad.description)])
             return _error(status, 400)

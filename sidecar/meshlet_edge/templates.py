@@ -15,7 +15,7 @@ from urllib.parse import unquote
 
 _FIELD_PATH = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)*$")
 _LITERAL = re.compile(r"^[^/{}*:]+$")
-_ESCAPE = re.compile(r"%[0-9A-Fa-f]{2}")
+_SLASH = re.compile("%2F", re.IGNORECASE)  # an escaped slash, kept escaped in a many-segment variable
 
 ONE = "*"
 ANY = "**"
@@ -88,15 +88,15 @@ class PathTemplate:
 
 
 def _decode(parts: list[str]) -> str:
-    """One segment fully decoded; several joined by "/" with an escaped slash kept escaped."""
+    """One segment fully decoded; several joined by "/" with an escaped slash kept escaped. Escapes that are not
+    UTF-8 become lone surrogates (surrogateescape), which transcoding refuses, rather than U+FFFD."""
     if len(parts) == 1:
-        return unquote(parts[0])
-    return "/".join(_ESCAPE.sub(_keep_slash, part) for part in parts)
+        return _unquote(parts[0])
+    return "/".join("%2F".join(_unquote(piece) for piece in _SLASH.split(part)) for part in parts)
 
 
-def _keep_slash(escape: re.Match[str]) -> str:
-    text = escape.group(0)
-    return text if text.upper() == "%2F" else unquote(text)
+def _unquote(text: str) -> str:
+    return unquote(text, errors="surrogateescape")
 
 
 def parse(template: str) -> PathTemplate:

@@ -8,6 +8,7 @@ import json
 import re
 from collections.abc import Iterable, Mapping
 from typing import Any, NoReturn
+from urllib.parse import parse_qsl
 
 from google.protobuf import descriptor, json_format
 
@@ -39,9 +40,17 @@ def request_message(route: Route, variables: Mapping[str, str], query: Iterable[
             fields[route.body] = parsed
     if route.body != "*":
         message_type = route.request_type.DESCRIPTOR
+        once: set[tuple[str, ...]] = set()  # the non-repeated fields the query set, by their proto names
         for name, value in query:
-            _set(fields, name, value, repeated=_is_repeated(message_type, name))
+            _check_utf8(name, value, "query parameter")
+            repeated = _is_repeated(message_type, name)
+            if not repeated and (key := _field_key(message_type, name)) is not None:
+                if key in once:
+                    raise BadRequest(name, f"{name} is not a repeated field, yet the query sets it twice: send it once")
+                once.add(key)
+            _set(fields, name, value, repeated=repeated)
     for name, value in variables.items():
+        _check_utf8(name, value, "path's")
         _set(fields, name, value, repeated=False)
     message = route.request_type()
     try:
@@ -58,6 +67,20 @@ def response_json(route: Route, reply: Any) -> str:
         json_name = reply.DESCRIPTOR.fields_by_name[route.response_body].json_name
         data = data.get(json_name)
     return json.dumps(data, separators=(",", ":"))
+
+
+def query_items(raw_query: str) -> list[tuple[str, str]]:
+    """A raw query string's parameters, in order; a percent-escape that is not UTF-8 is kept as a lone surrogate
+    (for `request_message` to refuse) rather than turned into U+FFFD, which would change the value unseen."""
+    return parse_qsl(raw_query, keep_blank_values=True, errors="surrogateescape")
+
+
+def _check_utf8(name: str, value: str, where: str) -> None:
+    """Refuse a value whose percent-escapes were not UTF-8 (decoded with surrogateescape): strings are UTF-8."""
+    try:
+        value.encode()
+    except UnicodeEncodeError:
+        raise BadRequest(name, f"the {where} {name} is not UTF-8 once percent-decoded: escape UTF-8 bytes") from None
 
 
 def _json(body: bytes) -> Any:
@@ -114,6 +137,19 @@ def _is_repeated(message: descriptor.Descriptor, dotted: str) -> bool:
             return False
         current = found.message_type
     return found is not None and found.is_repeated
+
+
+def _field_key(message: descriptor.Descriptor, dotted: str) -> tuple[str, ...] | None:
+    """The proto names along `dotted` (each part a proto or a JSON name), or None when a part names no field."""
+    current: descriptor.Descriptor | None = message
+    names: list[str] = []
+    for part in dotted.split("."):
+        found = None if current is None else current.fields_by_name.get(part) or _by_json_name(current, part)
+        if found is None:
+            return None
+        names.append(found.name)
+        current = found.message_type
+    return tuple(names)
 
 
 def _by_json_name(message: descriptor.Descriptor, name: str) -> descriptor.FieldDescriptor | None:

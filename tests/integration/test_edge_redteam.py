@@ -104,3 +104,37 @@ async def test_a_websocket_frame_is_strict_json_too(front: Front, http) -> None:
         assert violated(frame["error"]) == ["message"]
         await socket.receive()
         assert socket.close_code == 4003
+
+
+# ------------------------------------------------------------------------------------------ query and path
+
+
+async def test_a_non_repeated_field_set_twice_by_the_query_is_refused(front: Front, http) -> None:
+    for query in ("page_size=1&page_size=2", "page_size=1&pageSize=2"):
+        async with http.get(front.url + "/v1/orders?" + query) as response:
+            answer = json.loads(await response.read())
+            assert response.status == 400, (query, answer)
+            assert violated(answer)[0] in ("page_size", "pageSize")
+
+
+async def test_a_path_variable_that_is_not_utf8_is_refused_not_changed(front: Front, http) -> None:
+    for escaped in ("%ff", "%C0%AF", "ord%E9"):  # a stray byte, overlong UTF-8, Latin-1
+        async with http.get(front.url + "/v1/orders/" + escaped, allow_redirects=False) as response:
+            answer = json.loads(await response.read())
+            assert response.status == 400, (escaped, answer)  # not a 404 for an order named "\ufffd"
+            assert violated(answer) == ["order_id"]
+
+
+async def test_a_query_value_that_is_not_utf8_is_refused_not_changed(front: Front, http) -> None:
+    async with http.get(front.url + "/v1/orders?filter=%ff") as response:
+        answer = json.loads(await response.read())
+        assert response.status == 400, answer
+        assert violated(answer) == ["filter"]
+        assert "UTF-8" in answer["message"]
+
+
+async def test_utf8_in_a_path_variable_still_arrives_whole(front: Front, http) -> None:
+    async with http.get(front.url + "/v1/orders/ord-%C3%A9") as response:
+        answer = json.loads(await response.read())
+        assert response.status == 404, answer  # the shop's answer: the id reached it as sent
+        assert "ord-é" in answer["message"]
