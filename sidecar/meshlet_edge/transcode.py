@@ -164,6 +164,7 @@ def _field_of(error: str) -> str:
 
 _TIMEOUT = re.compile(r"^([0-9]{1,8})([HMSmun])$")
 _UNIT_S = {"H": 3600.0, "M": 60.0, "S": 1.0, "m": 1e-3, "u": 1e-6, "n": 1e-9}
+MAX_TIMEOUT_S = 100 * 365 * 86400.0  # as good as none; gRPC's core takes a longer one (99999999H) as expired
 
 
 def grpc_timeout(header: str | None) -> float | None:
@@ -176,4 +177,4 @@ def grpc_timeout(header: str | None) -> float | None:
         raise BadRequest(
             "grpc-timeout", f"grpc-timeout {header!r} is not 1-8 digits and a unit (H M S m u n): e.g. 250m"
         )
-    return int(found.group(1)) * _UNIT_S[found.group(2)]
+    return min(int(found.group(1)) * _UNIT_S[found.group(2)], MAX_TIMEOUT_S)

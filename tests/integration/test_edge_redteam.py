@@ -138,3 +138,15 @@ async def test_utf8_in_a_path_variable_still_arrives_whole(front: Front, http) -
         answer = json.loads(await response.read())
         assert response.status == 404, answer  # the shop's answer: the id reached it as sent
         assert "ord-é" in answer["message"]
+
+
+# ------------------------------------------------------------------------------------------ grpc-timeout
+
+
+async def test_the_longest_grpc_timeout_is_a_long_deadline_not_an_expired_one(front: Front, http) -> None:
+    body = json.dumps({"message": "x"}).encode()
+    headers = {"Content-Type": "application/json", "grpc-timeout": "99999999H"}
+    async with http.post(front.url + ECHO + "/Echo", data=body, headers=headers) as response:
+        answer = json.loads(await response.read())
+        assert response.status == 200, answer
+        assert answer["message"] == "x"

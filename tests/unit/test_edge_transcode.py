@@ -15,7 +15,7 @@ from google.rpc import error_details_pb2, status_pb2
 from meshlet.errors import DETAILS_KEY, ConfigError
 from meshlet_edge.routes import RouteTable, build_routes, load_pool
 from meshlet_edge.status import HTTP_STATUS, http_status, status_json, status_of
-from meshlet_edge.transcode import BadRequest, grpc_timeout, request_message, response_json
+from meshlet_edge.transcode import MAX_TIMEOUT_S, BadRequest, grpc_timeout, request_message, response_json
 from meshlet_shop_api.inventory.v1 import inventory_pb2
 from meshlet_shop_api.orders.v1 import orders_pb2
 from tests.support.descriptor_sets import descriptor_set, write_descriptor_set
@@ -201,3 +201,8 @@ def test_the_status_in_the_trailers_is_answered_as_json_with_its_error_info() ->
     ]
     plain = grpc.aio.AioRpcError(grpc.StatusCode.NOT_FOUND, grpc.aio.Metadata(), grpc.aio.Metadata(), "no sku")
     assert json.loads(status_json(status_of(plain))) == {"code": 5, "message": "no sku"}
+
+
+def test_the_longest_grpc_timeout_is_capped_where_grpcs_core_still_takes_it() -> None:
+    assert grpc_timeout("99999999H") == MAX_TIMEOUT_S
+    assert grpc_timeout("250m") == 0.25
