@@ -13,6 +13,7 @@ from typing import Any
 from urllib.parse import urlsplit
 
 import aiohttp
+from openapi_spec_validator import validate
 
 from tests.integration import test_edge_streams as streams
 from tests.integration.test_edge_streams import ECHO, Front
@@ -150,3 +151,21 @@ async def test_the_longest_grpc_timeout_is_a_long_deadline_not_an_expired_one(fr
         answer = json.loads(await response.read())
         assert response.status == 200, answer
         assert answer["message"] == "x"
+
+
+# ------------------------------------------------------------------------------------------ the OpenAPI document
+
+
+async def test_the_openapi_document_says_how_streams_answer(front: Front, http) -> None:
+    async with http.get(front.url + "/openapi.json") as response:
+        document = await response.json()
+    validate(document)
+    watch = document["paths"]["/v1/orders/{order_id}:watch"]["get"]["responses"]
+    assert set(watch["200"]["content"]) == {"application/x-ndjson", "text/event-stream"}  # was one JSON OrderEvent
+    assert "406" in watch
+    bidi = document["paths"]["/meshlet_api.echo.v1.Echo/BidiStream"]["get"]
+    assert "requestBody" not in bidi  # was a JSON body on a GET: the messages travel in frames
+    assert {"101", "426"} <= set(bidi["responses"])
+    assert "200" not in bidi["responses"]  # a WebSocket route never answers 200
+    async with http.get(front.url + "/meshlet_api.echo.v1.Echo/BidiStream") as response:
+        assert str(response.status) in bidi["responses"]
