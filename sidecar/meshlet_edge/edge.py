@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import asyncio
 import datetime
-import functools
 import logging
 import signal
 from collections.abc import Awaitable, Callable
@@ -43,6 +42,7 @@ from meshlet_edge.forwarding import upstream_metadata
 from meshlet_edge.framing import stream_format
 from meshlet_edge.lifecycle import Deprecation, deprecations, undated
 from meshlet_edge.observe import HttpMetrics, HttpObserver, note_route
+from meshlet_edge.open_streams import OpenStreams
 from meshlet_edge.protocol_errors import ShapedAppRunner
 from meshlet_edge.reflection import learn_pool
 from meshlet_edge.registration import edge_registration, named
@@ -80,6 +80,7 @@ class Edge:
         self._draining = False
         self._stop = asyncio.Event()  # SIGTERM or SIGINT
         self._send: dict[Route, Send] = {}
+        self._open_streams = OpenStreams()  # ended in the one error shape when the drain grace runs out
         self._runners: list[web.AppRunner] = []
         self.port = 0
         self.admin_port = 0
@@ -215,10 +216,14 @@ class Edge:
         self._draining = True
         if self.registration is not None:
             await self.registration.deregister()
+        grace = self.config.service.drain_grace
         if self.port:
-            log.info("draining requests in flight for up to %.1fs", self.config.service.drain_grace)
+            log.info("draining requests in flight for up to %.1fs", grace)
+        # a stream still open when the grace runs out ends with UNAVAILABLE, not a connection cut mid-body
+        ending = asyncio.get_running_loop().call_later(grace, self._open_streams.end_all)
         for runner in reversed(self._runners):
             await runner.cleanup()
+        ending.cancel()
         self._runners.clear()
         await self.mesh.close()
 
@@ -272,8 +277,7 @@ class Edge:
             timeout = grpc_timeout(request.headers.get("grpc-timeout"))
             metadata = upstream_metadata(request.headers, edge.forward_headers, request[REQUEST_KEY])
             if route.client_streaming:
-                start = functools.partial(self._send[route], timeout=timeout, metadata=metadata)
-                return await websocket.serve(request, route, found.variables, start, edge.max_body_bytes)
+                return await self._websocket(request, route, found.variables, timeout, metadata)
             body = await read_body(request, edge.max_body_bytes) if route.body else b""
             message = request_message(route, found.variables, query_items(request.rel_url.raw_query_string), body)
         except BadRequest as bad:
@@ -287,7 +291,11 @@ class Edge:
         try:
             if media:
                 call = self._send[route](message, timeout=timeout, metadata=metadata)
-                return await server_stream.serve(request, route, call, media, _error)
+                self._open_streams.add(call)
+                try:
+                    return await server_stream.serve(request, route, call, media, _error, self._open_streams.explain)
+                finally:
+                    self._open_streams.discard(call)
             reply = await self._send[route](message, timeout=timeout, metadata=metadata)
             return web.Response(text=response_json(route, reply), content_type=JSON)
         except grpc.aio.AioRpcError as error:
@@ -298,6 +306,24 @@ class Edge:
             log.exception("%s %s failed inside the edge", request.method, route.path)
             what = f"the edge failed to serve {route.path}; its log says why"
             return _error(refusal(grpc.StatusCode.INTERNAL, what), 500)
+
+    async def _websocket(
+        self, request: web.Request, route: Route, variables: dict[str, str], timeout: float | None, metadata: Any
+    ) -> web.StreamResponse:
+        started: list[Any] = []
+
+        def start(requests: Any) -> Any:
+            call = self._send[route](requests, timeout=timeout, metadata=metadata)
+            started.append(call)
+            self._open_streams.add(call)
+            return call
+
+        try:
+            max_bytes = self.config.edge.max_body_bytes
+            return await websocket.serve(request, route, variables, start, max_bytes, self._open_streams.explain)
+        finally:
+            for call in started:
+                self._open_streams.discard(call)
 
 
 BODY_REFUSALS = {

@@ -25,6 +25,7 @@ from aiohttp import WSMsgType, web
 from google.rpc import status_pb2
 
 from meshlet_edge import framing
+from meshlet_edge.open_streams import CANCELLED, call_cancelled
 from meshlet_edge.routes import Route
 from meshlet_edge.status import refusal, status_json, status_of
 from meshlet_edge.transcode import BadRequest, request_message, response_json
@@ -63,6 +64,7 @@ async def serve(
     variables: Mapping[str, str],
     start: Callable[[AsyncIterator[Any]], Any],
     max_frame_bytes: int,
+    explain: Callable[[status_pb2.Status], status_pb2.Status] = lambda status: status,
 ) -> web.StreamResponse:
     """Run one call over the upgraded `request`: `start(requests)` starts it on the mesh (stream-unary or
     stream-stream) with the request iterator the socket's frames feed."""
@@ -74,7 +76,7 @@ async def serve(
     reading = asyncio.create_task(_read_frames(socket, route, variables, queue))
     replying = asyncio.create_task(_relay_replies(socket, route, call))
     try:
-        status = await _outcome(reading, replying)
+        status = explain(await _outcome(reading, replying))
     except _ClientLeft:
         log.debug("%s: the client left, its call is cancelled", route.path)
         return socket
@@ -180,6 +182,10 @@ async def _relay_replies(socket: web.WebSocketResponse, route: Route, call: Any)
             await socket.send_str(framing.ws_result(response_json(route, await call)))
     except grpc.aio.AioRpcError as failure:
         return status_of(failure)
+    except asyncio.CancelledError as cancelled:
+        if call_cancelled(cancelled):  # the edge's shutdown ended the call: the client hears it
+            return CANCELLED
+        raise
     except ConnectionResetError:
         raise _ClientLeft() from None
     return OK

@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import asyncio
 import json
+import signal
+import sys
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -16,7 +18,9 @@ import aiohttp
 from openapi_spec_validator import validate
 
 from tests.integration import test_edge_streams as streams
-from tests.integration.test_edge_streams import ECHO, Front
+from tests.integration.test_edge_streams import ECHO, WAIT_S, Front
+from tests.support.processes import free_port, http_ok, wait_until
+from tests.support.sidecars import START_S
 
 module_procs, front, http = streams.module_procs, streams.front, streams.http  # the streams suite's stack
 
@@ -169,3 +173,37 @@ async def test_the_openapi_document_says_how_streams_answer(front: Front, http) 
     assert "200" not in bidi["responses"]  # a WebSocket route never answers 200
     async with http.get(front.url + "/meshlet_api.echo.v1.Echo/BidiStream") as response:
         assert str(response.status) in bidi["responses"]
+
+
+# ------------------------------------------------------------------------------------------ shutdown
+
+
+async def test_sigterm_ends_open_streams_in_the_one_error_shape_not_mid_body(front: Front, module_procs) -> None:
+    """A watch outlives any drain grace: it was cut when the grace ran out, a truncated chunked answer that a
+    client reads as a network failure, and the WebSocket closed without its error frame."""
+    config = front.edge.argv[front.edge.argv.index("--config") + 1]
+    listen, admin = free_port(), free_port()
+    argv = [
+        sys.executable, "-m", "meshlet_edge", "--config", config,
+        "--listen", f"127.0.0.1:{listen}", "--admin-addr", f"127.0.0.1:{admin}",
+    ]  # fmt: skip
+    edge = module_procs.start(argv, name="edge-drained", env={"MESHLET_SERVICE__DRAIN_GRACE": "1s"})
+    wait_until(lambda: http_ok(f"http://127.0.0.1:{admin}/ready") or not edge.alive(), START_S, "the edge")
+    url = f"http://127.0.0.1:{listen}"
+    async with (
+        aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=WAIT_S)) as session,
+        session.post(url + ECHO + "/ServerStream", json={"message": "watch"}) as watch,
+        session.ws_connect(url + ECHO + "/BidiStream") as socket,
+    ):
+        assert "result" in json.loads(await watch.content.readline())
+        await socket.send_str('{"message": "a"}')
+        assert "result" in await socket.receive_json()
+        edge.signal(signal.SIGTERM)
+        last = json.loads((await watch.read()).splitlines()[-1])  # read whole: no ClientPayloadError
+        assert last["error"]["code"] == 14, last
+        assert "shutting down" in last["error"]["message"]
+        frame = await socket.receive_json()
+        assert frame["error"]["code"] == 14, frame
+        await socket.receive()
+        assert socket.close_code == 4014
+    assert edge.wait(WAIT_S) == 0, edge.output()
