@@ -120,6 +120,10 @@ def _set(fields: dict[str, Any], dotted: str, value: str, *, repeated: bool) -> 
         if not isinstance(nested, dict):
             raise BadRequest(dotted, f"{part} is not a message, so {dotted} cannot be set")
         target = nested
+    existing = target.get(leaf)
+    if isinstance(existing, dict) or (existing is not None and repeated != isinstance(existing, list)):
+        # ?skus.x=1&skus=2, ?filter.a=1&filter=2: a field set whole and by its parts
+        raise BadRequest(dotted, f"the query sets {dotted} both whole and by its fields: send one or the other")
     if repeated:
         target.setdefault(leaf, []).append(value)
     else:

@@ -206,3 +206,20 @@ def test_the_status_in_the_trailers_is_answered_as_json_with_its_error_info() ->
 def test_the_longest_grpc_timeout_is_capped_where_grpcs_core_still_takes_it() -> None:
     assert grpc_timeout("99999999H") == MAX_TIMEOUT_S
     assert grpc_timeout("250m") == 0.25
+
+
+@pytest.mark.parametrize(
+    "query",
+    [[("skus.x", "b"), ("skus", "a")], [("skus", "a"), ("skus.x", "b")]],
+    ids=["parts-then-whole", "whole-then-parts"],
+)
+def test_a_query_that_sets_a_field_whole_and_by_its_parts_is_a_400(query: list[tuple[str, str]]) -> None:
+    # the first order raised AttributeError: a 500 from a bug of the edge's, not the client's 400
+    from meshlet_shop_api.inventory.v2 import inventory_pb2 as v2
+
+    assert v2.DESCRIPTOR is not None
+    table = build_routes({"shop.inventory.v2.Inventory": "inventory"}, load_pool(()))
+    found = table.match("GET", "/v2/inventory/items")
+    assert found is not None
+    with pytest.raises(BadRequest):
+        request_message(found.route, {}, query, b"")
