@@ -219,8 +219,9 @@ class Edge:
         grace = self.config.service.drain_grace
         if self.port:
             log.info("draining requests in flight for up to %.1fs", grace)
-        # a stream still open when the grace runs out ends with UNAVAILABLE, not a connection cut mid-body
-        ending = asyncio.get_running_loop().call_later(grace, self._open_streams.end_all)
+        # a stream still open as the grace runs out ends with UNAVAILABLE, not a connection cut mid-body: a little
+        # before aiohttp's own wait (rounded up to a whole second) ends and it closes what is left
+        ending = asyncio.get_running_loop().call_later(max(grace - 1.0, grace / 2), self._open_streams.end_all)
         for runner in reversed(self._runners):
             await runner.cleanup()
         ending.cancel()
