@@ -46,6 +46,8 @@ from meshlet_edge.framing import stream_format
 from meshlet_edge.lifecycle import Deprecation, deprecations, undated
 from meshlet_edge.limits.policy import Limits
 from meshlet_edge.observe import HttpMetrics, HttpObserver, note_route
+from meshlet_edge.open_streams import OpenStreams
+from meshlet_edge.protocol_errors import ShapedAppRunner
 from meshlet_edge.reflection import learn_pool
 from meshlet_edge.registration import edge_registration, named
 from meshlet_edge.request_id import REQUEST_KEY, log_request_ids
@@ -98,6 +100,7 @@ class Edge:
         self._draining = False
         self._stop = asyncio.Event()  # SIGTERM or SIGINT
         self._send: dict[Route, Send] = {}
+        self._open_streams = OpenStreams()  # ended in the one error shape when the drain grace runs out
         self._runners: list[web.AppRunner] = []
         self.port = 0
         self.admin_port = 0
@@ -148,7 +151,14 @@ class Edge:
         app.router.add_route("*", r"/{tail:[\s\S]*}", self._handle)  # [\s\S]: a %0A in the path too
         # Bodies are inflated by meshlet_edge.bodies, within edge.max_body_bytes, not by aiohttp.
         grace = self.config.service.drain_grace
-        self.port = await self._listen(app, edge.listen, "edge.listen (--listen)", drain_s=grace, auto_decompress=False)
+        self.port = await self._listen(
+            app,
+            edge.listen,
+            "edge.listen (--listen)",
+            drain_s=grace,
+            runner_class=ShapedAppRunner,
+            auto_decompress=False,
+        )
         log.info(
             "edge listening on %s (admin %s), %d routes",
             self.port,
@@ -220,12 +230,18 @@ class Edge:
         return True
 
     async def _listen(
-        self, app: web.Application, address: str, field: str, drain_s: float = DRAIN_S, **options: Any
+        self,
+        app: web.Application,
+        address: str,
+        field: str,
+        drain_s: float = DRAIN_S,
+        runner_class: type[web.AppRunner] = web.AppRunner,
+        **options: Any,
     ) -> int:
         host, port = split_host_port(address)
         limits = {**RUNNER_LIMITS, **options}
         # handler_cancellation: a client that goes away cancels its handler, and so the upstream call it waits on
-        runner = web.AppRunner(
+        runner = runner_class(
             app, access_log=None, handle_signals=False, shutdown_timeout=drain_s, handler_cancellation=True, **limits
         )
         await runner.setup()
@@ -247,10 +263,15 @@ class Edge:
         self._draining = True
         if self.registration is not None:
             await self.registration.deregister()
+        grace = self.config.service.drain_grace
         if self.port:
-            log.info("draining requests in flight for up to %.1fs", self.config.service.drain_grace)
+            log.info("draining requests in flight for up to %.1fs", grace)
+        # a stream still open as the grace runs out ends with UNAVAILABLE, not a connection cut mid-body: a little
+        # before aiohttp's own wait (rounded up to a whole second) ends and it closes what is left
+        ending = asyncio.get_running_loop().call_later(max(grace - 1.0, grace / 2), self._open_streams.end_all)
         for runner in reversed(self._runners):
             await runner.cleanup()
+        ending.cancel()
         self._runners.clear()
         await self.auth.close()
         if self.limits is not None:
@@ -325,8 +346,7 @@ class Edge:
             metadata = upstream_metadata(request.headers, self._forwardable, request[REQUEST_KEY])
             metadata += self.auth.identity_metadata(caller.current.get())
             if route.client_streaming:
-                start = functools.partial(self._send[route], timeout=timeout, metadata=metadata)
-                return await websocket.serve(request, route, found.variables, start, edge.max_body_bytes)
+                return await self._websocket(request, route, found.variables, timeout, metadata)
             body = await read_body(request, edge.max_body_bytes) if route.body else b""
             query = query_params(request.rel_url.raw_query_string)  # strict UTF-8, unlike rel_url.query
             query = [(name, value) for name, value in query if name != self.auth.key_query]  # the API key is no field
@@ -342,7 +362,11 @@ class Edge:
         try:
             if media:
                 call = self._send[route](message, timeout=timeout, metadata=metadata)
-                return await server_stream.serve(request, route, call, media, _error)
+                self._open_streams.add(call)
+                try:
+                    return await server_stream.serve(request, route, call, media, _error, self._open_streams.explain)
+                finally:
+                    self._open_streams.discard(call)
             reply = await self._send[route](message, timeout=timeout, metadata=metadata)
             response = web.Response(text=response_json(route, reply), content_type=JSON)
             if route.safe and route.verb == "GET" and isinstance(response.body, bytes):
@@ -357,6 +381,24 @@ class Edge:
             log.exception("%s %s failed inside the edge", request.method, route.path)
             what = f"the edge failed to serve {route.path}; its log says why"
             return _error(refusal(grpc.StatusCode.INTERNAL, what), 500)
+
+    async def _websocket(
+        self, request: web.Request, route: Route, variables: dict[str, str], timeout: float | None, metadata: Any
+    ) -> web.StreamResponse:
+        started: list[Any] = []
+
+        def start(requests: Any) -> Any:
+            call = self._send[route](requests, timeout=timeout, metadata=metadata)
+            started.append(call)
+            self._open_streams.add(call)
+            return call
+
+        try:
+            max_bytes = self.config.edge.max_body_bytes
+            return await websocket.serve(request, route, variables, start, max_bytes, self._open_streams.explain)
+        finally:
+            for call in started:
+                self._open_streams.discard(call)
 
 
 BODY_REFUSALS = {

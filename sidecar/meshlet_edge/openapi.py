@@ -20,6 +20,7 @@ from typing import Any
 from google.protobuf import descriptor, descriptor_pb2
 from google.rpc import status_pb2
 
+from meshlet_edge import openapi_streams
 from meshlet_edge.lifecycle import Deprecation, method_of
 from meshlet_edge.routes import Route
 from meshlet_edge.templates import ANY, ONE
@@ -271,7 +272,7 @@ def document(
             operation_id += f"_{seen_ids[operation_id]}"
         path, parameters = _same_names(*_path(route, schemas), paths)
         operation = _operation(route, method, operation_id, parameters, schemas, said, deprecated.get(route.path))
-        if route.body:
+        if route.body and not route.client_streaming:  # a WebSocket's messages travel in its frames
             operation["requestBody"] = _body(route, schemas)
             if max_body_bytes is not None:
                 why = f"The body is larger than {max_body_bytes} bytes, the most the edge accepts."
@@ -326,6 +327,12 @@ def _operation(
     for code, why in ERRORS.items():
         responses[code] = _error_response(why)
     responses["default"] = _error_response(DEFAULT_ERROR)
+    if route.client_streaming:
+        request = schemas.message(route.request_type.DESCRIPTOR)
+        responses = openapi_streams.websocket_responses(request, ok, _ref(STATUS), _error_response)
+    elif route.server_streaming:
+        responses["200"] = openapi_streams.server_stream_ok(ok, _ref(STATUS))
+        responses["406"] = _error_response(openapi_streams.NOT_ACCEPTABLE)
     operation: dict[str, Any] = {
         "operationId": operation_id,
         "summary": method.name,

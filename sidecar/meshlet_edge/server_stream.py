@@ -20,6 +20,7 @@ from aiohttp import web
 from google.rpc import status_pb2
 
 from meshlet_edge import framing
+from meshlet_edge.open_streams import CANCELLED, call_cancelled
 from meshlet_edge.routes import Route
 from meshlet_edge.status import http_status, refusal, status_json, status_of
 from meshlet_edge.transcode import response_json
@@ -27,6 +28,11 @@ from meshlet_edge.transcode import response_json
 log = logging.getLogger("meshlet.edge")
 
 ErrorAnswer = Callable[..., web.StreamResponse]  # edge._error: (status, http, headers=None, pool=None)
+Explain = Callable[[status_pb2.Status], status_pb2.Status]
+
+
+def _as_is(status: status_pb2.Status) -> status_pb2.Status:
+    return status
 
 
 def not_acceptable(request: web.Request, error: ErrorAnswer) -> web.StreamResponse:
@@ -37,9 +43,11 @@ def not_acceptable(request: web.Request, error: ErrorAnswer) -> web.StreamRespon
     return error(refusal(grpc.StatusCode.INVALID_ARGUMENT, what, [("Accept", what)]), 406)
 
 
-async def serve(request: web.Request, route: Route, call: Any, media: str, error: ErrorAnswer) -> web.StreamResponse:
+async def serve(
+    request: web.Request, route: Route, call: Any, media: str, error: ErrorAnswer, explain: Explain = _as_is
+) -> web.StreamResponse:
     """Relay `call` (a started unary-stream call) to the client as `media`; `error` answers a failure that
-    comes before the first reply."""
+    comes before the first reply, `explain` may restate the status a call ended with (the edge's shutdown)."""
     sse = media == framing.SSE
     response = web.StreamResponse(headers={"Content-Type": media, "Cache-Control": "no-store"})
     if sse:
@@ -47,12 +55,20 @@ async def serve(request: web.Request, route: Route, call: Any, media: str, error
     try:
         try:
             first = await call.read()
+        except asyncio.CancelledError as cancelled:
+            if not call_cancelled(cancelled):
+                raise
+            status = explain(CANCELLED)  # the edge's shutdown, before the first reply
+            return error(status, 499 if status is CANCELLED else 503)
         except grpc.aio.AioRpcError as failure:
             pool = route.request_type.DESCRIPTOR.file.pool
-            return error(status_of(failure), http_status(failure.code()), None, pool=pool)
+            status = explain(status_of(failure))
+            code = failure.code() if status.code == failure.code().value[0] else grpc.StatusCode.UNAVAILABLE
+            return error(status, http_status(code), None, pool=pool)
         await response.prepare(request)
         status = await _relay(response, route, call, first, sse)
         if status is not None:
+            status = explain(status)
             text = status_json(status, route.request_type.DESCRIPTOR.file.pool)  # the upstream's own detail types too
             await response.write(framing.sse_error(text) if sse else framing.ndjson_error(text))
         elif sse:
@@ -80,7 +96,11 @@ async def _relay(
             reply = await call.read()
     except grpc.aio.AioRpcError as failure:
         return status_of(failure)
-    except (ConnectionResetError, asyncio.CancelledError):
+    except asyncio.CancelledError as cancelled:
+        if call_cancelled(cancelled):  # the edge's shutdown ended the call: the client hears it
+            return CANCELLED
+        raise
+    except ConnectionResetError:
         raise
     except Exception:  # the headers are out: a bug of ours ends the stream in the one error shape
         log.exception("streaming %s failed inside the edge", route.path)

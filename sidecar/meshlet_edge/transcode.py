@@ -7,7 +7,7 @@ from __future__ import annotations
 import json
 import re
 from collections.abc import Iterable, Mapping
-from typing import Any
+from typing import Any, NoReturn
 from urllib.parse import unquote_plus
 
 from google.protobuf import descriptor, json_format
@@ -49,12 +49,18 @@ def request_message(route: Route, variables: Mapping[str, str], query: Iterable[
     if route.body != "*":
         # A field the path or the body binds is theirs: a query parameter cannot change it (grpc-gateway's filter).
         bound = [tuple(name.split(".")) for name in variables] + ([(route.body,)] if route.body else [])
+        once: set[tuple[str, ...]] = set()  # the non-repeated fields the query set, by their proto names
         for name, value in query:
             path = _proto_path(message_type, name)
             if path is not None and any(path[: len(b)] == b or b[: len(path)] == path for b in bound):
                 continue
             found = _field_at(message_type, name)
-            _set(fields, name, _text_value(found, value), repeated=found is not None and found.is_repeated)
+            repeated = found is not None and found.is_repeated
+            if not repeated and path is not None:
+                if path in once:
+                    raise BadRequest(name, f"{name} is not a repeated field, yet the query sets it twice: send it once")
+                once.add(path)
+            _set(fields, name, _text_value(found, value), repeated=repeated)
     for name, value in variables.items():
         if not_utf8(value):
             raise BadRequest(name, f"the path's {name} is not UTF-8 once percent-decoded: escape its text as UTF-8")
@@ -103,12 +109,32 @@ def response_json(route: Route, reply: Any) -> str:
 
 
 def _json(body: bytes) -> Any:
+    """The body parsed as strict JSON (RFC 8259): no NaN or Infinity literals, no key twice in one object, where
+    Python's json would take them (the last of two keys silently winning, which a proxy before the edge may read
+    otherwise)."""
     try:
-        return json.loads(body)
+        return json.loads(body, object_pairs_hook=_one_of_each_key, parse_constant=_not_json)
+    except BadRequest:
+        raise
     except (ValueError, UnicodeDecodeError) as error:
         raise BadRequest("body", f"the body is not JSON: {error}") from None
     except RecursionError:  # a JSON bomb: arrays or objects nested past Python's stack
         raise BadRequest("body", "the body nests deeper than the edge reads: flatten it") from None
+
+
+def _one_of_each_key(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    found: dict[str, Any] = {}
+    for key, value in pairs:
+        if key in found:
+            raise BadRequest(key, f"the body names {key!r} twice in one object: send each field once")
+        found[key] = value
+    return found
+
+
+def _not_json(literal: str) -> NoReturn:
+    raise BadRequest(
+        "body", f'the body is not JSON: {literal} is no JSON value (the proto3 mapping writes "{literal}")'
+    )
 
 
 def _set(fields: dict[str, Any], dotted: str, value: Any, *, repeated: bool) -> None:
@@ -119,6 +145,10 @@ def _set(fields: dict[str, Any], dotted: str, value: Any, *, repeated: bool) -> 
         if not isinstance(nested, dict):
             raise BadRequest(dotted, f"{part} is not a message, so {dotted} cannot be set")
         target = nested
+    existing = target.get(leaf)
+    if isinstance(existing, dict) or (existing is not None and repeated != isinstance(existing, list)):
+        # ?skus.x=1&skus=2, ?filter.a=1&filter=2: a field set whole and by its parts
+        raise BadRequest(dotted, f"the query sets {dotted} both whole and by its fields: send one or the other")
     if repeated:
         target.setdefault(leaf, []).append(value)
     else:
@@ -175,6 +205,7 @@ def _field_of(error: str) -> str:
 
 _TIMEOUT = re.compile(r"^([0-9]{1,8})([HMSmun])$")
 _UNIT_S = {"H": 3600.0, "M": 60.0, "S": 1.0, "m": 1e-3, "u": 1e-6, "n": 1e-9}
+MAX_TIMEOUT_S = 100 * 365 * 86400.0  # as good as none; gRPC's core takes a longer one (99999999H) as expired
 
 
 def grpc_timeout(header: str | None) -> float | None:
@@ -187,4 +218,4 @@ def grpc_timeout(header: str | None) -> float | None:
         raise BadRequest(
             "grpc-timeout", f"grpc-timeout {header!r} is not 1-8 digits and a unit (H M S m u n): e.g. 250m"
         )
-    return int(found.group(1)) * _UNIT_S[found.group(2)]
+    return min(int(found.group(1)) * _UNIT_S[found.group(2)], MAX_TIMEOUT_S)

@@ -25,6 +25,7 @@ from aiohttp import WSMsgType, web
 from google.rpc import status_pb2
 
 from meshlet_edge import framing
+from meshlet_edge.open_streams import CANCELLED, call_cancelled
 from meshlet_edge.routes import Route
 from meshlet_edge.status import refusal, status_json, status_of
 from meshlet_edge.transcode import BadRequest, request_message, response_json
@@ -63,17 +64,19 @@ async def serve(
     variables: Mapping[str, str],
     start: Callable[[AsyncIterator[Any]], Any],
     max_frame_bytes: int,
+    explain: Callable[[status_pb2.Status], status_pb2.Status] = lambda status: status,
 ) -> web.StreamResponse:
     """Run one call over the upgraded `request`: `start(requests)` starts it on the mesh (stream-unary or
     stream-stream) with the request iterator the socket's frames feed."""
     socket = web.WebSocketResponse(heartbeat=HEARTBEAT_S, max_msg_size=max_frame_bytes)
     await socket.prepare(request)
     queue: asyncio.Queue[Any] = asyncio.Queue(QUEUED_REQUESTS)
-    call = start(_requests(queue))
+    requests = _Requests(queue)
+    call = start(requests.messages())
     reading = asyncio.create_task(_read_frames(socket, route, variables, queue))
     replying = asyncio.create_task(_relay_replies(socket, route, call))
     try:
-        status = await _outcome(reading, replying)
+        status = explain(await _outcome(reading, replying))
     except _ClientLeft:
         log.debug("%s: the client left, its call is cancelled", route.path)
         return socket
@@ -84,6 +87,7 @@ async def serve(
         for task in (reading, replying):
             task.cancel()
         call.cancel()  # a no-op for a call that ended
+        requests.stop()
         for task in (reading, replying):
             with contextlib.suppress(BaseException):
                 await task
@@ -109,9 +113,30 @@ async def _outcome(reading: asyncio.Task[None], replying: asyncio.Task[status_pb
     return await replying
 
 
-async def _requests(queue: asyncio.Queue[Any]) -> AsyncIterator[Any]:
-    while (message := await queue.get()) is not _END:
-        yield message
+class _Requests:
+    """The call's request stream, fed by the socket's frames through `queue`.
+
+    Trap: the mesh reads it through a task of its own (one pending read, kept across retries:
+    meshlet.transport.streams.ReplayableRequests), which a cancelled call leaves waiting on the queue; garbage
+    collected pending, asyncio logs "Task was destroyed but it is pending!" at error level, once per client that
+    went away. `stop` cancels whichever task waits for the next frame, so it ends with the call."""
+
+    def __init__(self, queue: asyncio.Queue[Any]) -> None:
+        self._queue = queue
+        self._reader: asyncio.Task[Any] | None = None
+
+    async def messages(self) -> AsyncIterator[Any]:
+        while True:
+            self._reader = asyncio.current_task()
+            message = await self._queue.get()
+            self._reader = None
+            if message is _END:
+                return
+            yield message
+
+    def stop(self) -> None:
+        if self._reader is not None and self._reader is not asyncio.current_task() and not self._reader.done():
+            self._reader.cancel()
 
 
 async def _read_frames(
@@ -157,6 +182,10 @@ async def _relay_replies(socket: web.WebSocketResponse, route: Route, call: Any)
             await socket.send_str(framing.ws_result(response_json(route, await call)))
     except grpc.aio.AioRpcError as failure:
         return status_of(failure)
+    except asyncio.CancelledError as cancelled:
+        if call_cancelled(cancelled):  # the edge's shutdown ended the call: the client hears it
+            return CANCELLED
+        raise
     except ConnectionResetError:
         raise _ClientLeft() from None
     return OK

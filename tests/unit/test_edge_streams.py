@@ -4,15 +4,18 @@ shop's order watch over a storage whose order changes."""
 
 from __future__ import annotations
 
+import asyncio
 import json
 from collections.abc import AsyncIterator, Sequence
 
 import grpc
 import pytest
 
+from meshlet.transport.streams import ReplayableRequests
 from meshlet_api.echo.v1 import echo_pb2
 from meshlet_edge import framing
 from meshlet_edge.routes import build_routes, load_pool
+from meshlet_edge.websocket import _Requests
 from meshlet_shop.orders.watching import order_events
 from meshlet_shop_api.orders.v1 import orders_pb2
 
@@ -115,3 +118,20 @@ async def test_a_watch_of_an_order_in_a_final_state_sends_that_state_alone() -> 
 async def test_a_watch_ends_at_its_bound_or_when_the_order_is_forgotten() -> None:
     assert await events(order("NEW"), [order("NEW")] * 10, bound_s=3.0) == ["NEW"]
     assert await events(order("NEW"), [None]) == ["NEW"]
+
+
+async def test_a_websocket_call_that_ends_leaves_no_read_of_its_requests_pending() -> None:
+    """The mesh reads a request stream through one pending read kept across retries; a call cancelled while it
+    waited for the client's next frame left that task pending, which asyncio logs as an error once collected
+    ("Task was destroyed but it is pending!"), once per WebSocket client that went away."""
+
+    queue: asyncio.Queue[object] = asyncio.Queue()
+    requests = _Requests(queue)
+    replay = ReplayableRequests(requests.messages(), 1024)
+    attempt = asyncio.ensure_future(anext(replay.replay()))  # an attempt's writer, waiting for the next frame
+    await asyncio.sleep(0.01)
+    attempt.cancel()  # the call ended: the client went away
+    requests.stop()
+    await asyncio.sleep(0.01)
+    pending = [task for task in asyncio.all_tasks() if task is not asyncio.current_task() and not task.done()]
+    assert pending == []

@@ -90,3 +90,13 @@ def test_any_value_filled_into_a_template_is_bound_back_unchanged(template: Path
 def test_matching_never_raises_on_any_path(template: PathTemplate, path: str) -> None:
     found = template.match("/" + path)
     assert found is None or set(found) == set(template.variables)
+
+
+def test_a_many_segment_variable_decodes_utf8_whole_and_keeps_an_escaped_slash() -> None:
+    # each escape was once decoded on its own: "%C3%A9" became two U+FFFD
+    bound = parse("/v1/{name=shelves/*}").match("/v1/shelves/caf%C3%A9%2fbar")
+    assert bound == {"name": "shelves/café%2Fbar"}
+
+
+def test_an_escape_that_is_not_utf8_is_kept_as_a_surrogate_for_transcoding_to_refuse() -> None:
+    assert parse("/v1/{name}").match("/v1/ord%E9") == {"name": "ord\udce9"}

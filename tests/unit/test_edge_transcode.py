@@ -16,7 +16,7 @@ from google.rpc import error_details_pb2, status_pb2
 from meshlet.errors import DETAILS_KEY, ConfigError
 from meshlet_edge.routes import RouteTable, build_routes, load_pool
 from meshlet_edge.status import HTTP_STATUS, http_status, status_json, status_of
-from meshlet_edge.transcode import BadRequest, grpc_timeout, request_message, response_json
+from meshlet_edge.transcode import MAX_TIMEOUT_S, BadRequest, grpc_timeout, request_message, response_json
 from meshlet_shop_api.inventory.v1 import inventory_pb2
 from meshlet_shop_api.orders.v1 import orders_pb2
 from tests.support.descriptor_sets import descriptor_set, write_descriptor_set
@@ -242,3 +242,25 @@ def test_a_boolean_from_the_query_or_the_path_is_read_as_json_reads_true_and_fal
     with pytest.raises(BadRequest) as refused:
         request_message(found.route, found.variables, [("force", "maybe")], b"")
     assert refused.value.field == "force"
+
+
+def test_the_longest_grpc_timeout_is_capped_where_grpcs_core_still_takes_it() -> None:
+    assert grpc_timeout("99999999H") == MAX_TIMEOUT_S
+    assert grpc_timeout("250m") == 0.25
+
+
+@pytest.mark.parametrize(
+    "query",
+    [[("skus.x", "b"), ("skus", "a")], [("skus", "a"), ("skus.x", "b")]],
+    ids=["parts-then-whole", "whole-then-parts"],
+)
+def test_a_query_that_sets_a_field_whole_and_by_its_parts_is_a_400(query: list[tuple[str, str]]) -> None:
+    # the first order raised AttributeError: a 500 from a bug of the edge's, not the client's 400
+    from meshlet_shop_api.inventory.v2 import inventory_pb2 as v2
+
+    assert v2.DESCRIPTOR is not None
+    table = build_routes({"shop.inventory.v2.Inventory": "inventory"}, load_pool(()))
+    found = table.match("GET", "/v2/inventory/items")
+    assert found is not None
+    with pytest.raises(BadRequest):
+        request_message(found.route, {}, query, b"")
