@@ -17,14 +17,15 @@ $(STAMP): pyproject.toml
 demo: $(STAMP)
 	$(VENV)/bin/meshlet demo
 
-## Everything CI runs: lint, types, layering, then the test suite; then the pipelines and the core sidecar suites
+## Everything CI runs: lint, types, layering, then the test suite (on two workers, pytest-xdist, each test file
+## whole on one worker so its module fixtures start once); then the pipelines and the core sidecar suites
 ## again with the loops swapped (meshlet.runtime): the first pass runs the tests' own loops on asyncio's loop and
 ## the processes they start on the default (uvloop where installed), the second the tests' loops on uvloop and
 ## the processes on asyncio's loop, so that each side has run on both (about a minute and a half more).
 LOOP_SUITES := tests/pipeline tests/integration/test_sidecar.py tests/integration/test_sidecar_fast_path.py \
                tests/integration/test_sidecar_inbound.py tests/integration/test_sidecar_loop.py tests/unit/test_runtime.py
 test: lint typecheck
-	$(PY) -m pytest
+	$(PY) -m pytest -n 2 --dist loadfile
 	MESHLET_TEST_LOOP=uvloop MESHLET_LOOP=asyncio $(PY) -m pytest $(LOOP_SUITES)
 
 lint: $(STAMP)
