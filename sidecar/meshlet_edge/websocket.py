@@ -88,9 +88,7 @@ async def serve(
             task.cancel()
         call.cancel()  # a no-op for a call that ended
         requests.stop()
-        for task in (reading, replying):
-            with contextlib.suppress(BaseException):
-                await task
+        await asyncio.gather(reading, replying, return_exceptions=True)  # both over before the socket closes
     code = grpc.StatusCode.OK if status.code == 0 else _code(status.code)
     with contextlib.suppress(ConnectionResetError):
         if code is not grpc.StatusCode.OK:
