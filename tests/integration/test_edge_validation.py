@@ -139,14 +139,15 @@ def servers(module_procs: Processes, tmp_path_factory: pytest.TempPathFactory) -
     wait_until(lambda: f"listening on {app_port}" in inventory.output() or not inventory.alive(), START_S, "inventory")
     assert inventory.alive(), inventory.output()
     descriptors = write_descriptor_set(folder / "inventory.pb", inventory_pb2.DESCRIPTOR)
-    config = {
+    service = {"check_ttl": "1s", "drain_grace": "1s"}
+    config: dict[str, Any] = {
         **plaintext,
-        "service": {"name": "inventory", "check_ttl": "1s", "drain_grace": "1s"},
+        "service": {**service, "name": "inventory"},
         "sidecar": {"descriptor_sets": [str(descriptors)]},
         "inbound": {"validate": True},
     }
     sidecar = start_sidecar(module_procs, folder, "inventory-v", config, app=f"127.0.0.1:{app_port}")
-    reflecting = {**config, "service": {**config["service"], "name": "inventory-learning"}, "sidecar": {}}
+    reflecting = {**config, "service": {**service, "name": "inventory-learning"}, "sidecar": {}}
     learning = start_sidecar(module_procs, folder, "inventory-r", reflecting, app=f"127.0.0.1:{app_port}")
     return Servers(
         agent,
