@@ -139,10 +139,10 @@ def servers(module_procs: Processes, tmp_path_factory: pytest.TempPathFactory) -
     wait_until(lambda: f"listening on {app_port}" in inventory.output() or not inventory.alive(), START_S, "inventory")
     assert inventory.alive(), inventory.output()
     descriptors = write_descriptor_set(folder / "inventory.pb", inventory_pb2.DESCRIPTOR)
-    service = {"name": "inventory", "check_ttl": "1s", "drain_grace": "1s"}
+    service = {"check_ttl": "1s", "drain_grace": "1s"}
     config: dict[str, Any] = {
         **plaintext,
-        "service": service,
+        "service": {**service, "name": "inventory"},
         "sidecar": {"descriptor_sets": [str(descriptors)]},
         "inbound": {"validate": True},
     }

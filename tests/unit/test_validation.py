@@ -149,3 +149,12 @@ async def test_without_the_validator_or_a_decoder_there_is_no_stage() -> None:
     assert not named(list(inbound_stages(InboundParts())))  # off by default
     assert named(list(inbound_stages(InboundParts(validator=RequestValidator()))))
     assert not named(list(inbound_stages(InboundParts(validator=RequestValidator()), decode=None)))  # type unknown
+
+
+def test_the_edge_validates_by_default_and_servers_only_when_asked() -> None:
+    from meshlet.config import Config, load_config
+
+    assert (Config().edge.validate_requests, Config().inbound.validate_requests) == (True, False)
+    config = load_config(None, env={"MESHLET_INBOUND__VALIDATE": "true", "MESHLET_EDGE__VALIDATE": "false"})
+    assert (config.edge.validate_requests, config.inbound.validate_requests) == (False, True)
+    assert config.redacted()["inbound"] == {"validate": True}  # /config says it as the file does
