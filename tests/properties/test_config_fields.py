@@ -106,6 +106,9 @@ consul_addresses = st.one_of(
 @given(consul_addresses)
 @example("fd00::1:8500")
 @example("[::1]:²")
+@example("[0:0:0:0:0:0:0:]")  # brackets holding no IPv6 address, once accepted unchecked
+@example("http://[::;]")
+@example("[::1]x")
 def test_a_consul_address_normalises_once_for_all_or_is_refused_in_our_words(text: str) -> None:
     outcome = attempt(lambda: normalise_consul_address(text), ValueError)
     if outcome.refused:

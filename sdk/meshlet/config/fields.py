@@ -95,11 +95,25 @@ def normalise_consul_address(text: str) -> str:
     scheme, sep, rest = text.strip().rstrip("/").partition("://")
     scheme, rest = (scheme.lower(), rest) if sep else ("http", scheme)
     rest = bracket_ipv6(rest)
-    if scheme not in ("http", "https") or not rest or any(c in rest for c in "/@?# "):
+    if scheme not in ("http", "https") or not rest or any(c in rest for c in "/@?# ") or not _bracketed_ok(rest):
         raise ValueError("must be host:port or http(s)://host:port, e.g. http://127.0.0.1:8500")
     if ":" in rest.rpartition("]")[2]:
         split_host_port(rest)
     return f"{scheme}://{rest}"
+
+
+def _bracketed_ok(authority: str) -> bool:
+    """An authority that opens with ``[`` holds an IPv6 address there (``[::0:]`` is none), then nothing or a port."""
+    if not authority.startswith("["):
+        return "[" not in authority and "]" not in authority
+    host, closed, rest = authority[1:].partition("]")
+    if not closed or (rest and not rest.startswith(":")) or "[" in rest or "]" in rest:
+        return False
+    try:
+        ipaddress.IPv6Address(host)
+    except ValueError:
+        return False
+    return True
 
 
 def invalid(allowed: str, *, field: tuple[str, ...] = (), value: object = None, blame: str = "") -> Exception:
