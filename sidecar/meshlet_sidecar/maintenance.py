@@ -54,7 +54,8 @@ class Maintenance:
         self._active = True
         await self._stop_watching()  # a previous maintenance still telling the agent it ended
         taken = await self._set_in_consul(True)  # before the watch begins, which may end it at once
-        self._task = asyncio.create_task(self._end_when_the_app_is_back(), name="maintenance")
+        held = await self._hold_a_connection()  # before /drain answers: the app's stop comes right after it
+        self._task = asyncio.create_task(self._end_when_the_app_is_back(held), name="maintenance")
         return taken
 
     async def close(self) -> None:
@@ -68,8 +69,28 @@ class Maintenance:
             with contextlib.suppress(asyncio.CancelledError):
                 await task
 
-    async def _end_when_the_app_is_back(self) -> None:
-        await self._app_goes_down()
+    async def _hold_a_connection(self) -> grpc.aio.Channel | None:
+        """A connection the app has accepted, held open so that its stop is seen however soon after /drain it comes
+        (opened later, it could reach the app's replacement instead); None if the app accepts none (already down:
+        a hung app that failed its liveness probe, say)."""
+        channel = grpc.aio.insecure_channel(self.app.app_address, options=_CHANNEL_OPTIONS)
+        try:
+            await asyncio.wait_for(channel.channel_ready(), CONNECT_TIMEOUT_S)
+        except TimeoutError:
+            await channel.close()
+            return None
+        except BaseException:
+            await channel.close()
+            raise
+        return channel
+
+    async def _end_when_the_app_is_back(self, held: grpc.aio.Channel | None) -> None:
+        if held is not None:
+            try:
+                await _closed_by_the_app(held)
+            finally:
+                await held.close()
+        log.info("the app at %s went down: waiting for it to be healthy again", self.app.app_address)
         while True:
             if await self.app.probe() == SERVING:  # a fresh answer: the last one may predate the stop
                 break
@@ -81,20 +102,13 @@ class Maintenance:
                 break
             await asyncio.sleep(self.poll_s)  # the agent is unreachable: keep asking, callers need it back
 
-    async def _app_goes_down(self) -> None:
-        """Returns once the app's process has closed a connection it had accepted, or at once if it accepts none
-        (already down: a hung app that failed its liveness probe, say)."""
-        address = self.app.app_address
-        async with grpc.aio.insecure_channel(address, options=_CHANNEL_OPTIONS) as channel:
-            try:
-                await asyncio.wait_for(channel.channel_ready(), CONNECT_TIMEOUT_S)
-            except TimeoutError:
-                return
-            state = channel.get_state()
-            while state == grpc.ChannelConnectivity.READY:
-                await channel.wait_for_state_change(state)
-                state = channel.get_state()
-        log.info("the app at %s went down: waiting for it to be healthy again", address)
-
     def __repr__(self) -> str:
         return f"<Maintenance {'on, waiting for the app to restart' if self.active else 'off'}>"
+
+
+async def _closed_by_the_app(channel: grpc.aio.Channel) -> None:
+    """Returns once the app's process has closed the connection `channel` holds."""
+    state = channel.get_state()
+    while state == grpc.ChannelConnectivity.READY:
+        await channel.wait_for_state_change(state)
+        state = channel.get_state()
