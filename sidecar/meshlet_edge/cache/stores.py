@@ -15,7 +15,7 @@ from typing import Any, Protocol
 
 from cachetools import TLRUCache
 
-from meshlet.errors import ConfigError
+from meshlet_edge.redis_client import redis_client
 
 PREFIX = "meshlet:edge:cache:"
 _HEADER_END = b"\n\n"
@@ -109,14 +109,7 @@ class RedisStore:
     remote = True
 
     def __init__(self, url: str, timeout_s: float) -> None:
-        try:  # imported here: meshlet[edge-redis] is needed only when a Redis store is configured
-            import redis.asyncio
-        except ImportError:
-            fix = "needs the redis package: pip install 'meshlet[edge-redis]', or set store: memory"
-            raise ConfigError("edge.cache.store", url, fix) from None
-        self._redis = redis.asyncio.Redis.from_url(
-            url, socket_timeout=timeout_s, socket_connect_timeout=timeout_s, retry_on_timeout=False
-        )
+        self._redis = redis_client(url, timeout_s, field="edge.cache.store")
         self._lookup = self._redis.register_script(_LOOKUP)
 
     async def lookup(self, rule_id: str, key: str) -> tuple[int, Entry | None]:

@@ -13,19 +13,19 @@ fixed windows start at a consumer's first request rather than on the calendar (a
 of seconds), and each limit is a separate hit, so "refused if any refuses, nothing charged then" across a bucket
 and three windows would take several round trips and would not be atomic.
 
-redis-py (``pip install 'meshlet[edge-redis]'``) is imported only when a Redis URL is configured.
+The client: meshlet_edge.redis_client, shared with the cache's Redis store.
 """
 
 from __future__ import annotations
 
 import math
-import urllib.parse
 from typing import TYPE_CHECKING, Any
 
 from meshlet_edge.limits.decision import Outcome, Plan, window_span
+from meshlet_edge.redis_client import redis_client, where
 
 if TYPE_CHECKING:
-    from redis.asyncio import Redis
+    pass
 
 PREFIX = "meshlet:edge:limit:"
 
@@ -81,36 +81,10 @@ return reply
 """
 
 
-def redis_client(url: str, timeout_s: float) -> Redis:
-    """A client that gives up on a connect or a reply after `timeout_s` and never retries by itself (the edge
-    decides what a failure means, within its timeout); its pool reconnects on the next request."""
-    from redis.asyncio import Redis
-    from redis.asyncio.retry import Retry
-    from redis.backoff import NoBackoff
-
-    return Redis.from_url(
-        url,
-        socket_timeout=timeout_s,
-        socket_connect_timeout=timeout_s,
-        retry=Retry(NoBackoff(), 0),
-        retry_on_timeout=False,
-        health_check_interval=0,
-    )
-
-
-def where(url: str) -> str:
-    """The URL as logs may show it: without a password."""
-    parsed = urllib.parse.urlsplit(url)
-    host = parsed.hostname or ""
-    host = f"[{host}]" if ":" in host else host
-    port = f":{parsed.port}" if parsed.port else ""
-    return urllib.parse.urlunsplit((parsed.scheme, host + port, parsed.path, "", ""))
-
-
 class RedisStore:
     def __init__(self, url: str, timeout_s: float) -> None:
         self.where = where(url)
-        self._redis = redis_client(url, timeout_s)
+        self._redis = redis_client(url, timeout_s, field="edge.limits.store")
         self._script = self._redis.register_script(SCRIPT)  # EVALSHA, and EVAL once after a Redis restart
 
     async def charge(self, consumer: str, plan: Plan, cost: int, now: float) -> Outcome:
