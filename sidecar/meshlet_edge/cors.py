@@ -16,17 +16,16 @@ Origins are exact (``https://shop.example.com``) or patterns whose ``*`` stands 
 from __future__ import annotations
 
 import re
-from collections.abc import Awaitable, Callable, Iterable, MutableMapping
+from collections.abc import Callable, Iterable, MutableMapping
 from dataclasses import dataclass
 
 import grpc
 from aiohttp import hdrs, web
-from aiohttp.typedefs import Middleware
 
 from meshlet.config.schema import EdgeCors
+from meshlet_edge.stages import Handler, HeaderHook, HttpStage
 from meshlet_edge.status import refusal, status_json
 
-Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 _LABELS = r"[a-z0-9](?:[a-z0-9-]*[a-z0-9])?(?:\.[a-z0-9](?:[a-z0-9-]*[a-z0-9])?)*"
 PREFLIGHT_VARY = "Origin, Access-Control-Request-Method, Access-Control-Request-Headers"
 
@@ -116,10 +115,9 @@ def is_preflight(request: web.Request) -> bool:
     )
 
 
-def middleware(policy: CorsPolicy) -> Middleware:
+def middleware(policy: CorsPolicy) -> HttpStage:
     """Answers preflights before any policy or route sees them."""
 
-    @web.middleware
     async def cors(request: web.Request, handler: Handler) -> web.StreamResponse:
         if not is_preflight(request):
             return await handler(request)
@@ -138,10 +136,10 @@ def middleware(policy: CorsPolicy) -> Middleware:
     return cors
 
 
-def prepare_hook(policy: CorsPolicy) -> Callable[[web.Request, web.StreamResponse], Awaitable[None]]:
-    """An ``on_response_prepare`` hook: the CORS headers of every answer but a preflight's, streamed ones too."""
+def header_hook(policy: CorsPolicy) -> HeaderHook:
+    """A header hook: the CORS headers of every answer but a preflight's, streamed ones too."""
 
-    async def add_headers(request: web.Request, response: web.StreamResponse) -> None:
+    def add_headers(request: web.Request, response: web.StreamResponse) -> None:
         if hdrs.ACCESS_CONTROL_ALLOW_ORIGIN in response.headers or is_preflight(request):
             return
         response.headers.update(policy.actual(request.headers.get(hdrs.ORIGIN)))

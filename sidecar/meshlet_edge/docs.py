@@ -5,7 +5,7 @@ works with no network beyond the edge (no CDN). Swagger UI 5 reads OpenAPI 3.1."
 from __future__ import annotations
 
 import json
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from importlib import resources
 from pathlib import Path
 from typing import Any
@@ -16,6 +16,7 @@ from google.protobuf import descriptor_pb2
 
 from meshlet.errors import ConfigError
 from meshlet_edge.routes import RouteTable
+from meshlet_edge.stages import Handler
 
 PAGES = ("/openapi.json", "/openapi.yaml", "/docs", "/docs/")
 ASSETS = ("swagger-ui.css", "index.css", "swagger-ui-bundle.js", "favicon-32x32.png", "favicon-16x16.png")
@@ -79,14 +80,15 @@ class Docs:
         self.page = PAGE.format(title=document["info"]["title"].replace("<", "&lt;"))
         self.assets = _assets()
 
-    def add_to(self, app: web.Application) -> None:
-        """Adds the routes; call before the edge's catch-all route, which they take precedence over."""
+    def add_to(self, app: web.Application, wrap: Callable[[Handler], Handler]) -> None:
+        """Adds the routes, each handler behind `wrap` (the edge's stages); call before the edge's catch-all route,
+        which they take precedence over."""
         json_page, yaml_page, page, page_slash = PAGES
-        app.router.add_get(json_page, self._json)
-        app.router.add_get(yaml_page, self._yaml)
-        app.router.add_get(page, self._page)
-        app.router.add_get(page_slash, self._page)
-        app.router.add_get("/docs/static/{file}", self._asset)
+        app.router.add_get(json_page, wrap(self._json))
+        app.router.add_get(yaml_page, wrap(self._yaml))
+        app.router.add_get(page, wrap(self._page))
+        app.router.add_get(page_slash, wrap(self._page))
+        app.router.add_get("/docs/static/{file}", wrap(self._asset))
 
     async def _json(self, request: web.Request) -> web.Response:
         return web.Response(text=self.json, content_type="application/json")

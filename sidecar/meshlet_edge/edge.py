@@ -53,6 +53,7 @@ from meshlet_edge.registration import edge_registration, named
 from meshlet_edge.request_id import REQUEST_KEY, log_request_ids
 from meshlet_edge.retry_after import retry_after
 from meshlet_edge.routes import Match, Route, RouteTable, build_routes, load_pool
+from meshlet_edge.stages import HeaderHook, HttpStage, prepare_hook, staged
 from meshlet_edge.status import http_status, refusal, status_json, status_of
 from meshlet_edge.transcode import BadRequest, grpc_timeout, query_params, request_message, response_json
 
@@ -127,28 +128,26 @@ class Edge:
         access_log = AccessLog() if self.config.telemetry.access_log else None
         observer = HttpObserver(self.mesh.tracer, self.http_metrics, access_log)
         edge = self.config.edge
-        compression = responses.middleware(edge.compression.min_bytes)
         # In request order: observer, compression, then the policies: CORS preflights (answered before auth), auth
         # (401/403), rate limits (429); the cache's lookup is in _handle, after them.
-        middlewares = [observer.middleware(), compression]
-        if edge.cors is not None:  # every answer gets its CORS headers too (the prepare hook below)
+        stages: list[HttpStage] = [observer.middleware(), responses.middleware(edge.compression.min_bytes)]
+        hooks: list[HeaderHook] = [responses.add_request_id]  # headers every answer gets, streamed ones too
+        if edge.cors is not None:
             policy = cors.CorsPolicy(edge.cors, (route.verb for route in self.routes.routes))
-            middlewares.append(cors.middleware(policy))
+            stages.append(cors.middleware(policy))
+            hooks.append(cors.header_hook(policy))
         await self.auth.start()
         if self.auth.rules:
-            middlewares.append(self.auth.middleware)
+            stages.append(self.auth.middleware)
         if self.limits is not None:
-            middlewares.append(self.limits.middleware())
-        app = web.Application(client_max_size=edge.max_body_bytes, middlewares=middlewares)
-        app.on_response_prepare.append(responses.add_request_id)
-        if edge.cors is not None:
-            app.on_response_prepare.append(cors.prepare_hook(policy))
-        if self.limits is not None:
-            app.on_response_prepare.append(self.limits.add_headers)
+            stages.append(self.limits.middleware())
+            hooks.append(self.limits.add_headers)
+        hooks.append(self._deprecation_headers)
+        app = web.Application(client_max_size=edge.max_body_bytes)
+        app.on_response_prepare.append(prepare_hook(hooks))
         if self.docs is not None:
-            self.docs.add_to(app)
-        app.on_response_prepare.append(self._deprecation_headers)
-        app.router.add_route("*", r"/{tail:[\s\S]*}", self._handle)  # [\s\S]: a %0A in the path too
+            self.docs.add_to(app, functools.partial(staged, stages))
+        app.router.add_route("*", r"/{tail:[\s\S]*}", staged(stages, self._handle))  # [\s\S]: a %0A in the path too
         # Bodies are inflated by meshlet_edge.bodies, within edge.max_body_bytes, not by aiohttp.
         grace = self.config.service.drain_grace
         self.port = await self._listen(
@@ -207,7 +206,7 @@ class Edge:
             max_body_bytes=self.config.edge.max_body_bytes,
         )
 
-    async def _deprecation_headers(self, request: web.Request, response: web.StreamResponse) -> None:
+    def _deprecation_headers(self, request: web.Request, response: web.StreamResponse) -> None:
         route = request.get(ROUTE_KEY)
         if route is not None and route.path in self.deprecations:
             response.headers.update(self.deprecations[route.path].headers())

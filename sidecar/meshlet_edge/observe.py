@@ -3,7 +3,7 @@ outbound call's span (mesh.channel()'s pipeline) hangs under and which continues
 the request counted and timed by route (``meshlet_http_requests_total``, ``meshlet_http_request_duration_seconds``);
 and, when ``telemetry.access_log`` is on, one access log line.
 
-An aiohttp middleware around the edge's one handler, which names the route it matched (`note_route`). Labels
+The first stage (meshlet_edge.stages) of the edge's handler, which names the route it matched (`note_route`). Labels
 stay bounded whatever a client sends: the route is a template of the route table or ``(unmatched)``, the method
 one of HTTP's or ``_OTHER``. The route travels in a context variable (the handler runs in the middleware's
 context), not in the request: aiohttp 3.14 warns on plain request keys, and its typed ones are newer than the
@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Awaitable, Callable, Iterator
+from collections.abc import Callable, Iterator
 from contextvars import ContextVar, Token
 from typing import Any
 
@@ -28,6 +28,7 @@ from prometheus_client.samples import Exemplar
 from meshlet.telemetry.access_log import AccessLog, sampled_trace_id
 from meshlet.telemetry.metrics import BUCKET_LABELS, MethodMetrics
 from meshlet.telemetry.tracing import SERVER
+from meshlet_edge.stages import Handler, HttpStage
 
 _ROUTE: ContextVar[str | None] = ContextVar("meshlet_edge_route", default=None)
 UNMATCHED = "(unmatched)"
@@ -35,8 +36,6 @@ OTHER_METHOD = "_OTHER"  # OpenTelemetry's name for a method outside the known s
 METHODS = frozenset({"CONNECT", "DELETE", "GET", "HEAD", "OPTIONS", "PATCH", "POST", "PUT", "TRACE"})
 CLIENT_GONE = 499  # the client went away before the answer (nginx's code; CANCELLED maps to it too)
 REQUEST_ID = "X-Request-Id"
-
-Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
 
 def note_route(template: str) -> None:
@@ -104,12 +103,9 @@ class HttpObserver:
         self._access_log = access_log
         self._clock = clock
 
-    def middleware(self) -> Any:
-        @web.middleware
-        async def observe(request: web.Request, handler: Handler) -> web.StreamResponse:
-            return await self._observe(request, handler)
-
-        return observe
+    def middleware(self) -> HttpStage:
+        """The stage, first of the edge's: it sees every request and its answer, a refusal by a policy too."""
+        return self._observe
 
     async def _observe(self, request: web.Request, handler: Handler) -> web.StreamResponse:
         start = self._clock()

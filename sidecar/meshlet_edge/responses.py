@@ -1,7 +1,7 @@
 """What every answer of the edge's HTTP port carries, whichever handler made it: the request's ``X-Request-Id``
 (chosen before the handler runs, so that the handler, its log lines and its span can use it), and, for a body
 worth it, the compression the client accepts, with ``Vary: Accept-Encoding``. One aiohttp middleware for the
-bodies made whole, and a prepare hook for the header of streamed answers.
+bodies made whole (a stage of the edge's handler, see meshlet_edge.stages), and a header hook for streamed answers too.
 
 The middleware also settles the ``ETag`` a handler put on a whole answer (meshlet_edge.etags): weakened when the
 body is compressed, and a 304 without body when the request's ``If-None-Match`` names it, decided here because
@@ -10,19 +10,16 @@ only here is the coding known."""
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Awaitable, Callable
 
 from aiohttp import hdrs, web
-from aiohttp.typedefs import Middleware
 
 from meshlet_edge import compression, etags, request_id
+from meshlet_edge.stages import Handler, HttpStage
 
-Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 OFFLOAD_BYTES = 128 * 1024  # compress bodies past this in a thread, so the loop keeps serving meanwhile
 
 
-def middleware(min_bytes: int) -> Middleware:
-    @web.middleware
+def middleware(min_bytes: int) -> HttpStage:
     async def finish(request: web.Request, handler: Handler) -> web.StreamResponse:
         chosen = request_id.request_id(request.headers.get(request_id.HEADER))
         request[request_id.REQUEST_KEY] = chosen
@@ -46,25 +43,24 @@ def middleware(min_bytes: int) -> Middleware:
     return finish
 
 
-async def add_request_id(request: web.Request, response: web.StreamResponse) -> None:
-    """An ``on_response_prepare`` hook: every answer, streamed or whole, says which request it answers."""
+def add_request_id(request: web.Request, response: web.StreamResponse) -> None:
+    """A header hook: every answer, streamed or whole, says which request it answers."""
     found = request.get(request_id.REQUEST_KEY)
     if found is not None:
         response.headers[request_id.HEADER] = found
 
 
 def _coding(request: web.Request, response: web.Response, min_bytes: int) -> str | None:
-    """The coding this body is sent in (None: as it is); ``Vary: Accept-Encoding`` set on every compressible one."""
+    """The coding this body is sent in (None: as it is); ``Vary: Accept-Encoding`` on every body that the request's
+    Accept-Encoding decides (compressible, at least `min_bytes`), whichever coding it chose. A shorter body goes as
+    it is to every client, so it does not vary (and skips the header's parsing)."""
     body = response.body
-    if not isinstance(body, bytes) or hdrs.CONTENT_ENCODING in response.headers:
+    if not isinstance(body, bytes) or len(body) < min_bytes or response.status in (204, 304):
         return None
-    if not compression.is_compressible(response.content_type):
+    if hdrs.CONTENT_ENCODING in response.headers or not compression.is_compressible(response.content_type):
         return None
     _vary_on_accept_encoding(response)
-    coding = compression.choose_coding(request.headers.get(hdrs.ACCEPT_ENCODING))
-    if coding is None or len(body) < min_bytes or response.status in (204, 304):
-        return None
-    return coding
+    return compression.choose_coding(request.headers.get(hdrs.ACCEPT_ENCODING))
 
 
 async def _compress(response: web.Response, coding: str) -> None:

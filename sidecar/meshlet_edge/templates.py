@@ -73,9 +73,10 @@ class PathTemplate:
             else:
                 if index >= len(segments) or segments[index] == "":
                     return None
-                if piece.is_literal and unquote(segments[index]) != piece.text:
+                segment = segments[index]
+                if piece.is_literal and segment != piece.text and unquote(segment) != piece.text:
                     return None
-                taken = [segments[index]]
+                taken = [segment]
                 index += 1
             if piece.variable is not None:
                 bound.setdefault(piece.variable, []).extend(taken)

@@ -4,6 +4,7 @@ parameters (repeated by repetition, nested by dots). Strict: an unknown field is
 
 from __future__ import annotations
 
+import functools
 import json
 import re
 from collections.abc import Iterable, Mapping
@@ -36,6 +37,8 @@ class BadRequest(ValueError):
 
 def request_message(route: Route, variables: Mapping[str, str], query: Iterable[tuple[str, str]], body: bytes) -> Any:
     """The method's request from one HTTP request; raises BadRequest."""
+    if not route.body and not query and variables.keys() <= _plain_strings(route.request_type.DESCRIPTOR):
+        return _from_path(route, variables)  # the common GET /v1/things/{id}: no JSON to build and walk
     fields: dict[str, Any] = {}
     if route.body:
         parsed = _json(body) if body.strip() else {}
@@ -71,6 +74,24 @@ def request_message(route: Route, variables: Mapping[str, str], query: Iterable[
     except json_format.ParseError as error:
         raise BadRequest(_field_of(str(error)), str(error).splitlines()[0]) from None
     return message
+
+
+def _from_path(route: Route, variables: Mapping[str, str]) -> Any:
+    """The request from path variables alone, each bound to a singular string field of the request itself: set as
+    they are, which is what json_format would make of them."""
+    for name, value in variables.items():
+        if not_utf8(value):
+            raise BadRequest(name, f"the path's {name} is not UTF-8 once percent-decoded: escape its text as UTF-8")
+    return route.request_type(**variables)
+
+
+@functools.cache
+def _plain_strings(message: descriptor.Descriptor) -> frozenset[str]:
+    """The proto names of the message's own singular string fields outside a oneof (two of one oneof in one path
+    are json_format's error to tell)."""
+    string = descriptor.FieldDescriptor.TYPE_STRING
+    plain = (f for f in message.fields if f.type == string and not f.is_repeated and f.containing_oneof is None)
+    return frozenset(f.name for f in plain)
 
 
 def query_params(raw_query: str) -> list[tuple[str, str]]:

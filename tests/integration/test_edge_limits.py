@@ -32,6 +32,7 @@ from meshlet_edge.limits.decision import Plan, Quota
 from meshlet_edge.limits.memory_store import MemoryStore
 from meshlet_edge.limits.policy import Limits
 from meshlet_edge.limits.redis_store import RedisStore
+from meshlet_edge.stages import prepare_hook, staged
 from meshlet_shop_api.inventory.v1 import inventory_pb2
 from tests.support.agents import Agent, start_dev_agent
 from tests.support.descriptor_sets import write_descriptor_set
@@ -275,7 +276,6 @@ async def test_an_authenticated_callers_plan_and_identity_decide_what_it_may_spe
     plans = {"default": {"per_minute": 1}, "pro": {"per_minute": 3}}
     limits = Limits(EdgeConfig.model_validate({"plans": plans}))
 
-    @web.middleware
     async def auth(
         request: web.Request, handler: Callable[[web.Request], Awaitable[web.StreamResponse]]
     ) -> web.StreamResponse:
@@ -288,9 +288,9 @@ async def test_an_authenticated_callers_plan_and_identity_decide_what_it_may_spe
         refused = await limits.admit(request, "/shop.inventory.v1.Inventory/GetItem")
         return refused or web.json_response({})
 
-    app = web.Application(middlewares=[auth, limits.middleware()])
-    app.on_response_prepare.append(limits.add_headers)
-    app.router.add_get("/item", handle)
+    app = web.Application()  # the edge's own arrangement: its stages around the handler, its header hooks
+    app.on_response_prepare.append(prepare_hook([limits.add_headers]))
+    app.router.add_get("/item", staged([auth, limits.middleware()], handle))
     runner = web.AppRunner(app)
     await runner.setup()
     site = web.TCPSite(runner, "127.0.0.1", 0)

@@ -127,6 +127,15 @@ def test_a_sane_request_id_is_kept_and_another_replaced_by_a_uuid() -> None:
         assert uuid.UUID(made).version == 4
 
 
+def test_made_request_ids_are_canonical_random_uuids() -> None:
+    made = [request_id(None) for _ in range(2000)]
+    assert len(set(made)) == len(made)
+    for text in made:
+        parsed = uuid.UUID(text)
+        assert (parsed.version, parsed.variant) == (4, uuid.RFC_4122)
+        assert str(parsed) == text  # the canonical form: lowercase, dashes where uuid puts them
+
+
 @pytest.mark.parametrize("name", ["X-Tenant", "accept-language", "authorization", "x_legacy.id"])
 def test_headers_that_may_be_forwarded_become_lowercase_keys(name) -> None:
     assert forwardable_header(name) == name.lower()

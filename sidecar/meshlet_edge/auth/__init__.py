@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import logging
 import re
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Callable, Mapping
 from typing import Any
 
 import grpc
@@ -25,6 +25,7 @@ from meshlet_edge import caller
 from meshlet_edge.auth.api_keys import ConsulKeys, KeyTable, read_file
 from meshlet_edge.auth.rules import AuthRule, challenge, compile_rules, rule_for
 from meshlet_edge.caller import Caller
+from meshlet_edge.stages import Handler
 from meshlet_edge.status import refusal, status_json
 
 log = logging.getLogger("meshlet.edge.auth")
@@ -33,7 +34,6 @@ SUBJECT_HEADER = "x-meshlet-subject"
 ANONYMOUS = Caller(subject="", kind="anonymous", plan=None, scopes=frozenset(), claims={})
 _BEARER = re.compile(r"^Bearer +(\S+) *$", re.IGNORECASE)
 _PRINTABLE = re.compile(r"^[\x20-\x7e]*$")
-Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 MethodOf = Callable[[str, str], str]  # (verb, raw path) -> the gRPC method its route calls, or ""
 
 
@@ -85,7 +85,6 @@ class Authenticator:
         if self.jwt is not None:
             await self.jwt.close()
 
-    @web.middleware
     async def middleware(self, request: web.Request, handler: Handler) -> web.StreamResponse:
         raw_path = request.rel_url.raw_path
         rule = rule_for(self.rules, request.method, raw_path, self._method_of(request.method, raw_path))

@@ -16,7 +16,7 @@ import datetime
 import logging
 import math
 import time
-from collections.abc import Awaitable, Callable, Iterator
+from collections.abc import Callable, Iterator
 from contextvars import ContextVar
 from typing import Any, Protocol
 
@@ -42,6 +42,7 @@ from meshlet_edge.limits.decision import (
 )
 from meshlet_edge.limits.memory_store import MemoryStore
 from meshlet_edge.request_patterns import parse_patterns
+from meshlet_edge.stages import Handler, HttpStage
 from meshlet_edge.status import status_json
 
 log = logging.getLogger("meshlet.edge.limits")
@@ -49,7 +50,6 @@ log = logging.getLogger("meshlet.edge.limits")
 DECISIONS = ("allowed", "refused", "store_error_open", "store_error_closed")
 LOG_EVERY_S = 10.0
 JSON = "application/json"
-Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
 _HEADERS: ContextVar[dict[str, str] | None] = ContextVar("meshlet_edge_limit_headers", default=None)
 
@@ -113,19 +113,18 @@ class Limits:
 
     # ------------------------------------------------------------------ requests
 
-    def middleware(self) -> Any:
+    def middleware(self) -> HttpStage:
         """Scopes the decision's headers to one request (a kept-alive connection serves several in one task). Not
-        reset on the way out: the answer is prepared, and its headers added, after the middlewares return."""
+        reset on the way out: the answer is prepared, and its headers added, after the stages return."""
 
-        @web.middleware
         async def scoped(request: web.Request, handler: Handler) -> web.StreamResponse:
             _HEADERS.set(None)
             return await handler(request)
 
         return scoped
 
-    async def add_headers(self, request: web.Request, response: web.StreamResponse) -> None:
-        """on_response_prepare: the decision's RateLimit fields on whatever answer the request gets."""
+    def add_headers(self, request: web.Request, response: web.StreamResponse) -> None:
+        """A header hook: the decision's RateLimit fields on whatever answer the request gets."""
         found = _HEADERS.get()
         if found:
             response.headers.update(found)
