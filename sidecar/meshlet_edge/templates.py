@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from urllib.parse import unquote
 
 _FIELD_PATH = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)*$")
@@ -45,6 +45,9 @@ class PathTemplate:
     pieces: tuple[Piece, ...]
     verb: str | None
     variables: tuple[str, ...]
+    # The template as one regular expression, where it can be one (no ``**``, each variable one segment): a path
+    # without a percent-escape matches it or not as the segment walk would decide, in one call.
+    plain: re.Pattern[str] | None = field(default=None, compare=False, repr=False)
 
     @property
     def literal_count(self) -> int:
@@ -53,6 +56,9 @@ class PathTemplate:
 
     def match(self, raw_path: str) -> dict[str, str] | None:
         """The variables bound by `raw_path` (percent-encoded, no query), or None when it does not match."""
+        if self.plain is not None and "%" not in raw_path:  # nothing to decode: the common path
+            found = self.plain.fullmatch(raw_path)
+            return None if found is None else dict(zip(self.variables, found.groups(), strict=True))
         if not raw_path.startswith("/"):
             return None
         body = raw_path[1:]
@@ -148,7 +154,17 @@ def parse(template: str) -> PathTemplate:
     for position, piece in enumerate(pieces):
         if piece.text == ANY and position != len(pieces) - 1:
             raise fail("'**' may only be the last segment")
-    return PathTemplate(template, tuple(pieces), verb, tuple(variables))
+    return PathTemplate(template, tuple(pieces), verb, tuple(variables), _as_pattern(pieces, verb, variables))
+
+
+def _as_pattern(pieces: list[Piece], verb: str | None, variables: list[str]) -> re.Pattern[str] | None:
+    """The template as a regular expression over paths without percent-escapes, one group per variable in order;
+    None where ``**`` or a variable over several segments needs the segment walk."""
+    if any(piece.text == ANY for piece in pieces) or len(variables) != sum(p.variable is not None for p in pieces):
+        return None
+    parts = [re.escape(p.text) if p.is_literal else "[^/]+" for p in pieces]
+    parts = [f"({part})" if piece.variable is not None else part for part, piece in zip(parts, pieces, strict=True)]
+    return re.compile("/" + "/".join(parts) + (":" + re.escape(verb) if verb is not None else ""))
 
 
 def _split_top_level(body: str, fail: Callable[[str], TemplateError]) -> list[str]:
