@@ -29,14 +29,21 @@ class RequestValidator:
     """Checks messages of any type against their descriptors' constraints. Build one per process: the engine
     compiles each message type's rules once, on its first message, and keeps them."""
 
-    __slots__ = ("_broken", "_engine")
+    __slots__ = ("_broken", "_constrained", "_engine")
 
     def __init__(self) -> None:
         self._engine = protovalidate.Validator()
         self._broken: set[str] = set()  # message types whose rules could not run, said once each
+        self._constrained: dict[Any, bool] = {}  # Descriptor: protobuf's Python or upb's  # by message type: whether any rule reaches its messages
 
     def check(self, message: Message) -> error_details_pb2.BadRequest | None:
         """None when `message` keeps every constraint of its type, else the BadRequest saying what broke."""
+        message_type = message.DESCRIPTOR
+        constrained = self._constrained.get(message_type)
+        if constrained is None:
+            constrained = self._constrained[message_type] = has_constraints(message_type)
+        if not constrained:
+            return None  # no rule to keep: protovalidate's walk would find nothing
         try:
             violations = self._engine.collect_violations(message)
         except (protovalidate.CompilationError, protovalidate.EvaluationError) as error:
@@ -48,6 +55,35 @@ class RequestValidator:
         if not violations:
             return None
         return bad_request(violation.proto for violation in violations)
+
+
+# (buf.validate.message), (buf.validate.field) and (buf.validate.oneof) are all extension 1159 of their options;
+# serialized, each starts with this tag (field 1159, length-delimited) at the top level of the options' bytes.
+_RULES_TAG = b"\xba\x48"
+
+
+def has_constraints(message_type: Any) -> bool:
+    """Whether a ``buf.validate`` rule is written on the message type, one of its fields or oneofs, or on any type
+    its fields reach. Read from the options' bytes, so that options parsed without buf.validate's descriptors (a
+    pool of their own) are read too: a stray match only costs a check, and a rule is never missed."""
+    seen: set[str] = set()
+
+    def reaches_a_rule(current: Any) -> bool:
+        if current.full_name in seen:
+            return False  # a recursive type: its rules, if any, are found where the walk first met it
+        seen.add(current.full_name)
+        if _RULES_TAG in current.GetOptions().SerializeToString():
+            return True
+        if any(_RULES_TAG in oneof.GetOptions().SerializeToString() for oneof in current.oneofs):
+            return True
+        for field in current.fields:
+            if _RULES_TAG in field.GetOptions().SerializeToString():
+                return True
+            if field.message_type is not None and reaches_a_rule(field.message_type):
+                return True
+        return False
+
+    return reaches_a_rule(message_type)
 
 
 def bad_request(violations: Iterable[protovalidate.ViolationPb]) -> error_details_pb2.BadRequest:

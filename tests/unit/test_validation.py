@@ -3,16 +3,25 @@ id as the reason, protovalidate's words as the description; and the status messa
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 import protovalidate
 import pytest
-from google.protobuf import any_pb2
+from google.protobuf import any_pb2, descriptor_pb2, descriptor_pool, message_factory
 from google.rpc import error_details_pb2, status_pb2
 from protobuf import Oneof
 
 from meshlet.errors import DETAILS_KEY, ErrorReason, RequestInvalid, error_info
-from meshlet.validation import RequestValidator, bad_request, field_path, parse_as, summary, typed
+from meshlet.validation import (
+    RequestValidator,
+    bad_request,
+    field_path,
+    has_constraints,
+    parse_as,
+    summary,
+    typed,
+)
 from meshlet_shop_api.inventory.v1 import inventory_pb2
 from meshlet_shop_api.orders.v1 import orders_pb2
 
@@ -158,3 +167,59 @@ def test_the_edge_validates_by_default_and_servers_only_when_asked() -> None:
     config = load_config(None, env={"MESHLET_INBOUND__VALIDATE": "true", "MESHLET_EDGE__VALIDATE": "false"})
     assert (config.edge.validate_requests, config.inbound.validate_requests) == (False, True)
     assert config.redacted()["inbound"]["validate"] is True  # /config says it as the file does
+
+
+NESTED_RULES = """
+syntax = "proto3";
+package probe.v1;
+import "buf/validate/validate.proto";
+
+message Plain { string name = 1; Plain next = 2; }
+message Leaf { string sku = 1 [(buf.validate.field).string.min_len = 3]; }
+message Outer { string note = 1; repeated Leaf leaves = 2; map<string, Leaf> by_name = 3; }
+message Ring { Ring next = 1; Leaf leaf = 2; }
+message Chosen { oneof pick { option (buf.validate.oneof).required = true; string a = 1; string b = 2; } }
+message Whole { option (buf.validate.message).cel = {id: "x", expression: "this.a == ''"}; string a = 1; }
+"""
+
+
+def compiled_pool(tmp_path: Path, text: str) -> descriptor_pool.DescriptorPool:
+    """`text` compiled by protoc into a pool of its own, as the edge loads an operator's descriptor set."""
+    from importlib import resources
+
+    from grpc_tools import protoc
+
+    from protos.generate import validate_descriptor_set
+
+    (tmp_path / "probe.proto").write_text(text)
+    (tmp_path / "validate.binpb").write_bytes(validate_descriptor_set())
+    out = tmp_path / "probe.binpb"
+    args = [
+        "protoc", f"-I{tmp_path}", f"-I{resources.files('grpc_tools') / '_proto'}",
+        f"--descriptor_set_in={tmp_path / 'validate.binpb'}", "--include_imports", f"--descriptor_set_out={out}",
+        "probe.proto",
+    ]  # fmt: skip
+    assert protoc.main(args) == 0
+    pool = descriptor_pool.DescriptorPool()
+    for file in descriptor_pb2.FileDescriptorSet.FromString(out.read_bytes()).file:
+        pool.Add(file)
+    return pool
+
+
+def test_a_type_is_constrained_when_a_rule_reaches_it_through_any_field(tmp_path: Path) -> None:
+    pool = compiled_pool(tmp_path, NESTED_RULES)
+    found = {name: has_constraints(pool.FindMessageTypeByName(f"probe.v1.{name}")) for name in (
+        "Plain", "Leaf", "Outer", "Ring", "Chosen", "Whole")}  # fmt: skip
+    assert found == {"Plain": False, "Leaf": True, "Outer": True, "Ring": True, "Chosen": True, "Whole": True}
+    assert has_constraints(inventory_pb2.ReserveRequest.DESCRIPTOR)
+    assert not has_constraints(status_pb2.Status.DESCRIPTOR)
+
+
+def test_a_rule_deep_in_a_request_is_still_checked(tmp_path: Path) -> None:
+    pool = compiled_pool(tmp_path, NESTED_RULES)
+    outer: Any = message_factory.GetMessageClass(pool.FindMessageTypeByName("probe.v1.Outer"))
+    validator = RequestValidator()
+    broken = validator.check(outer(note="n", by_name={"k": {"sku": "ab"}}))
+    assert broken is not None
+    assert [v.field for v in broken.field_violations] == ['by_name["k"].sku']
+    assert validator.check(outer(note="n", leaves=[{"sku": "abc"}])) is None
