@@ -56,7 +56,10 @@ class CorsPolicy:
     def __init__(self, config: EdgeCors, route_verbs: Iterable[str]) -> None:
         self.any_origin = "*" in config.allow_origins
         self._allowed = origin_matcher(config.allow_origins)
-        self.methods = tuple(m.upper() for m in config.allow_methods) or tuple(sorted(set(route_verbs)))
+        verbs = set(route_verbs)
+        if "GET" in verbs:
+            verbs.add("HEAD")  # answered wherever GET is (meshlet_edge.routes); preflighted when it sends a credential
+        self.methods = tuple(m.upper() for m in config.allow_methods) or tuple(sorted(verbs))
         self.any_header = "*" in config.allow_headers
         self.headers = frozenset(config.allow_headers)
         self.expose = ", ".join(config.expose_headers)

@@ -4,7 +4,10 @@ segment, ``**`` for any number, last) or a gRPC method pattern (``/pkg.Service/M
 
 A path pattern is matched by the same code, against the same raw path, that chose the route
 (meshlet_edge.templates), so a request cannot be routed one way and judged another: ``/v1/%6Frders/x`` is either
-both the orders route and ``/v1/orders/*``, or neither. Compiled once at start; pure.
+both the orders route and ``/v1/orders/*``, or neither. For the same reason a ``GET`` pattern names HEAD requests
+too (as nginx's ``limit_except GET`` allows HEAD): a HEAD is routed to the GET's method and answers the GET's
+headers, so it must pass the same auth, limits and cache rules (a ``HEAD`` pattern names HEAD only).
+Compiled once at start; pure.
 """
 
 from __future__ import annotations
@@ -33,7 +36,8 @@ class RequestPattern:
         """Whether a request (its HTTP verb, its raw path as routed, the gRPC method its route calls) is named here."""
         if self.path is None:
             return method.startswith(self.method) if self.method.endswith("/") else method == self.method
-        return (self.verb is None or self.verb == verb) and self.path.match(raw_path) is not None
+        verbs_match = self.verb is None or self.verb == verb or (verb == "HEAD" and self.verb == "GET")
+        return verbs_match and self.path.match(raw_path) is not None
 
 
 def parse_pattern(text: str) -> RequestPattern:

@@ -2,7 +2,8 @@
 ``google.api.http`` binding (and its ``additional_bindings``), else the default ``POST /<package.Service>/<Method>``.
 Two methods on one verb and template are a config error naming both. A method that streams requests (client or
 bidirectional streaming) is a WebSocket, which opens with a GET: its bindings are served as GET whatever verb
-they name, and each frame is a whole request message (``body: "*"``)."""
+they name, and each frame is a whole request message (``body: "*"``). A HEAD is answered by the route a GET of
+its path takes, unless that route streams (`RouteTable.match`)."""
 
 from __future__ import annotations
 
@@ -67,11 +68,24 @@ class RouteTable:
             variables = route.template.match(raw_path)
             if variables is not None:
                 return Match(route, variables)
+        if verb == "HEAD":  # reached only when no route names HEAD itself: GETs and POSTs never pay for it
+            return self._head(raw_path)
         return None
 
+    def _head(self, raw_path: str) -> Match | None:
+        """HEAD is GET without the body (RFC 9110 9.3.2): the GET route of `raw_path`, matched among all GET routes
+        so that HEAD picks exactly the method GET would, unless that route streams. A stream's headers are sent
+        before its upstream call has answered anything, so a HEAD of one could only open a call to drop it, or
+        guess: it is a 405 (``Allow: GET``) instead."""
+        found = self.match("GET", raw_path)
+        if found is None or found.route.client_streaming or found.route.server_streaming:
+            return None
+        return found
+
     def allowed(self, raw_path: str) -> list[str]:
-        """The verbs that have a route for `raw_path` (for 405's ``Allow``)."""
-        return sorted(verb for verb in self._by_verb if self.match(verb, raw_path) is not None)
+        """The verbs that have a route for `raw_path` (for 405's ``Allow``): HEAD wherever a GET is answered whole."""
+        verbs = {verb for verb in (*self._by_verb, "HEAD") if self.match(verb, raw_path) is not None}
+        return sorted(verbs)
 
 
 def _specificity(route: Route) -> tuple[int, bool, int]:

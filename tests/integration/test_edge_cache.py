@@ -6,9 +6,9 @@ the in-process cache, and two edges sharing one real redis-server.
 
 Routes: ``GET /v1/echo/{m}`` is cached (public, 30 s) and invalidated by ``POST /v1/echo``; ``GET /v1/private/{m}``
 is cached per caller (private); ``GET /v1/fresh/{m}`` is not cached but, as a NO_SIDE_EFFECTS method, has ETags.
-Authentication is not on this branch: no request has a caller, so the private route shows that an anonymous
-request is never cached; that one caller's entry is never found by another is tested on the keys
-(tests/unit/test_edge_cache.py) and on the cache with callers set (tests/unit/test_edge_cache_policy.py)."""
+These edges have no auth: no request has a caller, so the private route shows that an anonymous request is never
+cached; that one caller's entry is never found by another is shown through an edge's real auth in
+tests/integration/test_edge_policies.py."""
 
 from __future__ import annotations
 

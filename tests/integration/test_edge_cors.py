@@ -74,7 +74,7 @@ async def test_a_preflight_from_an_allowed_origin_is_answered_at_the_edge(fronts
         headers = response.headers
         assert headers["Access-Control-Allow-Origin"] == SHOP
         assert headers["Access-Control-Allow-Credentials"] == "true"
-        assert set(headers["Access-Control-Allow-Methods"].split(", ")) == {"GET", "POST"}  # the route table's
+        assert set(headers["Access-Control-Allow-Methods"].split(", ")) == {"GET", "HEAD", "POST"}  # the route table's
         assert headers["Access-Control-Allow-Headers"] == "content-type, authorization"
         assert headers["Access-Control-Max-Age"] == "600"
         assert vary(headers) == ["Origin", "Access-Control-Request-Method", "Access-Control-Request-Headers"]

@@ -16,8 +16,8 @@ With ``--log FILE`` every execution of ``Echo`` and ``EchoOnce`` appends ``<name
 caller cancelled appends ``<name> ServerStream cancelled <message>`` (a BidiStream: ``<name> BidiStream
 cancelled watch``).
 With ``--upstream NAME`` its ``Echo`` forwards to that service through ``mesh.channel`` (for deadline
-propagation tests) and reports the deadline it saw in the reply's message (``metadata?`` answers the call's
-metadata as JSON); ``--upstream-timeout-ms`` gives that
+propagation tests) and reports the deadline it saw in the reply's message (``metadata?``, or ``metadata?<tag>``,
+answers the call's metadata as JSON); ``--upstream-timeout-ms`` gives that
 call a timeout of its own (the tighter of it and the caller's deadline applies).
 """
 
@@ -86,7 +86,7 @@ class Echo(echo_pb2_grpc.EchoServicer):
             inner = await stub.Echo(request, timeout=timeout)
             return echo_pb2.EchoReply(message=inner.message, payload=inner.payload, served_by=self.args.name)
         message = request.message
-        if message == "metadata?":
+        if message.startswith("metadata?"):  # "metadata?<tag>": the tag tells calls apart in the log
             message = json.dumps({k: v for k, v in context.invocation_metadata() or () if isinstance(v, str)})
         if message == "deadline?":
             remaining = context.time_remaining()

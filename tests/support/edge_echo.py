@@ -4,6 +4,7 @@ in the descriptor set the edge reads, for the tests of the edge's policies (cach
     GET  /v1/echo/{message}      Echo, declared NO_SIDE_EFFECTS (so it has ETags); also at /v1/fresh/{message}
                                  and /v1/private/{message}, for rules that differ by path
     POST /v1/echo                EchoOnce, body "*": a write
+    GET  /v1/stream/{message}    ServerStream: NDJSON or server-sent events
 
 The echo server logs every execution (``--log``), so a test counts the calls that reached it per message."""
 
@@ -76,6 +77,8 @@ def echo_with_http_rules() -> descriptor_pb2.FileDescriptorSet:
                 rule.get = "/v1/echo/{message}"
                 rule.additional_bindings.add(get="/v1/fresh/{message}")
                 rule.additional_bindings.add(get="/v1/private/{message}")
+            if method.name == "ServerStream":
+                method.options.Extensions[annotations_pb2.http].get = "/v1/stream/{message}"
             if method.name == "EchoOnce":
                 method.options.Extensions[annotations_pb2.http].post = "/v1/echo"
                 method.options.Extensions[annotations_pb2.http].body = "*"

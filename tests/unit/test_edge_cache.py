@@ -60,6 +60,8 @@ def test_rules_cache_gets_only_first_match_wins_and_writes_name_their_invalidati
     assert rule_for(found, "GET", "/v1/inventory/items/sku-tea", STOCK) is found[0]
     assert rule_for(found, "GET", "/v1/elsewhere", STOCK) is found[1]
     assert rule_for(found, "POST", "/v1/inventory/items/sku-tea:reserve", STOCK) is None
+    assert rule_for(found, "HEAD", "/v1/inventory/items/sku-tea", STOCK) is found[0]  # served from the GET's entry
+    assert rule_for(found, "HEAD", "/v1/elsewhere", STOCK) is found[1]
     assert invalidated(found, "POST", "/v1/inventory/items/sku-tea:reserve", "/x.Y/Reserve") == [found[0]]
     assert found[0].cache_control() == "public, max-age=30"
     assert found[1].cache_control() == "private, max-age=5"
@@ -165,7 +167,8 @@ def test_a_preflight_is_answered_for_an_allowed_origin_and_refused_otherwise() -
     found = policy.preflight("https://shop.example.com", "POST", "Content-Type, X-Api-Key")
     assert found.status == 204
     assert found.headers["Access-Control-Allow-Origin"] == "https://shop.example.com"
-    assert found.headers["Access-Control-Allow-Methods"] == "GET, POST"
+    assert found.headers["Access-Control-Allow-Methods"] == "GET, HEAD, POST"  # HEAD is answered wherever GET is
+    assert policy.preflight("https://shop.example.com", "HEAD", "X-Api-Key").status == 204
     assert found.headers["Access-Control-Allow-Headers"] == "content-type, x-api-key"
     assert found.headers["Access-Control-Allow-Credentials"] == "true"
     assert found.headers["Access-Control-Max-Age"] == "600"

@@ -150,6 +150,17 @@ def test_a_plan_comes_from_the_credentials_else_default() -> None:
     assert limits.cost("GET", "/paid/x", "/a.B/C") == 1
 
 
+def test_a_plan_name_no_plan_has_falls_back_to_default_and_is_logged_once(caplog: pytest.LogCaptureFixture) -> None:
+    limits = _limits(default={"per_minute": 1}, pro={"per_minute": 3})
+    with caplog.at_level("WARNING", logger="meshlet.edge.limits"):
+        found = [limits.plan("platinum") for _ in range(3)] + [limits.plan("gold"), limits.plan("pro")]
+    assert [plan.name for plan in found] == ["default", "default", "default", "default", "pro"]
+    logged = [record.getMessage() for record in caplog.records]
+    assert len(logged) == 2, logged  # once per unknown name, however many requests name it
+    assert "no plan 'platinum' in edge.plans" in logged[0]
+    assert "no plan 'gold'" in logged[1]
+
+
 def test_plans_need_a_default_and_a_burst_needs_a_rate() -> None:
     with pytest.raises(ValueError, match="default"):
         EdgeConfig.model_validate({"plans": {"pro": {"rate_per_s": 1}}})

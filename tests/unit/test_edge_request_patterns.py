@@ -18,6 +18,11 @@ ORDERS = "/shop.orders.v1.Orders/GetOrder"
         ("GET /v1/orders/**", "GET", "/v1/orders", True),
         ("GET /v1/orders/**", "GET", "/v1/orders/ord-1:watch", True),
         ("GET /v1/orders/**", "POST", "/v1/orders/ord-1", False),
+        # HEAD is a GET without the body, routed to the GET's method: the GET's rules judge it
+        ("GET /v1/orders/**", "HEAD", "/v1/orders/ord-1", True),
+        ("HEAD /v1/orders/**", "HEAD", "/v1/orders/ord-1", True),
+        ("HEAD /v1/orders/**", "GET", "/v1/orders/ord-1", False),
+        ("POST /v1/orders/**", "HEAD", "/v1/orders/ord-1", False),
         ("GET /v1/orders/*", "GET", "/v1/orders/ord-1", True),
         ("GET /v1/orders/*", "GET", "/v1/orders/a/b", False),
         ("GET /v1/orders/*", "GET", "/v1/orders/", False),

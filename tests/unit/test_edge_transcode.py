@@ -44,8 +44,24 @@ def test_the_shop_annotations_become_routes(table: RouteTable) -> None:
     assert posted.route.path == "/shop.orders.v1.Orders/CreateOrder"
     assert table.match("GET", "/v1/orders/ord-1") is not None
     assert table.match("GET", "/v1/orders") is not None
-    assert table.allowed("/v1/orders") == ["GET", "POST"]
+    assert table.allowed("/v1/orders") == ["GET", "HEAD", "POST"]
     assert table.match("DELETE", "/v1/orders") is None
+
+
+def test_head_takes_the_route_a_get_of_its_path_takes_unless_that_route_streams(table: RouteTable) -> None:
+    head = table.match("HEAD", "/v1/orders/ord-1")
+    assert head is not None
+    assert (head.route.verb, head.route.path, head.variables) == (
+        "GET",
+        "/shop.orders.v1.Orders/GetOrder",
+        {"order_id": "ord-1"},
+    )
+    # The watch is a stream: no HEAD, and never GetOrder's route instead, though {order_id} would take "ord-1:watch".
+    assert table.match("HEAD", "/v1/orders/ord-1:watch") is None
+    assert table.allowed("/v1/orders/ord-1:watch") == ["GET"]
+    assert table.allowed("/v1/orders/ord-1") == ["GET", "HEAD"]
+    assert table.match("HEAD", "/v1/nothing") is None
+    assert table.allowed("/v1/nothing") == []
 
 
 def test_a_method_without_annotation_is_reachable_by_the_default_post(table: RouteTable) -> None:

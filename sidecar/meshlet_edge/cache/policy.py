@@ -9,7 +9,10 @@
   rather than retried by each, which would multiply the load on an upstream exactly when it fails;
 - ``Cache-Control: no-cache``/``no-store`` on the request, a private rule with no authenticated caller (there is
   nobody to keep the entry for), or a store that fails are a bypass (``fwd=bypass``): forwarded, not stored;
-- a successful request that a rule's ``invalidate`` names drops all that rule's entries (one generation bump).
+- a successful request that a rule's ``invalidate`` names drops all that rule's entries (one generation bump);
+- a HEAD is a GET whose body aiohttp leaves out as it writes the answer: it finds the GET's entry (``hit``), and
+  its miss goes upstream and is stored exactly as the GET's, body and all, since the edge makes the whole answer
+  either way; so no entry without a body can exist for a later GET to find.
 
 A store error never fails a request: it is counted (``meshlet_edge_cache_answers_total{outcome="store_error"}``)
 and logged (the first of a run of failures, then at most every 30 s)."""
@@ -76,11 +79,12 @@ class ResponseCache:
         return rule_for(self.rules, verb, raw_path, method)
 
     async def serve(self, request: web.Request, rule: CacheRule, fetch: Fetch) -> web.StreamResponse:
-        """The answer to a GET that `rule` caches, from the store or from `fetch` (the upstream call)."""
+        """The answer to a GET (or HEAD) that `rule` caches, from the store or from `fetch` (the upstream call)."""
         if bypasses(request.headers.get(hdrs.CACHE_CONTROL), request.headers.get(hdrs.PRAGMA)):
             return await self._bypass(fetch, rule, "")
         who = caller.current.get()
-        subject = None if who is None or who.kind == "anonymous" else who.subject
+        # kind too: a token's sub and a key's owner of one name are two callers, as they are two consumers
+        subject = None if who is None or who.kind == "anonymous" else f"{who.kind}:{who.subject}"
         if not rule.public and subject is None:
             return await self._bypass(fetch, rule, "no-caller")  # a private entry needs someone to belong to
         vary = [",".join(request.headers.getall(name, ())) for name in rule.vary]

@@ -56,8 +56,9 @@ def compile_rules(routes: Sequence[EdgeCacheRoute]) -> tuple[CacheRule, ...]:
 
 
 def rule_for(rules: Iterable[CacheRule], verb: str, raw_path: str, method: str) -> CacheRule | None:
-    """The first rule that caches this request (GET only, whatever a gRPC method pattern names)."""
-    if verb != "GET":
+    """The first rule that caches this request: a GET, or a HEAD (served from the GET's entry), whatever a gRPC
+    method pattern names."""
+    if verb != "GET" and verb != "HEAD":
         return None
     return next((rule for rule in rules if rule.pattern.matches(verb, raw_path, method)), None)
 

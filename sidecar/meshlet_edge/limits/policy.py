@@ -49,6 +49,7 @@ log = logging.getLogger("meshlet.edge.limits")
 
 DECISIONS = ("allowed", "refused", "store_error_open", "store_error_closed")
 LOG_EVERY_S = 10.0
+UNKNOWN_PLANS_LOGGED = 100  # names logged once each; past this many (a claim run wild) they are not logged at all
 JSON = "application/json"
 
 _HEADERS: ContextVar[dict[str, str] | None] = ContextVar("meshlet_edge_limit_headers", default=None)
@@ -100,10 +101,20 @@ class Limits:
         self._decisions: dict[tuple[str, str], int] = {}
         self._last_logged = -math.inf
         self._unlogged = 0
+        self._unknown_plans: set[str] = set()
 
     def plan(self, name: str | None) -> Plan:
-        """The named plan, or `default` (also for a name no plan has: a key made for a plan since removed)."""
-        return self.plans.get(name or "default") or self.plans["default"]
+        """The named plan, or `default` (also for a name no plan has: a key made for a plan since removed, or a
+        token's plan claim naming one this edge does not define), each such name logged once."""
+        found = self.plans.get(name or "default")
+        if found is not None:
+            return found
+        if name not in self._unknown_plans and len(self._unknown_plans) < UNKNOWN_PLANS_LOGGED:
+            self._unknown_plans.add(str(name))
+            log.warning(
+                "no plan %r in edge.plans: its callers are on the default plan (define it, or fix the name)", name
+            )
+        return self.plans["default"]
 
     def cost(self, verb: str, raw_path: str, method: str) -> int:
         for pattern, cost in self.costs:
