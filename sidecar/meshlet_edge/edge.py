@@ -60,6 +60,7 @@ from meshlet_edge.transcode import BadRequest, grpc_timeout, query_params, reque
 log = logging.getLogger("meshlet.edge")
 
 JSON = "application/json"
+JSON_TYPE = {hdrs.CONTENT_TYPE: "application/json; charset=utf-8"}  # as content_type=JSON writes it, unparsed
 DRAIN_S = 5.0
 Send = Callable[..., Awaitable[Any]]
 ROUTE_KEY = "meshlet.edge.route"
@@ -367,7 +368,7 @@ class Edge:
                 finally:
                     self._open_streams.discard(call)
             reply = await self._send[route](message, timeout=timeout, metadata=metadata)
-            response = web.Response(text=response_json(route, reply), content_type=JSON)
+            response = web.Response(body=response_json(route, reply).encode(), headers=JSON_TYPE)
             if route.safe and route.verb == "GET" and isinstance(response.body, bytes):
                 response.headers[hdrs.ETAG] = etags.strong_etag(response.body)  # If-None-Match can spare the body
             return response
