@@ -70,10 +70,11 @@ _SAFE_LEVELS = (
 )
 
 
-def declared_idempotent(path: str) -> bool:
-    """Whether the method's proto declares ``idempotency_level`` IDEMPOTENT or NO_SIDE_EFFECTS."""
+def declared_idempotent(path: str, pool: descriptor_pool.DescriptorPool | None = None) -> bool:
+    """Whether the method's proto declares ``idempotency_level`` IDEMPOTENT or NO_SIDE_EFFECTS, as `pool` (the
+    default pool: the generated modules this process imported) describes it."""
     try:
-        method = descriptor_pool.Default().FindMethodByName(path.lstrip("/").replace("/", "."))
+        method = (pool or descriptor_pool.Default()).FindMethodByName(path.lstrip("/").replace("/", "."))
     except KeyError:
         return False
     return method.GetOptions().idempotency_level in _SAFE_LEVELS
@@ -132,7 +133,7 @@ class Mesh:
         self._upstreams: dict[str, Upstream] = {}
         self._watches: dict[str, ConsulWatch] = {}
         self._verified: dict[str, VerifiedEndpoints] = {}
-        self._channels: dict[str, MeshChannel] = {}
+        self._channels: dict[tuple[str, descriptor_pool.DescriptorPool | None], MeshChannel] = {}
         self._own_channels: dict[str, MeshChannel] = {}
         self.declared_methods: Callable[[str, str], bool] = _every_method
         """(upstream, method path) -> whether the upstream is known to have the method: metrics and span names call
@@ -227,17 +228,19 @@ class Mesh:
 
     # ------------------------------------------------------------------ client side
 
-    def channel(self, service: str) -> MeshChannel:
-        """A channel to `service` by name: discovery, balancing, retries, breakers and deadlines per call."""
-        found = self._channels.get(service)
+    def channel(self, service: str, *, descriptors: descriptor_pool.DescriptorPool | None = None) -> MeshChannel:
+        """A channel to `service` by name: discovery, balancing, retries, breakers and deadlines per call.
+        `descriptors`: the pool the caller's messages come from, where a method's declared idempotency is read
+        (the default pool when None; meshlet-edge passes the pool of its descriptor sets)."""
+        found = self._channels.get((service, descriptors))
         if found is None:
             upstream = self.upstream(service)
             patterns = upstream.policy.retry.idempotent
 
             def is_idempotent(path: str) -> bool:
-                return matches_any(path, patterns) or declared_idempotent(path)
+                return matches_any(path, patterns) or declared_idempotent(path, descriptors)
 
-            found = self._channels[service] = MeshChannel(
+            found = self._channels[service, descriptors] = MeshChannel(
                 service,
                 upstream.handler,
                 is_idempotent=is_idempotent,

@@ -34,7 +34,8 @@ class RequestValidator:
     def __init__(self) -> None:
         self._engine = protovalidate.Validator()
         self._broken: set[str] = set()  # message types whose rules could not run, said once each
-        self._constrained: dict[Any, bool] = {}  # Descriptor: protobuf's Python or upb's  # by message type: whether any rule reaches its messages
+        # by message type (a Descriptor, protobuf's Python or upb's): whether any rule reaches its messages
+        self._constrained: dict[Any, bool] = {}
 
     def check(self, message: Message) -> error_details_pb2.BadRequest | None:
         """None when `message` keeps every constraint of its type, else the BadRequest saying what broke."""

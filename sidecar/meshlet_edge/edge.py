@@ -120,7 +120,8 @@ class Edge:
         if self.config.edge.reflection and not await self._learn_routes():
             return  # stopped while it waited for the upstreams' reflection
         for route in self.routes.routes:  # one multicallable per route, as a stub holds one per method
-            channel = self.mesh.channel(route.upstream)
+            # the routes' pool: a method's idempotency_level there decides whether a failed call may be re-sent
+            channel = self.mesh.channel(route.upstream, descriptors=route.request_type.DESCRIPTOR.file.pool)
             self._send[route] = _multicallable(channel, route)(
                 route.path,
                 request_serializer=route.request_type.SerializeToString,
