@@ -74,14 +74,9 @@ def cache_key(
     """The key of an answer (see the module's docstring): `vary` holds the values of the rule's vary headers, in
     its order; `subject` is the caller's, ignored by a public rule."""
     ordered = sorted(enumerate(query), key=lambda item: (item[1][0], item[0]))  # by name, stable per name
-    material = [
-        "GET",
-        raw_path,
-        [[name, value] for _, (name, value) in ordered],
-        list(vary),
-        None if rule.public else subject,
-    ]
-    return hashlib.sha256(json.dumps(material, separators=(",", ":")).encode()).hexdigest()
+    pairs = tuple(pair for _, pair in ordered)
+    material = ("GET", raw_path, pairs, tuple(vary), None if rule.public else subject)
+    return hashlib.sha256(repr(material).encode()).hexdigest()  # repr: quoted and escaped, one text per tuple
 
 
 def bypasses(cache_control: str | None, pragma: str | None) -> bool:
