@@ -144,7 +144,8 @@ def test_the_image_has_the_redis_client_from_the_lock(extra: str) -> None:
     like the rest."""
     *_, final = stages(DOCKERFILE)
     installs = [run for run in final.args("RUN") if "pip install" in run]
-    extras = {e.strip() for run in installs for found in re.findall(r"meshlet\[([^\]]*)\]", run) for e in found.split(",")}
+    named = [found for run in installs for found in re.findall(r"meshlet\[([^\]]*)\]", run)]
+    extras = {e.strip() for found in named for e in found.split(",")}
     assert extra in extras, installs
     project = pyproject()["project"]
     assert isinstance(project, dict)
