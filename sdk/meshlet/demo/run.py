@@ -32,7 +32,7 @@ from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 from meshlet.config import load_config, normalise_consul_address
 from meshlet.config.schema import TelemetryConfig
 from meshlet.demo import timeline
-from meshlet.demo.addresses import mesh_table, print_addresses, write_client_certs
+from meshlet.demo.addresses import mesh_table, print_addresses, without_password, write_client_certs
 from meshlet.demo.driver import Driver
 from meshlet.demo.http_driver import HttpDriver
 from meshlet.demo.probes import Probes, reserved_ports
@@ -53,7 +53,6 @@ from meshlet.demo.topology import (
     client_config,
     edge_spec,
     plan_topology,
-    without_password,
 )
 from meshlet.demo.traces import load_run_spans, pick_trace
 from meshlet.mesh import Mesh

@@ -8,7 +8,6 @@ passing set within a second, and a span file so that the demo can draw a trace w
 
 from __future__ import annotations
 
-import urllib.parse
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -180,16 +179,6 @@ EDGE_SERVICES = {
 }
 CACHED_READ = "/shop.inventory.v2.Inventory/GetItem"  # an item's stock: public, read on every visit
 CACHE_TTL_S = 2
-
-
-def without_password(store: str) -> str:
-    """A store as the report may show it: ``memory``, or the Redis URL without its password."""
-    url = urllib.parse.urlsplit(store)
-    if url.password is None:
-        return store
-    host = f"[{url.hostname}]" if ":" in str(url.hostname) else str(url.hostname)
-    host = f"{host}:{url.port}" if url.port else host
-    return urllib.parse.urlunsplit((url.scheme, host, url.path, "", ""))
 
 
 def edge_policies(store: str) -> dict[str, Any]:

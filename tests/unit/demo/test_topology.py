@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 
 from meshlet.config import load_config
+from meshlet.demo.addresses import without_password
 from meshlet.demo.topology import (
     Settings,
     agent_spec,
@@ -18,7 +19,6 @@ from meshlet.demo.topology import (
     client_config,
     edge_spec,
     plan_topology,
-    without_password,
 )
 
 SETTINGS = Settings(python="python3", consul_address="http://127.0.0.1:8500", span_files=True)
