@@ -35,12 +35,13 @@ LABEL org.opencontainers.image.title=meshlet \
 ENV PIP_DISABLE_PIP_VERSION_CHECK=1 PIP_NO_CACHE_DIR=1 \
     PYTHONDONTWRITEBYTECODE=1 PYTHONUNBUFFERED=1 \
     HOME=/tmp
-# The wheels are bind-mounted from the builder for this one step, so no layer keeps them. The shop-redis extra
-# (the redis client) lets the sample shop keep its state in Redis, as the prod overlay does (SHOP_STORE). The shop's
+# The wheels are bind-mounted from the builder for this one step, so no layer keeps them. The shop-redis and
+# edge-redis extras (the redis client) let the sample shop keep its state, and meshlet-edge its rate limits and
+# cache, in Redis, as the prod overlay does (SHOP_STORE, edge-redis.yaml). The shop's
 # descriptor set (`make protos` writes it; the wheel ships it) goes to a path that does not move with Python's
 # version: meshlet-edge's edge.descriptor_sets names it (k8s/base/shop/edge/meshlet.yaml).
 RUN --mount=type=bind,from=build,source=/wheels,target=/wheels \
-    pip install --no-index --find-links=/wheels "meshlet[shop-redis]" \
+    pip install --no-index --find-links=/wheels "meshlet[shop-redis,edge-redis]" \
     && install -D -m 0444 \
         "$(python -c 'import meshlet_shop_api as m, pathlib; print(pathlib.Path(m.__file__).with_name("descriptors.binpb"))')" \
         /usr/share/meshlet/shop.binpb \

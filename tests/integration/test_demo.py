@@ -18,8 +18,10 @@ import uuid
 from pathlib import Path
 
 import pytest
+import redis
 
 from tests.support.processes import Child, Processes, wait_until
+from tests.support.redis_server import start_redis
 
 pytestmark = pytest.mark.slow
 
@@ -61,10 +63,10 @@ WITH_CTRL_C = (
 )
 
 
-def start_demo(procs: Processes, *args: str) -> tuple[str, Child]:
+def start_demo(procs: Processes, *args: str, env: dict[str, str] | None = None) -> tuple[str, Child]:
     """Start the demo with a marker its children inherit; TMPDIR keeps the run's folder in the test's own."""
     marker = uuid.uuid4().hex
-    env = {MARKER: marker, "COLUMNS": "120", "TMPDIR": str(procs.log_dir)}
+    env = {**(env or {}), MARKER: marker, "COLUMNS": "120", "TMPDIR": str(procs.log_dir)}
     return marker, procs.start([sys.executable, "-c", WITH_CTRL_C, "demo", *args], name="demo", env=env)
 
 
@@ -138,6 +140,44 @@ def test_keep_running_prints_the_edges_url_and_a_curl_line_that_checks_out_over_
         assert demo.wait(RUN_S) == 130, demo.output()
         assert processes_marked(marker) == []
     finally:
+        kill_marked(marker)
+
+
+def test_with_redis_url_the_demos_edge_keeps_its_limits_and_cache_in_that_redis(procs: Processes) -> None:
+    """REDIS_URL (a real redis-server): the report says the cache is there and that stock reads hit it; while the
+    mesh stays up, a read through the edge leaves the consumer's counters and the cached item in that Redis."""
+    redis_server = start_redis(procs)
+    env = {"REDIS_URL": redis_server.url}
+    marker, demo = start_demo(procs, "--duration", "6", "--rate", "12", "--no-faults", "--keep-running", env=env)
+    client = redis.Redis.from_url(redis_server.url)
+    try:
+        wait_until(lambda: "curl " in demo.output() or not demo.alive(), RUN_S, "the demo to print its addresses")
+        output = demo.output()
+        report = " ".join(output.split())  # the table's caption wraps
+        assert f"in Redis at {redis_server.url}" in report, output
+        hits = re.search(r"(\d+) of (\d+) stock reads were hits", report)
+        assert hits is not None, output
+        assert int(hits.group(1)) >= 1, "visits read each item about once a second; it is cached for 2 s"
+        edge = re.search(r"^edge: (http://127\.0\.0\.1:\d+)$", output, re.MULTILINE)
+        assert edge is not None, output
+
+        def read_leaves_its_traces_in_redis() -> bool:
+            with urllib.request.urlopen(f"{edge.group(1)}/v2/inventory/items/sku-tea", timeout=30) as response:
+                assert response.status == 200
+                assert response.headers["RateLimit-Limit"], "the default plan answered"
+                assert response.headers["Cache-Status"].startswith("meshlet-edge;")
+            keys = {key.decode() for key in client.scan_iter("meshlet:edge:*")}
+            return any(k.startswith("meshlet:edge:limit:") for k in keys) and any(
+                k.startswith("meshlet:edge:cache:") for k in keys
+            )
+
+        wait_until(read_leaves_its_traces_in_redis, RUN_S, "the edge's counters and cache entry in REDIS_URL's Redis")
+
+        demo.signal(signal.SIGINT)
+        assert demo.wait(RUN_S) == 130, demo.output()
+        assert processes_marked(marker) == []
+    finally:
+        client.close()
         kill_marked(marker)
 
 

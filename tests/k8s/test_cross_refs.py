@@ -495,7 +495,7 @@ def test_prod_security_context_and_resources_everywhere() -> None:
 @pytest.mark.parametrize("overlay", OVERLAYS)
 def test_orders_and_inventory_share_their_state_in_redis_in_prod_only(overlay: str) -> None:
     """Two replicas with state of their own disagree (GetOrder per replica, stock split): prod's orders and
-    inventory keep it in one Redis, which only they may reach; dev keeps it in its single replica."""
+    inventory keep it in one Redis, which only they and the edge may reach; dev keeps it in its single replica."""
     objects = render(overlay)
     stores = {service: pod_env(workload(objects, service).container(service)).get("SHOP_STORE") for service in SHOP}
     if overlay != "prod":
@@ -516,7 +516,7 @@ def test_orders_and_inventory_share_their_state_in_redis_in_prod_only(overlay: s
             assert {p["port"] for p in rule["ports"]} == {port}, policy["metadata"]["name"]
             peers = [peer["podSelector"] for peer in rule["from"]]
             admitted |= {w.name for w in workloads(objects) if any(w.selected_by(peer) for peer in peers)}
-    assert admitted == {"orders", "inventory"}
+    assert admitted == {"orders", "inventory", "edge"}, "the edge keeps its rate limits and cache there"
 
 
 def test_prod_network_policies_admit_only_the_mesh_port_between_shop_pods() -> None:

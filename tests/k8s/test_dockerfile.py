@@ -137,18 +137,23 @@ def test_the_lock_pins_every_dependency_with_its_hashes() -> None:
         assert pins[name][0] in requirement.specifier, f"requirements.lock pins {name} outside {requirement}"
 
 
-def test_the_image_has_the_shops_redis_client_from_the_lock() -> None:
-    """prod's orders and inventory keep their state in Redis (SHOP_STORE): the image installs the shop-redis
-    extra, whose requirements the lock pins like the rest."""
+@pytest.mark.parametrize("extra", ["shop-redis", "edge-redis"])
+def test_the_image_has_the_redis_client_from_the_lock(extra: str) -> None:
+    """prod's orders and inventory keep their state in Redis (SHOP_STORE, the shop-redis extra), and its edges
+    their rate limits and cache (edge-redis): the image installs both extras, whose requirements the lock pins
+    like the rest."""
     *_, final = stages(DOCKERFILE)
-    assert any("meshlet[shop-redis]" in run for run in final.args("RUN") if "pip install" in run)
+    installs = [run for run in final.args("RUN") if "pip install" in run]
+    named = [found for run in installs for found in re.findall(r"meshlet\[([^\]]*)\]", run)]
+    extras = {e.strip() for found in named for e in found.split(",")}
+    assert extra in extras, installs
     project = pyproject()["project"]
     assert isinstance(project, dict)
     pins = locked()
-    for dependency in project["optional-dependencies"]["shop-redis"]:
+    for dependency in project["optional-dependencies"][extra]:
         requirement = Requirement(dependency)
         name = canonicalize_name(requirement.name)
-        assert name in pins, f"{name} (extra shop-redis) is not in requirements.lock: run make lock"
+        assert name in pins, f"{name} (extra {extra}) is not in requirements.lock: run make lock"
         assert pins[name][0] in requirement.specifier, f"requirements.lock pins {name} outside {requirement}"
 
 

@@ -5,14 +5,19 @@ from __future__ import annotations
 
 import re
 import tomllib
+import urllib.parse
 from pathlib import Path
 
 import pytest
 
-from meshlet.config import Config, load_config, split_host_port
+from meshlet.config import Config, EdgeConfig, load_config, split_host_port
 from meshlet.discovery.registration import REQUEST_TIMEOUT_S as DEREGISTER_TIMEOUT_S
 from meshlet.telemetry.tracing import SHUTDOWN_S as SPAN_FLUSH_S
+from meshlet_edge.auth.rules import compile_rules as auth_rules
+from meshlet_edge.cache.policy import ResponseCache
+from meshlet_edge.cors import CorsPolicy
 from meshlet_edge.edge import DRAIN_S
+from meshlet_edge.limits.policy import Limits
 from meshlet_edge.routes import build_routes, load_pool
 from tests.k8s.manifests import (
     EDGE_CONFIG_DIR,
@@ -26,10 +31,12 @@ from tests.k8s.manifests import (
     pod_env,
     render,
     workload,
+    workloads,
 )
 from tests.k8s.test_dockerfile import DOCKERFILE, stages
 from tests.support.processes import REPO_ROOT
 
+SHOP_STORE_DB = 0  # redis://redis:6379/0: prod's orders and inventory (shared-store.yaml)
 SHOP_DESCRIPTORS = REPO_ROOT / "protos" / "meshlet_shop_api" / "descriptors.binpb"  # `make protos` writes it
 EVERY_ADDRESS = "::"
 MARGIN_S = 5
@@ -68,7 +75,10 @@ def test_the_routes_come_from_the_descriptor_set_the_image_installs(tmp_path: Pa
     assert checkout is not None
     assert checkout.route.path == "/shop.gateway.v1.Gateway/Checkout"
     assert table.match("GET", "/v1/orders/o-1") is not None
-    assert table.match("GET", "/v1/inventory/items/sku-tea") is None, "inventory stays inside the mesh"
+    item = table.match("GET", "/v2/inventory/items/sku-tea")
+    assert item is not None, "inventory v2's reads are public"
+    assert item.route.path == "/shop.inventory.v2.Inventory/GetItem"
+    assert table.match("GET", "/v1/inventory/items/sku-tea") is None, "inventory v1, deprecated, stays inside"
 
 
 @pytest.mark.parametrize("overlay", OVERLAYS)
@@ -147,6 +157,8 @@ def test_network_policies_let_clients_in_and_the_edge_into_the_mesh(overlay: str
     if overlay == "prod":
         assert 8500 in _admitted(objects, "consul-client", "edge"), "the edge reaches the node's Consul agent"
         assert 4317 in _admitted(objects, "jaeger", "edge"), "the edge's spans reach Jaeger"
+        redis = urllib.parse.urlsplit(config.edge.limits.store)
+        assert redis.port in _admitted(objects, str(redis.hostname), "edge"), "the edge reaches its Redis"
 
 
 @pytest.mark.parametrize("overlay", OVERLAYS)
@@ -164,6 +176,11 @@ def test_intentions_let_the_edge_call_what_it_serves_and_orders_only_for_reads(o
         "/shop.orders.v1.Orders/GetOrder",
         "/shop.orders.v1.Orders/ListOrders",
     }, "clients outside read orders; they create them through the gateway's checkout"
+    inventory = [r for r in pods["inventory"].config["authz"]["rules"] if r["from"] == "edge"]
+    assert {m for r in inventory for m in r["methods"]} == {
+        "/shop.inventory.v2.Inventory/GetItem",
+        "/shop.inventory.v2.Inventory/ListItems",
+    }, "clients outside read the stock; reservations are the checkout's"
 
 
 def test_prod_edge_logs_in_to_consul_as_edge() -> None:
@@ -173,3 +190,78 @@ def test_prod_edge_logs_in_to_consul_as_edge() -> None:
     assert "edge" in named(objects, "ServiceAccount")
     assert edge.pod["initContainers"][0]["name"] == "consul-login", "its token before the edge starts"
     assert pod_env(edge.container("edge"))["CONSUL_HTTP_TOKEN_FILE"] == "/consul/acl/token"
+
+
+# ---------------------------------------------------------------- the edge's policies (docs/edge.md)
+
+
+@pytest.mark.parametrize("overlay", OVERLAYS)
+async def test_the_edges_policies_load_and_compile_as_the_edge_builds_them(overlay: str, tmp_path: Path) -> None:
+    """A config the edge refuses at start crash-loops the pod: the ConfigMap loads with meshlet's own loader (the
+    pod's environment applied), and its auth, limits, cache and CORS compile as the edge compiles them at start
+    (stores made, not connected). The cache rule names a GET of the route table whose method has no side effects,
+    and is public: nothing here authenticates a caller, and a private rule caches nothing for nobody."""
+    config = edge_config(edge_pod(render(overlay)), tmp_path, overlay).edge
+    auth_rules(config.auth.routes)
+    limits = Limits(config)
+    cache = ResponseCache(config.cache)
+    try:
+        _check_policies(config, limits, cache)
+    finally:
+        await limits.close()
+        await cache.close()
+
+
+def _check_policies(config: EdgeConfig, limits: Limits, cache: ResponseCache) -> None:
+    table = build_routes(config.services, load_pool([SHOP_DESCRIPTORS]))
+    assert config.cors is not None
+    CorsPolicy(config.cors, ["GET", "POST"])
+    assert not config.auth.routes, "no identity provider ships with the shop: anonymous callers, by address"
+    assert limits.plan(None).name == "default"
+    burst = limits.plan(None).burst
+    assert all(route.cost <= burst for route in config.limits.routes), "a cost above the burst is always refused"
+    found = table.match("GET", "/v2/inventory/items/sku-tea")
+    assert found is not None
+    rule = cache.rule_for("GET", "/v2/inventory/items/sku-tea", found.route.path)
+    assert rule is not None
+    assert rule.public
+    assert cache.rule_for("GET", "/v2/inventory/items", "/shop.inventory.v2.Inventory/ListItems") is None
+    assert found.route.safe, "GetItem is declared idempotency_level = NO_SIDE_EFFECTS"
+
+
+def test_anonymous_callers_are_told_apart_by_their_own_address(tmp_path: Path) -> None:
+    """The Service is an L4 load balancer keeping the client's address (externalTrafficPolicy: Local) and adding
+    no X-Forwarded-For, so the edge believes none: one a client writes cannot choose whose bucket it spends."""
+    objects = render("dev")
+    assert named(objects, "Service")["edge"]["spec"]["externalTrafficPolicy"] == "Local"
+    pod = edge_pod(objects)
+    config = edge_config(pod, tmp_path)
+    assert config.edge.limits.trusted_proxies == ()
+    assert config.edge.plans["default"].rate_per_s, "anonymous callers are limited per address"
+
+
+@pytest.mark.parametrize("overlay", OVERLAYS)
+def test_prod_edges_share_limits_and_cache_in_redis_dev_keeps_them_in_its_process(overlay: str, tmp_path: Path) -> None:
+    """Two replicas counting apart would let a client through twice its plan: prod's edges keep their counters
+    and cache in the overlay's Redis, in databases of their own beside the shop's state, and fail open when it is
+    away; one replica (dev, cert-manager) keeps them in memory."""
+    objects = render(overlay)
+    edge = workload(objects, "edge")
+    config = edge_config(edge_pod(objects), tmp_path, overlay).edge
+    if overlay != "prod":
+        assert (config.limits.store, config.cache.store) == ("memory", "memory")
+        assert edge.obj["spec"].get("replicas", 1) == 1
+        return
+    assert edge.obj["spec"]["replicas"] >= 2
+    assert config.limits.on_store_error == "open"
+    dbs = set()
+    for store in (config.limits.store, config.cache.store):
+        url = urllib.parse.urlsplit(store)
+        assert url.scheme == "redis"
+        service = named(objects, "Service")[str(url.hostname)]
+        assert any(p["port"] == url.port for p in service["spec"]["ports"])
+        [redis] = [w for w in workloads(objects) if w.selected_by(service["spec"]["selector"])]
+        assert redis.name == "redis"
+        dbs.add(int(url.path.strip("/") or 0))
+    assert len(dbs) == 2, "flushing the cache leaves the counters alone"
+    assert SHOP_STORE_DB not in dbs, "and the shop's state"

@@ -5,6 +5,7 @@ calls the gateway with the traffic driver's own certificate (written next to the
 from __future__ import annotations
 
 import json
+import urllib.parse
 from pathlib import Path
 
 from rich.console import Console
@@ -47,6 +48,16 @@ _CHECKOUT = json.dumps({"request_id": "try-1", "customer_id": "c-1", "sku": "sku
 
 
 _HTTP_CHECKOUT = json.dumps({"requestId": "try-http-1", "customerId": "c-1", "sku": "sku-tea", "quantity": 1})
+
+
+def without_password(store: str) -> str:
+    """A store as the report may show it: ``memory``, or the Redis URL without its password."""
+    url = urllib.parse.urlsplit(store)
+    if url.password is None:
+        return store
+    host = f"[{url.hostname}]" if ":" in str(url.hostname) else str(url.hostname)
+    host = f"{host}:{url.port}" if url.port else host
+    return urllib.parse.urlunsplit((url.scheme, host, url.path, "", ""))
 
 
 def edge_lines(topology: Topology) -> list[str]:

@@ -1,9 +1,11 @@
 """The demo's HTTP callers: part of the shop's traffic from outside the mesh, over HTTP/JSON through meshlet-edge.
 
-Open loop, as the gRPC driver: checkout `i` (``POST /v1/checkout``) starts at ``i / rate`` whatever the earlier
-ones are doing, and its latency counts from that moment. Each checkout that answers 200 is followed by a read of
-the order it made (``GET /v1/orders/{order_id}``), as a browser shows the order after paying. Every answer is
-counted by its HTTP status; a request the edge never answered (refused, timed out) by what went wrong.
+Open loop, as the gRPC driver: visit `i` starts at ``i / rate`` whatever the earlier ones are doing, and its
+latency counts from that moment. A visit reads the item's stock (``GET /v2/inventory/items/{sku}``, the product
+page: the edge caches it), checks out (``POST /v1/checkout``) and, when that answers 200, reads the order it made
+(``GET /v1/orders/{order_id}``), as a browser shows the order after paying. Every answer is counted by its HTTP
+status; a request the edge never answered (refused, timed out) by what went wrong; the stock reads also by their
+``Cache-Status``.
 """
 
 from __future__ import annotations
@@ -13,7 +15,7 @@ import uuid
 
 import aiohttp
 
-from meshlet.demo.stats import CHECKOUT, ORDER, HttpSeen, Outcome
+from meshlet.demo.stats import CHECKOUT, ORDER, STOCK, HttpSeen, Outcome, cache_outcome
 
 SKUS = ("sku-tea", "sku-coffee", "sku-mug")
 
@@ -32,12 +34,14 @@ class HttpDriver:
     """Checkouts through the edge at `base_url`, `rate` per second for `duration_s`, each request bounded by
     `deadline_s` (also sent as ``grpc-timeout``, so the edge passes the same deadline into the mesh)."""
 
-    def __init__(self, base_url: str, *, rate: float, duration_s: float, deadline_s: float) -> None:
+    def __init__(
+        self, base_url: str, *, rate: float, duration_s: float, deadline_s: float, cache_store: str = "memory"
+    ) -> None:
         self.base_url = base_url.rstrip("/")
         self.rate = rate
         self.duration_s = duration_s
         self.deadline_s = deadline_s
-        self.seen = HttpSeen()
+        self.seen = HttpSeen(cache_store=cache_store)
         self._started_at = 0.0
 
     @property
@@ -65,10 +69,12 @@ class HttpDriver:
         return self.seen
 
     async def _checkout(self, session: aiohttp.ClientSession, index: int, scheduled: float) -> None:
-        code, answer = await self._request(session, "POST", "/v1/checkout", CHECKOUT, scheduled, checkout_body(index))
+        loop = asyncio.get_running_loop()
+        body = checkout_body(index)
+        await self._request(session, "GET", f"/v2/inventory/items/{body['sku']}", STOCK, scheduled)
+        code, answer = await self._request(session, "POST", "/v1/checkout", CHECKOUT, loop.time(), body)
         order_id = answer.get("orderId") if code == "200" and isinstance(answer, dict) else None
         if order_id:
-            loop = asyncio.get_running_loop()
             await self._request(session, "GET", f"/v1/orders/{order_id}", ORDER, loop.time())
 
     async def _request(
@@ -86,6 +92,8 @@ class HttpDriver:
         try:
             async with session.request(method, self.base_url + path, json=body, headers=headers) as response:
                 code = str(response.status)
+                if route == STOCK:
+                    self.seen.cache[cache_outcome(response.headers.get("Cache-Status"))] += 1
                 if response.content_type == "application/json":
                     answer = await response.json()
         except (TimeoutError, aiohttp.ClientError) as error:

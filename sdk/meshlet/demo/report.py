@@ -127,7 +127,20 @@ def _http(findings: Findings) -> list[RenderableType]:
         latency = http_latencies(tally)
         cells = [f"{latency[p] * 1000:.0f} ms" for p in ("p50", "p99")] if latency else ["", ""]
         table.add_row(route, f"{tally.done:,}", Text(f"{ok:,}", style=style), codes, *cells)
+    table.caption = _cache_caption(findings.http)
     return [table]
+
+
+def _cache_caption(http: HttpSeen) -> str | None:
+    """How many stock reads the edge answered from its cache (Cache-Status: hit), without calling inventory."""
+    answered = sum(http.cache.values())
+    if not answered:
+        return None
+    where = "in its process" if http.cache_store == "memory" else f"in Redis at {http.cache_store}"
+    hits = http.cache["hit"]
+    said = f"the edge's cache ({where}): {hits:,} of {answered:,} stock reads were hits, not sent to inventory"
+    bypassed = http.cache["bypass"]
+    return f"{said}; {bypassed:,} bypassed it (store errors: see the edge's log)" if bypassed else said
 
 
 def _counter(findings: Findings, instance: str, name: str, **where: str) -> RenderableType:

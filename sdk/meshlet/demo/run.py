@@ -32,7 +32,7 @@ from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 from meshlet.config import load_config, normalise_consul_address
 from meshlet.config.schema import TelemetryConfig
 from meshlet.demo import timeline
-from meshlet.demo.addresses import mesh_table, print_addresses, write_client_certs
+from meshlet.demo.addresses import mesh_table, print_addresses, without_password, write_client_certs
 from meshlet.demo.driver import Driver
 from meshlet.demo.http_driver import HttpDriver
 from meshlet.demo.probes import Probes, reserved_ports
@@ -138,7 +138,9 @@ async def _main(options: DemoOptions, console: Console, supervisor: Supervisor, 
                 launcher.start(spec)
             await _wait(console, supervisor, _readiness(topology, probes, mesh), list(specs))
             console.print(mesh_table(topology, settings, agent is not None))
-            findings = await _drive(options, console, supervisor, launcher, topology, probes, mesh, specs)
+            findings = await _drive(
+                options, console, supervisor, launcher, topology, probes, mesh, specs, settings.edge_store
+            )
             if options.keep_running:
                 write_client_certs(mesh, folder)
         console.print(render(findings))
@@ -192,7 +194,11 @@ async def _plan(
             port = next(ports)
             address = f"http://{HOST}:{port}"
             agent = agent_spec(sys.executable, port)
-        settings = Settings(sys.executable, address, options.otlp_endpoint, span_files)
+        edge_store = os.environ.get("REDIS_URL") or "memory"
+        if edge_store != "memory":
+            shown = without_password(edge_store)
+            console.print(f"[bold]Redis[/bold]: the edge keeps its rate limits and cache at {shown} (REDIS_URL)")
+        settings = Settings(sys.executable, address, options.otlp_endpoint, span_files, edge_store)
         topology = plan_topology(folder, ports)
     return settings, topology, agent
 
@@ -298,6 +304,7 @@ async def _drive(
     probes: Probes,
     mesh: Mesh,
     specs: Mapping[str, ChildSpec],
+    edge_store: str,
 ) -> Findings:
     channel = mesh.channel("gateway")
     grpc_rate = options.rate * (1 - HTTP_SHARE) if topology.edge else options.rate
@@ -307,6 +314,7 @@ async def _drive(
         rate=options.rate - grpc_rate,
         duration_s=options.duration_s,
         deadline_s=options.deadline_s,
+        cache_store=without_password(edge_store),
     )
     with console.status("one checkout end to end: gateway -> orders -> inventory, payments"):
         problem = await driver.warm_up(WARM_UP_S)

@@ -92,6 +92,7 @@ def verdict(tally: Tally, target: float = TARGET) -> Verdict:
 
 # ---------------------------------------------------------------------------------------------- HTTP callers
 
+STOCK = "GET /v2/inventory/items/{sku}"
 CHECKOUT = "POST /v1/checkout"
 ORDER = "GET /v1/orders/{order_id}"
 
@@ -99,9 +100,12 @@ ORDER = "GET /v1/orders/{order_id}"
 @dataclass
 class HttpSeen:
     """What the HTTP callers (through meshlet-edge) saw, per route; each outcome's code is an HTTP status ("200")
-    or, for a request that got no answer, the error's name."""
+    or, for a request that got no answer, the error's name. `cache` counts the stock reads' answers by the edge
+    cache's verdict (`cache_outcome`), and `cache_store` says where the edge kept them ("memory" or Redis)."""
 
-    routes: dict[str, Tally] = field(default_factory=lambda: {CHECKOUT: Tally(), ORDER: Tally()})
+    routes: dict[str, Tally] = field(default_factory=lambda: {STOCK: Tally(), CHECKOUT: Tally(), ORDER: Tally()})
+    cache: Counter[str] = field(default_factory=Counter)
+    cache_store: str = "memory"
 
     @property
     def done(self) -> int:
@@ -110,6 +114,20 @@ class HttpSeen:
     @property
     def ok(self) -> int:
         return sum(http_ok(tally) for tally in self.routes.values())
+
+
+def cache_outcome(cache_status: str | None) -> str:
+    """An answer's ``Cache-Status`` (RFC 9211, as meshlet-edge writes it) in a word: hit, miss, collapsed (a miss
+    that shared another request's upstream call), bypass, or none (no cache rule answered)."""
+    if not cache_status:
+        return "none"
+    params = {part.strip().split("=")[0]: part.strip() for part in cache_status.split(";")[1:]}
+    if "hit" in params:
+        return "hit"
+    if "collapsed" in params:
+        return "collapsed"
+    forwarded = params.get("fwd", "")
+    return forwarded.removeprefix("fwd=") if forwarded in ("fwd=miss", "fwd=bypass") else "none"
 
 
 def http_ok(tally: Tally) -> int:

@@ -86,6 +86,7 @@ class Settings:
     consul_address: str  # http://127.0.0.1:8500
     otlp_endpoint: str | None = None
     span_files: bool = True  # False while this build's config has no telemetry.span_file
+    edge_store: str = "memory"  # where the edge keeps its rate limits and cache: $REDIS_URL when set
 
 
 @dataclass(frozen=True)
@@ -174,7 +175,33 @@ EDGE_SERVICES = {
     "shop.gateway.v1.Gateway": "gateway",
     "shop.orders.v1.Orders": "orders",
     "shop.inventory.v1.Inventory": "inventory",
+    "shop.inventory.v2.Inventory": "inventory",
 }
+CACHED_READ = "/shop.inventory.v2.Inventory/GetItem"  # an item's stock: public, read on every visit
+CACHE_TTL_S = 2
+
+
+def edge_policies(store: str) -> dict[str, Any]:
+    """The edge's limits and cache, in `store` (memory, or a Redis URL). Every caller of the demo is 127.0.0.1, so
+    one consumer on the default plan: 5,000 requests a second is past what one edge process serves (about 1,000),
+    so the plan never refuses the demo's traffic, and a curl still shows the RateLimit-* headers. The stock read is
+    cached publicly for a short while (a product page may be 2 s behind; the reservation checks the real stock);
+    a write to inventory through the edge drops it at once."""
+    return {
+        "plans": {"default": {"rate_per_s": 5000, "burst": 5000}},
+        "limits": {"store": store, "on_store_error": "open"},
+        "cache": {
+            "store": store,
+            "routes": [
+                {
+                    "match": CACHED_READ,
+                    "ttl": f"{CACHE_TTL_S}s",
+                    "public": True,
+                    "invalidate": ["/shop.inventory.v1.Inventory/*", "/shop.inventory.v2.Inventory/*"],
+                }
+            ],
+        },
+    }
 
 
 def edge_spec(topology: Topology, settings: Settings, descriptor_set: Path) -> ChildSpec:
@@ -191,6 +218,7 @@ def edge_spec(topology: Topology, settings: Settings, descriptor_set: Path) -> C
             "admin": f"{HOST}:{topology.edge.admin}",
             "services": EDGE_SERVICES,
             "descriptor_sets": [str(descriptor_set)],
+            **edge_policies(settings.edge_store),
         },
         "upstream_defaults": _UPSTREAM_DEFAULTS,
         "telemetry": _telemetry(topology, "edge", "edge", settings),

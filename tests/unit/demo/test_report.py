@@ -6,7 +6,7 @@ from rich.console import Console
 
 from meshlet.demo import scrape
 from meshlet.demo.report import Findings, render
-from meshlet.demo.stats import CHECKOUT, ORDER, HttpSeen, Outcome, Tally, verdict
+from meshlet.demo.stats import CHECKOUT, ORDER, STOCK, HttpSeen, Outcome, Tally, verdict
 from meshlet.demo.timeline import Event, Snapshot
 
 A, B = "127.0.0.1:4001", "127.0.0.1:4002"
@@ -105,6 +105,29 @@ def test_the_http_callers_row_counts_answers_by_status_with_percentiles_of_the_2
     assert "200 x9, 503 x1" in text
     assert "40 ms" in text  # the 503's 2 s is no part of the 2xx percentiles
     assert "2000 ms" not in text
+
+
+def test_the_http_table_says_how_many_stock_reads_the_edges_cache_answered() -> None:
+    seen = HttpSeen(cache_store="redis://127.0.0.1:6390/0")
+    for i in range(10):
+        seen.routes[STOCK].record(Outcome(i, 0.002, "200"))
+    seen.cache.update({"hit": 7, "miss": 2, "collapsed": 1})
+
+    text = " ".join(text_of(findings(http=seen)).split())  # the caption wraps
+
+    assert "GET /v2/inventory/items/{sku}" in text
+    assert "in Redis at redis://127.0.0.1:6390/0" in text
+    assert "7 of 10 stock reads were hits" in text
+    assert "bypassed" not in text
+
+
+def test_cache_bypasses_are_said_and_a_run_without_stock_reads_has_no_cache_line() -> None:
+    seen = HttpSeen()
+    seen.cache.update({"hit": 1, "bypass": 3})
+    text = " ".join(text_of(findings(http=seen)).split())
+    assert "in its process" in text
+    assert "3 bypassed it" in text
+    assert "stock reads" not in text_of(findings(http=HttpSeen()))
 
 
 def test_a_run_without_an_edge_has_no_http_row() -> None:

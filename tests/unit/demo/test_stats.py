@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from meshlet.demo.stats import Outcome, Tally, latency_summary, percentile, verdict
+from meshlet.demo.stats import Outcome, Tally, cache_outcome, latency_summary, percentile, verdict
 
 
 def tally_of(ok: int, failed: int, code: str = "UNAVAILABLE") -> Tally:
@@ -57,3 +57,18 @@ def test_the_verdict_fails_below_99_percent_naming_the_failures() -> None:
 
 def test_the_verdict_fails_when_nothing_completed() -> None:
     assert "no call completed" in verdict(Tally()).reason
+
+
+@pytest.mark.parametrize(
+    ("cache_status", "outcome"),
+    [
+        ("meshlet-edge; hit; ttl=1", "hit"),
+        ("meshlet-edge; fwd=miss; stored", "miss"),
+        ("meshlet-edge; fwd=miss; collapsed", "collapsed"),
+        ("meshlet-edge; fwd=bypass; detail=store-error", "bypass"),
+        (None, "none"),
+        ("", "none"),
+    ],
+)
+def test_cache_status_in_a_word(cache_status: str | None, outcome: str) -> None:
+    assert cache_outcome(cache_status) == outcome

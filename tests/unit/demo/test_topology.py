@@ -3,10 +3,14 @@ files that the environment cannot override by accident."""
 
 from __future__ import annotations
 
+import dataclasses
 import itertools
 from pathlib import Path
 
+import pytest
+
 from meshlet.config import load_config
+from meshlet.demo.addresses import without_password
 from meshlet.demo.topology import (
     Settings,
     agent_spec,
@@ -126,3 +130,27 @@ def test_the_edge_has_ports_of_its_own_and_a_valid_config_routing_the_shop(tmp_p
     assert loaded.edge.listen == f"127.0.0.1:{topology.edge.listen}"
     assert set(loaded.edge.services.values()) == {"gateway", "orders", "inventory"}
     assert loaded.edge.descriptor_sets == (tmp_path / "shop.binpb",)
+
+
+@pytest.mark.parametrize("store", ["memory", "redis://127.0.0.1:6390/3"])
+def test_the_edge_limits_and_caches_in_memory_or_the_redis_of_redis_url(tmp_path: Path, store: str) -> None:
+    """A generous default plan (the demo's own traffic is never refused), the stock read cached publicly and
+    dropped by any write to inventory through the edge; both stores where the demo was told (REDIS_URL)."""
+    topology = plan(tmp_path)
+    (tmp_path / "shop.binpb").write_bytes(b"")
+    spec = edge_spec(topology, dataclasses.replace(SETTINGS, edge_store=store), tmp_path / "shop.binpb")
+    edge = load_config(None, env={}, overrides=spec.config).edge
+    assert (edge.limits.store, edge.cache.store) == (store, store)
+    assert edge.plans["default"].rate_per_s is not None
+    assert edge.plans["default"].rate_per_s >= 1000, "more than one edge process serves: never a 429 in the demo"
+    [rule] = edge.cache.routes
+    assert rule.match == "/shop.inventory.v2.Inventory/GetItem"
+    assert rule.public
+    assert "/shop.inventory.v2.Inventory/*" in rule.invalidate
+
+
+def test_a_redis_url_is_shown_without_its_password() -> None:
+    assert without_password("redis://:s3cret@redis:6379/1") == "redis://redis:6379/1"
+    assert without_password("redis://user:pw@[::1]:6379/0") == "redis://[::1]:6379/0"
+    assert without_password("redis://127.0.0.1:6379/0") == "redis://127.0.0.1:6379/0"
+    assert without_password("memory") == "memory"
