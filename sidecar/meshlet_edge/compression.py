@@ -4,6 +4,7 @@ optional extra, smaller for JSON), else gzip, and the compressing itself. Pure."
 
 from __future__ import annotations
 
+import functools
 import importlib
 import zlib
 from types import ModuleType
@@ -23,6 +24,7 @@ OFFERED: tuple[str, ...] = ("br", "gzip") if brotli is not None else ("gzip",)  
 COMPRESSIBLE = ("text/", "application/json", "application/javascript", "application/x-ndjson", "application/yaml")
 
 
+@functools.lru_cache(maxsize=256)  # clients send a handful of distinct headers: parsed once each
 def choose_coding(accept_encoding: str | None, offered: tuple[str, ...] = OFFERED) -> str | None:
     """The offered coding the client weighs highest (the first offered among equals), or None for identity."""
     if not accept_encoding:

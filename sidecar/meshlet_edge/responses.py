@@ -90,6 +90,9 @@ def _not_modified(response: web.Response) -> web.Response:
 
 
 def _vary_on_accept_encoding(response: web.Response) -> None:
+    if hdrs.VARY not in response.headers:
+        response.headers[hdrs.VARY] = "Accept-Encoding"
+        return
     present = [v.strip() for v in response.headers.get(hdrs.VARY, "").split(",") if v.strip()]
     if not any(v.lower() in ("accept-encoding", "*") for v in present):
         response.headers[hdrs.VARY] = ", ".join([*present, "Accept-Encoding"])
