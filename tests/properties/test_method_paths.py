@@ -35,7 +35,12 @@ def test_a_path_is_canonical_exactly_when_grpc_grammar_says_so(path: str) -> Non
 
 @given(st.one_of(path_like, st.text(max_size=20)))
 @example("/pkg..Svc/M")
+@example("*")  # every method
+@example("/pkg.Svc/*")  # every method of a service
+@example("/pkg..Svc/*")
 def test_a_canonical_path_is_a_method_pattern_the_config_accepts_and_nothing_else_is(path: str) -> None:
+    """Besides canonical paths, a pattern may be ``*`` or a canonical service's ``/pkg.Service/*``."""
     rule = {"from": "a", "to": "b", "methods": [path], "action": "allow"}
     outcome = attempt(lambda: load_config(None, env={}, overrides={"authz": {"rules": [rule]}}), ConfigError)
-    assert (not outcome.refused) == is_canonical_method(path)
+    wildcard = path == "*" or (path.endswith("/*") and is_canonical_method(path[:-1] + "M"))
+    assert (not outcome.refused) == (is_canonical_method(path) or wildcard)
