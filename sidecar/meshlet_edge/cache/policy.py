@@ -23,7 +23,7 @@ import asyncio
 import logging
 import time
 from collections import Counter
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 
 from aiohttp import hdrs, web
@@ -64,8 +64,8 @@ class Snapshot:
 
 
 class ResponseCache:
-    def __init__(self, config: EdgeCache, store: Store | None = None) -> None:
-        self.rules = compile_rules(config.routes)
+    def __init__(self, config: EdgeCache, store: Store | None = None, forwarded: Sequence[str] = ()) -> None:
+        self.rules = compile_rules(config.routes, forwarded)  # forwarded: the headers the upstream is sent
         self.timeout_s = config.timeout
         if store is None and config.store == "memory":
             store = MemoryStore(config.max_bytes)
@@ -83,8 +83,8 @@ class ResponseCache:
         if bypasses(request.headers.get(hdrs.CACHE_CONTROL), request.headers.get(hdrs.PRAGMA)):
             return await self._bypass(fetch, rule, "")
         who = caller.current.get()
-        # kind too: a token's sub and a key's owner of one name are two callers, as they are two consumers
-        subject = None if who is None or who.kind == "anonymous" else f"{who.kind}:{who.subject}"
+        # its kind (and issuer) too: a token's sub and a key's owner of one name are two callers, as two consumers
+        subject = None if who is None or who.kind == "anonymous" else who.name
         if not rule.public and subject is None:
             return await self._bypass(fetch, rule, "no-caller")  # a private entry needs someone to belong to
         vary = [",".join(request.headers.getall(name, ())) for name in rule.vary]

@@ -39,8 +39,11 @@ class CacheRule:
         return f"{'public' if self.public else 'private'}, max-age={int(self.ttl_s)}"
 
 
-def compile_rules(routes: Sequence[EdgeCacheRoute]) -> tuple[CacheRule, ...]:
-    """The rules of ``edge.cache.routes``; a pattern that cannot name a GET is a ConfigError naming it."""
+def compile_rules(routes: Sequence[EdgeCacheRoute], forwarded: Sequence[str] = ()) -> tuple[CacheRule, ...]:
+    """The rules of ``edge.cache.routes``; a pattern that cannot name a GET is a ConfigError naming it. Each rule
+    varies on the `forwarded` headers (``edge.forward_headers``) too, whatever its ``vary`` says: they reach the
+    upstream, so they may change its answer, and an answer keyed without them would be served to a request that
+    sent other values (one client's ``Accept-Language`` or token poisoning everyone's entry)."""
     rules = []
     for index, route in enumerate(routes):
         field = f"edge.cache.routes[{index}]"
@@ -51,7 +54,8 @@ def compile_rules(routes: Sequence[EdgeCacheRoute]) -> tuple[CacheRule, ...]:
         if pattern.verb not in (None, "GET"):
             raise ConfigError(f"{field}.match", route.match, "only GET answers are cached: write GET /path/*")
         invalidated_by = parse_patterns(route.invalidate, f"{field}.invalidate")
-        rules.append(CacheRule(index, pattern, route.ttl, tuple(route.vary), route.public, invalidated_by))
+        vary = tuple(dict.fromkeys((*route.vary, *forwarded)))
+        rules.append(CacheRule(index, pattern, route.ttl, vary, route.public, invalidated_by))
     return tuple(rules)
 
 

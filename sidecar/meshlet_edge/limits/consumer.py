@@ -1,5 +1,5 @@
-"""Who a request is charged to: the authenticated caller (``jwt:<sub>``, ``api_key:<owner>``) with the plan its
-key or claim names, else its client address (``ip:<address>``) on the default plan.
+"""Who a request is charged to: the authenticated caller by its `Caller.name` (``jwt:<sub>``, ``api_key:<owner>``)
+with the plan its key or claim names, else its client address (``ip:<address>``) on the default plan.
 
 The client address is the TCP peer's, unless that peer is one of ``edge.limits.trusted_proxies`` (a load
 balancer in front of the edge): then ``X-Forwarded-For`` is read from the right, each trusted hop skipped, and the
@@ -64,4 +64,4 @@ def consumer_of(caller: Caller | None, client: str) -> tuple[str, str | None]:
     """(the consumer's key, the plan its credentials name or None)."""
     if caller is None or caller.kind == "anonymous":
         return f"ip:{client}", None
-    return f"{caller.kind}:{caller.subject}", caller.plan
+    return caller.name, caller.plan

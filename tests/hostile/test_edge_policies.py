@@ -1,0 +1,260 @@
+"""meshlet-edge's policies attacked the way a hostile client or a careless operator would: non-canonical paths
+against an auth rule, a credential sent twice, one subject from two issuers, claims that metadata cannot carry,
+forged identity headers, a forwarded header left out of a cache rule's key. Every part real and on loopback: a dev
+agent, the SDK echo server (``metadata?<tag>`` answers the metadata the upstream received), two token issuers
+whose keys the test makes (JWKS files), an API keys file, one meshlet-edge; raw sockets where aiohttp's client
+would normalise the request. Routes (tests/support/edge_echo.py):
+
+    GET /v1/fresh/{m}    a token (jwt); not cached
+    GET /v1/private/{m}  a token or an API key; cached per caller
+    GET /v1/echo/{m}     a token or an API key; cached for everyone (public)
+
+The edge forwards ``Accept-Language`` and maps the claim ``tenant`` to ``x-tenant``."""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import json
+import uuid
+from collections.abc import AsyncIterator, Iterator, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import aiohttp
+import pytest
+import pytest_asyncio
+
+from tests.support.agents import start_dev_agent
+from tests.support.edge_echo import EchoServer, EdgeProcess, start_echo, start_edge
+from tests.support.jwt_issuer import TestIssuer
+from tests.support.processes import Processes, processes
+
+WAIT_S = 20.0  # bounds a request, never a timing assertion
+KEYS = {"key-a": {"owner": "alice"}}
+
+
+@dataclass
+class World:
+    edge: EdgeProcess
+    echo: EchoServer
+    ours: TestIssuer
+    partner: TestIssuer
+
+
+@pytest.fixture(scope="module")
+def module_procs(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Processes]:
+    with processes(tmp_path_factory.mktemp("procs")) as procs:
+        yield procs
+
+
+@pytest.fixture(scope="module")
+def world(module_procs: Processes, tmp_path_factory: pytest.TempPathFactory) -> Iterator[World]:
+    folder = tmp_path_factory.mktemp("edge-hostile-policies")
+    agent = start_dev_agent(module_procs)
+    echo = start_echo(module_procs, agent, folder)
+    ours = TestIssuer(tmp_path_factory.mktemp("ours"), issuer="https://id.shop.test")
+    partner = TestIssuer(tmp_path_factory.mktemp("partner"), issuer="https://id.partner.test")
+    issuers = []
+    for name, issuer in (("ours", ours), ("partner", partner)):
+        issuer.add_key(f"{name}-1", "ES256")
+        jwks = folder / f"{name}.json"
+        jwks.write_text(json.dumps(issuer.jwks()))
+        trusted = {"issuer": issuer.issuer, "audiences": ["shop"], "jwks_file": str(jwks)}
+        issuers.append({**trusted, "algorithms": ["ES256"]})
+    keys = folder / "keys.yaml"
+    keys.write_text(json.dumps({hashlib.sha256(key.encode()).hexdigest(): entry for key, entry in KEYS.items()}))
+    section: dict[str, Any] = {
+        "forward_headers": ["accept-language"],
+        "auth": {
+            "issuers": issuers,
+            "api_keys": {"source": "file", "path": str(keys), "query": "api_key"},
+            "claims_to_headers": {"tenant": "x-tenant"},
+            "routes": [
+                {"match": "GET /v1/fresh/*", "auth": "jwt"},
+                {"match": "GET /v1/private/*", "auth": "any"},
+                {"match": "GET /v1/echo/*", "auth": "any"},
+            ],
+        },
+        "cache": {
+            "store": "memory",
+            "routes": [
+                {"match": "GET /v1/private/*", "ttl": "30s"},
+                {"match": "GET /v1/echo/*", "ttl": "30s", "public": True},
+            ],
+        },
+    }
+    edge = start_edge(module_procs, folder, agent, section, name="edge-hostile-policies")
+    yield World(edge, echo, ours, partner)
+    ours.close()
+    partner.close()
+
+
+@pytest_asyncio.fixture
+async def http() -> AsyncIterator[aiohttp.ClientSession]:
+    async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=WAIT_S)) as session:
+        yield session
+
+
+@dataclass
+class Answer:
+    status: int
+    headers: dict[str, list[str]]
+    body: bytes
+
+    def header(self, name: str) -> str:
+        return ", ".join(self.headers.get(name.lower(), []))
+
+    def upstream_saw(self) -> dict[str, str]:
+        """The metadata the echo server received, from a ``metadata?`` answer."""
+        return dict(json.loads(json.loads(self.body)["message"]))
+
+
+async def raw(world: World, method: str, target: str, headers: Sequence[tuple[str, str]] = ()) -> Answer:
+    """One HTTP/1.1 request written byte for byte (the target and headers exactly as given, repeats kept)."""
+    port = int(world.edge.url.rsplit(":", 1)[1])
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    try:
+        lines = [f"{method} {target} HTTP/1.1", "Host: 127.0.0.1", "Connection: close", "Accept-Encoding: identity"]
+        lines += [f"{name}: {value}" for name, value in headers]
+        writer.write(("\r\n".join(lines) + "\r\n\r\n").encode("latin-1"))
+        await writer.drain()
+        data = await asyncio.wait_for(reader.read(), WAIT_S)
+    finally:
+        writer.close()
+    head, _, body = data.partition(b"\r\n\r\n")
+    status_line, *header_lines = head.decode("latin-1").split("\r\n")
+    found: dict[str, list[str]] = {}
+    for line in header_lines:
+        name, _, value = line.partition(":")
+        found.setdefault(name.strip().lower(), []).append(value.strip())
+    return Answer(int(status_line.split()[1]), found, body)
+
+
+def bearer(issuer: TestIssuer, sub: str, **claims: Any) -> tuple[str, str]:
+    kid = next(iter(issuer.keys))
+    return "Authorization", f"Bearer {issuer.token(kid, sub=sub, **claims)}"
+
+
+def reached(world: World) -> str:
+    """Every call the echo server ran, as its log has them (a tag in it reached the upstream)."""
+    return world.echo.log.read_text() if world.echo.log.exists() else ""
+
+
+def fresh(prefix: str = "m") -> str:
+    return prefix + uuid.uuid4().hex[:12]
+
+
+# ------------------------------------------------------------------------------------------ paths against rules
+
+NOT_THE_ROUTE = ["//v1/fresh/{m}", "/V1/fresh/{m}", "/v1//fresh/{m}", "/v1/fresh/{m}/", "/v1/fresh", "/v1/fresh/"]
+NOT_THE_ROUTE += ["/v1/fresh/{m}/..", "/v1/fresh%2F{m}", "/v1%2Ffresh/{m}", "/v1/fresh/{m}/extra", "/v1/fresh/{m}:verb"]
+THE_ROUTE = ["/v1/fresh/{m}", "/v1/fr%65sh/{m}", "/v1/fresh/{m};p=1", "/v1/fresh/{m}?x=1", "/v1/fresh/{m}%2F..%2Fx"]
+THE_ROUTE += ["/v1/./fresh/{m}", "/v1/echo/../fresh/{m}", "/v1/fresh/{m}#frag"]
+
+
+@pytest.mark.parametrize("method", ["GET", "HEAD"])
+@pytest.mark.parametrize("target", NOT_THE_ROUTE + THE_ROUTE)
+async def test_no_spelling_of_a_path_reaches_the_route_without_its_credential(world: World, target, method) -> None:
+    """The auth rule and the route table judge one parse of the path: a spelling that reaches the jwt route is
+    refused 401 without a token, any other reaches no route at all (404 or 405), never the upstream."""
+    tag = fresh()
+    answer = await raw(world, method, target.format(m=f"metadata%3F{tag}"))
+    assert answer.status in (401, 404, 405), (target, answer.status, answer.body[:200])
+    assert tag not in reached(world), f"{method} {target} reached the upstream without a credential"
+
+
+# ------------------------------------------------------------------------------------------ credentials twice
+
+
+async def test_two_authorization_headers_are_refused_not_one_picked(world: World) -> None:
+    """Two tokens: the edge would check the first while an upstream (or a proxy) forwarded both may read the other."""
+    tag = fresh()
+    alice, mallory = bearer(world.ours, "alice"), bearer(world.ours, "mallory")
+    answer = await raw(world, "GET", f"/v1/fresh/metadata%3F{tag}", [alice, mallory])
+    assert answer.status == 401
+    assert 'error="invalid_token"' in answer.header("WWW-Authenticate")
+    assert b"one Authorization header" in answer.body
+    assert tag not in reached(world)
+
+
+async def test_an_api_key_in_the_header_and_the_query_is_refused(world: World) -> None:
+    tag = fresh()
+    """The first key is a valid one each time: the edge must not admit alice while another key rides along."""
+    both = await raw(world, "GET", f"/v1/private/metadata%3F{tag}?api_key=key-zzz", [("X-Api-Key", "key-a")])
+    twice = await raw(world, "GET", f"/v1/private/metadata%3F{tag}?api_key=key-a&api_key=key-zzz")
+    two_headers = await raw(world, "GET", f"/v1/private/metadata%3F{tag}", [("X-Api-Key", "key-a"), ("X-Api-Key", "x")])
+    assert [both.status, twice.status, two_headers.status] == [401, 401, 401]
+    assert tag not in reached(world)
+    alone = await raw(world, "GET", f"/v1/private/metadata%3F{tag}?api_key=key-a")
+    assert alone.status == 200
+    assert alone.upstream_saw()["x-meshlet-subject"] == "alice"
+    assert "api_key" not in alone.upstream_saw().values()  # the key is no field, nor forwarded
+
+
+# ------------------------------------------------------------------------------------------ who the caller is
+
+
+async def test_one_subject_from_two_issuers_is_two_callers_in_the_private_cache(world: World) -> None:
+    """``sub`` is unique only within its issuer: the partner's alice must never get our alice's private entry."""
+    target = f"/v1/private/metadata%3F{fresh()}"
+    ours = await raw(world, "GET", target, [bearer(world.ours, "alice", tenant="shop")])
+    again = await raw(world, "GET", target, [bearer(world.ours, "alice")])
+    partners = await raw(world, "GET", target, [bearer(world.partner, "alice", tenant="partner")])
+    assert ours.status == again.status == partners.status == 200
+    assert "hit" in again.header("Cache-Status").split("; ")  # the same caller: its own entry
+    assert "fwd=miss" in partners.header("Cache-Status"), "the partner's alice was served our alice's entry"
+    assert partners.upstream_saw()["x-tenant"] == "partner"
+
+
+async def test_a_subject_that_metadata_cannot_carry_is_refused_not_sent_without_one(world: World) -> None:
+    """Dropping x-meshlet-subject would make an authenticated call look like one without a caller upstream."""
+    for sub in ("alice\r\nx-meshlet-subject: root", "élodie", "tab\there"):
+        tag = fresh()
+        answer = await raw(world, "GET", f"/v1/fresh/metadata%3F{tag}", [bearer(world.ours, sub)])
+        assert answer.status == 401, (sub, answer.body)
+        assert tag not in reached(world)
+
+
+async def test_forged_identity_headers_never_reach_the_upstream_in_any_spelling(world: World) -> None:
+    forged = [("X-Meshlet-Subject", "root"), ("x-meshlet-subject", "root"), ("X-MESHLET-SUBJECT", "root")]
+    forged += [("x-tenant", "acme"), ("X-Tenant", "acme"), ("X-Meshlet-Subject", "root, admin")]
+    signed = bearer(world.ours, "alice", tenant="a\r\nx-meshlet-subject: root")  # a claim no header can carry
+    answer = await raw(world, "GET", f"/v1/fresh/metadata%3F{fresh()}", [signed, *forged])
+    assert answer.status == 200
+    seen = answer.upstream_saw()
+    assert seen["x-meshlet-subject"] == "alice"
+    assert "x-tenant" not in seen  # the claim is dropped, and the client's never forwarded
+    anonymous = await raw(world, "GET", f"/v1/private/metadata%3F{fresh()}", forged)
+    assert anonymous.status == 401
+
+
+# ------------------------------------------------------------------------------------------ the cache's key
+
+
+async def test_a_forwarded_header_is_part_of_a_public_entrys_key(world: World) -> None:
+    """``Accept-Language`` reaches the upstream: an answer made for one value must not be served for another."""
+    target = f"/v1/echo/metadata%3F{fresh()}"
+    key = ("X-Api-Key", "key-a")
+    poisoned = await raw(world, "GET", target, [key, ("Accept-Language", "xx-evil")])
+    victim = await raw(world, "GET", target, [key, ("Accept-Language", "en")])
+    assert poisoned.status == victim.status == 200
+    assert poisoned.upstream_saw()["accept-language"] == "xx-evil"
+    assert victim.upstream_saw()["accept-language"] == "en", "served the answer another client's header made"
+    assert "accept-language" in victim.header("Vary").lower()
+    same = await raw(world, "GET", target, [key, ("Accept-Language", "en")])
+    assert "hit" in same.header("Cache-Status").split("; ")
+
+
+async def test_a_private_entry_is_not_served_through_head_or_another_spelling_to_another_caller(world: World) -> None:
+    m = f"metadata%3F{fresh()}"
+    alice = await raw(world, "GET", f"/v1/private/{m}", [("X-Api-Key", "key-a")])
+    assert alice.status == 200
+    token = bearer(world.ours, "alice", tenant="tokens")  # a token's alice: another caller than the key's
+    head = await raw(world, "HEAD", f"/v1/private/{m}", [token])
+    spelled = await raw(world, "GET", f"/v1/priv%61te/{m}", [token])
+    assert "fwd=miss" in head.header("Cache-Status")
+    assert "fwd=miss" in spelled.header("Cache-Status")
+    own = await raw(world, "GET", f"/v1/private/{m}", [token])  # the entry its HEAD stored, body and all
+    assert "hit" in own.header("Cache-Status").split("; ")
+    assert own.upstream_saw()["x-tenant"] == "tokens"
