@@ -9,7 +9,9 @@ would normalise the request. Routes (tests/support/edge_echo.py):
     GET /v1/private/{m}  a token or an API key; cached per caller
     GET /v1/echo/{m}     a token or an API key; cached for everyone (public)
 
-The edge forwards ``Accept-Language`` and maps the claim ``tenant`` to ``x-tenant``."""
+The edge forwards ``Accept-Language`` and maps the claim ``tenant`` to ``x-tenant``. GETs cost nothing; an anonymous
+``POST .../Echo/Stats`` is charged to its client (loopback is a trusted proxy: the client is X-Forwarded-For's) on a
+bucket of one that never refills during a test."""
 
 from __future__ import annotations
 
@@ -32,6 +34,8 @@ from tests.support.processes import Processes, processes
 
 WAIT_S = 20.0  # bounds a request, never a timing assertion
 KEYS = {"key-a": {"owner": "alice"}}
+STATS = "/meshlet_api.echo.v1.Echo/Stats"
+JSON_BODY = [("Content-Type", "application/json"), ("Content-Length", "2")]
 
 
 @dataclass
@@ -76,6 +80,8 @@ def world(module_procs: Processes, tmp_path_factory: pytest.TempPathFactory) -> 
                 {"match": "GET /v1/echo/*", "auth": "any"},
             ],
         },
+        "plans": {"default": {"rate_per_s": 0.001, "burst": 1}},  # nothing refills during a test
+        "limits": {"trusted_proxies": ["127.0.0.0/8"], "routes": [{"match": "GET /**", "cost": 0}]},
         "cache": {
             "store": "memory",
             "routes": [
@@ -110,14 +116,16 @@ class Answer:
         return dict(json.loads(json.loads(self.body)["message"]))
 
 
-async def raw(world: World, method: str, target: str, headers: Sequence[tuple[str, str]] = ()) -> Answer:
+async def raw(
+    world: World, method: str, target: str, headers: Sequence[tuple[str, str]] = (), body: bytes = b""
+) -> Answer:
     """One HTTP/1.1 request written byte for byte (the target and headers exactly as given, repeats kept)."""
     port = int(world.edge.url.rsplit(":", 1)[1])
     reader, writer = await asyncio.open_connection("127.0.0.1", port)
     try:
         lines = [f"{method} {target} HTTP/1.1", "Host: 127.0.0.1", "Connection: close", "Accept-Encoding: identity"]
         lines += [f"{name}: {value}" for name, value in headers]
-        writer.write(("\r\n".join(lines) + "\r\n\r\n").encode("latin-1"))
+        writer.write(("\r\n".join(lines) + "\r\n\r\n").encode("latin-1") + body)
         await writer.drain()
         data = await asyncio.wait_for(reader.read(), WAIT_S)
     finally:
@@ -258,3 +266,20 @@ async def test_a_private_entry_is_not_served_through_head_or_another_spelling_to
     own = await raw(world, "GET", f"/v1/private/{m}", [token])  # the entry its HEAD stored, body and all
     assert "hit" in own.header("Cache-Status").split("; ")
     assert own.upstream_saw()["x-tenant"] == "tokens"
+
+
+# ------------------------------------------------------------------------------------------ whose limit
+
+
+async def stats(world: World, forwarded_for: str) -> int:
+    answer = await raw(world, "POST", STATS, [("X-Forwarded-For", forwarded_for), *JSON_BODY], b"{}")
+    return answer.status
+
+
+async def test_an_ipv6_client_cannot_rotate_its_addresses_into_fresh_buckets(world: World) -> None:
+    """Every address of one /64 belongs to one host or subscriber (RFC 6177): one bucket for them all."""
+    assert await stats(world, "2001:db8:77:1::1") == 200
+    assert await stats(world, "2001:db8:77:1:ffff:1:2:3") == 429  # another address of the same /64
+    assert await stats(world, "2001:db8:77:2::1") == 200  # the next /64: another client
+    assert await stats(world, "2001:db8:77:3::1, 198.51.100.77") == 200  # the left entry is the client's own word
+    assert await stats(world, "2001:db8:77:4::1, 198.51.100.77") == 429
