@@ -92,8 +92,12 @@ class Edge:
         self.limits = Limits(config.edge) if config.edge.plans else None  # edge.plans: rate limits and quotas
         if self.limits is not None:
             self.metrics.collect_with(self.limits.collect)
-        # edge.cache, keyed on the forwarded headers too (they may change the upstream's answer)
-        self.cache = ResponseCache(config.edge.cache, forwarded=self._forwardable) if config.edge.cache.routes else None
+        # edge.cache, keyed on what else reaches the upstream too: forwarded headers, the caller's mapped claims
+        self.cache = (
+            ResponseCache(config.edge.cache, forwarded=self._forwardable, identity=self.auth.identity_metadata)
+            if config.edge.cache.routes
+            else None
+        )
         if self.cache is not None:
             counts = self.cache.counts
             self.metrics.counters_from("meshlet_edge_cache_answers", CACHE_METRIC, "outcome", lambda: dict(counts))

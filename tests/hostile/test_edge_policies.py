@@ -207,12 +207,24 @@ async def test_one_subject_from_two_issuers_is_two_callers_in_the_private_cache(
     """``sub`` is unique only within its issuer: the partner's alice must never get our alice's private entry."""
     target = f"/v1/private/metadata%3F{fresh()}"
     ours = await raw(world, "GET", target, [bearer(world.ours, "alice", tenant="shop")])
-    again = await raw(world, "GET", target, [bearer(world.ours, "alice")])
+    again = await raw(world, "GET", target, [bearer(world.ours, "alice", tenant="shop")])
     partners = await raw(world, "GET", target, [bearer(world.partner, "alice", tenant="partner")])
     assert ours.status == again.status == partners.status == 200
     assert "hit" in again.header("Cache-Status").split("; ")  # the same caller: its own entry
     assert "fwd=miss" in partners.header("Cache-Status"), "the partner's alice was served our alice's entry"
     assert partners.upstream_saw()["x-tenant"] == "partner"
+
+
+async def test_one_subjects_tokens_for_two_tenants_are_two_callers_in_the_private_cache(world: World) -> None:
+    """The mapped claim x-tenant reaches the upstream, which answers per tenant: alice's entry for one tenant must
+    not answer her token for another."""
+    target = f"/v1/private/metadata%3F{fresh()}"
+    first = await raw(world, "GET", target, [bearer(world.ours, "alice", tenant="north")])
+    second = await raw(world, "GET", target, [bearer(world.ours, "alice", tenant="south")])
+    assert first.status == second.status == 200
+    assert second.upstream_saw()["x-tenant"] == "south", "served the answer made for alice's other tenant"
+    again = await raw(world, "GET", target, [bearer(world.ours, "alice", tenant="south")])
+    assert "hit" in again.header("Cache-Status").split("; ")
 
 
 async def test_a_subject_that_metadata_cannot_carry_is_refused_not_sent_without_one(world: World) -> None:

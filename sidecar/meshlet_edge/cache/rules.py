@@ -5,7 +5,8 @@ outcome (``Cache-Control``, ``Cache-Status`` of RFC 9211).
 A key is a hash of everything that may change the answer: the verb, the raw path as routed, the query with its
 parameters in a canonical order (``?b=2&a=1`` and ``?a=1&b=2`` are one key; repeated parameters keep their
 relative order, which the message's repeated fields keep too), the values of the rule's ``vary`` headers, and,
-unless the rule is ``public``, the caller's subject: a private entry is only ever found by its own caller."""
+unless the rule is ``public``, the caller (its name and the claims mapped to headers for the upstream): a private
+entry is only ever found by its own caller, holding the same claims."""
 
 from __future__ import annotations
 
