@@ -64,5 +64,9 @@ def test_malformed_consul_entries_are_left_out() -> None:
     good = {"Key": "meshlet/edge/keys/" + key_hash("k"), "Value": json.dumps({"owner": "o"}).encode()}
     bad_name = {"Key": "meshlet/edge/keys/not-a-hash", "Value": json.dumps({"owner": "o"}).encode()}
     bad_value = {"Key": "meshlet/edge/keys/" + key_hash("j"), "Value": b"{not json"}
-    keys = from_kv([good, bad_name, bad_value], "meshlet/edge/keys/")
+    not_utf8 = {"Key": "meshlet/edge/keys/" + key_hash("u"), "Value": b'{"owner": "\xff"}'}
+    # an owner x-meshlet-subject could not carry: the call would go upstream without a subject
+    forged_owner = json.dumps({"owner": "o\r\nx-role: admin"}).encode()
+    forged = {"Key": "meshlet/edge/keys/" + key_hash("f"), "Value": forged_owner}
+    keys = from_kv([good, bad_name, bad_value, not_utf8, forged], "meshlet/edge/keys/")
     assert list(keys) == [key_hash("k")]
