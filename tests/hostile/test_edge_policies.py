@@ -18,6 +18,7 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import json
+import socket
 import uuid
 from collections.abc import AsyncIterator, Iterator, Sequence
 from dataclasses import dataclass
@@ -117,10 +118,11 @@ class Answer:
 
 
 async def raw(
-    world: World, method: str, target: str, headers: Sequence[tuple[str, str]] = (), body: bytes = b""
+    at: World | EdgeProcess, method: str, target: str, headers: Sequence[tuple[str, str]] = (), body: bytes = b""
 ) -> Answer:
     """One HTTP/1.1 request written byte for byte (the target and headers exactly as given, repeats kept)."""
-    port = int(world.edge.url.rsplit(":", 1)[1])
+    edge = at.edge if isinstance(at, World) else at
+    port = int(edge.url.rsplit(":", 1)[1])
     reader, writer = await asyncio.open_connection("127.0.0.1", port)
     try:
         lines = [f"{method} {target} HTTP/1.1", "Host: 127.0.0.1", "Connection: close", "Accept-Encoding: identity"]
@@ -295,3 +297,39 @@ async def test_an_ipv6_client_cannot_rotate_its_addresses_into_fresh_buckets(wor
     assert await stats(world, "2001:db8:77:2::1") == 200  # the next /64: another client
     assert await stats(world, "2001:db8:77:3::1, 198.51.100.77") == 200  # the left entry is the client's own word
     assert await stats(world, "2001:db8:77:4::1, 198.51.100.77") == 429
+
+
+# ------------------------------------------------------------------------------------------ an issuer gone silent
+
+
+@pytest.fixture(scope="module")
+def silent(module_procs: Processes, tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[EdgeProcess, Any]]:
+    """An edge whose only issuer's JWKS address takes the connection and never says a word (not even TLS's), and
+    that issuer's token minter (its own JWKS server unused)."""
+    folder = tmp_path_factory.mktemp("edge-silent-issuer")
+    hole = socket.socket()
+    hole.bind(("127.0.0.1", 0))
+    hole.listen(64)  # the kernel completes handshakes into the backlog; nobody ever accepts
+    minter = TestIssuer(tmp_path_factory.mktemp("silent-minter"), issuer="https://silent.test")
+    minter.add_key("k1", "ES256")
+    agent = start_dev_agent(module_procs)
+    start_echo(module_procs, agent, folder)
+    jwks_uri = f"https://127.0.0.1:{hole.getsockname()[1]}/jwks.json"
+    issuer = {"issuer": minter.issuer, "audiences": ["shop"], "jwks_uri": jwks_uri, "jwks_min_refetch": "0s"}
+    section = {"auth": {"issuers": [issuer], "routes": [{"match": "* /**", "auth": "jwt"}]}}  # 0s: ask each time
+    try:
+        yield start_edge(module_procs, folder, agent, section, name="edge-silent-issuer"), minter
+    finally:
+        minter.close()
+        hole.close()
+
+
+async def test_an_issuer_whose_keys_never_come_fails_closed_and_answers(silent) -> None:
+    """Fail closed, never hang: a request waits at most the fetch's own timeout, concurrent ones share one fetch,
+    and every one is a 401 saying the issuer has no such key."""
+    edge, minter = silent
+    token = bearer(minter, "alice")
+    answers = await asyncio.gather(*(raw(edge, "GET", f"/v1/fresh/{fresh()}", [token]) for _ in range(10)))
+    assert [answer.status for answer in answers] == [401] * 10
+    assert all('error="invalid_token"' in answer.header("WWW-Authenticate") for answer in answers)
+    assert b"no key of https://silent.test" in answers[0].body
