@@ -143,6 +143,7 @@ class Edge:
             hooks.append(cors.header_hook(policy))
         await self.auth.start()
         if self.auth.rules:
+            self.auth.warn_uneven(self.routes.routes)  # a method one path guards and another leaves open
             stages.append(self.auth.middleware)
         if self.limits is not None:
             stages.append(self.limits.middleware())

@@ -174,6 +174,14 @@ async def test_no_spelling_of_a_path_reaches_the_route_without_its_credential(wo
     assert tag not in reached(world), f"{method} {target} reached the upstream without a credential"
 
 
+async def test_the_edge_says_at_start_which_method_one_path_guards_and_another_leaves_weaker(world: World) -> None:
+    """Echo is one method behind /v1/fresh (a token) and /v1/echo (a token or a key): a careless rule by path."""
+    said = world.edge.child.output()
+    assert "/meshlet_api.echo.v1.Echo/Echo is reachable as" in said
+    assert "GET /v1/fresh/{message} (auth jwt)" in said
+    assert "GET /v1/echo/{message} (auth any)" in said
+
+
 # ------------------------------------------------------------------------------------------ credentials twice
 
 

@@ -12,8 +12,8 @@ from __future__ import annotations
 
 import logging
 import re
-from collections.abc import Callable, Mapping
-from typing import Any
+from collections.abc import Callable, Iterable, Mapping
+from typing import TYPE_CHECKING, Any
 
 import grpc
 from aiohttp import web
@@ -23,10 +23,13 @@ from meshlet.config.schema import EdgeConfig
 from meshlet.discovery.consul_client import ConsulFactory
 from meshlet_edge import caller
 from meshlet_edge.auth.api_keys import ConsulKeys, KeyTable, read_file
-from meshlet_edge.auth.rules import AuthRule, challenge, compile_rules, rule_for
+from meshlet_edge.auth.rules import AuthRule, challenge, compile_rules, rule_for, uneven_methods
 from meshlet_edge.caller import Caller
 from meshlet_edge.stages import Handler
 from meshlet_edge.status import refusal, status_json
+
+if TYPE_CHECKING:
+    from meshlet_edge.routes import Route
 
 log = logging.getLogger("meshlet.edge.auth")
 
@@ -79,6 +82,11 @@ class Authenticator:
             await self._consul.start()
         if self.jwt is not None:
             await self.jwt.warm()
+
+    def warn_uneven(self, routes: Iterable[Route]) -> None:
+        """Log each method that one path reaches with a credential and another with a lesser one (or none)."""
+        for sentence in uneven_methods(self.rules, routes):
+            log.warning("edge.auth.routes: %s; if that is not meant, name the method (/pkg.Service/Method)", sentence)
 
     async def close(self) -> None:
         if self._consul is not None:
