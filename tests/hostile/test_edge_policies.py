@@ -25,6 +25,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import aiohttp
+import jwt
 import pytest
 import pytest_asyncio
 
@@ -180,6 +181,39 @@ async def test_the_edge_says_at_start_which_method_one_path_guards_and_another_l
     assert "/meshlet_api.echo.v1.Echo/Echo is reachable as" in said
     assert "GET /v1/fresh/{message} (auth jwt)" in said
     assert "GET /v1/echo/{message} (auth any)" in said
+
+
+# ------------------------------------------------------------------------------------------ tokens that lie
+
+
+def forged(world: World, signer: TestIssuer, headers: dict[str, Any], **claims: Any) -> str:
+    """A token signed by `signer`'s key, with header fields and claims of the attacker's choosing."""
+    alg, key = next(iter(signer.keys.values()))
+    return jwt.encode(world.ours.claims(sub="alice", **claims), key, algorithm=alg, headers=headers)
+
+
+async def test_tokens_that_lie_about_their_key_or_issuer_are_refused(world: World) -> None:
+    """Each is refused 401: the key is chosen only among the keys of the issuer the token names, from that
+    issuer's configured JWKS; ``jku``/``x5u`` are never fetched, ``crit`` extensions never ignored."""
+    ours_kid, partner_kid = next(iter(world.ours.keys)), next(iter(world.partner.keys))
+    lies = {
+        "another issuer's kid": forged(world, world.partner, {"kid": partner_kid}),
+        "our kid, the partner's key": forged(world, world.partner, {"kid": ours_kid}),
+        "a jku of the attacker's": forged(world, world.partner, {"kid": ours_kid, "jku": "https://127.0.0.1:1/k"}),
+        "an x5u of the attacker's": forged(world, world.partner, {"x5u": "https://127.0.0.1:1/c.pem"}),
+        "an unknown crit": forged(world, world.ours, {"kid": ours_kid, "crit": ["acme-bound"], "acme-bound": 1}),
+        "no kid, the partner's key": forged(world, world.partner, {}),
+        "aud of another": forged(world, world.ours, {"kid": ours_kid}, aud="billing"),
+    }
+    for lie, token in lies.items():
+        for scheme in ("Bearer", "bearer", "BEARER"):
+            answer = await raw(world, "GET", f"/v1/fresh/{fresh()}", [("Authorization", f"{scheme} {token}")])
+            assert answer.status == 401, (lie, scheme, answer.body)
+    good = forged(world, world.ours, {"kid": ours_kid})
+    for spelled in (f"Bearer {good}", f"bearer  {good}", f"BEARER {good} "):
+        assert (await raw(world, "GET", f"/v1/fresh/{fresh()}", [("Authorization", spelled)])).status == 200
+    for broken in (f"Bearer {good} extra", f"Bearer\t{good}", f"Token {good}", f"Basic {good}"):
+        assert (await raw(world, "GET", f"/v1/fresh/{fresh()}", [("Authorization", broken)])).status == 401
 
 
 # ------------------------------------------------------------------------------------------ credentials twice
