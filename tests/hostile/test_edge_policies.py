@@ -310,6 +310,23 @@ async def test_a_forwarded_header_is_part_of_a_public_entrys_key(world: World) -
     assert "hit" in same.header("Cache-Status").split("; ")
 
 
+async def test_unkeyed_headers_cannot_poison_a_public_entry(world: World) -> None:
+    """Headers the upstream never sees change nothing stored: the entry is the upstream's JSON, uncompressed, and
+    the compression, host and CORS of each answer are the asking request's own."""
+    target = f"/v1/echo/metadata%3F{fresh()}"
+    key = ("X-Api-Key", "key-a")
+    poison = [("Accept-Encoding", "gzip"), ("X-Forwarded-Host", "evil.test"), ("Accept", "text/event-stream")]
+    poison += [("Origin", "https://evil.test"), ("X-Original-URL", "/admin"), ("Forwarded", "host=evil.test")]
+    first = await raw(world, "GET", target, [key, *poison])
+    victim = await raw(world, "GET", target, [key])
+    assert first.status == victim.status == 200
+    assert "hit" in victim.header("Cache-Status").split("; ")
+    assert victim.header("Content-Encoding") == ""
+    assert b"evil" not in victim.body
+    assert b"/admin" not in victim.body
+    assert "x-forwarded-host" not in victim.upstream_saw()
+
+
 async def test_a_private_entry_is_not_served_through_head_or_another_spelling_to_another_caller(world: World) -> None:
     m = f"metadata%3F{fresh()}"
     alice = await raw(world, "GET", f"/v1/private/{m}", [("X-Api-Key", "key-a")])
