@@ -18,6 +18,7 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import json
+import re
 import socket
 import uuid
 from collections.abc import AsyncIterator, Iterator, Sequence
@@ -392,3 +393,25 @@ async def test_an_issuer_whose_keys_never_come_fails_closed_and_answers(silent) 
     assert [answer.status for answer in answers] == [401] * 10
     assert all('error="invalid_token"' in answer.header("WWW-Authenticate") for answer in answers)
     assert b"no key of https://silent.test" in answers[0].body
+
+
+async def test_a_kept_alive_connection_carries_no_caller_from_one_request_to_the_next(world: World) -> None:
+    """Alice's token on a connection's first request; the anonymous requests after it on that connection are
+    charged to their address, never to her (each request is judged alone)."""
+    port = int(world.edge.url.rsplit(":", 1)[1])
+    name, value = bearer(world.ours, "alice")
+    stats = f"POST {STATS} HTTP/1.1\r\nHost: x\r\nX-Forwarded-For: 198.51.100.88\r\n"
+    stats += "Content-Type: application/json\r\nContent-Length: 2\r\n"
+    requests = f"GET /v1/fresh/{fresh()} HTTP/1.1\r\nHost: x\r\n{name}: {value}\r\n\r\n"
+    requests += stats + "\r\n{}" + stats + "Connection: close\r\n\r\n{}"
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    try:
+        writer.write(requests.encode())
+        await writer.drain()
+        data = await asyncio.wait_for(reader.read(), WAIT_S)
+    finally:
+        writer.close()
+    statuses = [int(status) for status in re.findall(rb"HTTP/1\.1 (\d{3}) ", data)]
+    assert statuses == [200, 200, 429]
+    assert b"rate limit reached for ip:198.51.100.88" in data
+    assert b"jwt:alice" not in data
