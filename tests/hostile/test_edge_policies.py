@@ -217,6 +217,18 @@ async def test_tokens_that_lie_about_their_key_or_issuer_are_refused(world: Worl
         assert (await raw(world, "GET", f"/v1/fresh/{fresh()}", [("Authorization", broken)])).status == 401
 
 
+async def test_a_token_in_the_query_or_past_the_size_limit_proves_nothing(world: World) -> None:
+    """A token is read from Authorization only (a URL ends up in logs and Referer headers); a huge one is refused
+    before any parsing, in the one error shape, never a 500."""
+    name, value = bearer(world.ours, "alice")
+    token = value.removeprefix("Bearer ")
+    for parameter in ("access_token", "token", "jwt"):
+        assert (await raw(world, "GET", f"/v1/fresh/{fresh()}?{parameter}={token}")).status == 401
+    over = await raw(world, "GET", f"/v1/fresh/{fresh()}", [(name, "Bearer " + "a" * 20000)])
+    assert over.status == 400  # past the header limit: refused by the HTTP parser, in the edge's error shape
+    assert json.loads(over.body)["code"] == 3
+
+
 # ------------------------------------------------------------------------------------------ credentials twice
 
 
