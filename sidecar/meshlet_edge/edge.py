@@ -93,7 +93,12 @@ class Edge:
         self.limits = Limits(config.edge) if config.edge.plans else None  # edge.plans: rate limits and quotas
         if self.limits is not None:
             self.metrics.collect_with(self.limits.collect)
-        self.cache = ResponseCache(config.edge.cache) if config.edge.cache.routes else None  # edge.cache
+        # edge.cache, keyed on what else reaches the upstream too: forwarded headers, the caller's mapped claims
+        self.cache = (
+            ResponseCache(config.edge.cache, forwarded=self._forwardable, identity=self.auth.identity_metadata)
+            if config.edge.cache.routes
+            else None
+        )
         if self.cache is not None:
             counts = self.cache.counts
             self.metrics.counters_from("meshlet_edge_cache_answers", CACHE_METRIC, "outcome", lambda: dict(counts))
@@ -140,6 +145,7 @@ class Edge:
             hooks.append(cors.header_hook(policy))
         await self.auth.start()
         if self.auth.rules:
+            self.auth.warn_uneven(self.routes.routes)  # a method one path guards and another leaves open
             stages.append(self.auth.middleware)
         if self.limits is not None:
             stages.append(self.limits.middleware())

@@ -2,8 +2,9 @@
 ``google.api.http`` binding (and its ``additional_bindings``), else the default ``POST /<package.Service>/<Method>``.
 Two methods on one verb and template are a config error naming both. A method that streams requests (client or
 bidirectional streaming) is a WebSocket, which opens with a GET: its bindings are served as GET whatever verb
-they name, and each frame is a whole request message (``body: "*"``). A HEAD is answered by the route a GET of
-its path takes, unless that route streams (`RouteTable.match`)."""
+they name, and each frame is a whole request message (``body: "*"``). Any other GET with a body is a config
+error: HTTP caches (the edge's own among them) key a GET on its URL, so two bodies would share one answer. A HEAD
+is answered by the route a GET of its path takes, unless that route streams (`RouteTable.match`)."""
 
 from __future__ import annotations
 
@@ -178,6 +179,9 @@ def _routes_of(method: descriptor.MethodDescriptor, upstream: str) -> Iterable[R
             if not _has_field_path(request_type.DESCRIPTOR, name):
                 raise ConfigError(f"{path} google.api.http", template_text, f"{name!r} is no field of the request")
         body = rule.body
+        if verb == "GET" and body and not method.client_streaming:  # google.api.http: a GET has no body
+            why = "a GET carries no body (google/api/http.proto): drop body, or bind the method to POST"
+            raise ConfigError(f"{path} google.api.http", template_text, why)  # a cache keyed on the path would mix them
         if method.client_streaming:  # a WebSocket: opened with GET, each text frame one whole request message
             verb, body = "GET", "*"
         yield Route(

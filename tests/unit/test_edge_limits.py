@@ -221,3 +221,12 @@ def test_a_bad_route_pattern_is_a_config_error_naming_it() -> None:
     config = load_config(overrides={"edge.plans": {"default": {"per_day": 1}}, "edge.limits.routes": [{"match": "x"}]})
     with pytest.raises(ConfigError, match=r"edge\.limits\.routes\[0\]\.match"):
         Limits(config.edge)
+
+
+def test_an_ipv6_client_is_charged_as_its_64_not_each_address() -> None:
+    """A host owns a whole /64: rotating its addresses must not give it a fresh bucket per request."""
+    first, rotated = consumer_of(None, "2001:db8:1:2::1"), consumer_of(None, "2001:db8:1:2:aaaa:bbbb:cccc:dddd")
+    assert first == rotated == ("ip:2001:db8:1:2::/64", None)
+    assert consumer_of(None, "2001:db8:1:3::1") == ("ip:2001:db8:1:3::/64", None)
+    assert consumer_of(None, "198.51.100.9") == ("ip:198.51.100.9", None)
+    assert consumer_of(None, "unknown") == ("ip:unknown", None)

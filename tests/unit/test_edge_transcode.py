@@ -97,6 +97,17 @@ def test_two_methods_on_one_verb_and_template_are_a_config_error_naming_both(tmp
     assert "GET /v1/inventory/items/{reservation_id}" in text
 
 
+def test_a_get_with_a_body_is_a_config_error_since_a_cache_keys_a_get_on_its_url(tmp_path: Path) -> None:
+    def body_on_get_stock(file: descriptor_pb2.FileDescriptorProto) -> None:
+        if file.package == "shop.inventory.v1":
+            file.service[0].method[0].options.Extensions[annotations_pb2.http].body = "*"
+
+    path = tmp_path / "get-body.pb"
+    path.write_bytes(descriptor_set(inventory_pb2.DESCRIPTOR, edit=body_on_get_stock).SerializeToString())
+    with pytest.raises(ConfigError, match=r"GetStock google\.api\.http.*a GET carries no body"):
+        build_routes({"shop.inventory.v1.Inventory": "inventory"}, load_pool([path]))
+
+
 def test_a_descriptor_set_read_from_a_file_routes_as_the_generated_modules_do(tmp_path: Path) -> None:
     path = write_descriptor_set(tmp_path / "shop.pb", inventory_pb2.DESCRIPTOR)
     table = build_routes({"shop.inventory.v1.Inventory": "inventory"}, load_pool([path]))

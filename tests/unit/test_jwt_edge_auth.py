@@ -10,7 +10,9 @@ import pytest
 from meshlet.config.schema import EdgeAuthRoute
 from meshlet.errors import ConfigError
 from meshlet_edge.auth.api_keys import KeyTable, from_kv, key_hash, read_file
-from meshlet_edge.auth.rules import challenge, compile_rules, rule_for
+from meshlet_edge.auth.rules import challenge, compile_rules, rule_for, uneven_methods
+from meshlet_edge.routes import build_routes, load_pool
+from tests.support.edge_echo import ECHO_SERVICE, echo_with_http_rules
 
 
 def test_the_first_rule_naming_a_request_wins_and_an_unnamed_request_needs_nothing() -> None:
@@ -64,5 +66,25 @@ def test_malformed_consul_entries_are_left_out() -> None:
     good = {"Key": "meshlet/edge/keys/" + key_hash("k"), "Value": json.dumps({"owner": "o"}).encode()}
     bad_name = {"Key": "meshlet/edge/keys/not-a-hash", "Value": json.dumps({"owner": "o"}).encode()}
     bad_value = {"Key": "meshlet/edge/keys/" + key_hash("j"), "Value": b"{not json"}
-    keys = from_kv([good, bad_name, bad_value], "meshlet/edge/keys/")
+    not_utf8 = {"Key": "meshlet/edge/keys/" + key_hash("u"), "Value": b'{"owner": "\xff"}'}
+    # an owner x-meshlet-subject could not carry: the call would go upstream without a subject
+    forged_owner = json.dumps({"owner": "o\r\nx-role: admin"}).encode()
+    forged = {"Key": "meshlet/edge/keys/" + key_hash("f"), "Value": forged_owner}
+    keys = from_kv([good, bad_name, bad_value, not_utf8, forged], "meshlet/edge/keys/")
     assert list(keys) == [key_hash("k")]
+
+
+def test_a_method_whose_paths_need_different_credentials_is_named(tmp_path: Path) -> None:
+    """Echo is bound to /v1/echo, /v1/fresh and /v1/private: a rule by one path leaves the others open."""
+    descriptors = tmp_path / "echo.pb"
+    descriptors.write_bytes(echo_with_http_rules().SerializeToString())
+    routes = build_routes({ECHO_SERVICE: "echo"}, load_pool([descriptors])).routes
+    by_path = compile_rules([EdgeAuthRoute(match="GET /v1/fresh/*", auth="jwt", scopes=("echo.read",))])
+    (sentence,) = uneven_methods(by_path, routes)
+    assert sentence.startswith("/meshlet_api.echo.v1.Echo/Echo is reachable as ")
+    assert "GET /v1/fresh/{message} (auth jwt with echo.read)" in sentence
+    assert "GET /v1/echo/{message} (no credential)" in sentence
+    by_method = compile_rules([EdgeAuthRoute(match="/meshlet_api.echo.v1.Echo/Echo", auth="jwt")])
+    assert uneven_methods(by_method, routes) == []
+    every_path = compile_rules([EdgeAuthRoute(match="GET /v1/**", auth="any")])
+    assert uneven_methods(every_path, routes) == []

@@ -12,8 +12,8 @@ from __future__ import annotations
 
 import logging
 import re
-from collections.abc import Callable, Mapping
-from typing import Any
+from collections.abc import Callable, Iterable, Mapping
+from typing import TYPE_CHECKING, Any
 
 import grpc
 from aiohttp import web
@@ -23,10 +23,13 @@ from meshlet.config.schema import EdgeConfig
 from meshlet.discovery.consul_client import ConsulFactory
 from meshlet_edge import caller
 from meshlet_edge.auth.api_keys import ConsulKeys, KeyTable, read_file
-from meshlet_edge.auth.rules import AuthRule, challenge, compile_rules, rule_for
+from meshlet_edge.auth.rules import AuthRule, challenge, compile_rules, rule_for, uneven_methods
 from meshlet_edge.caller import Caller
 from meshlet_edge.stages import Handler
 from meshlet_edge.status import refusal, status_json
+
+if TYPE_CHECKING:
+    from meshlet_edge.routes import Route
 
 log = logging.getLogger("meshlet.edge.auth")
 
@@ -55,6 +58,7 @@ class Authenticator:
         self.plan_claim = edge.consumers.plan_claim
         self.claims_to_headers = dict(auth.claims_to_headers)
         self.jwt: JwtVerifier | None = verifier(auth.issuers) if auth.issuers else None
+        self._several_issuers = len(auth.issuers) > 1  # then a subject is named with its issuer (caller.Caller)
         keys = auth.api_keys
         self.keys = KeyTable() if keys is not None else None
         self.key_header = keys.header if keys is not None else ""
@@ -78,6 +82,11 @@ class Authenticator:
             await self._consul.start()
         if self.jwt is not None:
             await self.jwt.warm()
+
+    def warn_uneven(self, routes: Iterable[Route]) -> None:
+        """Log each method that one path reaches with a credential and another with a lesser one (or none)."""
+        for sentence in uneven_methods(self.rules, routes):
+            log.warning("edge.auth.routes: %s; if that is not meant, name the method (/pkg.Service/Method)", sentence)
 
     async def close(self) -> None:
         if self._consul is not None:
@@ -119,7 +128,7 @@ class Authenticator:
 
     def _bearer(self, request: web.Request) -> str | None:
         """The bearer token; None when the request has none (another scheme, such as Basic, is no bearer token)."""
-        header = request.headers.get("Authorization")
+        header = _only(request, "Authorization")
         if header is None or header[:7].lower() != "bearer ":
             return None
         matched = _BEARER.match(header)
@@ -128,9 +137,12 @@ class Authenticator:
         return matched.group(1)
 
     def _api_key(self, request: web.Request) -> str | None:
-        key = request.headers.get(self.key_header)
-        if key is None and self.key_query is not None:
-            key = request.rel_url.query.get(self.key_query)
+        key = _only(request, self.key_header)
+        if self.key_query is not None and self.key_query in request.rel_url.query:
+            keys = request.rel_url.query.getall(self.key_query)
+            if key is not None or len(keys) > 1:
+                raise Unproven(f"send one API key, in {self.key_header} or in ?{self.key_query}=, not both or two")
+            key = keys[0]
         return key.strip() if key else None
 
     async def _from_token(self, token: str) -> Caller:
@@ -142,8 +154,12 @@ class Authenticator:
         subject = claims.get(self.claim)
         if not isinstance(subject, str | int) or isinstance(subject, bool) or subject == "":
             raise Unproven(f"the token has no {self.claim} claim to name its consumer")
+        if not _PRINTABLE.match(str(subject)):  # x-meshlet-subject could not carry it: never a call without one
+            raise Unproven(f"the token's {self.claim} claim holds characters metadata cannot carry (printable ASCII)")
         plan = claims.get(self.plan_claim) if self.plan_claim else None
-        return Caller(str(subject), "jwt", str(plan) if plan is not None else None, scopes_of(claims), claims)
+        issuer = str(claims["iss"]) if self._several_issuers else ""
+        plan_name = str(plan) if plan is not None else None
+        return Caller(str(subject), "jwt", plan_name, scopes_of(claims), claims, issuer)
 
     def _from_key(self, key: str) -> Caller:
         assert self.keys is not None
@@ -173,6 +189,15 @@ class Authenticator:
             if claim in found.claims
         ]
         return tuple((key, value) for key, value in metadata if _PRINTABLE.match(value))
+
+
+def _only(request: web.Request, header: str) -> str | None:
+    """The header's one value: a credential sent twice is refused, never one of them picked, since a proxy or an
+    upstream that is forwarded the header may read the other (RFC 9110 5.3: neither header is a list)."""
+    values = request.headers.getall(header, ())
+    if len(values) > 1:
+        raise Unproven(f"send one {header} header, not {len(values)}")
+    return values[0] if values else None
 
 
 def _text(value: Any) -> str:

@@ -1,14 +1,23 @@
 """``edge.auth.routes`` compiled once: per request, the first rule whose ``match`` names it (None: auth none), and
-the ``WWW-Authenticate`` challenge of a refusal as RFC 6750 words it. Pure."""
+the ``WWW-Authenticate`` challenge of a refusal as RFC 6750 words it. Pure.
+
+A method bound to several paths (``additional_bindings``) is one method whichever path reaches it, but a rule by
+path names each binding apart: `uneven_methods` finds the methods whose bindings the rules judge differently, so
+the edge can say at start that ``GET /v1/orders/*`` guards one door of a method whose other door is open (a rule
+by method pattern, ``/pkg.Service/Method``, guards them all)."""
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Literal
+from typing import TYPE_CHECKING, Literal
 
 from meshlet.config.schema import EdgeAuthRoute
 from meshlet_edge.request_patterns import RequestPattern, parse_patterns
+from meshlet_edge.templates import fill
+
+if TYPE_CHECKING:
+    from meshlet_edge.routes import Route
 
 Proof = Literal["none", "jwt", "api_key", "any"]
 
@@ -36,6 +45,27 @@ def rule_for(rules: Sequence[AuthRule], verb: str, raw_path: str, method: str) -
         if rule.pattern.matches(verb, raw_path, method):
             return rule
     return None
+
+
+def uneven_methods(rules: Sequence[AuthRule], routes: Iterable[Route]) -> list[str]:
+    """One sentence per method whose routes need different credentials (each route judged by a path it matches)."""
+    needs: dict[str, dict[str, str]] = {}
+    for route in routes:
+        sample = fill(route.template, dict.fromkeys(route.template.variables, "x"))
+        rule = rule_for(rules, route.verb, sample, route.path)
+        needs.setdefault(route.path, {})[f"{route.verb} {route.template}"] = _needs(rule)
+    return [
+        f"{method} is reachable as " + ", ".join(f"{binding} ({need})" for binding, need in found.items())
+        for method, found in needs.items()
+        if len(set(found.values())) > 1
+    ]
+
+
+def _needs(rule: AuthRule | None) -> str:
+    if rule is None or rule.auth == "none":
+        return "no credential"
+    held = [*sorted(rule.scopes), *(f"{name}={value}" for name, value in sorted(rule.claims.items()))]
+    return f"auth {rule.auth}" + (f" with {', '.join(held)}" if held else "")
 
 
 def challenge(realm: str, error: str | None = None, description: str | None = None, scope: str | None = None) -> str:

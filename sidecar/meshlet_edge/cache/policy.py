@@ -23,7 +23,7 @@ import asyncio
 import logging
 import time
 from collections import Counter
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 
 from aiohttp import hdrs, web
@@ -42,6 +42,7 @@ from meshlet_edge.cache.rules import (
     rule_for,
 )
 from meshlet_edge.cache.stores import Entry, MemoryStore, RedisStore, Store
+from meshlet_edge.caller import Caller
 
 log = logging.getLogger("meshlet.edge.cache")
 
@@ -49,6 +50,7 @@ CACHE_STATUS = "Cache-Status"
 SAFE_VERBS = frozenset({"GET", "HEAD", "OPTIONS"})
 LOG_EVERY_S = 30.0
 Fetch = Callable[[], Awaitable[web.StreamResponse]]
+Identity = Callable[[Caller], Sequence[tuple[str, str]]]
 
 
 @dataclass(frozen=True)
@@ -64,8 +66,15 @@ class Snapshot:
 
 
 class ResponseCache:
-    def __init__(self, config: EdgeCache, store: Store | None = None) -> None:
-        self.rules = compile_rules(config.routes)
+    def __init__(
+        self,
+        config: EdgeCache,
+        store: Store | None = None,
+        forwarded: Sequence[str] = (),
+        identity: Identity | None = None,
+    ) -> None:
+        self.rules = compile_rules(config.routes, forwarded)  # forwarded: the headers the upstream is sent
+        self._identity = identity  # what the upstream is told about a caller (meshlet_edge.auth)
         self.timeout_s = config.timeout
         if store is None and config.store == "memory":
             store = MemoryStore(config.max_bytes)
@@ -83,8 +92,7 @@ class ResponseCache:
         if bypasses(request.headers.get(hdrs.CACHE_CONTROL), request.headers.get(hdrs.PRAGMA)):
             return await self._bypass(fetch, rule, "")
         who = caller.current.get()
-        # kind too: a token's sub and a key's owner of one name are two callers, as they are two consumers
-        subject = None if who is None or who.kind == "anonymous" else f"{who.kind}:{who.subject}"
+        subject = None if who is None or who.kind == "anonymous" else self._owner(who)
         if not rule.public and subject is None:
             return await self._bypass(fetch, rule, "no-caller")  # a private entry needs someone to belong to
         vary = [",".join(request.headers.getall(name, ())) for name in rule.vary]
@@ -133,6 +141,13 @@ class ResponseCache:
         await self.store.close()
 
     # ------------------------------------------------------------------ inside
+
+    def _owner(self, who: Caller) -> str:
+        """Whose a private entry is: the caller by its name (kind and issuer too: a token's sub and a key's owner
+        of one name are two callers, as they are two consumers), and what the upstream is told about it, since
+        that may change its answer (one subject's two tokens for two tenants are two answers)."""
+        told = self._identity(who) if self._identity is not None else ()
+        return who.name + "".join(f"\n{key}={value}" for key, value in told)  # values are printable ASCII
 
     async def _bypass(self, fetch: Fetch, rule: CacheRule, detail: str) -> web.StreamResponse:
         self.counts["bypass"] += 1

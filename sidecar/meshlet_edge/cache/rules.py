@@ -5,7 +5,8 @@ outcome (``Cache-Control``, ``Cache-Status`` of RFC 9211).
 A key is a hash of everything that may change the answer: the verb, the raw path as routed, the query with its
 parameters in a canonical order (``?b=2&a=1`` and ``?a=1&b=2`` are one key; repeated parameters keep their
 relative order, which the message's repeated fields keep too), the values of the rule's ``vary`` headers, and,
-unless the rule is ``public``, the caller's subject: a private entry is only ever found by its own caller."""
+unless the rule is ``public``, the caller (its name and the claims mapped to headers for the upstream): a private
+entry is only ever found by its own caller, holding the same claims."""
 
 from __future__ import annotations
 
@@ -39,8 +40,11 @@ class CacheRule:
         return f"{'public' if self.public else 'private'}, max-age={int(self.ttl_s)}"
 
 
-def compile_rules(routes: Sequence[EdgeCacheRoute]) -> tuple[CacheRule, ...]:
-    """The rules of ``edge.cache.routes``; a pattern that cannot name a GET is a ConfigError naming it."""
+def compile_rules(routes: Sequence[EdgeCacheRoute], forwarded: Sequence[str] = ()) -> tuple[CacheRule, ...]:
+    """The rules of ``edge.cache.routes``; a pattern that cannot name a GET is a ConfigError naming it. Each rule
+    varies on the `forwarded` headers (``edge.forward_headers``) too, whatever its ``vary`` says: they reach the
+    upstream, so they may change its answer, and an answer keyed without them would be served to a request that
+    sent other values (one client's ``Accept-Language`` or token poisoning everyone's entry)."""
     rules = []
     for index, route in enumerate(routes):
         field = f"edge.cache.routes[{index}]"
@@ -51,7 +55,8 @@ def compile_rules(routes: Sequence[EdgeCacheRoute]) -> tuple[CacheRule, ...]:
         if pattern.verb not in (None, "GET"):
             raise ConfigError(f"{field}.match", route.match, "only GET answers are cached: write GET /path/*")
         invalidated_by = parse_patterns(route.invalidate, f"{field}.invalidate")
-        rules.append(CacheRule(index, pattern, route.ttl, tuple(route.vary), route.public, invalidated_by))
+        vary = tuple(dict.fromkeys((*route.vary, *forwarded)))
+        rules.append(CacheRule(index, pattern, route.ttl, vary, route.public, invalidated_by))
     return tuple(rules)
 
 

@@ -1,5 +1,7 @@
-"""Who a request is charged to: the authenticated caller (``jwt:<sub>``, ``api_key:<owner>``) with the plan its
-key or claim names, else its client address (``ip:<address>``) on the default plan.
+"""Who a request is charged to: the authenticated caller by its `Caller.name` (``jwt:<sub>``, ``api_key:<owner>``)
+with the plan its key or claim names, else its client address (``ip:<address>``) on the default plan. An IPv6
+client is its /64 (``ip:2001:db8:1:2::/64``): one subscriber or host is handed a whole /64 (RFC 6177) and may use
+any of its 2^64 addresses, so per address it could start afresh with every request.
 
 The client address is the TCP peer's, unless that peer is one of ``edge.limits.trusted_proxies`` (a load
 balancer in front of the edge): then ``X-Forwarded-For`` is read from the right, each trusted hop skipped, and the
@@ -60,8 +62,18 @@ def client_address(peer: str | None, forwarded_for: Sequence[str], trusted: Sequ
     return client.compressed
 
 
+def _subscriber(client: str) -> str:
+    """An IPv4 address as it is; an IPv6 address as its /64."""
+    if ":" not in client:
+        return client
+    try:
+        return ipaddress.IPv6Network(f"{client}/64", strict=False).compressed
+    except ValueError:
+        return client
+
+
 def consumer_of(caller: Caller | None, client: str) -> tuple[str, str | None]:
     """(the consumer's key, the plan its credentials name or None)."""
     if caller is None or caller.kind == "anonymous":
-        return f"ip:{client}", None
-    return f"{caller.kind}:{caller.subject}", caller.plan
+        return f"ip:{_subscriber(client)}", None
+    return caller.name, caller.plan
