@@ -146,6 +146,8 @@ class Edge:
         await self.auth.start()
         if self.auth.rules:
             self.auth.warn_uneven(self.routes.routes)  # a method one path guards and another leaves open
+            if self.limits is not None and self.limits.failures is not None:
+                stages.append(self.limits.failed_credentials())  # an address that keeps failing is not checked
             stages.append(self.auth.middleware)
         if self.limits is not None:
             stages.append(self.limits.middleware())

@@ -84,7 +84,13 @@ def world(module_procs: Processes, tmp_path_factory: pytest.TempPathFactory) -> 
             ],
         },
         "plans": {"default": {"rate_per_s": 0.001, "burst": 1}},  # nothing refills during a test
-        "limits": {"trusted_proxies": ["127.0.0.0/8"], "routes": [{"match": "GET /**", "cost": 0}]},
+        "limits": {
+            "trusted_proxies": ["127.0.0.0/8"],
+            "routes": [{"match": "GET /**", "cost": 0}],
+            # these attacks fail auth hundreds of times from one address on purpose, to see each answer; the
+            # guard that refuses such an address is tested in tests/integration/test_edge_policies.py
+            "failed_credentials": None,
+        },
         "cache": {
             "store": "memory",
             "routes": [

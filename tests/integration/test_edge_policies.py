@@ -36,6 +36,7 @@ WAIT_S = 20.0  # bounds a request, never a timing assertion
 STATS = "/meshlet_api.echo.v1.Echo/Stats"
 KEYS = {"key-a": {"owner": "alice"}, "key-b": {"owner": "bob"}, "key-p": {"owner": "pro-shop", "plan": "pro"}}
 KEYS |= {"key-d": {"owner": "plain-shop"}}
+FAILURES = 5  # failed credentials one address may send before it is refused unchecked
 CHALLENGE = 'Bearer realm="meshlet-edge"'
 
 
@@ -76,6 +77,7 @@ def world(module_procs: Processes, tmp_path_factory: pytest.TempPathFactory) -> 
             "store": "memory",
             "trusted_proxies": ["127.0.0.0/8"],
             "routes": [{"match": "GET /v1/private/*", "cost": 0}, {"match": "GET /v1/echo/*", "cost": 0}],
+            "failed_credentials": {"rate_per_s": 0.001, "burst": FAILURES},
         },
         "cache": {
             "store": "memory",
@@ -217,6 +219,26 @@ async def test_an_anonymous_caller_is_charged_by_its_address_on_the_default_plan
     assert refused_subject(keyed) == f"ip:{address}"
     other = await send(http, "POST", world.edge.url + STATS, {"X-Forwarded-For": "203.0.113.77, 127.0.0.1"})
     assert other.status == 200  # another address, another bucket
+
+
+async def test_an_address_that_keeps_failing_auth_is_refused_before_its_credentials_are_checked(
+    world: World, http
+) -> None:
+    """Guessing API keys (or sending bogus tokens, each a signature check) costs the address its failures' budget,
+    on a route the limits exempt too; then even a good key from it is refused unchecked, others are not."""
+    url = f"{world.edge.url}/v1/echo/{fresh()}"  # cost 0 in edge.limits.routes: failures are charged anyway
+    address = f"192.0.2.{uuid.uuid4().int % 250 + 1}"
+    forwarded = {"X-Forwarded-For": f"{address}, 127.0.0.1"}
+    guesses = [await send(http, "GET", url, {**forwarded, **key(fresh("guess-"))}) for _ in range(FAILURES + 1)]
+    assert [a.status for a in guesses] == [401] * FAILURES + [429]
+    assert refused_subject(guesses[-1]) == f"failed-credentials:ip:{address}"
+    right_key = await send(http, "GET", url, {**forwarded, **key("key-a")})
+    assert refused_subject(right_key) == f"failed-credentials:ip:{address}"  # not checked: no oracle for guesses
+    bogus_token = await send(http, "GET", url, {**forwarded, "Authorization": "Bearer e30.e30.c2ln"})
+    assert bogus_token.status == 429
+    elsewhere = {"X-Forwarded-For": "203.0.113.9, 127.0.0.1"}
+    assert (await send(http, "GET", url, {**elsewhere, **key("key-a")})).status == 200
+    assert (await send(http, "GET", url, {**elsewhere, **key(fresh("guess-"))})).status == 401
 
 
 async def test_a_tokens_plan_claim_decides_its_plan_and_an_unknown_plan_is_the_default(world: World, http) -> None:

@@ -212,6 +212,10 @@ class EdgeLimits(_Section):
     # Peers whose X-Forwarded-For is believed (load balancers in front of the edge); empty: the TCP peer is the client.
     trusted_proxies: tuple[Annotated[str, parsed(_cidr)], ...] = ()
     routes: tuple[EdgeLimitRoute, ...] = ()  # first match wins; the rest cost 1
+    # How often one client address may fail auth (a 401): a plan of its own, charged per failure, whatever the
+    # route costs; once spent, the address's requests are refused (429) before any credential is checked, so
+    # guessing API keys or forcing signature checks costs it its budget. null: not limited.
+    failed_credentials: EdgePlan | None = EdgePlan(rate_per_s=1.0, burst=30)
 
 
 def _header_token(text: str) -> str:

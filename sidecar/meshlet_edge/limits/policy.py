@@ -49,6 +49,7 @@ log = logging.getLogger("meshlet.edge.limits")
 
 DECISIONS = ("allowed", "refused", "store_error_open", "store_error_closed")
 LOG_EVERY_S = 10.0
+MAX_REFUSING = 10_000  # addresses refused without asking the store; past it the oldest asks again
 UNKNOWN_PLANS_LOGGED = 100  # names logged once each; past this many (a claim run wild) they are not logged at all
 JSON = "application/json"
 
@@ -98,6 +99,10 @@ class Limits:
         patterns = parse_patterns([route.match for route in limits.routes], "edge.limits.routes")
         self.costs = tuple(zip(patterns, (route.cost for route in limits.routes), strict=True))
         self._clock = clock
+        failed = limits.failed_credentials
+        self.failures = plan_of("failed_credentials", failed) if failed is not None else None
+        # an address out of failures -> when it may fail again, and the limit it spent
+        self._refusing: dict[str, tuple[float, str]] = {}
         self._decisions: dict[tuple[str, str], int] = {}
         self._last_logged = -math.inf
         self._unlogged = 0
@@ -133,6 +138,45 @@ class Limits:
             return await handler(request)
 
         return scoped
+
+    def failed_credentials(self) -> HttpStage:
+        """The stage before auth: a 401 is charged to the client's address (`failures`, a plan of its own); an
+        address that has spent it is refused until it refills, in this process without asking the store, and its
+        credential is not checked. Its requests that pass auth cost nothing here."""
+        plan = self.failures
+        assert plan is not None
+
+        async def guard(request: web.Request, handler: Handler) -> web.StreamResponse:
+            client = client_address(request.remote, request.headers.getall("X-Forwarded-For", []), self.trusted)
+            consumer = "failed-credentials:" + consumer_of(None, client)[0]
+            now = self._clock()
+            refusing = self._refusing.get(consumer)
+            if refusing is not None:
+                until, spent = refusing
+                if now < until:
+                    self._count(plan.name, "refused")
+                    return _refused(consumer, plan, spent, until - now)
+                del self._refusing[consumer]
+            response = await handler(request)
+            if response.status != 401:
+                return response
+            try:
+                async with asyncio.timeout(self.timeout_s):
+                    outcome = await self.store.charge(consumer, plan, 1, now)
+            except self._store_errors as error:
+                self._store_failed(plan, error)
+                return response  # the 401 stands: a failing store never lets a credential through
+            if outcome.refused_by is None:
+                self._count(plan.name, "allowed")
+                return response
+            wait_s = retry_after_s(plan, outcome, 1, now)
+            if len(self._refusing) >= MAX_REFUSING:
+                self._refusing.pop(next(iter(self._refusing)))  # the oldest: it asks the store again, no more
+            self._refusing[consumer] = (now + wait_s, outcome.refused_by)
+            self._count(plan.name, "refused")
+            return _refused(consumer, plan, outcome.refused_by, wait_s)
+
+        return guard
 
     def add_headers(self, request: web.Request, response: web.StreamResponse) -> None:
         """A header hook: the decision's RateLimit fields on whatever answer the request gets."""
