@@ -135,8 +135,8 @@ class Edge:
         access_log = AccessLog() if self.config.telemetry.access_log else None
         observer = HttpObserver(self.mesh.tracer, self.http_metrics, access_log)
         edge = self.config.edge
-        # In request order: observer, compression, then the policies: CORS preflights (answered before auth), auth
-        # (401/403), rate limits (429); the cache's lookup is in _handle, after them.
+        # In request order: observer, compression, then the policies: CORS preflights (answered before auth), the
+        # failed-credentials guard, auth (401/403), rate limits (429); the cache's lookup is in _handle, after them.
         stages: list[HttpStage] = [observer.middleware(), responses.middleware(edge.compression.min_bytes)]
         hooks: list[HeaderHook] = [responses.add_request_id]  # headers every answer gets, streamed ones too
         if edge.cors is not None:
