@@ -96,6 +96,11 @@ def start_edge(procs: Processes, folder: Path, agent: Agent, edge: dict[str, Any
         "tls": {"source": "off"},
         "edge": {"services": {ECHO_SERVICE: "echo"}, "descriptor_sets": [str(descriptors)], **edge},
     }
+    return start_configured_edge(procs, folder, config, name)
+
+
+def start_configured_edge(procs: Processes, folder: Path, config: dict[str, Any], name: str = "edge") -> EdgeProcess:
+    """An edge on `config` (written to ``folder/<name>.yaml``), listening on free loopback ports, once ready."""
     path = write_config(folder / f"{name}.yaml", config)
     listen, admin = free_port(), free_port()
     argv = [sys.executable, "-m", "meshlet_edge", "--config", str(path), "--listen", f"127.0.0.1:{listen}"]
