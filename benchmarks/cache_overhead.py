@@ -44,6 +44,7 @@ from tests.support.agents import Agent, start_dev_agent
 from tests.support.descriptor_sets import write_descriptor_set
 from tests.support.edge_echo import EdgeProcess, start_configured_edge, start_edge
 from tests.support.processes import Processes, free_port, processes, wait_until
+from tests.support.redis_server import start_redis
 from tests.support.sidecars import start_plain_app, start_sidecar, tls_files
 
 DURATION_S = float(os.environ.get("BENCH_CACHE_DURATION_S", "3"))
@@ -58,17 +59,6 @@ WARMUP_S = 1.0
 
 def cache_section(store: str) -> dict[str, Any]:
     return {"cache": {"store": store, "routes": [{"match": "GET /v1/echo/*", "ttl": "10m", "public": True}]}}
-
-
-def start_redis(procs: Processes) -> str | None:
-    binary = shutil.which("redis-server")
-    if binary is None:
-        return None
-    port = free_port()
-    argv = [binary, "--bind", "127.0.0.1", "--port", str(port), "--save", "", "--appendonly", "no"]
-    child = procs.start([*argv, "--dir", str(procs.log_dir)], name="redis")
-    wait_until(lambda: "Ready to accept connections" in child.output() or not child.alive(), 10.0, "redis-server")
-    return f"redis://127.0.0.1:{port}/0"
 
 
 Fetch = Callable[[str, dict[str, str]], Awaitable[None]]
@@ -185,10 +175,10 @@ def main() -> None:
         agent.client().agent.service.register("echo", service_id="echo-1", address="127.0.0.1", port=app.port)
         edges: dict[str, tuple[EdgeProcess, Kinds]] = {}
         for store in STORES:
-            url = "memory" if store == "memory" else start_redis(procs)
-            if url is None:
+            if store != "memory" and shutil.which("redis-server") is None:
                 print("!! redis store skipped: redis-server is not installed (apt-get install -y redis-server)")
                 continue
+            url = "memory" if store == "memory" else start_redis(procs).url
             edges[store] = start_edge(procs, folder, agent, cache_section(url), name=f"edge-{store}"), echo_kinds
         if SHOP:
             edges[SHOP_SCENARIO] = start_shop(procs, folder, agent), shop_kinds

@@ -16,15 +16,16 @@ Origins are exact (``https://shop.example.com``) or patterns whose ``*`` stands 
 from __future__ import annotations
 
 import re
-from collections.abc import Callable, Iterable, MutableMapping
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 
 import grpc
 from aiohttp import hdrs, web
 
 from meshlet.config.schema import EdgeCors
+from meshlet_edge.responses import add_vary, error_answer
 from meshlet_edge.stages import Handler, HeaderHook, HttpStage
-from meshlet_edge.status import refusal, status_json
+from meshlet_edge.status import refusal
 
 _LABELS = r"[a-z0-9](?:[a-z0-9-]*[a-z0-9])?(?:\.[a-z0-9](?:[a-z0-9-]*[a-z0-9])?)*"
 PREFLIGHT_VARY = "Origin, Access-Control-Request-Method, Access-Control-Request-Headers"
@@ -133,8 +134,7 @@ def middleware(policy: CorsPolicy) -> HttpStage:
         if found.status == 204:
             return web.Response(status=204, headers=found.headers)
         status = refusal(grpc.StatusCode.PERMISSION_DENIED, f"CORS preflight refused: {found.refusal}")
-        text = status_json(status)
-        return web.Response(status=403, text=text, content_type="application/json", headers=found.headers)
+        return error_answer(status, 403, found.headers)
 
     return cors
 
@@ -147,12 +147,6 @@ def header_hook(policy: CorsPolicy) -> HeaderHook:
             return
         response.headers.update(policy.actual(request.headers.get(hdrs.ORIGIN)))
         if policy.varies:
-            _vary_on_origin(response.headers)
+            add_vary(response.headers, hdrs.ORIGIN)
 
     return add_headers
-
-
-def _vary_on_origin(headers: MutableMapping[str, str]) -> None:
-    present = [v.strip() for v in headers.get(hdrs.VARY, "").split(",") if v.strip()]
-    if not any(v.lower() in ("origin", "*") for v in present):
-        headers[hdrs.VARY] = ", ".join([*present, "Origin"])

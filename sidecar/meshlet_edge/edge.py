@@ -24,7 +24,6 @@ from typing import Any
 
 import grpc
 from aiohttp import hdrs, web
-from google.rpc import status_pb2
 
 from meshlet.config import Config, listen_host, split_host_port
 from meshlet.discovery.registration import Registration
@@ -54,7 +53,7 @@ from meshlet_edge.request_id import REQUEST_KEY, log_request_ids
 from meshlet_edge.retry_after import retry_after
 from meshlet_edge.routes import Match, Route, RouteTable, build_routes, load_pool
 from meshlet_edge.stages import HeaderHook, HttpStage, prepare_hook, staged
-from meshlet_edge.status import http_status, refusal, status_json, status_of
+from meshlet_edge.status import http_status, refusal, status_of
 from meshlet_edge.transcode import BadRequest, grpc_timeout, query_params, request_message, response_json
 
 log = logging.getLogger("meshlet.edge")
@@ -435,8 +434,4 @@ def _multicallable(channel: grpc.aio.Channel, route: Route) -> Any:
     return channel.unary_stream if route.server_streaming else channel.unary_unary
 
 
-def _error(
-    status: status_pb2.Status, http: int, headers: dict[str, str] | None = None, pool: Any = None
-) -> web.Response:
-    """The one error shape; `pool` (the route's descriptors) writes details of the upstream's own types."""
-    return web.Response(status=http, text=status_json(status, pool), content_type=JSON, headers=headers)
+_error = responses.error_answer  # the one error shape; the stream handlers are given it too

@@ -14,6 +14,11 @@ from meshlet_edge.transcode import BadRequest
 _PRINTABLE = re.compile(r"^[\x20-\x7e]*$")
 
 
+def carried(value: str) -> bool:
+    """Whether gRPC metadata can carry `value` as it is: printable ASCII (the edge never rewrites an identity)."""
+    return _PRINTABLE.match(value) is not None
+
+
 class Headers(Protocol):
     def getall(self, key: str, default: list[str]) -> list[str]: ...
 
@@ -23,7 +28,7 @@ def upstream_metadata(headers: Headers, forward: Sequence[str], request_id: str)
     metadata = [(METADATA_KEY, request_id)]
     for key in forward:
         for value in headers.getall(key, []):
-            if not _PRINTABLE.match(value):
+            if not carried(value):
                 raise BadRequest(key, f"the {key} header holds characters gRPC metadata cannot carry: send ASCII")
             metadata.append((key, value.strip()))
     return tuple(metadata)

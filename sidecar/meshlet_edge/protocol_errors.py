@@ -8,8 +8,6 @@ that keeps aiohttp's logging and connection closing and replaces only the body."
 
 from __future__ import annotations
 
-import uuid
-
 import grpc
 from aiohttp import web
 from aiohttp.http_exceptions import BadHttpMessage, LineTooLong
@@ -17,8 +15,9 @@ from aiohttp.web_protocol import RequestHandler
 from aiohttp.web_request import BaseRequest
 
 from meshlet.http_limits import MAX_LINE_BYTES
-from meshlet_edge.request_id import HEADER, REQUEST_KEY
-from meshlet_edge.status import refusal, status_json
+from meshlet_edge.request_id import HEADER, REQUEST_KEY, random_uuid
+from meshlet_edge.responses import error_answer
+from meshlet_edge.status import refusal
 
 CODES = {400: grpc.StatusCode.INVALID_ARGUMENT, 413: grpc.StatusCode.RESOURCE_EXHAUSTED}
 
@@ -50,10 +49,7 @@ class ShapedRequestHandler(RequestHandler):
         plain = super().handle_error(request, status, exc, message)  # logs; raises when the answer has begun
         code, what = what_went_wrong(status, exc)
         found = request.get(REQUEST_KEY) if isinstance(request, web.Request) else None
-        headers = {HEADER: found or str(uuid.uuid4())}
-        shaped = web.Response(
-            status=plain.status, text=status_json(refusal(code, what)), content_type="application/json", headers=headers
-        )
+        shaped = error_answer(refusal(code, what), plain.status, {HEADER: found or random_uuid()})
         shaped.force_close()
         return shaped
 

@@ -10,11 +10,15 @@ only here is the coding known."""
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Mapping, MutableMapping
+from typing import Any
 
 from aiohttp import hdrs, web
+from google.rpc import status_pb2
 
 from meshlet_edge import compression, etags, request_id
 from meshlet_edge.stages import Handler, HttpStage
+from meshlet_edge.status import status_json
 
 OFFLOAD_BYTES = 128 * 1024  # compress bodies past this in a thread, so the loop keeps serving meanwhile
 
@@ -59,7 +63,7 @@ def _coding(request: web.Request, response: web.Response, min_bytes: int) -> str
         return None
     if hdrs.CONTENT_ENCODING in response.headers or not compression.is_compressible(response.content_type):
         return None
-    _vary_on_accept_encoding(response)
+    add_vary(response.headers, "Accept-Encoding")
     return compression.choose_coding(request.headers.get(hdrs.ACCEPT_ENCODING))
 
 
@@ -89,10 +93,20 @@ def _not_modified(response: web.Response) -> web.Response:
     return web.Response(status=304, headers=kept)
 
 
-def _vary_on_accept_encoding(response: web.Response) -> None:
-    if hdrs.VARY not in response.headers:
-        response.headers[hdrs.VARY] = "Accept-Encoding"
+def add_vary(headers: MutableMapping[str, str], name: str) -> None:
+    """Name `name` in the answer's ``Vary`` (once; not beside ``*``, which already says everything)."""
+    present = headers.get(hdrs.VARY)
+    if not present:
+        headers[hdrs.VARY] = name
         return
-    present = [v.strip() for v in response.headers.get(hdrs.VARY, "").split(",") if v.strip()]
-    if not any(v.lower() in ("accept-encoding", "*") for v in present):
-        response.headers[hdrs.VARY] = ", ".join([*present, "Accept-Encoding"])
+    names = [v.strip() for v in present.split(",") if v.strip()]
+    if not any(v.lower() in (name.lower(), "*") for v in names):
+        headers[hdrs.VARY] = ", ".join([*names, name])
+
+
+def error_answer(
+    status: status_pb2.Status, http: int, headers: Mapping[str, str] | None = None, pool: Any = None
+) -> web.Response:
+    """The one error shape (meshlet_edge.status) as an HTTP answer; `pool` (a route's descriptors) writes details of
+    the upstream's own types."""
+    return web.Response(status=http, text=status_json(status, pool), content_type="application/json", headers=headers)

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import logging
 import re
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable
 from typing import TYPE_CHECKING, Any
 
 import grpc
@@ -25,8 +25,10 @@ from meshlet_edge import caller
 from meshlet_edge.auth.api_keys import ConsulKeys, KeyTable, read_file
 from meshlet_edge.auth.rules import AuthRule, challenge, compile_rules, rule_for, uneven_methods
 from meshlet_edge.caller import Caller
+from meshlet_edge.forwarding import carried
+from meshlet_edge.responses import error_answer
 from meshlet_edge.stages import Handler
-from meshlet_edge.status import refusal, status_json
+from meshlet_edge.status import refusal
 
 if TYPE_CHECKING:
     from meshlet_edge.routes import Route
@@ -36,7 +38,6 @@ log = logging.getLogger("meshlet.edge.auth")
 SUBJECT_HEADER = "x-meshlet-subject"
 ANONYMOUS = Caller(subject="", kind="anonymous", plan=None, scopes=frozenset(), claims={})
 _BEARER = re.compile(r"^Bearer +(\S+) *$", re.IGNORECASE)
-_PRINTABLE = re.compile(r"^[\x20-\x7e]*$")
 MethodOf = Callable[[str, str], str]  # (verb, raw path) -> the gRPC method its route calls, or ""
 
 
@@ -102,14 +103,14 @@ class Authenticator:
         except Unproven as unproven:
             status = refusal(grpc.StatusCode.UNAUTHENTICATED, unproven.description)
             header = challenge(self.realm, unproven.error, unproven.description if unproven.error else None)
-            return _refuse(status, 401, {"WWW-Authenticate": header})
+            return error_answer(status, 401, {"WWW-Authenticate": header})
         except Exception:  # a bug of ours still answers in the one error shape, and lets nobody through
             log.exception("%s %s: auth failed inside the edge", request.method, request.path)
-            return _refuse(refusal(grpc.StatusCode.INTERNAL, "the edge failed to check the credential"), 500, {})
+            return error_answer(refusal(grpc.StatusCode.INTERNAL, "the edge failed to check the credential"), 500, {})
         if rule is not None and (lacking := self._lacking(found, rule)) is not None:
             status = refusal(grpc.StatusCode.PERMISSION_DENIED, lacking)
             header = challenge(self.realm, "insufficient_scope", lacking, " ".join(sorted(rule.scopes)) or None)
-            return _refuse(status, 403, {"WWW-Authenticate": header})
+            return error_answer(status, 403, {"WWW-Authenticate": header})
         caller.current.set(found)
         return await handler(request)
 
@@ -154,7 +155,7 @@ class Authenticator:
         subject = claims.get(self.claim)
         if not isinstance(subject, str | int) or isinstance(subject, bool) or subject == "":
             raise Unproven(f"the token has no {self.claim} claim to name its consumer")
-        if not _PRINTABLE.match(str(subject)):  # x-meshlet-subject could not carry it: never a call without one
+        if not carried(str(subject)):  # x-meshlet-subject could not carry it: never a call without one
             raise Unproven(f"the token's {self.claim} claim holds characters metadata cannot carry (printable ASCII)")
         plan = claims.get(self.plan_claim) if self.plan_claim else None
         issuer = str(claims["iss"]) if self._several_issuers else ""
@@ -188,7 +189,7 @@ class Authenticator:
             for claim, header in self.claims_to_headers.items()
             if claim in found.claims
         ]
-        return tuple((key, value) for key, value in metadata if _PRINTABLE.match(value))
+        return tuple((key, value) for key, value in metadata if carried(value))
 
 
 def _only(request: web.Request, header: str) -> str | None:
@@ -202,7 +203,3 @@ def _only(request: web.Request, header: str) -> str | None:
 
 def _text(value: Any) -> str:
     return " ".join(str(v) for v in value) if isinstance(value, list) else str(value)
-
-
-def _refuse(status: Any, http: int, headers: Mapping[str, str]) -> web.Response:
-    return web.Response(status=http, text=status_json(status), content_type="application/json", headers=headers)

@@ -21,11 +21,11 @@ import yaml
 
 from meshlet.discovery.consul_client import ConsulFactory, go_duration
 from meshlet.errors import ConfigError
+from meshlet_edge.forwarding import carried
 
 log = logging.getLogger("meshlet.edge.auth")
 
 _HEX = re.compile(r"^[0-9a-f]{64}$")
-_PRINTABLE = re.compile(r"^[\x20-\x7e]+$")
 WAIT_S = 30.0
 FIRST_ANSWER_S = 5.0
 
@@ -45,7 +45,7 @@ def parse_entry(value: Any) -> ApiKey:
     """An entry's ``{owner, plan, scopes}``; ValueError saying what is wrong."""
     if not isinstance(value, Mapping) or not isinstance(value.get("owner"), str) or not value["owner"]:
         raise ValueError("must be a mapping with an owner (and optionally plan and scopes)")
-    if not _PRINTABLE.match(value["owner"]):  # it goes upstream as x-meshlet-subject, which could not carry it
+    if not carried(value["owner"]):  # it goes upstream as x-meshlet-subject, which could not carry it
         raise ValueError("its owner must be printable ASCII (it goes upstream as x-meshlet-subject)")
     scopes = value.get("scopes") or []
     plan = value.get("plan")

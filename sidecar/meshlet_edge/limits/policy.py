@@ -42,8 +42,8 @@ from meshlet_edge.limits.decision import (
 )
 from meshlet_edge.limits.memory_store import MemoryStore
 from meshlet_edge.request_patterns import parse_patterns
+from meshlet_edge.responses import error_answer
 from meshlet_edge.stages import Handler, HttpStage
-from meshlet_edge.status import status_json
 
 log = logging.getLogger("meshlet.edge.limits")
 
@@ -51,7 +51,6 @@ DECISIONS = ("allowed", "refused", "store_error_open", "store_error_closed")
 LOG_EVERY_S = 10.0
 MAX_REFUSING = 10_000  # addresses refused without asking the store; past it the oldest asks again
 UNKNOWN_PLANS_LOGGED = 100  # names logged once each; past this many (a claim run wild) they are not logged at all
-JSON = "application/json"
 
 _HEADERS: ContextVar[dict[str, str] | None] = ContextVar("meshlet_edge_limit_headers", default=None)
 
@@ -146,20 +145,23 @@ class Limits:
         plan = self.failures
         assert plan is not None
 
-        async def guard(request: web.Request, handler: Handler) -> web.StreamResponse:
+        def address_of(request: web.Request) -> str:
             client = client_address(request.remote, request.headers.getall("X-Forwarded-For", []), self.trusted)
-            consumer = "failed-credentials:" + consumer_of(None, client)[0]
-            now = self._clock()
-            refusing = self._refusing.get(consumer)
-            if refusing is not None:
+            return "failed-credentials:" + consumer_of(None, client)[0]
+
+        async def guard(request: web.Request, handler: Handler) -> web.StreamResponse:
+            consumer = address_of(request) if self._refusing else None  # none refused: nothing to look up
+            if consumer is not None and (refusing := self._refusing.get(consumer)) is not None:
                 until, spent = refusing
-                if now < until:
+                if self._clock() < until:
                     self._count(plan.name, "refused")
-                    return _refused(consumer, plan, spent, until - now)
+                    return _refused(consumer, plan, spent, until - self._clock())
                 del self._refusing[consumer]
             response = await handler(request)
             if response.status != 401:
-                return response
+                return response  # a request that passed auth costs nothing here
+            consumer = consumer or address_of(request)
+            now = self._clock()
             try:
                 async with asyncio.timeout(self.timeout_s):
                     outcome = await self.store.charge(consumer, plan, 1, now)
@@ -233,7 +235,7 @@ class Limits:
         message = f"the edge's rate-limit store {what}, and edge.limits.on_store_error is closed: retry shortly"
         status = status_pb2.Status(code=grpc.StatusCode.UNAVAILABLE.value[0], message=message)
         status.details.add().Pack(error_details_pb2.RetryInfo(retry_delay=duration_pb2.Duration(seconds=1)))
-        return web.Response(status=503, text=status_json(status), content_type=JSON, headers={"Retry-After": "1"})
+        return error_answer(status, 503, {"Retry-After": "1"})
 
     def _count(self, plan: str, decision: str) -> None:
         key = (plan, decision)
@@ -307,4 +309,4 @@ def _refused(consumer: str, plan: Plan, refused_by: str, wait_s: float) -> web.R
     delay = duration_pb2.Duration()
     delay.FromTimedelta(datetime.timedelta(seconds=retry))
     status.details.add().Pack(error_details_pb2.RetryInfo(retry_delay=delay))
-    return web.Response(status=429, text=status_json(status), content_type=JSON, headers={"Retry-After": str(retry)})
+    return error_answer(status, 429, {"Retry-After": str(retry)})
